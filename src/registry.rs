@@ -1,0 +1,145 @@
+//! The registry of stage kinds: the one place that knows both the engine and flora-stages.
+//!
+//! Each kind has a name, a version (bumped whenever its output for the same params and inputs
+//! changes, which invalidates every cached artifact of that kind), a params check that turns the
+//! workflow's YAML into the typed, canonical params that feed the cache key, and the function that
+//! runs it inside a job process.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_yaml::Value;
+
+use flora_stages::{exec, Context};
+
+use crate::workflow::spans::Seg;
+
+/// A problem with a stage's params, with the path of the offending param.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// Path inside the stage's params.
+    pub path: Vec<Seg>,
+    /// Whether the problem is the key itself (an unknown param) rather than its value.
+    pub at_key: bool,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One stage kind.
+pub struct Kind {
+    /// The name used in `kind:`.
+    pub name: &'static str,
+    /// Bumped whenever the kind's output changes for the same params and inputs.
+    pub version: u32,
+    /// One line for `flora stage --list`.
+    pub summary: &'static str,
+    /// Type-checks params and returns them in canonical form, with defaults filled in.
+    pub check: fn(&Value) -> Result<serde_json::Value, ParamError>,
+    /// Runs the kind inside a job process. `exec` replaces the process and never returns on
+    /// success.
+    pub run: fn(&serde_json::Value, &Context) -> anyhow::Result<()>,
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kind({} v{})", self.name, self.version)
+    }
+}
+
+static KINDS: &[Kind] = &[Kind {
+    name: "exec",
+    version: 1,
+    summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
+    check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
+    run: run_exec,
+}];
+
+/// Every kind, in the order `flora stage --list` shows them.
+pub fn all() -> &'static [Kind] {
+    KINDS
+}
+
+/// The kind called `name`.
+pub fn lookup(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// Deserializes `P` from YAML with the path of any error, runs `extra`, and returns canonical JSON
+/// (keys sorted, defaults filled in).
+fn check<P: DeserializeOwned + Serialize>(
+    value: &Value,
+    extra: fn(&P) -> Result<(), String>,
+) -> Result<serde_json::Value, ParamError> {
+    let params: P = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let mut path: Vec<Seg> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let message = e.inner().to_string();
+        let at_key = message.starts_with("unknown field");
+        if at_key {
+            if let Some(field) = message.split('`').nth(1) {
+                if path.last() != Some(&Seg::Key(field.to_string())) {
+                    path.push(Seg::Key(field.to_string()));
+                }
+            }
+        }
+        ParamError {
+            path,
+            at_key,
+            message: message.replace("unknown field", "unknown param"),
+        }
+    })?;
+    extra(&params).map_err(|message| ParamError {
+        path: Vec::new(),
+        at_key: false,
+        message,
+    })?;
+    serde_json::to_value(&params).map_err(|e| ParamError {
+        path: Vec::new(),
+        at_key: false,
+        message: format!("params cannot be written as JSON: {e}"),
+    })
+}
+
+fn run_exec(params: &serde_json::Value, ctx: &Context) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let params: exec::Params = serde_json::from_value(params.clone())?;
+    let mut cmd = exec::command(&params, ctx)?;
+    // Replace this job process with the user's program: its exit status is the job's.
+    let err = cmd.exec();
+    anyhow::bail!("exec: cannot start `{}`: {err}", params.argv[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(s: &str) -> Value {
+        serde_yaml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn exec_params_are_checked_and_canonical() {
+        let exec = lookup("exec").unwrap();
+        let ok = (exec.check)(&yaml("{argv: [echo, hi]}")).unwrap();
+        assert_eq!(ok, serde_json::json!({"argv": ["echo", "hi"], "env": {}}));
+
+        let e = (exec.check)(&yaml("{argv: [echo], argvv: 1}")).unwrap_err();
+        assert_eq!(e.path, vec![Seg::key("argvv")]);
+        assert!(e.at_key);
+        assert!(e.message.starts_with("unknown param `argvv`"), "{}", e.message);
+
+        let e = (exec.check)(&yaml("{argv: [echo], env: {MSG: [1]}}")).unwrap_err();
+        assert_eq!(e.path, vec![Seg::key("env"), Seg::key("MSG")]);
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+
+        let e = (exec.check)(&yaml("{argv: []}")).unwrap_err();
+        assert!(e.message.contains("`argv` is empty"), "{}", e.message);
+    }
+}
