@@ -17,7 +17,7 @@ use serde_yaml::Value;
 use crate::registry::{self, Kind};
 use crate::workflow::spans::Seg;
 use crate::workflow::subst::{self, scalar_text, Scope, SubstError};
-use crate::workflow::{Diagnostics, Origin, Workflow};
+use crate::workflow::{Diagnostics, Workflow};
 pub use resources::Resources;
 
 /// Where an input comes from.
@@ -664,7 +664,3 @@ fn report_cycle(wf: &Workflow, graph: &DiGraphMap<usize, ()>, errs: &mut Diagnos
     }
 }
 
-/// Where job-level problems of stage `stage` are reported.
-pub fn stage_origin(wf: &Workflow, stage: &str) -> Origin {
-    wf.at_stage(stage, &[], true)
-}

@@ -90,10 +90,6 @@ pub fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-/// True if `s` holds a template (so the value depends on vars or items).
-pub fn has_template(s: &str) -> bool {
-    s.replace("$${", "").contains("${")
-}
 
 fn expand(s: &str, scope: &Scope) -> Result<Value, String> {
     if !s.contains("${") {

@@ -1,0 +1,338 @@
+//! The content-addressed cache and its sled index.
+//!
+//! # What goes into a job's key
+//!
+//! | part | why |
+//! | --- | --- |
+//! | the stage kind's name and version | a new version of a kind may compute something else |
+//! | the params, type-checked, defaults filled in, as canonical JSON (keys sorted) | a param edit re-runs the job |
+//! | each input's name and *content* digest | a changed input re-runs the job; an unchanged one does not, whoever made it |
+//!
+//! What stays out: the stage's name and `foreach` item, paths, mtimes, `resources`, the executor,
+//! and the upstream *keys* (only their artifacts' digests count, which gives early cutoff: a job
+//! that re-runs and produces the same bytes leaves its dependents cached).
+//!
+//! # Layout
+//!
+//! ```text
+//! <cache>/lock                  held by the driving flora (see `lock`)
+//! <cache>/index/                sled: keys -> records, job history, artifact metadata, file memos
+//! <cache>/artifacts/<digest>/   published outputs, named by the blake3 of their content, read-only
+//! <cache>/scratch/              where running jobs write; published by rename only after success
+//! <cache>/work/<key>/           per-key folders for checkpoints; survive a crash, removed on success
+//! <cache>/logs/<key>.log        each job's output
+//! <cache>/collections/<digest>/ one folder per fan-out input: links to its items' artifacts
+//! ```
+//!
+//! A job killed mid-write leaves only a scratch folder, which the next run deletes: nothing
+//! half-written is ever found under `artifacts/`.
+
+pub mod gc;
+pub mod key;
+pub mod lock;
+pub mod records;
+pub mod verify;
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+use crate::hash::{self, Digest};
+pub use lock::Wait;
+use records::{ArtifactRecord, FileMemo, JobRecord, LastRun};
+
+/// An open cache: the lock is held for as long as this lives.
+pub struct Cache {
+    /// The cache's root folder.
+    pub root: PathBuf,
+    _lock: lock::CacheLock,
+    db: sled::Db,
+    jobs: sled::Tree,
+    history: sled::Tree,
+    artifacts: sled::Tree,
+    files: sled::Tree,
+    scratch_seq: AtomicU64,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Cache {
+    /// Opens (creating it if needed) the cache at `root`, taking its lock.
+    pub fn open(root: &Path, wait: Wait) -> anyhow::Result<Cache> {
+        for sub in ["artifacts", "scratch", "work", "logs", "collections"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("cannot create the cache folder {}", root.join(sub).display()))?;
+        }
+        let root = std::fs::canonicalize(root)?;
+        let lock = lock::CacheLock::acquire(&root, wait, |holder| {
+            eprintln!(
+                "flora: waiting for the cache {} (in use by {holder}) ...",
+                root.display()
+            );
+        })?;
+        let db = sled::Config::new()
+            .path(root.join("index"))
+            .cache_capacity(64 << 20)
+            .open()
+            .with_context(|| format!("cannot open the cache index {}", root.join("index").display()))?;
+        let cache = Cache {
+            jobs: db.open_tree("jobs")?,
+            history: db.open_tree("history")?,
+            artifacts: db.open_tree("artifacts")?,
+            files: db.open_tree("files")?,
+            db,
+            root,
+            _lock: lock,
+            scratch_seq: AtomicU64::new(0),
+        };
+        cache.clean_scratch();
+        Ok(cache)
+    }
+
+    /// Removes what crashed runs left in `scratch/` (we hold the lock: nothing of ours is live).
+    fn clean_scratch(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.root.join("scratch")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                make_writable(&p);
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+
+    /// The folder of the artifact `digest`.
+    pub fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("artifacts").join(digest.to_hex())
+    }
+
+    /// The persistent work folder of `key`.
+    pub fn work_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("work").join(key.to_hex())
+    }
+
+    /// The log file of `key`.
+    pub fn log_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("logs").join(format!("{}.log", key.to_hex()))
+    }
+
+    /// A fresh, empty scratch folder for a job, with a sibling path for its spec file.
+    pub fn new_scratch(&self, key: &Digest) -> io::Result<PathBuf> {
+        let n = self.scratch_seq.fetch_add(1, Ordering::Relaxed);
+        let p = self
+            .root
+            .join("scratch")
+            .join(format!("{}-{}-{n}", key.short(), std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+
+    /// The record of `key`, if its artifact is still in the store.
+    pub fn lookup(&self, key: &Digest) -> Option<JobRecord> {
+        let rec: JobRecord = parse(&self.jobs.get(key.0).ok()??)?;
+        self.artifact_path(&rec.artifact)
+            .is_dir()
+            .then_some(rec)
+    }
+
+    /// The record of `key`, even when its artifact is gone.
+    pub fn record_of(&self, key: &Digest) -> Option<JobRecord> {
+        parse(&self.jobs.get(key.0).ok()??)
+    }
+
+    /// Hashes a finished scratch folder and moves it into the store, atomically.
+    pub fn publish(&self, scratch: &Path) -> io::Result<Digest> {
+        let digest = hash::hash_tree(scratch)?;
+        let dest = self.artifact_path(&digest);
+        if dest.is_dir() {
+            // The same bytes are already published (early cutoff, or a shared result).
+            make_writable(scratch);
+            std::fs::remove_dir_all(scratch)?;
+        } else {
+            let size = hash::tree_size(scratch)?;
+            make_read_only(scratch)?;
+            if let Err(e) = std::fs::rename(scratch, &dest) {
+                if !dest.is_dir() {
+                    return Err(e);
+                }
+                make_writable(scratch);
+                std::fs::remove_dir_all(scratch)?;
+            }
+            self.artifacts
+                .insert(
+                    digest.0,
+                    json(&ArtifactRecord {
+                        size,
+                        created: now_secs(),
+                    }),
+                )
+                .map_err(io::Error::other)?;
+        }
+        Ok(digest)
+    }
+
+    /// Records a finished job.
+    pub fn record(&self, rec: &JobRecord) -> anyhow::Result<()> {
+        self.jobs.insert(rec.key.0, json(rec))?;
+        Ok(())
+    }
+
+    fn history_key(workflow: &Path, job: &str) -> Vec<u8> {
+        let mut k = workflow.as_os_str().as_encoded_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(job.as_bytes());
+        k
+    }
+
+    /// The last run of `job` in `workflow`.
+    pub fn last_run(&self, workflow: &Path, job: &str) -> Option<LastRun> {
+        parse(&self.history.get(Self::history_key(workflow, job)).ok()??)
+    }
+
+    /// Remembers the last run of `job` in `workflow` (written only when it changed).
+    pub fn set_last_run(&self, workflow: &Path, job: &str, last: &LastRun) -> anyhow::Result<()> {
+        let k = Self::history_key(workflow, job);
+        if self.last_run(workflow, job).as_ref() != Some(last) {
+            self.history.insert(k, json(last))?;
+        }
+        Ok(())
+    }
+
+    /// Metadata of an artifact.
+    pub fn artifact_record(&self, digest: &Digest) -> Option<ArtifactRecord> {
+        parse(&self.artifacts.get(digest.0).ok()??)
+    }
+
+    /// Every job record.
+    pub fn all_jobs(&self) -> impl Iterator<Item = JobRecord> + '_ {
+        self.jobs
+            .iter()
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| parse(&v)))
+    }
+
+    /// Writes the index to disk.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The content digest of an external file or folder, memoised by (path, size, mtime, inode).
+    pub fn input_digest(&self, path: &Path) -> io::Result<Digest> {
+        let meta = std::fs::metadata(path)?;
+        if meta.is_dir() {
+            hash::hash_tree_with(path, |p| self.file_digest(p))
+        } else {
+            self.file_digest(path)
+        }
+    }
+
+    fn file_digest(&self, path: &Path) -> io::Result<Digest> {
+        let meta = std::fs::metadata(path)?;
+        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let key = path.as_os_str().as_encoded_bytes();
+        if let Some(m) = self
+            .files
+            .get(key)
+            .ok()
+            .flatten()
+            .and_then(|v| parse::<FileMemo>(&v))
+        {
+            if m.size == meta.len() && m.mtime_ns == mtime_ns && m.ino == meta.ino() {
+                return Ok(m.digest);
+            }
+        }
+        let digest = hash::hash_file(path)?;
+        // A file changed within the clock's granularity of now could change again unseen with the
+        // same mtime: do not trust the memo for it yet (git's "racy clean" rule).
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        if now_ns - mtime_ns > 2_000_000_000 {
+            let memo = FileMemo {
+                size: meta.len(),
+                mtime_ns,
+                ino: meta.ino(),
+                digest,
+            };
+            let _ = self.files.insert(key, json(&memo));
+        }
+        Ok(digest)
+    }
+
+    /// A folder holding one link per item to that item's artifact (the input of a stage that reads
+    /// a whole fan-out); built once per distinct set of artifacts.
+    pub fn collection(&self, items: &[(String, Digest)]) -> io::Result<(PathBuf, Digest)> {
+        let digest = key::collection_digest(items);
+        let dir = self.root.join("collections").join(digest.to_hex());
+        if !dir.is_dir() {
+            let tmp = self.new_scratch(&digest)?;
+            for (item, d) in items {
+                std::os::unix::fs::symlink(
+                    Path::new("../../artifacts").join(d.to_hex()),
+                    tmp.join(item),
+                )?;
+            }
+            if std::fs::rename(&tmp, &dir).is_err() && !dir.is_dir() {
+                return Err(io::Error::other(format!(
+                    "cannot create {}",
+                    dir.display()
+                )));
+            }
+        }
+        Ok((dir, digest))
+    }
+
+    pub(crate) fn trees(&self) -> (&sled::Tree, &sled::Tree, &sled::Tree) {
+        (&self.jobs, &self.artifacts, &self.history)
+    }
+}
+
+/// Removes write permission from every file below `dir` (artifacts are immutable).
+fn make_read_only(dir: &Path) -> io::Result<()> {
+    for e in hash::walk(dir)? {
+        if let hash::EntryKind::File { .. } = e.kind {
+            let meta = std::fs::metadata(&e.path)?;
+            let mut perm = meta.permissions();
+            perm.set_mode(perm.mode() & !0o222);
+            std::fs::set_permissions(&e.path, perm)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the owner write permission on every folder below `dir`, so that it can be removed.
+pub(crate) fn make_writable(dir: &Path) {
+    if let Ok(entries) = hash::walk(dir) {
+        for e in entries {
+            if e.kind == hash::EntryKind::Dir {
+                if let Ok(meta) = std::fs::metadata(&e.path) {
+                    let mut perm = meta.permissions();
+                    perm.set_mode(perm.mode() | 0o700);
+                    let _ = std::fs::set_permissions(&e.path, perm);
+                }
+            }
+        }
+    }
+}

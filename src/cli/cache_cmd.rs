@@ -1,0 +1,152 @@
+//! `flora cache ls | gc | verify`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+use super::run::{load_graph, open_cache};
+use super::{CacheCommand, Cli, GcArgs, WorkflowArgs};
+use crate::hash::Digest;
+use crate::plan::{self, Freshness};
+
+/// Damaged artifacts were found; the binary exits with status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} damaged artifact(s)")]
+pub struct Damaged(pub usize);
+
+/// `flora cache ...`.
+pub fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<()> {
+    match cmd {
+        CacheCommand::Ls => ls(cli),
+        CacheCommand::Gc(args) => gc(cli, args),
+        CacheCommand::Verify { remove } => verify(cli, *remove),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn ls(cli: &Cli) -> anyhow::Result<()> {
+    let cache = open_cache(cli)?;
+    let mut made_by: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+    for rec in cache.all_jobs() {
+        made_by
+            .entry(rec.artifact)
+            .or_default()
+            .push(format!("{}:{}", rec.workflow_name, rec.job));
+    }
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(cache.root.join("artifacts"))? {
+        let Ok(d) = e?.file_name().to_string_lossy().parse::<Digest>() else {
+            continue;
+        };
+        let meta = cache.artifact_record(&d);
+        rows.push((d, meta));
+    }
+    rows.sort_by_key(|(d, m)| (m.as_ref().map(|m| m.created).unwrap_or(0), *d));
+    println!("{:<12}  {:>10}  {:<20}  JOBS", "ARTIFACT", "SIZE", "CREATED");
+    let mut total = 0;
+    for (d, meta) in &rows {
+        let (size, created) = match meta {
+            Some(m) => (
+                m.size,
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(m.created))
+                    .to_string(),
+            ),
+            None => (crate::hash::tree_size(&cache.artifact_path(d)).unwrap_or(0), "?".into()),
+        };
+        total += size;
+        let mut jobs = made_by.get(d).cloned().unwrap_or_default();
+        jobs.sort();
+        jobs.dedup();
+        println!("{:<12}  {:>10}  {:<20}  {}", d.short(), human(size), created, jobs.join(", "));
+    }
+    println!("{} artifacts, {} in {}", rows.len(), human(total), cache.root.display());
+    Ok(())
+}
+
+/// Parses `--newer-than`: a date, an RFC 3339 time, or a duration meaning "that long ago".
+fn parse_when(s: &str) -> anyhow::Result<u64> {
+    let t = if let Ok(d) = humantime::parse_duration(s) {
+        SystemTime::now() - d
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
+        t
+    } else {
+        anyhow::bail!("--newer-than {s:?}: expected a date (2026-11-01), a time (2026-11-01T12:00:00Z) or a duration (7days)")
+    };
+    Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.keep.is_empty() || args.newer_than.is_some(),
+        "say what to keep: --keep WORKFLOW (repeatable) and/or --newer-than WHEN"
+    );
+    let newer = args.newer_than.as_deref().map(parse_when).transpose()?;
+    let graphs = args
+        .keep
+        .iter()
+        .map(|w| {
+            load_graph(&WorkflowArgs {
+                workflow: w.clone(),
+                sets: Vec::new(),
+            })
+            .with_context(|| format!("--keep {}", w.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache = open_cache(cli)?;
+    let mut keep: HashSet<Digest> = HashSet::new();
+    for g in &graphs {
+        let n = g.jobs.len();
+        for s in plan::plan(g, &cache, &vec![false; n], &vec![true; n])? {
+            if let Freshness::Cached { artifact, .. } = s {
+                keep.insert(artifact);
+            }
+        }
+    }
+    let report = cache.gc(&keep, newer, args.dry_run)?;
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    for d in &report.artifacts {
+        println!("{verb} {}", d.to_hex());
+    }
+    println!(
+        "{verb} {} artifacts ({}); kept {}",
+        report.artifacts.len(),
+        human(report.bytes),
+        report.kept
+    );
+    Ok(())
+}
+
+fn verify(cli: &Cli, remove: bool) -> anyhow::Result<()> {
+    let cache = open_cache(cli)?;
+    let (checked, problems) = cache.verify()?;
+    for p in &problems {
+        println!("DAMAGED {p}");
+        if remove {
+            cache.remove_artifact(&p.artifact())?;
+            println!("removed {}; the jobs that made it will run again", p.artifact().short());
+        }
+    }
+    println!("{checked} artifacts checked, {} damaged", problems.len());
+    if problems.is_empty() || remove {
+        Ok(())
+    } else {
+        Err(Damaged(problems.len()).into())
+    }
+}

@@ -1,0 +1,229 @@
+//! The command line: flags, parsed by clap in one step, then one function per subcommand.
+
+pub mod cache_cmd;
+pub mod inspect;
+pub mod run;
+pub mod stage;
+pub mod summary;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::dag::render::Format;
+
+/// flora: reproduce and extend FloraBERT (plant gene expression from promoter DNA) as a cached,
+/// incremental workflow.
+#[derive(Debug, Parser)]
+#[command(name = "flora", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The cache folder (artifacts, index, logs).
+    #[arg(long, global = true, env = "FLORA_CACHE", default_value = "cache")]
+    pub cache: PathBuf,
+    /// Fail at once instead of waiting when another flora is using the cache.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  flora run workflows/demo.yaml
+  flora plan workflows/paper.yaml --set finetune.lr=1e-4
+  flora run workflows/paper.yaml --until pretrain --gpus 0,1
+  flora show workflows/demo.yaml finetune
+  flora stage exec --set 'argv=[sh, -c, \"date > $FLORA_OUT/now\"]' --out now/";
+
+/// Options shared by the commands that read a workflow.
+#[derive(Debug, Args, Clone)]
+pub struct WorkflowArgs {
+    /// The workflow file (YAML).
+    pub workflow: PathBuf,
+    /// Override a param: STAGE.PARAM=VALUE, VALUE read as YAML; nested with dots; `vars.NAME=...` sets a var.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Which jobs a run or plan covers.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SelectArgs {
+    /// Only this stage (or job `stage[item]`) and what it depends on.
+    #[arg(long, value_name = "STAGE")]
+    pub until: Option<String>,
+    /// Run this stage (or job) even if it is cached; repeatable.
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workflow: every job that is not cached, in parallel.
+    #[command(after_help = "Examples:
+  flora run workflows/demo.yaml
+  flora run workflows/demo.yaml --set finetune.epochs=5 --jobs 2
+  flora run workflows/paper.yaml --until maize_pretrain --gpus 0,1 --require-gpu
+  flora run workflows/demo.yaml --force baselines --keep-going")]
+    Run(RunArgs),
+    /// Show what a run would do: each job, cached or to run, and why.
+    #[command(after_help = "Examples:
+  flora plan workflows/demo.yaml
+  flora plan workflows/demo.yaml --set finetune.lr=1e-4 --json")]
+    Plan(PlanArgs),
+    /// Draw the workflow's graph (Graphviz dot or Mermaid).
+    #[command(after_help = "Examples:
+  flora dag workflows/demo.yaml | dot -Tsvg > dag.svg
+  flora dag workflows/demo.yaml --format mermaid --jobs")]
+    Dag(DagArgs),
+    /// Where a stage's artifact is, and how it was made (provenance).
+    #[command(after_help = "Example:\n  flora show workflows/demo.yaml finetune")]
+    Show(ShowArgs),
+    /// Print a stage's log (of the run that made its current artifact, or its last run).
+    #[command(after_help = "Example:\n  flora log workflows/demo.yaml 'download[athaliana]'")]
+    Log(ShowArgs),
+    /// Run one stage kind outside a workflow (still cached), or list the kinds.
+    #[command(after_help = "Examples:
+  flora stage --list
+  flora stage exec --input src=genes.txt --set 'argv=[sh, -c, \"sort $FLORA_IN_src > $FLORA_OUT/sorted.txt\"]' --out sorted/")]
+    Stage(StageArgs),
+    /// Inspect and maintain the cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Run one job from a spec file (used by executors).
+    #[command(name = "__job", hide = true)]
+    Job {
+        /// The spec file written by the driver.
+        spec: PathBuf,
+    },
+}
+
+/// `flora run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub workflow: WorkflowArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub select: SelectArgs,
+    /// At most N jobs at once (default: the number of cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// GPU device indices that GPU stages may use, e.g. 0,1.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub gpus: Vec<usize>,
+    /// Fail if a GPU stage would have to run on the CPU.
+    #[arg(long)]
+    pub require_gpu: bool,
+    /// After a failure, keep running every job that does not depend on it.
+    #[arg(short, long)]
+    pub keep_going: bool,
+    /// Where to link each stage's output (default: results/<workflow name>).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+}
+
+/// `flora plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub workflow: WorkflowArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub select: SelectArgs,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flora dag`.
+#[derive(Debug, Args)]
+pub struct DagArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub workflow: WorkflowArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: Format,
+    /// One node per job instead of per stage.
+    #[arg(long)]
+    pub jobs: bool,
+}
+
+/// `flora show` and `flora log`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The workflow file (YAML).
+    pub workflow: PathBuf,
+    /// A stage, or one job of a fan-out: `stage[item]`.
+    pub stage: String,
+    /// Override a param, as for `flora run`.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// `flora stage`.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// The stage kind to run.
+    #[arg(required_unless_present = "list")]
+    pub kind: Option<String>,
+    /// An input: NAME=PATH; repeatable.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    pub inputs: Vec<String>,
+    /// A param: PARAM=VALUE (VALUE read as YAML; nested with dots); repeatable.
+    #[arg(long = "set", value_name = "PARAM=VALUE")]
+    pub sets: Vec<String>,
+    /// Where to copy the output (must not exist, or be empty).
+    #[arg(long, value_name = "DIR", required_unless_present = "list")]
+    pub out: Option<PathBuf>,
+    /// Run on these GPUs.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub gpus: Vec<usize>,
+    /// List the stage kinds.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// `flora cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List artifacts: digest, size, when, and which jobs made them.
+    Ls,
+    /// Remove artifacts except those reachable from the given workflows or newer than a date.
+    #[command(after_help = "Examples:
+  flora cache gc --keep workflows/demo.yaml --keep workflows/paper.yaml
+  flora cache gc --newer-than 2026-11-01 --dry-run
+  flora cache gc --newer-than 7days")]
+    Gc(GcArgs),
+    /// Re-hash every artifact and report any that changed on disk.
+    Verify {
+        /// Delete damaged artifacts, so that the jobs that made them run again.
+        #[arg(long)]
+        remove: bool,
+    },
+}
+
+/// `flora cache gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep the artifacts of this workflow's current jobs (as planned now); repeatable.
+    #[arg(long, value_name = "WORKFLOW")]
+    pub keep: Vec<PathBuf>,
+    /// Keep artifacts published after this date (2026-11-01, RFC 3339) or within this long ago (7days).
+    #[arg(long, value_name = "WHEN")]
+    pub newer_than: Option<String>,
+    /// Say what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Parses the command line.
+pub fn parse() -> Cli {
+    Cli::parse()
+}

@@ -1,0 +1,164 @@
+//! `flora run`, `flora plan` and `flora dag`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::summary;
+use super::{Cli, DagArgs, PlanArgs, RunArgs, SelectArgs, WorkflowArgs};
+use crate::cache::{Cache, Wait};
+use crate::dag::JobGraph;
+use crate::executor::local::Local;
+use crate::plan::{self, Freshness};
+use crate::progress::Progress;
+use crate::scheduler::{self, JobState, RunOptions};
+use crate::workflow::Workflow;
+
+/// Jobs failed; the binary exits with status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} job(s) failed")]
+pub struct JobsFailed {
+    /// How many.
+    pub failed: usize,
+}
+
+/// Reads, checks and expands a workflow.
+pub fn load_graph(args: &WorkflowArgs) -> anyhow::Result<JobGraph> {
+    let wf = Workflow::load(&args.workflow, &args.sets)?;
+    Ok(JobGraph::build(wf)?)
+}
+
+/// Opens the cache named on the command line.
+pub fn open_cache(cli: &Cli) -> anyhow::Result<Cache> {
+    Cache::open(
+        &cli.cache,
+        if cli.no_wait { Wait::NoWait } else { Wait::Block },
+    )
+}
+
+/// Per-job selection (`--until`) and forcing (`--force`).
+pub fn selection(graph: &JobGraph, select: &SelectArgs) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
+    let n = graph.jobs.len();
+    let selected = match &select.until {
+        Some(s) => graph.ancestors(&graph.select(s).map_err(|e| anyhow::anyhow!("--until: {e}"))?),
+        None => vec![true; n],
+    };
+    let mut forced = vec![false; n];
+    for f in &select.force {
+        for j in graph.select(f).map_err(|e| anyhow::anyhow!("--force: {e}"))? {
+            forced[j] = true;
+        }
+    }
+    Ok((selected, forced))
+}
+
+/// `flora run`.
+pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let graph = load_graph(&args.workflow)?;
+    let (selected, forced) = selection(&graph, &args.select)?;
+    let cache = open_cache(cli)?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let opts = RunOptions {
+        jobs: args.jobs.unwrap_or(cpus).max(1),
+        cpus,
+        gpus: args.gpus.clone(),
+        require_gpu: args.require_gpu,
+        keep_going: args.keep_going,
+        forced,
+        selected,
+    };
+    let exe = std::env::current_exe().context("cannot find the flora executable")?;
+    let mut executor = Local::new(exe);
+    let started = std::time::Instant::now();
+    let total = opts.selected.iter().filter(|s| **s).count();
+    let mut progress = Progress::new(total);
+    let reports = scheduler::run(&graph, &cache, &mut executor, &opts, &mut progress)?;
+    progress.finish();
+    let results_dir = args
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&graph.workflow.name));
+    crate::results::link(&results_dir, &graph, &reports, &cache.root)
+        .with_context(|| format!("cannot link results into {}", results_dir.display()))?;
+    summary::print_run(&graph, &reports, started.elapsed().as_secs_f64(), &results_dir);
+    let failed: Vec<usize> = (0..reports.len())
+        .filter(|&j| matches!(reports[j].state, JobState::Failed(_)))
+        .collect();
+    for &j in &failed {
+        if let JobState::Failed(why) = &reports[j].state {
+            eprintln!("error: job {} failed: {why}", graph.jobs[j].id);
+            if let Some(log) = &reports[j].log {
+                eprintln!("  log: {}", log.display());
+                print_log_tail(log);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(JobsFailed {
+            failed: failed.len(),
+        }
+        .into())
+    }
+}
+
+fn print_log_tail(log: &Path) {
+    if let Ok(text) = std::fs::read_to_string(log) {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("--- flora")).collect();
+        let tail = &lines[lines.len().saturating_sub(10)..];
+        for l in tail {
+            eprintln!("  | {l}");
+        }
+    }
+}
+
+/// `flora plan`.
+pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
+    let graph = load_graph(&args.workflow)?;
+    let (selected, forced) = selection(&graph, &args.select)?;
+    let cache = open_cache(cli)?;
+    let states = plan::plan(&graph, &cache, &forced, &selected)?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = graph
+            .jobs
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| !matches!(s, Freshness::Skipped))
+            .map(|(job, state)| {
+                let (st, key, artifact, reasons) = match state {
+                    Freshness::Cached { key, artifact } => {
+                        ("cached", Some(*key), Some(*artifact), Vec::new())
+                    }
+                    Freshness::Run { key, reasons } => ("run", *key, None, reasons.clone()),
+                    Freshness::Skipped => unreachable!("filtered"),
+                };
+                serde_json::json!({
+                    "job": job.id,
+                    "stage": graph.stages[job.stage].name,
+                    "item": job.item,
+                    "kind": job.kind.name,
+                    "state": st,
+                    "reason": reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "),
+                    "reasons": reasons,
+                    "key": key.map(|k| k.to_hex()),
+                    "artifact": artifact.map(|a| cache.artifact_path(&a)),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        summary::print_plan(&graph, &states);
+    }
+    Ok(())
+}
+
+/// `flora dag`.
+pub fn dag(args: &DagArgs) -> anyhow::Result<()> {
+    let graph = load_graph(&args.workflow)?;
+    print!(
+        "{}",
+        crate::dag::render::render(&graph, args.format, args.jobs)
+    );
+    Ok(())
+}

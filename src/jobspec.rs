@@ -1,0 +1,49 @@
+//! The job spec: everything a job process needs, written by the driver as JSON and read by
+//! `flora __job SPEC`, locally or on a cluster node.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use flora_stages::Context;
+
+use crate::registry;
+
+/// One job, ready to run anywhere that sees the same file system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job id, for messages.
+    pub job: String,
+    /// The stage kind.
+    pub kind: String,
+    /// Its canonical params.
+    pub params: serde_json::Value,
+    /// Inputs, output folder, work folder, resources.
+    pub context: Context,
+}
+
+impl JobSpec {
+    /// Writes the spec to `path`.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write the job spec {}", path.display()))
+    }
+
+    /// Reads a spec.
+    pub fn read(path: &Path) -> anyhow::Result<JobSpec> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the job spec {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a flora job spec", path.display()))
+    }
+
+    /// Runs the job in this process (the body of `flora __job`).
+    pub fn run(&self) -> anyhow::Result<()> {
+        let kind = registry::lookup(&self.kind)
+            .with_context(|| format!("this flora has no stage kind `{}`", self.kind))?;
+        std::fs::create_dir_all(&self.context.out)?;
+        std::fs::create_dir_all(&self.context.work)?;
+        (kind.run)(&self.params, &self.context).with_context(|| format!("job {}", self.job))
+    }
+}

@@ -1,0 +1,444 @@
+//! The scheduler: runs a job graph through an executor, in parallel, reusing the cache.
+//!
+//! A job becomes ready when every job it reads has finished. Ready jobs start highest priority
+//! first (those with the most work downstream, as in cargo's job queue) while the `--jobs` limit,
+//! the CPU budget (a job's `threads`) and the free GPUs allow. When a job is ready its key is
+//! computed from its inputs' artifacts; a key found in the cache finishes the job at once.
+//! After a failure no new job starts (unless `--keep-going`, which only skips what depends on it);
+//! running jobs are always allowed to finish.
+
+use std::collections::BinaryHeap;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+
+use crate::cache::records::{InputRecord, JobRecord};
+use crate::cache::Cache;
+use crate::dag::{JobGraph, Source};
+use crate::executor::{Executor, Launch, Outcome};
+use crate::hash::Digest;
+use crate::jobspec::JobSpec;
+use crate::plan::{input_digests, key_of, last_run};
+use crate::progress::Progress;
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// At most this many jobs at once.
+    pub jobs: usize,
+    /// CPU threads available to all running jobs together.
+    pub cpus: usize,
+    /// GPU device indices that jobs may be given.
+    pub gpus: Vec<usize>,
+    /// Fail instead of running GPU stages on the CPU when no GPU is given.
+    pub require_gpu: bool,
+    /// After a failure, run everything that does not depend on it.
+    pub keep_going: bool,
+    /// Per job: run even if cached.
+    pub forced: Vec<bool>,
+    /// Per job: part of this run (`--until`).
+    pub selected: Vec<bool>,
+}
+
+/// How a job ended in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    /// Found in the cache.
+    Cached,
+    /// Ran and was published.
+    Ran,
+    /// Ran and failed, or could not be started.
+    Failed(String),
+    /// Not started: an upstream job failed, or the run stopped after a failure.
+    NotRun(String),
+    /// Not part of this run (`--until`).
+    NotSelected,
+}
+
+/// One job's result.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// How it ended.
+    pub state: JobState,
+    /// Seconds it ran (0 for cached jobs).
+    pub seconds: f64,
+    /// Its key, once known.
+    pub key: Option<Digest>,
+    /// Its artifact.
+    pub artifact: Option<Digest>,
+    /// Its log file.
+    pub log: Option<PathBuf>,
+}
+
+struct Running {
+    scratch: PathBuf,
+    spec: PathBuf,
+    key: Digest,
+    inputs: Vec<(String, Digest)>,
+    started: Instant,
+    started_at: SystemTime,
+    threads: usize,
+    gpus: Vec<usize>,
+}
+
+/// Runs `graph`; returns one report per job.
+pub fn run(
+    graph: &JobGraph,
+    cache: &Cache,
+    executor: &mut dyn Executor,
+    opts: &RunOptions,
+    progress: &mut Progress,
+) -> anyhow::Result<Vec<JobReport>> {
+    let n = graph.jobs.len();
+    check_gpus(graph, opts, progress)?;
+    let mut reports: Vec<JobReport> = (0..n)
+        .map(|j| JobReport {
+            state: if opts.selected[j] {
+                JobState::NotRun("the run stopped after a failure".into())
+            } else {
+                JobState::NotSelected
+            },
+            seconds: 0.0,
+            key: None,
+            artifact: None,
+            log: None,
+        })
+        .collect();
+    let priority = priorities(graph);
+    let mut waiting: Vec<usize> = graph.jobs.iter().map(|j| j.deps.len()).collect();
+    let mut ready: BinaryHeap<(usize, std::cmp::Reverse<usize>)> = BinaryHeap::new();
+    for j in 0..n {
+        if opts.selected[j] && waiting[j] == 0 {
+            ready.push((priority[j], std::cmp::Reverse(j)));
+        }
+    }
+    let mut artifacts: Vec<Option<Digest>> = vec![None; n];
+    let mut running: Vec<Option<Running>> = (0..n).map(|_| None).collect();
+    let mut free_cpus = opts.cpus.max(1);
+    let mut free_gpus: Vec<usize> = opts.gpus.clone();
+    let mut stopping = false;
+    let mut last_flush = Instant::now();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+
+    loop {
+        // Start (or finish from the cache) every ready job that fits.
+        while !stopping {
+            let Some(&(_, std::cmp::Reverse(j))) = ready.peek() else {
+                break;
+            };
+            let job = &graph.jobs[j];
+            let prepared = input_digests(job, cache, &artifacts).and_then(|inputs| {
+                let inputs = inputs.context("an upstream artifact is missing")?;
+                check_subpaths(graph, j, cache, &artifacts)?;
+                Ok(inputs)
+            });
+            let inputs = match prepared {
+                Ok(i) => i,
+                Err(e) => {
+                    ready.pop();
+                    reports[j].state = JobState::Failed(format!("{e:#}"));
+                    progress.finished(&job.id, "failed", 0.0);
+                    stopping = !opts.keep_going;
+                    continue;
+                }
+            };
+            let key = key_of(job, &inputs);
+            reports[j].key = Some(key);
+            if !opts.forced[j] {
+                if let Some(rec) = cache.lookup(&key) {
+                    ready.pop();
+                    artifacts[j] = Some(rec.artifact);
+                    reports[j].state = JobState::Cached;
+                    reports[j].artifact = Some(rec.artifact);
+                    reports[j].log = Some(rec.log.clone());
+                    cache.set_last_run(&graph.workflow.path, &job.id, &last_run(job, key, &inputs))?;
+                    progress.cached();
+                    release(graph, j, &mut waiting, &mut ready, &priority, opts);
+                    continue;
+                }
+            }
+            let threads = job.resources.threads.min(opts.cpus.max(1));
+            let want_gpus = if opts.gpus.is_empty() { 0 } else { job.resources.gpus };
+            if executor.running() >= opts.jobs.max(1)
+                || (executor.running() > 0 && threads > free_cpus)
+                || want_gpus > free_gpus.len()
+            {
+                break;
+            }
+            ready.pop();
+            let gpus: Vec<usize> = free_gpus.drain(..want_gpus).collect();
+            free_cpus = free_cpus.saturating_sub(threads);
+            match start(graph, j, key, &artifacts, threads, &gpus, cache, &host, executor) {
+                Ok(r) => {
+                    reports[j].log = Some(cache.log_path(&key));
+                    progress.started(&job.id);
+                    running[j] = Some(Running {
+                        inputs,
+                        threads,
+                        gpus,
+                        ..r
+                    });
+                }
+                Err(e) => {
+                    free_cpus += threads;
+                    free_gpus.extend(gpus);
+                    reports[j].state = JobState::Failed(format!("cannot start: {e:#}"));
+                    progress.finished(&job.id, "failed", 0.0);
+                    stopping = !opts.keep_going;
+                }
+            }
+        }
+        if executor.running() == 0 {
+            break;
+        }
+        let (j, outcome) = executor.wait();
+        let job = &graph.jobs[j];
+        let r = running[j].take().expect("a running job has its state");
+        free_cpus += r.threads;
+        free_gpus.extend(r.gpus.iter().copied());
+        free_gpus.sort_unstable();
+        let seconds = r.started.elapsed().as_secs_f64();
+        reports[j].seconds = seconds;
+        let _ = std::fs::remove_file(&r.spec);
+        let log = cache.log_path(&r.key);
+        let published = match outcome {
+            Outcome::Succeeded => cache
+                .publish(&r.scratch)
+                .with_context(|| format!("cannot publish the output of {}", job.id)),
+            Outcome::Failed(why) => Err(anyhow::anyhow!("{why}")),
+        };
+        match published {
+            Ok(artifact) => {
+                artifacts[j] = Some(artifact);
+                reports[j].state = JobState::Ran;
+                reports[j].artifact = Some(artifact);
+                let _ = std::fs::remove_dir_all(cache.work_path(&r.key));
+                cache.record(&JobRecord {
+                    key: r.key,
+                    artifact,
+                    workflow: graph.workflow.path.clone(),
+                    workflow_name: graph.workflow.name.clone(),
+                    job: job.id.clone(),
+                    stage: graph.stages[job.stage].name.clone(),
+                    kind: job.kind.name.to_string(),
+                    kind_version: job.kind.version,
+                    params: job.params.clone(),
+                    inputs: job
+                        .inputs
+                        .iter()
+                        .zip(&r.inputs)
+                        .map(|(i, (_, d))| InputRecord {
+                            name: i.name.clone(),
+                            source: i.written.clone(),
+                            digest: *d,
+                        })
+                        .collect(),
+                    started: humantime::format_rfc3339_seconds(r.started_at).to_string(),
+                    duration_s: seconds,
+                    flora_version: env!("CARGO_PKG_VERSION").to_string(),
+                    host: host.clone(),
+                    log: log.clone(),
+                })?;
+                cache.set_last_run(&graph.workflow.path, &job.id, &last_run(job, r.key, &r.inputs))?;
+                progress.finished(&job.id, "ran", seconds);
+                release(graph, j, &mut waiting, &mut ready, &priority, opts);
+            }
+            Err(e) => {
+                // Nothing is published: the scratch folder goes, the work folder stays for a retry.
+                crate::cache::make_writable(&r.scratch);
+                let _ = std::fs::remove_dir_all(&r.scratch);
+                append_log(&log, &format!("\n--- flora: job {} failed: {e:#}\n", job.id));
+                reports[j].state = JobState::Failed(format!("{e:#}"));
+                progress.finished(&job.id, "failed", seconds);
+                if !opts.keep_going {
+                    stopping = true;
+                }
+            }
+        }
+        if last_flush.elapsed().as_secs_f64() > 1.0 {
+            cache.flush()?;
+            last_flush = Instant::now();
+        }
+    }
+    cache.flush()?;
+    // Say why the jobs that never started did not.
+    for j in 0..n {
+        if let JobState::NotRun(_) = reports[j].state {
+            if let Some(&d) = graph.jobs[j]
+                .deps
+                .iter()
+                .find(|&&d| !matches!(reports[d].state, JobState::Cached | JobState::Ran))
+            {
+                reports[j].state = JobState::NotRun(format!("upstream {} did not finish", graph.jobs[d].id));
+            }
+        }
+    }
+    Ok(reports)
+}
+
+fn check_gpus(graph: &JobGraph, opts: &RunOptions, progress: &Progress) -> anyhow::Result<()> {
+    for stage in &graph.stages {
+        let Some(&j) = stage.jobs.iter().find(|&&j| opts.selected[j]) else {
+            continue;
+        };
+        let want = graph.jobs[j].resources.gpus;
+        if want == 0 {
+            continue;
+        }
+        if opts.gpus.is_empty() {
+            if opts.require_gpu {
+                anyhow::bail!(
+                    "stage `{}` needs {want} GPU(s) and --require-gpu was given, but no GPU was named: add --gpus 0[,1...]",
+                    stage.name
+                );
+            }
+            progress.println(&format!(
+                "warning: stage `{}` asks for {want} GPU(s) but no --gpus was given: it runs on the CPU",
+                stage.name
+            ));
+        } else if want > opts.gpus.len() {
+            anyhow::bail!(
+                "stage `{}` needs {want} GPUs but --gpus names only {}",
+                stage.name,
+                opts.gpus.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_subpaths(
+    graph: &JobGraph,
+    j: usize,
+    cache: &Cache,
+    artifacts: &[Option<Digest>],
+) -> anyhow::Result<()> {
+    for input in &graph.jobs[j].inputs {
+        if let (Source::Job(up), Some(sub)) = (&input.source, &input.sub) {
+            if let Some(d) = artifacts[*up] {
+                let p = cache.artifact_path(&d).join(sub);
+                anyhow::ensure!(
+                    p.exists(),
+                    "input `{}`: {} has no `{}` in its output",
+                    input.name,
+                    graph.jobs[*up].id,
+                    sub.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    graph: &JobGraph,
+    j: usize,
+    key: Digest,
+    artifacts: &[Option<Digest>],
+    threads: usize,
+    gpus: &[usize],
+    cache: &Cache,
+    host: &str,
+    executor: &mut dyn Executor,
+) -> anyhow::Result<Running> {
+    let job = &graph.jobs[j];
+    let scratch = cache.new_scratch(&key)?;
+    let work = cache.work_path(&key);
+    std::fs::create_dir_all(&work)?;
+    let mut ctx = flora_stages::Context::new(scratch.clone(), work, graph.workflow.dir.clone());
+    ctx.threads = threads;
+    ctx.gpus = gpus.to_vec();
+    for input in &job.inputs {
+        let base = match &input.source {
+            Source::Path(p) => p.clone(),
+            Source::Job(up) => cache.artifact_path(&artifacts[*up].context("upstream artifact")?),
+            Source::Collection(items) => {
+                let list = items
+                    .iter()
+                    .map(|(item, up)| Ok((item.clone(), artifacts[*up].context("upstream artifact")?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                cache.collection(&list)?.0
+            }
+        };
+        let path = match &input.sub {
+            Some(sub) => base.join(sub),
+            None => base,
+        };
+        ctx.inputs.insert(input.name.clone(), path);
+    }
+    let spec_path = scratch.with_extension("job.json");
+    let spec = JobSpec {
+        job: job.id.clone(),
+        kind: job.kind.name.to_string(),
+        params: job.params.clone(),
+        context: ctx,
+    };
+    spec.write(&spec_path)?;
+    let log = cache.log_path(&key);
+    let started_at = SystemTime::now();
+    std::fs::write(
+        &log,
+        format!(
+            "--- flora {}: job {} (kind {} v{}) of workflow {}\n--- key {key}\n--- started {} on {host}\n",
+            env!("CARGO_PKG_VERSION"),
+            job.id,
+            job.kind.name,
+            job.kind.version,
+            graph.workflow.path.display(),
+            humantime::format_rfc3339_seconds(started_at),
+        ),
+    )?;
+    executor.submit(Launch {
+        job: j,
+        id: job.id.clone(),
+        spec: spec_path.clone(),
+        log,
+        resources: job.resources.clone(),
+    })?;
+    Ok(Running {
+        scratch,
+        spec: spec_path,
+        key,
+        inputs: Vec::new(),
+        started: Instant::now(),
+        started_at,
+        threads,
+        gpus: Vec::new(),
+    })
+}
+
+fn append_log(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+fn release(
+    graph: &JobGraph,
+    j: usize,
+    waiting: &mut [usize],
+    ready: &mut BinaryHeap<(usize, std::cmp::Reverse<usize>)>,
+    priority: &[usize],
+    opts: &RunOptions,
+) {
+    for &d in &graph.dependents[j] {
+        waiting[d] -= 1;
+        if waiting[d] == 0 && opts.selected[d] {
+            ready.push((priority[d], std::cmp::Reverse(d)));
+        }
+    }
+}
+
+/// How much work waits on each job: itself plus everything downstream (diamonds counted twice,
+/// which only matters for ordering).
+fn priorities(graph: &JobGraph) -> Vec<usize> {
+    let mut p = vec![1usize; graph.jobs.len()];
+    for j in (0..graph.jobs.len()).rev() {
+        let below: usize = graph.dependents[j].iter().map(|&d| p[d]).sum();
+        p[j] = 1usize.saturating_add(below);
+    }
+    p
+}
