@@ -134,9 +134,9 @@ pub fn input_digests(
     let mut out = Vec::with_capacity(job.inputs.len());
     for input in &job.inputs {
         let digest = match &input.source {
-            Source::Path(p) => cache.input_digest(p).with_context(|| {
-                format!("input `{}`: cannot read {}", input.name, p.display())
-            })?,
+            Source::Path(p) => cache
+                .input_digest(p)
+                .with_context(|| format!("input `{}`: cannot read {}", input.name, p.display()))?,
             Source::Job(j) => match artifacts[*j] {
                 Some(d) => d,
                 None => return Ok(None),

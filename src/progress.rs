@@ -27,9 +27,11 @@ impl Progress {
             },
         );
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} jobs {wide_msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} jobs {wide_msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         if tty {
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -47,7 +49,8 @@ impl Progress {
             if self.running.len() > 4 {
                 names.push("...");
             }
-            self.bar.set_message(format!("running: {}", names.join(", ")));
+            self.bar
+                .set_message(format!("running: {}", names.join(", ")));
         }
     }
 
@@ -69,8 +72,7 @@ impl Progress {
         if !self.tty {
             eprintln!("{what:>7} {id} ({seconds:.2} s)");
         } else {
-            self.bar
-                .println(format!("{what:>7} {id} ({seconds:.2} s)"));
+            self.bar.println(format!("{what:>7} {id} ({seconds:.2} s)"));
         }
         self.refresh();
     }

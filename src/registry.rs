@@ -69,32 +69,7 @@ fn check<P: DeserializeOwned + Serialize>(
     value: &Value,
     extra: fn(&P) -> Result<(), String>,
 ) -> Result<serde_json::Value, ParamError> {
-    let params: P = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        let mut path: Vec<Seg> = e
-            .path()
-            .iter()
-            .filter_map(|s| match s {
-                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
-                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
-                serde_path_to_error::Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
-                serde_path_to_error::Segment::Unknown => None,
-            })
-            .collect();
-        let message = e.inner().to_string();
-        let at_key = message.starts_with("unknown field");
-        if at_key {
-            if let Some(field) = message.split('`').nth(1) {
-                if path.last() != Some(&Seg::Key(field.to_string())) {
-                    path.push(Seg::Key(field.to_string()));
-                }
-            }
-        }
-        ParamError {
-            path,
-            at_key,
-            message: message.replace("unknown field", "unknown param"),
-        }
-    })?;
+    let params: P = serde_path_to_error::deserialize(value.clone()).map_err(param_error)?;
     extra(&params).map_err(|message| ParamError {
         path: Vec::new(),
         at_key: false,
@@ -105,6 +80,35 @@ fn check<P: DeserializeOwned + Serialize>(
         at_key: false,
         message: format!("params cannot be written as JSON: {e}"),
     })
+}
+
+/// A deserialization error as a [`ParamError`]: the path of the offending param, and whether the
+/// key itself is the problem (an unknown param).
+pub fn param_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ParamError {
+    let mut path: Vec<Seg> = e
+        .path()
+        .iter()
+        .filter_map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect();
+    let message = e.inner().to_string();
+    let at_key = message.starts_with("unknown field");
+    if at_key {
+        if let Some(field) = message.split('`').nth(1) {
+            if path.last() != Some(&Seg::Key(field.to_string())) {
+                path.push(Seg::Key(field.to_string()));
+            }
+        }
+    }
+    ParamError {
+        path,
+        at_key,
+        message: message.replace("unknown field", "unknown param"),
+    }
 }
 
 fn run_exec(params: &serde_json::Value, ctx: &Context) -> anyhow::Result<()> {
@@ -133,11 +137,22 @@ mod tests {
         let e = (exec.check)(&yaml("{argv: [echo], argvv: 1}")).unwrap_err();
         assert_eq!(e.path, vec![Seg::key("argvv")]);
         assert!(e.at_key);
-        assert!(e.message.starts_with("unknown param `argvv`"), "{}", e.message);
+        assert!(
+            e.message.starts_with("unknown param `argvv`"),
+            "{}",
+            e.message
+        );
 
         let e = (exec.check)(&yaml("{argv: [echo], env: {MSG: [1]}}")).unwrap_err();
         assert_eq!(e.path, vec![Seg::key("env"), Seg::key("MSG")]);
-        assert!(e.message.contains("invalid type"), "{}", e.message);
+        assert!(
+            e.message.contains("a string, number or boolean"),
+            "{}",
+            e.message
+        );
+        let ok = (exec.check)(&yaml("{argv: [head, -n, 5], env: {N: 1.5, B: true}}")).unwrap();
+        assert_eq!(ok["argv"][2], "5");
+        assert_eq!(ok["env"]["B"], "true");
 
         let e = (exec.check)(&yaml("{argv: []}")).unwrap_err();
         assert!(e.message.contains("`argv` is empty"), "{}", e.message);

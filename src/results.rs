@@ -8,7 +8,12 @@ use crate::dag::JobGraph;
 use crate::scheduler::JobReport;
 
 /// Points `dir/<stage>` at the artifacts of the jobs that finished.
-pub fn link(dir: &Path, graph: &JobGraph, reports: &[JobReport], cache_root: &Path) -> io::Result<()> {
+pub fn link(
+    dir: &Path,
+    graph: &JobGraph,
+    reports: &[JobReport],
+    cache_root: &Path,
+) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let artifacts = cache_root.join("artifacts");
     for stage in &graph.stages {
@@ -57,7 +62,10 @@ fn set_link(link: &Path, target: &Path) -> io::Result<()> {
     if std::fs::read_link(link).ok().as_deref() == Some(target) {
         return Ok(());
     }
-    let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = link.with_file_name(format!(".{name}.flora-tmp"));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;

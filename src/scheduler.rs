@@ -152,14 +152,22 @@ pub fn run(
                     reports[j].state = JobState::Cached;
                     reports[j].artifact = Some(rec.artifact);
                     reports[j].log = Some(rec.log.clone());
-                    cache.set_last_run(&graph.workflow.path, &job.id, &last_run(job, key, &inputs))?;
+                    cache.set_last_run(
+                        &graph.workflow.path,
+                        &job.id,
+                        &last_run(job, key, &inputs),
+                    )?;
                     progress.cached();
                     release(graph, j, &mut waiting, &mut ready, &priority, opts);
                     continue;
                 }
             }
             let threads = job.resources.threads.min(opts.cpus.max(1));
-            let want_gpus = if opts.gpus.is_empty() { 0 } else { job.resources.gpus };
+            let want_gpus = if opts.gpus.is_empty() {
+                0
+            } else {
+                job.resources.gpus
+            };
             if executor.running() >= opts.jobs.max(1)
                 || (executor.running() > 0 && threads > free_cpus)
                 || want_gpus > free_gpus.len()
@@ -169,7 +177,9 @@ pub fn run(
             ready.pop();
             let gpus: Vec<usize> = free_gpus.drain(..want_gpus).collect();
             free_cpus = free_cpus.saturating_sub(threads);
-            match start(graph, j, key, &artifacts, threads, &gpus, cache, &host, executor) {
+            match start(
+                graph, j, key, &artifacts, threads, &gpus, cache, &host, executor,
+            ) {
                 Ok(r) => {
                     reports[j].log = Some(cache.log_path(&key));
                     progress.started(&job.id);
@@ -240,7 +250,11 @@ pub fn run(
                     host: host.clone(),
                     log: log.clone(),
                 })?;
-                cache.set_last_run(&graph.workflow.path, &job.id, &last_run(job, r.key, &r.inputs))?;
+                cache.set_last_run(
+                    &graph.workflow.path,
+                    &job.id,
+                    &last_run(job, r.key, &r.inputs),
+                )?;
                 progress.finished(&job.id, "ran", seconds);
                 release(graph, j, &mut waiting, &mut ready, &priority, opts);
             }
@@ -248,7 +262,10 @@ pub fn run(
                 // Nothing is published: the scratch folder goes, the work folder stays for a retry.
                 crate::cache::make_writable(&r.scratch);
                 let _ = std::fs::remove_dir_all(&r.scratch);
-                append_log(&log, &format!("\n--- flora: job {} failed: {e:#}\n", job.id));
+                append_log(
+                    &log,
+                    &format!("\n--- flora: job {} failed: {e:#}\n", job.id),
+                );
                 reports[j].state = JobState::Failed(format!("{e:#}"));
                 progress.finished(&job.id, "failed", seconds);
                 if !opts.keep_going {
@@ -270,7 +287,8 @@ pub fn run(
                 .iter()
                 .find(|&&d| !matches!(reports[d].state, JobState::Cached | JobState::Ran))
             {
-                reports[j].state = JobState::NotRun(format!("upstream {} did not finish", graph.jobs[d].id));
+                reports[j].state =
+                    JobState::NotRun(format!("upstream {} did not finish", graph.jobs[d].id));
             }
         }
     }
@@ -357,7 +375,9 @@ fn start(
             Source::Collection(items) => {
                 let list = items
                     .iter()
-                    .map(|(item, up)| Ok((item.clone(), artifacts[*up].context("upstream artifact")?)))
+                    .map(|(item, up)| {
+                        Ok((item.clone(), artifacts[*up].context("upstream artifact")?))
+                    })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 cache.collection(&list)?.0
             }
@@ -411,7 +431,11 @@ fn start(
 
 fn append_log(path: &std::path::Path, text: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
         let _ = f.write_all(text.as_bytes());
     }
 }

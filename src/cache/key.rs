@@ -57,6 +57,9 @@ mod tests {
         assert_ne!(base, job_key("exec", 2, &p1, &[("src".into(), d)]));
         assert_ne!(base, job_key("other", 1, &p1, &[("src".into(), d)]));
         assert_ne!(base, job_key("exec", 1, &p1, &[("dst".into(), d)]));
-        assert_ne!(base, job_key("exec", 1, &p1, &[("src".into(), Digest::of(b"y"))]));
+        assert_ne!(
+            base,
+            job_key("exec", 1, &p1, &[("src".into(), Digest::of(b"y"))])
+        );
     }
 }

@@ -49,13 +49,14 @@ use records::{ArtifactRecord, FileMemo, JobRecord, LastRun};
 pub struct Cache {
     /// The cache's root folder.
     pub root: PathBuf,
-    _lock: lock::CacheLock,
-    db: sled::Db,
     jobs: sled::Tree,
     history: sled::Tree,
     artifacts: sled::Tree,
     files: sled::Tree,
+    db: sled::Db,
     scratch_seq: AtomicU64,
+    // Declared last so that it is dropped last: the index is closed before the lock is released.
+    _lock: lock::CacheLock,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -78,8 +79,12 @@ impl Cache {
     /// Opens (creating it if needed) the cache at `root`, taking its lock.
     pub fn open(root: &Path, wait: Wait) -> anyhow::Result<Cache> {
         for sub in ["artifacts", "scratch", "work", "logs", "collections"] {
-            std::fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("cannot create the cache folder {}", root.join(sub).display()))?;
+            std::fs::create_dir_all(root.join(sub)).with_context(|| {
+                format!(
+                    "cannot create the cache folder {}",
+                    root.join(sub).display()
+                )
+            })?;
         }
         let root = std::fs::canonicalize(root)?;
         let lock = lock::CacheLock::acquire(&root, wait, |holder| {
@@ -88,11 +93,7 @@ impl Cache {
                 root.display()
             );
         })?;
-        let db = sled::Config::new()
-            .path(root.join("index"))
-            .cache_capacity(64 << 20)
-            .open()
-            .with_context(|| format!("cannot open the cache index {}", root.join("index").display()))?;
+        let db = open_index(&root.join("index"))?;
         let cache = Cache {
             jobs: db.open_tree("jobs")?,
             history: db.open_tree("history")?,
@@ -140,10 +141,10 @@ impl Cache {
     /// A fresh, empty scratch folder for a job, with a sibling path for its spec file.
     pub fn new_scratch(&self, key: &Digest) -> io::Result<PathBuf> {
         let n = self.scratch_seq.fetch_add(1, Ordering::Relaxed);
-        let p = self
-            .root
-            .join("scratch")
-            .join(format!("{}-{}-{n}", key.short(), std::process::id()));
+        let p =
+            self.root
+                .join("scratch")
+                .join(format!("{}-{}-{n}", key.short(), std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(p)
     }
@@ -151,9 +152,7 @@ impl Cache {
     /// The record of `key`, if its artifact is still in the store.
     pub fn lookup(&self, key: &Digest) -> Option<JobRecord> {
         let rec: JobRecord = parse(&self.jobs.get(key.0).ok()??)?;
-        self.artifact_path(&rec.artifact)
-            .is_dir()
-            .then_some(rec)
+        self.artifact_path(&rec.artifact).is_dir().then_some(rec)
     }
 
     /// The record of `key`, even when its artifact is gone.
@@ -295,10 +294,7 @@ impl Cache {
                 )?;
             }
             if std::fs::rename(&tmp, &dir).is_err() && !dir.is_dir() {
-                return Err(io::Error::other(format!(
-                    "cannot create {}",
-                    dir.display()
-                )));
+                return Err(io::Error::other(format!("cannot create {}", dir.display())));
             }
         }
         Ok((dir, digest))
@@ -306,6 +302,31 @@ impl Cache {
 
     pub(crate) fn trees(&self) -> (&sled::Tree, &sled::Tree, &sled::Tree) {
         (&self.jobs, &self.artifacts, &self.history)
+    }
+}
+
+/// Opens the sled index. The previous holder of the cache lock may still be closing it as it exits,
+/// so a busy index is retried for a few seconds.
+fn open_index(path: &Path) -> anyhow::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(64 << 20)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if (e.kind() == io::ErrorKind::WouldBlock || e.to_string().contains("lock"))
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the cache index {}", path.display()))
+            }
+        }
     }
 }
 

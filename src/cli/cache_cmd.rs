@@ -57,7 +57,10 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
         rows.push((d, meta));
     }
     rows.sort_by_key(|(d, m)| (m.as_ref().map(|m| m.created).unwrap_or(0), *d));
-    println!("{:<12}  {:>10}  {:<20}  JOBS", "ARTIFACT", "SIZE", "CREATED");
+    println!(
+        "{:<12}  {:>10}  {:<20}  JOBS",
+        "ARTIFACT", "SIZE", "CREATED"
+    );
     let mut total = 0;
     for (d, meta) in &rows {
         let (size, created) = match meta {
@@ -66,15 +69,29 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
                 humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(m.created))
                     .to_string(),
             ),
-            None => (crate::hash::tree_size(&cache.artifact_path(d)).unwrap_or(0), "?".into()),
+            None => (
+                crate::hash::tree_size(&cache.artifact_path(d)).unwrap_or(0),
+                "?".into(),
+            ),
         };
         total += size;
         let mut jobs = made_by.get(d).cloned().unwrap_or_default();
         jobs.sort();
         jobs.dedup();
-        println!("{:<12}  {:>10}  {:<20}  {}", d.short(), human(size), created, jobs.join(", "));
+        println!(
+            "{:<12}  {:>10}  {:<20}  {}",
+            d.short(),
+            human(size),
+            created,
+            jobs.join(", ")
+        );
     }
-    println!("{} artifacts, {} in {}", rows.len(), human(total), cache.root.display());
+    println!(
+        "{} artifacts, {} in {}",
+        rows.len(),
+        human(total),
+        cache.root.display()
+    );
     Ok(())
 }
 
@@ -89,7 +106,9 @@ fn parse_when(s: &str) -> anyhow::Result<u64> {
     } else {
         anyhow::bail!("--newer-than {s:?}: expected a date (2026-11-01), a time (2026-11-01T12:00:00Z) or a duration (7days)")
     };
-    Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
 }
 
 fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
@@ -120,7 +139,11 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
         }
     }
     let report = cache.gc(&keep, newer, args.dry_run)?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for d in &report.artifacts {
         println!("{verb} {}", d.to_hex());
     }
@@ -140,7 +163,10 @@ fn verify(cli: &Cli, remove: bool) -> anyhow::Result<()> {
         println!("DAMAGED {p}");
         if remove {
             cache.remove_artifact(&p.artifact())?;
-            println!("removed {}; the jobs that made it will run again", p.artifact().short());
+            println!(
+                "removed {}; the jobs that made it will run again",
+                p.artifact().short()
+            );
         }
     }
     println!("{checked} artifacts checked, {} damaged", problems.len());

@@ -65,7 +65,10 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
             }
             Freshness::Run { reasons, .. } => {
                 let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
-                println!("state:     not cached; a run would make it ({})", why.join("; "));
+                println!(
+                    "state:     not cached; a run would make it ({})",
+                    why.join("; ")
+                );
             }
             Freshness::Skipped => {}
         }
@@ -75,12 +78,24 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
             Some(rec) => {
                 if !f.current {
                     println!("last run:  (an earlier version of this job)");
-                    println!("artifact:  {}", cache.artifact_path(&rec.artifact).display());
+                    println!(
+                        "artifact:  {}",
+                        cache.artifact_path(&rec.artifact).display()
+                    );
                 }
                 for input in &rec.inputs {
-                    println!("input:     {} = {} ({})", input.name, input.source, input.digest.short());
+                    println!(
+                        "input:     {} = {} ({})",
+                        input.name,
+                        input.source,
+                        input.digest.short()
+                    );
                 }
-                println!("workflow:  {} ({})", rec.workflow_name, rec.workflow.display());
+                println!(
+                    "workflow:  {} ({})",
+                    rec.workflow_name,
+                    rec.workflow.display()
+                );
                 println!("started:   {}", rec.started);
                 println!("duration:  {:.2} s", rec.duration_s);
                 println!("host:      {}", rec.host);
@@ -117,7 +132,10 @@ pub fn log(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
                 print!("{}", std::fs::read_to_string(&p)?);
                 any = true;
             }
-            None => eprintln!("flora: no log for {}: it has not run with this cache", job.id),
+            None => eprintln!(
+                "flora: no log for {}: it has not run with this cache",
+                job.id
+            ),
         }
     }
     anyhow::ensure!(any, "no log found for `{}`", args.stage);

@@ -32,7 +32,11 @@ pub fn load_graph(args: &WorkflowArgs) -> anyhow::Result<JobGraph> {
 pub fn open_cache(cli: &Cli) -> anyhow::Result<Cache> {
     Cache::open(
         &cli.cache,
-        if cli.no_wait { Wait::NoWait } else { Wait::Block },
+        if cli.no_wait {
+            Wait::NoWait
+        } else {
+            Wait::Block
+        },
     )
 }
 
@@ -40,12 +44,19 @@ pub fn open_cache(cli: &Cli) -> anyhow::Result<Cache> {
 pub fn selection(graph: &JobGraph, select: &SelectArgs) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
     let n = graph.jobs.len();
     let selected = match &select.until {
-        Some(s) => graph.ancestors(&graph.select(s).map_err(|e| anyhow::anyhow!("--until: {e}"))?),
+        Some(s) => graph.ancestors(
+            &graph
+                .select(s)
+                .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+        ),
         None => vec![true; n],
     };
     let mut forced = vec![false; n];
     for f in &select.force {
-        for j in graph.select(f).map_err(|e| anyhow::anyhow!("--force: {e}"))? {
+        for j in graph
+            .select(f)
+            .map_err(|e| anyhow::anyhow!("--force: {e}"))?
+        {
             forced[j] = true;
         }
     }
@@ -57,7 +68,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let graph = load_graph(&args.workflow)?;
     let (selected, forced) = selection(&graph, &args.select)?;
     let cache = open_cache(cli)?;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let opts = RunOptions {
         jobs: args.jobs.unwrap_or(cpus).max(1),
         cpus,
@@ -80,7 +93,12 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("results").join(&graph.workflow.name));
     crate::results::link(&results_dir, &graph, &reports, &cache.root)
         .with_context(|| format!("cannot link results into {}", results_dir.display()))?;
-    summary::print_run(&graph, &reports, started.elapsed().as_secs_f64(), &results_dir);
+    summary::print_run(
+        &graph,
+        &reports,
+        started.elapsed().as_secs_f64(),
+        &results_dir,
+    );
     let failed: Vec<usize> = (0..reports.len())
         .filter(|&j| matches!(reports[j].state, JobState::Failed(_)))
         .collect();
@@ -105,7 +123,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
 
 fn print_log_tail(log: &Path) {
     if let Ok(text) = std::fs::read_to_string(log) {
-        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("--- flora")).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("--- flora"))
+            .collect();
         let tail = &lines[lines.len().saturating_sub(10)..];
         for l in tail {
             eprintln!("  | {l}");

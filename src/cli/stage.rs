@@ -25,10 +25,20 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     let out = args.out.as_deref().context("--out DIR is required")?;
     if registry::lookup(kind).is_none() {
         let known: Vec<&str> = registry::all().iter().map(|k| k.name).collect();
-        anyhow::bail!("unknown stage kind `{kind}` (known kinds: {})", known.join(", "));
+        anyhow::bail!(
+            "unknown stage kind `{kind}` (known kinds: {})",
+            known.join(", ")
+        );
     }
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        anyhow::bail!("--out {}: the folder exists and is not empty", out.display());
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        anyhow::bail!(
+            "--out {}: the folder exists and is not empty",
+            out.display()
+        );
     }
     // A one-stage workflow named after the kind, anchored in the current folder.
     let mut inputs = serde_yaml::Mapping::new();
@@ -59,7 +69,9 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     let cache = open_cache(cli)?;
     let opts = RunOptions {
         jobs: 1,
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         gpus: args.gpus.clone(),
         require_gpu: false,
         keep_going: false,
@@ -76,14 +88,22 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
             copy_tree(&cache.artifact_path(&artifact), out)?;
             println!(
                 "{} {kind} -> {} (artifact {})",
-                if r.state == JobState::Cached { "cached" } else { "ran" },
+                if r.state == JobState::Cached {
+                    "cached"
+                } else {
+                    "ran"
+                },
                 out.display(),
                 artifact.short()
             );
             Ok(())
         }
         (JobState::Failed(why), _) => {
-            let log = r.log.as_ref().map(|l| l.display().to_string()).unwrap_or_default();
+            let log = r
+                .log
+                .as_ref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
             anyhow::bail!("stage {kind} failed: {why}\n  log: {log}")
         }
         (other, _) => anyhow::bail!("stage {kind} did not run: {other:?}"),

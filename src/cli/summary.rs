@@ -43,7 +43,12 @@ pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results:
                 JobState::NotRun(why) => format!("  ({why})"),
                 _ => String::new(),
             };
-            println!("{:<w$}  {:<8}  {:>9}{note}", graph.jobs[j].id, word(&r.state), time);
+            println!(
+                "{:<w$}  {:<8}  {:>9}{note}",
+                graph.jobs[j].id,
+                word(&r.state),
+                time
+            );
         }
     } else {
         let w = width(graph.stages.iter().map(|s| s.name.len()));

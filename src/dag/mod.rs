@@ -114,8 +114,11 @@ struct Pending {
 
 impl JobGraph {
     /// Expands and checks `wf`, reporting every problem with its place.
-    pub fn build(wf: Workflow) -> Result<JobGraph, Diagnostics> {
-        let mut errs = Diagnostics::default();
+    pub fn build(mut wf: Workflow) -> Result<JobGraph, Diagnostics> {
+        let mut errs = std::mem::take(&mut wf.problems);
+        if wf.incomplete {
+            return Err(errs);
+        }
         let vars = resolve_vars(&wf, &mut errs);
         let names: HashMap<&str, usize> = wf
             .stages
@@ -141,7 +144,11 @@ impl JobGraph {
                 errs.push(
                     wf.at_stage(&decl.name, &[Seg::key("kind")], false),
                     Some(&decl.name),
-                    format!("unknown kind `{}` (known kinds: {})", decl.kind, known.join(", ")),
+                    format!(
+                        "unknown kind `{}` (known kinds: {})",
+                        decl.kind,
+                        known.join(", ")
+                    ),
                 );
                 continue;
             };
@@ -149,7 +156,10 @@ impl JobGraph {
                 continue; // already reported
             }
             let job_items: Vec<(Option<String>, Option<&Value>)> = match &items[di] {
-                Some(list) => list.iter().map(|(l, v)| (Some(l.clone()), Some(v))).collect(),
+                Some(list) => list
+                    .iter()
+                    .map(|(l, v)| (Some(l.clone()), Some(v)))
+                    .collect(),
                 None => vec![(None, None)],
             };
             let mut reported = false;
@@ -185,12 +195,9 @@ impl JobGraph {
                 }
             }
         }
-        let order = match petgraph::algo::toposort(&graph, None) {
-            Ok(order) => order,
-            Err(_) => {
-                report_cycle(&wf, &graph, &mut errs);
-                return Err(errs);
-            }
+        let Some(order) = declaration_order_topo(&graph, wf.stages.len()) else {
+            report_cycle(&wf, &graph, &mut errs);
+            return Err(errs);
         };
 
         // Jobs, stage by stage in dependency order.
@@ -380,7 +387,11 @@ fn expand_foreach(
         return None;
     };
     if list.is_empty() {
-        errs.push(at(&[]), Some(stage), "`foreach` is an empty list: the stage would have no jobs");
+        errs.push(
+            at(&[]),
+            Some(stage),
+            "`foreach` is an empty list: the stage would have no jobs",
+        );
         return None;
     }
     let mut out: Vec<(String, Value)> = Vec::new();
@@ -440,7 +451,11 @@ fn build_pending(
     let mut problems: Vec<SubstError> = Vec::new();
     let params = subst::substitute(&decl.params, scope, &mut problems);
     for p in &problems {
-        errs.push(wf.at_param(stage, &p.path, false), Some(stage), p.message.clone());
+        errs.push(
+            wf.at_param(stage, &p.path, false),
+            Some(stage),
+            p.message.clone(),
+        );
     }
     let mut canonical = serde_json::Value::Null;
     if problems.is_empty() {
@@ -463,20 +478,16 @@ fn build_pending(
         match serde_path_to_error::deserialize::<_, Resources>(res_value) {
             Ok(r) => r,
             Err(e) => {
-                let path: Vec<Seg> = e
-                    .path()
-                    .iter()
-                    .filter_map(|s| match s {
-                        serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
-                        _ => None,
-                    })
-                    .collect();
+                let e = registry::param_error(e);
                 let mut rest = vec![Seg::key("resources")];
-                rest.extend(path);
+                rest.extend(e.path);
                 errs.push(
-                    wf.at_stage(stage, &rest, false),
+                    wf.at_stage(stage, &rest, e.at_key),
                     Some(stage),
-                    format!("resources: {}", e.inner()),
+                    format!(
+                        "resources: {}",
+                        e.message.replace("unknown param", "unknown field")
+                    ),
                 );
                 Resources::default()
             }
@@ -532,7 +543,8 @@ fn parse_ref(
     items: &[Option<Vec<(String, Value)>>],
     decls: &[crate::workflow::StageDecl],
 ) -> Result<Ref, String> {
-    let is_explicit_path = text.starts_with('/') || text.starts_with("./") || text.starts_with("../");
+    let is_explicit_path =
+        text.starts_with('/') || text.starts_with("./") || text.starts_with("../");
     if !is_explicit_path && !text.is_empty() {
         // `name`, `name[item]`, optionally followed by `/sub/path`.
         let (head, sub) = match text.find('/') {
@@ -553,7 +565,10 @@ fn parse_ref(
         };
         let sub = sub.filter(|s| !s.is_empty()).map(PathBuf::from);
         if let Some(sub) = &sub {
-            if sub.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            if sub
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
                 return Err(format!(
                     "`{text}`: a path inside an artifact may not contain `..` or start with `/`"
                 ));
@@ -568,7 +583,8 @@ fn parse_ref(
                         ))
                     }
                     Some(list) if !list.iter().any(|(l, _)| l == item) => {
-                        let labels: Vec<&str> = list.iter().take(10).map(|(l, _)| l.as_str()).collect();
+                        let labels: Vec<&str> =
+                            list.iter().take(10).map(|(l, _)| l.as_str()).collect();
                         return Err(format!(
                             "`{text}`: stage `{name}` has no item `{item}` (items: {}{})",
                             labels.join(", "),
@@ -607,6 +623,29 @@ fn parse_ref(
         });
     }
     Ok(Ref::Path(std::fs::canonicalize(&path).unwrap_or(path)))
+}
+
+/// A dependency order that keeps the order stages are written in wherever dependencies allow
+/// (Kahn's algorithm, smallest declaration index first); `None` when there is a cycle.
+fn declaration_order_topo(graph: &DiGraphMap<usize, ()>, n: usize) -> Option<Vec<usize>> {
+    use std::cmp::Reverse;
+    let mut indegree = vec![0usize; n];
+    for (_, to, _) in graph.all_edges() {
+        indegree[to] += 1;
+    }
+    let mut ready: std::collections::BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for next in graph.neighbors(i) {
+            indegree[next] -= 1;
+            if indegree[next] == 0 {
+                ready.push(Reverse(next));
+            }
+        }
+    }
+    (order.len() == n).then_some(order)
 }
 
 fn report_cycle(wf: &Workflow, graph: &DiGraphMap<usize, ()>, errs: &mut Diagnostics) {
@@ -663,4 +702,3 @@ fn report_cycle(wf: &Workflow, graph: &DiGraphMap<usize, ()>, errs: &mut Diagnos
         return;
     }
 }
-

@@ -63,7 +63,11 @@ impl std::str::FromStr for Memory {
             "K" | "KB" | "KIB" => 1 << 10,
             "G" | "GB" | "GIB" => 1 << 30,
             "T" | "TB" | "TIB" => 1 << 40,
-            other => return Err(format!("memory {s:?}: unknown unit {other:?} (use K, M, G or T)")),
+            other => {
+                return Err(format!(
+                    "memory {s:?}: unknown unit {other:?} (use K, M, G or T)"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(|bytes| Memory { bytes })

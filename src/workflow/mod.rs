@@ -35,6 +35,11 @@ pub struct Workflow {
     pub spans: SpanIndex,
     /// `--set` overrides applied, for pointing problems at the flag instead of the file.
     pub overrides: Vec<Override>,
+    /// Problems found while reading, reported together with those found when building jobs.
+    pub problems: Diagnostics,
+    /// Whether a stage was left out because it could not be read (later checks would only
+    /// repeat the problem).
+    pub incomplete: bool,
 }
 
 /// One stage as declared.
@@ -159,6 +164,8 @@ impl Workflow {
             stages: Vec::new(),
             spans: SpanIndex::default(),
             overrides: Vec::new(),
+            problems: Diagnostics::default(),
+            incomplete: false,
         };
         let mut errs = Diagnostics::default();
         let doc: Value = match serde_yaml::from_str(text) {
@@ -176,7 +183,11 @@ impl Workflow {
         let top = match doc {
             Value::Mapping(m) => m,
             Value::Null => {
-                errs.push(wf.at(&[]), None, "the workflow is empty; it needs a `stages:` block");
+                errs.push(
+                    wf.at(&[]),
+                    None,
+                    "the workflow is empty; it needs a `stages:` block",
+                );
                 return Err(errs);
             }
             _ => {
@@ -218,21 +229,28 @@ impl Workflow {
         match top.get("stages") {
             Some(Value::Mapping(stages)) if !stages.is_empty() => {
                 for (k, v) in stages {
-                    if let Some(stage) = wf.parse_stage(&key_text(k), v, &mut errs) {
-                        wf.stages.push(stage);
+                    match wf.parse_stage(&key_text(k), v, &mut errs) {
+                        Some(stage) => wf.stages.push(stage),
+                        None => wf.incomplete = true,
                     }
                 }
             }
-            Some(Value::Mapping(_)) | Some(Value::Null) | None => errs.push(
-                wf.at(&[]),
-                None,
-                "the workflow declares no stages: add a `stages:` mapping",
-            ),
-            Some(_) => errs.push(
-                wf.at(&[Seg::key("stages")]),
-                None,
-                "`stages` must be a mapping from stage name to stage",
-            ),
+            Some(Value::Mapping(_)) | Some(Value::Null) | None => {
+                wf.incomplete = true;
+                errs.push(
+                    wf.at(&[]),
+                    None,
+                    "the workflow declares no stages: add a `stages:` mapping",
+                )
+            }
+            Some(_) => {
+                wf.incomplete = true;
+                errs.push(
+                    wf.at(&[Seg::key("stages")]),
+                    None,
+                    "`stages` must be a mapping from stage name to stage",
+                )
+            }
         }
         for flag in overrides {
             match Override::parse(flag) {
@@ -240,7 +258,8 @@ impl Workflow {
                 Err(d) => errs.0.push(d),
             }
         }
-        errs.into_result(wf)
+        wf.problems = errs;
+        Ok(wf)
     }
 
     fn parse_stage(&self, name: &str, v: &Value, errs: &mut Diagnostics) -> Option<StageDecl> {
@@ -502,15 +521,33 @@ mod tests {
 
     #[test]
     fn reports_problems_with_locations() {
-        let err = parse("stages:\n  a: {kind: exec, colour: red}\n  b: {params: {}}\nextra: 1\n", &["zz.x=1", "novalue"])
+        let err = parse(
+            "stages:\n  a: {kind: exec, colour: red}\n  b: {params: {}}\nextra: 1\n",
+            &["zz.x=1", "novalue"],
+        )
+        .unwrap()
+        .problems
+        .to_string();
+        assert!(
+            err.contains("wf.yaml:4:1: unknown top-level key `extra`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("wf.yaml:2:19: stage `a`: unknown key `colour`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("wf.yaml:3:3: stage `b`: missing `kind:`"),
+            "{err}"
+        );
+        assert!(err.contains("--set zz.x=1: no stage named `zz`"), "{err}");
+        assert!(
+            err.contains("--set novalue: expected STAGE.PARAM=VALUE"),
+            "{err}"
+        );
+        let err = parse("stages:\n  a: [unclosed\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("wf.yaml:4:1: unknown top-level key `extra`"), "{err}");
-        assert!(err.contains("wf.yaml:2:19: stage `a`: unknown key `colour`"), "{err}");
-        assert!(err.contains("wf.yaml:3:3: stage `b`: missing `kind:`"), "{err}");
-        assert!(err.contains("--set zz.x=1: no stage named `zz`"), "{err}");
-        assert!(err.contains("--set novalue: expected STAGE.PARAM=VALUE"), "{err}");
-        let err = parse("stages:\n  a: [unclosed\n", &[]).unwrap_err().to_string();
         assert!(err.starts_with("wf.yaml:"), "{err}");
         assert!(err.contains("YAML syntax"), "{err}");
     }

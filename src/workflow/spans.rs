@@ -71,7 +71,11 @@ impl SpanIndex {
     fn find(&self, path: &[Seg], key: bool) -> Pos {
         for len in (0..=path.len()).rev() {
             if let Some(e) = self.entries.get(&path[..len]) {
-                return if key { e.key.unwrap_or(e.value) } else { e.value };
+                return if key {
+                    e.key.unwrap_or(e.value)
+                } else {
+                    e.value
+                };
             }
         }
         Pos { line: 1, col: 1 }

@@ -90,7 +90,6 @@ pub fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-
 fn expand(s: &str, scope: &Scope) -> Result<Value, String> {
     if !s.contains("${") {
         return Ok(Value::String(s.to_string()));
@@ -118,7 +117,9 @@ fn expand(s: &str, scope: &Scope) -> Result<Value, String> {
         let expr = after[..end].trim();
         let value = lookup(expr, scope)?;
         let text = scalar_text(value).ok_or_else(|| {
-            format!("`${{{expr}}}` is a list or mapping and cannot be placed inside the string {s:?}")
+            format!(
+                "`${{{expr}}}` is a list or mapping and cannot be placed inside the string {s:?}"
+            )
         })?;
         out.push_str(&text);
         rest = &after[end + 1..];
@@ -147,9 +148,9 @@ fn lookup<'a>(expr: &str, scope: &'a Scope) -> Result<&'a Value, String> {
                 }
             })?
         }
-        "item" => scope.item.ok_or_else(|| {
-            format!("`${{{expr}}}` is only available in a stage with `foreach`")
-        })?,
+        "item" => scope
+            .item
+            .ok_or_else(|| format!("`${{{expr}}}` is only available in a stage with `foreach`"))?,
         other => {
             return Err(format!(
                 "`${{{expr}}}`: unknown name `{other}` (use `vars.NAME`, `item` or `item.FIELD`)"
@@ -177,7 +178,10 @@ mod tests {
 
     #[test]
     fn whole_templates_keep_types_and_inline_ones_make_text() {
-        let vars = yaml("k: [2, 3]\nroot: /data\nn: 5").as_mapping().unwrap().clone();
+        let vars = yaml("k: [2, 3]\nroot: /data\nn: 5")
+            .as_mapping()
+            .unwrap()
+            .clone();
         let item = yaml("{name: ath, chr: 1}");
         let scope = Scope {
             vars: &vars,
@@ -212,7 +216,9 @@ mod tests {
         assert_eq!(errs.len(), 3);
         assert_eq!(errs[0].path, vec![Seg::key("a"), Seg::Index(1)]);
         assert!(errs[0].message.contains("no `vars:` block"));
-        assert!(errs[1].message.contains("only available in a stage with `foreach`"));
+        assert!(errs[1]
+            .message
+            .contains("only available in a stage with `foreach`"));
         assert!(errs[2].message.contains("unclosed"));
     }
 }

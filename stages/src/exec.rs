@@ -23,17 +23,62 @@ use crate::Context;
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The program and its arguments; the first element is looked up on `PATH`. Required.
+    /// Numbers and booleans are taken as their text (`[head, -n, 5]`).
+    #[serde(deserialize_with = "scalars::list")]
     pub argv: Vec<String>,
-    /// Extra environment variables for the program (default: none).
-    #[serde(default)]
+    /// Extra environment variables for the program (default: none); values as for `argv`.
+    #[serde(default, deserialize_with = "scalars::map")]
     pub env: BTreeMap<String, String>,
+}
+
+/// Reading YAML scalars (strings, numbers, booleans) as text, as a command line would.
+mod scalars {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string, number or boolean")]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl From<Scalar> for String {
+        fn from(s: Scalar) -> String {
+            match s {
+                Scalar::Text(t) => t,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(Vec::<Scalar>::deserialize(d)?
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+        Ok(BTreeMap::<String, Scalar>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| (k, String::from(v)))
+            .collect())
+    }
 }
 
 /// Why an `exec` stage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// `argv` was empty.
-    #[error("exec: `argv` is empty; give the program to run, e.g. argv: [\"sh\", \"-c\", \"...\"]")]
+    #[error(
+        "exec: `argv` is empty; give the program to run, e.g. argv: [\"sh\", \"-c\", \"...\"]"
+    )]
     EmptyArgv,
     /// The program could not be started.
     #[error("exec: cannot start `{program}`: {source}")]

@@ -1,0 +1,126 @@
+//! The cache: verify, gc, ls, the content-addressed layout and the index.
+
+use crate::util::{state_of, Project, HELLO};
+
+fn artifact_dirs(p: &Project) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(p.path("cache/artifacts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn verify_catches_a_tampered_artifact_and_remove_heals_it() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    p.ok(&["run", "wf.yaml"]);
+    assert!(p
+        .ok(&["cache", "verify"])
+        .contains("2 artifacts checked, 0 damaged"));
+
+    // Artifacts are read-only; a determined user (or a disk) changes one anyway.
+    let target = std::fs::canonicalize(p.path("results/wf/upper/msg.txt")).unwrap();
+    let meta = std::fs::metadata(&target).unwrap();
+    assert!(
+        meta.permissions().readonly(),
+        "published files are read-only"
+    );
+    let mut perm = meta.permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&target, perm).unwrap();
+    std::fs::write(&target, "TAMPERED\n").unwrap();
+
+    let out = p.fails(&["cache", "verify"], 1);
+    assert!(out.contains("DAMAGED artifact"), "{out}");
+    assert!(out.contains("changed on disk"), "{out}");
+    assert!(out.contains("2 artifacts checked, 1 damaged"), "{out}");
+
+    p.ok(&["cache", "verify", "--remove"]);
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert_eq!(state_of(&out, "upper"), "ran", "{out}");
+    assert_eq!(p.read("results/wf/upper/msg.txt"), "HI\n");
+    assert!(p.ok(&["cache", "verify"]).contains("0 damaged"));
+}
+
+#[test]
+fn artifacts_are_named_by_their_content() {
+    let p = Project::new();
+    // Two stages that write the same bytes share one artifact.
+    p.write(
+        "wf.yaml",
+        "stages:\n  a: {kind: exec, params: {argv: [sh, -c, \"echo same > $FLORA_OUT/x\"]}}\n  b: {kind: exec, params: {argv: [sh, -c, \"echo same > $FLORA_OUT/x\"], env: {B: 1}}}\n",
+    );
+    p.ok(&["run", "wf.yaml"]);
+    assert_eq!(artifact_dirs(&p).len(), 1);
+    assert_eq!(
+        std::fs::canonicalize(p.path("results/wf/a")).unwrap(),
+        std::fs::canonicalize(p.path("results/wf/b")).unwrap()
+    );
+}
+
+#[test]
+fn gc_keeps_what_workflows_reach_and_removes_the_rest() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    p.write(
+        "old.yaml",
+        "stages:\n  gone: {kind: exec, params: {argv: [sh, -c, \"echo old > $FLORA_OUT/x\"]}}\n",
+    );
+    p.ok(&["run", "wf.yaml"]);
+    p.ok(&["run", "old.yaml"]);
+    assert_eq!(artifact_dirs(&p).len(), 3);
+
+    let err = p.fails(&["cache", "gc"], 2);
+    assert!(err.contains("say what to keep"), "{err}");
+
+    let dry = p.ok(&["cache", "gc", "--keep", "wf.yaml", "--dry-run"]);
+    assert!(dry.contains("would remove 1 artifacts"), "{dry}");
+    assert_eq!(artifact_dirs(&p).len(), 3);
+
+    let out = p.ok(&["cache", "gc", "--keep", "wf.yaml"]);
+    assert!(out.contains("removed 1 artifacts"), "{out}");
+    assert_eq!(artifact_dirs(&p).len(), 2);
+    assert!(p.plan(&["wf.yaml"]).iter().all(|r| r.1 == "cached"));
+    let plan = p.plan(&["old.yaml"]);
+    assert_eq!(plan[0].1, "run");
+    assert_eq!(plan[0].2, "not in this cache");
+
+    // --newer-than keeps recent artifacts even when no workflow names them.
+    p.ok(&["run", "old.yaml"]);
+    let out = p.ok(&["cache", "gc", "--newer-than", "1h"]);
+    assert!(out.contains("removed 0 artifacts"), "{out}");
+    let out = p.ok(&["cache", "gc", "--newer-than", "2099-01-01"]);
+    assert!(out.contains("removed 3 artifacts"), "{out}");
+    assert!(artifact_dirs(&p).is_empty());
+    let err = p.fails(&["cache", "gc", "--newer-than", "someday"], 2);
+    assert!(err.contains("expected a date"), "{err}");
+}
+
+#[test]
+fn ls_lists_artifacts_with_the_jobs_that_made_them() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    p.ok(&["run", "wf.yaml"]);
+    let out = p.ok(&["cache", "ls"]);
+    assert!(out.contains("wf:hello"), "{out}");
+    assert!(out.contains("wf:upper"), "{out}");
+    assert!(out.contains("2 artifacts, 6 B"), "{out}");
+}
+
+#[test]
+fn the_cache_can_live_anywhere() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    let elsewhere = p.path("elsewhere/c");
+    p.flora(&["run", "wf.yaml"])
+        .env("FLORA_CACHE", &elsewhere)
+        .assert()
+        .success();
+    assert!(elsewhere.join("artifacts").is_dir());
+    assert!(!p.path("cache").exists());
+    let out = p.ok(&["--cache", elsewhere.to_str().unwrap(), "plan", "wf.yaml"]);
+    assert!(out.contains("0 to run, 2 cached"), "{out}");
+}

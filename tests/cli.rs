@@ -1,0 +1,175 @@
+//! The other subcommands: plan, dag, show, log, stage, help.
+
+use crate::util::{Project, HELLO};
+
+#[test]
+fn plan_json_has_job_stage_state_and_reason() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    let out = p.ok(&["plan", "wf.yaml", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["job"], "hello");
+    assert_eq!(rows[0]["stage"], "hello");
+    assert_eq!(rows[0]["state"], "run");
+    assert_eq!(rows[0]["reason"], "new");
+    assert_eq!(rows[0]["reasons"][0]["reason"], "new");
+    assert_eq!(rows[1]["reason"], "new; upstream hello will run");
+    p.ok(&["run", "wf.yaml"]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&p.ok(&["plan", "wf.yaml", "--json"])).unwrap();
+    assert_eq!(rows[1]["state"], "cached");
+    assert_eq!(rows[1]["reason"], "");
+    assert!(rows[1]["artifact"]
+        .as_str()
+        .unwrap()
+        .contains("/cache/artifacts/"));
+    // The human table.
+    let table = p.ok(&["plan", "wf.yaml"]);
+    assert!(
+        table.starts_with("JOB    STATE   REASON\nhello  cached"),
+        "{table}"
+    );
+}
+
+#[test]
+fn dag_as_dot_and_mermaid() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    let dot = p.ok(&["dag", "wf.yaml"]);
+    assert!(dot.starts_with("digraph \"wf\" {"), "{dot}");
+    assert!(dot.contains("s0 [label=\"hello (exec)\"]"), "{dot}");
+    assert!(dot.contains("s0 -> s1;"), "{dot}");
+    let mermaid = p.ok(&["dag", "wf.yaml", "--format", "mermaid"]);
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    assert!(mermaid.contains("s0 --> s1"), "{mermaid}");
+    p.write(
+        "fan.yaml",
+        "stages:\n  a: {kind: exec, foreach: [x, y], params: {argv: [x]}}\n  b: {kind: exec, inputs: {i: a}, params: {argv: [x]}}\n",
+    );
+    let jobs = p.ok(&["dag", "fan.yaml", "--jobs"]);
+    assert!(jobs.contains("j0 [label=\"a[x] (exec)\"]"), "{jobs}");
+    assert!(
+        jobs.contains("j0 -> j2;") && jobs.contains("j1 -> j2;"),
+        "{jobs}"
+    );
+    let stages = p.ok(&["dag", "fan.yaml"]);
+    assert!(stages.contains("a (exec) x2"), "{stages}");
+}
+
+#[test]
+fn show_gives_the_artifact_and_its_provenance() {
+    let p = Project::new();
+    p.write("wf.yaml", HELLO);
+    let before = p.ok(&["show", "wf.yaml", "upper"]);
+    assert!(before.contains("state:     not cached"), "{before}");
+    assert!(before.contains("never run with this cache"), "{before}");
+    p.ok(&["run", "wf.yaml"]);
+    let out = p.ok(&["show", "wf.yaml", "upper"]);
+    for field in [
+        "job:       upper",
+        "state:     cached",
+        "artifact:  ",
+        "key:       ",
+        "kind:      exec v1",
+        "params:    {\"argv\"",
+        "input:     src = hello (",
+        "workflow:  wf (",
+        "started:   20",
+        "duration:  ",
+        "host:      ",
+        "flora:     0.",
+        "log:       ",
+    ] {
+        assert!(out.contains(field), "{field:?} in:\n{out}");
+    }
+    let artifact = out.lines().find(|l| l.starts_with("artifact:")).unwrap()[11..].to_string();
+    assert_eq!(
+        std::fs::read_to_string(format!("{artifact}/msg.txt")).unwrap(),
+        "HI\n"
+    );
+    let err = p.fails(&["show", "wf.yaml", "nope"], 2);
+    assert!(err.contains("has no stage or job `nope`"), "{err}");
+}
+
+#[test]
+fn log_prints_what_the_job_wrote() {
+    let p = Project::new();
+    p.write("wf.yaml", "stages:\n  talk: {kind: exec, params: {argv: [sh, -c, \"echo to-stdout; echo to-stderr >&2; touch $FLORA_OUT/x\"]}}\n");
+    let err = p.fails(&["log", "wf.yaml", "talk"], 2);
+    assert!(err.contains("no log for talk"), "{err}");
+    p.ok(&["run", "wf.yaml"]);
+    let log = p.ok(&["log", "wf.yaml", "talk"]);
+    assert!(
+        log.contains("to-stdout") && log.contains("to-stderr"),
+        "{log}"
+    );
+    assert!(log.contains("--- flora "), "{log}");
+    let linked = p.read("results/wf/talk.log");
+    assert_eq!(linked, log);
+}
+
+#[test]
+fn stage_runs_one_kind_outside_a_workflow_and_is_cached() {
+    let p = Project::new();
+    p.write("genes.txt", "b\na\nc\n");
+    let args = [
+        "stage",
+        "exec",
+        "--input",
+        "src=genes.txt",
+        "--set",
+        "argv=[sh, -c, 'sort $FLORA_IN_src > $FLORA_OUT/sorted.txt']",
+        "--out",
+        "sorted",
+    ];
+    let out = p.ok(&args);
+    assert!(out.starts_with("ran exec -> sorted"), "{out}");
+    assert_eq!(p.read("sorted/sorted.txt"), "a\nb\nc\n");
+    std::fs::remove_dir_all(p.path("sorted")).unwrap();
+    let out = p.ok(&args);
+    assert!(out.starts_with("cached exec -> sorted"), "{out}");
+    // The copy is the user's: writable.
+    std::fs::write(p.path("sorted/sorted.txt"), "mine").unwrap();
+
+    let err = p.fails(&args, 2);
+    assert!(err.contains("exists and is not empty"), "{err}");
+    let err = p.fails(&["stage", "nokind", "--out", "x"], 2);
+    assert!(err.contains("unknown stage kind `nokind`"), "{err}");
+    let err = p.fails(&["stage", "exec", "--set", "argvv=1", "--out", "y"], 2);
+    assert!(err.contains("unknown param `argvv`"), "{err}");
+    let err = p.fails(
+        &[
+            "stage",
+            "exec",
+            "--input",
+            "src=missing.txt",
+            "--set",
+            "argv=[true]",
+            "--out",
+            "y",
+        ],
+        2,
+    );
+    assert!(err.contains("no such file or folder: missing.txt"), "{err}");
+    let err = p.fails(&["stage", "exec", "--set", "argv=[false]", "--out", "z"], 2);
+    assert!(
+        err.contains("stage exec failed: exited with status 1"),
+        "{err}"
+    );
+    let list = p.ok(&["stage", "--list"]);
+    assert!(list.contains("exec"), "{list}");
+}
+
+#[test]
+fn help_has_examples() {
+    let p = Project::new();
+    let help = p.ok(&["--help"]);
+    assert!(help.contains("Examples:"), "{help}");
+    for cmd in ["run", "plan", "dag", "show", "log", "stage", "cache"] {
+        assert!(help.contains(cmd), "{cmd} in:\n{help}");
+    }
+    let run = p.ok(&["run", "--help"]);
+    assert!(run.contains("flora run workflows/demo.yaml"), "{run}");
+    assert!(!help.contains("__job"), "the job subcommand is hidden");
+}

@@ -1,0 +1,95 @@
+//! `foreach` fan-outs: one job per item, item references, and whole-fan-out inputs.
+
+use crate::util::{state_of, Project};
+
+const FANOUT: &str = r#"
+vars:
+  species:
+    - {name: ath, chroms: 5}
+    - {name: zma, chroms: 10}
+    - {name: osa, chroms: 12}
+stages:
+  genome:
+    kind: exec
+    foreach: ${vars.species}
+    params: {argv: [sh, -c, "echo ${item.name} ${item.chroms} > $FLORA_OUT/info"]}
+  size:
+    kind: exec
+    foreach: [ath, zma]
+    inputs: {g: "genome[${item}]"}
+    params: {argv: [sh, -c, "cut -d' ' -f2 $FLORA_IN_g/info > $FLORA_OUT/n"]}
+  table:
+    kind: exec
+    inputs: {all: genome}
+    params: {argv: [sh, -c, "cat $FLORA_IN_all/*/info | sort > $FLORA_OUT/table"]}
+  one:
+    kind: exec
+    inputs: {info: "genome[osa]/info"}
+    params: {argv: [sh, -c, "cp $FLORA_IN_info $FLORA_OUT/osa"]}
+"#;
+
+#[test]
+fn fan_out_runs_one_job_per_item_and_gathers_them() {
+    let p = Project::new();
+    p.write("wf.yaml", FANOUT);
+    let out = p.ok(&["run", "wf.yaml"]);
+    for job in [
+        "genome[ath]",
+        "genome[zma]",
+        "genome[osa]",
+        "size[ath]",
+        "size[zma]",
+        "table",
+        "one",
+    ] {
+        assert_eq!(state_of(&out, job), "ran", "{job}\n{out}");
+    }
+    assert_eq!(p.read("results/wf/table/table"), "ath 5\nosa 12\nzma 10\n");
+    assert_eq!(p.read("results/wf/size/zma/n"), "10\n");
+    assert_eq!(p.read("results/wf/genome/osa/info"), "osa 12\n");
+    assert_eq!(p.read("results/wf/one/osa"), "osa 12\n");
+    assert!(p.path("results/wf/genome/ath.log").exists());
+}
+
+#[test]
+fn adding_an_item_runs_only_the_new_job_and_the_gatherer() {
+    let p = Project::new();
+    p.write("wf.yaml", FANOUT);
+    p.ok(&["run", "wf.yaml"]);
+    p.write(
+        "wf.yaml",
+        &FANOUT.replace(
+            "    - {name: osa, chroms: 12}\n",
+            "    - {name: osa, chroms: 12}\n    - {name: sbi, chroms: 10}\n",
+        ),
+    );
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert_eq!(state_of(&out, "genome[sbi]"), "ran");
+    assert_eq!(state_of(&out, "genome[ath]"), "cached");
+    assert_eq!(state_of(&out, "size[ath]"), "cached");
+    assert_eq!(state_of(&out, "table"), "ran");
+    assert_eq!(state_of(&out, "one"), "cached");
+    assert_eq!(
+        p.read("results/wf/table/table"),
+        "ath 5\nosa 12\nsbi 10\nzma 10\n"
+    );
+}
+
+#[test]
+fn until_and_force_accept_single_jobs_of_a_fan_out() {
+    let p = Project::new();
+    p.write("wf.yaml", FANOUT);
+    let out = p.ok(&["run", "wf.yaml", "--until", "size[zma]"]);
+    let jobs: Vec<String> = crate::util::Project::run_states(&out)
+        .into_iter()
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(jobs, ["genome[zma]", "size[zma]"]);
+    let out = p.ok(&["run", "wf.yaml", "--force", "genome[zma]"]);
+    assert_eq!(state_of(&out, "genome[zma]"), "ran");
+    assert_eq!(
+        state_of(&out, "size[zma]"),
+        "cached",
+        "same output: early cutoff"
+    );
+}

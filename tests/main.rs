@@ -1,0 +1,11 @@
+//! End-to-end tests: each drives the real `flora` binary in a fresh temporary project.
+
+mod util;
+
+mod cache;
+mod cli;
+mod fanout;
+mod incremental;
+mod robustness;
+mod scheduler;
+mod validation;

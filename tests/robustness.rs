@@ -1,0 +1,148 @@
+//! Crashes and concurrency: a killed run leaves nothing half-written, and two runs share a cache.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{state_of, Project};
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_flora(p: &Project, args: &[&str]) -> std::process::Child {
+    Command::new(assert_cmd::cargo::cargo_bin("flora"))
+        .current_dir(p.root())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(files_in(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_run_killed_mid_write_leaves_no_artifact_and_the_rerun_completes() {
+    let p = Project::new();
+    // The job writes half its output, signals, then waits before writing the rest.
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  slow:
+    kind: exec
+    params: {argv: [sh, -c, "echo first-half > $FLORA_OUT/data; echo $$ > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; if [ -z \"$FAST\" ]; then sleep 30; fi; echo second-half >> $FLORA_OUT/data"]}
+  after: {kind: exec, inputs: {i: slow}, params: {argv: [sh, -c, "cp $FLORA_IN_i/data $FLORA_OUT/"]}}
+"#,
+    );
+    let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
+    let marker = p.path("started");
+    wait_for("the job to start writing", || marker.exists());
+    // SIGKILL the driver, then the orphaned job, as a crash or an OOM kill would.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let job_pid = std::fs::read_to_string(&marker).unwrap();
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -9 {}", job_pid.trim())])
+        .status();
+
+    let artifacts = files_in(&p.path("cache/artifacts"));
+    assert!(artifacts.is_empty(), "a killed job published {artifacts:?}");
+
+    // Re-run (fast this time): completes, with the whole output.
+    std::fs::remove_file(&marker).unwrap();
+    p.write(
+        "wf.yaml",
+        &p.read("wf.yaml")
+            .replace("if [ -z \\\"$FAST\\\" ]", "if false"),
+    );
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert_eq!(state_of(&out, "slow"), "ran");
+    assert_eq!(p.read("results/wf/after/data"), "first-half\nsecond-half\n");
+    assert!(
+        files_in(&p.path("cache/scratch")).is_empty(),
+        "scratch is cleaned"
+    );
+    let verify = p.ok(&["cache", "verify"]);
+    assert!(verify.contains("0 damaged"), "{verify}");
+}
+
+#[test]
+fn a_second_run_on_the_same_cache_waits_or_fails_with_no_wait() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  hold: {kind: exec, params: {argv: [sh, -c, "touch $FLORA_WORK/../../../holding; sleep 2; echo done > $FLORA_OUT/x"]}}
+"#,
+    );
+    p.write(
+        "other.yaml",
+        "stages:\n  quick: {kind: exec, params: {argv: [sh, -c, \"echo q > $FLORA_OUT/x\"]}}\n",
+    );
+    let mut first = spawn_flora(&p, &["run", "wf.yaml"]);
+    wait_for("the first run to hold the cache", || {
+        p.path("holding").exists()
+    });
+
+    let busy = p.fails(&["run", "other.yaml", "--no-wait"], 2);
+    assert!(busy.contains("in use by another flora (pid"), "{busy}");
+
+    let second = p.output(&["run", "other.yaml"]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err}");
+    assert!(err.contains("waiting for the cache"), "{err}");
+    assert!(first.wait().unwrap().success());
+    assert_eq!(p.read("results/wf/hold/x"), "done\n");
+    assert_eq!(p.read("results/other/quick/x"), "q\n");
+    let verify = p.ok(&["cache", "verify"]);
+    assert!(
+        verify.contains("2 artifacts checked, 0 damaged"),
+        "{verify}"
+    );
+}
+
+#[test]
+fn a_crashed_job_keeps_its_work_folder_for_the_retry() {
+    let p = Project::new();
+    // First attempt writes a checkpoint and fails; the retry finds the checkpoint.
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  train:
+    kind: exec
+    params: {argv: [sh, -c, "if [ -f $FLORA_WORK/ckpt ]; then echo resumed > $FLORA_OUT/r; else echo 1 > $FLORA_WORK/ckpt; exit 9; fi"]}
+"#,
+    );
+    let out = p.fails(&["run", "wf.yaml"], 1);
+    assert!(
+        out.contains("job train failed: exited with status 9"),
+        "{out}"
+    );
+    p.ok(&["run", "wf.yaml"]);
+    assert_eq!(p.read("results/wf/train/r"), "resumed\n");
+    // After success the work folder is gone.
+    assert!(files_in(&p.path("cache/work")).is_empty());
+}

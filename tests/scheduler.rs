@@ -1,0 +1,182 @@
+//! Scheduling: parallelism, failures, --keep-going, --until, --force, GPUs, logs.
+
+use std::time::Instant;
+
+use crate::util::{state_of, Project};
+
+const DIAMOND_WITH_FAILURE: &str = r#"
+stages:
+  ok1: {kind: exec, params: {argv: [sh, -c, "echo 1 > $FLORA_OUT/x"]}}
+  bad: {kind: exec, inputs: {i: ok1}, params: {argv: [sh, -c, "echo about to fail >&2; exit 3"]}}
+  after_bad: {kind: exec, inputs: {i: bad}, params: {argv: [sh, -c, "echo > $FLORA_OUT/x"]}}
+  slow_ok: {kind: exec, params: {argv: [sh, -c, "sleep 0.5; echo 2 > $FLORA_OUT/x"]}}
+  after_slow: {kind: exec, inputs: {i: slow_ok}, params: {argv: [sh, -c, "cp $FLORA_IN_i/x $FLORA_OUT/x"]}}
+"#;
+
+#[test]
+fn a_failure_stops_new_jobs_lets_running_ones_finish_and_names_the_log() {
+    let p = Project::new();
+    p.write("wf.yaml", DIAMOND_WITH_FAILURE);
+    let out = p.fails(&["run", "wf.yaml", "--jobs", "2"], 1);
+    assert_eq!(state_of(&out, "bad"), "failed", "{out}");
+    assert_eq!(state_of(&out, "after_bad"), "not run");
+    assert_eq!(
+        state_of(&out, "slow_ok"),
+        "ran",
+        "running jobs finish\n{out}"
+    );
+    assert_eq!(
+        state_of(&out, "after_slow"),
+        "not run",
+        "nothing new starts\n{out}"
+    );
+    assert!(
+        out.contains("error: job bad failed: exited with status 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  | about to fail"),
+        "the log's tail is shown\n{out}"
+    );
+    let log_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("log: "))
+        .unwrap();
+    let log = log_line.trim_start().trim_start_matches("log: ");
+    assert!(std::fs::read_to_string(log)
+        .unwrap()
+        .contains("about to fail"));
+    // Nothing of the failed job was published, and `flora log` finds the attempt.
+    let shown = p.ok(&["log", "wf.yaml", "bad"]);
+    assert!(shown.contains("about to fail"), "{shown}");
+}
+
+#[test]
+fn keep_going_runs_everything_that_does_not_depend_on_the_failure() {
+    let p = Project::new();
+    p.write("wf.yaml", DIAMOND_WITH_FAILURE);
+    let out = p.fails(&["run", "wf.yaml", "--keep-going", "--jobs", "1"], 1);
+    assert_eq!(state_of(&out, "bad"), "failed");
+    assert_eq!(state_of(&out, "after_bad"), "not run");
+    assert_eq!(state_of(&out, "after_slow"), "ran", "{out}");
+    assert!(out.contains("(upstream bad did not finish)"), "{out}");
+}
+
+#[test]
+fn until_runs_a_stage_and_its_ancestors_only() {
+    let p = Project::new();
+    p.write("wf.yaml", crate::util::HELLO);
+    let out = p.ok(&["run", "wf.yaml", "--until", "hello"]);
+    assert_eq!(
+        Project::run_states(&out),
+        [("hello".to_string(), "ran".to_string())]
+    );
+    let plan = p.plan(&["wf.yaml"]);
+    assert_eq!(plan[0].1, "cached");
+    assert_eq!(plan[1].1, "run");
+    let err = p.fails(&["run", "wf.yaml", "--until", "nope"], 2);
+    assert!(
+        err.contains("--until: workflow `wf` has no stage or job `nope`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn force_reruns_a_cached_stage() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  t: {kind: exec, params: {argv: [sh, -c, \"date +%s%N > $FLORA_OUT/t\"]}}\n  u: {kind: exec, inputs: {i: t}, params: {argv: [sh, -c, \"cp $FLORA_IN_i/t $FLORA_OUT/\"]}}\n",
+    );
+    p.ok(&["run", "wf.yaml"]);
+    let before = p.read("results/wf/u/t");
+    let plan = p.plan(&["wf.yaml", "--force", "t"]);
+    assert_eq!(plan[0], ("t".into(), "run".into(), "forced".into()));
+    let out = p.ok(&["run", "wf.yaml", "--force", "t"]);
+    assert_eq!(state_of(&out, "t"), "ran");
+    assert_eq!(state_of(&out, "u"), "ran", "new bytes upstream");
+    assert_ne!(p.read("results/wf/u/t"), before);
+}
+
+#[test]
+fn independent_jobs_run_in_parallel_up_to_jobs() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  s: {kind: exec, foreach: [a, b, c, d], params: {argv: [sh, -c, \"sleep 0.6; echo ${item} > $FLORA_OUT/x\"]}}\n",
+    );
+    let t = Instant::now();
+    p.ok(&["run", "wf.yaml", "--jobs", "4"]);
+    let parallel = t.elapsed().as_secs_f64();
+    // Four 0.6 s jobs take 2.4 s one after another; in parallel well under that.
+    assert!(parallel < 2.0, "4 jobs with --jobs 4 took {parallel:.2} s");
+    let t = Instant::now();
+    p.ok(&["run", "wf.yaml", "--jobs", "1", "--force", "s"]);
+    assert!(
+        t.elapsed().as_secs_f64() >= 2.4,
+        "--jobs 1 runs one at a time"
+    );
+}
+
+#[test]
+fn threads_resource_limits_how_many_jobs_share_the_cpus() {
+    let p = Project::new();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    p.write(
+        "wf.yaml",
+        &format!(
+            "stages:\n  s: {{kind: exec, foreach: [a, b], resources: {{threads: {cpus}}}, params: {{argv: [sh, -c, \"echo $FLORA_THREADS > $FLORA_OUT/t; echo ${{item}} > $FLORA_OUT/i; sleep 0.5\"]}}}}\n"
+        ),
+    );
+    let t = Instant::now();
+    p.ok(&["run", "wf.yaml", "--jobs", "8"]);
+    assert!(
+        t.elapsed().as_secs_f64() >= 1.0,
+        "two jobs that each take every CPU run one after the other"
+    );
+    assert_eq!(p.read("results/wf/s/a/t").trim(), cpus.to_string());
+}
+
+#[test]
+fn gpu_stages_get_devices_or_fall_back_to_the_cpu() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  g: {kind: exec, foreach: [a, b], resources: {gpus: 1}, params: {argv: [sh, -c, \"echo dev=$CUDA_VISIBLE_DEVICES > $FLORA_OUT/d\"]}}\n",
+    );
+    let out = p.output(&["run", "wf.yaml"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: stage `g` asks for 1 GPU(s) but no --gpus was given"),
+        "{err}"
+    );
+    assert_eq!(p.read("results/wf/g/a/d"), "dev=\n");
+
+    let err = p.fails(&["run", "wf.yaml", "--require-gpu", "--force", "g"], 2);
+    assert!(err.contains("--require-gpu"), "{err}");
+
+    p.ok(&["run", "wf.yaml", "--gpus", "3,5", "--force", "g"]);
+    let mut got = vec![p.read("results/wf/g/a/d"), p.read("results/wf/g/b/d")];
+    got.sort();
+    // Two one-GPU jobs share two devices: each gets its own, or they run in turn on one.
+    assert!(
+        got.iter().all(|d| d == "dev=3\n" || d == "dev=5\n"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_missing_program_fails_the_job_clearly() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  x: {kind: exec, params: {argv: [flora-no-such-tool, --help]}}\n",
+    );
+    let out = p.fails(&["run", "wf.yaml"], 1);
+    assert!(
+        out.contains("exec: cannot start `flora-no-such-tool`"),
+        "{out}"
+    );
+    assert!(!p.path("results/wf/x").exists());
+}
