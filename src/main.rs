@@ -33,6 +33,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn report(err: &anyhow::Error) -> ExitCode {
+    // A reader that stopped reading (`flora plan wf.yaml | head`) is not an error.
+    if err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::SUCCESS;
+    }
     if let Some(diags) = err.downcast_ref::<workflow::Diagnostics>() {
         for d in &diags.0 {
             eprintln!("error: {d}");

@@ -69,22 +69,11 @@ pub enum StaleReason {
 
 impl fmt::Display for StaleReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = |v: &serde_json::Value| {
-            let s = if v.is_null() {
-                "(unset)".to_string()
-            } else {
-                v.to_string()
-            };
-            if s.chars().count() > 60 {
-                format!("{}...", s.chars().take(57).collect::<String>())
-            } else {
-                s
-            }
-        };
         match self {
             StaleReason::New => write!(f, "new"),
             StaleReason::ParamChanged { param, old, new } => {
-                write!(f, "param {param}: {} -> {}", short(old), short(new))
+                let (o, n) = shorten_pair(old, new);
+                write!(f, "param {param}: {o} -> {n}")
             }
             StaleReason::InputChanged { name, source } => {
                 write!(f, "input {name} changed ({source})")
@@ -102,6 +91,35 @@ impl fmt::Display for StaleReason {
             StaleReason::NotInCache => write!(f, "not in this cache"),
         }
     }
+}
+
+/// Two values as short texts that still show where they differ.
+fn shorten_pair(old: &serde_json::Value, new: &serde_json::Value) -> (String, String) {
+    const MAX: usize = 60;
+    let text = |v: &serde_json::Value| {
+        if v.is_null() {
+            "(unset)".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let (o, n) = (text(old), text(new));
+    let (oc, nc): (Vec<char>, Vec<char>) = (o.chars().collect(), n.chars().collect());
+    if oc.len() <= MAX && nc.len() <= MAX {
+        return (o, n);
+    }
+    let first_diff = oc.iter().zip(&nc).take_while(|(a, b)| a == b).count();
+    let start = first_diff.saturating_sub(20);
+    let cut = |c: &[char]| {
+        let end = (start + MAX - 10).min(c.len());
+        format!(
+            "{}{}{}",
+            if start > 0 { "..." } else { "" },
+            c[start.min(c.len())..end].iter().collect::<String>(),
+            if end < c.len() { "..." } else { "" }
+        )
+    };
+    (cut(&oc), cut(&nc))
 }
 
 /// A job's freshness.
@@ -248,6 +266,11 @@ fn flatten<'a>(
                     format!("{prefix}.{k}")
                 };
                 flatten(&p, v, out);
+            }
+        }
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), v, out);
             }
         }
         _ => {

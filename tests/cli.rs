@@ -173,3 +173,28 @@ fn help_has_examples() {
     assert!(run.contains("flora run workflows/demo.yaml"), "{run}");
     assert!(!help.contains("__job"), "the job subcommand is hidden");
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let p = Project::new();
+    let stages: String = (0..3000)
+        .map(|i| format!("  s{i}: {{kind: exec, params: {{argv: [x]}}}}\n"))
+        .collect();
+    p.write("wf.yaml", &format!("stages:\n{stages}"));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("flora"))
+        .current_dir(p.root())
+        .args(["plan", "wf.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe, as `flora plan wf.yaml | head -1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

@@ -57,9 +57,11 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
         rows.push((d, meta));
     }
     rows.sort_by_key(|(d, m)| (m.as_ref().map(|m| m.created).unwrap_or(0), *d));
-    println!(
+    outln!(
         "{:<12}  {:>10}  {:<20}  JOBS",
-        "ARTIFACT", "SIZE", "CREATED"
+        "ARTIFACT",
+        "SIZE",
+        "CREATED"
     );
     let mut total = 0;
     for (d, meta) in &rows {
@@ -78,7 +80,7 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
         let mut jobs = made_by.get(d).cloned().unwrap_or_default();
         jobs.sort();
         jobs.dedup();
-        println!(
+        outln!(
             "{:<12}  {:>10}  {:<20}  {}",
             d.short(),
             human(size),
@@ -86,7 +88,7 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
             jobs.join(", ")
         );
     }
-    println!(
+    outln!(
         "{} artifacts, {} in {}",
         rows.len(),
         human(total),
@@ -145,9 +147,9 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
         "removed"
     };
     for d in &report.artifacts {
-        println!("{verb} {}", d.to_hex());
+        outln!("{verb} {}", d.to_hex());
     }
-    println!(
+    outln!(
         "{verb} {} artifacts ({}); kept {}",
         report.artifacts.len(),
         human(report.bytes),
@@ -160,16 +162,16 @@ fn verify(cli: &Cli, remove: bool) -> anyhow::Result<()> {
     let cache = open_cache(cli)?;
     let (checked, problems) = cache.verify()?;
     for p in &problems {
-        println!("DAMAGED {p}");
+        outln!("DAMAGED {p}");
         if remove {
             cache.remove_artifact(&p.artifact())?;
-            println!(
+            outln!(
                 "removed {}; the jobs that made it will run again",
                 p.artifact().short()
             );
         }
     }
-    println!("{checked} artifacts checked, {} damaged", problems.len());
+    outln!("{checked} artifacts checked, {} damaged", problems.len());
     if problems.is_empty() || remove {
         Ok(())
     } else {

@@ -53,56 +53,56 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
     let (graph, cache, found) = find(cli, args)?;
     for (i, f) in found.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!();
         }
         let job = &graph.jobs[f.job];
-        println!("job:       {}", job.id);
+        outln!("job:       {}", job.id);
         match &f.state {
             Freshness::Cached { key, artifact } => {
-                println!("state:     cached");
-                println!("artifact:  {}", cache.artifact_path(artifact).display());
-                println!("key:       {key}");
+                outln!("state:     cached");
+                outln!("artifact:  {}", cache.artifact_path(artifact).display());
+                outln!("key:       {key}");
             }
             Freshness::Run { reasons, .. } => {
                 let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
-                println!(
+                outln!(
                     "state:     not cached; a run would make it ({})",
                     why.join("; ")
                 );
             }
             Freshness::Skipped => {}
         }
-        println!("kind:      {} v{}", job.kind.name, job.kind.version);
-        println!("params:    {}", job.params);
+        outln!("kind:      {} v{}", job.kind.name, job.kind.version);
+        outln!("params:    {}", job.params);
         match &f.record {
             Some(rec) => {
                 if !f.current {
-                    println!("last run:  (an earlier version of this job)");
-                    println!(
+                    outln!("last run:  (an earlier version of this job)");
+                    outln!(
                         "artifact:  {}",
                         cache.artifact_path(&rec.artifact).display()
                     );
                 }
                 for input in &rec.inputs {
-                    println!(
+                    outln!(
                         "input:     {} = {} ({})",
                         input.name,
                         input.source,
                         input.digest.short()
                     );
                 }
-                println!(
+                outln!(
                     "workflow:  {} ({})",
                     rec.workflow_name,
                     rec.workflow.display()
                 );
-                println!("started:   {}", rec.started);
-                println!("duration:  {:.2} s", rec.duration_s);
-                println!("host:      {}", rec.host);
-                println!("flora:     {}", rec.flora_version);
-                println!("log:       {}", rec.log.display());
+                outln!("started:   {}", rec.started);
+                outln!("duration:  {:.2} s", rec.duration_s);
+                outln!("host:      {}", rec.host);
+                outln!("flora:     {}", rec.flora_version);
+                outln!("log:       {}", rec.log.display());
             }
-            None => println!("history:   never run with this cache"),
+            None => outln!("history:   never run with this cache"),
         }
     }
     Ok(())
@@ -127,9 +127,9 @@ pub fn log(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
         match path.filter(|p| p.exists()) {
             Some(p) => {
                 if many {
-                    println!("==> {} <==", job.id);
+                    outln!("==> {} <==", job.id);
                 }
-                print!("{}", std::fs::read_to_string(&p)?);
+                out!("{}", std::fs::read_to_string(&p)?);
                 any = true;
             }
             None => eprintln!(

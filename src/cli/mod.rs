@@ -1,4 +1,23 @@
 //! The command line: flags, parsed by clap in one step, then one function per subcommand.
+//!
+//! Output goes through [`out!`] and [`outln!`], which return an error instead of panicking when
+//! stdout is closed (`flora plan wf.yaml | head`); the binary exits quietly on a broken pipe.
+
+/// `print!` that returns `std::io::Error` instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
+/// `println!` that returns `std::io::Error` instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
 
 pub mod cache_cmd;
 pub mod inspect;

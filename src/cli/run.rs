@@ -93,7 +93,8 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("results").join(&graph.workflow.name));
     crate::results::link(&results_dir, &graph, &reports, &cache.root)
         .with_context(|| format!("cannot link results into {}", results_dir.display()))?;
-    summary::print_run(
+    // A closed stdout must not hide failures, which go to stderr below.
+    let _ = summary::print_run(
         &graph,
         &reports,
         started.elapsed().as_secs_f64(),
@@ -167,9 +168,9 @@ pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        summary::print_plan(&graph, &states);
+        summary::print_plan(&graph, &states)?;
     }
     Ok(())
 }
@@ -177,7 +178,7 @@ pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
 /// `flora dag`.
 pub fn dag(args: &DagArgs) -> anyhow::Result<()> {
     let graph = load_graph(&args.workflow)?;
-    print!(
+    out!(
         "{}",
         crate::dag::render::render(&graph, args.format, args.jobs)
     );

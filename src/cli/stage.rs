@@ -17,7 +17,7 @@ use crate::workflow::Workflow;
 pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     if args.list {
         for k in registry::all() {
-            println!("{:<12} v{:<3} {}", k.name, k.version, k.summary);
+            outln!("{:<12} v{:<3} {}", k.name, k.version, k.summary);
         }
         return Ok(());
     }
@@ -86,7 +86,7 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     match (&r.state, r.artifact) {
         (JobState::Ran | JobState::Cached, Some(artifact)) => {
             copy_tree(&cache.artifact_path(&artifact), out)?;
-            println!(
+            outln!(
                 "{} {kind} -> {} (artifact {})",
                 if r.state == JobState::Cached {
                     "cached"

@@ -14,7 +14,12 @@ fn width(names: impl Iterator<Item = usize>) -> usize {
 }
 
 /// The end-of-run table: job, state, time.
-pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results: &Path) {
+pub fn print_run(
+    graph: &JobGraph,
+    reports: &[JobReport],
+    seconds: f64,
+    results: &Path,
+) -> std::io::Result<()> {
     let shown: Vec<usize> = (0..reports.len())
         .filter(|&j| reports[j].state != JobState::NotSelected)
         .collect();
@@ -32,7 +37,7 @@ pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results:
     };
     if shown.len() <= MAX_JOB_ROWS {
         let w = width(shown.iter().map(|&j| graph.jobs[j].id.len()));
-        println!("{:<w$}  {:<8}  {:>9}", "JOB", "STATE", "TIME");
+        outln!("{:<w$}  {:<8}  {:>9}", "JOB", "STATE", "TIME");
         for &j in &shown {
             let r = &reports[j];
             let time = match r.state {
@@ -43,7 +48,7 @@ pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results:
                 JobState::NotRun(why) => format!("  ({why})"),
                 _ => String::new(),
             };
-            println!(
+            outln!(
                 "{:<w$}  {:<8}  {:>9}{note}",
                 graph.jobs[j].id,
                 word(&r.state),
@@ -52,9 +57,15 @@ pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results:
         }
     } else {
         let w = width(graph.stages.iter().map(|s| s.name.len()));
-        println!(
+        outln!(
             "{:<w$}  {:>6}  {:>6}  {:>6}  {:>6}  {:>7}  {:>9}",
-            "STAGE", "JOBS", "RAN", "CACHED", "FAILED", "NOT RUN", "TIME"
+            "STAGE",
+            "JOBS",
+            "RAN",
+            "CACHED",
+            "FAILED",
+            "NOT RUN",
+            "TIME"
         );
         for s in &graph.stages {
             let js: Vec<&JobReport> = s
@@ -68,7 +79,7 @@ pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results:
             }
             let c = |f: fn(&JobState) -> bool| js.iter().filter(|r| f(&r.state)).count();
             let t: f64 = js.iter().map(|r| r.seconds).sum();
-            println!(
+            outln!(
                 "{:<w$}  {:>6}  {:>6}  {:>6}  {:>6}  {:>7}  {:>7.2} s",
                 s.name,
                 js.len(),
@@ -80,20 +91,21 @@ pub fn print_run(graph: &JobGraph, reports: &[JobReport], seconds: f64, results:
             );
         }
     }
-    println!(
+    outln!(
         "{} jobs: {ran} ran, {cached} cached, {failed} failed, {not_run} not run, in {seconds:.2} s; outputs in {}",
         shown.len(),
         results.display()
     );
+    Ok(())
 }
 
 /// The `flora plan` table: job, state, reason.
-pub fn print_plan(graph: &JobGraph, states: &[Freshness]) {
+pub fn print_plan(graph: &JobGraph, states: &[Freshness]) -> std::io::Result<()> {
     let shown: Vec<usize> = (0..states.len())
         .filter(|&j| !matches!(states[j], Freshness::Skipped))
         .collect();
     let w = width(shown.iter().map(|&j| graph.jobs[j].id.len()));
-    println!("{:<w$}  {:<6}  REASON", "JOB", "STATE");
+    outln!("{:<w$}  {:<6}  REASON", "JOB", "STATE");
     let mut to_run = 0;
     for &j in &shown {
         let (state, reason) = match &states[j] {
@@ -111,11 +123,12 @@ pub fn print_plan(graph: &JobGraph, states: &[Freshness]) {
             }
             Freshness::Skipped => continue,
         };
-        println!("{:<w$}  {state:<6}  {reason}", graph.jobs[j].id);
+        outln!("{:<w$}  {state:<6}  {reason}", graph.jobs[j].id);
     }
-    println!(
+    outln!(
         "{} jobs: {to_run} to run, {} cached",
         shown.len(),
         shown.len() - to_run
     );
+    Ok(())
 }
