@@ -78,6 +78,17 @@ pub struct SelectArgs {
     pub force: Vec<String>,
 }
 
+/// Which GPUs jobs may use.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DeviceArgs {
+    /// GPU device indices that GPU stages may use, e.g. 0,1.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub gpus: Vec<usize>,
+    /// Fail if a GPU stage would have to run on the CPU.
+    #[arg(long)]
+    pub require_gpu: bool,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -132,12 +143,9 @@ pub struct RunArgs {
     /// At most N jobs at once (default: the number of cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// GPU device indices that GPU stages may use, e.g. 0,1.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub gpus: Vec<usize>,
-    /// Fail if a GPU stage would have to run on the CPU.
-    #[arg(long)]
-    pub require_gpu: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub devices: DeviceArgs,
     /// After a failure, keep running every job that does not depend on it.
     #[arg(short, long)]
     pub keep_going: bool,
@@ -201,9 +209,9 @@ pub struct StageArgs {
     /// Where to copy the output (must not exist, or be empty).
     #[arg(long, value_name = "DIR", required_unless_present = "list")]
     pub out: Option<PathBuf>,
-    /// Run on these GPUs.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub gpus: Vec<usize>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub devices: DeviceArgs,
     /// List the stage kinds.
     #[arg(long)]
     pub list: bool,

@@ -74,8 +74,8 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         jobs: args.jobs.unwrap_or(cpus).max(1),
         cpus,
-        gpus: args.gpus.clone(),
-        require_gpu: args.require_gpu,
+        gpus: args.devices.gpus.clone(),
+        require_gpu: args.devices.require_gpu,
         keep_going: args.keep_going,
         forced,
         selected,

@@ -72,8 +72,8 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        gpus: args.gpus.clone(),
-        require_gpu: false,
+        gpus: args.devices.gpus.clone(),
+        require_gpu: args.devices.require_gpu,
         keep_going: false,
         forced: vec![false],
         selected: vec![true],
