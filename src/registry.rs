@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml::Value;
 
+use flora_stages::genomics::promoters;
 use flora_stages::{exec, Context};
 
 use crate::workflow::spans::Seg;
@@ -45,13 +46,22 @@ impl std::fmt::Debug for Kind {
     }
 }
 
-static KINDS: &[Kind] = &[Kind {
-    name: "exec",
-    version: 1,
-    summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
-    check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
-    run: run_exec,
-}];
+static KINDS: &[Kind] = &[
+    Kind {
+        name: "exec",
+        version: 1,
+        summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
+        check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
+        run: run_exec,
+    },
+    Kind {
+        name: "promoters",
+        version: 1,
+        summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
+        check: |v| check::<promoters::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, |p: &promoters::Params, ctx| promoters::run(p, ctx).map(drop)),
+    },
+];
 
 /// Every kind, in the order `flora stage --list` shows them.
 pub fn all() -> &'static [Kind] {
@@ -109,6 +119,16 @@ pub fn param_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ParamErr
         at_key,
         message: message.replace("unknown field", "unknown param"),
     }
+}
+
+/// Runs a kind whose params deserialize into `P`.
+fn run_typed<P: DeserializeOwned, E: std::error::Error + Send + Sync + 'static>(
+    params: &serde_json::Value,
+    ctx: &Context,
+    f: impl FnOnce(&P, &Context) -> Result<(), E>,
+) -> anyhow::Result<()> {
+    let p: P = serde_json::from_value(params.clone())?;
+    Ok(f(&p, ctx)?)
 }
 
 fn run_exec(params: &serde_json::Value, ctx: &Context) -> anyhow::Result<()> {

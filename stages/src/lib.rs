@@ -22,6 +22,7 @@
 //! ```
 
 pub mod context;
+pub mod genomics;
 pub mod exec;
 
 pub use context::Context;

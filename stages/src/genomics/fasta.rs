@@ -1,0 +1,286 @@
+//! Indexed FASTA (plain or bgzip) through htslib's faidx, made safe to call.
+//!
+//! rust-htslib 1.0.2 does not check what htslib returns: a contig name missing from the index, or
+//! a plain-gzip file, crash the process. [`Genome`] therefore reads the `.fai` itself, checks every
+//! name and range against it before calling htslib, and [`Genome::prepare`] makes sure that only a
+//! plain or bgzip FASTA with a complete index ever reaches htslib (a gzip file is recompressed to
+//! bgzip first).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::io::{compression, Compression};
+
+/// A problem with a FASTA file.
+#[derive(Debug, thiserror::Error)]
+pub enum FastaError {
+    /// The file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// htslib could not index the file.
+    #[error("{path}: cannot index this FASTA (htslib's faidx refused it: is it FASTA, with lines of equal length within each record?)")]
+    Index {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A contig is not in the FASTA.
+    #[error("{path}: no sequence named `{name}` (the FASTA has {count} sequences, e.g. {examples})")]
+    UnknownContig {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// How many sequences the file has.
+        count: usize,
+        /// A few of their names.
+        examples: String,
+    },
+    /// A region lies outside its contig.
+    #[error("{path}: region {name}:{start}-{end} is outside the sequence (length {len})")]
+    OutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The contig.
+        name: String,
+        /// 0-based start.
+        start: u64,
+        /// 0-based exclusive end.
+        end: u64,
+        /// The contig's length.
+        len: u64,
+    },
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> FastaError {
+    FastaError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// An indexed FASTA file.
+pub struct Genome {
+    path: PathBuf,
+    reader: rust_htslib::faidx::Reader,
+    /// Contig name -> length, in file order of `names`.
+    lengths: HashMap<String, u64>,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Genome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Genome({}, {} contigs)", self.path.display(), self.names.len())
+    }
+}
+
+/// Reads the contig names and lengths from a `.fai`.
+pub fn read_fai(fai: &Path) -> Result<Vec<(String, u64)>, FastaError> {
+    let text = std::fs::read_to_string(fai).map_err(|e| io_err(fai, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| {
+            let mut cols = l.split('\t');
+            let name = cols.next().unwrap_or_default().to_string();
+            let len = cols
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io_err(fai, format!("line {}: not a faidx index line", i + 1)))?;
+            Ok((name, len))
+        })
+        .collect()
+}
+
+impl Genome {
+    /// Returns a path to `input` as plain or bgzip FASTA with its `.fai` (and `.gzi`) beside it:
+    /// `input` itself when it already has them, else a link or bgzip copy in `work` that is
+    /// indexed there (the input's folder may be read-only).
+    pub fn prepare(input: &Path, work: &Path) -> Result<PathBuf, FastaError> {
+        let kind = compression(input).map_err(|e| io_err(input, e))?;
+        let with_ext = |p: &Path, ext: &str| PathBuf::from(format!("{}{ext}", p.display()));
+        let indexed = |p: &Path| {
+            with_ext(p, ".fai").is_file()
+                && (kind != Compression::Bgzip || with_ext(p, ".gzi").is_file())
+        };
+        if kind != Compression::Gzip && indexed(input) {
+            return Ok(input.to_path_buf());
+        }
+        std::fs::create_dir_all(work).map_err(|e| io_err(work, e))?;
+        let local = work.join(if kind == Compression::Plain {
+            "genome.fa"
+        } else {
+            "genome.fa.gz"
+        });
+        for p in [
+            local.clone(),
+            with_ext(&local, ".fai"),
+            with_ext(&local, ".gzi"),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        match kind {
+            Compression::Gzip => to_bgzip(input, &local)?,
+            _ => {
+                let abs = std::fs::canonicalize(input).map_err(|e| io_err(input, e))?;
+                std::os::unix::fs::symlink(abs, &local).map_err(|e| io_err(&local, e))?;
+            }
+        }
+        build_index(&local)?;
+        Ok(local)
+    }
+
+    /// Opens a FASTA that [`Genome::prepare`] returned (or any plain/bgzip FASTA with its index).
+    pub fn open(path: &Path) -> Result<Genome, FastaError> {
+        let fai = PathBuf::from(format!("{}.fai", path.display()));
+        if !fai.is_file() {
+            build_index(path)?;
+        }
+        let entries = read_fai(&fai)?;
+        let reader = rust_htslib::faidx::Reader::from_path(path).map_err(|e| io_err(path, e))?;
+        Ok(Genome {
+            path: path.to_path_buf(),
+            reader,
+            lengths: entries.iter().cloned().collect(),
+            names: entries.into_iter().map(|(n, _)| n).collect(),
+        })
+    }
+
+    /// Contig names in file order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The length of contig `name`.
+    pub fn len_of(&self, name: &str) -> Result<u64, FastaError> {
+        self.lengths
+            .get(name)
+            .copied()
+            .ok_or_else(|| FastaError::UnknownContig {
+                path: self.path.clone(),
+                name: name.to_string(),
+                count: self.names.len(),
+                examples: self.names.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Bases `[start, end)` (0-based) of contig `name`, as stored (case kept).
+    pub fn fetch(&self, name: &str, start: u64, end: u64) -> Result<Vec<u8>, FastaError> {
+        let len = self.len_of(name)?;
+        if start > end || end > len {
+            return Err(FastaError::OutOfRange {
+                path: self.path.clone(),
+                name: name.to_string(),
+                start,
+                end,
+                len,
+            });
+        }
+        if start == end {
+            return Ok(Vec::new());
+        }
+        let seq = self
+            .reader
+            .fetch_seq(name, start as usize, end as usize - 1)
+            .map_err(|e| io_err(&self.path, e))?;
+        if seq.len() as u64 != end - start {
+            return Err(io_err(
+                &self.path,
+                format!(
+                    "read {} bases of {name}:{start}-{end}, expected {}",
+                    seq.len(),
+                    end - start
+                ),
+            ));
+        }
+        Ok(seq)
+    }
+
+    /// The whole of contig `name`.
+    pub fn fetch_all(&self, name: &str) -> Result<Vec<u8>, FastaError> {
+        let len = self.len_of(name)?;
+        self.fetch(name, 0, len)
+    }
+}
+
+/// Builds `path.fai` (and `.gzi` for bgzip) with htslib.
+fn build_index(path: &Path) -> Result<(), FastaError> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if meta.len() == 0 {
+        return Err(io_err(path, "the file is empty"));
+    }
+    rust_htslib::faidx::build(path).map_err(|_| FastaError::Index {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Recompresses a FASTA (plain or gzip) as bgzip, so that htslib can read regions of it.
+pub fn to_bgzip(input: &Path, output: &Path) -> Result<(), FastaError> {
+    use std::io::{Read, Write};
+    let mut reader = super::io::open_text(input).map_err(|e| io_err(input, e))?;
+    let mut writer = rust_htslib::bgzf::Writer::from_path(output).map_err(|e| io_err(output, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| io_err(input, e))?;
+        if n == 0 {
+            break;
+        }
+        writer.write_all(&buf[..n]).map_err(|e| io_err(output, e))?;
+    }
+    writer.flush().map_err(|e| io_err(output, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn fetches_checked_regions_from_plain_gzip_and_bgzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = ">chr1 desc\nACGTACGTAC\nGGGG\n>chr2\nttttnnnn\n";
+        let plain = write(dir.path(), "g.fa", text);
+        let gz = dir.path().join("g.fa.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        for (input, work) in [(&plain, "w1"), (&gz, "w2")] {
+            let prepared = Genome::prepare(input, &dir.path().join(work)).unwrap();
+            let g = Genome::open(&prepared).unwrap();
+            assert_eq!(g.names(), ["chr1", "chr2"]);
+            assert_eq!(g.len_of("chr1").unwrap(), 14);
+            assert_eq!(g.fetch("chr1", 8, 12).unwrap(), b"ACGG");
+            assert_eq!(g.fetch_all("chr2").unwrap(), b"ttttnnnn");
+            assert!(matches!(g.fetch("chrX", 0, 1), Err(FastaError::UnknownContig { .. })));
+            assert!(matches!(g.fetch("chr2", 5, 9), Err(FastaError::OutOfRange { .. })));
+        }
+        // The gzip input became bgzip in the work folder, and is now usable as it is.
+        let bgz = dir.path().join("w2/genome.fa.gz");
+        assert_eq!(compression(&bgz).unwrap(), Compression::Bgzip);
+        assert_eq!(Genome::prepare(&bgz, &dir.path().join("w3")).unwrap(), bgz);
+    }
+
+    #[test]
+    fn refuses_empty_and_ragged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = write(dir.path(), "e.fa", "");
+        assert!(Genome::prepare(&empty, &dir.path().join("w")).unwrap_err().to_string().contains("empty"));
+        let ragged = write(dir.path(), "r.fa", ">a\nACGT\nAC\nACGT\n");
+        let err = Genome::prepare(&ragged, &dir.path().join("w2")).unwrap_err();
+        assert!(matches!(err, FastaError::Index { .. }), "{err}");
+    }
+}

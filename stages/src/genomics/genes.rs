@@ -1,0 +1,269 @@
+//! Genes and their transcripts from a GFF3 file, in the dialects plant genomes come in.
+//!
+//! | dialect | gene line | biotype | canonical transcript |
+//! | --- | --- | --- | --- |
+//! | Ensembl Plants | `ID=gene:Zm00001eb000010` | `biotype=` | `tag=Ensembl_canonical` |
+//! | RefSeq | `ID=gene-AT1G01010;locus_tag=AT1G01010` | `gene_biotype=` | (longest) |
+//! | GenBank submitter | `ID=gene-AARE701A_LOCUS1;locus_tag=...` | `gene_biotype=` | (longest) |
+//! | MaizeGDB | `ID=Zm00001eb000010` | `biotype=` (if any) | `canonical_transcript=1` |
+//!
+//! With `id_attribute: auto` the id is `ID` with a `gene:` or `gene-` prefix removed. A gene with
+//! no biotype is taken as `protein_coding` when it has an mRNA. Decisions that drop genes are
+//! counted by reason, never silent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::gff::{GffError, Reader, Record, Strand};
+
+/// Feature types read as genes.
+pub const GENE_TYPES: &[&str] = &[
+    "gene",
+    "ncRNA_gene",
+    "pseudogene",
+    "transposable_element_gene",
+];
+
+/// A transcript of a gene.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transcript {
+    /// Its id (`ID`).
+    pub id: String,
+    /// 1-based start.
+    pub start: u64,
+    /// 1-based inclusive end.
+    pub end: u64,
+    /// Marked canonical by the annotation.
+    pub canonical: bool,
+    /// Total exon length (0 if it has no exons).
+    pub exon_length: u64,
+}
+
+/// A gene.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gene {
+    /// The gene id (per `id_attribute`).
+    pub id: String,
+    /// The contig.
+    pub seqid: String,
+    /// 1-based start.
+    pub start: u64,
+    /// 1-based inclusive end.
+    pub end: u64,
+    /// Its strand.
+    pub strand: Strand,
+    /// Its biotype (given, or inferred).
+    pub biotype: Option<String>,
+    /// 1-based line of the gene in the GFF3.
+    pub line: usize,
+    /// Its transcripts, in file order.
+    pub transcripts: Vec<Transcript>,
+}
+
+impl Gene {
+    /// The transcript that defines the TSS: the canonical one, else the one with the longest
+    /// exons, else the longest span; ties go to the first written.
+    pub fn main_transcript(&self) -> Option<&Transcript> {
+        self.transcripts.iter().find(|t| t.canonical).or_else(|| {
+            self.transcripts.iter().reduce(|best, t| {
+                if (t.exon_length, t.end - t.start) > (best.exon_length, best.end - best.start) {
+                    t
+                } else {
+                    best
+                }
+            })
+        })
+    }
+}
+
+/// Genes read from a file, with counts of what was set aside.
+#[derive(Debug, Default)]
+pub struct GeneSet {
+    /// Genes in file order.
+    pub genes: Vec<Gene>,
+    /// Genes set aside, by reason.
+    pub dropped: BTreeMap<String, usize>,
+}
+
+/// A problem reading genes.
+#[derive(Debug, thiserror::Error)]
+pub enum GenesError {
+    /// The file could not be opened.
+    #[error("{path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("{path}: {source}")]
+    Gff {
+        /// The file.
+        path: String,
+        /// Where and what.
+        source: GffError,
+    },
+    /// The file has no genes at all.
+    #[error("{path}: no gene features found (is this a GFF3 file?)")]
+    Empty {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Which attribute names a gene.
+pub fn gene_id(rec: &Record, id_attribute: &str) -> Option<String> {
+    if id_attribute == "auto" {
+        let id = rec.attr("ID")?;
+        let id = id
+            .strip_prefix("gene:")
+            .or_else(|| id.strip_prefix("gene-"))
+            .unwrap_or(id);
+        Some(id.to_string())
+    } else {
+        rec.attr(id_attribute).map(str::to_string)
+    }
+}
+
+/// Reads every gene of a GFF3 file (plain, gzip or bgzip).
+pub fn read_genes(path: &Path, id_attribute: &str) -> Result<GeneSet, GenesError> {
+    let shown = path.display().to_string();
+    let input = super::io::open_text(path).map_err(|source| GenesError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    let set = read_genes_from(input, id_attribute).map_err(|source| GenesError::Gff {
+        path: shown.clone(),
+        source,
+    })?;
+    if set.genes.is_empty() && set.dropped.is_empty() {
+        return Err(GenesError::Empty { path: shown });
+    }
+    Ok(set)
+}
+
+/// Reads genes from GFF3 text.
+pub fn read_genes_from(input: impl std::io::BufRead, id_attribute: &str) -> Result<GeneSet, GffError> {
+    let mut set = GeneSet::default();
+    // GFF `ID` of a gene -> index in `set.genes`; transcript `ID` -> (gene index, transcript index).
+    let mut by_feature_id: HashMap<String, usize> = HashMap::new();
+    let mut transcripts: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    let mut reader = Reader::new(input);
+    while let Some(rec) = reader.read_record()? {
+        let line = reader.line();
+        if GENE_TYPES.contains(&rec.ty.as_str()) {
+            let Some(id) = gene_id(&rec, id_attribute) else {
+                *set.dropped.entry(format!("no {id_attribute} attribute")).or_default() += 1;
+                continue;
+            };
+            if seen_ids.contains_key(&id) {
+                *set.dropped.entry("duplicate gene id (first kept)".into()).or_default() += 1;
+                continue;
+            }
+            if rec.strand == Strand::Unknown {
+                *set.dropped.entry("no strand".into()).or_default() += 1;
+                continue;
+            }
+            let biotype = rec
+                .attr("biotype")
+                .or_else(|| rec.attr("gene_biotype"))
+                .map(str::to_string);
+            let idx = set.genes.len();
+            seen_ids.insert(id.clone(), idx);
+            if let Some(fid) = rec.attr("ID") {
+                by_feature_id.insert(fid.to_string(), idx);
+            }
+            set.genes.push(Gene {
+                id,
+                seqid: rec.seqid,
+                start: rec.start,
+                end: rec.end,
+                strand: rec.strand,
+                biotype,
+                line,
+                transcripts: Vec::new(),
+            });
+        } else if rec.ty == "exon" {
+            for parent in rec.attr("Parent").unwrap_or_default().split(',') {
+                if let Some(&(g, t)) = transcripts.get(parent) {
+                    set.genes[g].transcripts[t].exon_length += rec.end - rec.start + 1;
+                }
+            }
+        } else if let Some(parents) = rec.attr("Parent") {
+            // A transcript: any feature whose parent is a gene (mRNA, transcript, ncRNA, ...).
+            for parent in parents.split(',') {
+                let Some(&g) = by_feature_id.get(parent) else {
+                    continue;
+                };
+                let gene = &mut set.genes[g];
+                let canonical = rec.attr("tag").is_some_and(|t| t.split(',').any(|t| t == "Ensembl_canonical"))
+                    || rec.attr("canonical_transcript") == Some("1")
+                    || rec.attr("is_canonical") == Some("true");
+                if gene.biotype.is_none() && rec.ty == "mRNA" {
+                    gene.biotype = Some("protein_coding".into());
+                }
+                let t = gene.transcripts.len();
+                gene.transcripts.push(Transcript {
+                    id: rec.attr("ID").unwrap_or_default().to_string(),
+                    start: rec.start,
+                    end: rec.end,
+                    canonical,
+                    exon_length: 0,
+                });
+                if let Some(id) = rec.attr("ID") {
+                    transcripts.insert(id.to_string(), (g, t));
+                }
+            }
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFSEQ: &str = "##gff-version 3
+NC_1\tRefSeq\tregion\t1\t10000\t.\t+\t.\tID=NC_1:1..10000
+NC_1\tRefSeq\tgene\t3631\t5899\t.\t+\t.\tID=gene-AT1G01010;gene_biotype=protein_coding;locus_tag=AT1G01010
+NC_1\tRefSeq\tmRNA\t3631\t5899\t.\t+\t.\tID=rna-NM_1;Parent=gene-AT1G01010
+NC_1\tRefSeq\texon\t3631\t3913\t.\t+\t.\tID=exon-1;Parent=rna-NM_1
+NC_1\tRefSeq\tgene\t6000\t6500\t.\t-\t.\tID=gene-AT1G01015;gene_biotype=tRNA;locus_tag=AT1G01015
+NC_1\tRefSeq\tgene\t7000\t7500\t.\t-\t.\tID=gene-AT1G01010;gene_biotype=protein_coding
+";
+
+    const ENSEMBL: &str = "1\tgramene\tgene\t100\t900\t.\t-\t.\tID=gene:Zm1;biotype=protein_coding
+1\tgramene\tmRNA\t100\t900\t.\t-\t.\tID=transcript:Zm1_T1;Parent=gene:Zm1;biotype=protein_coding
+1\tgramene\tmRNA\t150\t800\t.\t-\t.\tID=transcript:Zm1_T2;Parent=gene:Zm1;biotype=protein_coding;tag=basic,Ensembl_canonical
+";
+
+    #[test]
+    fn refseq_ids_biotypes_and_duplicates() {
+        let set = read_genes_from(REFSEQ.as_bytes(), "auto").unwrap();
+        let ids: Vec<&str> = set.genes.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["AT1G01010", "AT1G01015"]);
+        assert_eq!(set.genes[0].biotype.as_deref(), Some("protein_coding"));
+        assert_eq!(set.genes[0].transcripts[0].exon_length, 283);
+        assert_eq!(set.genes[0].line, 3);
+        assert_eq!(set.dropped["duplicate gene id (first kept)"], 1);
+        let by_tag = read_genes_from(REFSEQ.as_bytes(), "locus_tag").unwrap();
+        assert_eq!(by_tag.dropped["no locus_tag attribute"], 1);
+    }
+
+    #[test]
+    fn ensembl_canonical_transcript_wins() {
+        let set = read_genes_from(ENSEMBL.as_bytes(), "auto").unwrap();
+        assert_eq!(set.genes[0].id, "Zm1");
+        assert_eq!(set.genes[0].main_transcript().unwrap().id, "transcript:Zm1_T2");
+    }
+
+    #[test]
+    fn maizegdb_without_biotype_is_protein_coding_by_its_mrna() {
+        let text = "chr1\tNAM\tgene\t10\t90\t.\t+\t.\tID=Zm00001eb000010\nchr1\tNAM\tmRNA\t10\t90\t.\t+\t.\tID=Zm00001eb000010_T001;Parent=Zm00001eb000010;canonical_transcript=1\n";
+        let set = read_genes_from(text.as_bytes(), "auto").unwrap();
+        assert_eq!(set.genes[0].biotype.as_deref(), Some("protein_coding"));
+        assert!(set.genes[0].transcripts[0].canonical);
+    }
+}

@@ -1,0 +1,8 @@
+//! Genomes to promoters: reading GFF3 and indexed FASTA, extracting promoter windows.
+
+pub mod fasta;
+pub mod genes;
+pub mod gff;
+pub mod io;
+pub mod promoters;
+pub mod seq;
