@@ -6,9 +6,9 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-# rust-htslib runs bindgen (libclang) and builds htslib (zlib, bzip2 and lzma headers).
+# rust-htslib runs bindgen (libclang) and builds htslib (zlib headers).
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
-for pkg in zlib1g-dev libbz2-dev liblzma-dev; do
+for pkg in zlib1g-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # The demo's and the tests' `exec` stages use POSIX tools.

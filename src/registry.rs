@@ -59,7 +59,11 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
         check: |v| check::<promoters::Params>(v, |_| Ok(())),
-        run: |p, ctx| run_typed(p, ctx, |p: &promoters::Params, ctx| promoters::run(p, ctx).map(drop)),
+        run: |p, ctx| {
+            run_typed(p, ctx, |p: &promoters::Params, ctx| {
+                promoters::run(p, ctx).map(drop)
+            })
+        },
     },
 ];
 

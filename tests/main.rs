@@ -5,6 +5,7 @@ mod util;
 mod cache;
 mod cli;
 mod fanout;
+mod genomics;
 mod incremental;
 mod robustness;
 mod scheduler;

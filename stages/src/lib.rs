@@ -22,7 +22,7 @@
 //! ```
 
 pub mod context;
-pub mod genomics;
 pub mod exec;
+pub mod genomics;
 
 pub use context::Context;

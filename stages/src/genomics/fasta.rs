@@ -29,7 +29,9 @@ pub enum FastaError {
         path: PathBuf,
     },
     /// A contig is not in the FASTA.
-    #[error("{path}: no sequence named `{name}` (the FASTA has {count} sequences, e.g. {examples})")]
+    #[error(
+        "{path}: no sequence named `{name}` (the FASTA has {count} sequences, e.g. {examples})"
+    )]
     UnknownContig {
         /// The file.
         path: PathBuf,
@@ -74,7 +76,12 @@ pub struct Genome {
 
 impl std::fmt::Debug for Genome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Genome({}, {} contigs)", self.path.display(), self.names.len())
+        write!(
+            f,
+            "Genome({}, {} contigs)",
+            self.path.display(),
+            self.names.len()
+        )
     }
 }
 
@@ -164,7 +171,13 @@ impl Genome {
                 path: self.path.clone(),
                 name: name.to_string(),
                 count: self.names.len(),
-                examples: self.names.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                examples: self
+                    .names
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
@@ -265,8 +278,14 @@ mod tests {
             assert_eq!(g.len_of("chr1").unwrap(), 14);
             assert_eq!(g.fetch("chr1", 8, 12).unwrap(), b"ACGG");
             assert_eq!(g.fetch_all("chr2").unwrap(), b"ttttnnnn");
-            assert!(matches!(g.fetch("chrX", 0, 1), Err(FastaError::UnknownContig { .. })));
-            assert!(matches!(g.fetch("chr2", 5, 9), Err(FastaError::OutOfRange { .. })));
+            assert!(matches!(
+                g.fetch("chrX", 0, 1),
+                Err(FastaError::UnknownContig { .. })
+            ));
+            assert!(matches!(
+                g.fetch("chr2", 5, 9),
+                Err(FastaError::OutOfRange { .. })
+            ));
         }
         // The gzip input became bgzip in the work folder, and is now usable as it is.
         let bgz = dir.path().join("w2/genome.fa.gz");
@@ -278,7 +297,10 @@ mod tests {
     fn refuses_empty_and_ragged_files() {
         let dir = tempfile::tempdir().unwrap();
         let empty = write(dir.path(), "e.fa", "");
-        assert!(Genome::prepare(&empty, &dir.path().join("w")).unwrap_err().to_string().contains("empty"));
+        assert!(Genome::prepare(&empty, &dir.path().join("w"))
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         let ragged = write(dir.path(), "r.fa", ">a\nACGT\nAC\nACGT\n");
         let err = Genome::prepare(&ragged, &dir.path().join("w2")).unwrap_err();
         assert!(matches!(err, FastaError::Index { .. }), "{err}");

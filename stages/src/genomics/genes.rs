@@ -144,7 +144,10 @@ pub fn read_genes(path: &Path, id_attribute: &str) -> Result<GeneSet, GenesError
 }
 
 /// Reads genes from GFF3 text.
-pub fn read_genes_from(input: impl std::io::BufRead, id_attribute: &str) -> Result<GeneSet, GffError> {
+pub fn read_genes_from(
+    input: impl std::io::BufRead,
+    id_attribute: &str,
+) -> Result<GeneSet, GffError> {
     let mut set = GeneSet::default();
     // GFF `ID` of a gene -> index in `set.genes`; transcript `ID` -> (gene index, transcript index).
     let mut by_feature_id: HashMap<String, usize> = HashMap::new();
@@ -155,11 +158,15 @@ pub fn read_genes_from(input: impl std::io::BufRead, id_attribute: &str) -> Resu
         let line = reader.line();
         if GENE_TYPES.contains(&rec.ty.as_str()) {
             let Some(id) = gene_id(&rec, id_attribute) else {
-                *set.dropped.entry(format!("no {id_attribute} attribute")).or_default() += 1;
+                *set.dropped
+                    .entry(format!("no {id_attribute} attribute"))
+                    .or_default() += 1;
                 continue;
             };
             if seen_ids.contains_key(&id) {
-                *set.dropped.entry("duplicate gene id (first kept)".into()).or_default() += 1;
+                *set.dropped
+                    .entry("duplicate gene id (first kept)".into())
+                    .or_default() += 1;
                 continue;
             }
             if rec.strand == Strand::Unknown {
@@ -198,7 +205,9 @@ pub fn read_genes_from(input: impl std::io::BufRead, id_attribute: &str) -> Resu
                     continue;
                 };
                 let gene = &mut set.genes[g];
-                let canonical = rec.attr("tag").is_some_and(|t| t.split(',').any(|t| t == "Ensembl_canonical"))
+                let canonical = rec
+                    .attr("tag")
+                    .is_some_and(|t| t.split(',').any(|t| t == "Ensembl_canonical"))
                     || rec.attr("canonical_transcript") == Some("1")
                     || rec.attr("is_canonical") == Some("true");
                 if gene.biotype.is_none() && rec.ty == "mRNA" {
@@ -256,7 +265,10 @@ NC_1\tRefSeq\tgene\t7000\t7500\t.\t-\t.\tID=gene-AT1G01010;gene_biotype=protein_
     fn ensembl_canonical_transcript_wins() {
         let set = read_genes_from(ENSEMBL.as_bytes(), "auto").unwrap();
         assert_eq!(set.genes[0].id, "Zm1");
-        assert_eq!(set.genes[0].main_transcript().unwrap().id, "transcript:Zm1_T2");
+        assert_eq!(
+            set.genes[0].main_transcript().unwrap().id,
+            "transcript:Zm1_T2"
+        );
     }
 
     #[test]

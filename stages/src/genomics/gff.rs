@@ -246,7 +246,10 @@ mod tests {
             ("chr1\t.\tgene\tx\t2\t.\t+\t.\tID=a", "start \"x\" is not"),
             ("chr1\t.\tgene\t1\t-2\t.\t+\t.\tID=a", "end \"-2\" is not"),
             ("chr1\t.\tgene\t0\t2\t.\t+\t.\tID=a", "start is 0"),
-            ("chr1\t.\tgene\t5\t2\t.\t+\t.\tID=a", "end 2 is before start 5"),
+            (
+                "chr1\t.\tgene\t5\t2\t.\t+\t.\tID=a",
+                "end 2 is before start 5",
+            ),
             ("chr1\t.\tgene\t1\t2\t.\t*\t.\tID=a", "strand \"*\""),
             ("chr1\t.\tgene\t1\t2\t.\t+\t.\tIDa", "not KEY=VALUE"),
         ];

@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn detects_compression() {
         assert_eq!(detect(b">chr1\nACGT"), Compression::Plain);
-        assert_eq!(detect(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]), Compression::Gzip);
+        assert_eq!(
+            detect(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]),
+            Compression::Gzip
+        );
         let bgzf = [
             0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, b'B', b'C', 2, 0,
         ];

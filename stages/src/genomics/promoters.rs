@@ -227,10 +227,16 @@ fn window(
 pub fn locate_inputs(ctx: &Context) -> Result<(PathBuf, PathBuf), PromoterError> {
     if let Some(dir) = ctx.inputs.get("genome") {
         let find = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
-        let fasta = find(&["genome.fa.gz", "genome.fa", "genome.fasta.gz", "genome.fasta"])
-            .ok_or_else(|| PromoterError::Inputs(format!("{} has no genome.fa[.gz]", dir.display())))?;
-        let gff = find(&["genes.gff3.gz", "genes.gff3", "genes.gff.gz", "genes.gff"])
-            .ok_or_else(|| PromoterError::Inputs(format!("{} has no genes.gff3[.gz]", dir.display())))?;
+        let fasta = find(&[
+            "genome.fa.gz",
+            "genome.fa",
+            "genome.fasta.gz",
+            "genome.fasta",
+        ])
+        .ok_or_else(|| PromoterError::Inputs(format!("{} has no genome.fa[.gz]", dir.display())))?;
+        let gff = find(&["genes.gff3.gz", "genes.gff3", "genes.gff.gz", "genes.gff"]).ok_or_else(
+            || PromoterError::Inputs(format!("{} has no genes.gff3[.gz]", dir.display())),
+        )?;
         return Ok((fasta, gff));
     }
     match (ctx.inputs.get("fasta"), ctx.inputs.get("gff")) {
@@ -244,7 +250,10 @@ pub fn locate_inputs(ctx: &Context) -> Result<(PathBuf, PathBuf), PromoterError>
 /// The species label: the param, else the FASTA's file name up to its first dot.
 fn species_of(p: &Params, fasta: &Path) -> String {
     p.species.clone().unwrap_or_else(|| {
-        let name = fasta.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = fasta
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let stem = name.split('.').next().unwrap_or("unknown");
         if stem == "genome" {
             fasta
@@ -266,10 +275,15 @@ pub fn extract(
     work: &Path,
 ) -> Result<(Vec<Promoter>, Summary), PromoterError> {
     if p.upstream == 0 && p.downstream == 0 {
-        return Err(PromoterError::Params("upstream and downstream are both 0: the windows would be empty".into()));
+        return Err(PromoterError::Params(
+            "upstream and downstream are both 0: the windows would be empty".into(),
+        ));
     }
     if !(0.0..=1.0).contains(&p.max_n_fraction) {
-        return Err(PromoterError::Params(format!("max_n_fraction {} is not between 0 and 1", p.max_n_fraction)));
+        return Err(PromoterError::Params(format!(
+            "max_n_fraction {} is not between 0 and 1",
+            p.max_n_fraction
+        )));
     }
     let set = read_genes(gff, &p.id_attribute)?;
     let mut summary = Summary {
@@ -278,12 +292,17 @@ pub fn extract(
         dropped: set.dropped.clone(),
         ..Summary::default()
     };
-    let drop = |reason: &str, summary: &mut Summary| *summary.dropped.entry(reason.to_string()).or_default() += 1;
+    let drop = |reason: &str, summary: &mut Summary| {
+        *summary.dropped.entry(reason.to_string()).or_default() += 1
+    };
 
     // Neighbours use every gene, whatever its biotype.
     let mut by_contig: HashMap<&str, Neighbours> = HashMap::new();
     for g in &set.genes {
-        let n = by_contig.entry(&g.seqid).or_insert(Neighbours { starts: Vec::new(), ends: Vec::new() });
+        let n = by_contig.entry(&g.seqid).or_insert(Neighbours {
+            starts: Vec::new(),
+            ends: Vec::new(),
+        });
         n.starts.push(g.start);
         n.ends.push(g.end);
     }
@@ -323,7 +342,11 @@ pub fn extract(
 
     let prepared = Genome::prepare(fasta, work)?;
     let genome = Genome::open(&prepared)?;
-    let missing: Vec<&str> = contigs.iter().copied().filter(|c| genome.len_of(c).is_err()).collect();
+    let missing: Vec<&str> = contigs
+        .iter()
+        .copied()
+        .filter(|c| genome.len_of(c).is_err())
+        .collect();
     if !missing.is_empty() && missing.len() == contigs.len() {
         return Err(PromoterError::Nothing(format!(
             "none of the GFF3's sequence names ({}) is in the FASTA ({}): do the two files describe the same assembly?",
@@ -332,7 +355,11 @@ pub fn extract(
         )));
     }
     drop_missing(&missing, &jobs, &mut summary);
-    let present: Vec<&str> = contigs.iter().copied().filter(|c| !missing.contains(c)).collect();
+    let present: Vec<&str> = contigs
+        .iter()
+        .copied()
+        .filter(|c| !missing.contains(c))
+        .collect();
 
     // One task per contig, each with its own htslib reader.
     type ContigResult = Result<(Vec<(usize, Promoter)>, BTreeMap<String, usize>), PromoterError>;
@@ -401,16 +428,26 @@ pub fn extract(
         let before = promoters.len();
         promoters.retain(|pr| seen.insert(pr.seq.clone()));
         if before > promoters.len() {
-            summary.dropped.insert("duplicate sequence".into(), before - promoters.len());
+            summary
+                .dropped
+                .insert("duplicate sequence".into(), before - promoters.len());
         }
     }
     summary.written = promoters.len();
     if promoters.is_empty() {
-        let reasons: Vec<String> = summary.dropped.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let reasons: Vec<String> = summary
+            .dropped
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
         return Err(PromoterError::Nothing(format!(
             "{} genes read; dropped: {}",
             summary.genes,
-            if reasons.is_empty() { "none".into() } else { reasons.join(", ") }
+            if reasons.is_empty() {
+                "none".into()
+            } else {
+                reasons.join(", ")
+            }
         )));
     }
     Ok((promoters, summary))
@@ -446,9 +483,13 @@ pub fn write(out: &Path, promoters: &[Promoter], summary: &Summary) -> Result<()
     let fa = out.join("promoters.fa.gz");
     let mut w = rust_htslib::bgzf::Writer::from_path(&fa).map_err(|e| werr(&fa, &e))?;
     let tsv_path = out.join("promoters.tsv");
-    let mut tsv = std::io::BufWriter::new(std::fs::File::create(&tsv_path).map_err(|e| werr(&tsv_path, &e))?);
-    writeln!(tsv, "gene_id\tspecies\tchrom\tstrand\ttss\tstart\tend\tlength\tn_fraction")
-        .map_err(|e| werr(&tsv_path, &e))?;
+    let mut tsv =
+        std::io::BufWriter::new(std::fs::File::create(&tsv_path).map_err(|e| werr(&tsv_path, &e))?);
+    writeln!(
+        tsv,
+        "gene_id\tspecies\tchrom\tstrand\ttss\tstart\tend\tlength\tn_fraction"
+    )
+    .map_err(|e| werr(&tsv_path, &e))?;
     for p in promoters {
         w.write_all(format!(">{}\n", header(p, &summary.species)).as_bytes())
             .and_then(|_| w.write_all(&p.seq))
@@ -472,8 +513,11 @@ pub fn write(out: &Path, promoters: &[Promoter], summary: &Summary) -> Result<()
     w.flush().map_err(|e| werr(&fa, &e))?;
     tsv.flush().map_err(|e| werr(&tsv_path, &e))?;
     let json = out.join("summary.json");
-    std::fs::write(&json, serde_json::to_string_pretty(summary).expect("summary serializes"))
-        .map_err(|e| werr(&json, &e))?;
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(summary).expect("summary serializes"),
+    )
+    .map_err(|e| werr(&json, &e))?;
     Ok(())
 }
 

@@ -14,7 +14,9 @@ fn setup(gff: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 fn gene(id: &str, seqid: &str, start: u64, end: u64, strand: char, biotype: &str) -> String {
-    format!("{seqid}\t.\tgene\t{start}\t{end}\t.\t{strand}\t.\tID=gene-{id};gene_biotype={biotype}\n")
+    format!(
+        "{seqid}\t.\tgene\t{start}\t{end}\t.\t{strand}\t.\tID=gene-{id};gene_biotype={biotype}\n"
+    )
 }
 
 fn params(upstream: u64) -> Params {
@@ -33,7 +35,8 @@ fn run_on(gff: &str, p: &Params) -> Result<(Vec<Promoter>, Summary), PromoterErr
 fn plus_and_minus_strand_windows() {
     // + gene starting at 21: upstream 10 = bases 11..20 (C x10).
     // - gene ending at 30: upstream 10 = bases 31..40 (T x10), reverse-complemented: A x10.
-    let gff = gene("P", "c1", 21, 25, '+', "protein_coding") + &gene("M", "c1", 26, 30, '-', "protein_coding");
+    let gff = gene("P", "c1", 21, 25, '+', "protein_coding")
+        + &gene("M", "c1", 26, 30, '-', "protein_coding");
     let (out, summary) = run_on(&gff, &params(10)).unwrap();
     assert_eq!(out[0].gene_id, "P");
     assert_eq!(out[0].seq, b"CCCCCCCCCC");
@@ -47,7 +50,8 @@ fn plus_and_minus_strand_windows() {
 #[test]
 fn soft_masked_bases_are_upper_cased_and_minus_strand_complemented() {
     // + gene at 51: upstream 10 = bases 41..50 = "acgtacgtac".
-    let gff = gene("P", "c1", 51, 55, '+', "protein_coding") + &gene("M", "c1", 35, 40, '-', "protein_coding");
+    let gff = gene("P", "c1", 51, 55, '+', "protein_coding")
+        + &gene("M", "c1", 35, 40, '-', "protein_coding");
     let (out, _) = run_on(&gff, &params(10)).unwrap();
     assert_eq!(out[0].seq, b"ACGTACGTAC");
     // - gene ending at 40: bases 41..50 reverse-complemented.
@@ -56,8 +60,13 @@ fn soft_masked_bases_are_upper_cased_and_minus_strand_complemented() {
 
 #[test]
 fn downstream_bases_extend_into_the_gene() {
-    let gff = gene("P", "c1", 21, 40, '+', "protein_coding") + &gene("M", "c1", 11, 30, '-', "protein_coding");
-    let p = Params { upstream: 5, downstream: 5, ..Params::default() };
+    let gff = gene("P", "c1", 21, 40, '+', "protein_coding")
+        + &gene("M", "c1", 11, 30, '-', "protein_coding");
+    let p = Params {
+        upstream: 5,
+        downstream: 5,
+        ..Params::default()
+    };
     let (out, _) = run_on(&gff, &p).unwrap();
     assert_eq!(out[0].seq, b"CCCCCGGGGG");
     assert_eq!((out[0].start, out[0].end), (16, 25));
@@ -67,11 +76,19 @@ fn downstream_bases_extend_into_the_gene() {
 
 #[test]
 fn windows_past_a_contig_end_are_dropped_or_clipped() {
-    let gff = gene("P", "c2", 5, 10, '+', "protein_coding") + &gene("M", "c2", 12, 18, '-', "protein_coding");
-    let (out, summary) = run_on(&(gff.clone() + &gene("ok", "c1", 21, 25, '+', "protein_coding")), &params(10)).unwrap();
+    let gff = gene("P", "c2", 5, 10, '+', "protein_coding")
+        + &gene("M", "c2", 12, 18, '-', "protein_coding");
+    let (out, summary) = run_on(
+        &(gff.clone() + &gene("ok", "c1", 21, 25, '+', "protein_coding")),
+        &params(10),
+    )
+    .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(summary.dropped["window past contig end"], 2);
-    let keep = Params { edge: Edge::Keep, ..params(10) };
+    let keep = Params {
+        edge: Edge::Keep,
+        ..params(10)
+    };
     let (out, _) = run_on(&gff, &keep).unwrap();
     assert_eq!(out[0].seq, b"ACGT");
     assert_eq!((out[0].start, out[0].end), (1, 4));
@@ -86,13 +103,19 @@ fn avoid_overlap_clips_at_the_upstream_neighbour() {
         + &gene("P", "c1", 21, 25, '+', "protein_coding")
         + &gene("Q", "c1", 50, 55, '-', "protein_coding")
         + &gene("R", "c1", 44, 49, '-', "protein_coding");
-    let p = Params { avoid_overlap: true, ..params(10) };
+    let p = Params {
+        avoid_overlap: true,
+        ..params(10)
+    };
     let (out, summary) = run_on(&gff, &p).unwrap();
     let by_id: HashMap<&str, &Promoter> = out.iter().map(|p| (p.gene_id.as_str(), p)).collect();
     assert_eq!((by_id["P"].start, by_id["P"].end), (16, 20));
     // R (- strand, ends at 49) has Q starting at 50 right upstream: nothing left.
     assert!(!by_id.contains_key("R"));
-    assert_eq!(summary.dropped["window shorter than min_length after clipping"], 1);
+    assert_eq!(
+        summary.dropped["window shorter than min_length after clipping"],
+        1
+    );
     assert_eq!(summary.dropped["biotype tRNA"], 1);
     // Without clipping, the same windows overlap the neighbours.
     let (out, _) = run_on(&gff, &params(10)).unwrap();
@@ -107,7 +130,10 @@ c1\t.\texon\t11\t15\t.\t+\t.\tParent=rna-1
 c1\t.\tmRNA\t21\t40\t.\t+\t.\tID=rna-2;Parent=gene-G
 c1\t.\texon\t21\t40\t.\t+\t.\tParent=rna-2
 ";
-    let p = Params { feature: Feature::Transcript, ..params(5) };
+    let p = Params {
+        feature: Feature::Transcript,
+        ..params(5)
+    };
     let (out, _) = run_on(gff, &p).unwrap();
     assert_eq!(out[0].tss, 21, "rna-2 has the longer exons");
     assert_eq!(out[0].seq, b"CCCCC");
@@ -120,7 +146,12 @@ fn n_filter_dedup_and_biotypes() {
         + &gene("B", "c2", 13, 16, '+', "protein_coding")
         + &gene("N", "c1", 60, 60, '-', "protein_coding")
         + &gene("L", "c1", 55, 58, '+', "lncRNA");
-    let p = Params { upstream: 4, max_n_fraction: 0.5, dedup: true, ..Params::default() };
+    let p = Params {
+        upstream: 4,
+        max_n_fraction: 0.5,
+        dedup: true,
+        ..Params::default()
+    };
     let (out, summary) = run_on(&gff, &p).unwrap();
     // A: bases 5..8 = ACGT; B: bases 9..12 = ACGT (a duplicate).
     assert_eq!(out.len(), 1);
@@ -130,14 +161,30 @@ fn n_filter_dedup_and_biotypes() {
     // N is - strand at the contig end: its window runs past the end.
     assert_eq!(summary.dropped["window past contig end"], 1);
     let gff = gene("N", "c1", 40, 50, '+', "protein_coding");
-    let p = Params { upstream: 10, max_n_fraction: 0.0, ..Params::default() };
+    let p = Params {
+        upstream: 10,
+        max_n_fraction: 0.0,
+        ..Params::default()
+    };
     // M's window (51..60) is all N; N's (30..39) has none.
-    let (out, summary) = run_on(&(gff.clone() + &gene("M", "c1", 45, 50, '-', "protein_coding")), &p).unwrap();
+    let (out, summary) = run_on(
+        &(gff.clone() + &gene("M", "c1", 45, 50, '-', "protein_coding")),
+        &p,
+    )
+    .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(summary.dropped["too many N"], 1);
     let err = run_on(&gene("M", "c1", 45, 50, '-', "protein_coding"), &p).unwrap_err();
-    assert!(err.to_string().contains("no promoter was written (1 genes read; dropped: too many N: 1)"), "{err}");
-    let all = Params { biotypes: vec![], upstream: 4, ..Params::default() };
+    assert!(
+        err.to_string()
+            .contains("no promoter was written (1 genes read; dropped: too many N: 1)"),
+        "{err}"
+    );
+    let all = Params {
+        biotypes: vec![],
+        upstream: 4,
+        ..Params::default()
+    };
     let (out, _) = run_on(&gene("L", "c1", 55, 58, '+', "lncRNA"), &all).unwrap();
     assert_eq!(out.len(), 1);
 }
@@ -151,41 +198,71 @@ fn missing_sequences_and_genes_past_the_end() {
     assert_eq!(out.len(), 1);
     assert_eq!(summary.dropped["sequence not in the FASTA"], 1);
     assert_eq!(summary.dropped["gene past contig end"], 1);
-    let err = run_on(&gene("X", "chr9", 21, 25, '+', "protein_coding"), &params(5)).unwrap_err();
-    assert!(err.to_string().contains("none of the GFF3's sequence names (chr9) is in the FASTA (c1, c2)"), "{err}");
+    let err = run_on(
+        &gene("X", "chr9", 21, 25, '+', "protein_coding"),
+        &params(5),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("none of the GFF3's sequence names (chr9) is in the FASTA (c1, c2)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_gff_names_file_and_line() {
     let (dir, fasta, gff) = setup("##gff-version 3\nc1\t.\tgene\t21\tx\t.\t+\t.\tID=a\n");
-    let err = extract(&params(5), &fasta, &gff, &dir.path().join("w")).unwrap_err().to_string();
-    assert!(err.contains("genes.gff3: line 2: end \"x\" is not"), "{err}");
+    let err = extract(&params(5), &fasta, &gff, &dir.path().join("w"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("genes.gff3: line 2: end \"x\" is not"),
+        "{err}"
+    );
     let (dir, fasta, gff) = setup("");
-    let err = extract(&params(5), &fasta, &gff, &dir.path().join("w")).unwrap_err().to_string();
+    let err = extract(&params(5), &fasta, &gff, &dir.path().join("w"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no gene features found"), "{err}");
 }
 
 #[test]
 fn writes_bgzip_fasta_tsv_and_summary() {
-    let (dir, fasta, gff) = setup(&(gene("P", "c1", 21, 25, '+', "protein_coding") + &gene("M", "c1", 26, 30, '-', "protein_coding")));
+    let (dir, fasta, gff) = setup(
+        &(gene("P", "c1", 21, 25, '+', "protein_coding")
+            + &gene("M", "c1", 26, 30, '-', "protein_coding")),
+    );
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mut ctx = Context::new(out.clone(), dir.path().join("work"), dir.path().to_path_buf());
+    let mut ctx = Context::new(
+        out.clone(),
+        dir.path().join("work"),
+        dir.path().to_path_buf(),
+    );
     ctx.inputs.insert("fasta".into(), fasta);
     ctx.inputs.insert("gff".into(), gff);
     let summary = run(&params(10), &ctx).unwrap();
     assert_eq!(summary.species, "test_species");
     let fa = out.join("promoters.fa.gz");
-    assert_eq!(super::super::io::compression(&fa).unwrap(), super::super::io::Compression::Bgzip);
+    assert_eq!(
+        super::super::io::compression(&fa).unwrap(),
+        super::super::io::Compression::Bgzip
+    );
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut super::super::io::open_text(&fa).unwrap(), &mut text).unwrap();
-    assert_eq!(text, ">P test_species c1:11-20(+)\nCCCCCCCCCC\n>M test_species c1:31-40(-)\nAAAAAAAAAA\n");
+    std::io::Read::read_to_string(&mut super::super::io::open_text(&fa).unwrap(), &mut text)
+        .unwrap();
+    assert_eq!(
+        text,
+        ">P test_species c1:11-20(+)\nCCCCCCCCCC\n>M test_species c1:31-40(-)\nAAAAAAAAAA\n"
+    );
     let tsv = std::fs::read_to_string(out.join("promoters.tsv")).unwrap();
     assert_eq!(
         tsv,
         "gene_id\tspecies\tchrom\tstrand\ttss\tstart\tend\tlength\tn_fraction\nP\ttest_species\tc1\t+\t21\t11\t20\t10\t0.0000\nM\ttest_species\tc1\t-\t30\t31\t40\t10\t0.0000\n"
     );
-    let json: Summary = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(json, summary);
 }
 
@@ -193,28 +270,46 @@ fn writes_bgzip_fasta_tsv_and_summary() {
 #[test]
 fn athaliana_chr1_promoters_match_the_genome() {
     let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        eprintln!("SKIPPED athaliana_chr1_promoters_match_the_genome: FLORA_SHARED_DATA is not set");
+        eprintln!(
+            "SKIPPED athaliana_chr1_promoters_match_the_genome: FLORA_SHARED_DATA is not set"
+        );
         return;
     };
     let dir = data.join("athaliana_chr1");
     let fasta = dir.join("AthaTAIR10_chr1_GCF_000001735.4_TAIR10.1_genomic.fna.gz");
     let gff = dir.join("AthaTAIR10_chr1.gff.gz");
     if !fasta.exists() {
-        eprintln!("SKIPPED athaliana_chr1_promoters_match_the_genome: {} is missing", fasta.display());
+        eprintln!(
+            "SKIPPED athaliana_chr1_promoters_match_the_genome: {} is missing",
+            fasta.display()
+        );
         return;
     }
     let work = tempfile::tempdir().unwrap();
     let (out, summary) = extract(&Params::default(), &fasta, &gff, work.path()).unwrap();
     // 7,156 protein-coding genes on chr1, as SOURCE.txt says; a few lose their window at the ends.
-    let coding = summary.written + summary.dropped.get("window past contig end").copied().unwrap_or(0);
+    let coding = summary.written
+        + summary
+            .dropped
+            .get("window past contig end")
+            .copied()
+            .unwrap_or(0);
     assert_eq!(coding, 7156, "{summary:?}");
     assert!(out.iter().all(|p| p.seq.len() == 1000));
     // AT1G01010 (+, starts at 3631): bases 2631..3630 of the chromosome.
     let g = Genome::open(&Genome::prepare(&fasta, work.path()).unwrap()).unwrap();
     let first = out.iter().find(|p| p.gene_id == "AT1G01010").unwrap();
-    assert_eq!(first.seq, g.fetch("NC_003070.9", 2630, 3630).unwrap().to_ascii_uppercase());
+    assert_eq!(
+        first.seq,
+        g.fetch("NC_003070.9", 2630, 3630)
+            .unwrap()
+            .to_ascii_uppercase()
+    );
     // AT1G01020 is on the minus strand: the reverse complement of the 1000 bases after its end.
     let minus = out.iter().find(|p| p.gene_id == "AT1G01020").unwrap();
     assert_eq!(minus.strand, Strand::Reverse);
-    assert_eq!(minus.seq, seq::reverse_complement(&g.fetch("NC_003070.9", minus.tss, minus.tss + 1000).unwrap()));
+    assert_eq!(
+        minus.seq,
+        seq::reverse_complement(&g.fetch("NC_003070.9", minus.tss, minus.tss + 1000).unwrap())
+    );
 }

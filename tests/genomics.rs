@@ -1,0 +1,207 @@
+//! The genomics stage kinds through the real binary: `flora stage promoters` and workflows.
+
+use crate::util::Project;
+
+/// A small genome: two contigs of pseudo-random bases, and genes on both strands.
+fn fixture(p: &Project) {
+    let mut state: u64 = 42;
+    let mut base = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        b"ACGT"[(state >> 33) as usize % 4] as char
+    };
+    let contig = |n: usize, base: &mut dyn FnMut() -> char| -> String {
+        let s: String = (0..n).map(|_| base()).collect();
+        s.as_bytes()
+            .chunks(60)
+            .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+            .collect()
+    };
+    let fa = format!(
+        ">chrA\n{}>chrB\n{}",
+        contig(5000, &mut base),
+        contig(3000, &mut base)
+    );
+    p.write("genome/toy.fa", &fa);
+    p.write(
+        "genome/toy.gff3",
+        "##gff-version 3
+chrA\ttoy\tgene\t1201\t2000\t.\t+\t.\tID=gene:G1;biotype=protein_coding
+chrA\ttoy\tgene\t2501\t3000\t.\t-\t.\tID=gene:G2;biotype=protein_coding
+chrA\ttoy\tgene\t3001\t3500\t.\t+\t.\tID=gene:G3;biotype=lncRNA
+chrB\ttoy\tgene\t100\t900\t.\t+\t.\tID=gene:G4;biotype=protein_coding
+chrB\ttoy\tgene\t1500\t2500\t.\t-\t.\tID=gene:G5;biotype=protein_coding
+",
+    );
+}
+
+fn read_gz(path: &std::path::Path) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut s,
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn stage_promoters_writes_the_contract_files() {
+    let p = Project::new();
+    fixture(&p);
+    let out = p.ok(&[
+        "stage",
+        "promoters",
+        "--input",
+        "fasta=genome/toy.fa",
+        "--input",
+        "gff=genome/toy.gff3",
+        "--set",
+        "upstream=1000",
+        "--set",
+        "avoid_overlap=false",
+        "--out",
+        "prom",
+    ]);
+    assert!(out.starts_with("ran promoters -> prom"), "{out}");
+    let fa = read_gz(&p.path("prom/promoters.fa.gz"));
+    let headers: Vec<&str> = fa.lines().filter(|l| l.starts_with('>')).collect();
+    // G3 is lncRNA; G4 starts at 100 (window past the contig start); G5 ends 2500 + 1000 <= 3000.
+    assert_eq!(
+        headers,
+        [">G1 toy chrA:201-1200(+)", ">G2 toy chrA:3001-4000(-)"]
+    );
+    let tsv = p.read("prom/promoters.tsv");
+    assert!(
+        tsv.starts_with("gene_id\tspecies\tchrom\tstrand\ttss\tstart\tend\tlength\tn_fraction\n"),
+        "{tsv}"
+    );
+    assert!(
+        tsv.contains("G1\ttoy\tchrA\t+\t1201\t201\t1200\t1000\t0.0000\n"),
+        "{tsv}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&p.read("prom/summary.json")).unwrap();
+    assert_eq!(summary["dropped"]["biotype lncRNA"], 1);
+    assert_eq!(summary["dropped"]["window past contig end"], 2, "{summary}");
+}
+
+#[test]
+fn promoters_in_a_workflow_with_bad_params_and_inputs() {
+    let p = Project::new();
+    fixture(&p);
+    p.write(
+        "wf.yaml",
+        "stages:\n  prom:\n    kind: promoters\n    inputs: {fasta: genome/toy.fa, gff: genome/toy.gff3}\n    params: {upstream: 500, species: toy, feature: gene}\n",
+    );
+    p.ok(&["run", "wf.yaml"]);
+    assert!(read_gz(&p.path("results/wf/prom/promoters.fa.gz"))
+        .starts_with(">G1 toy chrA:701-1200(+)\n"));
+    let err = p.fails(&["plan", "wf.yaml", "--set", "prom.upstream=-5"], 2);
+    assert!(
+        err.contains(
+            "--set prom.upstream=-5: stage `prom`: invalid value: integer `-5`, expected u64"
+        ),
+        "{err}"
+    );
+    let err = p.fails(&["plan", "wf.yaml", "--set", "prom.feature=exon"], 2);
+    assert!(
+        err.contains("unknown variant `exon`, expected `gene` or `transcript`"),
+        "{err}"
+    );
+    // A GFF3 whose contigs are not in the FASTA fails the job with a clear message.
+    p.write(
+        "genome/other.gff3",
+        "chrZ\t.\tgene\t10\t20\t.\t+\t.\tID=x;biotype=protein_coding\n",
+    );
+    p.write(
+        "bad.yaml",
+        "stages:\n  prom:\n    kind: promoters\n    inputs: {fasta: genome/toy.fa, gff: genome/other.gff3}\n",
+    );
+    let err = p.fails(&["run", "bad.yaml"], 1);
+    assert!(
+        err.contains("none of the GFF3's sequence names (chrZ) is in the FASTA (chrA, chrB)"),
+        "{err}"
+    );
+    // A malformed GFF3 line is named by file and line.
+    p.write("genome/broken.gff3", "##gff-version 3\nchrA\t.\tgene\t10\n");
+    p.write(
+        "broken.yaml",
+        "stages:\n  prom:\n    kind: promoters\n    inputs: {fasta: genome/toy.fa, gff: genome/broken.gff3}\n",
+    );
+    let err = p.fails(&["run", "broken.yaml"], 1);
+    assert!(
+        err.contains("broken.gff3: line 2: expected 9 tab-separated columns, found 4"),
+        "{err}"
+    );
+}
+
+/// Real data through the binary: A. thaliana chr1 and A. arenosa chr1-2 (skipped without them).
+#[test]
+fn real_genomes_through_the_binary() {
+    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(std::path::PathBuf::from) else {
+        eprintln!("SKIPPED real_genomes_through_the_binary: FLORA_SHARED_DATA is not set");
+        return;
+    };
+    let ath = data.join("athaliana_chr1");
+    let are = data.join("aarenosa_chr1_chr2");
+    if !ath.is_dir() || !are.is_dir() {
+        eprintln!(
+            "SKIPPED real_genomes_through_the_binary: {} has no genome folders",
+            data.display()
+        );
+        return;
+    }
+    let p = Project::new();
+    let arg = |name: &str, path: std::path::PathBuf| format!("{name}={}", path.display());
+    let out = p.ok(&[
+        "stage",
+        "promoters",
+        "--input",
+        &arg(
+            "fasta",
+            ath.join("AthaTAIR10_chr1_GCF_000001735.4_TAIR10.1_genomic.fna.gz"),
+        ),
+        "--input",
+        &arg("gff", ath.join("AthaTAIR10_chr1.gff.gz")),
+        "--set",
+        "upstream=1000",
+        "--set",
+        "avoid_overlap=false",
+        "--set",
+        "species=athaliana",
+        "--out",
+        "ath",
+    ]);
+    assert!(out.starts_with("ran promoters"), "{out}");
+    let fa = read_gz(&p.path("ath/promoters.fa.gz"));
+    assert!(
+        fa.starts_with(">AT1G01010 athaliana NC_003070.9:2631-3630(+)\n"),
+        "{}",
+        &fa[..200]
+    );
+    let rows = p.read("ath/promoters.tsv").lines().count() - 1;
+    assert!(rows > 7000 && rows <= 7156, "{rows} promoters");
+    // A. arenosa: GenBank-submitter ids (gene-AARE701A_LOCUS1 -> AARE701A_LOCUS1), minus strand first.
+    p.ok(&[
+        "stage",
+        "promoters",
+        "--input",
+        &arg(
+            "fasta",
+            are.join("AareAARE701a_chr1_chr2_GCA_905216605.1_AARE701a_genomic.fna.gz"),
+        ),
+        "--input",
+        &arg("gff", are.join("AareAARE701a_chr1_chr2.gff.gz")),
+        "--set",
+        "species=aarenosa",
+        "--out",
+        "are",
+    ]);
+    let fa = read_gz(&p.path("are/promoters.fa.gz"));
+    assert!(
+        fa.starts_with(">AARE701A_LOCUS1 aarenosa LR999451.1:28482-29481(-)\n"),
+        "{}",
+        &fa[..200]
+    );
+}
