@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_yaml::Value;
 
 use flora_stages::genomics::promoters;
+use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
 
 use crate::workflow::spans::Seg;
@@ -62,6 +63,17 @@ static KINDS: &[Kind] = &[
         run: |p, ctx| {
             run_typed(p, ctx, |p: &promoters::Params, ctx| {
                 promoters::run(p, ctx).map(drop)
+            })
+        },
+    },
+    Kind {
+        name: "expression",
+        version: 1,
+        summary: "expression tables (genes x samples, NAM runs x genes, or ready id/sequence/targets) to genes x tissues",
+        check: |v| check::<expression::Params>(v, |_| Ok(())),
+        run: |p, ctx| {
+            run_typed(p, ctx, |p: &expression::Params, ctx| {
+                expression::run(p, ctx).map(drop)
             })
         },
     },

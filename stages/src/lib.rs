@@ -24,5 +24,6 @@
 pub mod context;
 pub mod exec;
 pub mod genomics;
+pub mod tables;
 
 pub use context::Context;

@@ -119,24 +119,37 @@ pub fn gene_id(rec: &Record, id_attribute: &str) -> Option<String> {
         let id = id
             .strip_prefix("gene:")
             .or_else(|| id.strip_prefix("gene-"))
-            .unwrap_or(id);
+            .unwrap_or(&id);
         Some(id.to_string())
     } else {
-        rec.attr(id_attribute).map(str::to_string)
+        rec.attr(id_attribute).map(|v| v.into_owned())
     }
 }
 
 /// Reads every gene of a GFF3 file (plain, gzip or bgzip).
 pub fn read_genes(path: &Path, id_attribute: &str) -> Result<GeneSet, GenesError> {
+    read_genes_with(path, id_attribute, true)
+}
+
+/// Reads genes; without `with_exons`, exon lines are passed over (they only matter for choosing
+/// a transcript by exon length).
+pub fn read_genes_with(
+    path: &Path,
+    id_attribute: &str,
+    with_exons: bool,
+) -> Result<GeneSet, GenesError> {
     let shown = path.display().to_string();
-    let input = super::io::open_text(path).map_err(|source| GenesError::Open {
-        path: shown.clone(),
-        source,
-    })?;
-    let set = read_genes_from(input, id_attribute).map_err(|source| GenesError::Gff {
-        path: shown.clone(),
-        source,
-    })?;
+    let threads = rayon::current_num_threads().max(1);
+    let input =
+        super::io::open_text_threaded(path, threads).map_err(|source| GenesError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+    let set =
+        read_genes_impl(input, id_attribute, with_exons).map_err(|source| GenesError::Gff {
+            path: shown.clone(),
+            source,
+        })?;
     if set.genes.is_empty() && set.dropped.is_empty() {
         return Err(GenesError::Empty { path: shown });
     }
@@ -148,12 +161,51 @@ pub fn read_genes_from(
     input: impl std::io::BufRead,
     id_attribute: &str,
 ) -> Result<GeneSet, GffError> {
+    read_genes_impl(input, id_attribute, true)
+}
+
+/// Feature types that never name a gene or a transcript.
+const NOT_TRANSCRIPTS: &[&str] = &[
+    "CDS",
+    "five_prime_UTR",
+    "three_prime_UTR",
+    "start_codon",
+    "stop_codon",
+    "intron",
+    "region",
+    "chromosome",
+];
+/// The same, and exons.
+const NOT_TRANSCRIPTS_OR_EXONS: &[&str] = &[
+    "CDS",
+    "exon",
+    "five_prime_UTR",
+    "three_prime_UTR",
+    "start_codon",
+    "stop_codon",
+    "intron",
+    "region",
+    "chromosome",
+];
+
+fn read_genes_impl(
+    input: impl std::io::BufRead,
+    id_attribute: &str,
+    with_exons: bool,
+) -> Result<GeneSet, GffError> {
     let mut set = GeneSet::default();
     // GFF `ID` of a gene -> index in `set.genes`; transcript `ID` -> (gene index, transcript index).
     let mut by_feature_id: HashMap<String, usize> = HashMap::new();
     let mut transcripts: HashMap<String, (usize, usize)> = HashMap::new();
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
-    let mut reader = Reader::new(input);
+    let mut reader = Reader::skipping(
+        input,
+        if with_exons {
+            NOT_TRANSCRIPTS
+        } else {
+            NOT_TRANSCRIPTS_OR_EXONS
+        },
+    );
     while let Some(rec) = reader.read_record()? {
         let line = reader.line();
         if GENE_TYPES.contains(&rec.ty.as_str()) {
@@ -176,11 +228,11 @@ pub fn read_genes_from(
             let biotype = rec
                 .attr("biotype")
                 .or_else(|| rec.attr("gene_biotype"))
-                .map(str::to_string);
+                .map(|b| b.into_owned());
             let idx = set.genes.len();
             seen_ids.insert(id.clone(), idx);
             if let Some(fid) = rec.attr("ID") {
-                by_feature_id.insert(fid.to_string(), idx);
+                by_feature_id.insert(fid.into_owned(), idx);
             }
             set.genes.push(Gene {
                 id,
@@ -208,21 +260,21 @@ pub fn read_genes_from(
                 let canonical = rec
                     .attr("tag")
                     .is_some_and(|t| t.split(',').any(|t| t == "Ensembl_canonical"))
-                    || rec.attr("canonical_transcript") == Some("1")
-                    || rec.attr("is_canonical") == Some("true");
+                    || rec.attr("canonical_transcript").as_deref() == Some("1")
+                    || rec.attr("is_canonical").as_deref() == Some("true");
                 if gene.biotype.is_none() && rec.ty == "mRNA" {
                     gene.biotype = Some("protein_coding".into());
                 }
                 let t = gene.transcripts.len();
                 gene.transcripts.push(Transcript {
-                    id: rec.attr("ID").unwrap_or_default().to_string(),
+                    id: rec.attr("ID").unwrap_or_default().into_owned(),
                     start: rec.start,
                     end: rec.end,
                     canonical,
                     exon_length: 0,
                 });
                 if let Some(id) = rec.attr("ID") {
-                    transcripts.insert(id.to_string(), (g, t));
+                    transcripts.insert(id.into_owned(), (g, t));
                 }
             }
         }

@@ -40,17 +40,33 @@ pub struct Record {
     pub end: u64,
     /// Column 7.
     pub strand: Strand,
-    /// Column 9, decoded, in file order.
-    pub attributes: Vec<(String, String)>,
+    /// Column 9 as written (checked to be `KEY=VALUE;...`); decoded on access.
+    pub attributes: String,
 }
 
 impl Record {
-    /// The first value of attribute `key`.
-    pub fn attr(&self, key: &str) -> Option<&str> {
+    /// The first value of attribute `key`, percent-decoded.
+    pub fn attr(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
         self.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .split(';')
+            .filter_map(|part| part.trim().split_once('='))
+            .find(|(k, _)| *k == key || (k.contains('%') && decode(k) == key))
+            .map(|(_, v)| {
+                if v.contains('%') {
+                    std::borrow::Cow::Owned(decode(v))
+                } else {
+                    std::borrow::Cow::Borrowed(v)
+                }
+            })
+    }
+
+    /// Every attribute, decoded, in file order.
+    pub fn attribute_pairs(&self) -> Vec<(String, String)> {
+        self.attributes
+            .split(';')
+            .filter_map(|part| part.trim().split_once('='))
+            .map(|(k, v)| (decode(k), decode(v)))
+            .collect()
     }
 }
 
@@ -81,6 +97,7 @@ pub struct Reader<R> {
     line: usize,
     buf: String,
     done: bool,
+    skip: &'static [&'static str],
 }
 
 impl<R: BufRead> Reader<R> {
@@ -91,6 +108,16 @@ impl<R: BufRead> Reader<R> {
             line: 0,
             buf: String::new(),
             done: false,
+            skip: &[],
+        }
+    }
+
+    /// A reader that passes over features of these types after checking only their column count
+    /// (a speed-up for callers that ignore, say, `CDS` lines, which are most of a GFF3).
+    pub fn skipping(inner: R, types: &'static [&'static str]) -> Self {
+        Reader {
+            skip: types,
+            ..Reader::new(inner)
         }
     }
 
@@ -126,6 +153,13 @@ impl<R: BufRead> Reader<R> {
             if text.is_empty() || text.starts_with('#') {
                 continue;
             }
+            if !self.skip.is_empty() {
+                let mut cols = text.splitn(4, '\t');
+                let ty = cols.nth(2);
+                if ty.is_some_and(|t| self.skip.contains(&t)) && text.split('\t').count() == 9 {
+                    continue;
+                }
+            }
             return parse_line(text)
                 .map(Some)
                 .map_err(|message| GffError::Parse {
@@ -147,7 +181,7 @@ impl<R: BufRead> Iterator for Reader<R> {
 ///
 /// ```
 /// let r = flora_stages::genomics::gff::parse_line("chr1\t.\tgene\t101\t200\t.\t-\t.\tID=g1;Name=a%3Bb").unwrap();
-/// assert_eq!((r.start, r.end, r.attr("Name")), (101, 200, Some("a;b")));
+/// assert_eq!((r.start, r.end, r.attr("Name").as_deref()), (101, 200, Some("a;b")));
 /// ```
 pub fn parse_line(text: &str) -> Result<Record, String> {
     let cols: Vec<&str> = text.split('\t').collect();
@@ -181,13 +215,13 @@ pub fn parse_line(text: &str) -> Result<Record, String> {
         "." | "?" => Strand::Unknown,
         other => return Err(format!("strand {other:?} is not +, - or .")),
     };
-    let mut attributes = Vec::new();
     if cols[8] != "." {
-        for part in cols[8].split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("attribute {part:?} is not KEY=VALUE"))?;
-            attributes.push((decode(k), decode(v)));
+        if let Some(part) = cols[8]
+            .split(';')
+            .map(str::trim)
+            .find(|p| !p.is_empty() && !p.contains('='))
+        {
+            return Err(format!("attribute {part:?} is not KEY=VALUE"));
         }
     }
     Ok(Record {
@@ -196,7 +230,11 @@ pub fn parse_line(text: &str) -> Result<Record, String> {
         start,
         end,
         strand,
-        attributes,
+        attributes: if cols[8] == "." {
+            String::new()
+        } else {
+            cols[8].to_string()
+        },
     })
 }
 
@@ -235,7 +273,11 @@ mod tests {
         let recs: Vec<Record> = Reader::new(&text[..]).map(|r| r.unwrap()).collect();
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].seqid, "chr1");
-        assert_eq!(recs[0].attr("gene_biotype"), Some("protein_coding"));
+        assert_eq!(
+            recs[0].attr("gene_biotype").as_deref(),
+            Some("protein_coding")
+        );
+        assert_eq!(recs[0].attribute_pairs().len(), 2);
         assert_eq!(recs[0].strand, Strand::Forward);
     }
 
