@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_yaml::Value;
 
 use flora_stages::genomics::promoters;
+use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
 
@@ -60,22 +61,35 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
         check: |v| check::<promoters::Params>(v, |_| Ok(())),
-        run: |p, ctx| {
-            run_typed(p, ctx, |p: &promoters::Params, ctx| {
-                promoters::run(p, ctx).map(drop)
-            })
-        },
+        run: |p, ctx| run_typed(p, ctx, promoters::run),
     },
     Kind {
         name: "expression",
         version: 1,
         summary: "expression tables (genes x samples, NAM runs x genes, or ready id/sequence/targets) to genes x tissues",
         check: |v| check::<expression::Params>(v, |_| Ok(())),
-        run: |p, ctx| {
-            run_typed(p, ctx, |p: &expression::Params, ctx| {
-                expression::run(p, ctx).map(drop)
-            })
-        },
+        run: |p, ctx| run_typed(p, ctx, expression::run),
+    },
+    Kind {
+        name: "paralogs",
+        version: 1,
+        summary: "paralog groups from a syntenic/paralog table (union-find) or promoter similarity (MinHash)",
+        check: |v| check::<paralogs::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, paralogs::run),
+    },
+    Kind {
+        name: "split",
+        version: 1,
+        summary: "whole paralog groups to train/validation/test from a seed (default 70/30, 10% validation)",
+        check: |v| check::<split::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, split::run),
+    },
+    Kind {
+        name: "corpus",
+        version: 1,
+        summary: "pretraining corpus with every held-out (test) promoter, and any identical sequence, removed",
+        check: |v| check::<corpus::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, corpus::run),
     },
 ];
 
@@ -138,13 +152,13 @@ pub fn param_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ParamErr
 }
 
 /// Runs a kind whose params deserialize into `P`.
-fn run_typed<P: DeserializeOwned, E: std::error::Error + Send + Sync + 'static>(
+fn run_typed<P: DeserializeOwned, T, E: std::fmt::Display>(
     params: &serde_json::Value,
     ctx: &Context,
-    f: impl FnOnce(&P, &Context) -> Result<(), E>,
+    f: impl FnOnce(&P, &Context) -> Result<T, E>,
 ) -> anyhow::Result<()> {
     let p: P = serde_json::from_value(params.clone())?;
-    Ok(f(&p, ctx)?)
+    f(&p, ctx).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn run_exec(params: &serde_json::Value, ctx: &Context) -> anyhow::Result<()> {

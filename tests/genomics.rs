@@ -205,3 +205,70 @@ fn real_genomes_through_the_binary() {
         &fa[..200]
     );
 }
+
+#[test]
+fn promoters_to_a_leak_free_corpus() {
+    let p = Project::new();
+    fixture(&p);
+    // Two more genes so that the split has something to deal; G1 and G2 are paralogs.
+    let gff = p.read("genome/toy.gff3")
+        + "chrA\ttoy\tgene\t4001\t4500\t.\t+\t.\tID=gene:G6;biotype=protein_coding\n"
+        + "chrB\ttoy\tgene\t1101\t1400\t.\t+\t.\tID=gene:G7;biotype=protein_coding\n";
+    p.write("genome/toy.gff3", &gff);
+    p.write("data/paralogs.tsv", "a\tb\nG1\tG2\n");
+    p.write(
+        "data/tpm.csv",
+        "gene_id,s1,s2\nG1,5,7\nG2,1,1\nG6,0,0\nG7,30,10\n",
+    );
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  promoters:
+    kind: promoters
+    inputs: {fasta: genome/toy.fa, gff: genome/toy.gff3}
+    params: {species: toy}
+  expression:
+    kind: expression
+    inputs: {table: data/tpm.csv}
+    params: {tissue: leaf}
+  paralogs:
+    kind: paralogs
+    inputs: {table: data/paralogs.tsv, genes: promoters}
+  split:
+    kind: split
+    inputs: {groups: paralogs}
+    params: {test: 0.5, seed: 3}
+  corpus:
+    kind: corpus
+    inputs: {promoters: promoters, split: split, heldout: promoters}
+"#,
+    );
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert!(out.contains("5 jobs: 5 ran"), "{out}");
+    let groups = p.read("results/wf/paralogs/groups.tsv");
+    assert_eq!(groups, "gene_id\tgroup\nG1\tG1\nG2\tG1\nG6\tG6\nG7\tG7\n");
+    let split = p.read("results/wf/split/split.tsv");
+    let test: Vec<&str> = split
+        .lines()
+        .filter(|l| l.ends_with("\ttest"))
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert!(!test.is_empty(), "{split}");
+    let corpus = read_gz(&p.path("results/wf/corpus/corpus.fa.gz"));
+    for gene in &test {
+        assert!(
+            !corpus.contains(&format!(">{gene} ")),
+            "test gene {gene} leaked into\n{corpus}"
+        );
+    }
+    let expr = p.read("results/wf/expression/expression.tsv");
+    assert_eq!(expr, "gene_id\tleaf\nG1\t6\nG2\t1\nG7\t20\n");
+    // The corpus refuses to run without a split.
+    p.write(
+        "nosplit.yaml",
+        "stages:\n  corpus: {kind: corpus, inputs: {promoters: genome/toy.fa}}\n",
+    );
+    let err = p.fails(&["run", "nosplit.yaml"], 1);
+    assert!(err.contains("needs an input `split`"), "{err}");
+}

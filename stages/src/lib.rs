@@ -24,6 +24,7 @@
 pub mod context;
 pub mod exec;
 pub mod genomics;
+pub mod splits;
 pub mod tables;
 
 pub use context::Context;

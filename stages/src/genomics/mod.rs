@@ -5,4 +5,5 @@ pub mod genes;
 pub mod gff;
 pub mod io;
 pub mod promoters;
+pub mod records;
 pub mod seq;

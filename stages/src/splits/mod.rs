@@ -1,0 +1,8 @@
+//! Keeping test genes out of training: paralog groups, group-wise splits, and leak-free corpora.
+
+pub mod corpus;
+pub mod minhash;
+pub mod paralogs;
+pub mod rng;
+pub mod split;
+pub mod tsv;
