@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml::Value;
 
+use flora_stages::download;
 use flora_stages::genomics::promoters;
 use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
@@ -55,6 +56,13 @@ static KINDS: &[Kind] = &[
         summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
         check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
         run: run_exec,
+    },
+    Kind {
+        name: "download",
+        version: 1,
+        summary: "a genome FASTA + GFF3 from URLs, paths, Ensembl Plants, RefSeq or MaizeGDB; checksummed, bgzip-indexed",
+        check: |v| check::<download::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, download::run),
     },
     Kind {
         name: "promoters",

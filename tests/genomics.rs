@@ -272,3 +272,65 @@ stages:
     let err = p.fails(&["run", "nosplit.yaml"], 1);
     assert!(err.contains("needs an input `split`"), "{err}");
 }
+
+#[test]
+fn download_then_promoters_from_the_genome_folder() {
+    let p = Project::new();
+    fixture(&p);
+    let root = p.root().display().to_string();
+    p.write(
+        "wf.yaml",
+        &format!(
+            r#"
+vars: {{site: "file://{root}/genome"}}
+stages:
+  download:
+    kind: download
+    foreach: [toy]
+    params: {{fasta: "${{vars.site}}/${{item}}.fa", gff: "${{vars.site}}/${{item}}.gff3"}}
+  promoters:
+    kind: promoters
+    foreach: [toy]
+    inputs: {{genome: "download[${{item}}]"}}
+    params: {{species: "${{item}}", upstream: 300}}
+"#
+        ),
+    );
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert!(out.contains("2 jobs: 2 ran"), "{out}");
+    for f in [
+        "genome.fa.gz",
+        "genome.fa.gz.fai",
+        "genome.fa.gz.gzi",
+        "genes.gff3.gz",
+        "source.json",
+    ] {
+        assert!(p.path("results/wf/download/toy").join(f).is_file(), "{f}");
+    }
+    let fa = read_gz(&p.path("results/wf/promoters/toy/promoters.fa.gz"));
+    assert!(fa.starts_with(">G1 toy chrA:901-1200(+)\n"), "{fa}");
+    // The contract form: `flora stage promoters --input genome=DIR`.
+    let dir = std::fs::canonicalize(p.path("results/wf/download/toy")).unwrap();
+    let out = p.ok(&[
+        "stage",
+        "promoters",
+        "--input",
+        &format!("genome={}", dir.display()),
+        "--set",
+        "upstream=1000",
+        "--out",
+        "p2",
+    ]);
+    assert!(out.starts_with("ran promoters"), "{out}");
+    // A failed download publishes nothing and names the file.
+    let err = p.fails(
+        &[
+            "run",
+            "wf.yaml",
+            "--set",
+            "download.fasta=file:///nowhere/x.fa",
+        ],
+        1,
+    );
+    assert!(err.contains("/nowhere/x.fa: no such file"), "{err}");
+}

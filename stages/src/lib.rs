@@ -22,6 +22,7 @@
 //! ```
 
 pub mod context;
+pub mod download;
 pub mod exec;
 pub mod genomics;
 pub mod splits;
