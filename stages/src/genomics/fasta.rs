@@ -68,10 +68,63 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> FastaError {
 /// An indexed FASTA file.
 pub struct Genome {
     path: PathBuf,
-    reader: rust_htslib::faidx::Reader,
+    reader: Reader,
     /// Contig name -> length, in file order of `names`.
     lengths: HashMap<String, u64>,
     names: Vec<String>,
+}
+
+/// How regions are read: htslib for bgzip, positioned reads for plain FASTA (one system call per
+/// region, where htslib refills a whole buffer).
+enum Reader {
+    Htslib(rust_htslib::faidx::Reader),
+    Plain {
+        file: std::fs::File,
+        index: HashMap<String, FaiEntry>,
+    },
+}
+
+/// One line of a `.fai`.
+#[derive(Debug, Clone, Copy)]
+struct FaiEntry {
+    offset: u64,
+    line_bases: u64,
+    line_bytes: u64,
+}
+
+impl FaiEntry {
+    /// The file offset of base `pos` (0-based).
+    fn at(&self, pos: u64) -> u64 {
+        self.offset + pos / self.line_bases * self.line_bytes + pos % self.line_bases
+    }
+}
+
+fn read_fai_entries(fai: &Path) -> Result<HashMap<String, FaiEntry>, FastaError> {
+    let text = std::fs::read_to_string(fai).map_err(|e| io_err(fai, e))?;
+    let mut out = HashMap::new();
+    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let cols: Vec<&str> = l.split('\t').collect();
+        let num = |k: usize| cols.get(k).and_then(|s| s.parse::<u64>().ok());
+        match (num(2), num(3), num(4)) {
+            (Some(offset), Some(line_bases), Some(line_bytes)) if line_bases > 0 => {
+                out.insert(
+                    cols[0].to_string(),
+                    FaiEntry {
+                        offset,
+                        line_bases,
+                        line_bytes,
+                    },
+                );
+            }
+            _ => {
+                return Err(io_err(
+                    fai,
+                    format!("line {}: not a faidx index line", i + 1),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for Genome {
@@ -148,7 +201,16 @@ impl Genome {
             build_index(path)?;
         }
         let entries = read_fai(&fai)?;
-        let reader = rust_htslib::faidx::Reader::from_path(path).map_err(|e| io_err(path, e))?;
+        let reader = if compression(path).map_err(|e| io_err(path, e))? == Compression::Plain {
+            Reader::Plain {
+                file: std::fs::File::open(path).map_err(|e| io_err(path, e))?,
+                index: read_fai_entries(&fai)?,
+            }
+        } else {
+            Reader::Htslib(
+                rust_htslib::faidx::Reader::from_path(path).map_err(|e| io_err(path, e))?,
+            )
+        };
         Ok(Genome {
             path: path.to_path_buf(),
             reader,
@@ -196,10 +258,21 @@ impl Genome {
         if start == end {
             return Ok(Vec::new());
         }
-        let seq = self
-            .reader
-            .fetch_seq(name, start as usize, end as usize - 1)
-            .map_err(|e| io_err(&self.path, e))?;
+        let seq = match &self.reader {
+            Reader::Htslib(r) => r
+                .fetch_seq(name, start as usize, end as usize - 1)
+                .map_err(|e| io_err(&self.path, e))?,
+            Reader::Plain { file, index } => {
+                use std::os::unix::fs::FileExt;
+                let e = index[name];
+                let (from, to) = (e.at(start), e.at(end - 1) + 1);
+                let mut raw = vec![0u8; (to - from) as usize];
+                file.read_exact_at(&mut raw, from)
+                    .map_err(|err| io_err(&self.path, err))?;
+                raw.retain(|&b| b != b'\n' && b != b'\r');
+                raw
+            }
+        };
         if seq.len() as u64 != end - start {
             return Err(io_err(
                 &self.path,
