@@ -139,12 +139,10 @@ pub fn read_genes_with(
     with_exons: bool,
 ) -> Result<GeneSet, GenesError> {
     let shown = path.display().to_string();
-    let threads = rayon::current_num_threads().max(1);
-    let input =
-        super::io::open_text_threaded(path, threads).map_err(|source| GenesError::Open {
-            path: shown.clone(),
-            source,
-        })?;
+    let input = super::io::open_text(path).map_err(|source| GenesError::Open {
+        path: shown.clone(),
+        source,
+    })?;
     let set =
         read_genes_impl(input, id_attribute, with_exons).map_err(|source| GenesError::Gff {
             path: shown.clone(),

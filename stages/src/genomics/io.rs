@@ -44,46 +44,22 @@ pub fn detect(head: &[u8]) -> Compression {
     }
 }
 
-/// Opens a text file for buffered reading, decompressing gzip and bgzip transparently.
-pub fn open_text(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
+/// Opens a text file for buffered reading, decompressing gzip and bgzip transparently. BGZF goes
+/// through htslib (libdeflate: measured 2x faster than flate2 on a 115 MB GFF3, and faster than
+/// htslib's own decompression threads on two cores).
+pub fn open_text(path: &Path) -> io::Result<Box<dyn BufRead>> {
     let file = File::open(path)?;
     Ok(match compression(path)? {
         Compression::Plain => Box::new(BufReader::with_capacity(1 << 20, file)),
-        Compression::Gzip | Compression::Bgzip => Box::new(BufReader::with_capacity(
+        Compression::Bgzip => Box::new(BufReader::with_capacity(
+            1 << 20,
+            rust_htslib::bgzf::Reader::from_path(path).map_err(io::Error::other)?,
+        )),
+        Compression::Gzip => Box::new(BufReader::with_capacity(
             1 << 20,
             flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file)),
         )),
     })
-}
-
-/// A BGZF file read through htslib with a pool of decompression threads.
-struct ThreadedBgzf {
-    // Declared first so that it is dropped (closed) before the pool it uses.
-    reader: rust_htslib::bgzf::Reader,
-    _pool: rust_htslib::tpool::ThreadPool,
-}
-
-impl Read for ThreadedBgzf {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
-    }
-}
-
-/// Like [`open_text`], but decompresses BGZF files on `threads` threads (not `Send`).
-pub fn open_text_threaded(path: &Path, threads: usize) -> io::Result<Box<dyn BufRead>> {
-    if threads > 1 && compression(path)? == Compression::Bgzip {
-        let mut reader = rust_htslib::bgzf::Reader::from_path(path).map_err(io::Error::other)?;
-        let pool = rust_htslib::tpool::ThreadPool::new(threads as u32).map_err(io::Error::other)?;
-        reader.set_thread_pool(&pool).map_err(io::Error::other)?;
-        return Ok(Box::new(BufReader::with_capacity(
-            1 << 20,
-            ThreadedBgzf {
-                reader,
-                _pool: pool,
-            },
-        )));
-    }
-    Ok(open_text(path)?)
 }
 
 #[cfg(test)]
