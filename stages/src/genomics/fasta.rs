@@ -379,3 +379,19 @@ mod tests {
         assert!(matches!(err, FastaError::Index { .. }), "{err}");
     }
 }
+
+#[cfg(test)]
+mod crlf_tests {
+    use super::*;
+
+    #[test]
+    fn crlf_fasta_reads_like_lf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("crlf.fa");
+        std::fs::write(&p, ">c1\r\nACGTA\r\nCCGTT\r\nGG\r\n").unwrap();
+        let g = Genome::open(&Genome::prepare(&p, &dir.path().join("w")).unwrap()).unwrap();
+        assert_eq!(g.len_of("c1").unwrap(), 12);
+        assert_eq!(g.fetch("c1", 3, 8).unwrap(), b"TACCG");
+        assert_eq!(g.fetch_all("c1").unwrap(), b"ACGTACCGTTGG");
+    }
+}
