@@ -11,6 +11,7 @@ use serde_yaml::Value;
 
 use flora_stages::download;
 use flora_stages::genomics::promoters;
+use flora_stages::model::tokenizer as bpe;
 use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
@@ -98,6 +99,13 @@ static KINDS: &[Kind] = &[
         summary: "pretraining corpus with every held-out (test) promoter, and any identical sequence, removed",
         check: |v| check::<corpus::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, corpus::run),
+    },
+    Kind {
+        name: "bpe",
+        version: 1,
+        summary: "byte-level BPE tokenizer (vocab 5,000 + <s> </s> <pad> <unk> <mask>) trained on a promoter corpus",
+        check: |v| check::<bpe::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, bpe::run),
     },
 ];
 

@@ -334,3 +334,53 @@ stages:
     );
     assert!(err.contains("/nowhere/x.fa: no such file"), "{err}");
 }
+
+#[test]
+fn stage_bpe_trains_a_tokenizer_json() {
+    let p = Project::new();
+    let mut state: u64 = 9;
+    let mut fa = String::new();
+    for i in 0..100 {
+        let s: String = (0..400)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ['A', 'C', 'G', 'T'][(state >> 33) as usize % 4]
+            })
+            .collect();
+        fa.push_str(&format!(">p{i} toy\n{s}TATAAAAGG\n"));
+    }
+    p.write("corpus.fa", &fa);
+    let out = p.ok(&[
+        "stage",
+        "bpe",
+        "--input",
+        "corpus=corpus.fa",
+        "--set",
+        "vocab_size=200",
+        "--out",
+        "tok",
+    ]);
+    assert!(out.starts_with("ran bpe"), "{out}");
+    let tok: serde_json::Value = serde_json::from_str(&p.read("tok/tokenizer.json")).unwrap();
+    assert_eq!(tok["model"]["type"], "BPE");
+    assert_eq!(tok["model"]["vocab"]["<s>"], 0);
+    assert_eq!(tok["model"]["vocab"]["<mask>"], 4);
+    assert_eq!(tok["model"]["vocab"].as_object().unwrap().len(), 305);
+    let summary: serde_json::Value = serde_json::from_str(&p.read("tok/summary.json")).unwrap();
+    assert_eq!(summary["sequences"], 100);
+    assert!(summary["tokens_per_kb"].as_f64().unwrap() < 1000.0);
+    let err = p.fails(
+        &[
+            "stage",
+            "bpe",
+            "--input",
+            "corpus=corpus.fa",
+            "--set",
+            "vocab_size=-1",
+            "--out",
+            "t2",
+        ],
+        2,
+    );
+    assert!(err.contains("invalid value: integer `-1`"), "{err}");
+}

@@ -25,6 +25,7 @@ pub mod context;
 pub mod download;
 pub mod exec;
 pub mod genomics;
+pub mod model;
 pub mod splits;
 pub mod tables;
 
