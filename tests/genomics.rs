@@ -356,7 +356,7 @@ fn stage_bpe_trains_a_tokenizer_json() {
         "--input",
         "corpus=corpus.fa",
         "--set",
-        "vocab_size=200",
+        "vocab_size=300",
         "--out",
         "tok",
     ]);

@@ -122,7 +122,8 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_log_tail(log: &Path) {
+/// Prints the last lines a job wrote (flora's own header lines left out).
+pub fn print_log_tail(log: &Path) {
     if let Ok(text) = std::fs::read_to_string(log) {
         let lines: Vec<&str> = text
             .lines()
