@@ -11,6 +11,7 @@ use serde_yaml::Value;
 
 use flora_stages::download;
 use flora_stages::genomics::promoters;
+use flora_stages::model::pretrain;
 use flora_stages::model::tokenizer as bpe;
 use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
@@ -106,6 +107,13 @@ static KINDS: &[Kind] = &[
         summary: "byte-level BPE tokenizer (vocab 5,000 + <s> </s> <pad> <unk> <mask>) trained on a promoter corpus",
         check: |v| check::<bpe::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, bpe::run),
+    },
+    Kind {
+        name: "pretrain",
+        version: 1,
+        summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
+        check: |v| check::<pretrain::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, pretrain::run),
     },
 ];
 

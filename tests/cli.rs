@@ -152,7 +152,7 @@ fn stage_runs_one_kind_outside_a_workflow_and_is_cached() {
         2,
     );
     assert!(err.contains("no such file or folder: missing.txt"), "{err}");
-    let err = p.fails(&["stage", "exec", "--set", "argv=[false]", "--out", "z"], 2);
+    let err = p.fails(&["stage", "exec", "--set", "argv=[false]", "--out", "z"], 1);
     assert!(
         err.contains("stage exec failed: exited with status 1"),
         "{err}"

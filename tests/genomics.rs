@@ -376,6 +376,20 @@ fn stage_bpe_trains_a_tokenizer_json() {
             "--input",
             "corpus=corpus.fa",
             "--set",
+            "vocab_size=100",
+            "--out",
+            "t3",
+        ],
+        1,
+    );
+    assert!(err.contains("must exceed the 256 byte symbols"), "{err}");
+    let err = p.fails(
+        &[
+            "stage",
+            "bpe",
+            "--input",
+            "corpus=corpus.fa",
+            "--set",
             "vocab_size=-1",
             "--out",
             "t2",
@@ -383,4 +397,106 @@ fn stage_bpe_trains_a_tokenizer_json() {
         2,
     );
     assert!(err.contains("invalid value: integer `-1`"), "{err}");
+}
+
+#[test]
+fn stage_pretrain_writes_a_huggingface_model_folder_and_continues_from_init() {
+    let p = Project::new();
+    let mut state: u64 = 11;
+    let mut fa = String::new();
+    for i in 0..64 {
+        let s: String = (0..150)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ['A', 'C', 'G', 'T'][(state >> 33) as usize % 4]
+            })
+            .collect();
+        fa.push_str(&format!(">p{i} toy\n{s}TATAAACACGTG\n"));
+    }
+    p.write("corpus.fa", &fa);
+    p.ok(&[
+        "stage",
+        "bpe",
+        "--input",
+        "corpus=corpus.fa",
+        "--set",
+        "vocab_size=300",
+        "--out",
+        "tok",
+    ]);
+    let args = [
+        "stage",
+        "pretrain",
+        "--input",
+        "corpus=corpus.fa",
+        "--input",
+        "tokenizer=tok",
+        "--set",
+        "layers=2",
+        "--set",
+        "hidden=64",
+        "--set",
+        "heads=2",
+        "--set",
+        "intermediate=128",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "max_len=64",
+        "--out",
+        "model",
+    ];
+    let out = p.ok(&args);
+    assert!(out.starts_with("ran pretrain"), "{out}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_log.tsv",
+    ] {
+        assert!(p.path("model").join(f).is_file(), "{f}");
+    }
+    let log = p.read("model/train_log.tsv");
+    let header: Vec<&str> = log.lines().next().unwrap().split('\t').collect();
+    assert!(
+        header.contains(&"step") && header.contains(&"loss"),
+        "{log}"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(&p.read("model/config.json")).unwrap();
+    assert_eq!(cfg["model_type"], "roberta");
+    assert_eq!(cfg["num_hidden_layers"], 2);
+    assert_eq!(cfg["pad_token_id"], 2);
+    // The maize step: continue from the model just made.
+    let mut cont = args.to_vec();
+    cont.extend(["--input", "init=model"]);
+    *cont.iter_mut().find(|a| **a == "model").unwrap() = "maize";
+    let out = p.ok(&cont);
+    assert!(out.starts_with("ran pretrain"), "{out}");
+    assert_ne!(
+        std::fs::read(p.path("model/model.safetensors")).unwrap(),
+        std::fs::read(p.path("maize/model.safetensors")).unwrap()
+    );
+    let err = p.fails(
+        &[
+            "stage",
+            "pretrain",
+            "--input",
+            "corpus=corpus.fa",
+            "--input",
+            "tokenizer=tok",
+            "--set",
+            "hidden=30",
+            "--set",
+            "heads=4",
+            "--out",
+            "bad",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("hidden 30 is not a multiple of heads 4"),
+        "{err}"
+    );
 }

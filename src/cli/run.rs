@@ -125,10 +125,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
 /// Prints the last lines a job wrote (flora's own header lines left out).
 pub fn print_log_tail(log: &Path) {
     if let Ok(text) = std::fs::read_to_string(log) {
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with("--- flora"))
-            .collect();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("--- ")).collect();
         let tail = &lines[lines.len().saturating_sub(10)..];
         for l in tail {
             eprintln!("  | {l}");

@@ -99,12 +99,12 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
             Ok(())
         }
         (JobState::Failed(why), _) => {
-            let log = r
-                .log
-                .as_ref()
-                .map(|l| l.display().to_string())
-                .unwrap_or_default();
-            anyhow::bail!("stage {kind} failed: {why}\n  log: {log}")
+            eprintln!("error: stage {kind} failed: {why}");
+            if let Some(log) = &r.log {
+                eprintln!("  log: {}", log.display());
+                super::run::print_log_tail(log);
+            }
+            Err(crate::cli::run::JobsFailed { failed: 1 }.into())
         }
         (other, _) => anyhow::bail!("stage {kind} did not run: {other:?}"),
     }

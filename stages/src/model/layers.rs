@@ -1,0 +1,66 @@
+//! Building blocks with a backward pass on every path: LayerNorm and softmax written as
+//! compositions of differentiable candle ops (candle-nn 0.11's fused versions have no backward),
+//! seeded dropout, and seeded initialisation (candle's CPU generator cannot be seeded).
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::splits::rng::Rng;
+
+/// Uniform in [0, 1).
+pub fn unit(rng: &mut Rng) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// A standard normal draw (Box-Muller).
+pub fn normal(rng: &mut Rng) -> f32 {
+    let u1 = unit(rng).max(f32::MIN_POSITIVE);
+    let u2 = unit(rng);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension; the max is subtracted for stability as a constant (exact,
+/// since softmax ignores shifts) so that no gradient flows through it.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&s)
+}
+
+/// log-softmax over the last dimension, the same way.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0.
+pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
+    let Some(rng) = rng else { return Ok(x.clone()) };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if unit(rng) < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+/// A tensor of normal(0, std) values from `rng`.
+pub fn randn(rng: &mut Rng, shape: &[usize], std: f32, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| normal(rng) * std).collect();
+    Tensor::from_vec(v, shape, device)?.to_dtype(DType::F32)
+}

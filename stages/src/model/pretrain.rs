@@ -1,0 +1,587 @@
+//! The `pretrain` stage: masked language modelling of promoters with LAMB.
+//!
+//! - Each sequence is framed as `<s>` + tokens + `</s>`, left-padded to `max_len` (TSS end kept).
+//! - 15% of the real tokens are chosen (never padding or specials); of those 80% become `<mask>`,
+//!   10% a random token and 10% stay, and the loss is taken on the chosen positions only.
+//! - The learning rate warms up linearly over `warmup_steps`, then decays linearly to 0 (or
+//!   stays constant); gradients are clipped to `clip_norm` and may be accumulated.
+//! - Every random choice (initial weights, shuffles, masks, dropout) derives from `seed` and the
+//!   step, so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+//! - Checkpoints (weights, LAMB moments, step) go to the job's work folder every
+//!   `checkpoint_every` steps; a re-run resumes from the last one.
+//! - With an `init` input (a model folder) training continues from it: the study's maize
+//!   pretraining after all-plant pretraining.
+//!
+//! Output: a HuggingFace-style folder (`config.json`, `model.safetensors`, `tokenizer.json`), and
+//! `train_log.tsv` (step, epoch, loss, masked_acc, lr, val_loss, val_perplexity).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::lamb::{global_norm, Lamb};
+use super::roberta::{self, Config, Params as Weights, Positions};
+use super::tokenizer::{self, BOS, EOS, MASK, PAD};
+use crate::splits::rng::Rng;
+use crate::Context;
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Linear decay to 0 at the last step.
+    Linear,
+    /// Constant.
+    Constant,
+}
+
+/// Params of the `pretrain` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Encoder layers (default 6).
+    pub layers: usize,
+    /// Hidden size (default 768).
+    pub hidden: usize,
+    /// Attention heads (default 6).
+    pub heads: usize,
+    /// Feed-forward size (default 3072).
+    pub intermediate: usize,
+    /// Tokens per sequence, specials and padding included (default 256).
+    pub max_len: usize,
+    /// Dropout (default 0.1).
+    pub dropout: f32,
+    /// Position ids: `tss` (from the TSS end) or `roberta` (default tss).
+    pub positions: Positions,
+    /// Share of real tokens chosen for MLM (default 0.15).
+    pub mask_prob: f64,
+    /// Peak learning rate (default 1e-3).
+    pub lr: f64,
+    /// Linear warm-up steps (default 200).
+    pub warmup_steps: u64,
+    /// After warm-up: `linear` decay to 0, or `constant` (default linear).
+    pub schedule: Schedule,
+    /// LAMB weight decay (default 0.01).
+    pub weight_decay: f64,
+    /// Passes over the training sequences (default 3).
+    pub epochs: usize,
+    /// Sequences per micro-batch (default 8).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (default 1).
+    pub grad_accum: usize,
+    /// Global gradient-norm clip; 0 turns it off (default 1.0).
+    pub clip_norm: f64,
+    /// Seed of every random choice (default 0).
+    pub seed: u64,
+    /// Share of sequences held out for validation (default 0.05).
+    pub validation: f64,
+    /// Steps between checkpoints (default 100).
+    pub checkpoint_every: u64,
+    /// Stop after this many optimizer steps (default: all epochs).
+    pub max_steps: Option<u64>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            layers: 6,
+            hidden: 768,
+            heads: 6,
+            intermediate: 3072,
+            max_len: 256,
+            dropout: 0.1,
+            positions: Positions::Tss,
+            mask_prob: 0.15,
+            lr: 1e-3,
+            warmup_steps: 200,
+            schedule: Schedule::Linear,
+            weight_decay: 0.01,
+            epochs: 3,
+            batch_size: 8,
+            grad_accum: 1,
+            clip_norm: 1.0,
+            seed: 0,
+            validation: 0.05,
+            checkpoint_every: 100,
+            max_steps: None,
+        }
+    }
+}
+
+/// The learning rate at `step` (1-based) of `total`.
+pub fn lr_at(p: &Params, step: u64, total: u64) -> f64 {
+    if p.warmup_steps > 0 && step <= p.warmup_steps {
+        return p.lr * step as f64 / p.warmup_steps as f64;
+    }
+    match p.schedule {
+        Schedule::Constant => p.lr,
+        Schedule::Linear => {
+            let rest = total.saturating_sub(p.warmup_steps).max(1);
+            let done = step.saturating_sub(p.warmup_steps);
+            p.lr * (1.0 - done as f64 / rest as f64).max(0.0)
+        }
+    }
+}
+
+/// A batch with MLM corruption: inputs, and labels (-1 where no loss is taken).
+pub fn mask_batch(
+    rows: &[&[u32]],
+    vocab: usize,
+    mask_prob: f64,
+    rng: &mut Rng,
+) -> (Vec<Vec<u32>>, Vec<i64>) {
+    let mut inputs = Vec::with_capacity(rows.len());
+    let mut labels = Vec::new();
+    for row in rows {
+        let mut input = row.to_vec();
+        for (i, &t) in row.iter().enumerate() {
+            let real = t != PAD && t != BOS && t != EOS;
+            let chosen = real && (super::layers::unit(rng) as f64) < mask_prob;
+            if chosen {
+                labels.push(t as i64);
+                let r = super::layers::unit(rng);
+                if r < 0.8 {
+                    input[i] = MASK;
+                } else if r < 0.9 {
+                    // A random ordinary token (never a special).
+                    input[i] = 5 + rng.below(vocab - 5) as u32;
+                }
+            } else {
+                labels.push(-1);
+            }
+        }
+        inputs.push(input);
+    }
+    (inputs, labels)
+}
+
+fn step_rng(seed: u64, step: u64, micro: u64, salt: u64) -> Rng {
+    let mut r = Rng::new(seed ^ 0x5EED_0000_0000_0000 ^ salt);
+    r.next_u64();
+    Rng::new(
+        r.next_u64()
+            ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ micro.wrapping_mul(0xBF58_476D_1CE4_E5B9),
+    )
+}
+
+/// The loss, masked accuracy counts and gradients of one micro-batch.
+fn micro_step(
+    w: &Weights,
+    cfg: &Config,
+    rows: &[&[u32]],
+    p: &Params,
+    step: u64,
+    micro: u64,
+    dev: &Device,
+) -> candle_core::Result<(f64, usize, usize, HashMap<String, Tensor>)> {
+    let mut mrng = step_rng(p.seed, step, micro, 1);
+    let (inputs, labels) = mask_batch(rows, cfg.vocab_size, p.mask_prob, &mut mrng);
+    let mut drng = step_rng(p.seed, step, micro, 2);
+    let hidden = roberta::encode(w, cfg, &inputs, Some(&mut drng), dev)?;
+    let logits = roberta::mlm_logits(w, cfg, &hidden)?;
+    let (loss, correct, n) = roberta::masked_loss(&logits, &labels)?;
+    let value = loss.to_scalar::<f32>()? as f64;
+    let mut grads = HashMap::new();
+    if n > 0 {
+        let store = loss.backward()?;
+        for (name, var) in &w.vars {
+            if let Some(g) = store.get(var.as_tensor()) {
+                grads.insert(name.clone(), g.clone());
+            }
+        }
+    }
+    Ok((value, correct, n, grads))
+}
+
+/// Mean masked loss over a set of rows (no dropout, fixed masks): for validation.
+pub fn evaluate(
+    w: &Weights,
+    cfg: &Config,
+    rows: &[&[u32]],
+    p: &Params,
+    dev: &Device,
+) -> candle_core::Result<(f64, f64)> {
+    let (mut total, mut count, mut correct) = (0f64, 0usize, 0usize);
+    for (i, chunk) in rows.chunks(p.batch_size.max(1)).enumerate() {
+        let mut rng = step_rng(p.seed, u64::MAX, i as u64, 3);
+        let (inputs, labels) = mask_batch(chunk, cfg.vocab_size, p.mask_prob, &mut rng);
+        let hidden = roberta::encode(w, cfg, &inputs, None, dev)?;
+        let logits = roberta::mlm_logits(w, cfg, &hidden)?;
+        let (loss, c, n) = roberta::masked_loss(&logits, &labels)?;
+        total += loss.to_scalar::<f32>()? as f64 * n as f64;
+        count += n;
+        correct += c;
+    }
+    let mean = if count > 0 {
+        total / count as f64
+    } else {
+        f64::NAN
+    };
+    Ok((mean, correct as f64 / count.max(1) as f64))
+}
+
+/// The tokenized corpus: `n` rows of `max_len` ids.
+pub struct Corpus {
+    /// Row length.
+    pub max_len: usize,
+    /// Ids, row after row.
+    pub ids: Vec<u32>,
+    /// Sequence ids, in row order.
+    pub names: Vec<String>,
+    /// Rows whose 5' end was cut.
+    pub truncated: usize,
+}
+
+impl Corpus {
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.ids[i * self.max_len..(i + 1) * self.max_len]
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Tokenizes every sequence under `corpus` with `tok`.
+pub fn tokenize(
+    corpus: &Path,
+    tok: &tokenizers::Tokenizer,
+    max_len: usize,
+) -> Result<Corpus, String> {
+    let mut out = Corpus {
+        max_len,
+        ids: Vec::new(),
+        names: Vec::new(),
+        truncated: 0,
+    };
+    for f in crate::splits::corpus::fasta_files(corpus)? {
+        for r in crate::genomics::records::read_all(&f)? {
+            let t = tokenizer::tokens(tok, &String::from_utf8_lossy(&r.seq))
+                .map_err(|e| e.to_string())?;
+            let (row, cut) = tokenizer::frame(&t, max_len);
+            out.truncated += usize::from(cut > 0);
+            out.ids.extend(row);
+            out.names.push(r.id);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("pretrain: {} holds no sequences", corpus.display()));
+    }
+    Ok(out)
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    step: u64,
+    lamb_step: u64,
+    log: Vec<String>,
+}
+
+fn save_checkpoint(
+    work: &Path,
+    w: &Weights,
+    opt: &Lamb,
+    step: u64,
+    log: &[String],
+) -> Result<(), String> {
+    let mut tensors: HashMap<String, Tensor> = w.tensors();
+    for (k, v) in &opt.m {
+        tensors.insert(format!("lamb.m.{k}"), v.clone());
+    }
+    for (k, v) in &opt.v {
+        tensors.insert(format!("lamb.v.{k}"), v.clone());
+    }
+    let tmp = work.join("checkpoint.tmp.safetensors");
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| e.to_string())?;
+    let state = CheckpointState {
+        step,
+        lamb_step: opt.step,
+        log: log.to_vec(),
+    };
+    std::fs::write(
+        work.join("checkpoint.tmp.json"),
+        serde_json::to_vec(&state).expect("serializes"),
+    )
+    .map_err(|e| e.to_string())?;
+    // Weights first, state last: a state file always describes complete weights.
+    std::fs::rename(&tmp, work.join("checkpoint.safetensors")).map_err(|e| e.to_string())?;
+    std::fs::rename(
+        work.join("checkpoint.tmp.json"),
+        work.join("checkpoint.json"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Weights, optimizer, step and log rows restored from a checkpoint.
+type Restored = (Weights, Lamb, u64, Vec<String>);
+
+fn load_checkpoint(work: &Path, cfg: &Config, dev: &Device) -> Result<Option<Restored>, String> {
+    let (st, js) = (
+        work.join("checkpoint.safetensors"),
+        work.join("checkpoint.json"),
+    );
+    if !st.is_file() || !js.is_file() {
+        return Ok(None);
+    }
+    let state: CheckpointState =
+        serde_json::from_slice(&std::fs::read(&js).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let mut tensors = candle_core::safetensors::load(&st, dev).map_err(|e| e.to_string())?;
+    let mut opt = Lamb::new(0.0);
+    opt.step = state.lamb_step;
+    let keys: Vec<String> = tensors.keys().cloned().collect();
+    for k in keys {
+        if let Some(name) = k.strip_prefix("lamb.m.") {
+            opt.m
+                .insert(name.to_string(), tensors.remove(&k).expect("listed"));
+        } else if let Some(name) = k.strip_prefix("lamb.v.") {
+            opt.v
+                .insert(name.to_string(), tensors.remove(&k).expect("listed"));
+        }
+    }
+    let w = Weights::from_tensors(cfg, tensors)?;
+    Ok(Some((w, opt, state.step, state.log)))
+}
+
+/// Loads a model folder: its config and weights.
+pub fn load_model(dir: &Path, dev: &Device) -> Result<(Config, Weights), String> {
+    let cfg: Config = serde_json::from_slice(
+        &std::fs::read(dir.join("config.json"))
+            .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
+        .map_err(|e| format!("{}: {e}", dir.join("model.safetensors").display()))?;
+    let w = Weights::from_tensors(&cfg, tensors)?;
+    Ok((cfg, w))
+}
+
+/// Writes a model folder.
+pub fn save_model(dir: &Path, cfg: &Config, w: &Weights) -> Result<(), String> {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).expect("serializes"),
+    )
+    .map_err(|e| e.to_string())?;
+    candle_core::safetensors::save(&w.tensors(), dir.join("model.safetensors"))
+        .map_err(|e| e.to_string())
+}
+
+/// What training did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Optimizer steps taken in all (resumed ones included).
+    pub steps: u64,
+    /// Step this run started from (0, or a checkpoint's).
+    pub resumed_from: u64,
+    /// Training sequences.
+    pub train_sequences: usize,
+    /// Validation sequences.
+    pub validation_sequences: usize,
+    /// Last training loss.
+    pub final_loss: f64,
+    /// Validation loss at the end.
+    pub validation_loss: f64,
+    /// Validation perplexity at the end.
+    pub validation_perplexity: f64,
+    /// Validation masked-token accuracy at the end.
+    pub validation_accuracy: f64,
+}
+
+/// Trains; `halt_after` stops after that step as if killed (for tests of resuming).
+pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summary, String> {
+    let dev = Device::Cpu;
+    let corpus_in = ctx
+        .inputs
+        .get("corpus")
+        .ok_or("pretrain: needs an input `corpus` (FASTA)")?;
+    let tok_in = ctx
+        .inputs
+        .get("tokenizer")
+        .ok_or("pretrain: needs an input `tokenizer` (from the bpe stage)")?;
+    let tok = tokenizer::load(tok_in).map_err(|e| format!("pretrain: {e}"))?;
+    let (cfg, init) = match ctx.inputs.get("init") {
+        Some(dir) => {
+            let (cfg, w) = load_model(dir, &dev).map_err(|e| format!("pretrain: init: {e}"))?;
+            (cfg, Some(w))
+        }
+        None => {
+            if p.heads == 0 || !p.hidden.is_multiple_of(p.heads) {
+                return Err(format!(
+                    "pretrain: hidden {} is not a multiple of heads {}",
+                    p.hidden, p.heads
+                ));
+            }
+            let vocab = tok.get_vocab_size(true);
+            (
+                Config::new(
+                    vocab,
+                    p.layers,
+                    p.hidden,
+                    p.heads,
+                    p.intermediate,
+                    p.max_len,
+                    p.dropout,
+                    p.positions,
+                ),
+                None,
+            )
+        }
+    };
+    let max_len = cfg.max_position_embeddings - 3;
+    if tok.get_vocab_size(true) > cfg.vocab_size {
+        return Err(format!(
+            "pretrain: the tokenizer has {} tokens, the model {}",
+            tok.get_vocab_size(true),
+            cfg.vocab_size
+        ));
+    }
+    let corpus = tokenize(corpus_in, &tok, max_len)?;
+    // Seeded hold-out for validation.
+    let mut order: Vec<usize> = (0..corpus.len()).collect();
+    Rng::new(p.seed ^ 0xA11).shuffle(&mut order);
+    let n_val = ((corpus.len() as f64) * p.validation).round() as usize;
+    let n_val = n_val.min(corpus.len().saturating_sub(1));
+    let (val_idx, train_idx) = order.split_at(n_val);
+    let per_step = p.batch_size.max(1) * p.grad_accum.max(1);
+    let steps_per_epoch = train_idx.len().div_ceil(per_step) as u64;
+    let total = p
+        .max_steps
+        .unwrap_or(steps_per_epoch * p.epochs as u64)
+        .min(steps_per_epoch * p.epochs as u64);
+    std::fs::create_dir_all(&ctx.work).map_err(|e| e.to_string())?;
+    let (w, mut opt, mut step, mut log) = match load_checkpoint(&ctx.work, &cfg, &dev)? {
+        Some((w, mut opt, step, log)) => {
+            eprintln!("pretrain: resuming from the checkpoint at step {step}");
+            opt.weight_decay = p.weight_decay;
+            (w, opt, step, log)
+        }
+        None => {
+            let w = match init {
+                Some(w) => w,
+                None => Weights::init(&cfg, p.seed, &dev).map_err(|e| e.to_string())?,
+            };
+            (w, Lamb::new(p.weight_decay), 0, Vec::new())
+        }
+    };
+    let resumed_from = step;
+    let mut summary = Summary {
+        resumed_from,
+        train_sequences: train_idx.len(),
+        validation_sequences: val_idx.len(),
+        ..Summary::default()
+    };
+    let header = "step\tepoch\tloss\tmasked_acc\tlr\tval_loss\tval_perplexity";
+    let val_rows: Vec<&[u32]> = val_idx.iter().map(|&i| corpus.row(i)).collect();
+    while step < total {
+        let epoch = (step / steps_per_epoch) as usize;
+        let in_epoch = (step % steps_per_epoch) as usize;
+        let mut ord: Vec<usize> = train_idx.to_vec();
+        Rng::new(p.seed ^ (epoch as u64).wrapping_mul(0xE7037ED1A0B428DB)).shuffle(&mut ord);
+        let batch = &ord[in_epoch * per_step..((in_epoch + 1) * per_step).min(ord.len())];
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let (mut loss_sum, mut correct, mut count) = (0f64, 0usize, 0usize);
+        for (micro, chunk) in batch.chunks(p.batch_size.max(1)).enumerate() {
+            let rows: Vec<&[u32]> = chunk.iter().map(|&i| corpus.row(i)).collect();
+            let (l, c, n, g) = micro_step(&w, &cfg, &rows, p, step, micro as u64, &dev)
+                .map_err(|e| format!("pretrain: step {}: {e}", step + 1))?;
+            loss_sum += l * n as f64;
+            correct += c;
+            count += n;
+            for (k, t) in g {
+                let t = (t * n as f64).map_err(|e| e.to_string())?;
+                let sum = match grads.remove(&k) {
+                    Some(prev) => (prev + t).map_err(|e| e.to_string())?,
+                    None => t,
+                };
+                grads.insert(k, sum);
+            }
+        }
+        let loss = loss_sum / count.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(format!("pretrain: the loss became {loss} at step {}; the last good checkpoint (step {}) is kept in {}", step + 1, step - step % p.checkpoint_every.max(1), ctx.work.display()));
+        }
+        for g in grads.values_mut() {
+            *g = (&*g / count.max(1) as f64).map_err(|e| e.to_string())?;
+        }
+        if p.clip_norm > 0.0 {
+            let norm = global_norm(&grads).map_err(|e| e.to_string())?;
+            if norm > p.clip_norm {
+                for g in grads.values_mut() {
+                    *g = (&*g * (p.clip_norm / norm)).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        step += 1;
+        let lr = lr_at(p, step, total);
+        opt.update(&w, &grads, lr).map_err(|e| e.to_string())?;
+        let acc = correct as f64 / count.max(1) as f64;
+        let end_of_epoch = step % steps_per_epoch == 0 || step == total;
+        let val = if end_of_epoch && !val_rows.is_empty() {
+            let (vl, va) = evaluate(&w, &cfg, &val_rows, p, &dev).map_err(|e| e.to_string())?;
+            summary.validation_loss = vl;
+            summary.validation_perplexity = vl.exp();
+            summary.validation_accuracy = va;
+            format!("{vl:.6}\t{:.4}", vl.exp())
+        } else {
+            "\t".to_string()
+        };
+        log.push(format!(
+            "{step}\t{}\t{loss:.6}\t{acc:.4}\t{lr:.3e}\t{val}",
+            epoch + 1
+        ));
+        summary.final_loss = loss;
+        if step % p.checkpoint_every.max(1) == 0 && step < total {
+            save_checkpoint(&ctx.work, &w, &opt, step, &log)?;
+        }
+        if halt_after == Some(step) {
+            return Err(format!("pretrain: halted after step {step} (test)"));
+        }
+        if step % 10 == 0 || step == total {
+            eprintln!(
+                "pretrain: step {step}/{total} loss {loss:.4} masked acc {acc:.3} lr {lr:.2e}"
+            );
+        }
+    }
+    summary.steps = step;
+    save_model(&ctx.out, &cfg, &w)?;
+    tok.save(ctx.out.join("tokenizer.json"), true)
+        .map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::create(ctx.out.join("train_log.tsv")).map_err(|e| e.to_string())?;
+    writeln!(f, "{header}").map_err(|e| e.to_string())?;
+    for row in &log {
+        writeln!(f, "{row}").map_err(|e| e.to_string())?;
+    }
+    std::fs::write(
+        ctx.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).expect("serializes"),
+    )
+    .map_err(|e| e.to_string())?;
+    for name in ["checkpoint.safetensors", "checkpoint.json"] {
+        let _ = std::fs::remove_file(ctx.work.join(name));
+    }
+    Ok(summary)
+}
+
+/// Runs the stage.
+pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
+    train(p, ctx, None)
+}
+
+/// The model folder's files, for callers that only need paths.
+pub fn model_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("config.json"), dir.join("model.safetensors"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+use super::*;
+use crate::model::tokenizer as bpe;
+
+/// A corpus of 120 promoter-like sequences built from plant cis-element pairs: each element is
+/// always followed by its partner (so a masked element is predictable from its context), with
+/// random spacers between pairs.
+fn corpus(dir: &Path) -> PathBuf {
+    const PAIRS: [(&str, &str); 3] = [
+        ("TATAAA", "CACGTG"),
+        ("ACGTGG", "AAAGGT"),
+        ("TTGACC", "GCCACC"),
+    ];
+    let mut rng = Rng::new(5);
+    let mut fa = String::new();
+    for i in 0..120 {
+        let mut s = String::new();
+        while s.len() < 180 {
+            let (a, b) = PAIRS[rng.below(3)];
+            s.push_str(a);
+            s.push_str(b);
+            for _ in 0..rng.below(3) {
+                s.push(['A', 'C', 'G', 'T'][rng.below(4)]);
+            }
+        }
+        fa.push_str(&format!(">p{i} toy\n{s}\n"));
+    }
+    let p = dir.join("corpus.fa");
+    std::fs::write(&p, fa).unwrap();
+    p
+}
+
+fn tokenizer(dir: &Path, corpus: &Path) -> PathBuf {
+    let seqs: Vec<String> = crate::genomics::records::read_all(corpus)
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8(r.seq).unwrap())
+        .collect();
+    let tok = bpe::train(
+        seqs.iter(),
+        &bpe::Params {
+            vocab_size: 300,
+            ..bpe::Params::default()
+        },
+    )
+    .unwrap();
+    let out = dir.join("tok");
+    std::fs::create_dir_all(&out).unwrap();
+    tok.save(out.join("tokenizer.json"), false).unwrap();
+    out
+}
+
+fn tiny() -> Params {
+    Params {
+        layers: 2,
+        hidden: 32,
+        heads: 2,
+        intermediate: 64,
+        max_len: 64,
+        dropout: 0.1,
+        lr: 5e-3,
+        warmup_steps: 2,
+        epochs: 2,
+        batch_size: 8,
+        validation: 0.1,
+        checkpoint_every: 4,
+        ..Params::default()
+    }
+}
+
+fn ctx(dir: &Path, name: &str, corpus: &Path, tok: &Path) -> Context {
+    let mut c = Context::new(
+        dir.join(name).join("out"),
+        dir.join(name).join("work"),
+        dir.to_path_buf(),
+    );
+    std::fs::create_dir_all(&c.out).unwrap();
+    c.inputs.insert("corpus".into(), corpus.to_path_buf());
+    c.inputs.insert("tokenizer".into(), tok.to_path_buf());
+    c
+}
+
+fn tiny_config() -> Config {
+    Config::new(305, 2, 32, 2, 64, 64, 0.0, Positions::Tss)
+}
+
+#[test]
+fn every_parameter_receives_a_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let tok = bpe::load(&tokenizer(dir.path(), &c)).unwrap();
+    let data = tokenize(&c, &tok, 64).unwrap();
+    let cfg = tiny_config();
+    let w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
+    let rows: Vec<&[u32]> = (0..8).map(|i| data.row(i)).collect();
+    let p = Params {
+        mask_prob: 0.3,
+        ..tiny()
+    };
+    let (_, _, n, grads) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
+    assert!(n > 0);
+    for (name, _) in cfg.parameters() {
+        let g = grads
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // The padding rows of the embeddings get none, but every tensor gets some.
+        assert!(norm > 0.0, "{name} has a zero gradient");
+    }
+}
+
+#[test]
+fn names_and_shapes_follow_roberta() {
+    let cfg = tiny_config();
+    let names: Vec<String> = cfg.parameters().into_iter().map(|(n, _)| n).collect();
+    for want in [
+        "roberta.embeddings.word_embeddings.weight",
+        "roberta.embeddings.position_embeddings.weight",
+        "roberta.embeddings.LayerNorm.weight",
+        "roberta.encoder.layer.0.attention.self.query.weight",
+        "roberta.encoder.layer.1.attention.output.LayerNorm.bias",
+        "roberta.encoder.layer.1.intermediate.dense.weight",
+        "roberta.encoder.layer.1.output.dense.weight",
+        "lm_head.dense.weight",
+        "lm_head.layer_norm.weight",
+        "lm_head.bias",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing");
+    }
+    let shapes: HashMap<String, Vec<usize>> = cfg.parameters().into_iter().collect();
+    assert_eq!(
+        shapes["roberta.encoder.layer.0.intermediate.dense.weight"],
+        vec![64, 32]
+    );
+    assert_eq!(
+        shapes["roberta.encoder.layer.0.output.dense.weight"],
+        vec![32, 64]
+    );
+    assert_eq!(
+        shapes["roberta.embeddings.position_embeddings.weight"],
+        vec![67, 32]
+    );
+    assert_eq!(names.len(), 5 + 2 * 16 + 5);
+}
+
+#[test]
+fn padding_changes_nothing_for_real_tokens() {
+    let cfg = tiny_config();
+    let dev = Device::Cpu;
+    let w = Weights::init(&cfg, 2, &dev).unwrap();
+    let real = [10u32, 20, 30, 40];
+    let (short, _) = bpe::frame(&real, 8);
+    let (long, _) = bpe::frame(&real, 20);
+    let a = roberta::encode(&w, &cfg, &[short.clone()], None, &dev).unwrap();
+    let b = roberta::encode(&w, &cfg, &[long.clone()], None, &dev).unwrap();
+    // The last 6 positions (<s>, 4 tokens, </s>) are the real ones in both.
+    let a = a
+        .narrow(1, 2, 6)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = b
+        .narrow(1, 14, 6)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() < 1e-5,
+            "padding leaked into the real tokens: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn lamb_on_mlm_drives_the_loss_down_and_beats_unigram_guessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = Params {
+        epochs: 40,
+        dropout: 0.0,
+        lr: 1e-2,
+        checkpoint_every: 1000,
+        ..tiny()
+    };
+    let cx = ctx(dir.path(), "run", &c, &t);
+    let s = train(&p, &cx, None).unwrap();
+    let log = std::fs::read_to_string(cx.out.join("train_log.tsv")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+        .collect();
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < first - 1.0, "loss {first:.3} -> {last:.3}");
+    // Guessing the most frequent token gets at most its frequency among real tokens.
+    let tok = bpe::load(&t).unwrap();
+    let data = tokenize(&c, &tok, 64).unwrap();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    let mut total = 0;
+    for &id in &data.ids {
+        if id > 4 {
+            *counts.entry(id).or_default() += 1;
+            total += 1;
+        }
+    }
+    let unigram = *counts.values().max().unwrap() as f64 / total as f64;
+    assert!(
+        s.validation_accuracy > unigram,
+        "masked accuracy {:.3} vs unigram {unigram:.3}",
+        s.validation_accuracy
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_log.tsv",
+    ] {
+        assert!(cx.out.join(f).is_file(), "{f}");
+    }
+    let cfg: Config =
+        serde_json::from_slice(&std::fs::read(cx.out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg.pad_token_id, 2);
+    assert_eq!(cfg.architectures, ["RobertaForMaskedLM"]);
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = tiny();
+    let whole = ctx(dir.path(), "whole", &c, &t);
+    train(&p, &whole, None).unwrap();
+    let broken = ctx(dir.path(), "broken", &c, &t);
+    let err = train(&p, &broken, Some(6)).unwrap_err();
+    assert!(err.contains("halted after step 6"));
+    assert!(broken.work.join("checkpoint.safetensors").is_file());
+    let s = train(&p, &broken, None).unwrap();
+    assert_eq!(s.resumed_from, 4, "the checkpoint every 4 steps");
+    let a =
+        candle_core::safetensors::load(whole.out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let b =
+        candle_core::safetensors::load(broken.out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(va, vb, "{name} differs after resuming");
+    }
+    assert_eq!(
+        std::fs::read_to_string(whole.out.join("train_log.tsv")).unwrap(),
+        std::fs::read_to_string(broken.out.join("train_log.tsv")).unwrap()
+    );
+}
+
+#[test]
+fn learning_rate_schedule() {
+    let p = Params {
+        lr: 1.0,
+        warmup_steps: 10,
+        ..Params::default()
+    };
+    assert_eq!(lr_at(&p, 5, 110), 0.5);
+    assert_eq!(lr_at(&p, 10, 110), 1.0);
+    assert!((lr_at(&p, 60, 110) - 0.5).abs() < 1e-12);
+    assert_eq!(lr_at(&p, 110, 110), 0.0);
+    let c = Params {
+        schedule: Schedule::Constant,
+        ..p
+    };
+    assert_eq!(lr_at(&c, 100, 110), 1.0);
+}
+
+#[test]
+fn masking_follows_80_10_10_and_spares_specials() {
+    let row: Vec<u32> = std::iter::repeat_n(PAD, 10)
+        .chain([BOS])
+        .chain((0..10_000).map(|i| 5 + (i % 200) as u32))
+        .chain([EOS])
+        .collect();
+    let mut rng = Rng::new(3);
+    let (inp, labels) = mask_batch(&[&row], 300, 0.15, &mut rng);
+    let chosen: Vec<usize> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l >= 0)
+        .map(|(i, _)| i)
+        .collect();
+    let share = chosen.len() as f64 / 10_000.0;
+    assert!((share - 0.15).abs() < 0.01, "{share}");
+    assert!(
+        chosen.iter().all(|&i| i > 10 && i < row.len() - 1),
+        "specials and padding are never chosen"
+    );
+    let masked = chosen.iter().filter(|&&i| inp[0][i] == MASK).count() as f64 / chosen.len() as f64;
+    let same = chosen.iter().filter(|&&i| inp[0][i] == row[i]).count() as f64 / chosen.len() as f64;
+    assert!((masked - 0.8).abs() < 0.03, "{masked}");
+    assert!(same > 0.08 && same < 0.13, "{same}");
+}

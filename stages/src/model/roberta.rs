@@ -1,0 +1,421 @@
+//! A RoBERTa encoder with a masked-language-model head, in candle, with HuggingFace's parameter
+//! names (`roberta.encoder.layer.0.attention.self.query.weight`, `lm_head.dense.weight`, ...) so
+//! that a saved model loads in `transformers` as `RobertaForMaskedLM`.
+//!
+//! Layout follows `transformers/models/roberta/modeling_roberta.py` (v4.x): embeddings (word +
+//! position + token type, LayerNorm, dropout); per layer self-attention with a padding mask,
+//! output dense + residual + LayerNorm (post-LN), intermediate dense + GELU (erf), output dense +
+//! residual + LayerNorm; the MLM head is dense, GELU, LayerNorm and a decoder tied to the word
+//! embeddings, plus a bias.
+//!
+//! Position ids: sequences are left-padded so that they end at the TSS. With `positions: tss`
+//! (the default), position ids count from the TSS end: the last real token (`</s>`) is
+//! `pad_token_id + 1`, the one before it `+ 2`, and so on, so a base at a given distance from the
+//! TSS always has the same position. `positions: roberta` is HuggingFace's scheme, counting from
+//! the first real token; the two give the same ids only for sequences that fill `max_len`.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+
+use super::layers::{dropout, layer_norm, randn, softmax};
+use crate::splits::rng::Rng;
+
+/// How position ids are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// From the TSS (3') end.
+    Tss,
+    /// HuggingFace RoBERTa: from the first real token.
+    Roberta,
+}
+
+fn default_positions() -> Positions {
+    Positions::Tss
+}
+
+/// The model's configuration, read and written as HuggingFace `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Feed-forward size.
+    pub intermediate_size: usize,
+    /// Activation (always `gelu`, the erf form).
+    pub hidden_act: String,
+    /// Dropout after embeddings, attention output and feed-forward.
+    pub hidden_dropout_prob: f32,
+    /// Dropout on attention probabilities.
+    pub attention_probs_dropout_prob: f32,
+    /// Position embeddings (max_len + pad_token_id + 1).
+    pub max_position_embeddings: usize,
+    /// Token types (1).
+    pub type_vocab_size: usize,
+    /// Std of the initial weights.
+    pub initializer_range: f32,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// `<pad>` id (2 in FloraBERT's tokenizers; the original code got it wrong).
+    pub pad_token_id: u32,
+    /// `<s>` id.
+    pub bos_token_id: u32,
+    /// `</s>` id.
+    pub eos_token_id: u32,
+    /// Always `roberta`.
+    pub model_type: String,
+    /// `["RobertaForMaskedLM"]`.
+    pub architectures: Vec<String>,
+    /// flora: how position ids are counted.
+    #[serde(default = "default_positions")]
+    pub flora_positions: Positions,
+}
+
+impl Config {
+    /// A config for `layers` x `hidden` with `heads` heads, for sequences of `max_len` tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vocab_size: usize,
+        layers: usize,
+        hidden: usize,
+        heads: usize,
+        intermediate: usize,
+        max_len: usize,
+        dropout: f32,
+        positions: Positions,
+    ) -> Config {
+        Config {
+            vocab_size,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: intermediate,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: dropout,
+            attention_probs_dropout_prob: dropout,
+            max_position_embeddings: max_len + 3,
+            type_vocab_size: 1,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-5,
+            pad_token_id: super::tokenizer::PAD,
+            bos_token_id: super::tokenizer::BOS,
+            eos_token_id: super::tokenizer::EOS,
+            model_type: "roberta".into(),
+            architectures: vec!["RobertaForMaskedLM".into()],
+            flora_positions: positions,
+        }
+    }
+
+    /// Every parameter: HuggingFace name and shape. `lm_head.decoder.weight` is tied to the word
+    /// embeddings and not listed.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let mut out = vec![
+            (
+                "roberta.embeddings.word_embeddings.weight".into(),
+                vec![v, h],
+            ),
+            (
+                "roberta.embeddings.position_embeddings.weight".into(),
+                vec![self.max_position_embeddings, h],
+            ),
+            (
+                "roberta.embeddings.token_type_embeddings.weight".into(),
+                vec![self.type_vocab_size, h],
+            ),
+            ("roberta.embeddings.LayerNorm.weight".into(), vec![h]),
+            ("roberta.embeddings.LayerNorm.bias".into(), vec![h]),
+        ];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("roberta.encoder.layer.{l}");
+            for (name, shape) in [
+                ("attention.self.query.weight", vec![h, h]),
+                ("attention.self.query.bias", vec![h]),
+                ("attention.self.key.weight", vec![h, h]),
+                ("attention.self.key.bias", vec![h]),
+                ("attention.self.value.weight", vec![h, h]),
+                ("attention.self.value.bias", vec![h]),
+                ("attention.output.dense.weight", vec![h, h]),
+                ("attention.output.dense.bias", vec![h]),
+                ("attention.output.LayerNorm.weight", vec![h]),
+                ("attention.output.LayerNorm.bias", vec![h]),
+                ("intermediate.dense.weight", vec![i, h]),
+                ("intermediate.dense.bias", vec![i]),
+                ("output.dense.weight", vec![h, i]),
+                ("output.dense.bias", vec![h]),
+                ("output.LayerNorm.weight", vec![h]),
+                ("output.LayerNorm.bias", vec![h]),
+            ] {
+                out.push((format!("{p}.{name}"), shape));
+            }
+        }
+        out.extend([
+            ("lm_head.dense.weight".into(), vec![h, h]),
+            ("lm_head.dense.bias".into(), vec![h]),
+            ("lm_head.layer_norm.weight".into(), vec![h]),
+            ("lm_head.layer_norm.bias".into(), vec![h]),
+            ("lm_head.bias".into(), vec![v]),
+        ]);
+        out
+    }
+}
+
+/// The model's parameters, by HuggingFace name.
+pub struct Params {
+    /// Trainable variables.
+    pub vars: HashMap<String, Var>,
+}
+
+impl Params {
+    /// Fresh parameters as HuggingFace initialises them (normal(0, 0.02) weights, zero biases,
+    /// unit LayerNorm, zero padding embedding), from `seed`.
+    pub fn init(cfg: &Config, seed: u64, device: &Device) -> Result<Params> {
+        let mut rng = Rng::new(seed);
+        let mut vars = HashMap::new();
+        for (name, shape) in cfg.parameters() {
+            let t = if name.contains("LayerNorm.weight") || name.contains("layer_norm.weight") {
+                Tensor::ones(shape.as_slice(), DType::F32, device)?
+            } else if name.ends_with("bias") {
+                Tensor::zeros(shape.as_slice(), DType::F32, device)?
+            } else {
+                let mut t = randn(&mut rng, &shape, cfg.initializer_range, device)?;
+                if name.ends_with("word_embeddings.weight")
+                    || name.ends_with("position_embeddings.weight")
+                {
+                    // The padding row is zero, as nn.Embedding(padding_idx=...) makes it.
+                    let pad = cfg.pad_token_id as usize;
+                    let rows = t.dim(0)?;
+                    let zero = Tensor::zeros((1, shape[1]), DType::F32, device)?;
+                    let mut parts = Vec::new();
+                    if pad > 0 {
+                        parts.push(t.narrow(0, 0, pad)?);
+                    }
+                    parts.push(zero);
+                    if pad + 1 < rows {
+                        parts.push(t.narrow(0, pad + 1, rows - pad - 1)?);
+                    }
+                    t = Tensor::cat(&parts, 0)?;
+                }
+                t
+            };
+            vars.insert(name, Var::from_tensor(&t)?);
+        }
+        Ok(Params { vars })
+    }
+
+    /// Parameters from tensors (a loaded safetensors file), checking names and shapes.
+    pub fn from_tensors(
+        cfg: &Config,
+        mut tensors: HashMap<String, Tensor>,
+    ) -> std::result::Result<Params, String> {
+        let mut vars = HashMap::new();
+        for (name, shape) in cfg.parameters() {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| format!("the weights have no `{name}`"))?;
+            if t.dims() != shape.as_slice() {
+                return Err(format!(
+                    "`{name}` has shape {:?}, the config wants {shape:?}",
+                    t.dims()
+                ));
+            }
+            let t = t.to_dtype(DType::F32).map_err(|e| e.to_string())?;
+            vars.insert(name, Var::from_tensor(&t).map_err(|e| e.to_string())?);
+        }
+        Ok(Params { vars })
+    }
+
+    fn get(&self, name: &str) -> &Tensor {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("parameter {name} exists by construction"))
+            .as_tensor()
+    }
+
+    /// The tensors, by name, for saving.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+}
+
+fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
+    let w = p.get(&format!("{prefix}.weight"));
+    let b = p.get(&format!("{prefix}.bias"));
+    let (bsz, len, inp) = x.dims3()?;
+    x.reshape((bsz * len, inp))?
+        .matmul(&w.t()?)?
+        .broadcast_add(b)?
+        .reshape((bsz, len, w.dim(0)?))
+}
+
+fn ln(p: &Params, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm(
+        x,
+        p.get(&format!("{prefix}.weight")),
+        p.get(&format!("{prefix}.bias")),
+        eps,
+    )
+}
+
+/// Position ids for a batch of ids (`positions` scheme), as u32.
+pub fn position_ids(ids: &[Vec<u32>], cfg: &Config) -> Vec<u32> {
+    let pad = cfg.pad_token_id;
+    let mut out = Vec::with_capacity(ids.len() * ids.first().map_or(0, |r| r.len()));
+    for row in ids {
+        let mut pos = vec![pad; row.len()];
+        let mut count = 0;
+        match cfg.flora_positions {
+            Positions::Roberta => {
+                for (i, &t) in row.iter().enumerate() {
+                    if t != pad {
+                        count += 1;
+                        pos[i] = pad + count;
+                    }
+                }
+            }
+            Positions::Tss => {
+                for (i, &t) in row.iter().enumerate().rev() {
+                    if t != pad {
+                        count += 1;
+                        pos[i] = pad + count;
+                    }
+                }
+            }
+        }
+        out.extend(pos);
+    }
+    out
+}
+
+/// The encoder's final hidden states (batch, len, hidden) for `ids` (rows of equal length);
+/// `rng` turns dropout on.
+pub fn encode(
+    p: &Params,
+    cfg: &Config,
+    ids: &[Vec<u32>],
+    mut rng: Option<&mut Rng>,
+    device: &Device,
+) -> Result<Tensor> {
+    let (bsz, len) = (ids.len(), ids[0].len());
+    let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+    let mask: Vec<f32> = flat
+        .iter()
+        .map(|&t| if t == cfg.pad_token_id { 0.0 } else { 1.0 })
+        .collect();
+    let ids_t = Tensor::from_vec(flat, bsz * len, device)?;
+    let pos_t = Tensor::from_vec(position_ids(ids, cfg), bsz * len, device)?;
+    let word = p
+        .get("roberta.embeddings.word_embeddings.weight")
+        .index_select(&ids_t, 0)?;
+    let posv = p
+        .get("roberta.embeddings.position_embeddings.weight")
+        .index_select(&pos_t, 0)?;
+    let tt = p
+        .get("roberta.embeddings.token_type_embeddings.weight")
+        .get(0)?;
+    let x = word
+        .add(&posv)?
+        .broadcast_add(&tt)?
+        .reshape((bsz, len, cfg.hidden_size))?;
+    let x = ln(p, "roberta.embeddings.LayerNorm", &x, cfg.layer_norm_eps)?;
+    let mut x = dropout(&x, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
+    // Additive attention mask over keys: 0 for real tokens, a large negative for padding.
+    let neg: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
+    let key_mask = Tensor::from_vec(neg, (bsz, 1, 1, len), device)?;
+    let heads = cfg.num_attention_heads;
+    let hd = cfg.hidden_size / heads;
+    let scale = 1.0 / (hd as f64).sqrt();
+    for l in 0..cfg.num_hidden_layers {
+        let pre = format!("roberta.encoder.layer.{l}");
+        let split = |t: Tensor| {
+            t.reshape((bsz, len, heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(linear(p, &format!("{pre}.attention.self.query"), &x)?)?;
+        let k = split(linear(p, &format!("{pre}.attention.self.key"), &x)?)?;
+        let v = split(linear(p, &format!("{pre}.attention.self.value"), &x)?)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&key_mask)?;
+        let probs = dropout(
+            &softmax(&scores)?,
+            cfg.attention_probs_dropout_prob,
+            rng.as_deref_mut(),
+        )?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((
+            bsz,
+            len,
+            cfg.hidden_size,
+        ))?;
+        let attn = linear(p, &format!("{pre}.attention.output.dense"), &ctx)?;
+        let attn = dropout(&attn, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
+        let x1 = ln(
+            p,
+            &format!("{pre}.attention.output.LayerNorm"),
+            &attn.add(&x)?,
+            cfg.layer_norm_eps,
+        )?;
+        let inter = linear(p, &format!("{pre}.intermediate.dense"), &x1)?.gelu_erf()?;
+        let out = linear(p, &format!("{pre}.output.dense"), &inter)?;
+        let out = dropout(&out, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
+        x = ln(
+            p,
+            &format!("{pre}.output.LayerNorm"),
+            &out.add(&x1)?,
+            cfg.layer_norm_eps,
+        )?;
+    }
+    Ok(x)
+}
+
+/// MLM logits (batch, len, vocab) from hidden states.
+pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
+    let h = linear(p, "lm_head.dense", hidden)?.gelu_erf()?;
+    let h = ln(p, "lm_head.layer_norm", &h, cfg.layer_norm_eps)?;
+    let (bsz, len, hs) = h.dims3()?;
+    let emb = p.get("roberta.embeddings.word_embeddings.weight");
+    h.reshape((bsz * len, hs))?
+        .matmul(&emb.t()?)?
+        .broadcast_add(p.get("lm_head.bias"))?
+        .reshape((bsz, len, cfg.vocab_size))
+}
+
+/// Mean cross-entropy over positions whose label is not `-1`, and how many of them the argmax got
+/// right. `labels` has one entry per position (batch * len).
+pub fn masked_loss(logits: &Tensor, labels: &[i64]) -> Result<(Tensor, usize, usize)> {
+    let (bsz, len, vocab) = logits.dims3()?;
+    let picked: Vec<u32> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l >= 0)
+        .map(|(i, _)| i as u32)
+        .collect();
+    let n = picked.len();
+    let device = logits.device();
+    if n == 0 {
+        return Ok((Tensor::new(0f32, device)?, 0, 0));
+    }
+    let targets: Vec<u32> = labels
+        .iter()
+        .filter(|l| **l >= 0)
+        .map(|&l| l as u32)
+        .collect();
+    let rows = logits
+        .reshape((bsz * len, vocab))?
+        .index_select(&Tensor::from_vec(picked, n, device)?, 0)?;
+    let logp = super::layers::log_softmax(&rows)?;
+    let tgt = Tensor::from_vec(targets.clone(), (n, 1), device)?;
+    let nll = logp.gather(&tgt, D::Minus1)?.neg()?.mean_all()?;
+    let pred: Vec<u32> = rows.argmax(D::Minus1)?.to_vec1()?;
+    let correct = pred.iter().zip(&targets).filter(|(a, b)| a == b).count();
+    Ok((nll, correct, n))
+}
