@@ -309,3 +309,37 @@ fn masking_follows_80_10_10_and_spares_specials() {
     assert!((masked - 0.8).abs() < 0.03, "{masked}");
     assert!(same > 0.08 && same < 0.13, "{same}");
 }
+
+/// Where Python can import torch and transformers, `RobertaForMaskedLM.from_pretrained` loads the
+/// saved folder and gives the same logits (positions: roberta, no padding, so both schemes agree).
+#[test]
+fn transformers_loads_the_folder_and_gives_the_same_logits() {
+    let importable = std::process::Command::new("python3")
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !importable {
+        eprintln!("SKIPPED transformers_loads_the_folder_and_gives_the_same_logits: python3 cannot import torch and transformers");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let cfg = Config::new(305, 2, 32, 2, 64, 64, 0.0, Positions::Roberta);
+    let w = Weights::init(&cfg, 4, &dev).unwrap();
+    save_model(dir.path(), &cfg, &w).unwrap();
+    let ids = vec![vec![0u32, 10, 20, 30, 40, 1]];
+    let hidden = roberta::encode(&w, &cfg, &ids, None, &dev).unwrap();
+    let ours: Vec<f32> = roberta::mlm_logits(&w, &cfg, &hidden).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let script = "import json, sys, torch\nfrom transformers import RobertaForMaskedLM\nm = RobertaForMaskedLM.from_pretrained(sys.argv[1]).eval()\nwith torch.no_grad():\n    out = m(input_ids=torch.tensor(json.loads(sys.argv[2]))).logits\nprint(json.dumps(out.flatten().tolist()))\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, dir.path().to_str().unwrap(), &serde_json::to_string(&ids).unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<f32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
+}
