@@ -330,13 +330,27 @@ fn transformers_loads_the_folder_and_gives_the_same_logits() {
     save_model(dir.path(), &cfg, &w).unwrap();
     let ids = vec![vec![0u32, 10, 20, 30, 40, 1]];
     let hidden = roberta::encode(&w, &cfg, &ids, None, &dev).unwrap();
-    let ours: Vec<f32> = roberta::mlm_logits(&w, &cfg, &hidden).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let ours: Vec<f32> = roberta::mlm_logits(&w, &cfg, &hidden)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let script = "import json, sys, torch\nfrom transformers import RobertaForMaskedLM\nm = RobertaForMaskedLM.from_pretrained(sys.argv[1]).eval()\nwith torch.no_grad():\n    out = m(input_ids=torch.tensor(json.loads(sys.argv[2]))).logits\nprint(json.dumps(out.flatten().tolist()))\n";
     let out = std::process::Command::new("python3")
-        .args(["-c", script, dir.path().to_str().unwrap(), &serde_json::to_string(&ids).unwrap()])
+        .args([
+            "-c",
+            script,
+            dir.path().to_str().unwrap(),
+            &serde_json::to_string(&ids).unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let theirs: Vec<f32> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ours.len(), theirs.len());
     for (a, b) in ours.iter().zip(&theirs) {
