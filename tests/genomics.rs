@@ -36,6 +36,24 @@ chrB\ttoy\tgene\t1500\t2500\t.\t-\t.\tID=gene:G5;biotype=protein_coding
     );
 }
 
+/// `n` FASTA records of `len` pseudo-random bases followed by `motif`, from `seed`.
+fn random_promoters(seed: u64, n: usize, len: usize, motif: &str) -> String {
+    let mut state = seed;
+    (0..n)
+        .map(|i| {
+            let s: String = (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ['A', 'C', 'G', 'T'][(state >> 33) as usize % 4]
+                })
+                .collect();
+            format!(">p{i} toy\n{s}{motif}\n")
+        })
+        .collect()
+}
+
 fn read_gz(path: &std::path::Path) -> String {
     let mut s = String::new();
     std::io::Read::read_to_string(
@@ -338,18 +356,7 @@ stages:
 #[test]
 fn stage_bpe_trains_a_tokenizer_json() {
     let p = Project::new();
-    let mut state: u64 = 9;
-    let mut fa = String::new();
-    for i in 0..100 {
-        let s: String = (0..400)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                ['A', 'C', 'G', 'T'][(state >> 33) as usize % 4]
-            })
-            .collect();
-        fa.push_str(&format!(">p{i} toy\n{s}TATAAAAGG\n"));
-    }
-    p.write("corpus.fa", &fa);
+    p.write("corpus.fa", &random_promoters(9, 100, 400, "TATAAAAGG"));
     let out = p.ok(&[
         "stage",
         "bpe",
@@ -402,18 +409,7 @@ fn stage_bpe_trains_a_tokenizer_json() {
 #[test]
 fn stage_pretrain_writes_a_huggingface_model_folder_and_continues_from_init() {
     let p = Project::new();
-    let mut state: u64 = 11;
-    let mut fa = String::new();
-    for i in 0..64 {
-        let s: String = (0..150)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                ['A', 'C', 'G', 'T'][(state >> 33) as usize % 4]
-            })
-            .collect();
-        fa.push_str(&format!(">p{i} toy\n{s}TATAAACACGTG\n"));
-    }
-    p.write("corpus.fa", &fa);
+    p.write("corpus.fa", &random_promoters(11, 64, 150, "TATAAACACGTG"));
     p.ok(&[
         "stage",
         "bpe",
