@@ -156,8 +156,8 @@ fn padding_changes_nothing_for_real_tokens() {
     let real = [10u32, 20, 30, 40];
     let (short, _) = bpe::frame(&real, 8);
     let (long, _) = bpe::frame(&real, 20);
-    let a = roberta::encode(&w, &cfg, &[short.clone()], None, &dev).unwrap();
-    let b = roberta::encode(&w, &cfg, &[long.clone()], None, &dev).unwrap();
+    let a = roberta::encode(&w, &cfg, std::slice::from_ref(&short), None, &dev).unwrap();
+    let b = roberta::encode(&w, &cfg, std::slice::from_ref(&long), None, &dev).unwrap();
     // The last 6 positions (<s>, 4 tokens, </s>) are the real ones in both.
     let a = a
         .narrow(1, 2, 6)
