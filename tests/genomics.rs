@@ -158,16 +158,18 @@ fn promoters_in_a_workflow_with_bad_params_and_inputs() {
 #[test]
 fn real_genomes_through_the_binary() {
     let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(std::path::PathBuf::from) else {
-        eprintln!("SKIPPED real_genomes_through_the_binary: FLORA_SHARED_DATA is not set");
+        flora_stages::testing::skipped(
+            "real_genomes_through_the_binary: FLORA_SHARED_DATA is not set",
+        );
         return;
     };
     let ath = data.join("athaliana_chr1");
     let are = data.join("aarenosa_chr1_chr2");
     if !ath.is_dir() || !are.is_dir() {
-        eprintln!(
-            "SKIPPED real_genomes_through_the_binary: {} has no genome folders",
+        flora_stages::testing::skipped(&format!(
+            "real_genomes_through_the_binary: {} has no genome folders",
             data.display()
-        );
+        ));
         return;
     }
     let p = Project::new();

@@ -30,3 +30,14 @@ pub mod splits;
 pub mod tables;
 
 pub use context::Context;
+
+pub mod testing {
+    //! Helpers for tests.
+
+    /// Says that a test was skipped and why, on stderr past the test harness's output capture,
+    /// so that a skip is never silent.
+    pub fn skipped(message: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
+    }
+}

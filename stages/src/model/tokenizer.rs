@@ -309,15 +309,17 @@ mod tests {
     #[test]
     fn published_tokenizers_match_their_golden_encodings() {
         let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-            eprintln!("SKIPPED published_tokenizers_match_their_golden_encodings: FLORA_SHARED_DATA is not set");
+            crate::testing::skipped(
+                "published_tokenizers_match_their_golden_encodings: FLORA_SHARED_DATA is not set",
+            );
             return;
         };
         let dir = data.join("florabert_tokenizers");
         if !dir.is_dir() {
-            eprintln!(
-                "SKIPPED published_tokenizers_match_their_golden_encodings: {} is missing",
+            crate::testing::skipped(&format!(
+                "published_tokenizers_match_their_golden_encodings: {} is missing",
                 dir.display()
-            );
+            ));
             return;
         }
         for (name, golden) in [

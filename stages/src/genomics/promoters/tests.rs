@@ -270,8 +270,8 @@ fn writes_bgzip_fasta_tsv_and_summary() {
 #[test]
 fn athaliana_chr1_promoters_match_the_genome() {
     let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        eprintln!(
-            "SKIPPED athaliana_chr1_promoters_match_the_genome: FLORA_SHARED_DATA is not set"
+        crate::testing::skipped(
+            "athaliana_chr1_promoters_match_the_genome: FLORA_SHARED_DATA is not set",
         );
         return;
     };
@@ -279,10 +279,10 @@ fn athaliana_chr1_promoters_match_the_genome() {
     let fasta = dir.join("AthaTAIR10_chr1_GCF_000001735.4_TAIR10.1_genomic.fna.gz");
     let gff = dir.join("AthaTAIR10_chr1.gff.gz");
     if !fasta.exists() {
-        eprintln!(
-            "SKIPPED athaliana_chr1_promoters_match_the_genome: {} is missing",
+        crate::testing::skipped(&format!(
+            "athaliana_chr1_promoters_match_the_genome: {} is missing",
             fasta.display()
-        );
+        ));
         return;
     }
     let work = tempfile::tempdir().unwrap();

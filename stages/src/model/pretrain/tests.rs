@@ -320,7 +320,7 @@ fn transformers_loads_the_folder_and_gives_the_same_logits() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !importable {
-        eprintln!("SKIPPED transformers_loads_the_folder_and_gives_the_same_logits: python3 cannot import torch and transformers");
+        crate::testing::skipped("transformers_loads_the_folder_and_gives_the_same_logits: python3 cannot import torch and transformers");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -158,16 +158,16 @@ fn bad_tables_name_file_line_and_column() {
 #[test]
 fn real_tables() {
     let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        eprintln!("SKIPPED real_tables: FLORA_SHARED_DATA is not set");
+        crate::testing::skipped("real_tables: FLORA_SHARED_DATA is not set");
         return;
     };
     let leaf = data.join("athaliana_leaf_tpm/arabidopsis_leaf_counts.csv");
     let maize = data.join("maize_b73_tpm/B73_TPM_expression_counts_aligned_against_own_genome.txt");
     if !leaf.exists() || !maize.exists() {
-        eprintln!(
-            "SKIPPED real_tables: tables missing under {}",
+        crate::testing::skipped(&format!(
+            "real_tables: tables missing under {}",
             data.display()
-        );
+        ));
         return;
     }
     let p = Params {
