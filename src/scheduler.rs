@@ -413,6 +413,7 @@ fn start(
     executor.submit(Launch {
         job: j,
         id: job.id.clone(),
+        kind: job.kind.name.to_string(),
         spec: spec_path.clone(),
         log,
         resources: job.resources.clone(),

@@ -180,3 +180,22 @@ fn a_missing_program_fails_the_job_clearly() {
     );
     assert!(!p.path("results/wf/x").exists());
 }
+
+#[test]
+fn exec_jobs_get_the_environment_unchanged() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  env: {kind: exec, params: {argv: [sh, -c, \"env | grep '^MALLOC_' > $FLORA_OUT/m; true\"]}}\n",
+    );
+    p.flora(&["run", "wf.yaml"])
+        .env_remove("MALLOC_MMAP_THRESHOLD_")
+        .env_remove("MALLOC_TRIM_THRESHOLD_")
+        .assert()
+        .success();
+    assert_eq!(
+        p.read("results/wf/env/m"),
+        "",
+        "malloc tuning is for built-in kinds only"
+    );
+}

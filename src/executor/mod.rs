@@ -17,6 +17,8 @@ pub struct Launch {
     pub job: usize,
     /// Its id, for messages.
     pub id: String,
+    /// Its stage kind.
+    pub kind: String,
     /// The spec file the job process reads.
     pub spec: PathBuf,
     /// Where its stdout and stderr go.
