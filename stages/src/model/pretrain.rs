@@ -9,6 +9,8 @@
 //!   step, so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 //! - Checkpoints (weights, LAMB moments, step) go to the job's work folder every
 //!   `checkpoint_every` steps; a re-run resumes from the last one.
+//! - The corpus is tokenized once per job and stored compactly (2 bytes per id) in the work
+//!   folder, so a resumed run does not tokenize again.
 //! - With an `init` input (a model folder) training continues from it: the study's maize
 //!   pretraining after all-plant pretraining.
 //!
@@ -279,6 +281,69 @@ pub fn tokenize(
     Ok(out)
 }
 
+const CORPUS_MAGIC: &[u8; 8] = b"FLORATK1";
+
+impl Corpus {
+    /// Stores the corpus compactly: a header (magic, row length, rows, bytes per id), then the
+    /// ids little-endian (2 bytes each when the vocabulary allows), then the names, one a line.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let wide = self.ids.iter().any(|&i| i > u16::MAX as u32);
+        let width: u8 = if wide { 4 } else { 2 };
+        let mut buf = Vec::with_capacity(24 + self.ids.len() * width as usize);
+        buf.extend_from_slice(CORPUS_MAGIC);
+        buf.extend_from_slice(&(self.max_len as u32).to_le_bytes());
+        buf.extend_from_slice(&(self.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&(self.truncated as u32).to_le_bytes());
+        buf.push(width);
+        for &id in &self.ids {
+            if wide {
+                buf.extend_from_slice(&id.to_le_bytes());
+            } else {
+                buf.extend_from_slice(&(id as u16).to_le_bytes());
+            }
+        }
+        buf.extend_from_slice(self.names.join("\n").as_bytes());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, buf).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Reads a corpus written by [`Corpus::save`]; `None` if the file is absent or not one.
+    pub fn load(path: &Path, max_len: usize) -> Option<Corpus> {
+        let buf = std::fs::read(path).ok()?;
+        if buf.len() < 25 || &buf[..8] != CORPUS_MAGIC {
+            return None;
+        }
+        let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        let row = le32(&buf[8..12]) as usize;
+        let n = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes")) as usize;
+        let truncated = le32(&buf[20..24]) as usize;
+        let width = buf[24] as usize;
+        if row != max_len || !(width == 2 || width == 4) {
+            return None;
+        }
+        let end = 25 + n * row * width;
+        let body = buf.get(25..end)?;
+        let ids: Vec<u32> = if width == 2 {
+            body.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+                .collect()
+        } else {
+            body.chunks_exact(4).map(le32).collect()
+        };
+        let names: Vec<String> = String::from_utf8_lossy(&buf[end..])
+            .split('\n')
+            .map(str::to_string)
+            .collect();
+        (names.len() == n).then_some(Corpus {
+            max_len,
+            ids,
+            names,
+            truncated,
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct CheckpointState {
     step: u64,
@@ -446,7 +511,22 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
             cfg.vocab_size
         ));
     }
-    let corpus = tokenize(corpus_in, &tok, max_len)?;
+    std::fs::create_dir_all(&ctx.work).map_err(|e| e.to_string())?;
+    // Tokenized once per job key; a resumed run reads the stored ids.
+    let stored = ctx.work.join("corpus.tokens");
+    let corpus = match Corpus::load(&stored, max_len) {
+        Some(c) => c,
+        None => {
+            let c = tokenize(corpus_in, &tok, max_len)?;
+            c.save(&stored)?;
+            c
+        }
+    };
+    eprintln!(
+        "pretrain: {} sequences of {max_len} tokens ({} cut at the 5' end)",
+        corpus.len(),
+        corpus.truncated
+    );
     // Seeded hold-out for validation.
     let mut order: Vec<usize> = (0..corpus.len()).collect();
     Rng::new(p.seed ^ 0xA11).shuffle(&mut order);
@@ -567,7 +647,7 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         serde_json::to_string_pretty(&summary).expect("serializes"),
     )
     .map_err(|e| e.to_string())?;
-    for name in ["checkpoint.safetensors", "checkpoint.json"] {
+    for name in ["checkpoint.safetensors", "checkpoint.json", "corpus.tokens"] {
         let _ = std::fs::remove_file(ctx.work.join(name));
     }
     Ok(summary)

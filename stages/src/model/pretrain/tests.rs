@@ -357,3 +357,26 @@ fn transformers_loads_the_folder_and_gives_the_same_logits() {
         assert!((a - b).abs() < 1e-3, "{a} vs {b}");
     }
 }
+
+#[test]
+fn the_tokenized_corpus_round_trips_through_its_compact_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let tok = bpe::load(&tokenizer(dir.path(), &c)).unwrap();
+    let data = tokenize(&c, &tok, 64).unwrap();
+    let path = dir.path().join("corpus.tokens");
+    data.save(&path).unwrap();
+    let back = Corpus::load(&path, 64).unwrap();
+    assert_eq!(back.ids, data.ids);
+    assert_eq!(back.names, data.names);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len() as usize,
+        25 + data.ids.len() * 2 + data.names.join("\n").len()
+    );
+    assert!(
+        Corpus::load(&path, 32).is_none(),
+        "another row length is another corpus"
+    );
+    std::fs::write(&path, b"junk").unwrap();
+    assert!(Corpus::load(&path, 64).is_none());
+}
