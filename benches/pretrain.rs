@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use flora_stages::model::lamb::Lamb;
 use flora_stages::model::roberta::{self, Config, Params, Positions};
-use flora_stages::splits::rng::Rng;
+use flora_stages::rng::Rng;
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -173,7 +173,14 @@ pub fn hash_tree_with<F>(root: &Path, file_digest: F) -> io::Result<Digest>
 where
     F: Fn(&Path) -> io::Result<Digest> + Sync,
 {
-    let entries = walk(root)?;
+    hash_entries(&walk(root)?, file_digest)
+}
+
+/// The digest of a folder from its already-walked entries (see [`walk`]).
+pub fn hash_entries<F>(entries: &[TreeEntry], file_digest: F) -> io::Result<Digest>
+where
+    F: Fn(&Path) -> io::Result<Digest> + Sync,
+{
     let digests: Vec<Option<Digest>> = entries
         .par_iter()
         .map(|e| match e.kind {
@@ -211,13 +218,18 @@ pub fn hash_tree(root: &Path) -> io::Result<Digest> {
 
 /// Total size in bytes of the files below `root`.
 pub fn tree_size(root: &Path) -> io::Result<u64> {
-    Ok(walk(root)?
+    Ok(entries_size(&walk(root)?))
+}
+
+/// Total size in bytes of the files among `entries`.
+pub fn entries_size(entries: &[TreeEntry]) -> u64 {
+    entries
         .iter()
         .map(|e| match e.kind {
             EntryKind::File { size, .. } => size,
             _ => 0,
         })
-        .sum())
+        .sum()
 }
 
 #[cfg(test)]

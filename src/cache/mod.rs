@@ -162,15 +162,17 @@ impl Cache {
 
     /// Hashes a finished scratch folder and moves it into the store, atomically.
     pub fn publish(&self, scratch: &Path) -> io::Result<Digest> {
-        let digest = hash::hash_tree(scratch)?;
+        // One walk serves the digest, the size and the permissions.
+        let entries = hash::walk(scratch)?;
+        let digest = hash::hash_entries(&entries, hash::hash_file)?;
         let dest = self.artifact_path(&digest);
         if dest.is_dir() {
             // The same bytes are already published (early cutoff, or a shared result).
             make_writable(scratch);
             std::fs::remove_dir_all(scratch)?;
         } else {
-            let size = hash::tree_size(scratch)?;
-            make_read_only(scratch)?;
+            let size = hash::entries_size(&entries);
+            make_read_only(&entries)?;
             if let Err(e) = std::fs::rename(scratch, &dest) {
                 if !dest.is_dir() {
                     return Err(e);
@@ -330,9 +332,9 @@ fn open_index(path: &Path) -> anyhow::Result<sled::Db> {
     }
 }
 
-/// Removes write permission from every file below `dir` (artifacts are immutable).
-fn make_read_only(dir: &Path) -> io::Result<()> {
-    for e in hash::walk(dir)? {
+/// Removes write permission from every file among `entries` (artifacts are immutable).
+fn make_read_only(entries: &[hash::TreeEntry]) -> io::Result<()> {
+    for e in entries {
         if let hash::EntryKind::File { .. } = e.kind {
             let meta = std::fs::metadata(&e.path)?;
             let mut perm = meta.permissions();

@@ -64,15 +64,6 @@ impl Diagnostics {
         });
     }
 
-    /// `Ok(value)` when nothing was found, else these diagnostics as the error.
-    pub fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(self)
-        }
-    }
-
     /// True when no problem was found.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -26,6 +26,7 @@ pub mod download;
 pub mod exec;
 pub mod genomics;
 pub mod model;
+pub mod rng;
 pub mod splits;
 pub mod tables;
 

@@ -2,16 +2,7 @@
 # with the species' GC share) and genes.gff3 (genes on both strands, RefSeq-style attributes).
 # A share of genes carry a TATA box about 30 bp upstream of their TSS, on their own strand.
 # Deterministic for a given seed.
-# Usage: awk -v species=ath -v seed=1 -v gc=0.36 -v contigs=2 -v len=120000 -v genes=60 -v tata=0.5 -v dir=OUT -f genome.awk
-# Park-Miller "minimal standard" generator: exact in awk's doubles (products stay below 2^53).
-function rnd() { state = (state * 16807) % 2147483647; return state / 2147483647 }
-function base(   r) {
-  r = rnd()
-  if (r < gc / 2) return "G"
-  if (r < gc) return "C"
-  if (r < gc + (1 - gc) / 2) return "A"
-  return "T"
-}
+# Usage: awk -v species=ath -v seed=1 -v gc=0.36 -v contigs=2 -v len=120000 -v genes=60 -v tata=0.5 -v dir=OUT -f random.awk -f genome.awk
 function revcomp(s,   i, out, c) {
   out = ""
   for (i = length(s); i >= 1; i--) {
@@ -21,7 +12,7 @@ function revcomp(s,   i, out, c) {
   return out
 }
 BEGIN {
-  state = seed % 2147483647; if (state <= 0) state = 1
+  seed_rng(seed)
   fa = dir "/genome.fa"; gff = dir "/genes.gff3"
   print "##gff-version 3" > gff
   n = 0

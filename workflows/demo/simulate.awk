@@ -1,18 +1,9 @@
 # Writes N simulated 1 kb promoters (FASTA, TSS at the 3' end) for one species: random bases with
 # the species' GC share, and a TATA box (TATAAA) planted about 30 bp upstream of the TSS in a given
 # share of genes. Deterministic for a given seed.
-# Usage: awk -v species=ath -v n=200 -v gc=0.36 -v tata=0.3 -v seed=1 -f simulate.awk
-# Park-Miller "minimal standard" generator: exact in awk's doubles (products stay below 2^53).
-function rnd() { state = (state * 16807) % 2147483647; return state / 2147483647 }
-function base(   r) {
-  r = rnd()
-  if (r < gc / 2) return "G"
-  if (r < gc) return "C"
-  if (r < gc + (1 - gc) / 2) return "A"
-  return "T"
-}
+# Usage: awk -v species=ath -v n=200 -v gc=0.36 -v tata=0.3 -v seed=1 -f random.awk -f simulate.awk
 BEGIN {
-  state = seed % 2147483647; if (state <= 0) state = 1
+  seed_rng(seed)
   for (g = 1; g <= n; g++) {
     seq = ""
     for (i = 1; i <= 1000; i++) seq = seq base()

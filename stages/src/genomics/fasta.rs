@@ -69,8 +69,9 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> FastaError {
 pub struct Genome {
     path: PathBuf,
     reader: Reader,
-    /// Contig name -> length, in file order of `names`.
-    lengths: HashMap<String, u64>,
+    /// The `.fai`, by contig name.
+    index: HashMap<String, FaiEntry>,
+    /// Contig names in file order.
     names: Vec<String>,
 }
 
@@ -78,18 +79,20 @@ pub struct Genome {
 /// region, where htslib refills a whole buffer).
 enum Reader {
     Htslib(rust_htslib::faidx::Reader),
-    Plain {
-        file: std::fs::File,
-        index: HashMap<String, FaiEntry>,
-    },
+    Plain(std::fs::File),
 }
 
 /// One line of a `.fai`.
-#[derive(Debug, Clone, Copy)]
-struct FaiEntry {
-    offset: u64,
-    line_bases: u64,
-    line_bytes: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaiEntry {
+    /// Contig length in bases.
+    pub len: u64,
+    /// File offset of the contig's first base.
+    pub offset: u64,
+    /// Bases per line.
+    pub line_bases: u64,
+    /// Bytes per line, line end included.
+    pub line_bytes: u64,
 }
 
 impl FaiEntry {
@@ -97,34 +100,6 @@ impl FaiEntry {
     fn at(&self, pos: u64) -> u64 {
         self.offset + pos / self.line_bases * self.line_bytes + pos % self.line_bases
     }
-}
-
-fn read_fai_entries(fai: &Path) -> Result<HashMap<String, FaiEntry>, FastaError> {
-    let text = std::fs::read_to_string(fai).map_err(|e| io_err(fai, e))?;
-    let mut out = HashMap::new();
-    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
-        let cols: Vec<&str> = l.split('\t').collect();
-        let num = |k: usize| cols.get(k).and_then(|s| s.parse::<u64>().ok());
-        match (num(2), num(3), num(4)) {
-            (Some(offset), Some(line_bases), Some(line_bytes)) if line_bases > 0 => {
-                out.insert(
-                    cols[0].to_string(),
-                    FaiEntry {
-                        offset,
-                        line_bases,
-                        line_bytes,
-                    },
-                );
-            }
-            _ => {
-                return Err(io_err(
-                    fai,
-                    format!("line {}: not a faidx index line", i + 1),
-                ))
-            }
-        }
-    }
-    Ok(out)
 }
 
 impl std::fmt::Debug for Genome {
@@ -138,20 +113,32 @@ impl std::fmt::Debug for Genome {
     }
 }
 
-/// Reads the contig names and lengths from a `.fai`.
-pub fn read_fai(fai: &Path) -> Result<Vec<(String, u64)>, FastaError> {
+/// Reads a `.fai`: each contig's name and index line, in file order.
+pub fn read_fai(fai: &Path) -> Result<Vec<(String, FaiEntry)>, FastaError> {
     let text = std::fs::read_to_string(fai).map_err(|e| io_err(fai, e))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
         .map(|(i, l)| {
-            let mut cols = l.split('\t');
-            let name = cols.next().unwrap_or_default().to_string();
-            let len = cols
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| io_err(fai, format!("line {}: not a faidx index line", i + 1)))?;
-            Ok((name, len))
+            let cols: Vec<&str> = l.split('\t').collect();
+            let num = |k: usize| cols.get(k).and_then(|s| s.parse::<u64>().ok());
+            match (num(1), num(2), num(3), num(4)) {
+                (Some(len), Some(offset), Some(line_bases), Some(line_bytes)) if line_bases > 0 => {
+                    Ok((
+                        cols[0].to_string(),
+                        FaiEntry {
+                            len,
+                            offset,
+                            line_bases,
+                            line_bytes,
+                        },
+                    ))
+                }
+                _ => Err(io_err(
+                    fai,
+                    format!("line {}: not a faidx index line", i + 1),
+                )),
+            }
         })
         .collect()
 }
@@ -202,10 +189,7 @@ impl Genome {
         }
         let entries = read_fai(&fai)?;
         let reader = if compression(path).map_err(|e| io_err(path, e))? == Compression::Plain {
-            Reader::Plain {
-                file: std::fs::File::open(path).map_err(|e| io_err(path, e))?,
-                index: read_fai_entries(&fai)?,
-            }
+            Reader::Plain(std::fs::File::open(path).map_err(|e| io_err(path, e))?)
         } else {
             Reader::Htslib(
                 rust_htslib::faidx::Reader::from_path(path).map_err(|e| io_err(path, e))?,
@@ -214,8 +198,8 @@ impl Genome {
         Ok(Genome {
             path: path.to_path_buf(),
             reader,
-            lengths: entries.iter().cloned().collect(),
-            names: entries.into_iter().map(|(n, _)| n).collect(),
+            names: entries.iter().map(|(n, _)| n.clone()).collect(),
+            index: entries.into_iter().collect(),
         })
     }
 
@@ -226,9 +210,9 @@ impl Genome {
 
     /// The length of contig `name`.
     pub fn len_of(&self, name: &str) -> Result<u64, FastaError> {
-        self.lengths
+        self.index
             .get(name)
-            .copied()
+            .map(|e| e.len)
             .ok_or_else(|| FastaError::UnknownContig {
                 path: self.path.clone(),
                 name: name.to_string(),
@@ -262,9 +246,9 @@ impl Genome {
             Reader::Htslib(r) => r
                 .fetch_seq(name, start as usize, end as usize - 1)
                 .map_err(|e| io_err(&self.path, e))?,
-            Reader::Plain { file, index } => {
+            Reader::Plain(file) => {
                 use std::os::unix::fs::FileExt;
-                let e = index[name];
+                let e = self.index[name];
                 let (from, to) = (e.at(start), e.at(end - 1) + 1);
                 let mut raw = vec![0u8; (to - from) as usize];
                 file.read_exact_at(&mut raw, from)

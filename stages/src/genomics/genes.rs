@@ -173,18 +173,6 @@ const NOT_TRANSCRIPTS: &[&str] = &[
     "region",
     "chromosome",
 ];
-/// The same, and exons.
-const NOT_TRANSCRIPTS_OR_EXONS: &[&str] = &[
-    "CDS",
-    "exon",
-    "five_prime_UTR",
-    "three_prime_UTR",
-    "start_codon",
-    "stop_codon",
-    "intron",
-    "region",
-    "chromosome",
-];
 
 fn read_genes_impl(
     input: impl std::io::BufRead,
@@ -196,14 +184,12 @@ fn read_genes_impl(
     let mut by_feature_id: HashMap<String, usize> = HashMap::new();
     let mut transcripts: HashMap<String, (usize, usize)> = HashMap::new();
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
-    let mut reader = Reader::skipping(
-        input,
-        if with_exons {
-            NOT_TRANSCRIPTS
-        } else {
-            NOT_TRANSCRIPTS_OR_EXONS
-        },
-    );
+    // Exons only matter for choosing a transcript by exon length.
+    let mut skip = NOT_TRANSCRIPTS.to_vec();
+    if !with_exons {
+        skip.push("exon");
+    }
+    let mut reader = Reader::skipping(input, skip);
     while let Some(rec) = reader.read_record()? {
         let line = reader.line();
         if GENE_TYPES.contains(&rec.ty.as_str()) {

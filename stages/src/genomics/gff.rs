@@ -97,7 +97,7 @@ pub struct Reader<R> {
     line: usize,
     buf: String,
     done: bool,
-    skip: &'static [&'static str],
+    skip: Vec<&'static str>,
 }
 
 impl<R: BufRead> Reader<R> {
@@ -108,13 +108,13 @@ impl<R: BufRead> Reader<R> {
             line: 0,
             buf: String::new(),
             done: false,
-            skip: &[],
+            skip: Vec::new(),
         }
     }
 
     /// A reader that passes over features of these types without parsing them beyond the third
     /// column (a speed-up for callers that ignore, say, `CDS` lines, which are most of a GFF3).
-    pub fn skipping(inner: R, types: &'static [&'static str]) -> Self {
+    pub fn skipping(inner: R, types: Vec<&'static str>) -> Self {
         Reader {
             skip: types,
             ..Reader::new(inner)

@@ -21,11 +21,6 @@ pub fn complement(b: u8) -> u8 {
     }
 }
 
-/// Upper-cases a sequence in place (soft-masked genomes use lower case for repeats).
-pub fn upper_in_place(s: &mut [u8]) {
-    s.make_ascii_uppercase();
-}
-
 /// The reverse complement of `s`, upper-cased.
 ///
 /// ```

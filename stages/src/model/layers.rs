@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use crate::splits::rng::Rng;
+use crate::rng::Rng;
 
 /// Uniform in [0, 1).
 pub fn unit(rng: &mut Rng) -> f32 {

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::lamb::{global_norm, Lamb};
 use super::roberta::{self, Config, Params as Weights, Positions};
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
-use crate::splits::rng::Rng;
+use crate::rng::Rng;
 use crate::Context;
 
 /// Learning-rate schedule after warm-up.
@@ -656,11 +656,6 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
 /// Runs the stage.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     train(p, ctx, None)
-}
-
-/// The model folder's files, for callers that only need paths.
-pub fn model_files(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("config.json"), dir.join("model.safetensors"))
 }
 
 #[cfg(test)]

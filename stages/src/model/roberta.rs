@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{dropout, layer_norm, randn, softmax};
-use crate::splits::rng::Rng;
+use crate::rng::Rng;
 
 /// How position ids are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn trains_a_tokenizer_with_the_specials_first() {
-        let mut rng = crate::splits::rng::Rng::new(1);
+        let mut rng = crate::rng::Rng::new(1);
         let seqs: Vec<String> = (0..200)
             .map(|_| {
                 let mut s: String = (0..300)

@@ -112,7 +112,7 @@ pub fn similar_pairs(sketches: &[Sketch], bands: usize, threshold: f64) -> Vec<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::splits::rng::Rng;
+    use crate::rng::Rng;
 
     fn random_seq(rng: &mut Rng, n: usize) -> Vec<u8> {
         (0..n).map(|_| b"ACGT"[rng.below(4)]).collect()

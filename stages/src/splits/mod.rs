@@ -3,6 +3,5 @@
 pub mod corpus;
 pub mod minhash;
 pub mod paralogs;
-pub mod rng;
 pub mod split;
 pub mod tsv;

@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn similarity_groups_near_identical_promoters() {
         let dir = tempfile::tempdir().unwrap();
-        let mut rng = crate::splits::rng::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         let a: String = (0..800)
             .map(|_| ['A', 'C', 'G', 'T'][rng.below(4)])
             .collect();

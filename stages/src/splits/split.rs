@@ -1,6 +1,6 @@
 //! The `split` stage: whole paralog groups to train, validation and test, from a seed.
 //!
-//! Groups are shuffled with a fixed-stream generator ([`super::rng`]) and dealt in that order:
+//! Groups are shuffled with a fixed-stream generator ([`crate::rng`]) and dealt in that order:
 //! to test until it holds `test` of the genes, then to validation until it holds `validation` of
 //! the rest, then to train. A group is never divided, so sizes overshoot by at most one group.
 
@@ -9,7 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{rng::Rng, tsv};
+use super::tsv;
+use crate::rng::Rng;
 use crate::Context;
 
 /// Params of the `split` stage.

@@ -157,36 +157,7 @@ fn read_raw(path: &Path) -> Result<Raw, ExpressionError> {
         path: path.to_path_buf(),
         message,
     };
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut crate::genomics::io::open_text(path).map_err(|e| err(e.to_string()))?,
-        &mut text,
-    )
-    .map_err(|e| err(e.to_string()))?;
-    let first = text.lines().next().unwrap_or_default();
-    if first.trim().is_empty() {
-        return Err(err("the file is empty".into()));
-    }
-    let delimiter = if first.contains('\t') { b'\t' } else { b',' };
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(true)
-        .from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| err(e.to_string()))?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
-    let mut rows = Vec::new();
-    for rec in reader.records() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
-            err(format!("line {line}: {e}"))
-        })?;
-        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
-        rows.push((line, rec.iter().map(|c| c.trim().to_string()).collect()));
-    }
+    let (header, rows) = crate::splits::tsv::read_numbered(path).map_err(err)?;
     if rows.is_empty() {
         return Err(err("the table has a header but no rows".into()));
     }

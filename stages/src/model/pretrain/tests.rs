@@ -1,5 +1,6 @@
 use super::*;
 use crate::model::tokenizer as bpe;
+use std::path::PathBuf;
 
 /// A corpus of 120 promoter-like sequences built from plant cis-element pairs: each element is
 /// always followed by its partner (so a masked element is predictable from its context), with

@@ -1,5 +1,5 @@
 //! A small seeded random generator (SplitMix64) whose stream is fixed forever, so that a seed
-//! gives the same split in every flora version and on every machine.
+//! gives the same split, initial weights, masks and dropout in every flora version and on every machine.
 
 /// SplitMix64.
 #[derive(Debug, Clone)]
