@@ -100,6 +100,22 @@ impl FaiEntry {
     fn at(&self, pos: u64) -> u64 {
         self.offset + pos / self.line_bases * self.line_bytes + pos % self.line_bases
     }
+
+    /// Drops the line ends from `raw`, the bytes read from the offset of base `start`: whole
+    /// runs of bases move down at once (the index guarantees every line but the last is full).
+    fn strip_line_ends(&self, raw: &mut Vec<u8>, start: u64) {
+        let gap = (self.line_bytes - self.line_bases) as usize;
+        let line = self.line_bases as usize;
+        let mut kept = (line - (start % self.line_bases) as usize).min(raw.len());
+        let mut from = kept + gap;
+        while from < raw.len() {
+            let n = line.min(raw.len() - from);
+            raw.copy_within(from..from + n, kept);
+            kept += n;
+            from += n + gap;
+        }
+        raw.truncate(kept);
+    }
 }
 
 impl std::fmt::Debug for Genome {
@@ -123,7 +139,9 @@ pub fn read_fai(fai: &Path) -> Result<Vec<(String, FaiEntry)>, FastaError> {
             let cols: Vec<&str> = l.split('\t').collect();
             let num = |k: usize| cols.get(k).and_then(|s| s.parse::<u64>().ok());
             match (num(1), num(2), num(3), num(4)) {
-                (Some(len), Some(offset), Some(line_bases), Some(line_bytes)) if line_bases > 0 => {
+                (Some(len), Some(offset), Some(line_bases), Some(line_bytes))
+                    if line_bases > 0 && line_bytes >= line_bases =>
+                {
                     Ok((
                         cols[0].to_string(),
                         FaiEntry {
@@ -253,7 +271,7 @@ impl Genome {
                 let mut raw = vec![0u8; (to - from) as usize];
                 file.read_exact_at(&mut raw, from)
                     .map_err(|err| io_err(&self.path, err))?;
-                raw.retain(|&b| b != b'\n' && b != b'\r');
+                e.strip_line_ends(&mut raw, start);
                 raw
             }
         };
@@ -367,6 +385,31 @@ mod tests {
 #[cfg(test)]
 mod crlf_tests {
     use super::*;
+
+    #[test]
+    fn every_window_of_a_wrapped_contig_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let bases: Vec<u8> = (0..97u32).map(|i| b"ACGTN"[(i * 7 % 5) as usize]).collect();
+        for (name, ending) in [("lf", "\n"), ("crlf", "\r\n")] {
+            let mut text = String::from(">c\n");
+            for line in bases.chunks(10) {
+                text.push_str(std::str::from_utf8(line).unwrap());
+                text.push_str(ending);
+            }
+            let p = dir.path().join(format!("{name}.fa"));
+            std::fs::write(&p, text.replace(">c\n", &format!(">c{ending}"))).unwrap();
+            let g = Genome::open(&Genome::prepare(&p, &dir.path().join(name)).unwrap()).unwrap();
+            for start in 0..bases.len() {
+                for end in start..=bases.len() {
+                    assert_eq!(
+                        g.fetch("c", start as u64, end as u64).unwrap(),
+                        &bases[start..end],
+                        "{name} {start}..{end}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn crlf_fasta_reads_like_lf() {

@@ -11,7 +11,9 @@
 //! no biotype is taken as `protein_coding` when it has an mRNA. Decisions that drop genes are
 //! counted by reason, never silent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::path::Path;
 
 use super::gff::{GffError, Reader, Record, Strand};
@@ -181,9 +183,10 @@ fn read_genes_impl(
 ) -> Result<GeneSet, GffError> {
     let mut set = GeneSet::default();
     // GFF `ID` of a gene -> index in `set.genes`; transcript `ID` -> (gene index, transcript index).
-    let mut by_feature_id: HashMap<String, usize> = HashMap::new();
-    let mut transcripts: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    // FxHash: ids are not attacker-chosen, and SipHash was a sixth of the time on 40,000 genes.
+    let mut by_feature_id: FxHashMap<String, usize> = FxHashMap::default();
+    let mut transcripts: FxHashMap<String, (usize, usize)> = FxHashMap::default();
+    let mut seen_ids: FxHashMap<String, usize> = FxHashMap::default();
     // Exons only matter for choosing a transcript by exon length.
     let mut skip = NOT_TRANSCRIPTS.to_vec();
     if !with_exons {

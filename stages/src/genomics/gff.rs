@@ -27,6 +27,9 @@ impl Strand {
     }
 }
 
+/// Where one attribute's key and value lie in column 9.
+type Pair = (std::ops::Range<usize>, std::ops::Range<usize>);
+
 /// One feature line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -42,14 +45,14 @@ pub struct Record {
     pub strand: Strand,
     /// Column 9 as written (checked to be `KEY=VALUE;...`); decoded on access.
     pub attributes: String,
+    /// Where each `KEY=VALUE` pair's key and value lie in `attributes`, found once when parsed.
+    pairs: Vec<Pair>,
 }
 
 impl Record {
     /// The first value of attribute `key`, percent-decoded.
     pub fn attr(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
-        self.attributes
-            .split(';')
-            .filter_map(|part| part.trim().split_once('='))
+        self.raw_pairs()
             .find(|(k, _)| *k == key || (k.contains('%') && decode(k) == key))
             .map(|(_, v)| {
                 if v.contains('%') {
@@ -62,12 +65,37 @@ impl Record {
 
     /// Every attribute, decoded, in file order.
     pub fn attribute_pairs(&self) -> Vec<(String, String)> {
-        self.attributes
-            .split(';')
-            .filter_map(|part| part.trim().split_once('='))
+        self.raw_pairs()
             .map(|(k, v)| (decode(k), decode(v)))
             .collect()
     }
+
+    /// Keys and values as written.
+    fn raw_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs
+            .iter()
+            .map(|(k, v)| (&self.attributes[k.clone()], &self.attributes[v.clone()]))
+    }
+}
+
+/// Splits column 9 into the spans of its `KEY=VALUE` pairs (blank parts between `;` are
+/// allowed), or names the first part that is not a pair.
+fn attribute_spans(column: &str) -> Result<Vec<Pair>, String> {
+    let mut pairs = Vec::new();
+    let mut from = 0;
+    for part in column.split(';') {
+        let start = from + (part.len() - part.trim_start().len());
+        let trimmed = part.trim();
+        from += part.len() + 1;
+        if trimmed.is_empty() {
+            continue;
+        }
+        let Some(eq) = trimmed.find('=') else {
+            return Err(format!("attribute {trimmed:?} is not KEY=VALUE"));
+        };
+        pairs.push((start..start + eq, start + eq + 1..start + trimmed.len()));
+    }
+    Ok(pairs)
 }
 
 /// A problem reading GFF3.
@@ -95,9 +123,9 @@ pub enum GffError {
 pub struct Reader<R> {
     inner: R,
     line: usize,
-    buf: String,
+    buf: Vec<u8>,
     done: bool,
-    skip: Vec<&'static str>,
+    skip: Vec<&'static [u8]>,
 }
 
 impl<R: BufRead> Reader<R> {
@@ -106,7 +134,7 @@ impl<R: BufRead> Reader<R> {
         Reader {
             inner,
             line: 0,
-            buf: String::new(),
+            buf: Vec::new(),
             done: false,
             skip: Vec::new(),
         }
@@ -116,7 +144,7 @@ impl<R: BufRead> Reader<R> {
     /// column (a speed-up for callers that ignore, say, `CDS` lines, which are most of a GFF3).
     pub fn skipping(inner: R, types: Vec<&'static str>) -> Self {
         Reader {
-            skip: types,
+            skip: types.into_iter().map(str::as_bytes).collect(),
             ..Reader::new(inner)
         }
     }
@@ -128,46 +156,88 @@ impl<R: BufRead> Reader<R> {
 
     /// The next feature, or `None` at the end of the features.
     pub fn read_record(&mut self) -> Result<Option<Record>, GffError> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            self.buf.clear();
-            let n = self
-                .inner
-                .read_line(&mut self.buf)
-                .map_err(|source| GffError::Io {
-                    line: self.line + 1,
-                    source,
-                })?;
-            if n == 0 {
-                self.done = true;
-                return Ok(None);
-            }
-            self.line += 1;
-            let text = self.buf.trim_end_matches(['\n', '\r']);
-            if text.starts_with("##FASTA") {
-                self.done = true;
-                return Ok(None);
-            }
-            if text.is_empty() || text.starts_with('#') {
-                continue;
-            }
-            if !self.skip.is_empty() {
-                // The type is the third column: look no further into lines of skipped types.
-                let mut cols = text.splitn(4, '\t');
-                if cols.nth(2).is_some_and(|t| self.skip.contains(&t)) && cols.next().is_some() {
+        while !self.done {
+            let io_err = |line, source| GffError::Io { line, source };
+            let avail = match self.inner.fill_buf() {
+                Ok(avail) => avail,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(self.line + 1, e)),
+            };
+            // A line that lies whole in the reader's buffer is looked at where it is; one that
+            // spans buffers is gathered in `self.buf` first.
+            let (seen, consumed) = match memchr::memchr(b'\n', avail) {
+                Some(i) if self.buf.is_empty() => (examine(&avail[..i], &self.skip), i + 1),
+                Some(i) => {
+                    self.buf.extend_from_slice(&avail[..i]);
+                    (examine(&self.buf, &self.skip), i + 1)
+                }
+                None if avail.is_empty() => {
+                    self.done = true;
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    (examine(&self.buf, &self.skip), 0)
+                }
+                None => {
+                    let n = avail.len();
+                    self.buf.extend_from_slice(avail);
+                    self.inner.consume(n);
                     continue;
                 }
+            };
+            self.inner.consume(consumed);
+            self.buf.clear();
+            self.line += 1;
+            match seen {
+                Seen::Pass => {}
+                Seen::End => self.done = true,
+                Seen::Feature(parsed) => {
+                    return parsed.map(Some).map_err(|message| GffError::Parse {
+                        line: self.line,
+                        message,
+                    })
+                }
             }
-            return parse_line(text)
-                .map(Some)
-                .map_err(|message| GffError::Parse {
-                    line: self.line,
-                    message,
-                });
+        }
+        Ok(None)
+    }
+}
+
+/// What one line holds.
+enum Seen {
+    /// A comment, a blank line or a feature of a skipped type.
+    Pass,
+    /// `##FASTA`: the features are over.
+    End,
+    /// A feature, parsed.
+    Feature(Result<Record, String>),
+}
+
+/// Looks at one line (its line end excluded); lines of types in `skip` are passed over after
+/// finding their third column, as bytes.
+fn examine(line: &[u8], skip: &[&[u8]]) -> Seen {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.starts_with(b"##FASTA") {
+        return Seen::End;
+    }
+    if line.is_empty() || line[0] == b'#' {
+        return Seen::Pass;
+    }
+    if !skip.is_empty() {
+        let mut tabs = memchr::memchr_iter(b'\t', line);
+        if let (Some(_), Some(second), Some(third)) = (tabs.next(), tabs.next(), tabs.next()) {
+            if skip.contains(&&line[second + 1..third]) {
+                return Seen::Pass;
+            }
         }
     }
+    Seen::Feature(match std::str::from_utf8(line) {
+        Ok(text) => parse_line(text),
+        Err(e) => Err(format!(
+            "not valid UTF-8 text (byte {} of the line)",
+            e.valid_up_to() + 1
+        )),
+    })
 }
 
 impl<R: BufRead> Iterator for Reader<R> {
@@ -184,12 +254,18 @@ impl<R: BufRead> Iterator for Reader<R> {
 /// assert_eq!((r.start, r.end, r.attr("Name").as_deref()), (101, 200, Some("a;b")));
 /// ```
 pub fn parse_line(text: &str) -> Result<Record, String> {
-    let cols: Vec<&str> = text.split('\t').collect();
-    if cols.len() != 9 {
+    let mut cols = [""; 9];
+    let mut found = 0;
+    for (i, col) in text.split('\t').enumerate() {
+        if i < 9 {
+            cols[i] = col;
+        }
+        found = i + 1;
+    }
+    if found != 9 {
         return Err(format!(
-            "expected 9 tab-separated columns, found {}{}",
-            cols.len(),
-            if cols.len() == 1 && text.contains(' ') {
+            "expected 9 tab-separated columns, found {found}{}",
+            if found == 1 && text.contains(' ') {
                 " (spaces instead of tabs?)"
             } else {
                 ""
@@ -215,26 +291,19 @@ pub fn parse_line(text: &str) -> Result<Record, String> {
         "." | "?" => Strand::Unknown,
         other => return Err(format!("strand {other:?} is not +, - or .")),
     };
-    if cols[8] != "." {
-        if let Some(part) = cols[8]
-            .split(';')
-            .map(str::trim)
-            .find(|p| !p.is_empty() && !p.contains('='))
-        {
-            return Err(format!("attribute {part:?} is not KEY=VALUE"));
-        }
-    }
+    let (attributes, pairs) = if cols[8] == "." {
+        (String::new(), Vec::new())
+    } else {
+        (cols[8].to_string(), attribute_spans(cols[8])?)
+    };
     Ok(Record {
         seqid: decode(cols[0]),
         ty: cols[2].to_string(),
         start,
         end,
         strand,
-        attributes: if cols[8] == "." {
-            String::new()
-        } else {
-            cols[8].to_string()
-        },
+        attributes,
+        pairs,
     })
 }
 
@@ -302,6 +371,44 @@ mod tests {
             assert!(msg.starts_with("line 2: "), "{msg}");
             assert!(msg.contains(want), "{msg} should contain {want}");
         }
+    }
+
+    #[test]
+    fn lines_across_buffer_edges_skips_and_a_missing_last_newline() {
+        let mut text = String::from("##gff-version 3\n");
+        for i in 1..=50 {
+            text.push_str(&format!(
+                "chr{i}\tsrc\tCDS\t1\t9\t.\t+\t0\tParent=t{i};Note={}\n",
+                "x".repeat(i * 3)
+            ));
+            text.push_str(&format!(
+                "chr{i}\tsrc\tgene\t{i}\t{}\t.\t-\t.\tID=g{i}\r\n",
+                i + 100
+            ));
+        }
+        text.pop();
+        text.pop(); // the file ends without a line end
+        for capacity in [1, 7, 64, 1 << 16] {
+            let input = std::io::BufReader::with_capacity(capacity, text.as_bytes());
+            let mut reader = Reader::skipping(input, vec!["CDS"]);
+            let mut ids = Vec::new();
+            while let Some(rec) = reader.read_record().unwrap() {
+                assert_eq!(rec.ty, "gene");
+                ids.push((reader.line(), rec.attr("ID").unwrap().into_owned(), rec.end));
+            }
+            assert_eq!(ids.len(), 50, "buffer of {capacity}");
+            assert_eq!(ids[0], (3, "g1".to_string(), 101));
+            assert_eq!(ids[49], (101, "g50".to_string(), 150));
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error_naming_the_line() {
+        let text = b"chr1\t.\tgene\t1\t2\t.\t+\t.\tID=a\nchr1\t.\tgene\t1\t2\t.\t+\t.\tID=\xff\n";
+        let mut reader = Reader::new(&text[..]);
+        assert!(reader.read_record().unwrap().is_some());
+        let msg = reader.read_record().unwrap_err().to_string();
+        assert!(msg.starts_with("line 2: not valid UTF-8"), "{msg}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Genomes to promoters: reading GFF3 and indexed FASTA, extracting promoter windows.
 
+pub mod bgzf;
 pub mod fasta;
 pub mod genes;
 pub mod gff;

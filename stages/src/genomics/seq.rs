@@ -1,24 +1,50 @@
 //! DNA sequence helpers: reverse complement (IUPAC-aware) and base composition.
 
+/// Complement of every byte (upper-cased IUPAC; anything else becomes `N`), built at compile time.
+const COMPLEMENT: [u8; 256] = {
+    let mut t = [b'N'; 256];
+    let pairs: [(u8, u8); 15] = [
+        (b'A', b'T'),
+        (b'T', b'A'),
+        (b'U', b'A'),
+        (b'C', b'G'),
+        (b'G', b'C'),
+        (b'R', b'Y'),
+        (b'Y', b'R'),
+        (b'K', b'M'),
+        (b'M', b'K'),
+        (b'S', b'S'),
+        (b'W', b'W'),
+        (b'B', b'V'),
+        (b'V', b'B'),
+        (b'D', b'H'),
+        (b'H', b'D'),
+    ];
+    let mut i = 0;
+    while i < pairs.len() {
+        let (from, to) = pairs[i];
+        t[from as usize] = to;
+        t[from.to_ascii_lowercase() as usize] = to;
+        i += 1;
+    }
+    t
+};
+
+/// 1 for every byte that is not A, C, G or T in either case.
+const AMBIGUOUS: [u8; 256] = {
+    let mut t = [1u8; 256];
+    let acgt = *b"ACGTacgt";
+    let mut i = 0;
+    while i < acgt.len() {
+        t[acgt[i] as usize] = 0;
+        i += 1;
+    }
+    t
+};
+
 /// The complement of one IUPAC nucleotide code (upper-case); anything else becomes `N`.
 pub fn complement(b: u8) -> u8 {
-    match b.to_ascii_uppercase() {
-        b'A' => b'T',
-        b'T' | b'U' => b'A',
-        b'C' => b'G',
-        b'G' => b'C',
-        b'R' => b'Y',
-        b'Y' => b'R',
-        b'K' => b'M',
-        b'M' => b'K',
-        b'S' => b'S',
-        b'W' => b'W',
-        b'B' => b'V',
-        b'V' => b'B',
-        b'D' => b'H',
-        b'H' => b'D',
-        _ => b'N',
-    }
+    COMPLEMENT[b as usize]
 }
 
 /// The reverse complement of `s`, upper-cased.
@@ -27,7 +53,7 @@ pub fn complement(b: u8) -> u8 {
 /// assert_eq!(flora_stages::genomics::seq::reverse_complement(b"AACGtn"), b"NACGTT");
 /// ```
 pub fn reverse_complement(s: &[u8]) -> Vec<u8> {
-    s.iter().rev().map(|&b| complement(b)).collect()
+    s.iter().rev().map(|&b| COMPLEMENT[b as usize]).collect()
 }
 
 /// The share of bases that are not A, C, G or T (N and other IUPAC ambiguity codes).
@@ -35,10 +61,7 @@ pub fn ambiguous_fraction(s: &[u8]) -> f64 {
     if s.is_empty() {
         return 0.0;
     }
-    let n = s
-        .iter()
-        .filter(|b| !matches!(b.to_ascii_uppercase(), b'A' | b'C' | b'G' | b'T'))
-        .count();
+    let n: usize = s.iter().map(|&b| AMBIGUOUS[b as usize] as usize).sum();
     n as f64 / s.len() as f64
 }
 
