@@ -21,6 +21,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+pub mod analysis;
 pub mod context;
 pub mod download;
 pub mod exec;
@@ -32,13 +33,4 @@ pub mod tables;
 
 pub use context::Context;
 
-pub mod testing {
-    //! Helpers for tests.
-
-    /// Says that a test was skipped and why, on stderr past the test harness's output capture,
-    /// so that a skip is never silent.
-    pub fn skipped(message: &str) {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
-    }
-}
+pub mod testing;

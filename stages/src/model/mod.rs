@@ -1,8 +1,12 @@
 //! The language-model half of the study: the BPE tokenizer and the encoding of promoters for the
 //! model.
 
+pub mod examples;
+pub mod finetune;
+pub mod head;
 pub mod lamb;
 pub mod layers;
+pub mod predictor;
 pub mod pretrain;
 pub mod roberta;
 pub mod tokenizer;

@@ -1,0 +1,3 @@
+//! Judging models: metrics of agreement between observed and predicted values.
+
+pub mod metrics;

@@ -1,0 +1,333 @@
+//! The fine-tuning examples: a sequence, its target values and its split, from either a ready
+//! table (`id, sequence, <targets...>[, split]`) or promoters + an expression table + a split.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::rng::Rng;
+use crate::splits::tsv;
+
+/// Which part of the data a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Split {
+    /// Trained on.
+    Train,
+    /// Early stopping and model choice.
+    Valid,
+    /// Held out; reported.
+    Test,
+}
+
+impl Split {
+    /// Parses `train`, `valid`/`validation`/`val`, `test`.
+    pub fn parse(s: &str) -> Option<Split> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" => Some(Split::Train),
+            "valid" | "validation" | "val" | "dev" => Some(Split::Valid),
+            "test" => Some(Split::Test),
+            _ => None,
+        }
+    }
+}
+
+/// One example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Gene or sequence id.
+    pub id: String,
+    /// The promoter sequence.
+    pub seq: Vec<u8>,
+    /// Target values, raw (before any transform).
+    pub targets: Vec<f64>,
+    /// Its split.
+    pub split: Split,
+}
+
+/// Examples with the names of their targets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Examples {
+    /// Target (tissue) names.
+    pub targets: Vec<String>,
+    /// The examples, in input order.
+    pub rows: Vec<Example>,
+    /// Whether they came from a ready table (whose values default to no transform).
+    pub from_table: bool,
+    /// Rows left out, by reason.
+    pub dropped: BTreeMap<String, usize>,
+}
+
+impl Examples {
+    /// The rows of one split.
+    pub fn of(&self, split: Split) -> Vec<&Example> {
+        self.rows.iter().filter(|r| r.split == split).collect()
+    }
+}
+
+/// Reads a ready table. Without a `split` column, splits are drawn from `seed` ([`draw_splits`]).
+pub fn from_table(path: &Path, seed: u64) -> Result<Examples, String> {
+    let shown = path.display().to_string();
+    let (header, rows) = tsv::read_numbered(path).map_err(|e| format!("{shown}: {e}"))?;
+    let find = |names: &[&str]| {
+        header
+            .iter()
+            .position(|h| names.contains(&h.to_ascii_lowercase().as_str()))
+    };
+    let seq_col = find(&["sequence", "seq"]).ok_or_else(|| {
+        format!(
+            "{shown}: no `sequence` column (the header is: {})",
+            header.join(", ")
+        )
+    })?;
+    let split_col = find(&["split"]);
+    let id_col = 0;
+    if seq_col == id_col {
+        return Err(format!("{shown}: the first column must be the id"));
+    }
+    let target_cols: Vec<usize> = (0..header.len())
+        .filter(|&c| c != id_col && c != seq_col && Some(c) != split_col)
+        .collect();
+    if target_cols.is_empty() {
+        return Err(format!(
+            "{shown}: no target columns besides id, sequence and split"
+        ));
+    }
+    let mut out = Examples {
+        targets: target_cols.iter().map(|&c| header[c].clone()).collect(),
+        from_table: true,
+        ..Examples::default()
+    };
+    for (line, row) in rows {
+        let cell = |c: usize| row.get(c).map(String::as_str).unwrap_or("");
+        let mut targets = Vec::with_capacity(target_cols.len());
+        let mut missing = false;
+        for &c in &target_cols {
+            match cell(c) {
+                "" | "NA" | "NaN" | "nan" => missing = true,
+                v => targets.push(v.parse::<f64>().map_err(|_| {
+                    format!(
+                        "{shown}: line {line}, column `{}`: {v:?} is not a number",
+                        header[c]
+                    )
+                })?),
+            }
+        }
+        if missing {
+            *out.dropped
+                .entry("missing target value".into())
+                .or_default() += 1;
+            continue;
+        }
+        let seq = cell(seq_col).as_bytes().to_ascii_uppercase();
+        if seq.is_empty() {
+            *out.dropped.entry("empty sequence".into()).or_default() += 1;
+            continue;
+        }
+        let split = match split_col {
+            Some(c) => Split::parse(cell(c)).ok_or_else(|| {
+                format!(
+                    "{shown}: line {line}: split {:?} is not train, valid or test",
+                    cell(c)
+                )
+            })?,
+            None => Split::Train,
+        };
+        out.rows.push(Example {
+            id: cell(id_col).to_string(),
+            seq,
+            targets,
+            split,
+        });
+    }
+    if out.rows.is_empty() {
+        return Err(format!("{shown}: no usable rows ({:?})", out.dropped));
+    }
+    if split_col.is_none() {
+        draw_splits(&mut out.rows, seed);
+    }
+    Ok(out)
+}
+
+/// Assigns splits from `seed`, ignoring groups: 30% test, then 10% of the rest validation.
+pub fn draw_splits(rows: &mut [Example], seed: u64) {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    Rng::new(seed ^ 0x5B117).shuffle(&mut order);
+    let n_test = (rows.len() as f64 * 0.3).round() as usize;
+    let n_valid = ((rows.len() - n_test) as f64 * 0.1).round() as usize;
+    for (k, &i) in order.iter().enumerate() {
+        rows[i].split = if k < n_test {
+            Split::Test
+        } else if k < n_test + n_valid {
+            Split::Valid
+        } else {
+            Split::Train
+        };
+    }
+}
+
+/// Joins promoters (FASTA, first header word = gene id), an expression table (`gene_id`, then one
+/// column per tissue) and, if given, a split table (`gene_id, group, split`). Without a split,
+/// splits are drawn from `seed`.
+pub fn from_parts(
+    promoters: &Path,
+    expression: &Path,
+    split: Option<&Path>,
+    seed: u64,
+) -> Result<Examples, String> {
+    let expr_path = tsv::locate(expression, "expression.tsv")?;
+    let shown = expr_path.display().to_string();
+    let (header, rows) = tsv::read_numbered(&expr_path).map_err(|e| format!("{shown}: {e}"))?;
+    if header.len() < 2 {
+        return Err(format!(
+            "{shown}: needs a gene id column and at least one tissue"
+        ));
+    }
+    let mut values: HashMap<String, Vec<f64>> = HashMap::new();
+    for (line, row) in rows {
+        let mut v = Vec::with_capacity(header.len() - 1);
+        for (c, name) in header.iter().enumerate().skip(1) {
+            let cell = row.get(c).map(String::as_str).unwrap_or("");
+            v.push(cell.parse::<f64>().map_err(|_| {
+                format!("{shown}: line {line}, column `{name}`: {cell:?} is not a number")
+            })?);
+        }
+        values.insert(row[0].clone(), v);
+    }
+    let splits: Option<HashMap<String, Split>> = match split {
+        Some(s) => {
+            let path = tsv::locate(s, "split.tsv")?;
+            let shown = path.display().to_string();
+            let (_, rows) = tsv::read_numbered(&path).map_err(|e| format!("{shown}: {e}"))?;
+            let mut m = HashMap::new();
+            for (line, row) in rows {
+                let cell = row.last().map(String::as_str).unwrap_or("");
+                let sp = Split::parse(cell).ok_or_else(|| {
+                    format!("{shown}: line {line}: split {cell:?} is not train, validation or test")
+                })?;
+                m.insert(row[0].clone(), sp);
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    let mut out = Examples {
+        targets: header[1..].to_vec(),
+        ..Examples::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for file in crate::splits::corpus::fasta_files(promoters)? {
+        for rec in crate::genomics::records::read_all(&file)? {
+            let id = rec.id.clone();
+            if !seen.insert(id.clone()) {
+                *out.dropped
+                    .entry("duplicate promoter id".into())
+                    .or_default() += 1;
+                continue;
+            }
+            let Some(targets) = values.get(&id) else {
+                *out.dropped
+                    .entry("no expression values".into())
+                    .or_default() += 1;
+                continue;
+            };
+            let split = match &splits {
+                Some(m) => match m.get(&id) {
+                    Some(s) => *s,
+                    None => {
+                        *out.dropped.entry("not in the split".into()).or_default() += 1;
+                        continue;
+                    }
+                },
+                None => Split::Train,
+            };
+            out.rows.push(Example {
+                id,
+                seq: rec.seq.to_ascii_uppercase(),
+                targets: targets.clone(),
+                split,
+            });
+        }
+    }
+    if out.rows.is_empty() {
+        return Err(format!(
+            "no promoter id matched a gene of {shown} (dropped: {:?})",
+            out.dropped
+        ));
+    }
+    if splits.is_none() {
+        draw_splits(&mut out.rows, seed);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_table_with_and_without_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.tsv");
+        std::fs::write(
+            &p,
+            "id\tsequence\tleaf\troot\tsplit\na\tacgt\t1.5\t-2\ttrain\nb\tGGCC\tNA\t1\ttest\nc\tTTAA\t0\t0\tvalidation\n",
+        )
+        .unwrap();
+        let ex = from_table(&p, 0).unwrap();
+        assert_eq!(ex.targets, vec!["leaf", "root"]);
+        assert_eq!(ex.rows.len(), 2);
+        assert_eq!(ex.rows[0].seq, b"ACGT");
+        assert_eq!(ex.rows[0].targets, vec![1.5, -2.0]);
+        assert_eq!(ex.rows[1].split, Split::Valid);
+        assert_eq!(ex.dropped["missing target value"], 1);
+
+        let q = dir.path().join("q.csv");
+        let mut text = String::from("id,sequence,t1\n");
+        for i in 0..100 {
+            text.push_str(&format!("s{i},ACGT,{i}\n"));
+        }
+        std::fs::write(&q, text).unwrap();
+        let ex = from_table(&q, 3).unwrap();
+        assert_eq!(ex.of(Split::Test).len(), 30);
+        assert_eq!(ex.of(Split::Valid).len(), 7);
+        assert_eq!(from_table(&q, 3).unwrap(), ex, "seeded");
+    }
+
+    #[test]
+    fn bad_tables_name_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.tsv");
+        std::fs::write(&p, "id\tsequence\tleaf\na\tACGT\thigh\n").unwrap();
+        let e = from_table(&p, 0).unwrap_err();
+        assert!(
+            e.contains("bad.tsv: line 2, column `leaf`: \"high\""),
+            "{e}"
+        );
+        std::fs::write(&p, "id\tleaf\na\t1\n").unwrap();
+        assert!(from_table(&p, 0)
+            .unwrap_err()
+            .contains("no `sequence` column"));
+        std::fs::write(&p, "id\tsequence\tleaf\tsplit\na\tACGT\t1\tholdout\n").unwrap();
+        assert!(from_table(&p, 0)
+            .unwrap_err()
+            .contains("line 2: split \"holdout\""));
+        std::fs::write(&p, "").unwrap();
+        assert!(from_table(&p, 0).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn parts_join_on_gene_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let fa = dir.path().join("p.fa");
+        std::fs::write(&fa, ">g1 sp\nACGT\n>g2 sp\nCCCC\n>g3 sp\nGGGG\n").unwrap();
+        let ex = dir.path().join("expression.tsv");
+        std::fs::write(&ex, "gene_id\tleaf\troot\ng1\t1\t2\ng2\t3\t4\n").unwrap();
+        let sp = dir.path().join("split.tsv");
+        std::fs::write(&sp, "gene_id\tgroup\tsplit\ng1\tA\ttest\n").unwrap();
+        let got = from_parts(&fa, &ex, Some(&sp), 0).unwrap();
+        assert_eq!(got.rows.len(), 1);
+        assert_eq!(got.rows[0].split, Split::Test);
+        assert_eq!(got.dropped["no expression values"], 1);
+        assert_eq!(got.dropped["not in the split"], 1);
+        assert!(!got.from_table);
+    }
+}

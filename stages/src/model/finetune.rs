@@ -1,0 +1,467 @@
+//! The `finetune` stage: a pretrained encoder plus the expression head, trained on expression
+//! per tissue with MSE over all tissues at once and LAMB.
+//!
+//! - Inputs: `model` (a pretrained model folder) and either `table` (a ready `id, sequence,
+//!   <targets...>[, split]` table) or `promoters` + `expression` (+ optional `split`).
+//! - Targets: `transform: log` takes ln(value + offset) (offset 0.001; the default for expression
+//!   tables, which hold TPM); `none` takes values as they are (the default for a ready table).
+//! - The learning rate warms up linearly over the first `warmup` share of the steps, then stays
+//!   constant (5e-5 by default, 25 epochs). After every epoch the validation loss is measured;
+//!   with `patience` > 0, training stops once it has not improved for that many epochs, and the
+//!   best epoch's weights are kept.
+//! - `freeze_encoder: true` trains the head alone on fixed embeddings.
+//!
+//! Output: the fine-tuned model folder (`config.json` with `flora_head`, `model.safetensors`,
+//! `tokenizer.json`), `predictions.tsv` (`id, target, observed, predicted` for every test row, on
+//! the transformed scale), `train_log.tsv` (epoch, step, train_loss, val_loss, lr) and
+//! `summary.json` (test metrics per target and over all).
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::examples::{self, Example, Examples, Split};
+use super::head::{self, HeadConfig, Transform};
+use super::lamb::{global_norm, Lamb};
+use super::predictor::{self, trim_padding};
+use super::pretrain::load_model;
+use super::roberta::{self, Config, Params as Weights};
+use super::tokenizer;
+use crate::analysis::metrics::{self, Metrics};
+use crate::rng::Rng;
+use crate::Context;
+
+/// How targets are transformed; `auto` picks `log` for expression tables, `none` for a ready table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformParam {
+    /// `log` for expression tables, `none` for ready tables.
+    Auto,
+    /// ln(value + offset).
+    Log,
+    /// As they are.
+    None,
+}
+
+/// Params of the `finetune` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Target transform (default auto).
+    pub transform: TransformParam,
+    /// Offset of the log transform (default 0.001).
+    pub offset: f64,
+    /// Passes over the training rows (default 25).
+    pub epochs: usize,
+    /// Sequences per step (default 16).
+    pub batch_size: usize,
+    /// Learning rate after warm-up (default 5e-5).
+    pub lr: f64,
+    /// Share of the steps spent warming up linearly (default 0.1).
+    pub warmup: f64,
+    /// LAMB weight decay (default 0.01).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 turns it off (default 1.0).
+    pub clip_norm: f64,
+    /// Dropout in the head (default 0.2, as the study).
+    pub head_dropout: f32,
+    /// Train the head only (default false).
+    pub freeze_encoder: bool,
+    /// Epochs without a better validation loss before stopping; 0 never stops early (default 5).
+    pub patience: usize,
+    /// Seed of the head's initial weights, shuffles, dropout and drawn splits (default 0).
+    pub seed: u64,
+    /// Stop after this many steps (default: all epochs).
+    pub max_steps: Option<u64>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            transform: TransformParam::Auto,
+            offset: 0.001,
+            epochs: 25,
+            batch_size: 16,
+            lr: 5e-5,
+            warmup: 0.1,
+            weight_decay: 0.01,
+            clip_norm: 1.0,
+            head_dropout: 0.2,
+            freeze_encoder: false,
+            patience: 5,
+            seed: 0,
+            max_steps: None,
+        }
+    }
+}
+
+/// What fine-tuning did and how well the model does on the test rows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Rows per split.
+    pub rows: BTreeMap<String, usize>,
+    /// Rows left out, by reason.
+    pub dropped: BTreeMap<String, usize>,
+    /// Sequences cut at the 5' end to fit the model.
+    pub truncated: usize,
+    /// The transform used.
+    pub transform: Option<Transform>,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Epochs run.
+    pub epochs: usize,
+    /// The epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Its validation loss.
+    pub best_val_loss: f64,
+    /// Test metrics over every target and row together.
+    pub test_all: Option<Metrics>,
+    /// Test metrics per target.
+    pub test: BTreeMap<String, Metrics>,
+}
+
+/// One framed example: ids and transformed targets.
+struct Row<'a> {
+    example: &'a Example,
+    ids: Vec<u32>,
+    y: Vec<f32>,
+}
+
+fn transform(v: f64, t: Transform, offset: f64) -> f32 {
+    match t {
+        Transform::Log => (v + offset).ln() as f32,
+        Transform::None => v as f32,
+    }
+}
+
+/// Reads the examples named by the context's inputs.
+pub fn load_examples(ctx: &Context, seed: u64) -> Result<Examples, String> {
+    match (
+        ctx.inputs.get("table"),
+        ctx.inputs.get("promoters"),
+        ctx.inputs.get("expression"),
+    ) {
+        (Some(table), None, None) => {
+            let path = crate::splits::tsv::locate(table, "table.tsv")?;
+            examples::from_table(&path, seed)
+        }
+        (None, Some(promoters), Some(expression)) => examples::from_parts(
+            promoters,
+            expression,
+            ctx.inputs.get("split").map(|p| p.as_path()),
+            seed,
+        ),
+        _ => Err("needs inputs `model` and either `table` (id, sequence, targets) or `promoters` + `expression` (+ `split`)".into()),
+    }
+}
+
+/// Trains, writes the artifact, and returns the summary.
+pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
+    let fail = |e: String| format!("finetune: {e}");
+    if p.batch_size == 0 || p.epochs == 0 {
+        return Err(fail("batch_size and epochs must be at least 1".into()));
+    }
+    if !(0.0..1.0).contains(&p.warmup) {
+        return Err(fail(format!(
+            "warmup {} is not a share in [0, 1)",
+            p.warmup
+        )));
+    }
+    let dev = Device::Cpu;
+    let model_dir = ctx
+        .inputs
+        .get("model")
+        .ok_or_else(|| fail("needs an input `model` (a pretrained model folder)".into()))?;
+    let data = load_examples(ctx, p.seed).map_err(fail)?;
+    let t = match p.transform {
+        TransformParam::Log => Transform::Log,
+        TransformParam::None => Transform::None,
+        TransformParam::Auto if data.from_table => Transform::None,
+        TransformParam::Auto => Transform::Log,
+    };
+    if t == Transform::Log {
+        if let Some(bad) = data
+            .rows
+            .iter()
+            .find(|r| r.targets.iter().any(|&v| v + p.offset <= 0.0))
+        {
+            return Err(fail(format!(
+                "row {} has a value <= -offset, which has no logarithm; use transform: none for values that are already on a log scale",
+                bad.id
+            )));
+        }
+    }
+    let (cfg, mut w) = load_model(model_dir, &dev).map_err(|e| fail(format!("model: {e}")))?;
+    let tok =
+        tokenizer::load(&model_dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?;
+    head::init(&mut w, &cfg, data.targets.len(), p.seed, &dev).map_err(|e| fail(e.to_string()))?;
+    let max_len = cfg.max_position_embeddings - 3;
+
+    let mut summary = Summary {
+        dropped: data.dropped.clone(),
+        transform: Some(t),
+        ..Summary::default()
+    };
+    let mut framed: HashMap<Split, Vec<Row>> = HashMap::new();
+    for ex in &data.rows {
+        let ids = tokenizer::tokens(&tok, &String::from_utf8_lossy(&ex.seq))
+            .map_err(|e| fail(e.to_string()))?;
+        let (ids, cut) = tokenizer::frame(&ids, max_len);
+        summary.truncated += usize::from(cut > 0);
+        let y = ex
+            .targets
+            .iter()
+            .map(|&v| transform(v, t, p.offset))
+            .collect();
+        framed.entry(ex.split).or_default().push(Row {
+            example: ex,
+            ids,
+            y,
+        });
+    }
+    for (name, split) in [
+        ("train", Split::Train),
+        ("validation", Split::Valid),
+        ("test", Split::Test),
+    ] {
+        summary
+            .rows
+            .insert(name.into(), framed.get(&split).map_or(0, Vec::len));
+    }
+    let train = framed.remove(&Split::Train).unwrap_or_default();
+    let valid = framed.remove(&Split::Valid).unwrap_or_default();
+    let test = framed.remove(&Split::Test).unwrap_or_default();
+    if train.is_empty() {
+        return Err(fail("no training rows".into()));
+    }
+    eprintln!(
+        "finetune: {} train, {} validation, {} test rows; {} targets; transform {t:?}",
+        train.len(),
+        valid.len(),
+        test.len(),
+        data.targets.len()
+    );
+
+    let steps_per_epoch = train.len().div_ceil(p.batch_size) as u64;
+    let total = p
+        .max_steps
+        .unwrap_or(u64::MAX)
+        .min(steps_per_epoch * p.epochs as u64);
+    let warmup = (total as f64 * p.warmup).round() as u64;
+    let mut opt = Lamb::new(p.weight_decay);
+    let mut step = 0u64;
+    let mut log = vec!["epoch\tstep\ttrain_loss\tval_loss\tlr".to_string()];
+    let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
+    let mut since_best = 0;
+    let mut epoch = 0;
+    while step < total {
+        epoch += 1;
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        Rng::new(p.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
+        let (mut loss_sum, mut n) = (0f64, 0usize);
+        for batch in order.chunks(p.batch_size) {
+            if step >= total {
+                break;
+            }
+            let rows: Vec<&Row> = batch.iter().map(|&i| &train[i]).collect();
+            let mut rng = Rng::new(p.seed ^ 0xF1E7 ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+            let (loss, grads) = train_step(&w, &cfg, &rows, p, &mut rng, &dev)
+                .map_err(|e| fail(format!("step {}: {e}", step + 1)))?;
+            if !loss.is_finite() {
+                return Err(fail(format!("the loss became {loss} at step {}", step + 1)));
+            }
+            loss_sum += loss * rows.len() as f64;
+            n += rows.len();
+            step += 1;
+            let lr = if warmup > 0 && step <= warmup {
+                p.lr * step as f64 / warmup as f64
+            } else {
+                p.lr
+            };
+            opt.update(&w, &grads, lr)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let train_loss = loss_sum / n.max(1) as f64;
+        let val_loss = if valid.is_empty() {
+            f64::NAN
+        } else {
+            let refs: Vec<&Row> = valid.iter().collect();
+            let pred = predict_rows(&w, &cfg, &refs, p).map_err(|e| fail(e.to_string()))?;
+            mse_of(&pred, &refs)
+        };
+        log.push(format!(
+            "{epoch}\t{step}\t{train_loss:.6}\t{val_loss:.6}\t{:.3e}",
+            if warmup > 0 && step <= warmup {
+                p.lr * step as f64 / warmup as f64
+            } else {
+                p.lr
+            }
+        ));
+        eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4}");
+        if val_loss.is_finite() {
+            if best.as_ref().is_none_or(|(b, _, _)| val_loss < *b) {
+                let snapshot = w
+                    .vars
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+                    .collect::<candle_core::Result<HashMap<_, _>>>()
+                    .map_err(|e| fail(e.to_string()))?;
+                best = Some((val_loss, epoch, snapshot));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if p.patience > 0 && since_best >= p.patience {
+                    eprintln!(
+                        "finetune: no better validation loss for {since_best} epochs; stopping"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    summary.steps = step;
+    summary.epochs = epoch;
+    match best {
+        Some((loss, e, snapshot)) => {
+            for (k, t) in snapshot {
+                w.vars[&k].set(&t).map_err(|e| fail(e.to_string()))?;
+            }
+            summary.best_epoch = e;
+            summary.best_val_loss = loss;
+        }
+        None => {
+            summary.best_epoch = epoch;
+            summary.best_val_loss = f64::NAN;
+        }
+    }
+
+    // The artifact: model folder, test predictions, log, summary.
+    let head_cfg = HeadConfig {
+        targets: data.targets.clone(),
+        transform: t,
+        offset: p.offset,
+        dropout: p.head_dropout,
+        pooling: "mean".into(),
+    };
+    predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
+    let refs: Vec<&Row> = test.iter().collect();
+    let pred = predict_rows(&w, &cfg, &refs, p).map_err(|e| fail(e.to_string()))?;
+    let mut text = String::from("id\ttarget\tobserved\tpredicted\n");
+    let mut all_obs = Vec::new();
+    let mut all_pred = Vec::new();
+    for (k, name) in data.targets.iter().enumerate() {
+        let obs: Vec<f64> = refs.iter().map(|r| r.y[k] as f64).collect();
+        let prd: Vec<f64> = pred.iter().map(|r| r[k] as f64).collect();
+        if !refs.is_empty() {
+            summary
+                .test
+                .insert(name.clone(), metrics::compare(&obs, &prd));
+        }
+        all_obs.extend(&obs);
+        all_pred.extend(&prd);
+    }
+    for (r, pr) in refs.iter().zip(&pred) {
+        for (k, name) in data.targets.iter().enumerate() {
+            text.push_str(&format!(
+                "{}\t{name}\t{}\t{}\n",
+                r.example.id, r.y[k], pr[k]
+            ));
+        }
+    }
+    if !refs.is_empty() {
+        summary.test_all = Some(metrics::compare(&all_obs, &all_pred));
+    }
+    write(ctx, "predictions.tsv", &text)?;
+    write(ctx, "train_log.tsv", &(log.join("\n") + "\n"))?;
+    write(
+        ctx,
+        "summary.json",
+        &serde_json::to_string_pretty(&summary).expect("serializes"),
+    )?;
+    if let Some(m) = &summary.test_all {
+        eprintln!(
+            "finetune: test R2 {:.3} (squared Pearson {:.3}) over {} values",
+            m.r2, m.pearson_r2, m.n
+        );
+    }
+    Ok(summary)
+}
+
+fn write(ctx: &Context, name: &str, text: &str) -> Result<(), String> {
+    let path = ctx.out.join(name);
+    std::fs::write(&path, text).map_err(|e| format!("finetune: {}: {e}", path.display()))
+}
+
+/// Loss and gradients of one batch.
+fn train_step(
+    w: &Weights,
+    cfg: &Config,
+    rows: &[&Row],
+    p: &Params,
+    rng: &mut Rng,
+    dev: &Device,
+) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
+    let ids = trim_padding(&rows.iter().map(|r| r.ids.clone()).collect::<Vec<_>>());
+    let hidden = roberta::encode(w, cfg, &ids, Some(&mut *rng), dev)?;
+    let hidden = if p.freeze_encoder {
+        hidden.detach()
+    } else {
+        hidden
+    };
+    let pooled = head::mean_pool(&hidden, &ids)?;
+    let pred = head::forward(w, &pooled, p.head_dropout, Some(rng))?;
+    let y: Vec<f32> = rows.iter().flat_map(|r| r.y.iter().copied()).collect();
+    let y = Tensor::from_vec(y, pred.dims(), dev)?;
+    let loss = head::mse(&pred, &y)?;
+    let store = loss.backward()?;
+    let mut grads = HashMap::new();
+    for (name, var) in &w.vars {
+        if p.freeze_encoder && !head::is_head(name) {
+            continue;
+        }
+        if let Some(g) = store.get(var.as_tensor()) {
+            grads.insert(name.clone(), g.clone());
+        }
+    }
+    if p.clip_norm > 0.0 {
+        let norm = global_norm(&grads)?;
+        if norm > p.clip_norm {
+            for g in grads.values_mut() {
+                *g = (&*g * (p.clip_norm / norm))?;
+            }
+        }
+    }
+    Ok((loss.to_scalar::<f32>()? as f64, grads))
+}
+
+/// Predictions for rows (no dropout), in batches.
+fn predict_rows(
+    w: &Weights,
+    cfg: &Config,
+    rows: &[&Row],
+    p: &Params,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(p.batch_size.max(1) * 2) {
+        let ids = trim_padding(&chunk.iter().map(|r| r.ids.clone()).collect::<Vec<_>>());
+        let hidden = roberta::encode(w, cfg, &ids, None, &Device::Cpu)?;
+        let pooled = head::mean_pool(&hidden, &ids)?;
+        out.extend(head::forward(w, &pooled, 0.0, None)?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+fn mse_of(pred: &[Vec<f32>], rows: &[&Row]) -> f64 {
+    let (mut s, mut n) = (0f64, 0usize);
+    for (p, r) in pred.iter().zip(rows) {
+        for (a, b) in p.iter().zip(&r.y) {
+            s += ((a - b) as f64).powi(2);
+            n += 1;
+        }
+    }
+    s / n.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests;

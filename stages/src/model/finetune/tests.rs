@@ -1,0 +1,230 @@
+use super::*;
+use crate::model::predictor::Predictor;
+use crate::model::pretrain::save_model;
+use crate::model::roberta::Positions;
+use crate::model::tokenizer as bpe;
+use crate::testing::{planted, planted_table, Planted, PLANTED_MOTIFS};
+use std::path::{Path, PathBuf};
+
+/// A "pretrained" tiny model folder (random weights) with a tokenizer trained on `rows`.
+pub(crate) fn tiny_model(dir: &Path, rows: &[Planted]) -> PathBuf {
+    let tok = bpe::train(
+        rows.iter().map(|r| r.seq.as_str()),
+        &bpe::Params {
+            vocab_size: 300,
+            ..bpe::Params::default()
+        },
+    )
+    .unwrap();
+    let cfg = Config::new(
+        tok.get_vocab_size(true),
+        2,
+        32,
+        2,
+        64,
+        96,
+        0.0,
+        Positions::Tss,
+    );
+    let w = Weights::init(&cfg, 3, &Device::Cpu).unwrap();
+    let out = dir.join("pretrained");
+    std::fs::create_dir_all(&out).unwrap();
+    save_model(&out, &cfg, &w).unwrap();
+    tok.save(out.join("tokenizer.json"), false).unwrap();
+    out
+}
+
+fn context(dir: &Path, model: &Path, table: &Path) -> Context {
+    let mut c = Context::new(dir.join("out"), dir.join("work"), dir.to_path_buf());
+    std::fs::create_dir_all(&c.out).unwrap();
+    c.inputs.insert("model".into(), model.to_path_buf());
+    c.inputs.insert("table".into(), table.to_path_buf());
+    c
+}
+
+pub(crate) fn quick() -> Params {
+    Params {
+        epochs: 30,
+        batch_size: 32,
+        lr: 1e-2,
+        head_dropout: 0.0,
+        patience: 8,
+        ..Params::default()
+    }
+}
+
+/// A tiny model fine-tuned on 800 planted rows, trained once and shared by the tests here.
+pub(crate) struct Trained {
+    _dir: tempfile::TempDir,
+    /// The fine-tuned model folder.
+    pub out: PathBuf,
+    /// What training reported.
+    pub summary: Summary,
+    /// The rows it was trained and tested on.
+    pub rows: Vec<Planted>,
+}
+
+pub(crate) fn trained() -> &'static Trained {
+    static TRAINED: std::sync::OnceLock<Trained> = std::sync::OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = planted(800, 150, 11);
+        let table = dir.path().join("table.tsv");
+        std::fs::write(&table, planted_table(&rows)).unwrap();
+        let model = tiny_model(dir.path(), &rows);
+        let ctx = context(dir.path(), &model, &table);
+        let summary = run(&quick(), &ctx).unwrap();
+        Trained {
+            out: ctx.out.clone(),
+            _dir: dir,
+            summary,
+            rows,
+        }
+    })
+}
+
+#[test]
+fn learns_planted_motifs_on_held_out_rows() {
+    let Trained { out, summary, .. } = trained();
+    let all = summary.test_all.unwrap();
+    assert!(all.r2 >= 0.5, "test R2 {} ({summary:?})", all.r2);
+    assert_eq!(
+        summary.transform,
+        Some(Transform::None),
+        "a ready table is not logged"
+    );
+    assert_eq!(summary.rows["test"], 240);
+    // The artifact: a loadable model folder, predictions for every test row and target, a log.
+    let pred = std::fs::read_to_string(out.join("predictions.tsv")).unwrap();
+    assert!(pred.starts_with("id\ttarget\tobserved\tpredicted\n"));
+    assert_eq!(pred.lines().count(), 1 + 240 * 3);
+    let log = std::fs::read_to_string(out.join("train_log.tsv")).unwrap();
+    assert!(log.lines().count() > 2);
+    let model = Predictor::load(out, Device::Cpu).unwrap();
+    assert_eq!(model.head.targets, vec!["leaf", "root", "seed"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_labels"], 3);
+    assert_eq!(config["id2label"]["1"], "root");
+}
+
+#[test]
+fn reloaded_model_predicts_what_training_reported() {
+    let Trained { out, rows, .. } = trained();
+    let model = Predictor::load(out, Device::Cpu).unwrap();
+    let pred = std::fs::read_to_string(out.join("predictions.tsv")).unwrap();
+    let first = pred.lines().nth(1).unwrap();
+    let cols: Vec<&str> = first.split('\t').collect();
+    let row = rows.iter().find(|r| r.id == cols[0]).unwrap();
+    let enc = model.encode(&[row.seq.as_bytes()]).unwrap();
+    let again = model.predict(&enc.rows).unwrap();
+    let k = ["leaf", "root", "seed"]
+        .iter()
+        .position(|t| *t == cols[1])
+        .unwrap();
+    let reported: f32 = cols[3].parse().unwrap();
+    assert!(
+        (again[0][k] - reported).abs() < 1e-4,
+        "{} vs {reported}",
+        again[0][k]
+    );
+    // Batching and padding do not change a prediction.
+    let both = model
+        .encode(&[row.seq.as_bytes(), &row.seq.as_bytes()[..60]])
+        .unwrap();
+    let batched = model.predict(&both.rows).unwrap();
+    assert!((batched[0][k] - reported).abs() < 1e-4);
+}
+
+#[test]
+fn destroying_an_activating_motif_lowers_the_prediction() {
+    let Trained { out, rows, .. } = trained();
+    let model = Predictor::load(out, Device::Cpu).unwrap();
+    // Motif 0 raises `leaf` by 2: break it in every sequence that has it.
+    let (motif, _) = PLANTED_MOTIFS[0];
+    let with: Vec<&Planted> = rows.iter().filter(|r| r.present[0]).take(40).collect();
+    let broken: Vec<String> = with
+        .iter()
+        .map(|r| r.seq.replacen(motif, "TAGAGAT", 1))
+        .collect();
+    let before = model
+        .predict(
+            &model
+                .encode(&with.iter().map(|r| r.seq.as_bytes()).collect::<Vec<_>>())
+                .unwrap()
+                .rows,
+        )
+        .unwrap();
+    let after = model
+        .predict(
+            &model
+                .encode(&broken.iter().map(|s| s.as_bytes()).collect::<Vec<_>>())
+                .unwrap()
+                .rows,
+        )
+        .unwrap();
+    let drop: f32 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| b[0] - a[0])
+        .sum::<f32>()
+        / with.len() as f32;
+    assert!(drop > 0.5, "mean drop in leaf {drop}");
+}
+
+#[test]
+fn freezing_the_encoder_trains_the_head_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(60, 150, 2);
+    let table = dir.path().join("t.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    let model = tiny_model(dir.path(), &rows);
+    let ctx = context(dir.path(), &model, &table);
+    let p = Params {
+        freeze_encoder: true,
+        epochs: 2,
+        ..quick()
+    };
+    run(&p, &ctx).unwrap();
+    let before =
+        candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+    let after =
+        candle_core::safetensors::load(ctx.out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let same = |name: &str| {
+        let d = (&before[name] - &after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        d.to_scalar::<f32>().unwrap() == 0.0
+    };
+    assert!(same("roberta.encoder.layer.0.attention.self.query.weight"));
+    assert!(after.contains_key("classifier.out_proj.weight"));
+}
+
+#[test]
+fn log_transform_and_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(40, 150, 4);
+    let model = tiny_model(dir.path(), &rows);
+    let table = dir.path().join("t.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    let ctx = context(dir.path(), &model, &table);
+    let p = Params {
+        transform: TransformParam::Log,
+        epochs: 1,
+        ..quick()
+    };
+    // Planted targets go negative: no logarithm.
+    let e = run(&p, &ctx).unwrap_err();
+    assert!(e.contains("has no logarithm"), "{e}");
+    // A missing model input, and a model folder without weights.
+    let mut c = ctx.clone();
+    c.inputs.remove("model");
+    assert!(run(&quick(), &c)
+        .unwrap_err()
+        .contains("needs an input `model`"));
+    c.inputs.insert("model".into(), dir.path().join("nowhere"));
+    assert!(run(&quick(), &c).unwrap_err().contains("model:"));
+}

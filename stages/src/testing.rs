@@ -1,0 +1,81 @@
+//! Helpers for tests: loud skips, and data with a known answer.
+
+use std::io::Write;
+
+use crate::rng::Rng;
+
+/// Says that a test was skipped and why, on stderr past the test harness's output capture,
+/// so that a skip is never silent.
+pub fn skipped(message: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
+}
+
+/// Motifs planted by [`planted`] and their effect on each of its three targets.
+pub const PLANTED_MOTIFS: [(&str, [f64; 3]); 3] = [
+    ("TATAAAT", [2.0, 0.0, 1.0]),
+    ("CACGTGG", [0.0, 2.0, 1.0]),
+    ("GGTCAAC", [1.0, 1.0, -1.5]),
+];
+
+/// The names of [`planted`]'s targets.
+pub const PLANTED_TARGETS: [&str; 3] = ["leaf", "root", "seed"];
+
+/// One sequence with planted motifs and its targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planted {
+    /// `p0`, `p1`, ...
+    pub id: String,
+    /// Random bases with some of [`PLANTED_MOTIFS`] written in.
+    pub seq: String,
+    /// Which motifs were planted.
+    pub present: [bool; 3],
+    /// Sum of the planted motifs' effects plus normal noise (sd 0.2).
+    pub targets: [f64; 3],
+}
+
+/// `n` random sequences of `len` bases; each motif is planted with probability one half in the
+/// 3' (TSS-near) half, and the targets are additive in the motifs present.
+pub fn planted(n: usize, len: usize, seed: u64) -> Vec<Planted> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let mut seq: Vec<u8> = (0..len).map(|_| b"ACGT"[rng.below(4)]).collect();
+            let mut present = [false; 3];
+            let mut targets = [0.0; 3];
+            // Non-overlapping slots in the 3' half, one per motif.
+            let slot = len / 2 / PLANTED_MOTIFS.len();
+            for (m, (motif, effect)) in PLANTED_MOTIFS.iter().enumerate() {
+                if rng.below(2) == 0 {
+                    continue;
+                }
+                present[m] = true;
+                let start = len / 2 + m * slot + rng.below(slot - motif.len());
+                seq[start..start + motif.len()].copy_from_slice(motif.as_bytes());
+                for t in 0..3 {
+                    targets[t] += effect[t];
+                }
+            }
+            for t in &mut targets {
+                *t += 0.2 * crate::model::layers::normal(&mut rng) as f64;
+            }
+            Planted {
+                id: format!("p{i}"),
+                seq: String::from_utf8(seq).expect("ASCII"),
+                present,
+                targets,
+            }
+        })
+        .collect()
+}
+
+/// Writes planted data as a ready table (`id, sequence, leaf, root, seed`).
+pub fn planted_table(rows: &[Planted]) -> String {
+    let mut text = format!("id\tsequence\t{}\n", PLANTED_TARGETS.join("\t"));
+    for r in rows {
+        text.push_str(&format!(
+            "{}\t{}\t{:.4}\t{:.4}\t{:.4}\n",
+            r.id, r.seq, r.targets[0], r.targets[1], r.targets[2]
+        ));
+    }
+    text
+}
