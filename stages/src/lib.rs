@@ -22,6 +22,7 @@
 //! ```
 
 pub mod analysis;
+pub mod baselines;
 pub mod context;
 pub mod download;
 pub mod exec;
