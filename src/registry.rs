@@ -11,8 +11,8 @@ use serde_yaml::Value;
 
 use flora_stages::download;
 use flora_stages::genomics::promoters;
-use flora_stages::model::pretrain;
 use flora_stages::model::tokenizer as bpe;
+use flora_stages::model::{finetune, pretrain};
 use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
@@ -114,6 +114,13 @@ static KINDS: &[Kind] = &[
         summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
         check: |v| check::<pretrain::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, pretrain::run),
+    },
+    Kind {
+        name: "finetune",
+        version: 1,
+        summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
+        check: |v| check::<finetune::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, finetune::run),
     },
 ];
 

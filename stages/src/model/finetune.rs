@@ -464,4 +464,4 @@ fn mse_of(pred: &[Vec<f32>], rows: &[&Row]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -106,7 +106,7 @@ pub fn forward(w: &Weights, pooled: &Tensor, p: f32, mut rng: Option<&mut Rng>) 
         .matmul(&get("classifier.dense.weight")?.t()?)?
         .broadcast_add(&get("classifier.dense.bias")?)?
         .tanh()?;
-    let x = dropout(&x, p, rng.as_deref_mut())?;
+    let x = dropout(&x, p, rng)?;
     x.matmul(&get("classifier.out_proj.weight")?.t()?)?
         .broadcast_add(&get("classifier.out_proj.bias")?)
 }

@@ -19,8 +19,9 @@ use super::tokenizer::{self, PAD};
 pub struct Predictor {
     /// The encoder's config.
     pub cfg: Config,
-    /// The head's settings (targets, transform).
-    pub head: HeadConfig,
+    /// The head's settings (targets, transform); `None` for a pretrained model without one,
+    /// which can embed but not predict.
+    pub head: Option<HeadConfig>,
     /// Every parameter.
     pub weights: Weights,
     /// The model's tokenizer.
@@ -47,30 +48,31 @@ impl Predictor {
         let text = std::fs::read(&config).map_err(|e| format!("{}: {e}", config.display()))?;
         let value: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-        let Some(head_value) = value.get("flora_head") else {
-            return Err(format!(
-                "{}: no `flora_head`: this is a pretrained model without an expression head; fine-tune it first (kind: finetune)",
-                config.display()
-            ));
+        let head: Option<HeadConfig> = match value.get("flora_head") {
+            Some(v) => Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|e| format!("{}: flora_head: {e}", config.display()))?,
+            ),
+            None => None,
         };
-        let head: HeadConfig = serde_json::from_value(head_value.clone())
-            .map_err(|e| format!("{}: flora_head: {e}", config.display()))?;
         let (cfg, mut weights) = load_model(dir, &device)?;
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)
-            .map_err(|e| format!("{}: {e}", dir.join("model.safetensors").display()))?;
-        for (name, shape) in head::parameters(cfg.hidden_size, head.targets.len()) {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| format!("{}: the weights have no `{name}`", dir.display()))?;
-            if t.dims() != shape.as_slice() {
-                return Err(format!(
-                    "{}: `{name}` has shape {:?}, expected {shape:?}",
-                    dir.display(),
-                    t.dims()
-                ));
+        if let Some(head_cfg) = &head {
+            let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)
+                .map_err(|e| format!("{}: {e}", dir.join("model.safetensors").display()))?;
+            for (name, shape) in head::parameters(cfg.hidden_size, head_cfg.targets.len()) {
+                let t = tensors
+                    .get(name)
+                    .ok_or_else(|| format!("{}: the weights have no `{name}`", dir.display()))?;
+                if t.dims() != shape.as_slice() {
+                    return Err(format!(
+                        "{}: `{name}` has shape {:?}, expected {shape:?}",
+                        dir.display(),
+                        t.dims()
+                    ));
+                }
+                let var = candle_core::Var::from_tensor(t).map_err(|e| e.to_string())?;
+                weights.vars.insert(name.to_string(), var);
             }
-            let var = candle_core::Var::from_tensor(t).map_err(|e| e.to_string())?;
-            weights.vars.insert(name.to_string(), var);
         }
         let tokenizer = tokenizer::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
         Ok(Predictor {
@@ -101,10 +103,18 @@ impl Predictor {
         Ok(out)
     }
 
+    /// The head's settings, or an error saying the model has none.
+    pub fn head(&self) -> Result<&HeadConfig, String> {
+        self.head.as_ref().ok_or_else(|| {
+            "this is a pretrained model without an expression head: fine-tune it first (kind: finetune)".to_string()
+        })
+    }
+
     /// Predictions (one value per target) for each row, in batches.
     pub fn predict(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        self.head()?;
         self.batched(rows, |pooled| {
-            head::forward(&self.weights, pooled, self.head.dropout, None)
+            head::forward(&self.weights, pooled, 0.0, None)
         })
     }
 

@@ -106,7 +106,7 @@ fn learns_planted_motifs_on_held_out_rows() {
     let log = std::fs::read_to_string(out.join("train_log.tsv")).unwrap();
     assert!(log.lines().count() > 2);
     let model = Predictor::load(out, Device::Cpu).unwrap();
-    assert_eq!(model.head.targets, vec!["leaf", "root", "seed"]);
+    assert_eq!(model.head().unwrap().targets, vec!["leaf", "root", "seed"]);
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["num_labels"], 3);
