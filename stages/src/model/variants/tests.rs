@@ -61,8 +61,8 @@ fn scores_alleles_on_the_genes_strand_and_counts_what_it_skips() {
     let other = |pos: usize| if base(pos) == 'A' { 'C' } else { 'A' };
     let body = [
         // The motif's 4th base (T A T [A] A A T) in the + gene's promoter, and in the - gene's.
-        format!("chr1\t472\t.\tA\tG\t.\t.\t.\n"),
-        format!("chr1\t1529\t.\tT\tC\t.\t.\t.\n"),
+        "chr1\t472\t.\tA\tG\t.\t.\t.\n".to_string(),
+        "chr1\t1529\t.\tT\tC\t.\t.\t.\n".to_string(),
         // Multi-allelic, inside the + window.
         format!(
             "chr1\t400\t.\t{}\t{},{}\t.\t.\t.\n",
