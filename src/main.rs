@@ -28,6 +28,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Log(args) => cli::inspect::log(cli, args),
         Command::Stage(args) => cli::stage::stage(cli, args),
         Command::Cache(cmd) => cli::cache_cmd::cache(cli, cmd),
+        Command::Predict(args) => cli::model_cmd::predict(args),
+        Command::Embed(args) => cli::model_cmd::embed(args),
+        Command::Variants(args) => cli::model_cmd::variants(args),
+        Command::Mutagenesis(args) => cli::model_cmd::mutagenesis(args),
         Command::Job { spec } => jobspec::JobSpec::read(spec)?.run(),
     }
 }

@@ -8,6 +8,7 @@ mod demo;
 mod fanout;
 mod genomics;
 mod incremental;
+mod model;
 mod robustness;
 mod scheduler;
 mod validation;

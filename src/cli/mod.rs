@@ -21,6 +21,7 @@ macro_rules! outln {
 
 pub mod cache_cmd;
 pub mod inspect;
+pub mod model_cmd;
 pub mod run;
 pub mod stage;
 pub mod summary;
@@ -123,6 +124,23 @@ pub enum Command {
     /// Inspect and maintain the cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Predict expression per tissue for promoter sequences with a fine-tuned model.
+    #[command(after_help = "Example:
+  flora predict --model results/demo/finetune --fasta promoters.fa.gz -o predictions.tsv")]
+    Predict(model_cmd::PredictArgs),
+    /// Mean-pooled embeddings of promoter sequences (TSV, or .npy for large sets).
+    #[command(after_help = "Examples:
+  flora embed --model results/demo/pretrain --fasta promoters.fa.gz -o embeddings.npy
+  flora embed --model results/demo/finetune --fasta few.fa -o embeddings.tsv")]
+    Embed(model_cmd::EmbedArgs),
+    /// Predicted effect of every variant in a promoter window (alt minus ref, per tissue).
+    #[command(after_help = "Example:
+  flora variants --model results/demo/finetune --genome genome.fa.gz --gff genes.gff3 --vcf calls.vcf.gz -o effects.tsv")]
+    Variants(model_cmd::VariantsArgs),
+    /// In-silico saturation mutagenesis of one promoter: every base changed to each other base.
+    #[command(after_help = "Example:
+  flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv")]
+    Mutagenesis(model_cmd::MutagenesisArgs),
     /// Run one job from a spec file (used by executors).
     #[command(name = "__job", hide = true)]
     Job {

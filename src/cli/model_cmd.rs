@@ -1,0 +1,345 @@
+//! Using a model: `flora predict`, `flora embed`, `flora mutagenesis` and `flora variants`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use flora_stages::genomics::fasta::Genome;
+use flora_stages::genomics::promoters;
+use flora_stages::genomics::records::{self, FastaRecord};
+use flora_stages::model::predictor::Predictor;
+use flora_stages::model::{mutagenesis, variants};
+
+/// Where a model runs and how much it reads at once.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// The model folder (from `finetune`; `embed` also takes a pretrained one).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub batch_size: usize,
+    /// Run on this CUDA device (needs a flora built with `--features cuda`).
+    #[arg(long, value_name = "INDEX")]
+    pub gpu: Option<usize>,
+}
+
+/// `flora predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// Promoter sequences (FASTA, plain or gzip/bgzip).
+    #[arg(long, value_name = "FILE")]
+    pub fasta: PathBuf,
+    /// Output TSV (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `flora embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// Promoter sequences (FASTA, plain or gzip/bgzip).
+    #[arg(long, value_name = "FILE")]
+    pub fasta: PathBuf,
+    /// Output: `.tsv` (id, then one column per dimension) or `.npy` (float32 rows, with the ids
+    /// in `<name>.ids.txt` beside it).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+/// `flora mutagenesis`.
+#[derive(Debug, Args)]
+pub struct MutagenesisArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// A FASTA holding the promoter (its only record, or the one named by --id).
+    #[arg(long, value_name = "FILE")]
+    pub fasta: PathBuf,
+    /// Which record of the FASTA.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Output TSV (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `flora variants`.
+#[derive(Debug, Args)]
+pub struct VariantsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// The genome FASTA (plain, gzip or bgzip).
+    #[arg(long, value_name = "FILE")]
+    pub genome: PathBuf,
+    /// Its genes (GFF3).
+    #[arg(long, value_name = "FILE")]
+    pub gff: PathBuf,
+    /// Variant calls (VCF, bgzipped VCF or BCF).
+    #[arg(long, value_name = "FILE")]
+    pub vcf: PathBuf,
+    /// Promoter window: bases upstream of the TSS (use what the model was trained on).
+    #[arg(long, default_value_t = 1000)]
+    pub upstream: u64,
+    /// Bases downstream of the TSS.
+    #[arg(long, default_value_t = 0)]
+    pub downstream: u64,
+    /// Output TSV (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+fn load(args: &ModelArgs) -> anyhow::Result<Predictor> {
+    let device = match args.gpu {
+        None => Device::Cpu,
+        Some(i) => {
+            if !cfg!(feature = "cuda") {
+                bail!("--gpu {i}: this flora was built without CUDA (cargo build --release --features cuda)");
+            }
+            Device::new_cuda(i).with_context(|| format!("--gpu {i}"))?
+        }
+    };
+    let mut model = Predictor::load(&args.model, device).map_err(anyhow::Error::msg)?;
+    model.batch_size = args.batch_size.max(1);
+    Ok(model)
+}
+
+fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
+    let recs = records::read_all(path).map_err(anyhow::Error::msg)?;
+    if recs.is_empty() {
+        bail!("{}: holds no sequences", path.display());
+    }
+    if let Some(r) = recs.iter().find(|r| r.seq.is_empty()) {
+        bail!("{}: record {} has no sequence", path.display(), r.id);
+    }
+    Ok(recs)
+}
+
+/// A sink: the file, or stdout.
+fn sink(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    })
+}
+
+fn bar(total: usize, what: &str) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {what} ({{per_sec}}, {{eta}} left)"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs `f` over the sequences in blocks, with a progress bar; returns the rows in order.
+fn in_blocks(
+    model: &Predictor,
+    recs: &[FastaRecord],
+    f: impl Fn(&Predictor, &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let progress = bar(recs.len(), "sequences");
+    let mut out = Vec::with_capacity(recs.len());
+    let mut truncated = 0;
+    for block in recs.chunks(model.batch_size * 8) {
+        let seqs: Vec<&[u8]> = block.iter().map(|r| r.seq.as_slice()).collect();
+        let enc = model.encode(&seqs).map_err(anyhow::Error::msg)?;
+        truncated += enc.truncated;
+        out.extend(f(model, &enc.rows).map_err(anyhow::Error::msg)?);
+        progress.inc(block.len() as u64);
+    }
+    progress.finish_and_clear();
+    if truncated > 0 {
+        eprintln!(
+            "{truncated} of {} sequences were longer than the model reads ({} tokens) and lost their 5' end",
+            recs.len(),
+            model.max_len()
+        );
+    }
+    Ok(out)
+}
+
+fn row(out: &mut dyn Write, first: &str, values: &[f32]) -> std::io::Result<()> {
+    write!(out, "{first}")?;
+    for v in values {
+        write!(out, "\t{v:.5}")?;
+    }
+    writeln!(out)
+}
+
+/// `flora predict`.
+pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let model = load(&args.model)?;
+    let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
+    let recs = read_fasta(&args.fasta)?;
+    let preds = in_blocks(&model, &recs, |m, rows| m.predict(rows))?;
+    let mut out = sink(args.output.as_deref())?;
+    writeln!(out, "id\t{}", targets.join("\t"))?;
+    for (r, p) in recs.iter().zip(&preds) {
+        row(&mut out, &r.id, p)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `flora embed`.
+pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
+    let model = load(&args.model)?;
+    let recs = read_fasta(&args.fasta)?;
+    let emb = in_blocks(&model, &recs, |m, rows| m.embed(rows))?;
+    let npy = args.output.extension().is_some_and(|e| e == "npy");
+    if npy {
+        let dims = emb.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = emb.iter().flatten().copied().collect();
+        candle_core::Tensor::from_vec(flat, (recs.len(), dims), &Device::Cpu)?
+            .write_npy(&args.output)
+            .with_context(|| format!("{}", args.output.display()))?;
+        let ids = args.output.with_extension("ids.txt");
+        let text: String = recs.iter().map(|r| format!("{}\n", r.id)).collect();
+        std::fs::write(&ids, text).with_context(|| format!("{}", ids.display()))?;
+    } else {
+        let mut out = sink(Some(&args.output))?;
+        let dims = emb.first().map_or(0, Vec::len);
+        let header: Vec<String> = (0..dims).map(|d| format!("dim{d}")).collect();
+        writeln!(out, "id\t{}", header.join("\t"))?;
+        for (r, e) in recs.iter().zip(&emb) {
+            row(&mut out, &r.id, e)?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `flora mutagenesis`.
+pub fn mutagenesis(args: &MutagenesisArgs) -> anyhow::Result<()> {
+    let model = load(&args.model)?;
+    let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
+    let recs = read_fasta(&args.fasta)?;
+    let rec = match &args.id {
+        Some(id) => recs
+            .iter()
+            .find(|r| &r.id == id)
+            .with_context(|| format!("{}: no record {id}", args.fasta.display()))?,
+        None if recs.len() == 1 => &recs[0],
+        None => bail!(
+            "{}: holds {} sequences; name one with --id",
+            args.fasta.display(),
+            recs.len()
+        ),
+    };
+    let (base, muts) = mutagenesis::saturate(&model, &rec.seq).map_err(anyhow::Error::msg)?;
+    let mut out = sink(args.output.as_deref())?;
+    let deltas: Vec<String> = targets.iter().map(|t| format!("delta_{t}")).collect();
+    writeln!(
+        out,
+        "# {}: predicted {}",
+        rec.id,
+        fmt_values(&targets, &base)
+    )?;
+    writeln!(
+        out,
+        "position\tdistance_to_tss\tref\talt\t{}",
+        deltas.join("\t")
+    )?;
+    for m in &muts {
+        let first = format!(
+            "{}\t{}\t{}\t{}",
+            m.position, m.distance_to_tss, m.reference as char, m.alt as char
+        );
+        row(&mut out, &first, &m.delta)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn fmt_values(names: &[String], values: &[f32]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `flora variants`.
+pub fn variants(args: &VariantsArgs) -> anyhow::Result<()> {
+    let model = load(&args.model)?;
+    let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
+    let work = tempfile::tempdir()?;
+    let params = promoters::Params {
+        upstream: args.upstream,
+        downstream: args.downstream,
+        edge: promoters::Edge::Keep,
+        ..promoters::Params::default()
+    };
+    let (windows, summary) = promoters::extract(&params, &args.genome, &args.gff, work.path())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "variants: {} promoter windows of {} genes",
+        windows.len(),
+        summary.genes
+    );
+    let prepared =
+        Genome::prepare(&args.genome, work.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let genome = Genome::open(&prepared).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report =
+        variants::score(&model, &genome, &windows, &args.vcf).map_err(anyhow::Error::msg)?;
+    let mut out = sink(args.output.as_deref())?;
+    let deltas: Vec<String> = targets.iter().map(|t| format!("delta_{t}")).collect();
+    writeln!(
+        out,
+        "chrom\tpos\tref\talt\tgene_id\tstrand\tdistance_to_tss\t{}",
+        deltas.join("\t")
+    )?;
+    for e in &report.effects {
+        let first = format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            e.chrom,
+            e.pos,
+            e.reference,
+            e.alt,
+            e.gene_id,
+            e.strand.symbol(),
+            e.distance_to_tss
+        );
+        row(&mut out, &first, &e.delta)?;
+    }
+    out.flush()?;
+    let skipped: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    eprintln!(
+        "variants: {} alleles scored; {} outside every promoter window; skipped: {}",
+        report.effects.len(),
+        report.outside,
+        if skipped.is_empty() {
+            "none".into()
+        } else {
+            skipped.join(", ")
+        }
+    );
+    Ok(())
+}

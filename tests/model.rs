@@ -1,0 +1,463 @@
+//! Fine-tuning and using a model through the binary: `stage bpe`, `stage pretrain`,
+//! `stage finetune`, then `predict`, `embed`, `mutagenesis` and `variants`, on planted data and
+//! on real A. thaliana promoters.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flora_stages::testing::{planted, planted_table, PLANTED_MOTIFS};
+
+use crate::util::Project;
+
+/// bpe -> tiny pretrain -> finetune, through the contract commands; returns the project.
+fn finetuned() -> Project {
+    let p = Project::new();
+    let rows = planted(240, 150, 5);
+    let fasta: String = rows
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("corpus.fa", &fasta);
+    p.write("table.tsv", &planted_table(&rows));
+    p.ok(&[
+        "stage",
+        "bpe",
+        "--input",
+        "corpus=corpus.fa",
+        "--set",
+        "vocab_size=300",
+        "--out",
+        "tok",
+    ]);
+    p.ok(&[
+        "stage",
+        "pretrain",
+        "--input",
+        "corpus=corpus.fa",
+        "--input",
+        "tokenizer=tok",
+        "--set",
+        "layers=2",
+        "--set",
+        "hidden=32",
+        "--set",
+        "heads=2",
+        "--set",
+        "intermediate=64",
+        "--set",
+        "max_len=96",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=16",
+        "--out",
+        "pre",
+    ]);
+    p.ok(&[
+        "stage",
+        "finetune",
+        "--input",
+        "model=pre",
+        "--input",
+        "table=table.tsv",
+        "--set",
+        "epochs=3",
+        "--set",
+        "lr=0.005",
+        "--out",
+        "ft",
+    ]);
+    p
+}
+
+#[test]
+fn finetune_writes_the_contract_files() {
+    let p = finetuned();
+    let pred = p.read("ft/predictions.tsv");
+    assert!(
+        pred.starts_with("id\ttarget\tobserved\tpredicted\n"),
+        "{pred}"
+    );
+    // 240 rows, 30% test, three targets each.
+    assert_eq!(pred.lines().count(), 1 + 72 * 3);
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_log.tsv",
+        "summary.json",
+    ] {
+        assert!(p.path("ft").join(name).is_file(), "{name}");
+    }
+    let config: serde_json::Value = serde_json::from_str(&p.read("ft/config.json")).unwrap();
+    assert_eq!(config["flora_head"]["targets"][2], "seed");
+    assert_eq!(config["problem_type"], "regression");
+    let summary: serde_json::Value = serde_json::from_str(&p.read("ft/summary.json")).unwrap();
+    assert!(summary["test_all"]["r2"].is_number());
+}
+
+#[test]
+fn predict_embed_and_mutagenesis_on_planted_sequences() {
+    let p = finetuned();
+    let rows = planted(20, 150, 99);
+    let mut fasta: String = rows
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    // IUPAC codes and lower case are read, not refused: the tokenizer sees them as they are.
+    fasta.push_str(">iupac\nACGTRYKMNNNNacgt\n");
+    p.write("seqs.fa", &fasta);
+
+    p.ok(&[
+        "predict", "--model", "ft", "--fasta", "seqs.fa", "-o", "pred.tsv",
+    ]);
+    let pred = p.read("pred.tsv");
+    let mut lines = pred.lines();
+    assert_eq!(lines.next(), Some("id\tleaf\troot\tseed"));
+    assert_eq!(lines.clone().count(), 21);
+    assert!(lines.all(|l| l
+        .split('\t')
+        .skip(1)
+        .all(|v| v.parse::<f32>().unwrap().is_finite())));
+    // stdout when no -o, and the same numbers.
+    assert_eq!(
+        p.ok(&["predict", "--model", "ft", "--fasta", "seqs.fa"]),
+        pred
+    );
+    // A smaller batch gives the same predictions.
+    let small = p.ok(&[
+        "predict",
+        "--model",
+        "ft",
+        "--fasta",
+        "seqs.fa",
+        "--batch-size",
+        "3",
+    ]);
+    assert_eq!(small, pred);
+
+    p.ok(&[
+        "embed", "--model", "ft", "--fasta", "seqs.fa", "-o", "emb.tsv",
+    ]);
+    let emb = p.read("emb.tsv");
+    assert!(emb.starts_with("id\tdim0\t"));
+    assert_eq!(emb.lines().nth(1).unwrap().split('\t').count(), 1 + 32);
+    // The pretrained model (no head) embeds too; .npy with ids beside it.
+    p.ok(&[
+        "embed", "--model", "pre", "--fasta", "seqs.fa", "-o", "emb.npy",
+    ]);
+    let mut npy = Vec::new();
+    std::fs::File::open(p.path("emb.npy"))
+        .unwrap()
+        .read_to_end(&mut npy)
+        .unwrap();
+    assert_eq!(&npy[..6], b"\x93NUMPY");
+    let header = String::from_utf8_lossy(&npy[..128]).to_string();
+    assert!(header.contains("(21,32,)"), "{header}");
+    assert_eq!(p.read("emb.ids.txt").lines().count(), 21);
+
+    p.write("one.fa", &format!(">one\n{}\n", &rows[0].seq[..60]));
+    p.ok(&[
+        "mutagenesis",
+        "--model",
+        "ft",
+        "--fasta",
+        "one.fa",
+        "-o",
+        "map.tsv",
+    ]);
+    let map = p.read("map.tsv");
+    assert!(map.starts_with("# one: predicted leaf="), "{map}");
+    let mut lines = map.lines().skip(1);
+    assert_eq!(
+        lines.next(),
+        Some("position\tdistance_to_tss\tref\talt\tdelta_leaf\tdelta_root\tdelta_seed")
+    );
+    assert_eq!(lines.count(), 3 * 60);
+}
+
+#[test]
+fn model_commands_refuse_bad_input_clearly() {
+    let p = finetuned();
+    p.write("empty.fa", "");
+    let e = p.fails(&["predict", "--model", "ft", "--fasta", "empty.fa"], 2);
+    assert!(e.contains("empty.fa: holds no sequences"), "{e}");
+    p.write("two.fa", ">a\nACGT\n>b\nGGCC\n");
+    let e = p.fails(&["mutagenesis", "--model", "ft", "--fasta", "two.fa"], 2);
+    assert!(e.contains("holds 2 sequences; name one with --id"), "{e}");
+    p.ok(&[
+        "mutagenesis",
+        "--model",
+        "ft",
+        "--fasta",
+        "two.fa",
+        "--id",
+        "b",
+    ]);
+    let e = p.fails(&["predict", "--model", "pre", "--fasta", "two.fa"], 2);
+    assert!(e.contains("without an expression head"), "{e}");
+    let e = p.fails(&["predict", "--model", "nowhere", "--fasta", "two.fa"], 2);
+    assert!(e.contains("nowhere"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = p.fails(
+            &[
+                "predict", "--model", "ft", "--fasta", "two.fa", "--gpu", "0",
+            ],
+            2,
+        );
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+}
+
+/// A genome with one gene on each strand and the activating motif just upstream of both TSSs.
+fn small_genome(p: &Project) {
+    let motif = PLANTED_MOTIFS[0].0;
+    let rev: String = motif
+        .chars()
+        .rev()
+        .map(|c| match c {
+            'A' => 'T',
+            'T' => 'A',
+            'C' => 'G',
+            _ => 'C',
+        })
+        .collect();
+    let filler = |n: usize, seed: usize| -> String {
+        (0..n)
+            .map(|i| ['A', 'C', 'G', 'T'][(i * 7 + seed * 13 + i / 3) % 4])
+            .collect()
+    };
+    // 1..=460 filler, motif at 461..=467, filler to 1530, motif (reverse) at 1531..=1537, rest.
+    let seq = format!(
+        "{}{motif}{}{rev}{}",
+        filler(460, 1),
+        filler(1530 - 467, 2),
+        filler(2000 - 1537, 3)
+    );
+    let mut fa = String::from(">chr1\n");
+    for chunk in seq.as_bytes().chunks(60) {
+        fa.push_str(std::str::from_utf8(chunk).unwrap());
+        fa.push('\n');
+    }
+    p.write("genome.fa", &fa);
+    p.write(
+        "genes.gff3",
+        "##gff-version 3\nchr1\tt\tgene\t501\t900\t.\t+\t.\tID=gene:plus;biotype=protein_coding\nchr1\tt\tgene\t1201\t1500\t.\t-\t.\tID=gene:minus;biotype=protein_coding\n",
+    );
+}
+
+fn vcf(body: &str) -> String {
+    format!("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=2000>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n{body}")
+}
+
+#[test]
+fn variants_through_the_binary() {
+    let p = finetuned();
+    small_genome(&p);
+    // An SNV in each motif (4th base A -> G on the gene's strand), a multi-allelic one, a
+    // deletion over the + window's end, a REF mismatch.
+    p.write(
+        "calls.vcf",
+        &vcf("chr1\t464\t.\tA\tG\t.\t.\t.\nchr1\t1534\t.\tT\tC\t.\t.\t.\nchr1\t400\t.\tT\tA,C\t.\t.\t.\nchr1\t498\t.\tTAAAA\tT\t.\t.\t.\nchr1\t420\t.\tG\tC\t.\t.\t.\n"),
+    );
+    let genome = std::fs::read_to_string(p.path("genome.fa")).unwrap();
+    let bases: String = genome.lines().skip(1).collect();
+    // Make the fixture's REFs true to the genome where the test needs them to be.
+    let fixed = p.read("calls.vcf").replace(
+        "chr1\t400\t.\tT\t",
+        &format!("chr1\t400\t.\t{}\t", &bases[399..400]),
+    );
+    let deletion_ref = &bases[497..502];
+    let fixed = fixed.replace(
+        "chr1\t498\t.\tTAAAA\tT",
+        &format!("chr1\t498\t.\t{deletion_ref}\t{}", &bases[497..498]),
+    );
+    let wrong = if &bases[419..420] == "G" { "C" } else { "G" };
+    let fixed = fixed.replace("chr1\t420\t.\tG\tC", &format!("chr1\t420\t.\t{wrong}\tA"));
+    p.write("calls.vcf", &fixed);
+    let out = p.output(&[
+        "variants",
+        "--model",
+        "ft",
+        "--genome",
+        "genome.fa",
+        "--gff",
+        "genes.gff3",
+        "--vcf",
+        "calls.vcf",
+        "--upstream",
+        "150",
+        "-o",
+        "effects.tsv",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let effects = p.read("effects.tsv");
+    let mut lines = effects.lines();
+    assert_eq!(
+        lines.next(),
+        Some("chrom\tpos\tref\talt\tgene_id\tstrand\tdistance_to_tss\tdelta_leaf\tdelta_root\tdelta_seed")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 4, "{effects}");
+    assert_eq!(&rows[0][..7], ["chr1", "464", "A", "G", "plus", "+", "37"]);
+    assert_eq!(
+        &rows[1][..7],
+        ["chr1", "1534", "T", "C", "minus", "-", "34"]
+    );
+    assert!(stderr.contains("crosses the window edge: 1"), "{stderr}");
+    assert!(
+        stderr.contains("REF does not match the genome: 1"),
+        "{stderr}"
+    );
+
+    p.write("other.vcf", "##fileformat=VCFv4.2\n##contig=<ID=Chr9,length=100>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nChr9\t5\t.\tA\tC\t.\t.\t.\n");
+    let e = p.fails(
+        &[
+            "variants",
+            "--model",
+            "ft",
+            "--genome",
+            "genome.fa",
+            "--gff",
+            "genes.gff3",
+            "--vcf",
+            "other.vcf",
+            "--upstream",
+            "150",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("none of its contigs (Chr9) is in the genome (chr1)"),
+        "{e}"
+    );
+}
+
+fn gunzip(path: &Path) -> String {
+    let mut s = String::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+#[test]
+fn real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants() {
+    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
+        flora_stages::testing::skipped(
+            "real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants: FLORA_SHARED_DATA is not set",
+        );
+        return;
+    };
+    let ath = data.join("athaliana_chr1");
+    let genome = ath.join("AthaTAIR10_chr1_GCF_000001735.4_TAIR10.1_genomic.fna.gz");
+    let gff = ath.join("AthaTAIR10_chr1.gff.gz");
+    let p = finetuned();
+    p.ok(&[
+        "stage",
+        "promoters",
+        "--input",
+        &format!("fasta={}", genome.display()),
+        "--input",
+        &format!("gff={}", gff.display()),
+        "--set",
+        "upstream=1000",
+        "--out",
+        "ath",
+    ]);
+    // The first 200 promoters (1 kb, longer than the tiny model reads: their 5' ends are cut).
+    let fa = gunzip(&p.path("ath/promoters.fa.gz"));
+    let first: String = fa.lines().take(400).map(|l| format!("{l}\n")).collect();
+    p.write("ath200.fa", &first);
+    let out = p.output(&[
+        "predict",
+        "--model",
+        "ft",
+        "--fasta",
+        "ath200.fa",
+        "-o",
+        "ath.tsv",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("200 of 200 sequences were longer"));
+    let pred = p.read("ath.tsv");
+    assert_eq!(pred.lines().count(), 201);
+    assert!(pred.lines().nth(1).unwrap().starts_with("AT1G01010\t"));
+    p.ok(&[
+        "embed",
+        "--model",
+        "ft",
+        "--fasta",
+        "ath200.fa",
+        "-o",
+        "ath.npy",
+    ]);
+    let one: String = fa.lines().take(2).map(|l| format!("{l}\n")).collect();
+    p.write("one.fa", &one);
+    p.ok(&[
+        "mutagenesis",
+        "--model",
+        "ft",
+        "--fasta",
+        "one.fa",
+        "-o",
+        "map.tsv",
+    ]);
+    assert_eq!(p.read("map.tsv").lines().count(), 2 + 3 * 1000);
+
+    // SNVs 10 bases into the windows of the first five + strand promoters, REF from the window.
+    let table = p.read("ath/promoters.tsv");
+    let seqs: std::collections::HashMap<&str, &str> = fa
+        .lines()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|c| (c[0][1..].split(' ').next().unwrap(), c[1]))
+        .collect();
+    let mut body = String::new();
+    let mut n = 0;
+    for line in table.lines().skip(1) {
+        let c: Vec<&str> = line.split('\t').collect();
+        if c[3] != "+" || n == 5 {
+            continue;
+        }
+        let start: u64 = c[5].parse().unwrap();
+        let reference = &seqs[c[0]][10..11];
+        let alt = if reference == "A" { "C" } else { "A" };
+        body.push_str(&format!(
+            "{}\t{}\t.\t{reference}\t{alt}\t.\t.\t.\n",
+            c[2],
+            start + 10
+        ));
+        n += 1;
+    }
+    p.write(
+        "ath.vcf",
+        &format!("##fileformat=VCFv4.2\n##contig=<ID=NC_003070.9,length=30427671>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n{body}"),
+    );
+    let out = p.output(&[
+        "variants",
+        "--model",
+        "ft",
+        "--genome",
+        &genome.display().to_string(),
+        "--gff",
+        &gff.display().to_string(),
+        "--vcf",
+        "ath.vcf",
+        "-o",
+        "ath_effects.tsv",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effects = p.read("ath_effects.tsv");
+    let at_990 = effects
+        .lines()
+        .skip(1)
+        .filter(|l| l.split('\t').nth(6) == Some("990"))
+        .count();
+    assert_eq!(at_990, 5, "{effects}");
+}
