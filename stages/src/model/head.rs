@@ -96,9 +96,7 @@ pub fn mean_pool(hidden: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor> {
 /// The head on pooled states (batch, h): (batch, targets). `rng` turns dropout on.
 pub fn forward(w: &Weights, pooled: &Tensor, p: f32, mut rng: Option<&mut Rng>) -> Result<Tensor> {
     let get = |name: &str| {
-        w.vars
-            .get(name)
-            .map(|v| v.as_tensor().clone())
+        w.tensor(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("the model has no `{name}`")))
     };
     let x = dropout(pooled, p, rng.as_deref_mut())?;

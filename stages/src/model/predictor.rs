@@ -74,6 +74,7 @@ impl Predictor {
                 weights.vars.insert(name.to_string(), var);
             }
         }
+        weights.frozen = true;
         let tokenizer = tokenizer::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
         Ok(Predictor {
             cfg,

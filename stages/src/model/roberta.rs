@@ -171,6 +171,9 @@ impl Config {
 pub struct Params {
     /// Trainable variables.
     pub vars: HashMap<String, Var>,
+    /// Inference only: computations on these weights record no graph for backpropagation, so a
+    /// forward pass keeps no activations alive (the equivalent of PyTorch's `no_grad`).
+    pub frozen: bool,
 }
 
 impl Params {
@@ -207,7 +210,10 @@ impl Params {
             };
             vars.insert(name, Var::from_tensor(&t)?);
         }
-        Ok(Params { vars })
+        Ok(Params {
+            vars,
+            frozen: false,
+        })
     }
 
     /// Parameters from tensors (a loaded safetensors file), checking names and shapes.
@@ -229,14 +235,21 @@ impl Params {
             let t = t.to_dtype(DType::F32).map_err(|e| e.to_string())?;
             vars.insert(name, Var::from_tensor(&t).map_err(|e| e.to_string())?);
         }
-        Ok(Params { vars })
+        Ok(Params {
+            vars,
+            frozen: false,
+        })
     }
 
-    fn get(&self, name: &str) -> &Tensor {
-        self.vars
-            .get(name)
+    fn get(&self, name: &str) -> Tensor {
+        self.tensor(name)
             .unwrap_or_else(|| panic!("parameter {name} exists by construction"))
-            .as_tensor()
+    }
+
+    /// The parameter `name`, detached from backpropagation when the weights are frozen.
+    pub fn tensor(&self, name: &str) -> Option<Tensor> {
+        let t = self.vars.get(name)?.as_tensor();
+        Some(if self.frozen { t.detach() } else { t.clone() })
     }
 
     /// The tensors, by name, for saving.
@@ -254,15 +267,15 @@ fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
     let (bsz, len, inp) = x.dims3()?;
     x.reshape((bsz * len, inp))?
         .matmul(&w.t()?)?
-        .broadcast_add(b)?
+        .broadcast_add(&b)?
         .reshape((bsz, len, w.dim(0)?))
 }
 
 fn ln(p: &Params, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
     layer_norm(
         x,
-        p.get(&format!("{prefix}.weight")),
-        p.get(&format!("{prefix}.bias")),
+        &p.get(&format!("{prefix}.weight")),
+        &p.get(&format!("{prefix}.bias")),
         eps,
     )
 }
@@ -385,7 +398,7 @@ pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
     let emb = p.get("roberta.embeddings.word_embeddings.weight");
     h.reshape((bsz * len, hs))?
         .matmul(&emb.t()?)?
-        .broadcast_add(p.get("lm_head.bias"))?
+        .broadcast_add(&p.get("lm_head.bias"))?
         .reshape((bsz, len, cfg.vocab_size))
 }
 
