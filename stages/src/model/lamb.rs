@@ -107,6 +107,7 @@ mod tests {
         let w = Var::from_tensor(&Tensor::new(&[3f32, 4.0], &dev).unwrap()).unwrap();
         let params = Params {
             vars: HashMap::from([("x.weight".to_string(), w.clone())]),
+            frozen: false,
         };
         let grads = HashMap::from([(
             "x.weight".to_string(),
