@@ -139,7 +139,7 @@ pub enum Command {
     Variants(model_cmd::VariantsArgs),
     /// In-silico saturation mutagenesis of one promoter: every base changed to each other base.
     #[command(after_help = "Example:
-  flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv")]
+  flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv --figure map.svg --target leaf")]
     Mutagenesis(model_cmd::MutagenesisArgs),
     /// Run one job from a spec file (used by executors).
     #[command(name = "__job", hide = true)]

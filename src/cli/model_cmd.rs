@@ -72,6 +72,12 @@ pub struct MutagenesisArgs {
     /// Output TSV (default: stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also draw the map as an SVG heat map (distance to the TSS by new base).
+    #[arg(long, value_name = "FILE.svg")]
+    pub figure: Option<PathBuf>,
+    /// The tissue the figure shows (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
 }
 
 /// `flora variants`.
@@ -248,7 +254,26 @@ pub fn mutagenesis(args: &MutagenesisArgs) -> anyhow::Result<()> {
             recs.len()
         ),
     };
+    let shown = match &args.target {
+        Some(t) => targets.iter().position(|x| x == t).with_context(|| {
+            format!(
+                "--target {t}: the model's targets are {}",
+                targets.join(", ")
+            )
+        })?,
+        None => 0,
+    };
     let (base, muts) = mutagenesis::saturate(&model, &rec.seq).map_err(anyhow::Error::msg)?;
+    if let Some(path) = &args.figure {
+        let cells: Vec<(usize, u8, f32)> = muts
+            .iter()
+            .map(|m| (m.distance_to_tss, m.alt, m.delta[shown]))
+            .collect();
+        let title = format!("{}: change in predicted {}", rec.id, targets[shown]);
+        let svg = flora_stages::analysis::figures::mutagenesis_heatmap(&cells, &title)
+            .map_err(anyhow::Error::msg)?;
+        std::fs::write(path, svg).with_context(|| format!("{}", path.display()))?;
+    }
     let mut out = sink(args.output.as_deref())?;
     let deltas: Vec<String> = targets.iter().map(|t| format!("delta_{t}")).collect();
     writeln!(

@@ -1,3 +1,4 @@
-//! Judging models: metrics of agreement between observed and predicted values.
+//! Judging models: metrics of agreement between observed and predicted values, and figures.
 
+pub mod figures;
 pub mod metrics;
