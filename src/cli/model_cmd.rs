@@ -200,10 +200,20 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let recs = read_fasta(&args.fasta)?;
     let preds = in_blocks(&model, &recs, |m, rows| m.predict(rows))?;
-    let mut out = sink(args.output.as_deref())?;
-    writeln!(out, "id\t{}", targets.join("\t"))?;
-    for (r, p) in recs.iter().zip(&preds) {
-        row(&mut out, &r.id, p)?;
+    per_sequence(args.output.as_deref(), &targets, &recs, &preds)
+}
+
+/// Writes `id` and `columns` as a header, then each record's id and values.
+fn per_sequence(
+    path: Option<&Path>,
+    columns: &[String],
+    recs: &[FastaRecord],
+    values: &[Vec<f32>],
+) -> anyhow::Result<()> {
+    let mut out = sink(path)?;
+    writeln!(out, "id\t{}", columns.join("\t"))?;
+    for (r, v) in recs.iter().zip(values) {
+        row(&mut out, &r.id, v)?;
     }
     out.flush()?;
     Ok(())
@@ -225,14 +235,9 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
         let text: String = recs.iter().map(|r| format!("{}\n", r.id)).collect();
         std::fs::write(&ids, text).with_context(|| format!("{}", ids.display()))?;
     } else {
-        let mut out = sink(Some(&args.output))?;
         let dims = emb.first().map_or(0, Vec::len);
         let header: Vec<String> = (0..dims).map(|d| format!("dim{d}")).collect();
-        writeln!(out, "id\t{}", header.join("\t"))?;
-        for (r, e) in recs.iter().zip(&emb) {
-            row(&mut out, &r.id, e)?;
-        }
-        out.flush()?;
+        per_sequence(Some(&args.output), &header, &recs, &emb)?;
     }
     Ok(())
 }

@@ -279,3 +279,64 @@ fn beats_a_bag_of_5mers_ridge_regression_on_the_same_split() {
     );
     eprintln!("planted motifs: model test R2 {model:.3}, bag-of-5-mers ridge {baseline:.3}");
 }
+
+#[test]
+fn from_promoters_expression_and_split_with_the_log_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(60, 150, 6);
+    let model = tiny_model(dir.path(), &rows);
+    let fasta: String = rows
+        .iter()
+        .map(|r| format!(">{} sp\n{}\n", r.id, r.seq))
+        .collect();
+    std::fs::write(dir.path().join("promoters.fa"), fasta).unwrap();
+    // TPM (positive) for all but the last gene; the split names all but the first.
+    let mut expr = String::from("gene_id\tleaf\troot\tseed\n");
+    for r in &rows[..59] {
+        let tpm: Vec<String> = r.targets.iter().map(|t| format!("{}", t.exp())).collect();
+        expr.push_str(&format!("{}\t{}\n", r.id, tpm.join("\t")));
+    }
+    std::fs::write(dir.path().join("expression.tsv"), expr).unwrap();
+    let mut split = String::from("gene_id\tgroup\tsplit\n");
+    for (i, r) in rows.iter().enumerate().skip(1) {
+        let s = ["train", "train", "validation", "test"][i % 4];
+        split.push_str(&format!("{}\tg{i}\t{s}\n", r.id));
+    }
+    std::fs::write(dir.path().join("split.tsv"), split).unwrap();
+    let mut ctx = Context::new(
+        dir.path().join("out"),
+        dir.path().join("work"),
+        dir.path().into(),
+    );
+    std::fs::create_dir_all(&ctx.out).unwrap();
+    for (name, file) in [
+        ("model", model),
+        ("promoters", dir.path().join("promoters.fa")),
+        ("expression", dir.path().join("expression.tsv")),
+        ("split", dir.path().join("split.tsv")),
+    ] {
+        ctx.inputs.insert(name.into(), file);
+    }
+    let s = run(
+        &Params {
+            epochs: 1,
+            ..quick()
+        },
+        &ctx,
+    )
+    .unwrap();
+    assert_eq!(s.transform, Some(Transform::Log));
+    assert_eq!(s.dropped["no expression values"], 1);
+    assert_eq!(s.dropped["not in the split"], 1);
+    assert_eq!(s.rows.values().sum::<usize>(), 58);
+    // Observed values are ln(TPM + 0.001), close to the planted targets.
+    let pred = std::fs::read_to_string(ctx.out.join("predictions.tsv")).unwrap();
+    let first: Vec<&str> = pred.lines().nth(1).unwrap().split('\t').collect();
+    let row = rows.iter().find(|r| r.id == first[0]).unwrap();
+    let k = ["leaf", "root", "seed"]
+        .iter()
+        .position(|t| *t == first[1])
+        .unwrap();
+    let observed: f64 = first[2].parse().unwrap();
+    assert!((observed - (row.targets[k].exp() + 0.001).ln()).abs() < 1e-4);
+}
