@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml::Value;
 
+use flora_stages::baselines::stage as baselines;
 use flora_stages::download;
 use flora_stages::genomics::promoters;
 use flora_stages::model::tokenizer as bpe;
@@ -121,6 +122,13 @@ static KINDS: &[Kind] = &[
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         check: |v| check::<finetune::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, finetune::run),
+    },
+    Kind {
+        name: "baselines",
+        version: 1,
+        summary: "each tissue's training mean and a bag-of-k-mers linear (ridge) regression, scored on the test rows (inputs as finetune, without a model)",
+        check: |v| check::<baselines::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, baselines::run),
     },
 ];
 

@@ -461,3 +461,49 @@ fn real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants() {
         .count();
     assert_eq!(at_990, 5, "{effects}");
 }
+
+#[test]
+fn baselines_score_the_same_rows_as_finetune() {
+    let p = finetuned();
+    p.ok(&[
+        "stage",
+        "baselines",
+        "--input",
+        "table=table.tsv",
+        "--set",
+        "k=[2, 3]",
+        "--out",
+        "bl",
+    ]);
+    let ft_ids = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip(1)
+            .map(|l| l.split('\t').take(2).collect::<Vec<_>>().join("\t"))
+            .collect()
+    };
+    let ft = ft_ids(&p.read("ft/predictions.tsv"));
+    for model in ["mean", "kmers"] {
+        let rows = ft_ids(&p.read(&format!("bl/{model}/predictions.tsv")));
+        assert_eq!(
+            rows, ft,
+            "{model} scores the test rows finetune scored, in order"
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(&p.read("bl/summary.json")).unwrap();
+    assert_eq!(summary["features"], 16 + 64);
+    assert!(summary["test_all"]["kmers"]["r2"].is_number());
+    let e = p.fails(
+        &[
+            "stage",
+            "baselines",
+            "--input",
+            "table=table.tsv",
+            "--set",
+            "k=[7]",
+            "--out",
+            "bad",
+        ],
+        1,
+    );
+    assert!(e.contains("each k must be 1 to 6"), "{e}");
+}

@@ -2,3 +2,4 @@
 
 pub mod figures;
 pub mod metrics;
+pub mod predictions;

@@ -4,8 +4,58 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
+use super::head::Transform;
 use crate::rng::Rng;
 use crate::splits::tsv;
+use crate::Context;
+
+/// How targets are transformed; `auto` picks `log` for expression tables, `none` for a ready table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformParam {
+    /// `log` for expression tables, `none` for ready tables.
+    Auto,
+    /// ln(value + offset).
+    Log,
+    /// As they are.
+    None,
+}
+
+impl TransformParam {
+    /// The transform for examples that did, or did not, come from a ready table.
+    pub fn resolve(self, from_table: bool) -> Transform {
+        match self {
+            TransformParam::Log => Transform::Log,
+            TransformParam::None => Transform::None,
+            TransformParam::Auto if from_table => Transform::None,
+            TransformParam::Auto => Transform::Log,
+        }
+    }
+}
+
+/// Reads the examples named by a stage's inputs: `table`, or `promoters` + `expression`
+/// (+ `split`).
+pub fn from_context(ctx: &Context, seed: u64) -> Result<Examples, String> {
+    match (
+        ctx.inputs.get("table"),
+        ctx.inputs.get("promoters"),
+        ctx.inputs.get("expression"),
+    ) {
+        (Some(table), None, None) => {
+            let path = tsv::locate(table, "table.tsv")?;
+            from_table(&path, seed)
+        }
+        (None, Some(promoters), Some(expression)) => from_parts(
+            promoters,
+            expression,
+            ctx.inputs.get("split").map(|p| p.as_path()),
+            seed,
+        ),
+        _ => Err("needs either an input `table` (id, sequence, targets) or `promoters` + `expression` (+ `split`)".into()),
+    }
+}
 
 /// Which part of the data a row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +110,23 @@ impl Examples {
     /// The rows of one split.
     pub fn of(&self, split: Split) -> Vec<&Example> {
         self.rows.iter().filter(|r| r.split == split).collect()
+    }
+
+    /// Checks that every value has a logarithm under `t` (values <= -offset have none).
+    pub fn check_transform(&self, t: Transform, offset: f64) -> Result<(), String> {
+        if t == Transform::Log {
+            if let Some(bad) = self
+                .rows
+                .iter()
+                .find(|r| r.targets.iter().any(|&v| v + offset <= 0.0))
+            {
+                return Err(format!(
+                    "row {} has a value <= -offset, which has no logarithm; use transform: none for values that are already on a log scale",
+                    bad.id
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -21,28 +21,19 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::examples::{self, Example, Examples, Split};
+use super::examples::{self, Example, Split};
 use super::head::{self, HeadConfig, Transform};
 use super::lamb::{global_norm, Lamb};
 use super::predictor::{self, trim_padding};
 use super::pretrain::load_model;
 use super::roberta::{self, Config, Params as Weights};
 use super::tokenizer;
-use crate::analysis::metrics::{self, Metrics};
+use crate::analysis::metrics::Metrics;
+use crate::analysis::predictions;
 use crate::rng::Rng;
 use crate::Context;
 
-/// How targets are transformed; `auto` picks `log` for expression tables, `none` for a ready table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TransformParam {
-    /// `log` for expression tables, `none` for ready tables.
-    Auto,
-    /// ln(value + offset).
-    Log,
-    /// As they are.
-    None,
-}
+pub use super::examples::TransformParam;
 
 /// Params of the `finetune` stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,34 +119,6 @@ struct Row<'a> {
     y: Vec<f32>,
 }
 
-fn transform(v: f64, t: Transform, offset: f64) -> f32 {
-    match t {
-        Transform::Log => (v + offset).ln() as f32,
-        Transform::None => v as f32,
-    }
-}
-
-/// Reads the examples named by the context's inputs.
-pub fn load_examples(ctx: &Context, seed: u64) -> Result<Examples, String> {
-    match (
-        ctx.inputs.get("table"),
-        ctx.inputs.get("promoters"),
-        ctx.inputs.get("expression"),
-    ) {
-        (Some(table), None, None) => {
-            let path = crate::splits::tsv::locate(table, "table.tsv")?;
-            examples::from_table(&path, seed)
-        }
-        (None, Some(promoters), Some(expression)) => examples::from_parts(
-            promoters,
-            expression,
-            ctx.inputs.get("split").map(|p| p.as_path()),
-            seed,
-        ),
-        _ => Err("needs inputs `model` and either `table` (id, sequence, targets) or `promoters` + `expression` (+ `split`)".into()),
-    }
-}
-
 /// Trains, writes the artifact, and returns the summary.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let fail = |e: String| format!("finetune: {e}");
@@ -173,25 +136,9 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         .inputs
         .get("model")
         .ok_or_else(|| fail("needs an input `model` (a pretrained model folder)".into()))?;
-    let data = load_examples(ctx, p.seed).map_err(fail)?;
-    let t = match p.transform {
-        TransformParam::Log => Transform::Log,
-        TransformParam::None => Transform::None,
-        TransformParam::Auto if data.from_table => Transform::None,
-        TransformParam::Auto => Transform::Log,
-    };
-    if t == Transform::Log {
-        if let Some(bad) = data
-            .rows
-            .iter()
-            .find(|r| r.targets.iter().any(|&v| v + p.offset <= 0.0))
-        {
-            return Err(fail(format!(
-                "row {} has a value <= -offset, which has no logarithm; use transform: none for values that are already on a log scale",
-                bad.id
-            )));
-        }
-    }
+    let data = examples::from_context(ctx, p.seed).map_err(fail)?;
+    let t = p.transform.resolve(data.from_table);
+    data.check_transform(t, p.offset).map_err(fail)?;
     let (cfg, mut w) = load_model(model_dir, &dev).map_err(|e| fail(format!("model: {e}")))?;
     let tok =
         tokenizer::load(&model_dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?;
@@ -212,7 +159,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         let y = ex
             .targets
             .iter()
-            .map(|&v| transform(v, t, p.offset))
+            .map(|&v| t.apply(v, p.offset) as f32)
             .collect();
         framed.entry(ex.split).or_default().push(Row {
             example: ex,
@@ -249,6 +196,13 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         .unwrap_or(u64::MAX)
         .min(steps_per_epoch * p.epochs as u64);
     let warmup = (total as f64 * p.warmup).round() as u64;
+    let lr_at = |step: u64| {
+        if warmup > 0 && step <= warmup {
+            p.lr * step as f64 / warmup as f64
+        } else {
+            p.lr
+        }
+    };
     let mut opt = Lamb::new(p.weight_decay);
     let mut step = 0u64;
     let mut log = vec!["epoch\tstep\ttrain_loss\tval_loss\tlr".to_string()];
@@ -274,12 +228,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             loss_sum += loss * rows.len() as f64;
             n += rows.len();
             step += 1;
-            let lr = if warmup > 0 && step <= warmup {
-                p.lr * step as f64 / warmup as f64
-            } else {
-                p.lr
-            };
-            opt.update(&w, &grads, lr)
+            opt.update(&w, &grads, lr_at(step))
                 .map_err(|e| fail(e.to_string()))?;
         }
         let train_loss = loss_sum / n.max(1) as f64;
@@ -292,11 +241,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         };
         log.push(format!(
             "{epoch}\t{step}\t{train_loss:.6}\t{val_loss:.6}\t{:.3e}",
-            if warmup > 0 && step <= warmup {
-                p.lr * step as f64 / warmup as f64
-            } else {
-                p.lr
-            }
+            lr_at(step)
         ));
         eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4}");
         if val_loss.is_finite() {
@@ -347,31 +292,19 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
     let refs: Vec<&Row> = test.iter().collect();
     let pred = predict_rows(&w, &cfg, &refs, p).map_err(|e| fail(e.to_string()))?;
-    let mut text = String::from("id\ttarget\tobserved\tpredicted\n");
-    let mut all_obs = Vec::new();
-    let mut all_pred = Vec::new();
-    for (k, name) in data.targets.iter().enumerate() {
-        let obs: Vec<f64> = refs.iter().map(|r| r.y[k] as f64).collect();
-        let prd: Vec<f64> = pred.iter().map(|r| r[k] as f64).collect();
-        if !refs.is_empty() {
-            summary
-                .test
-                .insert(name.clone(), metrics::compare(&obs, &prd));
-        }
-        all_obs.extend(&obs);
-        all_pred.extend(&prd);
-    }
-    for (r, pr) in refs.iter().zip(&pred) {
-        for (k, name) in data.targets.iter().enumerate() {
-            text.push_str(&format!(
-                "{}\t{name}\t{}\t{}\n",
-                r.example.id, r.y[k], pr[k]
-            ));
-        }
-    }
-    if !refs.is_empty() {
-        summary.test_all = Some(metrics::compare(&all_obs, &all_pred));
-    }
+    let ids: Vec<&str> = refs.iter().map(|r| r.example.id.as_str()).collect();
+    let observed: Vec<Vec<f64>> = refs
+        .iter()
+        .map(|r| r.y.iter().map(|&v| v as f64).collect())
+        .collect();
+    let predicted: Vec<Vec<f64>> = pred
+        .iter()
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect();
+    let scored = predictions::score(&ids, &data.targets, &observed, &predicted);
+    summary.test = scored.per_target;
+    summary.test_all = scored.all;
+    let text = scored.text;
     write(ctx, "predictions.tsv", &text)?;
     write(ctx, "train_log.tsv", &(log.join("\n") + "\n"))?;
     write(

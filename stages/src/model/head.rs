@@ -23,6 +23,16 @@ pub enum Transform {
     None,
 }
 
+impl Transform {
+    /// `v` on this scale.
+    pub fn apply(self, v: f64, offset: f64) -> f64 {
+        match self {
+            Transform::Log => (v + offset).ln(),
+            Transform::None => v,
+        }
+    }
+}
+
 /// The head's settings, saved with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {

@@ -1,0 +1,71 @@
+//! Test-split predictions in the one format every model writes (`id, target, observed,
+//! predicted`, a row per sequence and target), with their metrics.
+
+use std::collections::BTreeMap;
+
+use super::metrics::{self, Metrics};
+
+/// A predictions table and how well it scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The TSV text, header included.
+    pub text: String,
+    /// Over every target and row together; `None` without rows.
+    pub all: Option<Metrics>,
+    /// Per target.
+    pub per_target: BTreeMap<String, Metrics>,
+}
+
+/// Scores `predicted` against `observed` (a row per id, a column per target) and writes the table.
+pub fn score(
+    ids: &[&str],
+    targets: &[String],
+    observed: &[Vec<f64>],
+    predicted: &[Vec<f64>],
+) -> Scored {
+    let mut text = String::from("id\ttarget\tobserved\tpredicted\n");
+    for ((id, obs), pred) in ids.iter().zip(observed).zip(predicted) {
+        for (k, name) in targets.iter().enumerate() {
+            text.push_str(&format!("{id}\t{name}\t{}\t{}\n", obs[k], pred[k]));
+        }
+    }
+    let mut per_target = BTreeMap::new();
+    let (mut all_obs, mut all_pred) = (Vec::new(), Vec::new());
+    for (k, name) in targets.iter().enumerate() {
+        let o: Vec<f64> = observed.iter().map(|r| r[k]).collect();
+        let p: Vec<f64> = predicted.iter().map(|r| r[k]).collect();
+        if !o.is_empty() {
+            per_target.insert(name.clone(), metrics::compare(&o, &p));
+        }
+        all_obs.extend(o);
+        all_pred.extend(p);
+    }
+    let all = (!all_obs.is_empty()).then(|| metrics::compare(&all_obs, &all_pred));
+    Scored {
+        text,
+        all,
+        per_target,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_row_per_id_and_target() {
+        let targets = vec!["leaf".to_string(), "root".to_string()];
+        let s = score(
+            &["a", "b"],
+            &targets,
+            &[vec![1.0, 2.0], vec![3.0, 4.0]],
+            &[vec![1.5, 2.0], vec![3.0, 3.0]],
+        );
+        assert_eq!(
+            s.text,
+            "id\ttarget\tobserved\tpredicted\na\tleaf\t1\t1.5\na\troot\t2\t2\nb\tleaf\t3\t3\nb\troot\t4\t3\n"
+        );
+        assert_eq!(s.all.unwrap().n, 4);
+        assert!((s.per_target["root"].mse - 0.5).abs() < 1e-12);
+    }
+}
