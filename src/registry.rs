@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml::Value;
 
+use flora_stages::analysis::table as analysis;
 use flora_stages::baselines::stage as baselines;
 use flora_stages::download;
 use flora_stages::genomics::promoters;
@@ -129,6 +130,13 @@ static KINDS: &[Kind] = &[
         summary: "each tissue's training mean and a bag-of-k-mers linear (ridge) regression, scored on the test rows (inputs as finetune, without a model)",
         check: |v| check::<baselines::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, baselines::run),
+    },
+    Kind {
+        name: "analysis",
+        version: 1,
+        summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
+        check: |v| check::<analysis::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, analysis::run),
     },
 ];
 

@@ -491,6 +491,24 @@ fn baselines_score_the_same_rows_as_finetune() {
     }
     let summary: serde_json::Value = serde_json::from_str(&p.read("bl/summary.json")).unwrap();
     assert_eq!(summary["features"], 16 + 64);
+    // Table 1 over the three models.
+    p.ok(&[
+        "stage",
+        "analysis",
+        "--input",
+        "finetune=ft",
+        "--input",
+        "baselines=bl",
+        "--out",
+        "an",
+    ]);
+    let md = p.read("an/table1.md");
+    for row in ["| finetune |", "| baselines/mean |", "| baselines/kmers |"] {
+        assert_eq!(md.matches(row).count(), 2, "{row} in both tables:\n{md}");
+    }
+    assert!(p
+        .read("an/table1.tsv")
+        .starts_with("model\tmetric\tAll\tleaf\troot\tseed\n"));
     assert!(summary["test_all"]["kmers"]["r2"].is_number());
     let e = p.fails(
         &[

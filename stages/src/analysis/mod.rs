@@ -3,3 +3,4 @@
 pub mod figures;
 pub mod metrics;
 pub mod predictions;
+pub mod table;
