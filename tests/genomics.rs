@@ -412,16 +412,7 @@ fn stage_bpe_trains_a_tokenizer_json() {
 fn stage_pretrain_writes_a_huggingface_model_folder_and_continues_from_init() {
     let p = Project::new();
     p.write("corpus.fa", &random_promoters(11, 64, 150, "TATAAACACGTG"));
-    p.ok(&[
-        "stage",
-        "bpe",
-        "--input",
-        "corpus=corpus.fa",
-        "--set",
-        "vocab_size=300",
-        "--out",
-        "tok",
-    ]);
+    p.bpe(300, "tok");
     let args = [
         "stage",
         "pretrain",

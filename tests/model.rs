@@ -19,16 +19,7 @@ fn finetuned() -> Project {
         .collect();
     p.write("corpus.fa", &fasta);
     p.write("table.tsv", &planted_table(&rows));
-    p.ok(&[
-        "stage",
-        "bpe",
-        "--input",
-        "corpus=corpus.fa",
-        "--set",
-        "vocab_size=300",
-        "--out",
-        "tok",
-    ]);
+    p.bpe(300, "tok");
     p.ok(&[
         "stage",
         "pretrain",

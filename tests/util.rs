@@ -65,6 +65,21 @@ impl Project {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `flora stage bpe` on `corpus.fa` with `vocab_size` tokens, into `out`; expects success.
+    pub fn bpe(&self, vocab_size: usize, out: &str) -> String {
+        let vocab = format!("vocab_size={vocab_size}");
+        self.ok(&[
+            "stage",
+            "bpe",
+            "--input",
+            "corpus=corpus.fa",
+            "--set",
+            &vocab,
+            "--out",
+            out,
+        ])
+    }
+
     /// Runs flora, expects exit status `code`, returns stdout + stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.output(args);

@@ -377,9 +377,8 @@ fn predict_rows(
 ) -> candle_core::Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(p.batch_size.max(1) * 2) {
-        let ids = trim_padding(&chunk.iter().map(|r| r.ids.clone()).collect::<Vec<_>>());
-        let hidden = roberta::encode(w, cfg, &ids, None, &Device::Cpu)?;
-        let pooled = head::mean_pool(&hidden, &ids)?;
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.ids.clone()).collect();
+        let pooled = predictor::pooled(w, cfg, &ids, &Device::Cpu)?;
         out.extend(head::forward(w, &pooled, 0.0, None)?.to_vec2::<f32>()?);
     }
     Ok(out)

@@ -11,7 +11,6 @@ use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use super::head::{self, HeadConfig};
-use super::pretrain::load_model;
 use super::roberta::{self, Config, Params as Weights};
 use super::tokenizer::{self, PAD};
 
@@ -42,12 +41,15 @@ pub struct Encoded {
 }
 
 impl Predictor {
-    /// Loads a fine-tuned model folder.
+    /// Loads a model folder: fine-tuned (with `flora_head`), or pretrained (embeddings only).
+    /// `config.json` and `model.safetensors` are each read once.
     pub fn load(dir: &Path, device: Device) -> Result<Predictor, String> {
         let config = dir.join("config.json");
         let text = std::fs::read(&config).map_err(|e| format!("{}: {e}", config.display()))?;
         let value: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let cfg: Config = serde_json::from_value(value.clone())
+            .map_err(|e| format!("{}: {e}", config.display()))?;
         let head: Option<HeadConfig> = match value.get("flora_head") {
             Some(v) => Some(
                 serde_json::from_value(v.clone())
@@ -55,13 +57,14 @@ impl Predictor {
             ),
             None => None,
         };
-        let (cfg, mut weights) = load_model(dir, &device)?;
+        let weights_file = dir.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&weights_file, &device)
+            .map_err(|e| format!("{}: {e}", weights_file.display()))?;
+        let mut head_vars = Vec::new();
         if let Some(head_cfg) = &head {
-            let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)
-                .map_err(|e| format!("{}: {e}", dir.join("model.safetensors").display()))?;
             for (name, shape) in head::parameters(cfg.hidden_size, head_cfg.targets.len()) {
                 let t = tensors
-                    .get(name)
+                    .remove(name)
                     .ok_or_else(|| format!("{}: the weights have no `{name}`", dir.display()))?;
                 if t.dims() != shape.as_slice() {
                     return Err(format!(
@@ -70,10 +73,13 @@ impl Predictor {
                         t.dims()
                     ));
                 }
-                let var = candle_core::Var::from_tensor(t).map_err(|e| e.to_string())?;
-                weights.vars.insert(name.to_string(), var);
+                let var = candle_core::Var::from_tensor(&t).map_err(|e| e.to_string())?;
+                head_vars.push((name.to_string(), var));
             }
         }
+        let mut weights = Weights::from_tensors(&cfg, tensors)
+            .map_err(|e| format!("{}: {e}", weights_file.display()))?;
+        weights.vars.extend(head_vars);
         weights.frozen = true;
         let tokenizer = tokenizer::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
         Ok(Predictor {
@@ -131,16 +137,24 @@ impl Predictor {
     ) -> Result<Vec<Vec<f32>>, String> {
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.batch_size.max(1)) {
-            let ids = trim_padding(chunk);
-            let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-                let hidden = roberta::encode(&self.weights, &self.cfg, &ids, None, &self.device)?;
-                let pooled = head::mean_pool(&hidden, &ids)?;
-                then(&pooled)?.to_vec2()
-            };
+            let run = || then(&pooled(&self.weights, &self.cfg, chunk, &self.device)?)?.to_vec2();
             out.extend(run().map_err(|e| e.to_string())?);
         }
         Ok(out)
     }
+}
+
+/// The mean-pooled final hidden states (batch, hidden) of a batch of framed rows, without
+/// dropout; columns that are padding in every row are dropped first.
+pub fn pooled(
+    w: &Weights,
+    cfg: &Config,
+    rows: &[Vec<u32>],
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
+    let ids = trim_padding(rows);
+    let hidden = roberta::encode(w, cfg, &ids, None, dev)?;
+    head::mean_pool(&hidden, &ids)
 }
 
 /// Drops the columns that are padding in every row. Rows are left-padded and position ids count
