@@ -32,6 +32,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Embed(args) => cli::model_cmd::embed(args),
         Command::Variants(args) => cli::model_cmd::variants(args),
         Command::Mutagenesis(args) => cli::model_cmd::mutagenesis(args),
+        Command::Bench(args) => cli::bench::bench(args),
         Command::Job { spec } => jobspec::JobSpec::read(spec)?.run(),
     }
 }

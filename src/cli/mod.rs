@@ -19,6 +19,7 @@ macro_rules! outln {
     }};
 }
 
+pub mod bench;
 pub mod cache_cmd;
 pub mod inspect;
 pub mod model_cmd;
@@ -141,6 +142,11 @@ pub enum Command {
     #[command(after_help = "Example:
   flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv --figure map.svg --target leaf")]
     Mutagenesis(model_cmd::MutagenesisArgs),
+    /// Time training steps of a model of a given size on the CPU or a GPU (tokens/s, FLOP/s).
+    #[command(after_help = "Examples:
+  flora bench --steps 3
+  flora bench --gpu 0 --precision bf16 --batch 84 --steps 20 --json")]
+    Bench(bench::BenchArgs),
     /// Run one job from a spec file (used by executors).
     #[command(name = "__job", hide = true)]
     Job {

@@ -110,10 +110,7 @@ fn load(args: &ModelArgs) -> anyhow::Result<Predictor> {
     let device = match args.gpu {
         None => Device::Cpu,
         Some(i) => {
-            if !cfg!(feature = "cuda") {
-                bail!("--gpu {i}: this flora was built without CUDA (cargo build --release --features cuda)");
-            }
-            Device::new_cuda(i).with_context(|| format!("--gpu {i}"))?
+            flora_stages::model::device::cuda(i).map_err(|e| anyhow::anyhow!("--gpu: {e}"))?
         }
     };
     let mut model = Predictor::load(&args.model, device).map_err(anyhow::Error::msg)?;

@@ -54,7 +54,12 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         );
     }
     let stage = kind.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
-    let doc = serde_json::json!({"stages": {&stage: {"kind": kind, "inputs": inputs}}});
+    let mut spec = serde_json::json!({"kind": kind, "inputs": inputs});
+    if !args.devices.gpus.is_empty() {
+        // `--gpus` asks for them: the job gets the first (model stages train on one GPU).
+        spec["resources"] = serde_json::json!({"gpus": 1});
+    }
+    let doc = serde_json::json!({"stages": {&stage: spec}});
     let cwd = std::env::current_dir()?;
     let sets: Vec<String> = args.sets.iter().map(|s| format!("{stage}.{s}")).collect();
     let wf = Workflow::parse(

@@ -26,7 +26,7 @@ use super::head::{self, HeadConfig, Transform};
 use super::lamb::{global_norm, Lamb};
 use super::predictor::{self, trim_padding};
 use super::pretrain::load_model;
-use super::roberta::{self, Config, Params as Weights};
+use super::roberta::{self, Config, Params as Weights, Precision};
 use super::tokenizer;
 use crate::analysis::metrics::Metrics;
 use crate::analysis::predictions;
@@ -65,6 +65,9 @@ pub struct Params {
     pub seed: u64,
     /// Stop after this many steps (default: all epochs).
     pub max_steps: Option<u64>,
+    /// Matrix products in `f32`, or `bf16` mixed precision (f32 master weights and optimizer
+    /// state) (default f32).
+    pub precision: Precision,
 }
 
 impl Default for Params {
@@ -83,6 +86,7 @@ impl Default for Params {
             patience: 5,
             seed: 0,
             max_steps: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -131,7 +135,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             p.warmup
         )));
     }
-    let dev = Device::Cpu;
+    let dev = super::device::for_job(&ctx.gpus, "finetune")?;
     let model_dir = ctx
         .inputs
         .get("model")
@@ -143,6 +147,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let tok =
         tokenizer::load(&model_dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?;
     head::init(&mut w, &cfg, data.targets.len(), p.seed, &dev).map_err(|e| fail(e.to_string()))?;
+    w.compute = p.precision.dtype();
     let max_len = cfg.max_position_embeddings - 3;
 
     let mut summary = Summary {
@@ -236,7 +241,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             f64::NAN
         } else {
             let refs: Vec<&Row> = valid.iter().collect();
-            let pred = predict_rows(&w, &cfg, &refs, p).map_err(|e| fail(e.to_string()))?;
+            let pred = predict_rows(&w, &cfg, &refs, p, &dev).map_err(|e| fail(e.to_string()))?;
             mse_of(&pred, &refs)
         };
         log.push(format!(
@@ -291,7 +296,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     };
     predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
     let refs: Vec<&Row> = test.iter().collect();
-    let pred = predict_rows(&w, &cfg, &refs, p).map_err(|e| fail(e.to_string()))?;
+    let pred = predict_rows(&w, &cfg, &refs, p, &dev).map_err(|e| fail(e.to_string()))?;
     let ids: Vec<&str> = refs.iter().map(|r| r.example.id.as_str()).collect();
     let observed: Vec<Vec<f64>> = refs
         .iter()
@@ -374,11 +379,12 @@ fn predict_rows(
     cfg: &Config,
     rows: &[&Row],
     p: &Params,
+    device: &Device,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(p.batch_size.max(1) * 2) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.ids.clone()).collect();
-        let pooled = predictor::pooled(w, cfg, &ids, &Device::Cpu)?;
+        let pooled = predictor::pooled(w, cfg, &ids, device)?;
         out.extend(head::forward(w, &pooled, 0.0, None)?.to_vec2::<f32>()?);
     }
     Ok(out)

@@ -44,18 +44,50 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0.
+/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0. On the CPU the
+/// mask is drawn from `rng`; on a GPU it is drawn there, from the device's generator (cuRAND),
+/// which [`seed_device`] seeds from `rng` once per forward pass, so no mask crosses the bus and
+/// runs stay reproducible on one kind of device.
 pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     let Some(rng) = rng else { return Ok(x.clone()) };
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if unit(rng) < p { 0.0 } else { scale })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x.mul(&mask)
+    let scale = 1.0 / (1.0 - p) as f64;
+    let device = x.device();
+    if device.is_cpu() {
+        let scale = scale as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if unit(rng) < p { 0.0 } else { scale })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), device)?.to_dtype(x.dtype())?;
+        return x.mul(&mask);
+    }
+    let keep = Tensor::rand(0f32, 1f32, x.shape(), device)?
+        .ge(p as f64)?
+        .to_dtype(x.dtype())?;
+    x.mul(&(keep * scale)?)
+}
+
+/// Seeds a GPU's generator from `rng` (dropout masks are drawn there); nothing on the CPU. Once
+/// per forward pass: re-seeding re-creates cuRAND's generator.
+pub fn seed_device(device: &Device, rng: Option<&mut Rng>) -> Result<()> {
+    match rng {
+        Some(rng) if !device.is_cpu() => device.set_seed(rng.next_u64()),
+        _ => Ok(()),
+    }
+}
+
+/// `a` x `b`, with the operands rounded to `compute` (bf16 for mixed precision: the matrix units'
+/// fast path) and the product returned in f32; a plain f32 product when `compute` is f32. The
+/// casts are differentiable, so gradients reach f32 master weights.
+pub fn matmul(a: &Tensor, b: &Tensor, compute: DType) -> Result<Tensor> {
+    if compute == DType::F32 {
+        return a.matmul(b);
+    }
+    a.to_dtype(compute)?
+        .matmul(&b.to_dtype(compute)?)?
+        .to_dtype(DType::F32)
 }
 
 /// A tensor of normal(0, std) values from `rng`.

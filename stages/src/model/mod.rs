@@ -1,6 +1,7 @@
 //! The language-model half of the study: the BPE tokenizer and the encoding of promoters for the
 //! model.
 
+pub mod device;
 pub mod examples;
 pub mod finetune;
 pub mod head;
@@ -10,5 +11,6 @@ pub mod mutagenesis;
 pub mod predictor;
 pub mod pretrain;
 pub mod roberta;
+pub mod throughput;
 pub mod tokenizer;
 pub mod variants;

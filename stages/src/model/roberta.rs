@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{dropout, layer_norm, randn, softmax};
+use super::layers::{dropout, layer_norm, matmul, randn, seed_device, softmax};
 use crate::rng::Rng;
 
 /// How position ids are counted.
@@ -30,6 +30,28 @@ pub enum Positions {
     Tss,
     /// HuggingFace RoBERTa: from the first real token.
     Roberta,
+}
+
+/// The precision of training's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: bf16 operands for the matrix products, f32 master weights, optimizer
+    /// state, normalisation, softmax and loss.
+    Bf16,
+}
+
+impl Precision {
+    /// The matrix products' operand type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
 }
 
 fn default_positions() -> Positions {
@@ -174,6 +196,9 @@ pub struct Params {
     /// Inference only: computations on these weights record no graph for backpropagation, so a
     /// forward pass keeps no activations alive (the equivalent of PyTorch's `no_grad`).
     pub frozen: bool,
+    /// The matrix products' operand type: f32, or bf16 for mixed precision (f32 weights, bf16
+    /// products, f32 everywhere else: LayerNorm, softmax, GELU, the loss).
+    pub compute: DType,
 }
 
 impl Params {
@@ -213,6 +238,7 @@ impl Params {
         Ok(Params {
             vars,
             frozen: false,
+            compute: DType::F32,
         })
     }
 
@@ -238,6 +264,7 @@ impl Params {
         Ok(Params {
             vars,
             frozen: false,
+            compute: DType::F32,
         })
     }
 
@@ -265,8 +292,7 @@ fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
     let w = p.get(&format!("{prefix}.weight"));
     let b = p.get(&format!("{prefix}.bias"));
     let (bsz, len, inp) = x.dims3()?;
-    x.reshape((bsz * len, inp))?
-        .matmul(&w.t()?)?
+    matmul(&x.reshape((bsz * len, inp))?, &w.t()?, p.compute)?
         .broadcast_add(&b)?
         .reshape((bsz, len, w.dim(0)?))
 }
@@ -320,6 +346,7 @@ pub fn encode(
     device: &Device,
 ) -> Result<Tensor> {
     let (bsz, len) = (ids.len(), ids[0].len());
+    seed_device(device, rng.as_deref_mut())?;
     let flat: Vec<u32> = ids.iter().flatten().copied().collect();
     let mask: Vec<f32> = flat
         .iter()
@@ -358,17 +385,17 @@ pub fn encode(
         let q = split(linear(p, &format!("{pre}.attention.self.query"), &x)?)?;
         let k = split(linear(p, &format!("{pre}.attention.self.key"), &x)?)?;
         let v = split(linear(p, &format!("{pre}.attention.self.value"), &x)?)?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&key_mask)?;
+        let scores =
+            (matmul(&q, &k.t()?.contiguous()?, p.compute)? * scale)?.broadcast_add(&key_mask)?;
         let probs = dropout(
             &softmax(&scores)?,
             cfg.attention_probs_dropout_prob,
             rng.as_deref_mut(),
         )?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((
-            bsz,
-            len,
-            cfg.hidden_size,
-        ))?;
+        let ctx = matmul(&probs, &v, p.compute)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((bsz, len, cfg.hidden_size))?;
         let attn = linear(p, &format!("{pre}.attention.output.dense"), &ctx)?;
         let attn = dropout(&attn, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
         let x1 = ln(
@@ -396,39 +423,42 @@ pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
     let h = ln(p, "lm_head.layer_norm", &h, cfg.layer_norm_eps)?;
     let (bsz, len, hs) = h.dims3()?;
     let emb = p.get("roberta.embeddings.word_embeddings.weight");
-    h.reshape((bsz * len, hs))?
-        .matmul(&emb.t()?)?
+    matmul(&h.reshape((bsz * len, hs))?, &emb.t()?, p.compute)?
         .broadcast_add(&p.get("lm_head.bias"))?
         .reshape((bsz, len, cfg.vocab_size))
 }
 
-/// Mean cross-entropy over positions whose label is not `-1`, and how many of them the argmax got
-/// right. `labels` has one entry per position (batch * len).
-pub fn masked_loss(logits: &Tensor, labels: &[i64]) -> Result<(Tensor, usize, usize)> {
-    let (bsz, len, vocab) = logits.dims3()?;
-    let picked: Vec<u32> = labels
+/// The MLM loss: mean cross-entropy over the positions whose label is not `-1`, and how many of
+/// them the argmax got right. `labels` has one entry per position (batch * len). The head runs on
+/// those positions alone (15% of the tokens in pretraining), which gives the loss of running it on
+/// every position and keeping those, for less work.
+pub fn mlm_loss(
+    p: &Params,
+    cfg: &Config,
+    hidden: &Tensor,
+    labels: &[i64],
+) -> Result<(Tensor, usize, usize)> {
+    let (bsz, len, hs) = hidden.dims3()?;
+    let device = hidden.device();
+    let (picked, targets): (Vec<u32>, Vec<u32>) = labels
         .iter()
         .enumerate()
         .filter(|(_, l)| **l >= 0)
-        .map(|(i, _)| i as u32)
-        .collect();
+        .map(|(i, &l)| (i as u32, l as u32))
+        .unzip();
     let n = picked.len();
-    let device = logits.device();
     if n == 0 {
         return Ok((Tensor::new(0f32, device)?, 0, 0));
     }
-    let targets: Vec<u32> = labels
-        .iter()
-        .filter(|l| **l >= 0)
-        .map(|&l| l as u32)
-        .collect();
-    let rows = logits
-        .reshape((bsz * len, vocab))?
-        .index_select(&Tensor::from_vec(picked, n, device)?, 0)?;
-    let logp = super::layers::log_softmax(&rows)?;
+    let rows = hidden
+        .reshape((bsz * len, hs))?
+        .index_select(&Tensor::from_vec(picked, n, device)?, 0)?
+        .reshape((1, n, hs))?;
+    let logits = mlm_logits(p, cfg, &rows)?.reshape((n, cfg.vocab_size))?;
+    let logp = super::layers::log_softmax(&logits)?;
     let tgt = Tensor::from_vec(targets.clone(), (n, 1), device)?;
     let nll = logp.gather(&tgt, D::Minus1)?.neg()?.mean_all()?;
-    let pred: Vec<u32> = rows.argmax(D::Minus1)?.to_vec1()?;
+    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
     let correct = pred.iter().zip(&targets).filter(|(a, b)| a == b).count();
     Ok((nll, correct, n))
 }

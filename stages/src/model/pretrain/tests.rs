@@ -381,3 +381,116 @@ fn the_tokenized_corpus_round_trips_through_its_compact_file() {
     std::fs::write(&path, b"junk").unwrap();
     assert!(Corpus::load(&path, 64).is_none());
 }
+
+#[test]
+fn the_head_on_masked_positions_gives_the_loss_of_the_full_logits() {
+    let cfg = tiny_config();
+    let dev = Device::Cpu;
+    let w = Weights::init(&cfg, 7, &dev).unwrap();
+    let ids: Vec<Vec<u32>> = (0..3)
+        .map(|r| {
+            (0..10)
+                .map(|i| 5 + ((r * 31 + i * 17) % 300) as u32)
+                .collect()
+        })
+        .collect();
+    let labels: Vec<i64> = (0..30)
+        .map(|i| if i % 4 == 1 { 5 + (i * 7 % 300) } else { -1 })
+        .collect();
+    let hidden = roberta::encode(&w, &cfg, &ids, None, &dev).unwrap();
+    let (loss, _, n) = roberta::mlm_loss(&w, &cfg, &hidden, &labels).unwrap();
+    let logits: Vec<Vec<f32>> = roberta::mlm_logits(&w, &cfg, &hidden)
+        .unwrap()
+        .reshape((30, cfg.vocab_size))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let mut want = 0f64;
+    for (row, &l) in logits.iter().zip(&labels) {
+        if l >= 0 {
+            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let lse = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            want += lse - row[l as usize] as f64;
+        }
+    }
+    want /= n as f64;
+    let got = loss.to_scalar::<f32>().unwrap() as f64;
+    assert_eq!(n, labels.iter().filter(|&&l| l >= 0).count());
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+}
+
+#[test]
+fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let tok = bpe::load(&tokenizer(dir.path(), &c)).unwrap();
+    let data = tokenize(&c, &tok, 64).unwrap();
+    let cfg = tiny_config();
+    let rows: Vec<&[u32]> = (0..8).map(|i| data.row(i)).collect();
+    let p = tiny();
+    let mut w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
+    let (l32, _, _, g32) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
+    w.compute = candle_core::DType::BF16;
+    let (l16, _, _, g16) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
+    assert!((l32 - l16).abs() < 0.02 * l32, "loss f32 {l32} bf16 {l16}");
+    for (name, a) in &g32 {
+        let b = &g16[name];
+        assert_eq!(b.dtype(), candle_core::DType::F32, "{name}");
+        let dot = (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let na = a
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let nb = b
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        if na > 1e-12 {
+            let cos = dot / (na.sqrt() * nb.sqrt());
+            assert!(
+                cos > 0.98,
+                "{name}: cosine {cos} between f32 and bf16 gradients"
+            );
+        }
+    }
+    // A bf16 run trains, and saves f32 weights.
+    let t = tokenizer(dir.path(), &c);
+    let p = Params {
+        epochs: 10,
+        dropout: 0.0,
+        lr: 1e-2,
+        checkpoint_every: 1000,
+        precision: Precision::Bf16,
+        ..tiny()
+    };
+    let cx = ctx(dir.path(), "bf16", &c, &t);
+    train(&p, &cx, None).unwrap();
+    let log = std::fs::read_to_string(cx.out.join("train_log.tsv")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+        .collect();
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < first - 0.5, "bf16 loss {first:.3} -> {last:.3}");
+    let saved =
+        candle_core::safetensors::load(cx.out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(saved.values().all(|t| t.dtype() == candle_core::DType::F32));
+}

@@ -1,0 +1,129 @@
+//! `flora bench`: timed training steps of a RoBERTa of a given size, on the CPU or a GPU.
+
+use clap::{Args, ValueEnum};
+use flora_stages::model::device;
+use flora_stages::model::roberta::{Config, Positions, Precision};
+use flora_stages::model::throughput;
+
+/// Matrix-product precision, as on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 throughout.
+    F32,
+    /// bf16 matrix products, f32 master weights.
+    Bf16,
+}
+
+/// `flora bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Run on this CUDA GPU (needs a `cuda` build); default: the CPU.
+    #[arg(long, value_name = "INDEX")]
+    pub gpu: Option<usize>,
+    /// Precision of the matrix products.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Encoder layers.
+    #[arg(long, default_value_t = 6)]
+    pub layers: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 768)]
+    pub hidden: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 6)]
+    pub heads: usize,
+    /// Feed-forward size.
+    #[arg(long, default_value_t = 3072)]
+    pub intermediate: usize,
+    /// Dropout (0 leaves its cost out, to see what it costs).
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// Vocabulary size (FloraBERT's: 5,000 tokens + 5 specials).
+    #[arg(long, default_value_t = 5005)]
+    pub vocab: usize,
+    /// Also time the pieces of a step one at a time (embeddings, LayerNorm, softmax, ...).
+    #[arg(long)]
+    pub ops: bool,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `flora bench`.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.len < 3 || args.steps == 0 {
+        anyhow::bail!("--batch and --steps must be at least 1 and --len at least 3");
+    }
+    if args.heads == 0 || !args.hidden.is_multiple_of(args.heads) {
+        anyhow::bail!(
+            "--hidden {} is not a multiple of --heads {}",
+            args.hidden,
+            args.heads
+        );
+    }
+    if !(0.0..1.0).contains(&args.dropout) {
+        anyhow::bail!("--dropout {} is not in [0, 1)", args.dropout);
+    }
+    if args.vocab <= 5 {
+        anyhow::bail!("--vocab must be more than the 5 special tokens");
+    }
+    let dev = match args.gpu {
+        None => candle_core::Device::Cpu,
+        Some(i) => device::cuda(i).map_err(|e| anyhow::anyhow!("--gpu: {e}"))?,
+    };
+    let precision = match args.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::Bf16 => Precision::Bf16,
+    };
+    let cfg = Config::new(
+        args.vocab,
+        args.layers,
+        args.hidden,
+        args.heads,
+        args.intermediate,
+        args.len,
+        args.dropout,
+        Positions::Tss,
+    );
+    if args.ops {
+        for op in throughput::profile_ops(&cfg, args.batch, args.len, precision, &dev, args.steps)?
+        {
+            if args.json {
+                outln!("{}", serde_json::to_string(&op)?);
+            } else {
+                outln!("{:>10.3} ms  {}", op.seconds * 1e3, op.name);
+            }
+        }
+    }
+    let t = throughput::time_steps(&cfg, args.batch, args.len, args.steps, precision, &dev)?;
+    if args.json {
+        outln!("{}", serde_json::to_string(&t)?);
+    } else {
+        outln!(
+            "{} {:?}: {} x {} tokens, {} layers x {}: {:.4} s per step (median of {}; {:.4}-{:.4}), {:.0} tokens/s, {:.2} TFLOP/s (model FLOPs), loss {:.3}",
+            t.device,
+            t.precision,
+            t.batch,
+            t.len,
+            args.layers,
+            args.hidden,
+            t.seconds_per_step,
+            t.steps,
+            t.min_max_seconds.0,
+            t.min_max_seconds.1,
+            t.tokens_per_second,
+            t.flops_per_second / 1e12,
+            t.last_loss
+        );
+    }
+    Ok(())
+}

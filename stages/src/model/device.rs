@@ -1,0 +1,60 @@
+//! Where a model stage's tensors live: the CPU, or a CUDA GPU when flora is built with the `cuda`
+//! feature and the scheduler gave the job one (`flora run --gpus ...`).
+
+use candle_core::Device;
+
+/// The CUDA device with ordinal `index`, or a message saying why there is none.
+pub fn cuda(index: usize) -> Result<Device, String> {
+    if !cfg!(feature = "cuda") {
+        return Err(format!(
+            "GPU {index}: this flora was built without CUDA; build it with \
+             `scripts/cuda.sh cargo build --release --features cuda`, or run without --gpus"
+        ));
+    }
+    Device::new_cuda(index).map_err(|e| format!("GPU {index}: {e}"))
+}
+
+/// The device for a job given `gpus` by the scheduler: the first of them, else the CPU. A job
+/// given several uses one (flora does not split a model across GPUs); the message says so.
+pub fn for_job(gpus: &[usize], stage: &str) -> Result<Device, String> {
+    match gpus {
+        [] => Ok(Device::Cpu),
+        [first, rest @ ..] => {
+            if !rest.is_empty() {
+                eprintln!("{stage}: given GPUs {gpus:?}; training runs on GPU {first} alone");
+            }
+            let dev = cuda(*first).map_err(|e| format!("{stage}: {e}"))?;
+            eprintln!("{stage}: running on GPU {first}");
+            Ok(dev)
+        }
+    }
+}
+
+/// A short name for a device, for logs and reports (`cpu`, `cuda:0`).
+pub fn name(dev: &Device) -> String {
+    match dev.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_gpus_means_the_cpu() {
+        assert!(for_job(&[], "pretrain").unwrap().is_cpu());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_without_the_cuda_build_is_a_clear_error() {
+        let e = for_job(&[0], "pretrain").unwrap_err();
+        assert!(
+            e.contains("pretrain: GPU 0: this flora was built without CUDA"),
+            "{e}"
+        );
+    }
+}

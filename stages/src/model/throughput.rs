@@ -1,0 +1,322 @@
+//! Training throughput: timed MLM steps (forward, backward, LAMB update) of a model of a given
+//! size on random tokens, with the model FLOPs they did. Used by `flora bench` and
+//! `cargo bench --bench pretrain`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{Device, Result, Tensor};
+use serde::Serialize;
+
+use super::lamb::{sum_of_squares, Lamb};
+use super::roberta::{self, Config, Params, Precision};
+use crate::rng::Rng;
+
+/// What a timing run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Matrix-product precision.
+    pub precision: Precision,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub len: usize,
+    /// Timed steps (after one untimed warm-up step).
+    pub steps: usize,
+    /// Median seconds per step.
+    pub seconds_per_step: f64,
+    /// Fastest and slowest timed step.
+    pub min_max_seconds: (f64, f64),
+    /// Tokens per second at the median.
+    pub tokens_per_second: f64,
+    /// Model FLOPs of one step (see [`train_flops`]).
+    pub flops_per_step: f64,
+    /// Model FLOPs per second at the median.
+    pub flops_per_second: f64,
+    /// MLM loss of the last step (finite, or the step is broken).
+    pub last_loss: f64,
+}
+
+/// Share of tokens that carry an MLM label: the head's work is counted on these alone.
+pub const MASKED_SHARE: f64 = 0.15;
+
+/// Model FLOPs of one training step (forward + backward = 3 x forward; matrix products only, as
+/// in the usual MFU accounting): per layer the four attention projections and the feed-forward
+/// (2 x tokens x (4h² + 2hi)), the attention scores and weighted sum (2 x 2 x batch x len² x h),
+/// and the MLM head's dense and decoder on the masked positions (2 x 0.15 tokens x (h² + hV)).
+/// HuggingFace's RobertaForMaskedLM runs the head on every position; that extra work is not
+/// credited, so both are held to the same count.
+pub fn train_flops(cfg: &Config, batch: usize, len: usize) -> f64 {
+    let (h, i, v) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.vocab_size as f64,
+    );
+    let tokens = (batch * len) as f64;
+    let per_layer = 2.0 * tokens * (4.0 * h * h + 2.0 * h * i) + 4.0 * tokens * len as f64 * h;
+    let head = 2.0 * tokens * MASKED_SHARE * (h * h + h * v);
+    3.0 * (cfg.num_hidden_layers as f64 * per_layer + head)
+}
+
+/// Times `steps` training steps (after one warm-up step) of a fresh model `cfg` on `batch`
+/// random sequences of `len` tokens, 15% of them masked.
+pub fn time_steps(
+    cfg: &Config,
+    batch: usize,
+    len: usize,
+    steps: usize,
+    precision: Precision,
+    device: &Device,
+) -> Result<StepTiming> {
+    let mut w = Params::init(cfg, 0, device)?;
+    w.compute = precision.dtype();
+    let mut opt = Lamb::new(0.01);
+    let mut rng = Rng::new(1);
+    let specials = 5;
+    let rows: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            std::iter::once(super::tokenizer::BOS)
+                .chain(
+                    (0..len - 2)
+                        .map(|_| specials + rng.below(cfg.vocab_size - specials as usize) as u32),
+                )
+                .chain([super::tokenizer::EOS])
+                .collect()
+        })
+        .collect();
+    let labels: Vec<i64> = rows
+        .iter()
+        .flatten()
+        .map(|&t| if rng.below(100) < 15 { t as i64 } else { -1 })
+        .collect();
+    let mut times = Vec::with_capacity(steps);
+    let mut last_loss = f64::NAN;
+    for s in 0..=steps {
+        device.synchronize()?;
+        let t = Instant::now();
+        let mut drng = Rng::new(s as u64);
+        let hidden = roberta::encode(&w, cfg, &rows, Some(&mut drng), device)?;
+        let (loss, _, _) = roberta::mlm_loss(&w, cfg, &hidden, &labels)?;
+        let store = loss.backward()?;
+        let grads: HashMap<String, Tensor> = w
+            .vars
+            .iter()
+            .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+            .collect();
+        opt.update(&w, &grads, 1e-4)?;
+        last_loss = loss.to_scalar::<f32>()? as f64;
+        device.synchronize()?;
+        if s > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let flops = train_flops(cfg, batch, len);
+    Ok(StepTiming {
+        device: super::device::name(device),
+        precision,
+        batch,
+        len,
+        steps,
+        seconds_per_step: median,
+        min_max_seconds: (sorted[0], sorted[sorted.len() - 1]),
+        tokens_per_second: (batch * len) as f64 / median,
+        flops_per_step: flops,
+        flops_per_second: flops / median,
+        last_loss,
+    })
+}
+
+/// One timed piece of a training step.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpTiming {
+    /// What was timed.
+    pub name: String,
+    /// Median seconds.
+    pub seconds: f64,
+}
+
+fn median_time(device: &Device, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        device.synchronize()?;
+        let t = Instant::now();
+        f()?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Times the pieces of a training step of `cfg` on `batch` x `len` tokens one at a time (forward
+/// and backward where there is one; median of `reps`), to show where a step's time goes.
+pub fn profile_ops(
+    cfg: &Config,
+    batch: usize,
+    len: usize,
+    precision: Precision,
+    device: &Device,
+    reps: usize,
+) -> Result<Vec<OpTiming>> {
+    use super::layers;
+    use candle_core::Var;
+    let (h, i, heads) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+    );
+    let dt = precision.dtype();
+    let mut rng = Rng::new(3);
+    let mut var = |shape: &[usize]| -> Result<Var> {
+        Var::from_tensor(&layers::randn(&mut rng, shape, 0.5, device)?)
+    };
+    let x = var(&[batch, len, h])?;
+    let scores = var(&[batch, heads, len, len])?;
+    let inter = var(&[batch, len, i])?;
+    let w_in = var(&[i, h])?;
+    let b_in = var(&[i])?;
+    let ln_w = var(&[h])?;
+    let ln_b = var(&[h])?;
+    let emb = var(&[cfg.vocab_size, h])?;
+    let q = var(&[batch, heads, len, h / heads])?;
+    let ids: Vec<u32> = (0..batch * len)
+        .map(|k| 5 + (k * 7919 % (cfg.vocab_size - 5)) as u32)
+        .collect();
+    let ids_t = Tensor::from_vec(ids.clone(), batch * len, device)?;
+    let mut out = Vec::new();
+    let mut time = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let seconds = median_time(device, reps, f)?;
+        out.push(OpTiming {
+            name: name.to_string(),
+            seconds,
+        });
+        Ok(())
+    };
+    time(
+        "sum of squares + backward of (batch, len, hidden): the harness's own cost",
+        &mut || sum_of_squares(x.as_tensor())?.backward().map(|_| ()),
+    )?;
+    time("word embeddings: index_select + backward", &mut || {
+        emb.as_tensor()
+            .index_select(&ids_t, 0)?
+            .apply(&sum_of_squares)?
+            .backward()
+            .map(|_| ())
+    })?;
+    time("layer_norm + backward", &mut || {
+        layers::layer_norm(x.as_tensor(), ln_w.as_tensor(), ln_b.as_tensor(), 1e-5)?
+            .apply(&sum_of_squares)?
+            .backward()
+            .map(|_| ())
+    })?;
+    time("softmax over attention scores + backward", &mut || {
+        layers::softmax(scores.as_tensor())?
+            .apply(&sum_of_squares)?
+            .backward()
+            .map(|_| ())
+    })?;
+    let mut drng = Rng::new(5);
+    time("dropout of attention probabilities (forward)", &mut || {
+        layers::dropout(scores.as_tensor(), 0.1, Some(&mut drng)).map(|_| ())
+    })?;
+    time("gelu over the feed-forward + backward", &mut || {
+        sum_of_squares(&inter.as_tensor().gelu_erf()?)?
+            .backward()
+            .map(|_| ())
+    })?;
+    time("linear hidden -> feed-forward + backward", &mut || {
+        let x2 = x.as_tensor().reshape((batch * len, h))?;
+        layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?
+            .broadcast_add(b_in.as_tensor())?
+            .apply(&sum_of_squares)?
+            .backward()
+            .map(|_| ())
+    })?;
+    time("attention matmuls (q k^T, probs v) + backward", &mut || {
+        let kt = q.as_tensor().t()?.contiguous()?;
+        let s = layers::matmul(q.as_tensor(), &kt, dt)?;
+        layers::matmul(&s, q.as_tensor(), dt)?
+            .apply(&sum_of_squares)?
+            .backward()
+            .map(|_| ())
+    })?;
+    time(
+        "split heads: reshape, transpose, contiguous + backward",
+        &mut || {
+            x.as_tensor()
+                .reshape((batch, len, heads, h / heads))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .apply(&sum_of_squares)?
+                .backward()
+                .map(|_| ())
+        },
+    )?;
+    let mut w = Params::init(cfg, 0, device)?;
+    w.compute = dt;
+    let rows: Vec<Vec<u32>> = ids.chunks(len).map(|c| c.to_vec()).collect();
+    let labels: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, &t)| if k % 7 == 0 { t as i64 } else { -1 })
+        .collect();
+    let mut erng = Rng::new(9);
+    time("encoder forward (all layers)", &mut || {
+        roberta::encode(&w, cfg, &rows, Some(&mut erng), device).map(|_| ())
+    })?;
+    time("encoder forward + MLM loss", &mut || {
+        let hidden = roberta::encode(&w, cfg, &rows, Some(&mut erng), device)?;
+        roberta::mlm_loss(&w, cfg, &hidden, &labels).map(|_| ())
+    })?;
+    let mut grads = HashMap::new();
+    time("encoder forward + MLM loss + backward", &mut || {
+        let hidden = roberta::encode(&w, cfg, &rows, Some(&mut erng), device)?;
+        let (loss, _, _) = roberta::mlm_loss(&w, cfg, &hidden, &labels)?;
+        let store = loss.backward()?;
+        grads = w
+            .vars
+            .iter()
+            .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+            .collect();
+        Ok(())
+    })?;
+    let mut opt = Lamb::new(0.01);
+    time("LAMB update of every parameter", &mut || {
+        opt.update(&w, &grads, 1e-4)
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::roberta::Positions;
+
+    #[test]
+    fn flops_of_the_papers_model_match_a_hand_count() {
+        let cfg = Config::new(5005, 6, 768, 6, 3072, 256, 0.1, Positions::Tss);
+        // Per token and layer: 2 * (4 * 768² + 2 * 768 * 3072) = 14,155,776 in the projections
+        // and feed-forward, 4 * 256 * 768 = 786,432 in attention; head 2 * (768² + 768 * 5005)
+        // on 15% of them.
+        let per_token = 6.0 * (14_155_776.0 + 786_432.0) + 0.3 * (589_824.0 + 3_843_840.0);
+        let want = 3.0 * per_token * 84.0 * 256.0;
+        assert!((train_flops(&cfg, 84, 256) - want).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_tiny_model_trains_in_both_precisions() {
+        let cfg = Config::new(64, 2, 32, 2, 64, 16, 0.1, Positions::Tss);
+        for precision in [Precision::F32, Precision::Bf16] {
+            let t = time_steps(&cfg, 4, 16, 2, precision, &Device::Cpu).unwrap();
+            assert!(t.last_loss.is_finite() && t.last_loss > 0.0, "{t:?}");
+            assert!(t.seconds_per_step > 0.0 && t.tokens_per_second > 0.0);
+            assert_eq!(t.device, "cpu");
+        }
+    }
+}
