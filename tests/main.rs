@@ -2,6 +2,7 @@
 
 mod util;
 
+mod bench;
 mod cache;
 mod cli;
 mod demo;

@@ -54,11 +54,21 @@ def main(path):
                 f"{r['validation_accuracy']:.4f} | {r['final_loss']:.4f} | {r['seconds']:.1f} |"
             )
 
-    for r in rows:
-        if r.get("label") == "embed cpu vs gpu":
+    tuned = [r for r in rows if str(r.get("label", "")).startswith("finetune ")]
+    if tuned:
+        print("\nFine-tuning the CPU-pretrained model (2 targets, 3 epochs):\n")
+        print("| run | steps | best validation loss | test Pearson r² | test R² | wall s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in tuned:
             print(
-                f"\nEmbeddings of {r['sequences']} promoters on the GPU against the CPU: largest "
-                f"difference {r['max_abs_diff']:.2e} (largest value {r['max_abs_value']:.2f})"
+                f"| {r['label']} | {r['steps']} | {r['best_val_loss']:.4f} | "
+                f"{r['test_pearson_r2']:.4f} | {r['test_r2']:.4f} | {r['seconds']:.1f} |"
+            )
+    for r in rows:
+        if "max_abs_diff" in r:
+            print(
+                f"\n{r['label']}, {r['sequences']} promoters: largest difference "
+                f"{r['max_abs_diff']:.2e} (largest value {r['max_abs_value']:.2f})"
             )
 
 

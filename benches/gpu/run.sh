@@ -92,17 +92,44 @@ print(json.dumps({"label": "pretrain " + sys.argv[2] + " seed " + sys.argv[3], "
     "$work/pretrain-$1-$2" "$1" "$2" "$start" "$end" | tee -a "$res"
 done
 
-# Inference on the GPU (issue 5's `--gpu`): embeddings of 140 promoters, CPU against GPU.
 head -n 1960 "$fa" >"$work/few.fa"
+
+# Fine-tuning on the CPU and the GPU (f32 and bf16) from the CPU-pretrained model, on a table
+# whose targets follow the sequences (GC content, TATA boxes), then predictions on both devices.
+awk 'function emit() { if (id == "") return; gc = gsub(/[GC]/, "&", seq); t = gsub(/TATA/, "&", seq)
+       printf "%s\t%s\t%.4f\t%.4f\n", id, seq, gc / 100, t + 1 }
+     BEGIN { print "id\tsequence\tleaf\troot" }
+     /^>/ { emit(); id = substr($1, 2); seq = ""; next } { seq = seq $0 } END { emit() }' "$fa" >"$work/table.tsv"
+tune=(--set epochs=3 --set batch_size=32 --set lr=0.002 --set patience=0)
+for run in "cpu f32" "gpu f32" "gpu bf16"; do
+  set -- $run
+  gpus=()
+  [ "$1" = gpu ] && gpus=(--gpus 0)
+  start=$(date +%s.%N)
+  FLORA_CACHE=$work/cache-ft-$1-$2 "$bin" stage finetune --input model="$work/pretrain-cpu-0" --input table="$work/table.tsv" \
+    "${tune[@]}" --set precision="$2" "${gpus[@]}" --out "$work/ft-$1-$2" >/dev/null 2>>"$out/stderr.log"
+  end=$(date +%s.%N)
+  python3 -c 'import json, sys
+s = json.load(open(sys.argv[1] + "/summary.json"))
+print(json.dumps({"label": "finetune " + sys.argv[2], "seconds": float(sys.argv[4]) - float(sys.argv[3]), "steps": s["steps"],
+                  "best_val_loss": s["best_val_loss"], "test_pearson_r2": s["test_all"]["pearson_r2"], "test_r2": s["test_all"]["r2"]}))' \
+    "$work/ft-$1-$2" "$1 $2" "$start" "$end" | tee -a "$res"
+done
+"$bin" predict --model "$work/ft-cpu-f32" --fasta "$work/few.fa" -o "$work/pred-cpu.tsv" 2>>"$out/stderr.log"
+"$bin" predict --model "$work/ft-cpu-f32" --fasta "$work/few.fa" -o "$work/pred-gpu.tsv" --gpu 0 2>>"$out/stderr.log"
+# Inference on the GPU (issue 5's `--gpu`): embeddings of 140 promoters, CPU against GPU.
 "$bin" embed --model "$work/pretrain-cpu-0" --fasta "$work/few.fa" -o "$work/emb-cpu.tsv" 2>>"$out/stderr.log"
 "$bin" embed --model "$work/pretrain-cpu-0" --fasta "$work/few.fa" -o "$work/emb-gpu.tsv" --gpu 0 2>>"$out/stderr.log"
-python3 -c 'import json, sys
-rows = [[list(map(float, l.split("\t")[1:])) for l in open(f).read().splitlines()[1:]] for f in sys.argv[1:3]]
+compare() {
+  python3 -c 'import json, sys
+rows = [[list(map(float, l.split("\t")[1:])) for l in open(f).read().splitlines()[1:] if not l.startswith("#")] for f in sys.argv[2:4]]
 a, b = rows
 diff = max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) if a and len(a) == len(b) else float("nan")
 scale = max(abs(x) for r in a for x in r) if a else float("nan")
-print(json.dumps({"label": "embed cpu vs gpu", "sequences": len(a), "max_abs_diff": diff, "max_abs_value": scale}))' \
-  "$work/emb-cpu.tsv" "$work/emb-gpu.tsv" | tee -a "$res"
+print(json.dumps({"label": sys.argv[1], "sequences": len(a), "max_abs_diff": diff, "max_abs_value": scale}))' "$@" | tee -a "$res"
+}
+compare "embed cpu vs gpu" "$work/emb-cpu.tsv" "$work/emb-gpu.tsv"
+compare "predict cpu vs gpu" "$work/pred-cpu.tsv" "$work/pred-gpu.tsv"
 
 python3 benches/gpu/report.py "$res" | tee "$out/report.md"
 echo "--- last lines of $out/stderr.log"

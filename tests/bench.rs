@@ -1,0 +1,131 @@
+//! `flora bench` and model stages given a GPU, through the binary.
+
+use flora_stages::testing::planted;
+
+use crate::util::Project;
+
+/// `flora bench` on a tiny model, with `set` overriding or adding flags.
+fn tiny(set: &[(&str, &str)]) -> Vec<String> {
+    let mut flags: Vec<(String, String)> = [
+        ("--layers", "2"),
+        ("--hidden", "32"),
+        ("--heads", "2"),
+        ("--intermediate", "64"),
+        ("--vocab", "300"),
+        ("--len", "32"),
+        ("--batch", "4"),
+        ("--steps", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in set {
+        match flags.iter_mut().find(|(f, _)| f == k) {
+            Some(slot) => slot.1 = v.to_string(),
+            None => flags.push((k.to_string(), v.to_string())),
+        }
+    }
+    let mut args = vec!["bench".to_string()];
+    for (k, v) in flags {
+        args.push(k);
+        if !v.is_empty() {
+            args.push(v);
+        }
+    }
+    args
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn bench_times_training_steps_in_both_precisions() {
+    let p = Project::new();
+    for precision in ["f32", "bf16"] {
+        let args = tiny(&[("--precision", precision), ("--json", "")]);
+        let out = p.ok(&refs(&args));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["device"], "cpu");
+        assert_eq!(v["precision"], precision);
+        assert_eq!(v["batch"], 4);
+        assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["flops_per_step"].as_f64().unwrap() > 0.0, "{v}");
+        let loss = v["last_loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{v}");
+    }
+    let out = p.ok(&refs(&tiny(&[("--ops", "")])));
+    for piece in ["layer_norm", "softmax", "LAMB update", "s per step"] {
+        assert!(out.contains(piece), "{piece} missing:\n{out}");
+    }
+}
+
+#[test]
+fn bench_rejects_impossible_sizes() {
+    let p = Project::new();
+    let e = p.fails(&refs(&tiny(&[("--heads", "3")])), 2);
+    assert!(
+        e.contains("--hidden 32 is not a multiple of --heads 3"),
+        "{e}"
+    );
+    let e = p.fails(&refs(&tiny(&[("--dropout", "1.5")])), 2);
+    assert!(e.contains("--dropout 1.5 is not in [0, 1)"), "{e}");
+    let e = p.fails(&refs(&tiny(&[("--vocab", "4")])), 2);
+    assert!(e.contains("more than the 5 special tokens"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = p.fails(&refs(&tiny(&[("--gpu", "0")])), 2);
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+}
+
+#[test]
+fn a_model_stage_given_a_gpu_without_the_cuda_build_fails_and_publishes_nothing() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let p = Project::new();
+    let fasta: String = planted(40, 120, 3)
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("corpus.fa", &fasta);
+    p.bpe(300, "tok");
+    let args = [
+        "stage",
+        "pretrain",
+        "--input",
+        "corpus=corpus.fa",
+        "--input",
+        "tokenizer=tok",
+        "--set",
+        "layers=1",
+        "--set",
+        "hidden=16",
+        "--set",
+        "heads=2",
+        "--set",
+        "intermediate=32",
+        "--set",
+        "max_len=64",
+        "--set",
+        "epochs=1",
+        "--gpus",
+        "0",
+        "--out",
+        "pre",
+    ];
+    let e = p.fails(&args, 1);
+    assert!(
+        e.contains("pretrain: GPU 0: this flora was built without CUDA"),
+        "{e}"
+    );
+    assert!(!p.path("pre/model.safetensors").exists());
+    // The same stage without --gpus runs on the CPU.
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--gpus" && *a != "0")
+        .collect();
+    p.ok(&args);
+    assert!(p.path("pre/model.safetensors").is_file());
+}
