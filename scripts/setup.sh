@@ -8,7 +8,8 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # rust-htslib runs bindgen (libclang) and builds htslib (zlib headers).
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
-for pkg in zlib1g-dev; do
+# The model's matrix products on the CPU go through OpenBLAS (stages/src/model/blas.rs).
+for pkg in zlib1g-dev libopenblas-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # The demo's and the tests' `exec` stages use POSIX tools.

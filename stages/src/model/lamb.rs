@@ -44,9 +44,10 @@ impl Lamb {
         }
     }
 
-    /// One update of every parameter with `grads` (by name) at learning rate `lr`. The norms
-    /// behind the trust ratios are gathered into one tensor and read back at once: one
-    /// device-to-host wait per step instead of two per parameter.
+    /// One update of every parameter with `grads` (by name) at learning rate `lr`: fused loops
+    /// over each tensor on the CPU, tensor operations elsewhere (with the norms behind the trust
+    /// ratios read back in one transfer: one device-to-host wait per step, not two per
+    /// parameter).
     pub fn update(
         &mut self,
         params: &Params,
@@ -59,6 +60,32 @@ impl Lamb {
         let bc2 = 1.0 - self.beta2.powi(t);
         let mut names: Vec<&String> = params.vars.keys().collect();
         names.sort();
+        if params
+            .vars
+            .values()
+            .all(|v| super::fused::applies(v.as_tensor()))
+        {
+            for name in names {
+                if let Some(g) = grads.get(name) {
+                    self.update_on_cpu(name, &params.vars[name], g, lr, bc1, bc2)?;
+                }
+            }
+            return Ok(());
+        }
+        self.update_tensors(params, grads, names, lr, bc1, bc2)
+    }
+
+    /// The update as tensor operations, on any device; the norms behind the trust ratios are
+    /// gathered and read back at once.
+    fn update_tensors(
+        &mut self,
+        params: &Params,
+        grads: &HashMap<String, Tensor>,
+        names: Vec<&String>,
+        lr: f64,
+        bc1: f64,
+        bc2: f64,
+    ) -> Result<()> {
         let mut updates = Vec::new();
         let mut norms = Vec::new();
         for name in names {
@@ -95,6 +122,79 @@ impl Lamb {
             let trust = if wn > 0.0 && un > 0.0 { wn / un } else { 1.0 };
             var.set(&(var.as_tensor() - (u * (lr * trust))?)?)?;
         }
+        Ok(())
+    }
+}
+
+impl Lamb {
+    /// One parameter's update on the CPU in two fused passes over plain slices (moments, update
+    /// direction and both norms; then the weights), instead of about fifteen tensor operations.
+    /// Same arithmetic as [`Lamb::update`]'s general path.
+    fn update_on_cpu(
+        &mut self,
+        name: &str,
+        var: &candle_core::Var,
+        grad: &Tensor,
+        lr: f64,
+        bc1: f64,
+        bc2: f64,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 14;
+        let shape = var.as_tensor().shape().clone();
+        let dev = var.as_tensor().device().clone();
+        let n = shape.elem_count();
+        let w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let stored = |t: Option<&Tensor>| -> Result<Vec<f32>> {
+            match t {
+                Some(t) => t.flatten_all()?.to_vec1::<f32>(),
+                None => Ok(vec![0f32; n]),
+            }
+        };
+        let mut m = stored(self.m.get(name))?;
+        let mut v = stored(self.v.get(name))?;
+        let mut u = vec![0f32; n];
+        let (b1, b2, eps) = (self.beta1 as f32, self.beta2 as f32, self.eps as f32);
+        let (c1, c2) = (bc1 as f32, bc2 as f32);
+        let wd = if decays(name) {
+            self.weight_decay as f32
+        } else {
+            0.0
+        };
+        let sums: Vec<(f64, f64)> = m
+            .par_chunks_mut(CHUNK)
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(u.par_chunks_mut(CHUNK))
+            .zip(w.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .map(|(((m, v), u), (w, g))| {
+                let (mut wn, mut un) = (0f64, 0f64);
+                for i in 0..m.len() {
+                    m[i] = m[i] * b1 + g[i] * (1.0 - b1);
+                    v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
+                    u[i] = (m[i] / c1) / ((v[i] / c2).sqrt() + eps) + wd * w[i];
+                    wn += (w[i] as f64) * (w[i] as f64);
+                    un += (u[i] as f64) * (u[i] as f64);
+                }
+                (wn, un)
+            })
+            .collect();
+        let (wn, un) = sums
+            .iter()
+            .fold((0f64, 0f64), |(a, b), (c, d)| (a + c, b + d));
+        let (wn, un) = (wn.sqrt(), un.sqrt());
+        let trust = if wn > 0.0 && un > 0.0 { wn / un } else { 1.0 };
+        let step = (lr * trust) as f32;
+        let updated: Vec<f32> = w
+            .par_iter()
+            .zip(u.par_iter())
+            .map(|(w, u)| w - step * u)
+            .collect();
+        var.set(&Tensor::from_vec(updated, shape.clone(), &dev)?)?;
+        self.m
+            .insert(name.to_string(), Tensor::from_vec(m, shape.clone(), &dev)?);
+        self.v
+            .insert(name.to_string(), Tensor::from_vec(v, shape, &dev)?);
         Ok(())
     }
 }
@@ -161,5 +261,62 @@ mod tests {
         }
         // Biases get no weight decay.
         assert!(!decays("a.bias") && !decays("a.LayerNorm.weight") && decays("a.dense.weight"));
+    }
+
+    /// The CPU's fused loops and the general tensor path give the same weights and moments.
+    #[test]
+    fn the_cpu_loops_match_the_tensor_path() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(4);
+        let shapes = [("a.dense.weight", vec![7, 33]), ("a.dense.bias", vec![33])];
+        let make = |rng: &mut crate::rng::Rng| {
+            shapes
+                .iter()
+                .map(|(n, s)| {
+                    let t = crate::model::layers::randn(rng, s, 0.3, &dev).unwrap();
+                    (n.to_string(), t)
+                })
+                .collect::<HashMap<String, Tensor>>()
+        };
+        let init = make(&mut rng);
+        let vars = |t: &HashMap<String, Tensor>| Params {
+            vars: t
+                .iter()
+                .map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap()))
+                .collect(),
+            frozen: false,
+            compute: candle_core::DType::F32,
+        };
+        let (fast, slow) = (vars(&init), vars(&init));
+        let (mut of, mut os) = (Lamb::new(0.01), Lamb::new(0.01));
+        for _ in 0..3 {
+            let grads = make(&mut rng);
+            of.update(&fast, &grads, 0.05).unwrap();
+            os.step += 1;
+            let t = os.step as i32;
+            let (bc1, bc2) = (1.0 - os.beta1.powi(t), 1.0 - os.beta2.powi(t));
+            let mut names: Vec<&String> = slow.vars.keys().collect();
+            names.sort();
+            os.update_tensors(&slow, &grads, names, 0.05, bc1, bc2)
+                .unwrap();
+        }
+        for (name, v) in &fast.vars {
+            let a: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = slow.vars[name]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-6, "{name}: {x} vs {y}");
+            }
+            let ma: Vec<f32> = of.m[name].flatten_all().unwrap().to_vec1().unwrap();
+            let mb: Vec<f32> = os.m[name].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                ma.iter().zip(&mb).all(|(x, y)| (x - y).abs() < 1e-7),
+                "{name}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! Building blocks with a backward pass on every path: LayerNorm and softmax written as
-//! compositions of differentiable candle ops (candle-nn 0.11's fused versions have no backward),
-//! seeded dropout, and seeded initialisation (candle's CPU generator cannot be seeded).
+//! Building blocks with a backward pass on every path: LayerNorm, softmax and GELU (fused with
+//! their backward on the CPU, in `fused.rs`; elsewhere compositions of differentiable candle ops,
+//! since candle-nn 0.11's fused versions have no backward), seeded dropout, and seeded
+//! initialisation (candle's CPU generator cannot be seeded).
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -18,8 +19,22 @@ pub fn normal(rng: &mut Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }
 
-/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. Fused on the
+/// CPU (`fused.rs`), composed of differentiable ops elsewhere.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if super::fused::applies(x) {
+        return super::fused::layer_norm(x, weight, bias, eps);
+    }
+    layer_norm_composite(x, weight, bias, eps)
+}
+
+/// LayerNorm composed of differentiable ops (any device and type).
+pub fn layer_norm_composite(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -27,9 +42,25 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// Softmax over the last dimension; the max is subtracted for stability as a constant (exact,
-/// since softmax ignores shifts) so that no gradient flows through it.
+/// Softmax over the last dimension. Fused on the CPU (`fused.rs`), composed elsewhere.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if super::fused::applies(x) {
+        return super::fused::softmax(x);
+    }
+    softmax_composite(x)
+}
+
+/// GELU (erf form). Fused on the CPU (`fused.rs`), candle's op elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if super::fused::applies(x) {
+        return super::fused::gelu(x);
+    }
+    x.gelu_erf()
+}
+
+/// Softmax composed of differentiable ops; the max is subtracted for stability as a constant
+/// (exact, since softmax ignores shifts) so that no gradient flows through it.
+pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
@@ -78,11 +109,14 @@ pub fn seed_device(device: &Device, rng: Option<&mut Rng>) -> Result<()> {
     }
 }
 
-/// `a` x `b`, with the operands rounded to `compute` (bf16 for mixed precision: the matrix units'
+/// `a` x `b` (through OpenBLAS for f32 on the CPU: `blas.rs`), with the operands rounded to `compute` (bf16 for mixed precision: the matrix units'
 /// fast path) and the product returned in f32; a plain f32 product when `compute` is f32. The
 /// casts are differentiable, so gradients reach f32 master weights.
 pub fn matmul(a: &Tensor, b: &Tensor, compute: DType) -> Result<Tensor> {
     if compute == DType::F32 {
+        if super::blas::applies(a, b) {
+            return super::blas::matmul(a, b);
+        }
         return a.matmul(b);
     }
     a.to_dtype(compute)?

@@ -1,9 +1,11 @@
 //! The language-model half of the study: the BPE tokenizer and the encoding of promoters for the
 //! model.
 
+pub mod blas;
 pub mod device;
 pub mod examples;
 pub mod finetune;
+pub mod fused;
 pub mod head;
 pub mod lamb;
 pub mod layers;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{dropout, layer_norm, matmul, randn, seed_device, softmax};
+use super::layers::{dropout, gelu, layer_norm, matmul, randn, seed_device, softmax};
 use crate::rng::Rng;
 
 /// How position ids are counted.
@@ -404,7 +404,7 @@ pub fn encode(
             &attn.add(&x)?,
             cfg.layer_norm_eps,
         )?;
-        let inter = linear(p, &format!("{pre}.intermediate.dense"), &x1)?.gelu_erf()?;
+        let inter = gelu(&linear(p, &format!("{pre}.intermediate.dense"), &x1)?)?;
         let out = linear(p, &format!("{pre}.output.dense"), &inter)?;
         let out = dropout(&out, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
         x = ln(
@@ -419,7 +419,7 @@ pub fn encode(
 
 /// MLM logits (batch, len, vocab) from hidden states.
 pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
-    let h = linear(p, "lm_head.dense", hidden)?.gelu_erf()?;
+    let h = gelu(&linear(p, "lm_head.dense", hidden)?)?;
     let h = ln(p, "lm_head.layer_norm", &h, cfg.layer_norm_eps)?;
     let (bsz, len, hs) = h.dims3()?;
     let emb = p.get("roberta.embeddings.word_embeddings.weight");

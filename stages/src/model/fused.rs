@@ -1,0 +1,452 @@
+//! Fused CPU kernels, with their backward passes, for the costliest elementwise pieces of a
+//! training step: LayerNorm, softmax over the last dimension and GELU (erf form).
+//!
+//! Built as candle custom ops: each replaces a chain of generic ops (a composite LayerNorm and its
+//! backward are about 34 of them, each a full pass with broadcasting) by one pass over contiguous
+//! rows per direction, split across threads. On the paper's model they took more than half of a
+//! CPU training step. They run for f32 tensors on the CPU; other devices and types keep the
+//! differentiable compositions in `layers.rs`, against which the tests here check them.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows handed to a thread at a time.
+const ROWS_PER_TASK: usize = 32;
+
+/// Whether the fused kernels apply to `t`: f32 on the CPU.
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The f32 data of a contiguous CPU tensor.
+fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expects f32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// e^x for f32 without a call into libm, so that loops over it vectorise: x = n ln 2 + r with
+/// |r| <= ln 2 / 2 (Cody and Waite's two-part ln 2), e^r by its degree-6 Taylor polynomial, and
+/// 2^n put into the exponent bits. Relative error below 3e-7 (tested); 0 below -87.3, where f32
+/// has no normal result, and capped at 88.
+#[inline]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Φ(x) and φ(x): the standard normal CDF and density. Φ comes from erf by Abramowitz and Stegun's
+/// formula 7.1.26 (absolute error below 1.5e-7, under f32's resolution near 1), which shares its
+/// exponential with φ: one `exp` per element instead of a series for erf and another for φ.
+fn phi(x: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let e = exp(-0.5 * x * x);
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + P * z);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let erf = 1.0 - poly * e;
+    let erf = if x < 0.0 { -erf } else { erf };
+    (0.5 * (1.0 + erf), e * 0.398_942_3)
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "flora-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = data(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * phi(x).0;
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// grad x GELU'(x), GELU'(x) = Φ(x) + x φ(x).
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "flora-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = data(s1, l1, self.name())?;
+        let g = data(s2, l2, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
+            .for_each(|(d, (x, g))| {
+                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                    let (cdf, pdf) = phi(x);
+                    *d = g * (cdf + x * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "flora-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = data(s, l, self.name())?;
+        let n = last_dim(l);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(x.par_chunks(n * ROWS_PER_TASK))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = exp(x - max);
+                    }
+                    let sum: f32 = y.iter().sum();
+                    let inv = 1.0 / sum;
+                    y.iter_mut().for_each(|y| *y *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+        ))
+    }
+}
+
+/// dx = y (g - sum(g y)) per row, from the softmax's output y.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "flora-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = data(s1, l1, self.name())?;
+        let g = data(s2, l2, self.name())?;
+        let n = last_dim(l1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(
+                y.par_chunks(n * ROWS_PER_TASK)
+                    .zip(g.par_chunks(n * ROWS_PER_TASK)),
+            )
+            .for_each(|(d, (y, g))| {
+                for ((d, y), g) in d.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)) {
+                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                        *d = y * (g - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+/// Mean and 1/sqrt(var + eps) of one row, accumulated in f64.
+fn moments(x: &[f32], eps: f64) -> (f32, f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+impl candle_core::CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "flora-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = data(s1, l1, self.name())?;
+        let w = data(s2, l2, self.name())?;
+        let b = data(s3, l3, self.name())?;
+        let n = last_dim(l1);
+        if w.len() != n || b.len() != n {
+            candle_core::bail!(
+                "{}: weight {} and bias {} for rows of {n}",
+                self.name(),
+                w.len(),
+                b.len()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(x.par_chunks(n * ROWS_PER_TASK))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        *y = (x - mean) * rstd * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = w.elem_count();
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ws = w.flatten_all()?.to_vec1::<f32>()?;
+        let gs = grad.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; xs.len()];
+        // Per task: dx for its rows, and its partial sums of dw and db (added in task order, so
+        // the result does not depend on scheduling).
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(
+                xs.par_chunks(n * ROWS_PER_TASK)
+                    .zip(gs.par_chunks(n * ROWS_PER_TASK)),
+            )
+            .map(|(d, (x, g))| {
+                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                for ((d, x), g) in d.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+                    for j in 0..n {
+                        let xhat = (x[j] - mean) * rstd;
+                        let gw = g[j] * ws[j];
+                        sum_gw += gw;
+                        sum_gw_xhat += gw * xhat;
+                        dw[j] += g[j] * xhat;
+                        db[j] += g[j];
+                    }
+                    let (m1, m2) = (sum_gw / n as f32, sum_gw_xhat / n as f32);
+                    for j in 0..n {
+                        let xhat = (x[j] - mean) * rstd;
+                        d[j] = rstd * (g[j] * ws[j] - m1 - xhat * m2);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+        for (pw, pb) in partial {
+            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// LayerNorm over the last dimension, fused (see [`applies`]).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps },
+    )
+}
+
+/// Softmax over the last dimension, fused (see [`applies`]).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// GELU, erf form, fused (see [`applies`]).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Var {
+        let t = layers::randn(&mut Rng::new(seed), shape, 1.5, &Device::Cpu).unwrap();
+        Var::from_tensor(&t).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// A weighted sum, so that every output element gets a different gradient.
+    fn loss(y: &Tensor, weights: &Tensor) -> Tensor {
+        (y * weights).unwrap().sum_all().unwrap()
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composition_forward_and_backward() {
+        let (x, w, b) = (random(&[3, 5, 48], 1), random(&[48], 2), random(&[48], 3));
+        let weights = random(&[3, 5, 48], 4);
+        let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let plain = layers::layer_norm_composite(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+            .unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let gf = loss(&fused, weights.as_tensor()).backward().unwrap();
+        let gp = loss(&plain, weights.as_tensor()).backward().unwrap();
+        for v in [&x, &w, &b] {
+            let (a, e) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+            assert!(
+                max_diff(a, e) < 1e-4,
+                "gradient differs by {}",
+                max_diff(a, e)
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_matches_the_composition_forward_and_backward() {
+        let x = random(&[2, 3, 7, 40], 5);
+        let weights = random(&[2, 3, 7, 40], 6);
+        let fused = softmax(x.as_tensor()).unwrap();
+        let plain = layers::softmax_composite(x.as_tensor()).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-6);
+        let gf = loss(&fused, weights.as_tensor()).backward().unwrap();
+        let gp = loss(&plain, weights.as_tensor()).backward().unwrap();
+        let (a, e) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+        assert!(
+            max_diff(a, e) < 1e-5,
+            "gradient differs by {}",
+            max_diff(a, e)
+        );
+    }
+
+    #[test]
+    fn gelu_matches_candle_forward_and_backward() {
+        let x = random(&[4, 33, 17], 7);
+        let weights = random(&[4, 33, 17], 8);
+        let fused = gelu(x.as_tensor()).unwrap();
+        let plain = x.as_tensor().gelu_erf().unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let gf = loss(&fused, weights.as_tensor()).backward().unwrap();
+        let gp = loss(&plain, weights.as_tensor()).backward().unwrap();
+        let (a, e) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+        assert!(
+            max_diff(a, e) < 1e-4,
+            "gradient differs by {}",
+            max_diff(a, e)
+        );
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_range_of_f32() {
+        for i in -87_000..=88_000 {
+            let x = i as f32 / 1000.0;
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            assert!(
+                ((got - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+        assert!(exp(-200.0) < 1e-37 && exp(200.0).is_finite());
+    }
+
+    #[test]
+    fn the_normal_cdf_matches_erf_and_the_density_its_formula() {
+        for i in -4000..=4000 {
+            let x = i as f32 / 500.0;
+            let (cdf, pdf) = phi(x);
+            let want = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / 2f64.sqrt()));
+            assert!(
+                (cdf as f64 - want).abs() < 3e-7,
+                "Φ({x}) = {cdf}, want {want}"
+            );
+            let want = (-0.5 * (x as f64).powi(2)).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!(
+                (pdf as f64 - want).abs() < 1e-7,
+                "φ({x}) = {pdf}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_contiguous_input_is_handled() {
+        let x = random(&[6, 10], 9);
+        let t = x.as_tensor().t().unwrap();
+        let fused = softmax(&t).unwrap();
+        let plain = layers::softmax_composite(&t.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-6);
+    }
+}
