@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml::Value;
 
+use flora_stages::analysis::positional as importance;
 use flora_stages::analysis::table as analysis;
 use flora_stages::baselines::stage as baselines;
 use flora_stages::download;
@@ -137,6 +138,13 @@ static KINDS: &[Kind] = &[
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
         check: |v| check::<analysis::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, analysis::run),
+    },
+    Kind {
+        name: "importance",
+        version: 1,
+        summary: "positional importance (the paper's Figure 2): mean |change in prediction| when a random k-mer at a given distance from the TSS is replaced, k = 1..6, as TSV and heat map (inputs: model, promoters)",
+        check: |v| check::<importance::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, importance::run),
     },
 ];
 

@@ -516,3 +516,64 @@ fn baselines_score_the_same_rows_as_finetune() {
     );
     assert!(e.contains("each k must be 1 to 6"), "{e}");
 }
+
+#[test]
+fn importance_maps_where_replacements_move_the_prediction() {
+    let p = finetuned();
+    p.ok(&[
+        "stage",
+        "importance",
+        "--input",
+        "model=ft",
+        "--input",
+        "promoters=corpus.fa",
+        "--set",
+        "sequences=20",
+        "--set",
+        "bin=30",
+        "--set",
+        "ks=[1, 2]",
+        "--out",
+        "imp",
+    ]);
+    let tsv = p.read("imp/importance.tsv");
+    let mut lines = tsv.lines();
+    assert_eq!(lines.next(), Some("k\tfrom\tto\tmean_abs_change\tn"));
+    // 150-base promoters in bins of 30: five bins for each k.
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 10, "{tsv}");
+    for r in &rows {
+        assert_eq!(r[4], "20", "{tsv}");
+        let change: f64 = r[3].parse().unwrap();
+        assert!(change.is_finite() && change >= 0.0, "{tsv}");
+    }
+    let svg = p.read("imp/importance.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("bases to the TSS"));
+    // A model without a head, and a missing input, are clear errors.
+    let e = p.fails(
+        &[
+            "stage",
+            "importance",
+            "--input",
+            "model=pre",
+            "--input",
+            "promoters=corpus.fa",
+            "--out",
+            "imp2",
+        ],
+        1,
+    );
+    assert!(e.contains("without an expression head"), "{e}");
+    let e = p.fails(
+        &[
+            "stage",
+            "importance",
+            "--input",
+            "model=ft",
+            "--out",
+            "imp3",
+        ],
+        1,
+    );
+    assert!(e.contains("needs an input `promoters`"), "{e}");
+}

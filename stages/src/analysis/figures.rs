@@ -66,6 +66,55 @@ pub fn mutagenesis_heatmap(cells: &[(usize, u8, f32)], title: &str) -> Result<St
     Ok(svg)
 }
 
+/// The positional-importance map: x is the distance to the TSS (far left, TSS right), one row
+/// per k-mer size, colour the mean |change in prediction| (white at 0, red at the largest).
+pub fn importance_heatmap(
+    cells: &[super::positional::Cell],
+    title: &str,
+) -> Result<String, String> {
+    let far = cells.iter().map(|c| c.to).max().unwrap_or(1);
+    let mut ks: Vec<usize> = cells.iter().map(|c| c.k).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let max = cells.iter().map(|c| c.mean_abs_change).fold(0.0, f64::max);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 120 + 40 * ks.len() as u32))
+            .into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(far as f64..0f64, 0f64..ks.len() as f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("bases to the TSS")
+            .y_desc("k")
+            .y_labels(ks.len())
+            .y_label_formatter(&|y| {
+                let i = (*y - 0.5).round() as usize;
+                ks.get(i).map(|k| k.to_string()).unwrap_or_default()
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(cells.iter().map(|c| {
+                let row = ks.iter().position(|&k| k == c.k).unwrap_or(0) as f64;
+                Rectangle::new(
+                    [(c.to as f64, row), ((c.from - 1) as f64, row + 1.0)],
+                    diverging(c.mean_abs_change, max).filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +130,25 @@ mod tests {
         assert!(svg.matches("<rect").count() >= 30);
         assert_eq!(diverging(1.0, 1.0), RGBColor(255, 40, 40));
         assert_eq!(diverging(0.0, 1.0), RGBColor(255, 255, 255));
+    }
+
+    #[test]
+    fn importance_map_has_a_cell_per_k_and_bin() {
+        let cells: Vec<super::super::positional::Cell> = [1, 2, 3]
+            .iter()
+            .flat_map(|&k| {
+                (0..4).map(move |b| super::super::positional::Cell {
+                    k,
+                    from: b * 50 + 1,
+                    to: (b + 1) * 50,
+                    mean_abs_change: (4 - b) as f64 * 0.1,
+                    n: 10,
+                })
+            })
+            .collect();
+        let svg = importance_heatmap(&cells, "importance").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("importance"));
+        assert!(svg.matches("<rect").count() >= 12);
+        assert!(svg.contains("bases to the TSS"));
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod figures;
 pub mod metrics;
+pub mod positional;
 pub mod predictions;
 pub mod table;
