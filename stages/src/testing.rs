@@ -79,3 +79,35 @@ pub fn planted_table(rows: &[Planted]) -> String {
     }
     text
 }
+
+/// A CPU variable of normal(0, `std`) values drawn from `seed` (for gradient checks).
+pub fn random_var(shape: &[usize], std: f32, seed: u64) -> candle_core::Var {
+    let t = crate::model::layers::randn(&mut Rng::new(seed), shape, std, &candle_core::Device::Cpu)
+        .expect("a CPU tensor");
+    candle_core::Var::from_tensor(&t).expect("a variable")
+}
+
+/// A float tensor's elements summed, as f64.
+pub fn total(t: &candle_core::Tensor) -> f64 {
+    t.to_dtype(candle_core::DType::F64)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.to_scalar::<f64>())
+        .expect("a float tensor")
+}
+
+/// The largest |a - b| over two tensors of one shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.to_dtype(candle_core::DType::F64))
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f64>())
+        .expect("tensors of one shape")
+}
+
+/// [`max_abs_diff`] relative to the largest |b|.
+pub fn max_rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    let zero = b.zeros_like().expect("a tensor");
+    max_abs_diff(a, b) / max_abs_diff(b, &zero).max(1e-12)
+}

@@ -185,36 +185,11 @@ impl CustomOp2 for Matmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::layers;
-    use crate::rng::Rng;
-    use candle_core::{Device, Var};
+    use crate::testing::{max_rel_diff, random_var};
+    use candle_core::Var;
 
     fn random(shape: &[usize], seed: u64) -> Var {
-        let t = layers::randn(&mut Rng::new(seed), shape, 1.0, &Device::Cpu).unwrap();
-        Var::from_tensor(&t).unwrap()
-    }
-
-    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let s: f32 = b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        d / s.max(1e-12)
+        random_var(shape, 1.0, seed)
     }
 
     /// The product and both gradients against candle's own `matmul`.

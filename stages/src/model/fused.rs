@@ -330,25 +330,15 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::model::layers;
-    use crate::rng::Rng;
-    use candle_core::{Device, Var};
+    use crate::testing::{max_abs_diff, random_var};
+    use candle_core::Var;
 
     fn random(shape: &[usize], seed: u64) -> Var {
-        let t = layers::randn(&mut Rng::new(seed), shape, 1.5, &Device::Cpu).unwrap();
-        Var::from_tensor(&t).unwrap()
+        random_var(shape, 1.5, seed)
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        max_abs_diff(a, b) as f32
     }
 
     /// A weighted sum, so that every output element gets a different gradient.
@@ -376,38 +366,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn softmax_matches_the_composition_forward_and_backward() {
-        let x = random(&[2, 3, 7, 40], 5);
-        let weights = random(&[2, 3, 7, 40], 6);
-        let fused = softmax(x.as_tensor()).unwrap();
-        let plain = layers::softmax_composite(x.as_tensor()).unwrap();
-        assert!(max_diff(&fused, &plain) < 1e-6);
+    /// A one-input op against its reference, forward and backward.
+    fn check_unary(
+        shape: &[usize],
+        ours: fn(&Tensor) -> Result<Tensor>,
+        reference: fn(&Tensor) -> Result<Tensor>,
+        tolerance: (f32, f32),
+    ) {
+        let x = random(shape, 5);
+        let weights = random(shape, 6);
+        let fused = ours(x.as_tensor()).unwrap();
+        let plain = reference(x.as_tensor()).unwrap();
+        assert!(max_diff(&fused, &plain) < tolerance.0);
         let gf = loss(&fused, weights.as_tensor()).backward().unwrap();
         let gp = loss(&plain, weights.as_tensor()).backward().unwrap();
         let (a, e) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
         assert!(
-            max_diff(a, e) < 1e-5,
+            max_diff(a, e) < tolerance.1,
             "gradient differs by {}",
             max_diff(a, e)
         );
     }
 
     #[test]
-    fn gelu_matches_candle_forward_and_backward() {
-        let x = random(&[4, 33, 17], 7);
-        let weights = random(&[4, 33, 17], 8);
-        let fused = gelu(x.as_tensor()).unwrap();
-        let plain = x.as_tensor().gelu_erf().unwrap();
-        assert!(max_diff(&fused, &plain) < 1e-5);
-        let gf = loss(&fused, weights.as_tensor()).backward().unwrap();
-        let gp = loss(&plain, weights.as_tensor()).backward().unwrap();
-        let (a, e) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
-        assert!(
-            max_diff(a, e) < 1e-4,
-            "gradient differs by {}",
-            max_diff(a, e)
+    fn softmax_matches_the_composition_forward_and_backward() {
+        check_unary(
+            &[2, 3, 7, 40],
+            softmax,
+            layers::softmax_composite,
+            (1e-6, 1e-5),
         );
+    }
+
+    #[test]
+    fn gelu_matches_candle_forward_and_backward() {
+        check_unary(&[4, 33, 17], gelu, |x| x.gelu_erf(), (1e-5, 1e-4));
     }
 
     #[test]

@@ -80,6 +80,19 @@ fn ctx(dir: &Path, name: &str, corpus: &Path, tok: &Path) -> Context {
     c
 }
 
+/// The mean training loss of the first three and the last three steps of a run's log.
+fn first_and_last_losses(out: &Path) -> (f64, f64) {
+    let log = std::fs::read_to_string(out.join("train_log.tsv")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+        .collect();
+    let first = losses[..3].iter().sum::<f64>() / 3.0;
+    let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    (first, last)
+}
+
 fn tiny_config() -> Config {
     Config::new(305, 2, 32, 2, 64, 64, 0.0, Positions::Tss)
 }
@@ -196,14 +209,7 @@ fn lamb_on_mlm_drives_the_loss_down_and_beats_unigram_guessing() {
     };
     let cx = ctx(dir.path(), "run", &c, &t);
     let s = train(&p, &cx, None).unwrap();
-    let log = std::fs::read_to_string(cx.out.join("train_log.tsv")).unwrap();
-    let losses: Vec<f64> = log
-        .lines()
-        .skip(1)
-        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
-        .collect();
-    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    let (first, last) = first_and_last_losses(&cx.out);
     assert!(last < first - 1.0, "loss {first:.3} -> {last:.3}");
     // Guessing the most frequent token gets at most its frequency among real tokens.
     let tok = bpe::load(&t).unwrap();
@@ -441,26 +447,9 @@ fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
     for (name, a) in &g32 {
         let b = &g16[name];
         assert_eq!(b.dtype(), candle_core::DType::F32, "{name}");
-        let dot = (a * b)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let na = a
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let nb = b
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let dot = crate::testing::total(&(a * b).unwrap());
+        let na = crate::testing::total(&a.sqr().unwrap());
+        let nb = crate::testing::total(&b.sqr().unwrap());
         if na > 1e-12 {
             let cos = dot / (na.sqrt() * nb.sqrt());
             assert!(
@@ -481,14 +470,7 @@ fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
     };
     let cx = ctx(dir.path(), "bf16", &c, &t);
     train(&p, &cx, None).unwrap();
-    let log = std::fs::read_to_string(cx.out.join("train_log.tsv")).unwrap();
-    let losses: Vec<f64> = log
-        .lines()
-        .skip(1)
-        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
-        .collect();
-    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    let (first, last) = first_and_last_losses(&cx.out);
     assert!(last < first - 0.5, "bf16 loss {first:.3} -> {last:.3}");
     let saved =
         candle_core::safetensors::load(cx.out.join("model.safetensors"), &Device::Cpu).unwrap();
