@@ -500,6 +500,19 @@ fn baselines_score_the_same_rows_as_finetune() {
     assert!(p
         .read("an/table1.tsv")
         .starts_with("model\tmetric\tAll\tleaf\troot\tseed\n"));
+    // A predicted-against-observed figure per model, a panel per tissue.
+    for model in ["finetune", "baselines_mean", "baselines_kmers"] {
+        let svg = p.read(&format!("an/scatter_{model}.svg"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("Pearson r²"),
+            "{model}"
+        );
+        assert_eq!(
+            svg.matches("<circle").count(),
+            72 * 3,
+            "{model}: one point per test row and tissue"
+        );
+    }
     assert!(summary["test_all"]["kmers"]["r2"].is_number());
     let e = p.fails(
         &[

@@ -115,6 +115,82 @@ pub fn importance_heatmap(
     Ok(svg)
 }
 
+/// One panel of a predicted-against-observed figure: the tissue, its (observed, predicted)
+/// pairs, and the squared Pearson correlation shown in its title.
+pub struct ScatterPanel {
+    /// Tissue (target) name.
+    pub target: String,
+    /// (observed, predicted) pairs.
+    pub points: Vec<(f64, f64)>,
+    /// Squared Pearson correlation of the pairs.
+    pub pearson_r2: f64,
+}
+
+/// Predicted against observed values, one panel per tissue (three to a row), with the diagonal
+/// y = x; axes share one range per panel so that the diagonal means "exact".
+pub fn scatter(panels: &[ScatterPanel], title: &str) -> Result<String, String> {
+    let n = panels.len().max(1);
+    let cols = n.min(3);
+    let rows = n.div_ceil(cols);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (330 * cols as u32, 300 * rows as u32 + 40))
+            .into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let body = root
+            .titled(title, ("sans-serif", 18))
+            .map_err(|e| e.to_string())?;
+        for (area, panel) in body.split_evenly((rows, cols)).iter().zip(panels) {
+            let finite = panel
+                .points
+                .iter()
+                .flat_map(|&(o, p)| [o, p])
+                .filter(|v| v.is_finite());
+            let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+            let (lo, hi) = if lo > hi {
+                (0.0, 1.0)
+            } else {
+                let pad = ((hi - lo) * 0.05).max(1e-6);
+                (lo - pad, hi + pad)
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!("{} (Pearson r² {:.3})", panel.target, panel.pearson_r2),
+                    ("sans-serif", 14),
+                )
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(40)
+                .build_cartesian_2d(lo..hi, lo..hi)
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc("observed")
+                .y_desc("predicted")
+                .draw()
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(lo, lo), (hi, hi)],
+                    BLACK.mix(0.4),
+                )))
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(
+                    panel
+                        .points
+                        .iter()
+                        .filter(|(o, p)| o.is_finite() && p.is_finite())
+                        .map(|&(o, p)| Circle::new((o, p), 2, BLUE.mix(0.5).filled())),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +206,37 @@ mod tests {
         assert!(svg.matches("<rect").count() >= 30);
         assert_eq!(diverging(1.0, 1.0), RGBColor(255, 40, 40));
         assert_eq!(diverging(0.0, 1.0), RGBColor(255, 255, 255));
+    }
+
+    #[test]
+    fn scatter_has_a_panel_per_tissue_and_a_point_per_pair() {
+        let panels: Vec<ScatterPanel> = ["leaf", "root", "seed", "flower"]
+            .iter()
+            .map(|t| ScatterPanel {
+                target: t.to_string(),
+                points: (0..25).map(|i| (i as f64, i as f64 * 0.9 + 0.3)).collect(),
+                pearson_r2: 1.0,
+            })
+            .collect();
+        let svg = scatter(&panels, "finetune: predicted against observed").unwrap();
+        assert!(svg.starts_with("<svg"));
+        for t in [
+            "leaf",
+            "root",
+            "seed",
+            "flower",
+            "finetune: predicted against observed",
+        ] {
+            assert!(svg.contains(t), "{t}");
+        }
+        assert_eq!(svg.matches("<circle").count(), 100);
+        // No points at all still draws.
+        let empty = [ScatterPanel {
+            target: "leaf".into(),
+            points: vec![],
+            pearson_r2: f64::NAN,
+        }];
+        assert!(scatter(&empty, "empty").unwrap().starts_with("<svg"));
     }
 
     #[test]

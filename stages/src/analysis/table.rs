@@ -226,10 +226,54 @@ pub fn markdown(models: &[ModelMetrics]) -> String {
     text
 }
 
-/// Runs the stage: `table1.tsv`, `table1.md` and `metrics.json` into `ctx.out`.
+/// Predicted-against-observed figures, one SVG per model (a panel per tissue), as
+/// (file name, SVG text).
+pub fn scatter_figures(
+    inputs: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (name, input) in inputs {
+        for (model, path) in models(name, input)? {
+            let p = read(&path)?;
+            let mut targets: Vec<String> = Vec::new();
+            let mut points: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for ((_, target), (&o, &pr)) in p.keys.iter().zip(p.observed.iter().zip(&p.predicted)) {
+                if !points.contains_key(target) {
+                    targets.push(target.clone());
+                }
+                points.entry(target.clone()).or_default().push((o, pr));
+            }
+            let panels: Vec<super::figures::ScatterPanel> = targets
+                .into_iter()
+                .map(|t| {
+                    let pts = points.remove(&t).unwrap_or_default();
+                    let (o, pr): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
+                    super::figures::ScatterPanel {
+                        pearson_r2: metrics::compare(&o, &pr).pearson_r2,
+                        target: t,
+                        points: pts,
+                    }
+                })
+                .collect();
+            let svg = super::figures::scatter(
+                &panels,
+                &format!("{model}: predicted against observed (test rows)"),
+            )?;
+            out.push((format!("scatter_{}.svg", model.replace('/', "_")), svg));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the stage: `table1.tsv`, `table1.md`, `metrics.json` and a `scatter_<model>.svg` per
+/// model into `ctx.out`.
 pub fn run(_p: &Params, ctx: &Context) -> Result<Vec<ModelMetrics>, String> {
     let fail = |e: String| format!("analysis: {e}");
     let models = score(&ctx.inputs).map_err(fail)?;
+    for (name, svg) in scatter_figures(&ctx.inputs).map_err(fail)? {
+        let path = ctx.out.join(&name);
+        std::fs::write(&path, svg).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    }
     for (name, text) in [
         ("table1.tsv", tsv(&models)),
         ("table1.md", markdown(&models)),
