@@ -103,8 +103,9 @@ fn read(path: &Path) -> Result<Predictions, String> {
     Ok(out)
 }
 
-/// Scores every model named by the inputs.
-pub fn score(inputs: &BTreeMap<String, PathBuf>) -> Result<Vec<ModelMetrics>, String> {
+/// Reads every model named by the inputs, in order, checking that all were scored on the same
+/// (id, target) rows.
+fn load(inputs: &BTreeMap<String, PathBuf>) -> Result<Vec<(String, Predictions)>, String> {
     let mut named = Vec::new();
     for (name, input) in inputs {
         named.extend(models(name, input)?);
@@ -112,50 +113,64 @@ pub fn score(inputs: &BTreeMap<String, PathBuf>) -> Result<Vec<ModelMetrics>, St
     if named.is_empty() {
         return Err("needs at least one input: a model's predictions".into());
     }
-    let mut out = Vec::new();
-    let mut reference: Option<(String, Vec<(String, String)>)> = None;
+    let mut out: Vec<(String, Predictions)> = Vec::new();
     for (model, path) in named {
         let p = read(&path)?;
-        match &reference {
-            None => reference = Some((model.clone(), p.keys.clone())),
-            Some((first, keys)) => {
-                if let Some(i) =
-                    (0..keys.len().max(p.keys.len())).find(|&i| keys.get(i) != p.keys.get(i))
-                {
-                    let show = |k: Option<&(String, String)>| {
-                        k.map_or("nothing".to_string(), |(id, t)| format!("{id} {t}"))
-                    };
-                    return Err(format!(
-                        "{model} and {first} were not scored on the same rows: row {} is {} in one and {} in the other",
-                        i + 1,
-                        show(p.keys.get(i)),
-                        show(keys.get(i))
-                    ));
-                }
+        if let Some((first, reference)) = out.first() {
+            let keys = &reference.keys;
+            if let Some(i) =
+                (0..keys.len().max(p.keys.len())).find(|&i| keys.get(i) != p.keys.get(i))
+            {
+                let show = |k: Option<&(String, String)>| {
+                    k.map_or("nothing".to_string(), |(id, t)| format!("{id} {t}"))
+                };
+                return Err(format!(
+                    "{model} and {first} were not scored on the same rows: row {} is {} in one and {} in the other",
+                    i + 1,
+                    show(p.keys.get(i)),
+                    show(keys.get(i))
+                ));
             }
         }
-        let mut tissues: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
-        for (i, (_, t)) in p.keys.iter().enumerate() {
-            let slot = match tissues.iter().position(|(name, _, _)| name == t) {
-                Some(s) => s,
-                None => {
-                    tissues.push((t.clone(), Vec::new(), Vec::new()));
-                    tissues.len() - 1
-                }
-            };
-            tissues[slot].1.push(p.observed[i]);
-            tissues[slot].2.push(p.predicted[i]);
-        }
-        out.push(ModelMetrics {
-            model,
-            all: metrics::compare(&p.observed, &p.predicted),
-            tissues: tissues
-                .into_iter()
-                .map(|(t, o, pr)| (t, metrics::compare(&o, &pr)))
-                .collect(),
-        });
+        out.push((model, p));
     }
     Ok(out)
+}
+
+/// A model's pairs grouped by tissue, tissues in file order: (tissue, observed, predicted).
+fn by_tissue(p: &Predictions) -> Vec<(String, Vec<f64>, Vec<f64>)> {
+    let mut tissues: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    for (i, (_, t)) in p.keys.iter().enumerate() {
+        let slot = match tissues.iter().position(|(name, _, _)| name == t) {
+            Some(s) => s,
+            None => {
+                tissues.push((t.clone(), Vec::new(), Vec::new()));
+                tissues.len() - 1
+            }
+        };
+        tissues[slot].1.push(p.observed[i]);
+        tissues[slot].2.push(p.predicted[i]);
+    }
+    tissues
+}
+
+fn metrics_of(model: &str, p: &Predictions) -> ModelMetrics {
+    ModelMetrics {
+        model: model.to_string(),
+        all: metrics::compare(&p.observed, &p.predicted),
+        tissues: by_tissue(p)
+            .into_iter()
+            .map(|(t, o, pr)| (t, metrics::compare(&o, &pr)))
+            .collect(),
+    }
+}
+
+/// Scores every model named by the inputs.
+pub fn score(inputs: &BTreeMap<String, PathBuf>) -> Result<Vec<ModelMetrics>, String> {
+    Ok(load(inputs)?
+        .iter()
+        .map(|(model, p)| metrics_of(model, p))
+        .collect())
 }
 
 /// Table 1 as TSV: a row per model and metric, columns All and each tissue.
@@ -228,39 +243,22 @@ pub fn markdown(models: &[ModelMetrics]) -> String {
 
 /// Predicted-against-observed figures, one SVG per model (a panel per tissue), as
 /// (file name, SVG text).
-pub fn scatter_figures(
-    inputs: &BTreeMap<String, PathBuf>,
-) -> Result<Vec<(String, String)>, String> {
+fn scatter_figures(loaded: &[(String, Predictions)]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    for (name, input) in inputs {
-        for (model, path) in models(name, input)? {
-            let p = read(&path)?;
-            let mut targets: Vec<String> = Vec::new();
-            let mut points: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-            for ((_, target), (&o, &pr)) in p.keys.iter().zip(p.observed.iter().zip(&p.predicted)) {
-                if !points.contains_key(target) {
-                    targets.push(target.clone());
-                }
-                points.entry(target.clone()).or_default().push((o, pr));
-            }
-            let panels: Vec<super::figures::ScatterPanel> = targets
-                .into_iter()
-                .map(|t| {
-                    let pts = points.remove(&t).unwrap_or_default();
-                    let (o, pr): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
-                    super::figures::ScatterPanel {
-                        pearson_r2: metrics::compare(&o, &pr).pearson_r2,
-                        target: t,
-                        points: pts,
-                    }
-                })
-                .collect();
-            let svg = super::figures::scatter(
-                &panels,
-                &format!("{model}: predicted against observed (test rows)"),
-            )?;
-            out.push((format!("scatter_{}.svg", model.replace('/', "_")), svg));
-        }
+    for (model, p) in loaded {
+        let panels: Vec<super::figures::ScatterPanel> = by_tissue(p)
+            .into_iter()
+            .map(|(target, o, pr)| super::figures::ScatterPanel {
+                pearson_r2: metrics::compare(&o, &pr).pearson_r2,
+                target,
+                points: o.into_iter().zip(pr).collect(),
+            })
+            .collect();
+        let svg = super::figures::scatter(
+            &panels,
+            &format!("{model}: predicted against observed (test rows)"),
+        )?;
+        out.push((format!("scatter_{}.svg", model.replace('/', "_")), svg));
     }
     Ok(out)
 }
@@ -269,8 +267,9 @@ pub fn scatter_figures(
 /// model into `ctx.out`.
 pub fn run(_p: &Params, ctx: &Context) -> Result<Vec<ModelMetrics>, String> {
     let fail = |e: String| format!("analysis: {e}");
-    let models = score(&ctx.inputs).map_err(fail)?;
-    for (name, svg) in scatter_figures(&ctx.inputs).map_err(fail)? {
+    let loaded = load(&ctx.inputs).map_err(fail)?;
+    let models: Vec<ModelMetrics> = loaded.iter().map(|(m, p)| metrics_of(m, p)).collect();
+    for (name, svg) in scatter_figures(&loaded).map_err(fail)? {
         let path = ctx.out.join(&name);
         std::fs::write(&path, svg).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     }

@@ -352,15 +352,9 @@ fn train_step(
     let y: Vec<f32> = rows.iter().flat_map(|r| r.y.iter().copied()).collect();
     let y = Tensor::from_vec(y, pred.dims(), dev)?;
     let loss = head::mse(&pred, &y)?;
-    let store = loss.backward()?;
-    let mut grads = HashMap::new();
-    for (name, var) in &w.vars {
-        if p.freeze_encoder && !head::is_head(name) {
-            continue;
-        }
-        if let Some(g) = store.get(var.as_tensor()) {
-            grads.insert(name.clone(), g.clone());
-        }
+    let mut grads = w.grads(&loss.backward()?);
+    if p.freeze_encoder {
+        grads.retain(|name, _| head::is_head(name));
     }
     if p.clip_norm > 0.0 {
         let norm = global_norm(&grads)?;

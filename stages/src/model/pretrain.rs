@@ -190,15 +190,11 @@ fn micro_step(
     let hidden = roberta::encode(w, cfg, &inputs, Some(&mut drng), dev)?;
     let (loss, correct, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
     let value = loss.to_scalar::<f32>()? as f64;
-    let mut grads = HashMap::new();
-    if n > 0 {
-        let store = loss.backward()?;
-        for (name, var) in &w.vars {
-            if let Some(g) = store.get(var.as_tensor()) {
-                grads.insert(name.clone(), g.clone());
-            }
-        }
-    }
+    let grads = if n > 0 {
+        w.grads(&loss.backward()?)
+    } else {
+        HashMap::new()
+    };
     Ok((value, correct, n, grads))
 }
 

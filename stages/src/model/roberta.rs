@@ -279,6 +279,14 @@ impl Params {
         Some(if self.frozen { t.detach() } else { t.clone() })
     }
 
+    /// The gradient of every parameter that has one in `store`, by name.
+    pub fn grads(&self, store: &candle_core::backprop::GradStore) -> HashMap<String, Tensor> {
+        self.vars
+            .iter()
+            .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+            .collect()
+    }
+
     /// The tensors, by name, for saving.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.vars

@@ -100,11 +100,7 @@ pub fn time_steps(
         let hidden = roberta::encode(&w, cfg, &rows, Some(&mut drng), device)?;
         let (loss, _, _) = roberta::mlm_loss(&w, cfg, &hidden, &labels)?;
         let store = loss.backward()?;
-        let grads: HashMap<String, Tensor> = w
-            .vars
-            .iter()
-            .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
-            .collect();
+        let grads: HashMap<String, Tensor> = w.grads(&store);
         opt.update(&w, &grads, 1e-4)?;
         last_loss = loss.to_scalar::<f32>()? as f64;
         device.synchronize()?;
@@ -279,11 +275,7 @@ pub fn profile_ops(
         let hidden = roberta::encode(&w, cfg, &rows, Some(&mut erng), device)?;
         let (loss, _, _) = roberta::mlm_loss(&w, cfg, &hidden, &labels)?;
         let store = loss.backward()?;
-        grads = w
-            .vars
-            .iter()
-            .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
-            .collect();
+        grads = w.grads(&store);
         Ok(())
     })?;
     let mut opt = Lamb::new(0.01);
