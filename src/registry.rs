@@ -127,14 +127,14 @@ static KINDS: &[Kind] = &[
     },
     Kind {
         name: "baselines",
-        version: 1,
-        summary: "each tissue's training mean and a bag-of-k-mers linear (ridge) regression, scored on the test rows (inputs as finetune, without a model)",
+        version: 2,
+        summary: "each tissue's training mean (`constant`) and a bag-of-k-mers linear (ridge) regression per k (`bow2`..`bow5`), scored on the test rows (inputs as finetune, without a model)",
         check: |v| check::<baselines::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, baselines::run),
     },
     Kind {
         name: "analysis",
-        version: 1,
+        version: 2,
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
         check: |v| check::<analysis::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, analysis::run),

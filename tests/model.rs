@@ -473,15 +473,22 @@ fn baselines_score_the_same_rows_as_finetune() {
             .collect()
     };
     let ft = ft_ids(&p.read("ft/predictions.tsv"));
-    for model in ["mean", "kmers"] {
-        let rows = ft_ids(&p.read(&format!("bl/{model}/predictions.tsv")));
+    let bl = p.read("bl/predictions.tsv");
+    assert!(bl.starts_with("model\tid\ttarget\tobserved\tpredicted\n"), "{bl}");
+    for model in ["constant", "bow2", "bow3"] {
+        let rows: Vec<String> = bl
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{model}\t")))
+            .map(|l| l.split('\t').take(2).collect::<Vec<_>>().join("\t"))
+            .collect();
         assert_eq!(
             rows, ft,
             "{model} scores the test rows finetune scored, in order"
         );
     }
     let summary: serde_json::Value = serde_json::from_str(&p.read("bl/summary.json")).unwrap();
-    assert_eq!(summary["features"], 16 + 64);
+    assert_eq!(summary["features"]["bow2"], 16);
+    assert_eq!(summary["features"]["bow3"], 64);
     // Table 1 over the three models.
     p.ok(&[
         "stage",
@@ -494,14 +501,14 @@ fn baselines_score_the_same_rows_as_finetune() {
         "an",
     ]);
     let md = p.read("an/table1.md");
-    for row in ["| finetune |", "| baselines/mean |", "| baselines/kmers |"] {
+    for row in ["| finetune |", "| constant |", "| bow2 |", "| bow3 |"] {
         assert_eq!(md.matches(row).count(), 2, "{row} in both tables:\n{md}");
     }
     assert!(p
         .read("an/table1.tsv")
         .starts_with("model\tmetric\tAll\tleaf\troot\tseed\n"));
     // A predicted-against-observed figure per model, a panel per tissue.
-    for model in ["finetune", "baselines_mean", "baselines_kmers"] {
+    for model in ["finetune", "constant", "bow2", "bow3"] {
         let svg = p.read(&format!("an/scatter_{model}.svg"));
         assert!(
             svg.starts_with("<svg") && svg.contains("Pearson r²"),
@@ -513,7 +520,16 @@ fn baselines_score_the_same_rows_as_finetune() {
             "{model}: one point per test row and tissue"
         );
     }
-    assert!(summary["test_all"]["kmers"]["r2"].is_number());
+    assert!(summary["test_all"]["bow3"]["r2"].is_number());
+    let table = p.read("an/table1.tsv");
+    for model in ["finetune", "constant", "bow2", "bow3"] {
+        for metric in ["r2", "pearson_r2"] {
+            assert!(
+                table.contains(&format!("\n{model}\t{metric}\t")),
+                "{model} {metric}:\n{table}"
+            );
+        }
+    }
     let e = p.fails(
         &[
             "stage",

@@ -1,9 +1,13 @@
 //! Test-split predictions in the one format every model writes (`id, target, observed,
-//! predicted`, a row per sequence and target), with their metrics.
+//! predicted`, a row per sequence and target; a stage that fits several models, such as
+//! `baselines`, puts a `model` column first), with their metrics.
 
 use std::collections::BTreeMap;
 
 use super::metrics::{self, Metrics};
+
+/// The header of a single model's predictions.
+pub const HEADER: &str = "id\ttarget\tobserved\tpredicted\n";
 
 /// A predictions table and how well it scores.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,17 +20,23 @@ pub struct Scored {
     pub per_target: BTreeMap<String, Metrics>,
 }
 
-/// Scores `predicted` against `observed` (a row per id, a column per target) and writes the table.
+/// Scores `predicted` against `observed` (a row per id, a column per target) and writes the table,
+/// with a leading `model` column when `model` is given.
 pub fn score(
+    model: Option<&str>,
     ids: &[&str],
     targets: &[String],
     observed: &[Vec<f64>],
     predicted: &[Vec<f64>],
 ) -> Scored {
-    let mut text = String::from("id\ttarget\tobserved\tpredicted\n");
+    let lead = model.map_or(String::new(), |m| format!("{m}\t"));
+    let mut text = String::from(HEADER);
+    if model.is_some() {
+        text.insert_str(0, "model\t");
+    }
     for ((id, obs), pred) in ids.iter().zip(observed).zip(predicted) {
         for (k, name) in targets.iter().enumerate() {
-            text.push_str(&format!("{id}\t{name}\t{}\t{}\n", obs[k], pred[k]));
+            text.push_str(&format!("{lead}{id}\t{name}\t{}\t{}\n", obs[k], pred[k]));
         }
     }
     let mut per_target = BTreeMap::new();
@@ -56,6 +66,7 @@ mod tests {
     fn one_row_per_id_and_target() {
         let targets = vec!["leaf".to_string(), "root".to_string()];
         let s = score(
+            None,
             &["a", "b"],
             &targets,
             &[vec![1.0, 2.0], vec![3.0, 4.0]],
@@ -67,5 +78,16 @@ mod tests {
         );
         assert_eq!(s.all.unwrap().n, 4);
         assert!((s.per_target["root"].mse - 0.5).abs() < 1e-12);
+        let m = score(
+            Some("bow2"),
+            &["a"],
+            &targets[..1],
+            &[vec![1.0]],
+            &[vec![2.0]],
+        );
+        assert_eq!(
+            m.text,
+            "model\tid\ttarget\tobserved\tpredicted\nbow2\ta\tleaf\t1\t2\n"
+        );
     }
 }

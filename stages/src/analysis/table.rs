@@ -1,10 +1,11 @@
 //! Table 1 of the paper: every model's test metrics, over all tissues and per tissue, from the
 //! `predictions.tsv` files the models wrote (`id, target, observed, predicted`).
 //!
-//! Each input of the stage names a model: a `predictions.tsv`, a folder holding one (`finetune`),
-//! or a folder of such folders (`baselines`: `mean/`, `kmers/`), whose models are named
-//! `<input>/<folder>`. Every model must have been scored on the same (id, target) pairs; a
-//! difference is an error naming the first pair that differs.
+//! Each input of the stage holds models: a `predictions.tsv`, a folder holding one (`finetune`),
+//! or a folder of such folders (named `<input>/<folder>`). A file of one model is named after its
+//! input; a file with a leading `model` column (`baselines`: `constant`, `bow2` ... `bow5`) holds
+//! one model per value, named by it. Names must be unique, and every model must have been scored
+//! on the same (id, target) pairs; a difference is an error naming the first pair that differs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,8 +39,10 @@ struct Predictions {
     predicted: Vec<f64>,
 }
 
-/// The models under one input, with their names.
-fn models(name: &str, input: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+/// The predictions files under one input, each with the name its models take: a file, a folder
+/// holding `predictions.tsv` (named after the input), or a folder of such folders (named
+/// `<input>/<folder>`).
+fn files(name: &str, input: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     if input.is_file() {
         return Ok(vec![(name.to_string(), input.to_path_buf())]);
     }
@@ -71,70 +74,105 @@ fn models(name: &str, input: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         .collect())
 }
 
-fn read(path: &Path) -> Result<Predictions, String> {
+/// Reads one predictions file: `id, target, observed, predicted` (one model, called `name`), or
+/// with a leading `model` column (a model per value, in order of appearance, each called by its
+/// value, or `<name>/<value>` when `nested`).
+fn read(name: &str, nested: bool, path: &Path) -> Result<Vec<(String, Predictions)>, String> {
     let shown = path.display().to_string();
     let (header, rows) = tsv::read_numbered(path).map_err(|e| format!("{shown}: {e}"))?;
     let want = ["id", "target", "observed", "predicted"];
-    if header.len() < 4 || header[..4] != want {
+    let lead = usize::from(header.first().is_some_and(|h| h == "model"));
+    if header.len() < lead + 4 || header[lead..lead + 4] != want {
         return Err(format!(
-            "{shown}: the header is {}, expected {}",
+            "{shown}: the header is {}, expected {} (optionally after `model`)",
             header.join(", "),
             want.join(", ")
         ));
     }
-    let mut out = Predictions {
-        keys: Vec::new(),
-        observed: Vec::new(),
-        predicted: Vec::new(),
-    };
+    let mut out: Vec<(String, Predictions)> = Vec::new();
     for (line, row) in rows {
+        let model = match (lead, nested) {
+            (0, _) => name.to_string(),
+            (_, true) => format!("{name}/{}", row[0]),
+            (_, false) => row[0].clone(),
+        };
         let num = |c: usize| -> Result<f64, String> {
-            row[c].parse::<f64>().map_err(|_| {
+            row[lead + c].parse::<f64>().map_err(|_| {
                 format!(
                     "{shown}: line {line}, column `{}`: {:?} is not a number",
-                    want[c], row[c]
+                    want[c],
+                    row[lead + c]
                 )
             })
         };
-        out.observed.push(num(2)?);
-        out.predicted.push(num(3)?);
-        out.keys.push((row[0].clone(), row[1].clone()));
+        let slot = match out.iter().position(|(m, _)| *m == model) {
+            Some(s) => s,
+            None => {
+                let empty = Predictions {
+                    keys: Vec::new(),
+                    observed: Vec::new(),
+                    predicted: Vec::new(),
+                };
+                out.push((model, empty));
+                out.len() - 1
+            }
+        };
+        let p = &mut out[slot].1;
+        p.observed.push(num(2)?);
+        p.predicted.push(num(3)?);
+        p.keys.push((row[lead].clone(), row[lead + 1].clone()));
     }
     Ok(out)
 }
 
-/// Reads every model named by the inputs, in order, checking that all were scored on the same
-/// (id, target) rows.
+/// Reads every model named by the inputs, in order, checking that names are unique and that all
+/// were scored on the same (id, target) rows.
 fn load(inputs: &BTreeMap<String, PathBuf>) -> Result<Vec<(String, Predictions)>, String> {
-    let mut named = Vec::new();
-    for (name, input) in inputs {
-        named.extend(models(name, input)?);
-    }
-    if named.is_empty() {
-        return Err("needs at least one input: a model's predictions".into());
-    }
     let mut out: Vec<(String, Predictions)> = Vec::new();
-    for (model, path) in named {
-        let p = read(&path)?;
-        if let Some((first, reference)) = out.first() {
-            let keys = &reference.keys;
-            if let Some(i) =
-                (0..keys.len().max(p.keys.len())).find(|&i| keys.get(i) != p.keys.get(i))
-            {
-                let show = |k: Option<&(String, String)>| {
-                    k.map_or("nothing".to_string(), |(id, t)| format!("{id} {t}"))
-                };
-                return Err(format!(
-                    "{model} and {first} were not scored on the same rows: row {} is {} in one and {} in the other",
-                    i + 1,
-                    show(p.keys.get(i)),
-                    show(keys.get(i))
-                ));
+    let mut from: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (name, input) in inputs {
+        for (base, path) in files(name, input)? {
+            for (model, p) in read(&base, base != *name, &path)? {
+                if let Some(first) = from.insert(model.clone(), path.clone()) {
+                    return Err(format!(
+                        "two models are called `{model}`: in {} and in {}",
+                        first.display(),
+                        path.display()
+                    ));
+                }
+                if let Some((first, reference)) = out.first() {
+                    same_rows(&model, &p, first, reference)?;
+                }
+                out.push((model, p));
             }
         }
-        out.push((model, p));
+    }
+    if out.is_empty() {
+        return Err("needs at least one input: a model's predictions".into());
     }
     Ok(out)
+}
+
+/// Fails, naming the first differing row, unless `p` was scored on the rows of `reference`.
+fn same_rows(
+    model: &str,
+    p: &Predictions,
+    first: &str,
+    reference: &Predictions,
+) -> Result<(), String> {
+    let keys = &reference.keys;
+    let Some(i) = (0..keys.len().max(p.keys.len())).find(|&i| keys.get(i) != p.keys.get(i)) else {
+        return Ok(());
+    };
+    let show = |k: Option<&(String, String)>| {
+        k.map_or("nothing".to_string(), |(id, t)| format!("{id} {t}"))
+    };
+    Err(format!(
+        "{model} and {first} were not scored on the same rows: row {} is {} in one and {} in the other",
+        i + 1,
+        show(p.keys.get(i)),
+        show(keys.get(i))
+    ))
 }
 
 /// A model's pairs grouped by tissue, tissues in file order: (tissue, observed, predicted).
@@ -317,20 +355,40 @@ mod tests {
             ]
         };
         write(dir.path(), "ft/predictions.tsv", &rows(0.0));
-        write(dir.path(), "bl/mean/predictions.tsv", &rows(1.0));
-        write(dir.path(), "bl/kmers/predictions.tsv", &rows(-1.0));
+        let mut bl = String::from("model\tid\ttarget\tobserved\tpredicted\n");
+        for (model, shift) in [("constant", 1.0), ("bow2", -1.0)] {
+            for (id, t, o, p) in rows(shift) {
+                bl.push_str(&format!("{model}\t{id}\t{t}\t{o}\t{p}\n"));
+            }
+        }
+        std::fs::create_dir_all(dir.path().join("bl")).unwrap();
+        std::fs::write(dir.path().join("bl/predictions.tsv"), &bl).unwrap();
+        write(dir.path(), "runs/a/predictions.tsv", &rows(0.5));
+        std::fs::create_dir_all(dir.path().join("runs/b")).unwrap();
+        std::fs::write(dir.path().join("runs/b/predictions.tsv"), &bl).unwrap();
         let inputs = BTreeMap::from([
             ("finetune".to_string(), dir.path().join("ft")),
             ("baselines".to_string(), dir.path().join("bl")),
+            ("runs".to_string(), dir.path().join("runs")),
         ]);
         let m = score(&inputs).unwrap();
         let names: Vec<&str> = m.iter().map(|x| x.model.as_str()).collect();
-        assert_eq!(names, ["baselines/kmers", "baselines/mean", "finetune"]);
+        assert_eq!(
+            names,
+            [
+                "constant",
+                "bow2",
+                "finetune",
+                "runs/a",
+                "runs/b/constant",
+                "runs/b/bow2"
+            ]
+        );
         // finetune's leaf is exact; a constant shift keeps Pearson at 1 but costs R².
         let ft = &m[2];
         assert_eq!(ft.tissues[0].0, "leaf");
         assert_eq!(ft.tissues[0].1.r2, 1.0);
-        let mean = &m[1];
+        let mean = &m[0];
         assert!((mean.tissues[0].1.pearson_r2 - 1.0).abs() < 1e-12);
         assert!((mean.tissues[0].1.r2 - (1.0 - 3.0 / 8.0)).abs() < 1e-12);
         let table = tsv(&m);
@@ -380,5 +438,25 @@ mod tests {
         assert!(score(&BTreeMap::new())
             .unwrap_err()
             .contains("at least one input"));
+        // The same model name from two inputs.
+        write(dir.path(), "a.tsv", &[("x", "leaf", 1.0, 1.0)]);
+        let two = "model\tid\ttarget\tobserved\tpredicted\na\tx\tleaf\t1\t1\n";
+        std::fs::write(dir.path().join("c.tsv"), two).unwrap();
+        let e = score(&BTreeMap::from([
+            ("a".to_string(), dir.path().join("a.tsv")),
+            ("c".to_string(), dir.path().join("c.tsv")),
+        ]))
+        .unwrap_err();
+        assert!(e.contains("two models are called `a`"), "{e}");
+        std::fs::write(dir.path().join("c.tsv"), "model\tid\tvalue\n").unwrap();
+        let e = score(&BTreeMap::from([(
+            "c".to_string(),
+            dir.path().join("c.tsv"),
+        )]))
+        .unwrap_err();
+        assert!(
+            e.contains("expected id, target, observed, predicted"),
+            "{e}"
+        );
     }
 }

@@ -1,18 +1,19 @@
 //! The `baselines` stage: what a language model has to beat, scored on the same rows and scale.
 //!
-//! - `mean`: each tissue's mean over the training rows.
-//! - `kmers`: bag-of-k-mers frequencies (k = 2..5 by default; overlapping, or non-overlapping as
-//!   in FloraBERT's original code) fed to one multi-output linear regression. The ridge penalty
-//!   is `ridge` when given; otherwise the one of 0, 1e-4, ..., 1 with the lowest validation MSE
-//!   (0 without validation rows).
+//! - `constant`: each tissue's mean over the training rows.
+//! - `bow<k>` for every k in `k` (2..5 by default): bag-of-k-mers frequencies (overlapping, or
+//!   non-overlapping as in FloraBERT's original code) fed to one multi-output linear regression.
+//!   The ridge penalty is `ridge` when given; otherwise, per model, the one of 0, 1e-4, ..., 1
+//!   with the lowest validation MSE (0 without validation rows).
 //!
 //! Inputs and the `transform` param are those of `finetune` (a ready `table`, or `promoters` +
-//! `expression` + `split`), so that the three models are scored on one scale. Output:
-//! `mean/predictions.tsv` and `kmers/predictions.tsv` (`id, target, observed, predicted` for the
-//! test rows), and `summary.json` with every model's test metrics.
+//! `expression` + `split`), so that every model is scored on one scale. Output:
+//! `predictions.tsv` (`model, id, target, observed, predicted` for the test rows of every model)
+//! and `summary.json` with every model's test metrics.
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kmers::{self, Counting};
@@ -31,7 +32,7 @@ pub struct Params {
     pub transform: TransformParam,
     /// Offset of the log transform (default 0.001).
     pub offset: f64,
-    /// k-mer lengths (default [2, 3, 4, 5]; each 1 to 6).
+    /// k-mer lengths, one `bow<k>` model each (default [2, 3, 4, 5]; each 1 to 6).
     pub k: Vec<usize>,
     /// `overlapping` or `non_overlapping` (default overlapping).
     pub counting: Counting,
@@ -63,10 +64,10 @@ pub struct Summary {
     pub dropped: BTreeMap<String, usize>,
     /// The transform used.
     pub transform: Option<Transform>,
-    /// k-mer features per sequence.
-    pub features: usize,
-    /// The ridge penalty of the k-mer model.
-    pub ridge: f64,
+    /// Features per sequence, per k-mer model.
+    pub features: BTreeMap<String, usize>,
+    /// The ridge penalty of each k-mer model.
+    pub ridge: BTreeMap<String, f64>,
     /// Test metrics over all targets, per model.
     pub test_all: BTreeMap<String, Metrics>,
     /// Test metrics per model and target.
@@ -76,11 +77,24 @@ pub struct Summary {
 /// Penalties tried when `ridge` is not given.
 const RIDGE_GRID: [f64; 6] = [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 
-/// Fits both baselines and writes their test predictions.
+/// The rows of one split: k-mer features and transformed targets.
+struct Rows {
+    x: Vec<Vec<f64>>,
+    y: Vec<Vec<f64>>,
+}
+
+/// Fits every baseline and writes their test predictions.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let fail = |e: String| format!("baselines: {e}");
     if p.k.is_empty() || p.k.iter().any(|&k| !(1..=6).contains(&k)) {
         return Err(fail(format!("k {:?}: each k must be 1 to 6", p.k)));
+    }
+    if let Some(k) =
+        p.k.iter()
+            .enumerate()
+            .find_map(|(i, k)| p.k[..i].contains(k).then_some(k))
+    {
+        return Err(fail(format!("k {:?}: {k} is listed twice", p.k)));
     }
     if p.ridge.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
         return Err(fail("ridge must be a number >= 0".into()));
@@ -101,15 +115,9 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             .map(|r| r.targets.iter().map(|&v| t.apply(v, p.offset)).collect())
             .collect()
     };
-    let x = |rows: &[&Example]| -> Vec<Vec<f64>> {
-        rows.iter()
-            .map(|r| kmers::features(&r.seq, &p.k, p.counting))
-            .collect()
-    };
     let mut summary = Summary {
         dropped: data.dropped.clone(),
         transform: Some(t),
-        features: kmers::width(&p.k),
         ..Summary::default()
     };
     for (name, rows) in [("train", &train), ("validation", &valid), ("test", &test)] {
@@ -117,49 +125,68 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     }
     let (y_train, y_valid, y_test) = (y(&train), y(&valid), y(&test));
     let ids: Vec<&str> = test.iter().map(|r| r.id.as_str()).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(ctx.threads.max(1))
+        .build()
+        .map_err(|e| fail(format!("cannot start threads: {e}")))?;
+    let mut text = String::new();
+    let mut emit = |summary: &mut Summary, model: &str, predicted: &[Vec<f64>]| {
+        let scored = predictions::score(Some(model), &ids, &data.targets, &y_test, predicted);
+        let body = scored.text.split_once('\n').map_or("", |(_, rows)| rows);
+        if text.is_empty() {
+            text.push_str(&scored.text[..scored.text.len() - body.len()]);
+        }
+        text.push_str(body);
+        if let Some(all) = scored.all {
+            summary.test_all.insert(model.into(), all);
+        }
+        summary.test.insert(model.into(), scored.per_target);
+    };
 
     // The mean of each tissue over the training rows.
     let n = y_train.len() as f64;
     let means: Vec<f64> = (0..data.targets.len())
         .map(|k| y_train.iter().map(|r| r[k]).sum::<f64>() / n)
         .collect();
-    let mean_pred = vec![means; test.len()];
-    let scored = predictions::score(&ids, &data.targets, &y_test, &mean_pred);
-    write(ctx, "mean", &scored.text)?;
-    record(&mut summary, "mean", scored);
+    emit(&mut summary, "constant", &vec![means; test.len()]);
 
-    // Bag of k-mers, one multi-output linear fit.
-    let x_train = x(&train);
-    let x_valid = x(&valid);
-    let fit = |lambda: f64| ridge::fit(&x_train, &y_train, lambda).map_err(fail);
-    let (lambda, model) = match p.ridge {
-        Some(l) => (l, fit(l)?),
-        None if valid.is_empty() => (0.0, fit(0.0)?),
-        None => {
-            let mut best: Option<(f64, f64, Ridge)> = None;
-            for l in RIDGE_GRID {
-                let m = fit(l)?;
-                let err = mse(&m, &x_valid, &y_valid);
-                if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
-                    best = Some((err, l, m));
-                }
-            }
-            let (_, l, m) = best.expect("the grid is not empty");
-            (l, m)
-        }
-    };
-    summary.ridge = lambda;
-    let k_pred: Vec<Vec<f64>> = x(&test).iter().map(|xi| model.predict(xi)).collect();
-    let scored = predictions::score(&ids, &data.targets, &y_test, &k_pred);
-    write(ctx, "kmers", &scored.text)?;
-    record(&mut summary, "kmers", scored);
+    // Bag of k-mers, one multi-output linear fit per k.
+    for &k in &p.k {
+        let name = format!("bow{k}");
+        let features = |rows: &[&Example]| -> Vec<Vec<f64>> {
+            pool.install(|| {
+                rows.par_iter()
+                    .map(|r| kmers::features(&r.seq, &[k], p.counting))
+                    .collect()
+            })
+        };
+        let fit_rows = Rows {
+            x: features(&train),
+            y: y_train.clone(),
+        };
+        let valid_rows = Rows {
+            x: features(&valid),
+            y: y_valid.clone(),
+        };
+        let (lambda, model) = pool
+            .install(|| choose(p.ridge, &fit_rows, &valid_rows))
+            .map_err(|e| fail(format!("{name}: {e}")))?;
+        let predicted: Vec<Vec<f64>> = features(&test).iter().map(|x| model.predict(x)).collect();
+        summary.features.insert(name.clone(), kmers::width(&[k]));
+        summary.ridge.insert(name.clone(), lambda);
+        emit(&mut summary, &name, &predicted);
+    }
 
-    let json = ctx.out.join("summary.json");
-    std::fs::write(
-        &json,
-        serde_json::to_string_pretty(&summary).expect("serializes"),
-    )
-    .map_err(|e| fail(format!("{}: {e}", json.display())))?;
+    for (file, body) in [
+        ("predictions.tsv", text),
+        (
+            "summary.json",
+            serde_json::to_string_pretty(&summary).expect("serializes"),
+        ),
+    ] {
+        let path = ctx.out.join(file);
+        std::fs::write(&path, body).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    }
     for (m, metrics) in &summary.test_all {
         eprintln!(
             "baselines: {m}: test R2 {:.3} (squared Pearson {:.3})",
@@ -169,30 +196,38 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     Ok(summary)
 }
 
-fn mse(m: &Ridge, x: &[Vec<f64>], y: &[Vec<f64>]) -> f64 {
+/// Fits on `train` with the given penalty, or with the one of [`RIDGE_GRID`] that predicts
+/// `valid` best (0 when there are no validation rows).
+fn choose(given: Option<f64>, train: &Rows, valid: &Rows) -> Result<(f64, Ridge), String> {
+    let fit = |lambda: f64| ridge::fit(&train.x, &train.y, lambda);
+    match given {
+        Some(l) => Ok((l, fit(l)?)),
+        None if valid.x.is_empty() => Ok((0.0, fit(0.0)?)),
+        None => {
+            let mut best: Option<(f64, f64, Ridge)> = None;
+            for l in RIDGE_GRID {
+                let m = fit(l)?;
+                let err = mse(&m, valid);
+                if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
+                    best = Some((err, l, m));
+                }
+            }
+            let (_, l, m) = best.expect("the grid is not empty");
+            Ok((l, m))
+        }
+    }
+}
+
+fn mse(m: &Ridge, rows: &Rows) -> f64 {
     let mut s = 0.0;
     let mut n = 0usize;
-    for (xi, yi) in x.iter().zip(y) {
+    for (xi, yi) in rows.x.iter().zip(&rows.y) {
         for (p, o) in m.predict(xi).iter().zip(yi) {
             s += (p - o).powi(2);
             n += 1;
         }
     }
     s / n.max(1) as f64
-}
-
-fn record(summary: &mut Summary, model: &str, scored: predictions::Scored) {
-    if let Some(all) = scored.all {
-        summary.test_all.insert(model.into(), all);
-    }
-    summary.test.insert(model.into(), scored.per_target);
-}
-
-fn write(ctx: &Context, model: &str, text: &str) -> Result<(), String> {
-    let dir = ctx.out.join(model);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("baselines: {}: {e}", dir.display()))?;
-    let path = dir.join("predictions.tsv");
-    std::fs::write(&path, text).map_err(|e| format!("baselines: {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -229,12 +264,19 @@ mod tests {
             &ctx,
         )
         .unwrap();
-        assert!(s.test_all["kmers"].r2 > 0.999, "{s:?}");
-        assert!(s.test_all["mean"].r2 < 0.05);
+        assert!(s.test_all["bow2"].r2 > 0.999, "{s:?}");
+        assert!(s.test_all["constant"].r2 < 0.05);
         assert_eq!(s.transform, Some(Transform::None));
-        let text = std::fs::read_to_string(ctx.out.join("kmers/predictions.tsv")).unwrap();
-        assert!(text.starts_with("id\ttarget\tobserved\tpredicted\n"));
-        assert_eq!(text.lines().count(), 1 + 90);
+        let text = std::fs::read_to_string(ctx.out.join("predictions.tsv")).unwrap();
+        assert!(text.starts_with("model\tid\ttarget\tobserved\tpredicted\n"));
+        assert_eq!(text.lines().count(), 1 + 2 * 90);
+        let models: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| &l[..l.find('\t').unwrap()])
+            .collect();
+        assert_eq!(models.iter().filter(|&&m| m == "constant").count(), 90);
+        assert_eq!(models.iter().filter(|&&m| m == "bow2").count(), 90);
     }
 
     #[test]
@@ -250,6 +292,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("each k must be 1 to 6"), "{e}");
+        let e = run(
+            &Params {
+                k: vec![3, 2, 3],
+                ..Params::default()
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(e.contains("3 is listed twice"), "{e}");
         let e = run(
             &Params {
                 transform: TransformParam::Log,

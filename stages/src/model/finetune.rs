@@ -306,7 +306,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         .iter()
         .map(|r| r.iter().map(|&v| v as f64).collect())
         .collect();
-    let scored = predictions::score(&ids, &data.targets, &observed, &predicted);
+    let scored = predictions::score(None, &ids, &data.targets, &observed, &predicted);
     summary.test = scored.per_target;
     summary.test_all = scored.all;
     let text = scored.text;
