@@ -474,7 +474,10 @@ fn baselines_score_the_same_rows_as_finetune() {
     };
     let ft = ft_ids(&p.read("ft/predictions.tsv"));
     let bl = p.read("bl/predictions.tsv");
-    assert!(bl.starts_with("model\tid\ttarget\tobserved\tpredicted\n"), "{bl}");
+    assert!(
+        bl.starts_with("model\tid\ttarget\tobserved\tpredicted\n"),
+        "{bl}"
+    );
     for model in ["constant", "bow2", "bow3"] {
         let rows: Vec<String> = bl
             .lines()

@@ -27,6 +27,7 @@ pub mod context;
 pub mod download;
 pub mod exec;
 pub mod genomics;
+pub mod linalg;
 pub mod model;
 pub mod rng;
 pub mod splits;

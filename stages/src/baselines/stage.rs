@@ -197,25 +197,24 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
 }
 
 /// Fits on `train` with the given penalty, or with the one of [`RIDGE_GRID`] that predicts
-/// `valid` best (0 when there are no validation rows).
+/// `valid` best (0 when there are no validation rows). One decomposition serves every penalty.
 fn choose(given: Option<f64>, train: &Rows, valid: &Rows) -> Result<(f64, Ridge), String> {
-    let fit = |lambda: f64| ridge::fit(&train.x, &train.y, lambda);
-    match given {
-        Some(l) => Ok((l, fit(l)?)),
-        None if valid.x.is_empty() => Ok((0.0, fit(0.0)?)),
-        None => {
-            let mut best: Option<(f64, f64, Ridge)> = None;
-            for l in RIDGE_GRID {
-                let m = fit(l)?;
-                let err = mse(&m, valid);
-                if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
-                    best = Some((err, l, m));
-                }
-            }
-            let (_, l, m) = best.expect("the grid is not empty");
-            Ok((l, m))
+    let prepared = ridge::prepare(&train.x, &train.y)?;
+    let grid: &[f64] = match given {
+        Some(ref l) => std::slice::from_ref(l),
+        None if valid.x.is_empty() => &[0.0],
+        None => &RIDGE_GRID,
+    };
+    let mut best: Option<(f64, f64, Ridge)> = None;
+    for &l in grid {
+        let m = prepared.solve(l);
+        let err = if grid.len() > 1 { mse(&m, valid) } else { 0.0 };
+        if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
+            best = Some((err, l, m));
         }
     }
+    let (_, l, m) = best.expect("the grid is not empty");
+    Ok((l, m))
 }
 
 fn mse(m: &Ridge, rows: &Rows) -> f64 {
