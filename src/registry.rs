@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_yaml::Value;
 
 use flora_stages::analysis::positional as importance;
+use flora_stages::analysis::species as embeddings;
 use flora_stages::analysis::table as analysis;
 use flora_stages::baselines::stage as baselines;
 use flora_stages::download;
@@ -145,6 +146,13 @@ static KINDS: &[Kind] = &[
         summary: "positional importance (the paper's Figure 2): mean |change in prediction| when a random k-mer at a given distance from the TSS is replaced, k = 1..6, as TSV and heat map (inputs: model, promoters)",
         check: |v| check::<importance::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, importance::run),
+    },
+    Kind {
+        name: "embeddings",
+        version: 1,
+        summary: "species embeddings: each species' mean promoter embedding and its base composition, PCA scatters coloured by a workflow attribute (inputs: model, promoter sets)",
+        check: |v| check::<embeddings::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, embeddings::run),
     },
 ];
 

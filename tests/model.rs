@@ -609,3 +609,93 @@ fn importance_maps_where_replacements_move_the_prediction() {
     );
     assert!(e.contains("needs an input `promoters`"), "{e}");
 }
+
+#[test]
+fn embeddings_compare_species_of_a_pretrained_model() {
+    let p = finetuned();
+    // The planted promoters as two species: the first half, and the second half made AT-rich.
+    let rows = planted(240, 150, 5);
+    let mut a = String::new();
+    let mut b = String::new();
+    for (i, r) in rows.iter().enumerate().take(80) {
+        if i % 2 == 0 {
+            a.push_str(&format!(">{} maize chr1:1-150(+)\n{}\n", r.id, r.seq));
+        } else {
+            let at: String = r
+                .seq
+                .chars()
+                .map(|c| if c == 'G' { 'A' } else { c })
+                .collect();
+            b.push_str(&format!(">{} cress chr1:1-150(-)\n{at}\n", r.id));
+        }
+    }
+    p.write("maize.fa", &a).write("cress.fa", &b);
+    p.ok(&[
+        "stage",
+        "embeddings",
+        "--input",
+        "model=pre",
+        "--input",
+        "maize=maize.fa",
+        "--input",
+        "cress=cress.fa",
+        "--set",
+        "attribute=clade",
+        "--set",
+        "groups={maize: monocot, cress: eudicot}",
+        "--out",
+        "emb",
+    ]);
+    let table = p.read("emb/species.tsv");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("species\tclade\tsequences\tpc1\tpc2\tcomposition_pc1"));
+    assert!(lines[1].starts_with("cress\teudicot\t40\t"), "{table}");
+    assert!(lines[2].starts_with("maize\tmonocot\t40\t"), "{table}");
+    let svg = p.read("emb/species_pca.svg");
+    for t in [
+        "mean promoter embedding",
+        "base (1-mer) composition",
+        "clade: monocot",
+        "cress",
+    ] {
+        assert!(svg.contains(t), "{t}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&p.read("emb/summary.json")).unwrap();
+    assert!(
+        summary["explained"][0].as_f64().unwrap() > 0.99,
+        "two species: one axis"
+    );
+    // One species cannot be compared; a param of the wrong type names the param.
+    let e = p.fails(
+        &[
+            "stage",
+            "embeddings",
+            "--input",
+            "model=pre",
+            "--input",
+            "maize=maize.fa",
+            "--out",
+            "emb2",
+        ],
+        1,
+    );
+    assert!(
+        e.contains("at least 2 species to compare, found 1: maize"),
+        "{e}"
+    );
+    let e = p.fails(
+        &[
+            "stage",
+            "embeddings",
+            "--input",
+            "model=pre",
+            "--set",
+            "per_species=many",
+            "--out",
+            "emb3",
+        ],
+        2,
+    );
+    assert!(e.contains("per_species"), "{e}");
+}

@@ -111,3 +111,42 @@ pub fn max_rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
     let zero = b.zeros_like().expect("a tensor");
     max_abs_diff(a, b) / max_abs_diff(b, &zero).max(1e-12)
 }
+
+/// A random-weight model folder (1 layer of width 16, a `leaf`/`root` head, one token per base)
+/// saved in `dir` and loaded; rows are `max_len` tokens, so it reads the last `max_len - 2`
+/// bases of a sequence.
+pub fn tiny_model(dir: &std::path::Path, max_len: usize) -> crate::model::predictor::Predictor {
+    use crate::model::roberta::{Config, Params as Weights, Positions};
+    use crate::model::{head, predictor, tokenizer};
+    use candle_core::Device;
+    // 256 byte symbols and no merges: one token per base.
+    let tok = tokenizer::train(
+        ["ACGTACGGTTCAGATCCGATCGA"].into_iter(),
+        &tokenizer::Params {
+            vocab_size: 256,
+            ..Default::default()
+        },
+    )
+    .expect("trains a tokenizer");
+    let cfg = Config::new(
+        tok.get_vocab_size(true),
+        1,
+        16,
+        2,
+        32,
+        max_len,
+        0.0,
+        Positions::Tss,
+    );
+    let mut w = Weights::init(&cfg, 3, &Device::Cpu).expect("initialises");
+    head::init(&mut w, &cfg, 2, 5, &Device::Cpu).expect("adds a head");
+    let hc = head::HeadConfig {
+        targets: vec!["leaf".into(), "root".into()],
+        transform: head::Transform::None,
+        offset: 0.0,
+        dropout: 0.0,
+        pooling: "mean".into(),
+    };
+    predictor::save(dir, &cfg, &hc, &w, &tok).expect("saves");
+    predictor::Predictor::load(dir, Device::Cpu).expect("loads")
+}

@@ -191,6 +191,96 @@ pub fn scatter(panels: &[ScatterPanel], title: &str) -> Result<String, String> {
     Ok(svg)
 }
 
+/// One panel of a PCA figure: a title (what was projected, with the variance explained) and a
+/// labelled point per item, coloured by its group.
+pub struct PcaPanel {
+    /// The panel's title.
+    pub title: String,
+    /// Axis names (e.g. `PC1 (41%)`).
+    pub axes: (String, String),
+    /// (label, group, x, y) per point.
+    pub points: Vec<(String, String, f64, f64)>,
+}
+
+/// PCA scatters side by side, points labelled and coloured by group (one legend entry each,
+/// titled `attribute`).
+pub fn pca(panels: &[PcaPanel], attribute: &str, title: &str) -> Result<String, String> {
+    let mut groups: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p.points.iter().map(|q| q.1.as_str()))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let colour = |g: &str| Palette99::pick(groups.iter().position(|&x| x == g).unwrap_or(0));
+    let n = panels.len().max(1) as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (480 * n, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let body = root
+            .titled(title, ("sans-serif", 18))
+            .map_err(|e| e.to_string())?;
+        for (area, panel) in body.split_evenly((1, n as usize)).iter().zip(panels) {
+            let range = |v: &mut dyn Iterator<Item = f64>| {
+                let (lo, hi) = v
+                    .filter(|x| x.is_finite())
+                    .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+                if lo > hi {
+                    (-1.0, 1.0)
+                } else {
+                    let pad = ((hi - lo) * 0.15).max(1e-9);
+                    (lo - pad, hi + pad)
+                }
+            };
+            let (x0, x1) = range(&mut panel.points.iter().map(|p| p.2));
+            let (y0, y1) = range(&mut panel.points.iter().map(|p| p.3));
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 14))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(45)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc(&panel.axes.0)
+                .y_desc(&panel.axes.1)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for &g in &groups {
+                let c = colour(g);
+                chart
+                    .draw_series(
+                        panel
+                            .points
+                            .iter()
+                            .filter(|p| p.1 == g)
+                            .map(|p| Circle::new((p.2, p.3), 5, c.filled())),
+                    )
+                    .map_err(|e| e.to_string())?
+                    .label(format!("{attribute}: {g}"))
+                    .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
+            }
+            chart
+                .draw_series(
+                    panel.points.iter().map(|p| {
+                        Text::new(p.0.clone(), (p.2, p.3), ("sans-serif", 11).into_font())
+                    }),
+                )
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK.mix(0.3))
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +347,39 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("importance"));
         assert!(svg.matches("<rect").count() >= 12);
         assert!(svg.contains("bases to the TSS"));
+    }
+
+    #[test]
+    fn pca_panels_label_every_point_and_legend_every_group() {
+        let points = vec![
+            ("zea_mays".to_string(), "monocot".to_string(), 1.0, 0.5),
+            ("sorghum".to_string(), "monocot".to_string(), 0.9, 0.4),
+            ("arabidopsis".to_string(), "eudicot".to_string(), -1.0, 0.1),
+        ];
+        let panel = |t: &str| PcaPanel {
+            title: t.to_string(),
+            axes: ("PC1 (60%)".into(), "PC2 (30%)".into()),
+            points: points.clone(),
+        };
+        let svg = pca(
+            &[panel("mean embedding"), panel("1-mer composition")],
+            "clade",
+            "species",
+        )
+        .unwrap();
+        assert!(svg.starts_with("<svg"));
+        for t in [
+            "mean embedding",
+            "1-mer composition",
+            "zea_mays",
+            "arabidopsis",
+            "clade: monocot",
+            "clade: eudicot",
+            "PC1 (60%)",
+        ] {
+            assert!(svg.contains(t), "{t}");
+        }
+        // Three points per panel plus a legend mark per group in each.
+        assert_eq!(svg.matches("<circle").count(), 2 * (3 + 2));
     }
 }

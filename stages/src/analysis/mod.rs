@@ -4,4 +4,5 @@ pub mod figures;
 pub mod metrics;
 pub mod positional;
 pub mod predictions;
+pub mod species;
 pub mod table;

@@ -196,44 +196,9 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Vec<Cell>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::head;
-    use crate::model::predictor;
-    use crate::model::roberta::{Config, Params as Weights, Positions};
-    use candle_core::Device;
 
-    /// A random-weight model with a head that reads `max_len` tokens: with one token per base
-    /// (a vocabulary of single bases), it sees only the last `max_len - 2` bases.
     fn short_sighted(dir: &std::path::Path, max_len: usize) -> Predictor {
-        // 256 byte symbols and no merges: one token per base.
-        let tok = crate::model::tokenizer::train(
-            ["ACGTACGGTTCAGATCCGATCGA"].into_iter(),
-            &crate::model::tokenizer::Params {
-                vocab_size: 256,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let cfg = Config::new(
-            tok.get_vocab_size(true),
-            1,
-            16,
-            2,
-            32,
-            max_len,
-            0.0,
-            Positions::Tss,
-        );
-        let mut w = Weights::init(&cfg, 3, &Device::Cpu).unwrap();
-        head::init(&mut w, &cfg, 2, 5, &Device::Cpu).unwrap();
-        let hc = head::HeadConfig {
-            targets: vec!["leaf".into(), "root".into()],
-            transform: head::Transform::None,
-            offset: 0.0,
-            dropout: 0.0,
-            pooling: "mean".into(),
-        };
-        predictor::save(dir, &cfg, &hc, &w, &tok).unwrap();
-        Predictor::load(dir, Device::Cpu).unwrap()
+        crate::testing::tiny_model(dir, max_len)
     }
 
     fn random_seqs(n: usize, len: usize) -> Vec<Vec<u8>> {
