@@ -10,6 +10,7 @@ pub mod hash;
 pub mod jobspec;
 pub mod plan;
 pub mod progress;
+pub mod provenance;
 pub mod registry;
 pub mod results;
 pub mod scheduler;

@@ -17,6 +17,7 @@ use flora_stages::download;
 use flora_stages::genomics::promoters;
 use flora_stages::model::tokenizer as bpe;
 use flora_stages::model::{finetune, pretrain};
+use flora_stages::report;
 use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
@@ -42,6 +43,8 @@ pub struct Kind {
     pub version: u32,
     /// One line for `flora stage --list`.
     pub summary: &'static str,
+    /// Whether its jobs are given the provenance of every job upstream (`Context::provenance`).
+    pub provenance: bool,
     /// Type-checks params and returns them in canonical form, with defaults filled in.
     pub check: fn(&Value) -> Result<serde_json::Value, ParamError>,
     /// Runs the kind inside a job process. `exec` replaces the process and never returns on
@@ -60,6 +63,7 @@ static KINDS: &[Kind] = &[
         name: "exec",
         version: 1,
         summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
+        provenance: false,
         check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
         run: run_exec,
     },
@@ -67,6 +71,7 @@ static KINDS: &[Kind] = &[
         name: "download",
         version: 1,
         summary: "a genome FASTA + GFF3 from URLs, paths, Ensembl Plants, RefSeq or MaizeGDB; checksummed, bgzip-indexed",
+        provenance: false,
         check: |v| check::<download::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, download::run),
     },
@@ -74,6 +79,7 @@ static KINDS: &[Kind] = &[
         name: "promoters",
         version: 1,
         summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
+        provenance: false,
         check: |v| check::<promoters::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, promoters::run),
     },
@@ -81,6 +87,7 @@ static KINDS: &[Kind] = &[
         name: "expression",
         version: 1,
         summary: "expression tables (genes x samples, NAM runs x genes, or ready id/sequence/targets) to genes x tissues",
+        provenance: false,
         check: |v| check::<expression::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, expression::run),
     },
@@ -88,6 +95,7 @@ static KINDS: &[Kind] = &[
         name: "paralogs",
         version: 1,
         summary: "paralog groups from a syntenic/paralog table (union-find) or promoter similarity (MinHash)",
+        provenance: false,
         check: |v| check::<paralogs::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, paralogs::run),
     },
@@ -95,6 +103,7 @@ static KINDS: &[Kind] = &[
         name: "split",
         version: 1,
         summary: "whole paralog groups to train/validation/test from a seed (default 70/30, 10% validation)",
+        provenance: false,
         check: |v| check::<split::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, split::run),
     },
@@ -102,6 +111,7 @@ static KINDS: &[Kind] = &[
         name: "corpus",
         version: 1,
         summary: "pretraining corpus with every held-out (test) promoter, and any identical sequence, removed",
+        provenance: false,
         check: |v| check::<corpus::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, corpus::run),
     },
@@ -109,6 +119,7 @@ static KINDS: &[Kind] = &[
         name: "bpe",
         version: 1,
         summary: "byte-level BPE tokenizer (vocab 5,000 + <s> </s> <pad> <unk> <mask>) trained on a promoter corpus",
+        provenance: false,
         check: |v| check::<bpe::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, bpe::run),
     },
@@ -116,6 +127,7 @@ static KINDS: &[Kind] = &[
         name: "pretrain",
         version: 1,
         summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
+        provenance: false,
         check: |v| check::<pretrain::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, pretrain::run),
     },
@@ -123,6 +135,7 @@ static KINDS: &[Kind] = &[
         name: "finetune",
         version: 1,
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
+        provenance: false,
         check: |v| check::<finetune::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, finetune::run),
     },
@@ -130,6 +143,7 @@ static KINDS: &[Kind] = &[
         name: "baselines",
         version: 2,
         summary: "each tissue's training mean (`constant`) and a bag-of-k-mers linear (ridge) regression per k (`bow2`..`bow5`), scored on the test rows (inputs as finetune, without a model)",
+        provenance: false,
         check: |v| check::<baselines::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, baselines::run),
     },
@@ -137,6 +151,7 @@ static KINDS: &[Kind] = &[
         name: "analysis",
         version: 2,
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
+        provenance: false,
         check: |v| check::<analysis::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, analysis::run),
     },
@@ -144,6 +159,7 @@ static KINDS: &[Kind] = &[
         name: "importance",
         version: 1,
         summary: "positional importance (the paper's Figure 2): mean |change in prediction| when a random k-mer at a given distance from the TSS is replaced, k = 1..6, as TSV and heat map (inputs: model, promoters)",
+        provenance: false,
         check: |v| check::<importance::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, importance::run),
     },
@@ -151,8 +167,17 @@ static KINDS: &[Kind] = &[
         name: "embeddings",
         version: 1,
         summary: "species embeddings: each species' mean promoter embedding and its base composition, PCA scatters coloured by a workflow attribute (inputs: model, promoter sets)",
+        provenance: false,
         check: |v| check::<embeddings::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, embeddings::run),
+    },
+    Kind {
+        name: "report",
+        version: 1,
+        summary: "one self-contained HTML page: Table 1, every figure, training curves, stage summaries and the provenance of every upstream job (inputs: any stage outputs)",
+        provenance: true,
+        check: |v| check::<report::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, report::run),
     },
 ];
 

@@ -177,8 +177,13 @@ pub fn run(
             ready.pop();
             let gpus: Vec<usize> = free_gpus.drain(..want_gpus).collect();
             free_cpus = free_cpus.saturating_sub(threads);
+            let keys: Vec<Option<Digest>> = reports.iter().map(|r| r.key).collect();
+            let started = Slot {
+                threads,
+                gpus: &gpus,
+            };
             match start(
-                graph, j, key, &artifacts, threads, &gpus, cache, &host, executor,
+                graph, j, key, &artifacts, &keys, &started, cache, &host, executor,
             ) {
                 Ok(r) => {
                     reports[j].log = Some(cache.log_path(&key));
@@ -249,6 +254,8 @@ pub fn run(
                     flora_version: env!("CARGO_PKG_VERSION").to_string(),
                     host: host.clone(),
                     log: log.clone(),
+                    gpus: r.gpus.clone(),
+                    threads: r.threads,
                 })?;
                 cache.set_last_run(
                     &graph.workflow.path,
@@ -349,14 +356,21 @@ fn check_subpaths(
     Ok(())
 }
 
+/// What a starting job is given.
+struct Slot<'a> {
+    threads: usize,
+    gpus: &'a [usize],
+}
+
+/// Starts job `j`; `keys` holds the key of every job that has one in this run (for provenance).
 #[allow(clippy::too_many_arguments)]
 fn start(
     graph: &JobGraph,
     j: usize,
     key: Digest,
     artifacts: &[Option<Digest>],
-    threads: usize,
-    gpus: &[usize],
+    keys: &[Option<Digest>],
+    slot: &Slot,
     cache: &Cache,
     host: &str,
     executor: &mut dyn Executor,
@@ -365,9 +379,16 @@ fn start(
     let scratch = cache.new_scratch(&key)?;
     let work = cache.work_path(&key);
     std::fs::create_dir_all(&work)?;
-    let mut ctx = flora_stages::Context::new(scratch.clone(), work, graph.workflow.dir.clone());
-    ctx.threads = threads;
-    ctx.gpus = gpus.to_vec();
+    let mut ctx =
+        flora_stages::Context::new(scratch.clone(), work.clone(), graph.workflow.dir.clone());
+    ctx.threads = slot.threads;
+    ctx.gpus = slot.gpus.to_vec();
+    if job.kind.provenance {
+        ctx.provenance = Some(
+            crate::provenance::write(graph, j, keys, cache, &work)
+                .context("cannot write the provenance file")?,
+        );
+    }
     for input in &job.inputs {
         let base = match &input.source {
             Source::Path(p) => p.clone(),
@@ -425,7 +446,7 @@ fn start(
         inputs: Vec::new(),
         started: Instant::now(),
         started_at,
-        threads,
+        threads: slot.threads,
         gpus: Vec::new(),
     })
 }

@@ -10,6 +10,7 @@ mod fanout;
 mod genomics;
 mod incremental;
 mod model;
+mod report;
 mod robustness;
 mod scheduler;
 mod validation;

@@ -41,6 +41,12 @@ pub struct JobRecord {
     pub host: String,
     /// Its log file.
     pub log: PathBuf,
+    /// GPU devices it was given (none: the CPU).
+    #[serde(default)]
+    pub gpus: Vec<usize>,
+    /// CPU threads it was given.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 /// One input of a finished job.

@@ -18,6 +18,10 @@ pub struct Context {
     pub threads: usize,
     /// GPU device indices given to this job (empty: run on the CPU).
     pub gpus: Vec<usize>,
+    /// A provenance file (see `report::provenance`) written by the engine for kinds that ask for
+    /// one; absent outside a workflow.
+    #[serde(default)]
+    pub provenance: Option<PathBuf>,
 }
 
 impl Context {
@@ -30,6 +34,7 @@ impl Context {
             workdir,
             threads: 1,
             gpus: Vec::new(),
+            provenance: None,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod exec;
 pub mod genomics;
 pub mod linalg;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod splits;
 pub mod tables;

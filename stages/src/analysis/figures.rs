@@ -281,6 +281,84 @@ pub fn pca(panels: &[PcaPanel], attribute: &str, title: &str) -> Result<String, 
     Ok(svg)
 }
 
+/// Training curves: one line per series of (x, y) points, on shared axes, with a legend.
+pub fn curves(
+    series: &[(String, Vec<(f64, f64)>)],
+    x_desc: &str,
+    y_desc: &str,
+    title: &str,
+) -> Result<String, String> {
+    let all = || {
+        series
+            .iter()
+            .flat_map(|s| s.1.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    let (x0, x1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (x0, x1) = if x0 > x1 {
+        (0.0, 1.0)
+    } else {
+        (x0, x1.max(x0 + 1e-9))
+    };
+    let (y0, y1) = if y0 > y1 {
+        (0.0, 1.0)
+    } else {
+        let pad = ((y1 - y0) * 0.05).max(1e-9);
+        (y0 - pad, y1 + pad)
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let c = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect();
+            let marks = points.len() <= 60;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    points.clone(),
+                    c.stroke_width(2),
+                )))
+                .map_err(|e| e.to_string())?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
+            if marks {
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +459,29 @@ mod tests {
         }
         // Three points per panel plus a legend mark per group in each.
         assert_eq!(svg.matches("<circle").count(), 2 * (3 + 2));
+    }
+
+    #[test]
+    fn curves_draw_a_line_per_series_with_a_legend() {
+        let series = vec![
+            (
+                "loss".to_string(),
+                (0..100)
+                    .map(|i| (i as f64, 5.0 - i as f64 * 0.01))
+                    .collect(),
+            ),
+            (
+                "val_loss".to_string(),
+                vec![(49.0, 4.6), (99.0, 4.2), (120.0, f64::NAN)],
+            ),
+        ];
+        let svg = curves(&series, "step", "loss", "pretrain").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("val_loss") && svg.contains("pretrain"));
+        assert!(svg.matches("<polyline").count() >= 2);
+        // Only the short series gets point marks.
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert!(curves(&[], "x", "y", "nothing")
+            .unwrap()
+            .starts_with("<svg"));
     }
 }
