@@ -18,6 +18,7 @@ use flora_stages::genomics::promoters;
 use flora_stages::model::tokenizer as bpe;
 use flora_stages::model::{finetune, pretrain};
 use flora_stages::report;
+use flora_stages::simulate;
 use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
@@ -59,6 +60,14 @@ impl std::fmt::Debug for Kind {
 }
 
 static KINDS: &[Kind] = &[
+    Kind {
+        name: "simulate",
+        version: 1,
+        summary: "plant-like genomes along a phylogeny (FASTA + GFF3), planted cis-elements, paralogs, maize lines and expression in 9 tissues, with the truth",
+        provenance: false,
+        check: |v| check::<simulate::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, simulate::run),
+    },
     Kind {
         name: "exec",
         version: 1,

@@ -31,6 +31,7 @@ pub mod linalg;
 pub mod model;
 pub mod report;
 pub mod rng;
+pub mod simulate;
 pub mod splits;
 pub mod tables;
 

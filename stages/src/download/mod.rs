@@ -3,7 +3,8 @@
 //!
 //! The artifact is a folder holding `genome.fa.gz` (bgzip) with `genome.fa.gz.fai` and
 //! `genome.fa.gz.gzi`, `genes.gff3.gz`, and `source.json` (where each file came from and which
-//! checksum was verified). Partial downloads live in the job's work folder, so a re-run after a
+//! checksum was verified). Inputs `fasta` and `gff` (files that another stage wrote, such as
+//! `simulate`'s genomes) are fetched like `file://` URLs. Partial downloads live in the job's work folder, so a re-run after a
 //! crash resumes them; nothing is published unless every check passes.
 
 pub mod checksum;
@@ -221,6 +222,25 @@ fn verify(
 
 /// Runs the stage.
 pub fn run(p: &Params, ctx: &Context) -> Result<Provenance, String> {
+    // Files from another stage (e.g. `simulate`) come in as inputs and are fetched as file:// URLs.
+    let mut p = p.clone();
+    for (name, slot) in [("fasta", &mut p.fasta), ("gff", &mut p.gff)] {
+        if let Some(path) = ctx.inputs.get(name) {
+            if slot.is_some() {
+                return Err(format!(
+                    "download: `{name}` is given both as a param and as an input: keep one"
+                ));
+            }
+            if p.source != Source::Url {
+                return Err(format!(
+                    "download: an input `{name}` needs `source: url`, not {:?}",
+                    p.source
+                ));
+            }
+            *slot = Some(format!("file://{}", path.display()));
+        }
+    }
+    let p = &p;
     let fetcher = Fetcher::new(
         Duration::from_secs(p.timeout_s.max(1)),
         p.retries,
