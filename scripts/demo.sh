@@ -6,4 +6,4 @@ scripts/setup.sh
 cargo build --release --locked
 target/release/flora run workflows/demo.yaml "$@"
 echo
-echo "Outputs are linked under results/demo/ (try: cat results/demo/summary/gc_by_species.tsv)"
+echo "Outputs are linked under results/demo/: open results/demo/report/report.html, or run target/release/flora check workflows/demo.yaml"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit, doc and integration tests.
+# The whole test suite: formatting, lints, unit, doc and integration tests; then the demo at full
+# size, reproduced: its key figures checked against workflows/demo.expected.yaml, a second run
+# that must be fully cached, and a fine-tuning edit that must re-run only what depends on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -7,6 +9,23 @@ export FLORA_SHARED_DATA=${FLORA_SHARED_DATA:-$(cd .. && pwd)/shared/data}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The demo, reproduced, in a cache of its own.
+cargo build --release --locked
+flora=target/release/flora
+demo_cache=$(mktemp -d)
+trap 'rm -rf "$demo_cache"' EXIT
+$flora --cache "$demo_cache" run workflows/demo.yaml --results "$demo_cache/results"
+$flora --cache "$demo_cache" check workflows/demo.yaml
+again=$($flora --cache "$demo_cache" run workflows/demo.yaml --results "$demo_cache/results" 2>&1)
+echo "$again" | tail -1
+echo "$again" | grep -q "37 jobs: 0 ran, 37 cached" || { echo "the second demo run was not fully cached"; exit 1; }
+to_run=$($flora --cache "$demo_cache" plan workflows/demo.yaml --set finetune.lr=0.001 --json |
+    python3 -c 'import json, sys; print(" ".join(r["job"] for r in json.load(sys.stdin) if r["state"] != "cached"))')
+[ "$to_run" = "finetune analysis importance report" ] ||
+    { echo "a fine-tuning edit would re-run: $to_run"; exit 1; }
+echo "demo reproduced: figures within tolerance, fully cached re-run, a fine-tuning edit re-runs: $to_run"
+
 # The GPU path must not rot on machines without a GPU: the `cuda` feature compiles, with nvcc and
 # the CUDA headers from PyPI (scripts/cuda.sh; candle's kernels take a few minutes to compile).
 scripts/cuda.sh cargo check --workspace --features cuda --locked

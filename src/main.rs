@@ -33,6 +33,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Variants(args) => cli::model_cmd::variants(args),
         Command::Mutagenesis(args) => cli::model_cmd::mutagenesis(args),
         Command::Bench(args) => cli::bench::bench(args),
+        Command::Check(args) => cli::check::check(cli, args),
         Command::Job { spec } => jobspec::JobSpec::read(spec)?.run(),
     }
 }
@@ -54,6 +55,7 @@ fn report(err: &anyhow::Error) -> ExitCode {
     }
     if err.downcast_ref::<cli::run::JobsFailed>().is_some()
         || err.downcast_ref::<cli::cache_cmd::Damaged>().is_some()
+        || err.downcast_ref::<cli::check::ChecksFailed>().is_some()
     {
         eprintln!("flora: {err}");
         return ExitCode::from(1);

@@ -4,6 +4,7 @@ mod util;
 
 mod bench;
 mod cache;
+mod check;
 mod cli;
 mod demo;
 mod fanout;

@@ -21,6 +21,7 @@ macro_rules! outln {
 
 pub mod bench;
 pub mod cache_cmd;
+pub mod check;
 pub mod inspect;
 pub mod model_cmd;
 pub mod run;
@@ -142,6 +143,11 @@ pub enum Command {
     #[command(after_help = "Example:
   flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv --figure map.svg --target leaf")]
     Mutagenesis(model_cmd::MutagenesisArgs),
+    /// Compare a workflow's key figures with its expected-results file, within tolerances.
+    #[command(after_help = "Examples:
+  flora check workflows/demo.yaml
+  flora check workflows/arabidopsis.yaml --set vars.data=../shared/data --expected my.expected.yaml")]
+    Check(check::CheckArgs),
     /// Time training steps of a model of a given size on the CPU or a GPU (tokens/s, FLOP/s).
     #[command(after_help = "Examples:
   flora bench --steps 3

@@ -58,15 +58,31 @@ fn plant(seq: &mut [u8], p: &Params, rng: &mut Rng) {
     }
 }
 
-/// `seq` after one branch: substitutions at `rate` towards `gc`, indels of 1-4 bases at a tenth
-/// of it, and transposon insertions (a 10%-diverged copy of `te`, Poisson with mean
+/// `seq` after one branch: substitutions at `rate` towards `gc` (a tenth of it inside motifs,
+/// which selection conserves), indels of 1-4 bases at a tenth of it outside motifs, and
+/// transposon insertions (a 10%-diverged copy of `te`, Poisson with mean
 /// `te_rate`); the length is kept by trimming or extending the 5' (far) end.
 fn mutate(seq: &[u8], rate: f64, gc: f64, te: &[u8], te_rate: f64, rng: &mut Rng) -> Vec<u8> {
     let len = seq.len();
+    // Purifying selection: bases inside a motif change ten times more rarely, and indels skip them.
+    let mut conserved = vec![false; len];
+    for (m, d) in occurrences(seq) {
+        let end = len - d;
+        conserved[end - MOTIFS[m].1.len()..end].fill(true);
+    }
     let mut out = Vec::with_capacity(len + 64);
     let mut i = 0;
     while i < seq.len() {
         let u = uniform(rng);
+        if conserved[i] {
+            out.push(if u < rate / 10.0 {
+                base(gc, rng)
+            } else {
+                seq[i]
+            });
+            i += 1;
+            continue;
+        }
         if u < rate / 10.0 {
             let n = 1 + rng.below(4);
             if rng.below(2) == 0 {
