@@ -378,11 +378,21 @@ fn expand_foreach(
         errs.push(at(&p.path), Some(stage), format!("foreach: {}", p.message));
         return None;
     }
+    let value = match value {
+        Value::Mapping(m) if m.contains_key("table") => match table_items(&wf.dir, &m) {
+            Ok(list) => Value::Sequence(list),
+            Err(e) => {
+                errs.push(at(&[]), Some(stage), format!("foreach: {e}"));
+                return None;
+            }
+        },
+        v => v,
+    };
     let Value::Sequence(list) = value else {
         errs.push(
             at(&[]),
             Some(stage),
-            "`foreach` must be a list (or `${vars.NAME}` naming one)",
+            "`foreach` must be a list, `${vars.NAME}` naming one, or `{table: FILE.tsv}`",
         );
         return None;
     };
@@ -430,6 +440,85 @@ fn expand_foreach(
         out.push((label, item));
     }
     Some(out)
+}
+
+/// The rows of a `foreach: {table: FILE.tsv, where: {column: value}}` table (tab-separated, a
+/// header line, `#` comments), each a mapping from column to cell (numbers read as numbers),
+/// keeping the rows whose cells equal every `where` value.
+fn table_items(dir: &Path, spec: &serde_yaml::Mapping) -> Result<Vec<Value>, String> {
+    for k in spec.keys() {
+        let key = scalar_text(k).unwrap_or_default();
+        if key != "table" && key != "where" {
+            return Err(format!(
+                "unknown key `{key}` (a table foreach has: table, where)"
+            ));
+        }
+    }
+    let file = spec
+        .get("table")
+        .and_then(scalar_text)
+        .ok_or("`table` must be a file name")?;
+    let path = dir.join(&file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
+    let header: Vec<&str> = match lines.next() {
+        Some((_, h)) => h.split('\t').map(str::trim).collect(),
+        None => return Err(format!("{}: the table is empty", path.display())),
+    };
+    let filters: Vec<(String, String)> = match spec.get("where") {
+        None => Vec::new(),
+        Some(Value::Mapping(w)) => w
+            .iter()
+            .map(|(k, v)| {
+                let (k, v) = (
+                    scalar_text(k).unwrap_or_default(),
+                    scalar_text(v).unwrap_or_default(),
+                );
+                if header.contains(&k.as_str()) {
+                    Ok((k, v))
+                } else {
+                    Err(format!(
+                        "{}: `where` names a column `{k}` that the table lacks (it has {})",
+                        path.display(),
+                        header.join(", ")
+                    ))
+                }
+            })
+            .collect::<Result<_, String>>()?,
+        Some(_) => return Err("`where` must map columns to values".into()),
+    };
+    let mut out = Vec::new();
+    for (i, line) in lines {
+        let cells: Vec<&str> = line.split('\t').map(str::trim).collect();
+        if cells.len() != header.len() {
+            return Err(format!(
+                "{} line {}: {} cells for {} columns",
+                path.display(),
+                i + 1,
+                cells.len(),
+                header.len()
+            ));
+        }
+        if filters
+            .iter()
+            .any(|(k, v)| cells[header.iter().position(|h| h == k).unwrap_or(0)] != v)
+        {
+            continue;
+        }
+        let mut m = serde_yaml::Mapping::new();
+        for (h, c) in header.iter().zip(&cells) {
+            let v = match serde_yaml::from_str::<Value>(c) {
+                Ok(n @ Value::Number(_)) => n,
+                _ => Value::String(c.to_string()),
+            };
+            m.insert(Value::String(h.to_string()), v);
+        }
+        out.push(Value::Mapping(m));
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

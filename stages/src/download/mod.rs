@@ -113,7 +113,7 @@ pub struct Provenance {
     pub gff_bytes: u64,
 }
 
-fn parse_checksum(s: &str) -> Result<Expected, String> {
+pub(crate) fn parse_checksum(s: &str) -> Result<Expected, String> {
     match s.split_once(':') {
         Some(("sha256", h)) if h.len() == 64 => Ok(Expected::Sha256(h.to_ascii_lowercase())),
         Some(("md5", h)) if h.len() == 32 => Ok(Expected::Md5(h.to_ascii_lowercase())),
@@ -190,7 +190,7 @@ pub fn resolve(p: &Params, f: &Fetcher, workdir: &Path) -> Result<sources::Resol
     }
 }
 
-fn verify(
+pub(crate) fn verify(
     path: &Path,
     what: &str,
     loc: &Location,
@@ -321,3 +321,19 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Provenance, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Fetches one file from `url` (http, https, file:// or a path read against `base`) into
+/// `dest`, verified against `checksum` (`sha256:HEX` or `md5:HEX`) when one is given.
+pub fn fetch_one(
+    url: &str,
+    checksum: Option<&str>,
+    base: &Path,
+    dest: &Path,
+) -> Result<u64, String> {
+    let fetcher = Fetcher::new(Duration::from_secs(60), 5, Duration::from_secs(1));
+    let loc = Location::parse(url, base);
+    let expected = checksum.map(parse_checksum).transpose()?;
+    let bytes = fetcher.download(&loc, dest).map_err(|e| e.to_string())?;
+    verify(dest, "table", &loc, expected.as_ref(), false)?;
+    Ok(bytes)
+}

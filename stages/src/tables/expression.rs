@@ -54,6 +54,10 @@ pub struct Params {
     pub min_tpm: f64,
     /// Columns to leave out (e.g. `logMaxTPM`, `fold`).
     pub ignore_columns: Vec<String>,
+    /// Fetch the table from this URL (http, https, file:// or a path) instead of an input.
+    pub url: Option<String>,
+    /// The fetched table's checksum, `sha256:HEX` or `md5:HEX` (default: not verified).
+    pub checksum: Option<String>,
 }
 
 impl Default for Params {
@@ -65,6 +69,8 @@ impl Default for Params {
             cultivar: None,
             min_tpm: 1.0,
             ignore_columns: Vec::new(),
+            url: None,
+            checksum: None,
         }
     }
 }
@@ -505,9 +511,34 @@ pub fn write(out: &Path, table: &Table, summary: &Summary) -> Result<(), Express
 
 /// Runs the stage: input `table`, outputs into `ctx.out`.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, ExpressionError> {
-    let path = ctx.inputs.get("table").ok_or_else(|| {
-        ExpressionError::Params("needs an input `table` (the expression file)".into())
-    })?;
+    let fetched;
+    let path = match (ctx.inputs.get("table"), &p.url) {
+        (Some(_), Some(_)) => {
+            return Err(ExpressionError::Params(
+                "give the table as an input `table` or a `url` param, not both".into(),
+            ))
+        }
+        (Some(path), None) => path,
+        (None, Some(url)) => {
+            std::fs::create_dir_all(&ctx.work)
+                .map_err(|e| ExpressionError::Params(format!("{}: {e}", ctx.work.display())))?;
+            let name = url
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("table");
+            fetched = ctx.work.join(name);
+            eprintln!("expression: fetching {url}");
+            crate::download::fetch_one(url, p.checksum.as_deref(), &ctx.workdir, &fetched)
+                .map_err(|e| ExpressionError::Params(format!("fetching {url}: {e}")))?;
+            &fetched
+        }
+        (None, None) => {
+            return Err(ExpressionError::Params(
+                "needs an input `table` (the expression file) or a `url` param".into(),
+            ))
+        }
+    };
     let (table, summary) = read(path, p)?;
     if table.rows.is_empty() {
         return Err(ExpressionError::Params(format!(

@@ -194,3 +194,33 @@ fn real_tables() {
         g.1
     );
 }
+
+#[test]
+fn a_table_can_be_fetched_from_a_url_with_a_checksum() {
+    use sha2::Digest as _;
+    let text = "gene_id\tleaf\troot\nG1\t5\t7\nG2\t3\t0\n";
+    let (d, p) = table(text, "tpm.tsv");
+    let sha = format!("sha256:{:x}", sha2::Sha256::digest(text.as_bytes()));
+    let mut ctx = crate::Context::new(d.path().join("out"), d.path().join("work"), d.path().into());
+    std::fs::create_dir_all(&ctx.out).unwrap();
+    let params = Params {
+        url: Some(format!("file://{}", p.display())),
+        checksum: Some(sha),
+        ..Params::default()
+    };
+    let s = run(&params, &ctx).unwrap();
+    assert_eq!(s.written, 2);
+    assert!(std::fs::read_to_string(ctx.out.join("expression.tsv"))
+        .unwrap()
+        .starts_with("gene_id\tleaf\troot\n"));
+    // A wrong checksum fails and names both; a url and an input together are refused.
+    let wrong = Params {
+        checksum: Some(format!("sha256:{}", "0".repeat(64))),
+        ..params.clone()
+    };
+    let e = run(&wrong, &ctx).unwrap_err().to_string();
+    assert!(e.contains("checksum mismatch"), "{e}");
+    ctx.inputs.insert("table".into(), p.clone());
+    let e = run(&params, &ctx).unwrap_err().to_string();
+    assert!(e.contains("not both"), "{e}");
+}
