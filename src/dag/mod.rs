@@ -443,7 +443,8 @@ fn expand_foreach(
 }
 
 /// The rows of a `foreach: {table: FILE.tsv, where: {column: value}}` table (tab-separated, a
-/// header line, `#` comments), each a mapping from column to cell (numbers read as numbers),
+/// header line, `#` comments), each a mapping from column to cell (numbers read as numbers, empty
+/// cells as null),
 /// keeping the rows whose cells equal every `where` value.
 fn table_items(dir: &Path, spec: &serde_yaml::Mapping) -> Result<Vec<Value>, String> {
     for k in spec.keys() {
@@ -511,6 +512,7 @@ fn table_items(dir: &Path, spec: &serde_yaml::Mapping) -> Result<Vec<Value>, Str
         let mut m = serde_yaml::Mapping::new();
         for (h, c) in header.iter().zip(&cells) {
             let v = match serde_yaml::from_str::<Value>(c) {
+                _ if c.is_empty() => Value::Null,
                 Ok(n @ Value::Number(_)) => n,
                 _ => Value::String(c.to_string()),
             };

@@ -5,7 +5,9 @@
 //! explains (the FloraBERT paper noticed that it explains much of it).
 //!
 //! The `embeddings` stage kind: input `model` (a pretrained or fine-tuned model folder) and any
-//! number of promoter inputs (FASTA, a folder holding one, or a fan-out of them); a record's
+//! number of promoter inputs (FASTA, a folder holding one, or a fan-out of them), and optionally
+//! `groups`, a table giving each species (a `species` or `name` column) its attribute value (the
+//! column named by `attribute`), beside or instead of the `groups` param; a record's
 //! species is the first word of its header's description (as `promoters` writes it), else the
 //! input's name. Output: `species.tsv` (species, attribute, sequences, pc1, pc2,
 //! composition_pc1, composition_pc2, A, C, G, T), `species_means.tsv` (the mean embedding of each
@@ -117,7 +119,11 @@ pub fn pca2(rows: &[Vec<f64>]) -> Result<(Vec<[f64; 2]>, [f64; 2]), String> {
 /// Every promoter of the inputs (all but `model`), grouped by species.
 fn promoters_by_species(ctx: &Context) -> Result<BTreeMap<String, Vec<Vec<u8>>>, String> {
     let mut by: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    for (name, input) in ctx.inputs.iter().filter(|(n, _)| *n != "model") {
+    for (name, input) in ctx
+        .inputs
+        .iter()
+        .filter(|(n, _)| *n != "model" && *n != "groups")
+    {
         for f in crate::splits::corpus::fasta_files(input)? {
             for r in crate::genomics::records::read_all(&f)? {
                 let species = r
@@ -131,6 +137,36 @@ fn promoters_by_species(ctx: &Context) -> Result<BTreeMap<String, Vec<Vec<u8>>>,
         }
     }
     Ok(by)
+}
+
+/// Each species' attribute from a table (tab-separated, a header, `#` comments): the species in
+/// a `species` column (or `name`), the value in the column named `attribute`.
+fn groups_from(path: &std::path::Path, attribute: &str) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
+    let header: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let key = col("species").or_else(|| col("name")).ok_or_else(|| {
+        format!(
+            "{}: the groups table needs a `species` or `name` column",
+            path.display()
+        )
+    })?;
+    let value = col(attribute).ok_or_else(|| {
+        format!(
+            "{}: the groups table has no column `{attribute}` (the `attribute` param)",
+            path.display()
+        )
+    })?;
+    Ok(lines
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('\t').collect();
+            let (k, v) = (cells.get(key)?, cells.get(value)?);
+            (!k.is_empty() && !v.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect())
 }
 
 /// Runs the stage.
@@ -148,6 +184,13 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         ));
     }
     let by = promoters_by_species(ctx).map_err(fail)?;
+    let mut p = p.clone();
+    if let Some(table) = ctx.inputs.get("groups") {
+        for (species, group) in groups_from(table, &p.attribute).map_err(fail)? {
+            p.groups.entry(species).or_insert(group);
+        }
+    }
+    let p = &p;
     if by.len() < 2 {
         return Err(fail(format!(
             "needs promoters of at least 2 species to compare, found {}: {}",
@@ -450,6 +493,39 @@ mod tests {
         assert!(svg.contains("clade: strong") && svg.contains("base (1-mer) composition"));
         // Seeded: the same run gives the same numbers.
         assert_eq!(run(&p, &ctx).unwrap(), s);
+
+        // A groups table fills in what the param does not name.
+        let mut with_table = ctx.clone();
+        let table = dir.path().join("species.tsv");
+        std::fs::write(
+            &table,
+            "# genomes\nname\tclade\nmiddle\tmid\nrich\tignored\n",
+        )
+        .unwrap();
+        with_table.inputs.insert("groups".into(), table);
+        let t = run(&p, &with_table).unwrap();
+        assert!(t.unassigned.is_empty(), "{t:?}");
+        let group = |name: &str| {
+            t.species
+                .iter()
+                .find(|r| r.species == name)
+                .unwrap()
+                .group
+                .clone()
+        };
+        assert_eq!(
+            (group("middle"), group("rich")),
+            ("mid".to_string(), "strong".to_string())
+        );
+        let e = run(
+            &Params {
+                attribute: "habit".into(),
+                ..p.clone()
+            },
+            &with_table,
+        )
+        .unwrap_err();
+        assert!(e.contains("has no column `habit`"), "{e}");
 
         // One species is not enough to compare.
         let mut one = ctx.clone();

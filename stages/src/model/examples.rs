@@ -231,6 +231,24 @@ pub fn draw_splits(rows: &mut [Example], seed: u64) {
     }
 }
 
+/// Every `expression.tsv` under `input`: the file itself, a folder holding one, or a folder of
+/// such folders (an `expression` fan-out, one table per line).
+fn expression_files(input: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    if input.is_file() || input.join("expression.tsv").is_file() {
+        return Ok(vec![tsv::locate(input, "expression.tsv")?]);
+    }
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(input)
+        .map_err(|e| format!("{}: {e}", input.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path().join("expression.tsv")))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        return Err(format!("{} has no expression.tsv", input.display()));
+    }
+    Ok(found)
+}
+
 /// Joins promoters (FASTA, first header word = gene id), an expression table (`gene_id`, then one
 /// column per tissue) and, if given, a split table (`gene_id, group, split`). Without a split,
 /// splits are drawn from `seed`.
@@ -240,25 +258,44 @@ pub fn from_parts(
     split: Option<&Path>,
     seed: u64,
 ) -> Result<Examples, String> {
-    let expr_path = tsv::locate(expression, "expression.tsv")?;
-    let shown = expr_path.display().to_string();
-    let (header, rows) = tsv::read_numbered(&expr_path).map_err(|e| format!("{shown}: {e}"))?;
-    if header.len() < 2 {
-        return Err(format!(
-            "{shown}: needs a gene id column and at least one tissue"
-        ));
-    }
     let mut values: HashMap<String, Vec<f64>> = HashMap::new();
-    for (line, row) in rows {
-        let mut v = Vec::with_capacity(header.len() - 1);
-        for (c, name) in header.iter().enumerate().skip(1) {
-            let cell = row.get(c).map(String::as_str).unwrap_or("");
-            v.push(cell.parse::<f64>().map_err(|_| {
-                format!("{shown}: line {line}, column `{name}`: {cell:?} is not a number")
-            })?);
+    let mut first: Option<(String, Vec<String>)> = None;
+    for expr_path in expression_files(expression)? {
+        let shown = expr_path.display().to_string();
+        let (header, rows) = tsv::read_numbered(&expr_path).map_err(|e| format!("{shown}: {e}"))?;
+        if header.len() < 2 {
+            return Err(format!(
+                "{shown}: needs a gene id column and at least one tissue"
+            ));
         }
-        values.insert(row[0].clone(), v);
+        match &first {
+            Some((file, h)) if h[1..] != header[1..] => {
+                return Err(format!(
+                    "{shown} has tissues {} but {file} has {}: expression tables of one fine-tuning set must share their tissues",
+                    header[1..].join(", "),
+                    h[1..].join(", ")
+                ))
+            }
+            Some(_) => {}
+            None => first = Some((shown.clone(), header.clone())),
+        }
+        for (line, row) in rows {
+            let mut v = Vec::with_capacity(header.len() - 1);
+            for (c, name) in header.iter().enumerate().skip(1) {
+                let cell = row.get(c).map(String::as_str).unwrap_or("");
+                v.push(cell.parse::<f64>().map_err(|_| {
+                    format!("{shown}: line {line}, column `{name}`: {cell:?} is not a number")
+                })?);
+            }
+            if values.insert(row[0].clone(), v).is_some() {
+                return Err(format!(
+                    "{shown}: line {line}: gene {} has expression values twice",
+                    row[0]
+                ));
+            }
+        }
     }
+    let header = first.map(|f| f.1).unwrap_or_default();
     let splits: Option<HashMap<String, Split>> = match split {
         Some(s) => {
             let path = tsv::locate(s, "split.tsv")?;
@@ -316,7 +353,8 @@ pub fn from_parts(
     }
     if out.rows.is_empty() {
         return Err(format!(
-            "no promoter id matched a gene of {shown} (dropped: {:?})",
+            "no promoter id matched a gene of {} (dropped: {:?})",
+            expression.display(),
             out.dropped
         ));
     }
@@ -396,5 +434,34 @@ mod tests {
         assert_eq!(got.dropped["no expression values"], 1);
         assert_eq!(got.dropped["not in the split"], 1);
         assert!(!got.from_table);
+    }
+
+    #[test]
+    fn expression_tables_of_several_lines_are_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let fa = dir.path().join("p.fa");
+        std::fs::write(&fa, ">a1 sp\nACGT\n>b1 sp\nCCCC\n").unwrap();
+        let lines = dir.path().join("expression");
+        for (line, gene) in [("A", "a1"), ("B", "b1")] {
+            std::fs::create_dir_all(lines.join(line)).unwrap();
+            std::fs::write(
+                lines.join(line).join("expression.tsv"),
+                format!("gene_id\tleaf\troot\n{gene}\t1\t2\n"),
+            )
+            .unwrap();
+        }
+        let got = from_parts(&fa, &lines, None, 0).unwrap();
+        assert_eq!(got.rows.len(), 2);
+        // Tables with other tissues, or a gene twice, are refused.
+        std::fs::write(lines.join("B/expression.tsv"), "gene_id\tleaf\nb1\t1\n").unwrap();
+        let e = from_parts(&fa, &lines, None, 0).unwrap_err();
+        assert!(e.contains("must share their tissues"), "{e}");
+        std::fs::write(
+            lines.join("B/expression.tsv"),
+            "gene_id\tleaf\troot\na1\t1\t2\n",
+        )
+        .unwrap();
+        let e = from_parts(&fa, &lines, None, 0).unwrap_err();
+        assert!(e.contains("gene a1 has expression values twice"), "{e}");
     }
 }
