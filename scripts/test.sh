@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, doc and integration tests; then the demo at full
 # size, reproduced: its key figures checked against workflows/demo.expected.yaml, a second run
-# that must be fully cached, and a fine-tuning edit that must re-run only what depends on it.
+# that must be fully cached, and a fine-tuning edit that must re-run only what depends on it;
+# then the Arabidopsis workflow on the shared real data, checked against its expected figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -25,6 +26,15 @@ to_run=$($flora --cache "$demo_cache" plan workflows/demo.yaml --set finetune.lr
 [ "$to_run" = "finetune analysis importance report" ] ||
     { echo "a fine-tuning edit would re-run: $to_run"; exit 1; }
 echo "demo reproduced: figures within tolerance, fully cached re-run, a fine-tuning edit re-runs: $to_run"
+
+# Real data: the Arabidopsis workflow on the shared data, its figures checked the same way.
+if [ -d "$FLORA_SHARED_DATA/athaliana_chr1" ]; then
+    $flora --cache "$demo_cache" run workflows/arabidopsis.yaml --set "vars.data=$FLORA_SHARED_DATA" \
+        --results "$demo_cache/arabidopsis"
+    $flora --cache "$demo_cache" check workflows/arabidopsis.yaml --set "vars.data=$FLORA_SHARED_DATA"
+else
+    echo "SKIPPED the Arabidopsis workflow: no real data at FLORA_SHARED_DATA=$FLORA_SHARED_DATA" >&2
+fi
 
 # The GPU path must not rot on machines without a GPU: the `cuda` feature compiles, with nvcc and
 # the CUDA headers from PyPI (scripts/cuda.sh; candle's kernels take a few minutes to compile).

@@ -15,3 +15,4 @@ mod report;
 mod robustness;
 mod scheduler;
 mod validation;
+mod workflows;
