@@ -1,5 +1,6 @@
 //! Figures as SVG text, drawn with plotters.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// A diverging colour for `v` in [-max, max]: blue below zero, white at zero, red above.
@@ -141,18 +142,11 @@ pub fn scatter(panels: &[ScatterPanel], title: &str) -> Result<String, String> {
             .titled(title, ("sans-serif", 18))
             .map_err(|e| e.to_string())?;
         for (area, panel) in body.split_evenly((rows, cols)).iter().zip(panels) {
-            let finite = panel
-                .points
-                .iter()
-                .flat_map(|&(o, p)| [o, p])
-                .filter(|v| v.is_finite());
-            let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-            let (lo, hi) = if lo > hi {
-                (0.0, 1.0)
-            } else {
-                let pad = ((hi - lo) * 0.05).max(1e-6);
-                (lo - pad, hi + pad)
-            };
+            let (lo, hi) = padded(
+                panel.points.iter().flat_map(|&(o, p)| [o, p]),
+                0.05,
+                (0.0, 1.0),
+            );
             let mut chart = ChartBuilder::on(area)
                 .caption(
                     format!("{} (Pearson r² {:.3})", panel.target, panel.pearson_r2),
@@ -191,6 +185,32 @@ pub fn scatter(panels: &[ScatterPanel], title: &str) -> Result<String, String> {
     Ok(svg)
 }
 
+/// A chart with two f64 axes, drawn into an SVG string.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The legend of every labelled series, on a translucent white box.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// The range of the finite `values`, widened by `share` of its width on each side (at least
+/// 1e-9); `empty` when there are none.
+fn padded(values: impl Iterator<Item = f64>, share: f64, empty: (f64, f64)) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        return empty;
+    }
+    let pad = ((hi - lo) * share).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
 /// One panel of a PCA figure: a title (what was projected, with the variance explained) and a
 /// labelled point per item, coloured by its group.
 pub struct PcaPanel {
@@ -221,19 +241,8 @@ pub fn pca(panels: &[PcaPanel], attribute: &str, title: &str) -> Result<String, 
             .titled(title, ("sans-serif", 18))
             .map_err(|e| e.to_string())?;
         for (area, panel) in body.split_evenly((1, n as usize)).iter().zip(panels) {
-            let range = |v: &mut dyn Iterator<Item = f64>| {
-                let (lo, hi) = v
-                    .filter(|x| x.is_finite())
-                    .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-                if lo > hi {
-                    (-1.0, 1.0)
-                } else {
-                    let pad = ((hi - lo) * 0.15).max(1e-9);
-                    (lo - pad, hi + pad)
-                }
-            };
-            let (x0, x1) = range(&mut panel.points.iter().map(|p| p.2));
-            let (y0, y1) = range(&mut panel.points.iter().map(|p| p.3));
+            let (x0, x1) = padded(panel.points.iter().map(|p| p.2), 0.15, (-1.0, 1.0));
+            let (y0, y1) = padded(panel.points.iter().map(|p| p.3), 0.15, (-1.0, 1.0));
             let mut chart = ChartBuilder::on(area)
                 .caption(&panel.title, ("sans-serif", 14))
                 .margin(10)
@@ -269,12 +278,7 @@ pub fn pca(panels: &[PcaPanel], attribute: &str, title: &str) -> Result<String, 
                     }),
                 )
                 .map_err(|e| e.to_string())?;
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK.mix(0.3))
-                .draw()
-                .map_err(|e| e.to_string())?;
+            draw_legend(&mut chart)?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
@@ -295,18 +299,12 @@ pub fn curves(
             .filter(|p| p.0.is_finite() && p.1.is_finite())
     };
     let (x0, x1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let (x0, x1) = if x0 > x1 {
         (0.0, 1.0)
     } else {
         (x0, x1.max(x0 + 1e-9))
     };
-    let (y0, y1) = if y0 > y1 {
-        (0.0, 1.0)
-    } else {
-        let pad = ((y1 - y0) * 0.05).max(1e-9);
-        (y0 - pad, y1 + pad)
-    };
+    let (y0, y1) = padded(all().map(|p| p.1), 0.05, (0.0, 1.0));
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 360)).into_drawing_area();
@@ -348,12 +346,7 @@ pub fn curves(
                     .map_err(|e| e.to_string())?;
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        draw_legend(&mut chart)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)

@@ -17,28 +17,25 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// One cell: `<th>` or `<td>`, right-aligned when `numeric`.
+fn cell(tag: &str, html: &str, numeric: bool) -> String {
+    let class = if numeric { " class=\"num\"" } else { "" };
+    format!("<{tag}{class}>{html}</{tag}>")
+}
+
 /// A table: a header row and body rows of already-escaped cell HTML; `numeric` columns are
 /// right-aligned.
 pub fn table(header: &[String], rows: &[Vec<String>], numeric: &[bool]) -> String {
+    let num = |i: usize| numeric.get(i).copied().unwrap_or(false);
     let mut out = String::from("<table>\n<thead><tr>");
     for (i, h) in header.iter().enumerate() {
-        let class = if numeric.get(i).copied().unwrap_or(false) {
-            " class=\"num\""
-        } else {
-            ""
-        };
-        out.push_str(&format!("<th{class}>{h}</th>"));
+        out.push_str(&cell("th", h, num(i)));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     for row in rows {
         out.push_str("<tr>");
-        for (i, cell) in row.iter().enumerate() {
-            let class = if numeric.get(i).copied().unwrap_or(false) {
-                " class=\"num\""
-            } else {
-                ""
-            };
-            out.push_str(&format!("<td{class}>{cell}</td>"));
+        for (i, c) in row.iter().enumerate() {
+            out.push_str(&cell("td", c, num(i)));
         }
         out.push_str("</tr>\n");
     }
