@@ -61,20 +61,20 @@ impl std::fmt::Debug for Kind {
 
 static KINDS: &[Kind] = &[
     Kind {
-        name: "simulate",
-        version: 1,
-        summary: "plant-like genomes along a phylogeny (FASTA + GFF3), planted cis-elements, paralogs, maize lines and expression in 9 tissues, with the truth",
-        provenance: false,
-        check: |v| check::<simulate::Params>(v, |_| Ok(())),
-        run: |p, ctx| run_typed(p, ctx, simulate::run),
-    },
-    Kind {
         name: "exec",
         version: 1,
         summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
         provenance: false,
         check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
         run: run_exec,
+    },
+    Kind {
+        name: "simulate",
+        version: 1,
+        summary: "plant-like genomes along a phylogeny (FASTA + GFF3), planted cis-elements, paralogs, maize lines and expression in 9 tissues, with the truth",
+        provenance: false,
+        check: |v| check::<simulate::Params>(v, |_| Ok(())),
+        run: |p, ctx| run_typed(p, ctx, simulate::run),
     },
     Kind {
         name: "download",
