@@ -52,19 +52,19 @@ pub fn job_info(rec: &JobRecord) -> JobInfo {
     }
 }
 
-/// Writes the provenance of job `j` into `dir/provenance.json`; `keys` holds the key of every job
-/// that has one in this run.
+/// Writes the provenance of job `j` into `dir/provenance.json`; `key_of` gives a job's key in this
+/// run, when it has one.
 pub fn write(
     graph: &JobGraph,
     j: usize,
-    keys: &[Option<Digest>],
+    key_of: &dyn Fn(usize) -> Option<Digest>,
     cache: &Cache,
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     let wf = &graph.workflow;
     let jobs = upstream(graph, j)
         .into_iter()
-        .filter_map(|d| keys[d].and_then(|k| cache.record_of(&k)))
+        .filter_map(|d| key_of(d).and_then(|k| cache.record_of(&k)))
         .map(|rec| job_info(&rec))
         .collect();
     let p = Provenance {

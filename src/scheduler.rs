@@ -177,13 +177,12 @@ pub fn run(
             ready.pop();
             let gpus: Vec<usize> = free_gpus.drain(..want_gpus).collect();
             free_cpus = free_cpus.saturating_sub(threads);
-            let keys: Vec<Option<Digest>> = reports.iter().map(|r| r.key).collect();
             let started = Slot {
                 threads,
                 gpus: &gpus,
             };
             match start(
-                graph, j, key, &artifacts, &keys, &started, cache, &host, executor,
+                graph, j, key, &artifacts, &reports, &started, cache, &host, executor,
             ) {
                 Ok(r) => {
                     reports[j].log = Some(cache.log_path(&key));
@@ -362,14 +361,14 @@ struct Slot<'a> {
     gpus: &'a [usize],
 }
 
-/// Starts job `j`; `keys` holds the key of every job that has one in this run (for provenance).
+/// Starts job `j`; `reports` gives the keys of the jobs upstream (for provenance).
 #[allow(clippy::too_many_arguments)]
 fn start(
     graph: &JobGraph,
     j: usize,
     key: Digest,
     artifacts: &[Option<Digest>],
-    keys: &[Option<Digest>],
+    reports: &[JobReport],
     slot: &Slot,
     cache: &Cache,
     host: &str,
@@ -385,7 +384,7 @@ fn start(
     ctx.gpus = slot.gpus.to_vec();
     if job.kind.provenance {
         ctx.provenance = Some(
-            crate::provenance::write(graph, j, keys, cache, &work)
+            crate::provenance::write(graph, j, &|d| reports[d].key, cache, &work)
                 .context("cannot write the provenance file")?,
         );
     }
