@@ -6,9 +6,12 @@
 //! - Targets: `transform: log` takes ln(value + offset) (offset 0.001; the default for expression
 //!   tables, which hold TPM); `none` takes values as they are (the default for a ready table).
 //! - The learning rate warms up linearly over the first `warmup` share of the steps, then stays
-//!   constant (5e-5 by default, 25 epochs). After every epoch the validation loss is measured;
+//!   constant (`schedule: constant`, the default; 5e-5, 25 epochs) or decays linearly to 0 at the
+//!   last step (`schedule: linear`, HuggingFace's default). After every epoch the validation loss is measured;
 //!   with `patience` > 0, training stops once it has not improved for that many epochs, and the
 //!   best epoch's weights are kept.
+//! - The head starts out predicting each target's mean over the training rows (its output bias),
+//!   so training spends its steps on what the sequence adds to the means.
 //! - `freeze_encoder: true` trains the head alone on fixed embeddings.
 //!
 //! Output: the fine-tuned model folder (`config.json` with `flora_head`, `model.safetensors`,
@@ -25,7 +28,7 @@ use super::examples::{self, Example, Split};
 use super::head::{self, HeadConfig, Transform};
 use super::lamb::{global_norm, Lamb};
 use super::predictor::{self, trim_padding};
-use super::pretrain::load_model;
+use super::pretrain::{load_model, Schedule};
 use super::roberta::{self, Config, Params as Weights, Precision};
 use super::tokenizer;
 use crate::analysis::metrics::Metrics;
@@ -51,6 +54,8 @@ pub struct Params {
     pub lr: f64,
     /// Share of the steps spent warming up linearly (default 0.1).
     pub warmup: f64,
+    /// After the warm-up: constant, or a linear decay to 0 at the last step (default constant).
+    pub schedule: Schedule,
     /// LAMB weight decay (default 0.01).
     pub weight_decay: f64,
     /// Global gradient-norm clip; 0 turns it off (default 1.0).
@@ -79,6 +84,7 @@ impl Default for Params {
             batch_size: 16,
             lr: 5e-5,
             warmup: 0.1,
+            schedule: Schedule::Constant,
             weight_decay: 0.01,
             clip_norm: 1.0,
             head_dropout: 0.2,
@@ -187,6 +193,11 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     if train.is_empty() {
         return Err(fail("no training rows".into()));
     }
+    let means: Vec<f32> = (0..data.targets.len())
+        .map(|j| train.iter().map(|r| f64::from(r.y[j])).sum::<f64>() / train.len() as f64)
+        .map(|m| m as f32)
+        .collect();
+    head::start_at(&w, &means).map_err(|e| fail(e.to_string()))?;
     eprintln!(
         "finetune: {} train, {} validation, {} test rows; {} targets; transform {t:?}",
         train.len(),
@@ -201,13 +212,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         .unwrap_or(u64::MAX)
         .min(steps_per_epoch * p.epochs as u64);
     let warmup = (total as f64 * p.warmup).round() as u64;
-    let lr_at = |step: u64| {
-        if warmup > 0 && step <= warmup {
-            p.lr * step as f64 / warmup as f64
-        } else {
-            p.lr
-        }
-    };
+    let lr_at = |step: u64| p.schedule.lr(p.lr, warmup, step, total);
     let mut opt = Lamb::new(p.weight_decay);
     let mut step = 0u64;
     let mut log = vec!["epoch\tstep\ttrain_loss\tval_loss\tlr".to_string()];

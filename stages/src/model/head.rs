@@ -77,6 +77,15 @@ pub fn init(w: &mut Weights, cfg: &Config, targets: usize, seed: u64, dev: &Devi
     Ok(())
 }
 
+/// Starts the output bias at `means` (one per target, e.g. the training rows' means), so that a
+/// fresh head predicts the means from the first step. LAMB scales each step to the tensor's
+/// norm, so a bias started at zero takes well over a thousand steps (at a fine-tuning learning
+/// rate) to grow to the scale of ln TPM, and the model spends that time learning tissue means.
+pub fn start_at(w: &Weights, means: &[f32]) -> Result<()> {
+    let bias = &w.vars["classifier.out_proj.bias"];
+    bias.set(&Tensor::from_slice(means, means.len(), bias.device())?)
+}
+
 /// Whether a parameter belongs to the head.
 pub fn is_head(name: &str) -> bool {
     name.starts_with("classifier.")

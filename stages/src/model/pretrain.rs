@@ -119,15 +119,23 @@ impl Default for Params {
 
 /// The learning rate at `step` (1-based) of `total`.
 pub fn lr_at(p: &Params, step: u64, total: u64) -> f64 {
-    if p.warmup_steps > 0 && step <= p.warmup_steps {
-        return p.lr * step as f64 / p.warmup_steps as f64;
-    }
-    match p.schedule {
-        Schedule::Constant => p.lr,
-        Schedule::Linear => {
-            let rest = total.saturating_sub(p.warmup_steps).max(1);
-            let done = step.saturating_sub(p.warmup_steps);
-            p.lr * (1.0 - done as f64 / rest as f64).max(0.0)
+    p.schedule.lr(p.lr, p.warmup_steps, step, total)
+}
+
+impl Schedule {
+    /// The learning rate at `step` (1-based) of `total`: a linear warm-up to `peak` over
+    /// `warmup` steps, then this schedule.
+    pub fn lr(self, peak: f64, warmup: u64, step: u64, total: u64) -> f64 {
+        if warmup > 0 && step <= warmup {
+            return peak * step as f64 / warmup as f64;
+        }
+        match self {
+            Schedule::Constant => peak,
+            Schedule::Linear => {
+                let rest = total.saturating_sub(warmup).max(1);
+                let done = step.saturating_sub(warmup);
+                peak * (1.0 - done as f64 / rest as f64).max(0.0)
+            }
         }
     }
 }

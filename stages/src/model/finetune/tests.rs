@@ -188,9 +188,14 @@ fn freezing_the_encoder_trains_the_head_only() {
     let p = Params {
         freeze_encoder: true,
         epochs: 2,
+        schedule: Schedule::Linear,
         ..quick()
     };
     run(&p, &ctx).unwrap();
+    // The linear schedule ends at 0 on the last step.
+    let log = std::fs::read_to_string(ctx.out.join("train_log.tsv")).unwrap();
+    let last_lr = log.lines().last().unwrap().split('\t').nth(4).unwrap();
+    assert_eq!(last_lr.parse::<f64>().unwrap(), 0.0, "{log}");
     let before =
         candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
     let after =
