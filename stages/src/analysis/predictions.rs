@@ -9,19 +9,28 @@ use super::metrics::{self, Metrics};
 /// The header of a single model's predictions.
 pub const HEADER: &str = "id\ttarget\tobserved\tpredicted\n";
 
-/// A predictions table and how well it scores.
+/// The header of a predictions table, with a leading `model` column when `with_model`.
+pub fn header(with_model: bool) -> String {
+    if with_model {
+        format!("model\t{HEADER}")
+    } else {
+        HEADER.to_string()
+    }
+}
+
+/// A predictions table's rows and how well they score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
-    /// The TSV text, header included.
-    pub text: String,
+    /// The TSV rows, without the [`header`].
+    pub rows: String,
     /// Over every target and row together; `None` without rows.
     pub all: Option<Metrics>,
     /// Per target.
     pub per_target: BTreeMap<String, Metrics>,
 }
 
-/// Scores `predicted` against `observed` (a row per id, a column per target) and writes the table,
-/// with a leading `model` column when `model` is given.
+/// Scores `predicted` against `observed` (a row per id, a column per target) and writes the
+/// table's rows, with a leading `model` column when `model` is given.
 pub fn score(
     model: Option<&str>,
     ids: &[&str],
@@ -30,13 +39,10 @@ pub fn score(
     predicted: &[Vec<f64>],
 ) -> Scored {
     let lead = model.map_or(String::new(), |m| format!("{m}\t"));
-    let mut text = String::from(HEADER);
-    if model.is_some() {
-        text.insert_str(0, "model\t");
-    }
+    let mut rows = String::new();
     for ((id, obs), pred) in ids.iter().zip(observed).zip(predicted) {
         for (k, name) in targets.iter().enumerate() {
-            text.push_str(&format!("{lead}{id}\t{name}\t{}\t{}\n", obs[k], pred[k]));
+            rows.push_str(&format!("{lead}{id}\t{name}\t{}\t{}\n", obs[k], pred[k]));
         }
     }
     let mut per_target = BTreeMap::new();
@@ -52,7 +58,7 @@ pub fn score(
     }
     let all = (!all_obs.is_empty()).then(|| metrics::compare(&all_obs, &all_pred));
     Scored {
-        text,
+        rows,
         all,
         per_target,
     }
@@ -73,7 +79,7 @@ mod tests {
             &[vec![1.5, 2.0], vec![3.0, 3.0]],
         );
         assert_eq!(
-            s.text,
+            header(false) + &s.rows,
             "id\ttarget\tobserved\tpredicted\na\tleaf\t1\t1.5\na\troot\t2\t2\nb\tleaf\t3\t3\nb\troot\t4\t3\n"
         );
         assert_eq!(s.all.unwrap().n, 4);
@@ -86,7 +92,7 @@ mod tests {
             &[vec![2.0]],
         );
         assert_eq!(
-            m.text,
+            header(true) + &m.rows,
             "model\tid\ttarget\tobserved\tpredicted\nbow2\ta\tleaf\t1\t2\n"
         );
     }

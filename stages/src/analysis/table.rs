@@ -43,33 +43,16 @@ struct Predictions {
 /// holding `predictions.tsv` (named after the input), or a folder of such folders (named
 /// `<input>/<folder>`).
 fn files(name: &str, input: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    if input.is_file() {
-        return Ok(vec![(name.to_string(), input.to_path_buf())]);
-    }
-    if input.join("predictions.tsv").is_file() {
-        return Ok(vec![(name.to_string(), input.join("predictions.tsv"))]);
-    }
-    let mut subs: Vec<PathBuf> = std::fs::read_dir(input)
-        .map_err(|e| format!("{}: {e}", input.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("predictions.tsv").is_file())
-        .collect();
-    subs.sort();
-    if subs.is_empty() {
-        return Err(format!(
-            "input `{name}` ({}) holds no predictions.tsv",
-            input.display()
-        ));
-    }
-    Ok(subs
+    let found =
+        tsv::locate_all(input, &["predictions.tsv"]).map_err(|e| format!("input `{name}`: {e}"))?;
+    Ok(found
         .into_iter()
         .map(|p| {
-            let sub = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            (format!("{name}/{sub}"), p.join("predictions.tsv"))
+            let folder = p.parent().and_then(|d| d.strip_prefix(input).ok());
+            match folder.filter(|f| !f.as_os_str().is_empty()) {
+                Some(f) => (format!("{name}/{}", f.display()), p),
+                None => (name.to_string(), p),
+            }
         })
         .collect())
 }

@@ -129,14 +129,10 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         .num_threads(ctx.threads.max(1))
         .build()
         .map_err(|e| fail(format!("cannot start threads: {e}")))?;
-    let mut text = String::new();
+    let mut text = predictions::header(true);
     let mut emit = |summary: &mut Summary, model: &str, predicted: &[Vec<f64>]| {
         let scored = predictions::score(Some(model), &ids, &data.targets, &y_test, predicted);
-        let body = scored.text.split_once('\n').map_or("", |(_, rows)| rows);
-        if text.is_empty() {
-            text.push_str(&scored.text[..scored.text.len() - body.len()]);
-        }
-        text.push_str(body);
+        text.push_str(&scored.rows);
         if let Some(all) = scored.all {
             summary.test_all.insert(model.into(), all);
         }

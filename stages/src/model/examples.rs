@@ -234,19 +234,7 @@ pub fn draw_splits(rows: &mut [Example], seed: u64) {
 /// Every `expression.tsv` under `input`: the file itself, a folder holding one, or a folder of
 /// such folders (an `expression` fan-out, one table per line).
 fn expression_files(input: &Path) -> Result<Vec<std::path::PathBuf>, String> {
-    if input.is_file() || input.join("expression.tsv").is_file() {
-        return Ok(vec![tsv::locate(input, "expression.tsv")?]);
-    }
-    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(input)
-        .map_err(|e| format!("{}: {e}", input.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path().join("expression.tsv")))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort();
-    if found.is_empty() {
-        return Err(format!("{} has no expression.tsv", input.display()));
-    }
-    Ok(found)
+    tsv::locate_all(input, &["expression.tsv"])
 }
 
 /// Joins promoters (FASTA, first header word = gene id), an expression table (`gene_id`, then one

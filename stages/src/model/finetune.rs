@@ -314,7 +314,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let scored = predictions::score(None, &ids, &data.targets, &observed, &predicted);
     summary.test = scored.per_target;
     summary.test_all = scored.all;
-    let text = scored.text;
+    let text = predictions::header(false) + &scored.rows;
     write(ctx, "predictions.tsv", &text)?;
     write(ctx, "train_log.tsv", &(log.join("\n") + "\n"))?;
     write(

@@ -31,6 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::rng::Rng;
 use crate::Context;
 
+/// The study's 9 tissues, which simulated maize is expressed in.
+pub use crate::tables::expression::TISSUES;
+
 /// Plant cis-element consensus motifs planted in promoters.
 pub const MOTIFS: [(&str, &str); 9] = [
     ("TATA-box", "TATAAAT"),
@@ -42,19 +45,6 @@ pub const MOTIFS: [(&str, &str); 9] = [
     ("MYB", "TAACCAA"),
     ("GCC-box", "GCCGCC"),
     ("RY", "CATGCAT"),
-];
-
-/// The study's 9 tissues.
-pub const TISSUES: [&str; 9] = [
-    "endosperm",
-    "tassel",
-    "leaf_base",
-    "anther",
-    "leaf_middle",
-    "ear",
-    "shoot",
-    "root",
-    "leaf_tip",
 ];
 
 /// One simulated species.

@@ -51,35 +51,13 @@ pub struct Summary {
     pub species: BTreeMap<String, usize>,
 }
 
-/// Every promoter FASTA under `input`: a file, a folder with promoters.fa.gz or sequences.fa.gz,
-/// or a folder of such folders (a fan-out).
+/// Every promoter FASTA under `input`: a file, a folder with promoters.fa.gz, sequences.fa.gz
+/// or corpus.fa.gz, or a folder of such folders (a fan-out).
 pub fn fasta_files(input: &Path) -> Result<Vec<PathBuf>, String> {
-    if input.is_file() {
-        return Ok(vec![input.to_path_buf()]);
-    }
-    for name in ["promoters.fa.gz", "sequences.fa.gz", "corpus.fa.gz"] {
-        if input.join(name).is_file() {
-            return Ok(vec![input.join(name)]);
-        }
-    }
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
-        .map_err(|e| format!("{}: {e}", input.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for e in entries {
-        if e.is_dir() {
-            out.extend(fasta_files(&e)?);
-        }
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "{}: no promoters.fa.gz or sequences.fa.gz found",
-            input.display()
-        ));
-    }
-    Ok(out)
+    tsv::locate_all(
+        input,
+        &["promoters.fa.gz", "sequences.fa.gz", "corpus.fa.gz"],
+    )
 }
 
 fn species_of(r: &FastaRecord) -> &str {

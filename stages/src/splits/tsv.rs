@@ -15,6 +15,38 @@ pub fn locate(input: &Path, name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Every file a stage's input holds under one of `names`: the input itself when it is a file;
+/// else `input/<name>` for the first of `names` there; else the same in each of its folders, in
+/// name order, at any depth (a fan-out stage's items). None at all is an error naming `names`.
+pub fn locate_all(input: &Path, names: &[&str]) -> Result<Vec<PathBuf>, String> {
+    fn walk(dir: &Path, names: &[&str], out: &mut Vec<PathBuf>) -> Result<(), String> {
+        if let Some(p) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+            out.push(p);
+            return Ok(());
+        }
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        subs.iter().try_for_each(|sub| walk(sub, names, out))
+    }
+    if input.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    walk(input, names, &mut out)?;
+    if out.is_empty() {
+        return Err(format!(
+            "{} holds no {}",
+            input.display(),
+            names.join(" or ")
+        ));
+    }
+    Ok(out)
+}
+
 /// A table's header, and its rows with their 1-based line numbers.
 pub type Numbered = (Vec<String>, Vec<(usize, Vec<String>)>);
 
@@ -67,4 +99,37 @@ pub fn gene_ids(path: &Path) -> Result<Vec<String>, String> {
         .into_iter()
         .filter_map(|r| r.into_iter().next())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_all_finds_a_file_a_folder_and_fan_outs_at_any_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let put = |rel: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "x").unwrap();
+            p
+        };
+        let names = ["a.tsv", "b.tsv"];
+        // A file is itself; a folder gives the first of the names it holds.
+        let file = put("lone.tsv");
+        assert_eq!(locate_all(&file, &names).unwrap(), vec![file.clone()]);
+        let a = put("one/a.tsv");
+        put("one/b.tsv");
+        assert_eq!(locate_all(&root.join("one"), &names).unwrap(), vec![a]);
+        // A fan-out (of fan-outs), in name order; folders without the file are passed over.
+        let y = put("fan/y/b.tsv");
+        let x = put("fan/x/deep/a.tsv");
+        std::fs::create_dir_all(root.join("fan/z")).unwrap();
+        assert_eq!(locate_all(&root.join("fan"), &names).unwrap(), vec![x, y]);
+        // Nothing at all names what was looked for.
+        let e = locate_all(&root.join("fan/z"), &names).unwrap_err();
+        assert!(e.ends_with("fan/z holds no a.tsv or b.tsv"), "{e}");
+        assert!(locate_all(&root.join("nowhere"), &names).is_err());
+    }
 }

@@ -75,19 +75,36 @@ impl Default for Params {
     }
 }
 
+/// The study's 9 maize tissues, by the names flora gives them.
+pub const TISSUES: [&str; 9] = [
+    "endosperm",
+    "tassel",
+    "leaf_base",
+    "anther",
+    "leaf_middle",
+    "ear",
+    "shoot",
+    "root",
+    "leaf_tip",
+];
+
+/// The columns of [`TISSUES`] in the NAM/FloraBERT tables, in the same order.
+const NAM_COLUMNS: [&str; 9] = [
+    "endosperm",
+    "tassel",
+    "base",
+    "anther",
+    "middle",
+    "ear",
+    "shoot",
+    "root",
+    "tip",
+];
+
 /// The study's 9 maize tissues, as named in the NAM/FloraBERT tables, and their output names.
 pub fn study_tissues() -> OrderedMap {
-    OrderedMap::from_pairs(&[
-        ("endosperm", "endosperm"),
-        ("tassel", "tassel"),
-        ("base", "leaf_base"),
-        ("anther", "anther"),
-        ("middle", "leaf_middle"),
-        ("ear", "ear"),
-        ("shoot", "shoot"),
-        ("root", "root"),
-        ("tip", "leaf_tip"),
-    ])
+    let pairs: Vec<(&str, &str)> = NAM_COLUMNS.into_iter().zip(TISSUES).collect();
+    OrderedMap::from_pairs(&pairs)
 }
 
 /// Why the stage failed.
