@@ -11,10 +11,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
-# The demo, reproduced, in a cache of its own. It runs on the test build of flora (its stages are
-# optimised there too, see Cargo.toml), which saves CI a release build of every dependency.
-cargo build --locked
-flora=target/debug/flora
+# The demo, reproduced, in a cache of its own, with the release build: its training runs half
+# again as fast as in the test build (measured: fine-tuning 221 s against 343 s), which more than
+# pays for compiling it.
+cargo build --release --locked
+flora=target/release/flora
 demo_cache=$(mktemp -d)
 trap 'rm -rf "$demo_cache"' EXIT
 $flora --cache "$demo_cache" run workflows/demo.yaml --results "$demo_cache/results"
