@@ -7,9 +7,9 @@
 //!   tables, which hold TPM); `none` takes values as they are (the default for a ready table).
 //! - The learning rate warms up linearly over the first `warmup` share of the steps, then stays
 //!   constant (`schedule: constant`, the default; 5e-5, 25 epochs) or decays linearly to 0 at the
-//!   last step (`schedule: linear`, HuggingFace's default). After every epoch the validation loss is measured;
-//!   with `patience` > 0, training stops once it has not improved for that many epochs, and the
-//!   best epoch's weights are kept.
+//!   last step (`schedule: linear`, HuggingFace's default). After every epoch the validation loss
+//!   is measured; with `patience` > 0, training stops once it has not improved for that many
+//!   epochs, and the best epoch's weights are kept.
 //! - The head starts out predicting each target's mean over the training rows (its output bias),
 //!   so training spends its steps on what the sequence adds to the means.
 //! - `freeze_encoder: true` trains the head alone on fixed embeddings.
