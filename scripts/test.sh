@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit, doc and integration tests; then the demo at full
+# The whole test suite: formatting, lints, unit, doc and integration tests (the Slurm executor's
+# against a one-node Slurm started here, scripts/slurm.sh); then the demo at full
 # size, reproduced: its key figures checked against workflows/demo.expected.yaml, a second run
 # that must be fully cached, and a fine-tuning edit that must re-run only what depends on it;
 # then the Arabidopsis workflow on the shared real data, checked against its expected figures.
@@ -9,15 +10,28 @@ scripts/setup.sh
 export FLORA_SHARED_DATA=${FLORA_SHARED_DATA:-$(cd .. && pwd)/shared/data}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# A real Slurm for the Slurm executor's tests (tests/slurm.rs): munged, slurmctld and slurmd on
+# this machine, stopped by their process ids when this script ends.
+work=$(mktemp -d)
+cleanup() {
+    scripts/slurm.sh stop "$work/slurm" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+scripts/slurm.sh start "$work/slurm"
+export SLURM_CONF=$work/slurm/slurm.conf
 cargo test --workspace --locked
+scripts/slurm.sh stop "$work/slurm"
+unset SLURM_CONF
 
 # The demo, reproduced, in a cache of its own, with the release build: its training runs half
 # again as fast as in the test build (measured: fine-tuning 221 s against 343 s), which more than
 # pays for compiling it.
 cargo build --release --locked
 flora=target/release/flora
-demo_cache=$(mktemp -d)
-trap 'rm -rf "$demo_cache"' EXIT
+demo_cache=$work/demo
+mkdir -p "$demo_cache"
 $flora --cache "$demo_cache" run workflows/demo.yaml --results "$demo_cache/results"
 $flora --cache "$demo_cache" check workflows/demo.yaml
 again=$($flora --cache "$demo_cache" run workflows/demo.yaml --results "$demo_cache/results" 2>&1)

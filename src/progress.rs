@@ -12,6 +12,7 @@ pub struct Progress {
     bar: ProgressBar,
     tty: bool,
     running: BTreeSet<String>,
+    note: String,
 }
 
 impl Progress {
@@ -40,6 +41,7 @@ impl Progress {
             bar,
             tty,
             running: BTreeSet::new(),
+            note: String::new(),
         }
     }
 
@@ -49,8 +51,13 @@ impl Progress {
             if self.running.len() > 4 {
                 names.push("...");
             }
+            let note = if self.note.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", self.note)
+            };
             self.bar
-                .set_message(format!("running: {}", names.join(", ")));
+                .set_message(format!("running: {}{note}", names.join(", ")));
         }
     }
 
@@ -75,6 +82,19 @@ impl Progress {
             self.bar.println(format!("{what:>7} {id} ({seconds:.2} s)"));
         }
         self.refresh();
+    }
+
+    /// Sets a short note shown after the running jobs (e.g. Slurm's queue states).
+    pub fn set_note(&mut self, note: &str) {
+        if self.note != note {
+            self.note = note.to_string();
+            self.refresh();
+        }
+    }
+
+    /// Whether the display is a live bar on a terminal (else one line per event).
+    pub fn is_tty(&self) -> bool {
+        self.tty
     }
 
     /// Prints a line above the bar.

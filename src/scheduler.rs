@@ -4,6 +4,8 @@
 //! first (those with the most work downstream, as in cargo's job queue) while the `--jobs` limit,
 //! the CPU budget (a job's `threads`) and the free GPUs allow. When a job is ready its key is
 //! computed from its inputs' artifacts; a key found in the cache finishes the job at once.
+//! Jobs whose keys are equal (the same kind, params and inputs, e.g. two fan-out items that do
+//! not differ) run once: the later ones wait for the first and then find its artifact cached.
 //! After a failure no new job starts (unless `--keep-going`, which only skips what depends on it);
 //! running jobs are always allowed to finish.
 
@@ -91,7 +93,7 @@ pub fn run(
     progress: &mut Progress,
 ) -> anyhow::Result<Vec<JobReport>> {
     let n = graph.jobs.len();
-    check_gpus(graph, opts, progress)?;
+    check_gpus(graph, opts, executor.places_jobs(), progress)?;
     let mut reports: Vec<JobReport> = (0..n)
         .map(|j| JobReport {
             state: if opts.selected[j] {
@@ -118,6 +120,9 @@ pub fn run(
     let mut free_cpus = opts.cpus.max(1);
     let mut free_gpus: Vec<usize> = opts.gpus.clone();
     let mut stopping = false;
+    // Keys being computed now, and the ready jobs with the same key that wait for them.
+    let mut running_keys: std::collections::HashSet<Digest> = Default::default();
+    let mut twins: std::collections::HashMap<Digest, Vec<usize>> = Default::default();
     let mut last_flush = Instant::now();
     let host = gethostname::gethostname().to_string_lossy().into_owned();
 
@@ -162,30 +167,49 @@ pub fn run(
                     continue;
                 }
             }
-            let threads = job.resources.threads.min(opts.cpus.max(1));
-            let want_gpus = if opts.gpus.is_empty() {
-                0
+            if running_keys.contains(&key) {
+                ready.pop();
+                twins.entry(key).or_default().push(j);
+                continue;
+            }
+            let cluster = executor.places_jobs();
+            let (threads, want_gpus) = if cluster {
+                (job.resources.threads, cluster_gpus(job))
+            } else if opts.gpus.is_empty() {
+                (job.resources.threads.min(opts.cpus.max(1)), 0)
             } else {
-                job.resources.gpus
+                (
+                    job.resources.threads.min(opts.cpus.max(1)),
+                    job.resources.gpus,
+                )
             };
             if executor.running() >= opts.jobs.max(1)
-                || (executor.running() > 0 && threads > free_cpus)
-                || want_gpus > free_gpus.len()
+                || (!cluster && executor.running() > 0 && threads > free_cpus)
+                || (!cluster && want_gpus > free_gpus.len())
             {
                 break;
             }
             ready.pop();
-            let gpus: Vec<usize> = free_gpus.drain(..want_gpus).collect();
-            free_cpus = free_cpus.saturating_sub(threads);
+            // On a cluster the GPUs are the first `want_gpus` of those it makes visible.
+            let gpus: Vec<usize> = if cluster {
+                (0..want_gpus).collect()
+            } else {
+                free_gpus.drain(..want_gpus).collect()
+            };
+            if !cluster {
+                free_cpus = free_cpus.saturating_sub(threads);
+            }
             let started = Slot {
                 threads,
                 gpus: &gpus,
+                cluster,
             };
             match start(
                 graph, j, key, &artifacts, &reports, &started, cache, &host, executor,
             ) {
                 Ok(r) => {
                     reports[j].log = Some(cache.log_path(&key));
+                    running_keys.insert(key);
                     progress.started(&job.id);
                     running[j] = Some(Running {
                         inputs,
@@ -206,12 +230,18 @@ pub fn run(
         if executor.running() == 0 {
             break;
         }
-        let (j, outcome) = executor.wait();
+        let (j, outcome) = executor.wait(progress);
         let job = &graph.jobs[j];
         let r = running[j].take().expect("a running job has its state");
-        free_cpus += r.threads;
-        free_gpus.extend(r.gpus.iter().copied());
-        free_gpus.sort_unstable();
+        if !executor.places_jobs() {
+            free_cpus += r.threads;
+            free_gpus.extend(r.gpus.iter().copied());
+            free_gpus.sort_unstable();
+        }
+        running_keys.remove(&r.key);
+        for twin in twins.remove(&r.key).unwrap_or_default() {
+            ready.push((priority[twin], std::cmp::Reverse(twin)));
+        }
         let seconds = r.started.elapsed().as_secs_f64();
         reports[j].seconds = seconds;
         let _ = std::fs::remove_file(&r.spec);
@@ -301,7 +331,12 @@ pub fn run(
     Ok(reports)
 }
 
-fn check_gpus(graph: &JobGraph, opts: &RunOptions, progress: &Progress) -> anyhow::Result<()> {
+fn check_gpus(
+    graph: &JobGraph,
+    opts: &RunOptions,
+    cluster: bool,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     for stage in &graph.stages {
         let Some(&j) = stage.jobs.iter().find(|&&j| opts.selected[j]) else {
             continue;
@@ -310,7 +345,20 @@ fn check_gpus(graph: &JobGraph, opts: &RunOptions, progress: &Progress) -> anyho
         if want == 0 {
             continue;
         }
-        if opts.gpus.is_empty() {
+        if cluster {
+            if cluster_gpus(&graph.jobs[j]) == 0 {
+                let what = format!(
+                    "stage `{}` asks for {want} GPU(s) but this flora was built without CUDA",
+                    stage.name
+                );
+                if opts.require_gpu {
+                    anyhow::bail!("{what} and --require-gpu was given");
+                }
+                progress.println(&format!(
+                    "warning: {what}: it runs on the CPUs of its node and asks the cluster for no GPU"
+                ));
+            }
+        } else if opts.gpus.is_empty() {
             if opts.require_gpu {
                 anyhow::bail!(
                     "stage `{}` needs {want} GPU(s) and --require-gpu was given, but no GPU was named: add --gpus 0[,1...]",
@@ -359,6 +407,18 @@ fn check_subpaths(
 struct Slot<'a> {
     threads: usize,
     gpus: &'a [usize],
+    /// A cluster chose the GPUs (`gpus` are ordinals among those it made visible).
+    cluster: bool,
+}
+
+/// The GPUs a job asks a cluster for: its stage's, unless it is a built-in kind and this flora
+/// has no CUDA (it would run on the CPU and hold the GPUs idle).
+fn cluster_gpus(job: &crate::dag::Job) -> usize {
+    if job.kind.name == "exec" || cfg!(feature = "cuda") {
+        job.resources.gpus
+    } else {
+        0
+    }
 }
 
 /// Starts job `j`; `reports` gives the keys of the jobs upstream (for provenance).
@@ -382,6 +442,7 @@ fn start(
         flora_stages::Context::new(scratch.clone(), work.clone(), graph.workflow.dir.clone());
     ctx.threads = slot.threads;
     ctx.gpus = slot.gpus.to_vec();
+    ctx.cluster_gpus = slot.cluster;
     if job.kind.provenance {
         ctx.provenance = Some(
             crate::provenance::write(graph, j, &|d| reports[d].key, cache, &work)
@@ -430,13 +491,16 @@ fn start(
             humantime::format_rfc3339_seconds(started_at),
         ),
     )?;
+    let mut resources = job.resources.clone();
+    resources.threads = slot.threads;
+    resources.gpus = slot.gpus.len();
     executor.submit(Launch {
         job: j,
         id: job.id.clone(),
         kind: job.kind.name.to_string(),
         spec: spec_path.clone(),
         log,
-        resources: job.resources.clone(),
+        resources,
     })?;
     Ok(Running {
         scratch,

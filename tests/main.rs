@@ -14,5 +14,6 @@ mod model;
 mod report;
 mod robustness;
 mod scheduler;
+mod slurm;
 mod validation;
 mod workflows;

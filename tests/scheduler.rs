@@ -199,3 +199,25 @@ fn exec_jobs_get_the_environment_unchanged() {
         "malloc tuning is for built-in kinds only"
     );
 }
+
+#[test]
+fn jobs_with_the_same_key_run_once() {
+    let p = Project::new();
+    // Three fan-out items whose params do not differ: one job, whose (random) output all share.
+    p.write(
+        "wf.yaml",
+        "stages:\n  fan: {kind: exec, foreach: [a, b, c], params: {argv: [sh, -c, \"od -An -N8 -tx8 /dev/urandom > $FLORA_OUT/r\"]}}\n  join: {kind: exec, inputs: {all: fan}, params: {argv: [sh, -c, \"cat $FLORA_IN_all/*/r > $FLORA_OUT/r\"]}}\n",
+    );
+    let out = p.ok(&["run", "wf.yaml"]);
+    let states: Vec<String> = ["fan[a]", "fan[b]", "fan[c]"]
+        .iter()
+        .map(|j| state_of(&out, j))
+        .collect();
+    assert_eq!(states.iter().filter(|s| *s == "ran").count(), 1, "{out}");
+    assert_eq!(states.iter().filter(|s| *s == "cached").count(), 2, "{out}");
+    let r = p.read("results/wf/fan/a/r");
+    assert_eq!(p.read("results/wf/fan/b/r"), r);
+    assert_eq!(p.read("results/wf/join/r"), r.repeat(3));
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert!(out.contains("0 ran, 4 cached"), "{out}");
+}

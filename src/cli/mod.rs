@@ -100,7 +100,9 @@ pub enum Command {
   flora run workflows/demo.yaml
   flora run workflows/demo.yaml --set finetune.epochs=5 --jobs 2
   flora run workflows/paper.yaml --until maize_pretrain --gpus 0,1 --require-gpu
-  flora run workflows/demo.yaml --force baselines --keep-going")]
+  flora run workflows/demo.yaml --force baselines --keep-going
+  flora run workflows/paper.yaml --executor slurm --partition cpu --account plants
+  flora run workflows/paper.yaml --executor slurm --slurm-arg=--qos=long")]
     Run(RunArgs),
     /// Show what a run would do: each job, cached or to run, and why.
     #[command(after_help = "Examples:
@@ -182,6 +184,41 @@ pub struct RunArgs {
     /// Where to link each stage's output (default: results/<workflow name>).
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+    /// Where jobs run: child processes here, or one Slurm job each (`sbatch`).
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: ExecutorKind,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub slurm: SlurmArgs,
+}
+
+/// Where `flora run` runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// Child processes of this flora, on this machine.
+    Local,
+    /// One Slurm batch job per flora job; needs the cache on a shared file system.
+    Slurm,
+}
+
+/// Options of `--executor slurm`.
+#[derive(Debug, Args)]
+pub struct SlurmArgs {
+    /// Slurm partition for jobs whose stage names none in `resources: {partition: ...}`.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Slurm account to charge.
+    #[arg(long, value_name = "A")]
+    pub account: Option<String>,
+    /// One more `sbatch` argument, as given (repeatable), e.g. --slurm-arg=--qos=high.
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub slurm_args: Vec<String>,
+    /// Submit a job again this many times when Slurm reports NODE_FAIL, PREEMPTED or BOOT_FAIL.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub slurm_retries: usize,
+    /// Seconds between two looks at the queue (`squeue`).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub slurm_poll: f64,
 }
 
 /// `flora plan`.

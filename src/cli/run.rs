@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::summary;
-use super::{Cli, DagArgs, PlanArgs, RunArgs, SelectArgs, WorkflowArgs};
+use super::{Cli, DagArgs, ExecutorKind, PlanArgs, RunArgs, SelectArgs, WorkflowArgs};
 use crate::cache::{Cache, Wait};
 use crate::dag::JobGraph;
 use crate::executor::local::Local;
+use crate::executor::slurm::{Slurm, SlurmOptions};
+use crate::executor::Executor;
 use crate::plan::{self, Freshness};
 use crate::progress::Progress;
 use crate::scheduler::{self, JobState, RunOptions};
@@ -63,16 +65,65 @@ pub fn selection(graph: &JobGraph, select: &SelectArgs) -> anyhow::Result<(Vec<b
     Ok((selected, forced))
 }
 
+/// Jobs submitted at once to a cluster when `--jobs` is not given.
+const CLUSTER_JOBS: usize = 500;
+
+/// The executor the command line asks for, after checking that its options fit it.
+fn executor(args: &RunArgs) -> anyhow::Result<Box<dyn Executor>> {
+    let exe = std::env::current_exe().context("cannot find the flora executable")?;
+    let s = &args.slurm;
+    match args.executor {
+        ExecutorKind::Local => {
+            let slurm_only = [
+                (s.partition.is_some(), "--partition"),
+                (s.account.is_some(), "--account"),
+                (!s.slurm_args.is_empty(), "--slurm-arg"),
+            ];
+            if let Some((_, flag)) = slurm_only.iter().find(|(given, _)| *given) {
+                anyhow::bail!("{flag} is an option of --executor slurm");
+            }
+            Ok(Box::new(Local::new(exe)))
+        }
+        ExecutorKind::Slurm => {
+            anyhow::ensure!(
+                args.devices.gpus.is_empty(),
+                "--gpus names this machine's GPUs; with --executor slurm each job gets its GPUs \
+                 from Slurm (its stage's `resources: {{gpus: N}}`)"
+            );
+            anyhow::ensure!(
+                s.slurm_poll.is_finite() && s.slurm_poll > 0.0,
+                "--slurm-poll must be a positive number of seconds"
+            );
+            let opts = SlurmOptions {
+                partition: s.partition.clone(),
+                account: s.account.clone(),
+                extra: s.slurm_args.clone(),
+                retries: s.slurm_retries,
+                poll: std::time::Duration::from_secs_f64(s.slurm_poll),
+            };
+            Ok(Box::new(
+                Slurm::new(exe, opts).context("cannot watch for Ctrl-C")?,
+            ))
+        }
+    }
+}
+
 /// `flora run`.
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let mut executor = executor(args)?;
     let graph = load_graph(&args.workflow)?;
     let (selected, forced) = selection(&graph, &args.select)?;
     let cache = open_cache(cli)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let default_jobs = if executor.places_jobs() {
+        CLUSTER_JOBS
+    } else {
+        cpus
+    };
     let opts = RunOptions {
-        jobs: args.jobs.unwrap_or(cpus).max(1),
+        jobs: args.jobs.unwrap_or(default_jobs).max(1),
         cpus,
         gpus: args.devices.gpus.clone(),
         require_gpu: args.devices.require_gpu,
@@ -80,12 +131,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         forced,
         selected,
     };
-    let exe = std::env::current_exe().context("cannot find the flora executable")?;
-    let mut executor = Local::new(exe);
     let started = std::time::Instant::now();
     let total = opts.selected.iter().filter(|s| **s).count();
     let mut progress = Progress::new(total);
-    let reports = scheduler::run(&graph, &cache, &mut executor, &opts, &mut progress)?;
+    let reports = scheduler::run(&graph, &cache, executor.as_mut(), &opts, &mut progress)?;
     progress.finish();
     let results_dir = args
         .results

@@ -15,9 +15,13 @@ pub struct Resources {
     /// Memory the job needs, e.g. `4G`, `512M` (default: unstated).
     #[serde(default)]
     pub memory: Option<Memory>,
-    /// Wall-time limit for cluster executors, e.g. `2h` (default: unstated).
+    /// Wall-time limit for cluster executors, e.g. `2h`, `90m`, `1d 12h` or Slurm's own
+    /// `D-HH:MM:SS` (default: unstated, the partition's default).
     #[serde(default)]
-    pub time: Option<String>,
+    pub time: Option<TimeLimit>,
+    /// The Slurm partition for this stage's jobs, over `--partition` (default: unstated).
+    #[serde(default)]
+    pub partition: Option<String>,
 }
 
 fn one() -> usize {
@@ -31,6 +35,7 @@ impl Default for Resources {
             gpus: 0,
             memory: None,
             time: None,
+            partition: None,
         }
     }
 }
@@ -75,18 +80,93 @@ impl std::str::FromStr for Memory {
     }
 }
 
+/// A YAML number or string, as text: a bare number then means the default unit (megabytes for
+/// memory, minutes for time).
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u64),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Num(n) => n.to_string(),
+        Raw::Text(s) => s,
+    })
+}
+
 impl<'de> Deserialize<'de> for Memory {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(u64),
-            Text(String),
+        number_or_text(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A wall-time limit, kept in whole minutes (Slurm's unit; a part of a minute counts as one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct TimeLimit {
+    /// Minutes.
+    pub minutes: u64,
+}
+
+impl From<TimeLimit> for String {
+    fn from(t: TimeLimit) -> String {
+        format!("{}m", t.minutes)
+    }
+}
+
+impl std::str::FromStr for TimeLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "time {s:?}: expected a duration such as 2h, 90m or 1d 12h, minutes, or Slurm's D-HH:MM:SS"
+            )
+        };
+        let seconds = if t.chars().all(|c| c.is_ascii_digit()) && !t.is_empty() {
+            // A bare number is minutes, as in Slurm.
+            t.parse::<u64>().map_err(|_| bad())? * 60
+        } else if t
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
+        {
+            slurm_seconds(t).ok_or_else(bad)?
+        } else {
+            humantime::parse_duration(t).map_err(|_| bad())?.as_secs()
+        };
+        if seconds == 0 {
+            return Err(format!("time {s:?}: must be longer than zero"));
         }
-        match Raw::deserialize(d)? {
-            Raw::Num(mb) => Ok(Memory { bytes: mb << 20 }),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        Ok(TimeLimit {
+            minutes: seconds.div_ceil(60),
+        })
+    }
+}
+
+/// Seconds in Slurm's time formats: MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+fn slurm_seconds(t: &str) -> Option<u64> {
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, t),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let (h, m, sec) = match (t.contains('-'), parts.as_slice()) {
+        (true, [h]) => (*h, 0, 0),
+        (true, [h, m]) => (*h, *m, 0),
+        (_, [h, m, sec]) => (*h, *m, *sec),
+        (false, [m, sec]) => (0, *m, *sec),
+        _ => return None,
+    };
+    Some(((days * 24 + h) * 60 + m) * 60 + sec)
+}
+
+impl<'de> Deserialize<'de> for TimeLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        number_or_text(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -103,5 +183,27 @@ mod tests {
         let r: Resources = serde_yaml::from_str("{threads: 4, memory: 100}").unwrap();
         assert_eq!(r.memory.unwrap().bytes, 100 << 20);
         assert!(serde_yaml::from_str::<Resources>("{cpus: 4}").is_err());
+    }
+
+    #[test]
+    fn time_limits_in_human_and_slurm_forms() {
+        let minutes = |s: &str| s.parse::<TimeLimit>().map(|t| t.minutes);
+        assert_eq!(minutes("2h"), Ok(120));
+        assert_eq!(minutes("1h 30m"), Ok(90));
+        assert_eq!(minutes("1d 12h"), Ok(2160));
+        assert_eq!(minutes("45s"), Ok(1));
+        assert_eq!(minutes("30"), Ok(30));
+        assert_eq!(minutes("01:30:00"), Ok(90));
+        assert_eq!(minutes("10:30"), Ok(11));
+        assert_eq!(minutes("2-12"), Ok(3600));
+        assert_eq!(minutes("1-00:30:00"), Ok(1470));
+        for bad in ["soon", "0", "1:2:3:4", "-5", "0m", ""] {
+            assert!(minutes(bad).is_err(), "{bad}");
+        }
+        let r: Resources = serde_yaml::from_str("{time: 90, partition: gpu}").unwrap();
+        assert_eq!(r.time.unwrap().minutes, 90);
+        assert_eq!(r.partition.as_deref(), Some("gpu"));
+        let e = serde_yaml::from_str::<Resources>("{time: soon}").unwrap_err();
+        assert!(e.to_string().contains("expected a duration"), "{e}");
     }
 }

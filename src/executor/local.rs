@@ -1,24 +1,12 @@
 //! The local executor: each job is a child process of this `flora`.
-//!
-//! Built-in stage kinds run with glibc's malloc told to keep freed memory rather than return it
-//! to the kernel at once (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, unless already
-//! set): model training allocates and frees tensors of tens of megabytes every step, and
-//! otherwise spends a fifth of its time having the kernel zero fresh pages (measured: one
-//! pretraining step of the paper's model went from 7.57 s to 7.08 s). `exec` jobs get the
-//! environment unchanged.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use super::{Executor, Launch, Outcome};
-
-/// glibc malloc settings for built-in kinds (see the module notes).
-const MALLOC_TUNING: [(&str, &str); 2] = [
-    ("MALLOC_MMAP_THRESHOLD_", "33554432"),
-    ("MALLOC_TRIM_THRESHOLD_", "17179869184"),
-];
+use super::{Executor, Launch, Outcome, MALLOC_TUNING};
+use crate::progress::Progress;
 
 /// Runs jobs as child processes on this machine.
 pub struct Local {
@@ -74,7 +62,7 @@ impl Executor for Local {
         Ok(())
     }
 
-    fn wait(&mut self) -> (usize, Outcome) {
+    fn wait(&mut self, _progress: &mut Progress) -> (usize, Outcome) {
         let ended = self.rx.recv().expect("the executor holds a sender");
         self.running -= 1;
         ended

@@ -18,6 +18,10 @@ pub struct Context {
     pub threads: usize,
     /// GPU device indices given to this job (empty: run on the CPU).
     pub gpus: Vec<usize>,
+    /// Whether a cluster scheduler (Slurm) chose the GPUs and set `CUDA_VISIBLE_DEVICES`
+    /// already: `gpus` are then ordinals among the visible devices, and the variable stays.
+    #[serde(default)]
+    pub cluster_gpus: bool,
     /// A provenance file (see `report::provenance`) written by the engine for kinds that ask for
     /// one; absent outside a workflow.
     #[serde(default)]
@@ -34,6 +38,7 @@ impl Context {
             workdir,
             threads: 1,
             gpus: Vec::new(),
+            cluster_gpus: false,
             provenance: None,
         }
     }

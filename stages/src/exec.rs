@@ -9,7 +9,7 @@
 //! | `FLORA_IN_<name>` | the path of each input |
 //! | `FLORA_WORK` | a folder that survives a crash (checkpoints) |
 //! | `FLORA_THREADS` | how many threads the job may use |
-//! | `CUDA_VISIBLE_DEVICES` | the GPUs given to the job, when it has any |
+//! | `CUDA_VISIBLE_DEVICES` | the GPUs given to the job, when it has any (on Slurm, as Slurm set it) |
 //!
 //! A non-zero exit fails the job, and nothing is published.
 
@@ -123,7 +123,7 @@ pub fn command(params: &Params, ctx: &Context) -> Result<Command, ExecError> {
     for (name, path) in &ctx.inputs {
         cmd.env(input_var(name), path);
     }
-    if !ctx.gpus.is_empty() {
+    if !ctx.gpus.is_empty() && !ctx.cluster_gpus {
         let ids: Vec<String> = ctx.gpus.iter().map(|g| g.to_string()).collect();
         cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
     }

@@ -1,0 +1,531 @@
+//! The Slurm executor: each job is one `sbatch` job that runs `flora __job SPEC` on a node.
+//!
+//! The driver (this process) stays the only writer of the cache index: a Slurm job writes into
+//! its scratch folder alone, and the driver publishes it once Slurm says it completed. That
+//! needs the cache (and the workflow's files) on a file system every node sees.
+//!
+//! Jobs are tracked with `squeue` while they are queued or running and with `scontrol show job`
+//! once they leave the queue, so no accounting database (`sacct`) is needed. A job that ends in
+//! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; Ctrl-C cancels
+//! every job of the run with `scancel`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Executor, Launch, Outcome, MALLOC_TUNING};
+use crate::progress::Progress;
+
+/// Slurm states after which a job is submitted again.
+const RETRIED: [&str; 3] = ["NODE_FAIL", "PREEMPTED", "BOOT_FAIL"];
+
+/// How long `squeue` may keep failing (the controller down, say) before the run's jobs are
+/// given up.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(300);
+
+/// What the command line says about Slurm.
+#[derive(Debug, Clone)]
+pub struct SlurmOptions {
+    /// `--partition` for every job whose stage names none.
+    pub partition: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// More `sbatch` arguments, as given.
+    pub extra: Vec<String>,
+    /// Submissions again after NODE_FAIL, PREEMPTED or BOOT_FAIL.
+    pub retries: usize,
+    /// Time between two `squeue` polls.
+    pub poll: Duration,
+}
+
+/// One submitted job.
+struct Tracked {
+    launch: Launch,
+    /// Submissions so far (1 for the first).
+    attempt: usize,
+    /// The state `squeue` said last.
+    state: String,
+}
+
+/// Runs jobs through `sbatch`, `squeue`, `scontrol` and `scancel` on the PATH.
+pub struct Slurm {
+    exe: PathBuf,
+    opts: SlurmOptions,
+    /// By Slurm job id.
+    jobs: BTreeMap<String, Tracked>,
+    ended: VecDeque<(usize, Outcome)>,
+    interrupted: Arc<AtomicBool>,
+    unreachable_since: Option<Instant>,
+}
+
+impl Slurm {
+    /// An executor that submits `exe __job SPEC` for each job. From now on the first Ctrl-C
+    /// (SIGINT) or SIGTERM cancels the run's jobs and lets the run end; a second one ends the
+    /// process at once.
+    pub fn new(exe: PathBuf, opts: SlurmOptions) -> std::io::Result<Self> {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                130,
+                Arc::clone(&interrupted),
+            )?;
+            signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
+        }
+        Ok(Slurm {
+            exe,
+            opts,
+            jobs: BTreeMap::new(),
+            ended: VecDeque::new(),
+            interrupted,
+            unreachable_since: None,
+        })
+    }
+
+    /// `sbatch` arguments for `launch` (everything but the command).
+    pub fn sbatch_args(&self, launch: &Launch) -> Vec<String> {
+        let r = &launch.resources;
+        let mut args = vec![
+            "--parsable".to_string(),
+            format!("--job-name=flora:{}", launch.id),
+            format!("--output={}", launch.log.display()),
+            "--open-mode=append".to_string(),
+            format!("--cpus-per-task={}", r.threads.max(1)),
+        ];
+        if let Some(m) = r.memory {
+            args.push(format!("--mem={}M", m.bytes.div_ceil(1 << 20)));
+        }
+        if r.gpus > 0 {
+            args.push(format!("--gres=gpu:{}", r.gpus));
+        }
+        if let Some(t) = r.time {
+            args.push(format!("--time={}", t.minutes));
+        }
+        if let Some(p) = r.partition.as_ref().or(self.opts.partition.as_ref()) {
+            args.push(format!("--partition={p}"));
+        }
+        if let Some(a) = &self.opts.account {
+            args.push(format!("--account={a}"));
+        }
+        let mut export = "--export=ALL".to_string();
+        if launch.kind != "exec" {
+            for (var, value) in MALLOC_TUNING {
+                if std::env::var_os(var).is_none() {
+                    export.push_str(&format!(",{var}={value}"));
+                }
+            }
+        }
+        args.push(export);
+        args.extend(self.opts.extra.iter().cloned());
+        args
+    }
+
+    fn sbatch(&self, launch: &Launch) -> std::io::Result<String> {
+        let wrap = format!(
+            "exec {} __job {}",
+            shell_quote(&self.exe.to_string_lossy()),
+            shell_quote(&launch.spec.to_string_lossy())
+        );
+        let out = Command::new("sbatch")
+            .args(self.sbatch_args(launch))
+            .arg(format!("--wrap={wrap}"))
+            .output()
+            .map_err(|e| io_error(format!("cannot run sbatch: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(io_error(format!(
+                "sbatch refused the job: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        // `--parsable` prints `id` or `id;cluster`.
+        let id = stdout.trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(io_error(format!(
+                "sbatch printed no job id: {:?}",
+                stdout.trim()
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Asks `squeue` for every tracked job; jobs that left the queue are settled with `scontrol`.
+    fn poll(&mut self, progress: &mut Progress) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+        let out = Command::new("squeue")
+            .args(["-h", "-o", "%i %T", "-j", &ids.join(",")])
+            .output();
+        let listed: BTreeMap<String, String> = match out {
+            Ok(o) if o.status.success() => {
+                self.unreachable_since = None;
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        let (id, state) = l.trim().split_once(' ')?;
+                        Some((id.to_string(), state.trim().to_string()))
+                    })
+                    .collect()
+            }
+            // squeue fails when none of the ids is known any more (all ended and purged), and
+            // when the controller cannot be reached; scontrol tells the two apart below.
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if !why.contains("Invalid job id") {
+                    let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > UNREACHABLE_FOR {
+                        self.give_up(&format!(
+                            "squeue has failed for {} s: {why}",
+                            UNREACHABLE_FOR.as_secs()
+                        ));
+                    }
+                    return;
+                }
+                BTreeMap::new()
+            }
+        };
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let state = match listed.get(&id) {
+                Some(s) if !is_final(s) => {
+                    self.note_state(&id, s, progress);
+                    continue;
+                }
+                Some(s) => Final {
+                    state: s.clone(),
+                    exit: None,
+                    reason: None,
+                },
+                None => match settle(&id) {
+                    Some(f) => f,
+                    None => Final {
+                        state: "UNKNOWN".into(),
+                        exit: None,
+                        reason: Some("Slurm no longer knows the job (its record aged out)".into()),
+                    },
+                },
+            };
+            if !is_final(&state.state) {
+                // Left squeue's view between the two calls but not finished (requeued, say).
+                continue;
+            }
+            self.finish(&id, state, progress);
+        }
+        self.show(progress);
+    }
+
+    fn note_state(&mut self, id: &str, state: &str, progress: &mut Progress) {
+        if let Some(t) = self.jobs.get_mut(id) {
+            if t.state != state {
+                if state == "RUNNING" && !progress.is_tty() {
+                    progress.println(&format!("running {} (Slurm job {id})", t.launch.id));
+                }
+                t.state = state.to_string();
+            }
+        }
+    }
+
+    /// Shows how many jobs Slurm holds in each state beside the progress bar.
+    fn show(&self, progress: &mut Progress) {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in self.jobs.values() {
+            *counts.entry(t.state.as_str()).or_default() += 1;
+        }
+        let text: Vec<String> = counts
+            .iter()
+            .map(|(s, n)| format!("{n} {}", s.to_lowercase()))
+            .collect();
+        progress.set_note(&format!("slurm: {}", text.join(", ")));
+    }
+
+    fn finish(&mut self, id: &str, end: Final, progress: &mut Progress) {
+        let Some(t) = self.jobs.remove(id) else {
+            return;
+        };
+        if end.state == "COMPLETED" {
+            self.ended.push_back((t.launch.job, Outcome::Succeeded));
+            return;
+        }
+        if RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries {
+            let line = format!(
+                "Slurm job {id} of {} ended {}; submitting it again (attempt {} of {})",
+                t.launch.id,
+                end.state,
+                t.attempt + 1,
+                self.opts.retries + 1
+            );
+            progress.println(&line);
+            append(&t.launch.log, &format!("\n--- flora: {line}\n"));
+            clear_scratch(&t.launch.spec);
+            match self.sbatch(&t.launch) {
+                Ok(new_id) => {
+                    self.jobs.insert(
+                        new_id,
+                        Tracked {
+                            attempt: t.attempt + 1,
+                            state: "SUBMITTED".into(),
+                            launch: t.launch,
+                        },
+                    );
+                }
+                Err(e) => self.ended.push_back((
+                    t.launch.job,
+                    Outcome::Failed(format!("Slurm job {id} ended {}; {e}", end.state)),
+                )),
+            }
+            return;
+        }
+        let mut why = format!("Slurm job {id} ended {}", end.state);
+        if let Some(code) = end.exit.filter(|c| c != "0:0") {
+            why.push_str(&format!(" (exit code {code})"));
+        }
+        if let Some(r) = end.reason.filter(|r| r != "None") {
+            why.push_str(&format!(": {r}"));
+        }
+        if t.attempt > 1 {
+            why.push_str(&format!(" after {} submissions", t.attempt));
+        }
+        self.ended.push_back((t.launch.job, Outcome::Failed(why)));
+    }
+
+    /// Cancels every tracked job and reports each as failed with `why`.
+    fn give_up(&mut self, why: &str) {
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("scancel").args(&ids).status();
+        }
+        for (id, t) in std::mem::take(&mut self.jobs) {
+            self.ended.push_back((
+                t.launch.job,
+                Outcome::Failed(format!("{why}; Slurm job {id} cancelled")),
+            ));
+        }
+    }
+}
+
+impl Executor for Slurm {
+    fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
+        let id = self.sbatch(&launch)?;
+        append(&launch.log, &format!("--- submitted as Slurm job {id}\n"));
+        self.jobs.insert(
+            id,
+            Tracked {
+                launch,
+                attempt: 1,
+                state: "SUBMITTED".into(),
+            },
+        );
+        Ok(())
+    }
+
+    fn wait(&mut self, progress: &mut Progress) -> (usize, Outcome) {
+        loop {
+            if let Some(e) = self.ended.pop_front() {
+                return e;
+            }
+            if self.interrupted.load(Ordering::Relaxed) {
+                progress.println("interrupted: cancelling the run's Slurm jobs (scancel)");
+                self.give_up("interrupted");
+                continue;
+            }
+            self.poll(progress);
+            if self.ended.is_empty() {
+                sleep_unless_interrupted(self.opts.poll, &self.interrupted);
+            }
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.jobs.len() + self.ended.len()
+    }
+
+    fn places_jobs(&self) -> bool {
+        true
+    }
+}
+
+/// How a job that left the queue ended.
+struct Final {
+    state: String,
+    exit: Option<String>,
+    reason: Option<String>,
+}
+
+/// `scontrol show job`'s record of a job, or `None` when Slurm has forgotten it.
+fn settle(id: &str) -> Option<Final> {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    Some(Final {
+        state: field("JobState")?,
+        exit: field("ExitCode"),
+        reason: field("Reason"),
+    })
+}
+
+/// Whether a Slurm job state is an end.
+fn is_final(state: &str) -> bool {
+    !matches!(
+        state,
+        "PENDING"
+            | "CONFIGURING"
+            | "RUNNING"
+            | "COMPLETING"
+            | "SUSPENDED"
+            | "REQUEUED"
+            | "REQUEUE_HOLD"
+            | "REQUEUE_FED"
+            | "RESIZING"
+            | "SIGNALING"
+            | "STAGE_OUT"
+            | "STOPPED"
+            | "RESV_DEL_HOLD"
+    )
+}
+
+/// Sleeps `d`, waking early on an interrupt.
+fn sleep_unless_interrupted(d: Duration, interrupted: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !interrupted.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50).min(d));
+    }
+}
+
+/// Empties a job's scratch folder (its output so far) before it is submitted again.
+fn clear_scratch(spec: &Path) {
+    if let Ok(s) = crate::jobspec::JobSpec::read(spec) {
+        crate::cache::make_writable(&s.context.out);
+        let _ = std::fs::remove_dir_all(&s.context.out);
+        let _ = std::fs::create_dir_all(&s.context.out);
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+fn io_error(message: String) -> std::io::Error {
+    std::io::Error::other(message)
+}
+
+/// `s` quoted for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dag::Resources;
+
+    fn launch(resources: &str, kind: &str) -> Launch {
+        Launch {
+            job: 0,
+            id: "train[maize]".into(),
+            kind: kind.into(),
+            spec: PathBuf::from("/shared/cache/tmp/x.job.json"),
+            log: PathBuf::from("/shared/cache/logs/x.log"),
+            resources: serde_yaml::from_str::<Resources>(resources).unwrap(),
+        }
+    }
+
+    fn slurm(partition: Option<&str>) -> Slurm {
+        Slurm {
+            exe: PathBuf::from("/opt/flora"),
+            opts: SlurmOptions {
+                partition: partition.map(str::to_string),
+                account: Some("plants".into()),
+                extra: vec!["--qos=high".into()],
+                retries: 2,
+                poll: Duration::from_secs(1),
+            },
+            jobs: BTreeMap::new(),
+            ended: VecDeque::new(),
+            interrupted: Arc::new(AtomicBool::new(false)),
+            unreachable_since: None,
+        }
+    }
+
+    #[test]
+    fn resources_map_to_sbatch_options() {
+        let args = slurm(Some("cpu")).sbatch_args(&launch(
+            "{threads: 8, gpus: 2, memory: 16G, time: 1h 30m, partition: gpu}",
+            "pretrain",
+        ));
+        for want in [
+            "--parsable",
+            "--job-name=flora:train[maize]",
+            "--output=/shared/cache/logs/x.log",
+            "--open-mode=append",
+            "--cpus-per-task=8",
+            "--mem=16384M",
+            "--gres=gpu:2",
+            "--time=90",
+            "--partition=gpu",
+            "--account=plants",
+            "--qos=high",
+        ] {
+            assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+        }
+        assert!(args.iter().any(|a| a.starts_with("--export=ALL")));
+    }
+
+    #[test]
+    fn unstated_resources_are_left_to_the_partition() {
+        let args = slurm(None).sbatch_args(&launch("{}", "exec"));
+        assert!(args.contains(&"--cpus-per-task=1".to_string()));
+        assert!(!args.iter().any(|a| a.starts_with("--mem")
+            || a.starts_with("--gres")
+            || a.starts_with("--time")
+            || a.starts_with("--partition")));
+        // exec jobs get the environment unchanged.
+        assert!(args.contains(&"--export=ALL".to_string()));
+    }
+
+    #[test]
+    fn queued_and_running_states_are_not_ends() {
+        for s in ["PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"] {
+            assert!(!is_final(s), "{s}");
+        }
+        for s in [
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+        ] {
+            assert!(is_final(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn quoting_survives_quotes_and_spaces() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}

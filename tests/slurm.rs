@@ -1,0 +1,381 @@
+//! `--executor slurm` against a real Slurm: CI starts a one-node cluster (`scripts/slurm.sh`) and
+//! sets SLURM_CONF. Where no Slurm answers, the tests that need one say SKIPPED and return. They
+//! run one at a time (they share the node, and one takes it down).
+
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::util::{state_of, Project};
+
+static NODE: Mutex<()> = Mutex::new(());
+
+/// Holds the Slurm node for one test, or `None` (and a loud skip) where there is no Slurm.
+fn slurm(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let up = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo")
+            .arg("-h")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !up {
+        eprintln!(
+            "SKIPPED {test}: no Slurm here (CI starts one with scripts/slurm.sh and sets SLURM_CONF)"
+        );
+        return None;
+    }
+    Some(NODE.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+const SLURM: [&str; 3] = ["--executor", "slurm", "--slurm-poll=0.2"];
+
+fn run_args<'a>(wf: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", wf];
+    args.extend(SLURM);
+    args.extend_from_slice(more);
+    args
+}
+
+/// The highest job id Slurm remembers (0 when none): a submission makes a higher one.
+fn newest_job_id() -> u64 {
+    let out = Command::new("scontrol")
+        .args(["show", "jobs", "-o"])
+        .output()
+        .expect("scontrol");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|kv| kv.strip_prefix("JobId=")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn seconds(p: &Project, rel: &str) -> f64 {
+    p.read(rel).trim().parse().unwrap()
+}
+
+#[test]
+fn fan_out_jobs_run_as_parallel_slurm_jobs_and_a_rerun_submits_nothing() {
+    let Some(_node) = slurm("slurm fan-out") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c]\n    params: {argv: [sh, -c, \"echo ${item} > $FLORA_OUT/item; date +%s.%N > $FLORA_OUT/start; echo $SLURM_JOB_ID > $FLORA_OUT/job; sleep 2; date +%s.%N > $FLORA_OUT/end\"]}\n  join:\n    kind: exec\n    inputs: {all: fan}\n    params: {argv: [sh, -c, \"cat $FLORA_IN_all/*/job > $FLORA_OUT/jobs\"]}\n",
+    );
+    let before = newest_job_id();
+    let out = p.ok(&run_args("wf.yaml", &[]));
+    for job in ["fan[a]", "fan[b]", "fan[c]", "join"] {
+        assert_eq!(state_of(&out, job), "ran", "{out}");
+    }
+    // Each fan-out job ran as its own Slurm job, submitted by this run...
+    let ids: Vec<u64> = p
+        .read("results/wf/join/jobs")
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse()
+                .expect("SLURM_JOB_ID in the job's environment")
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|&id| id > before), "{ids:?} after {before}");
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{ids:?}");
+    // ... at the same time: the last to start started before the first to end ended.
+    let starts: Vec<f64> = ["a", "b", "c"]
+        .iter()
+        .map(|i| seconds(&p, &format!("results/wf/fan/{i}/start")))
+        .collect();
+    let ends: Vec<f64> = ["a", "b", "c"]
+        .iter()
+        .map(|i| seconds(&p, &format!("results/wf/fan/{i}/end")))
+        .collect();
+    let last_start = starts.iter().cloned().fold(f64::MIN, f64::max);
+    let first_end = ends.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "jobs ran one after another: {starts:?} {ends:?}"
+    );
+
+    // A re-run finds everything in the cache and submits nothing.
+    let newest = newest_job_id();
+    let out = p.ok(&run_args("wf.yaml", &[]));
+    assert!(out.contains("0 ran, 4 cached"), "{out}");
+    assert_eq!(newest_job_id(), newest, "a cached re-run submitted a job");
+}
+
+#[test]
+fn a_param_edit_submits_only_the_affected_jobs() {
+    let Some(_node) = slurm("slurm param edit") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nvars: {word: one}\nstages:\n  a:\n    kind: exec\n    params: {argv: [sh, -c, \"echo ${vars.word} > $FLORA_OUT/w\"]}\n  b:\n    kind: exec\n    params: {argv: [sh, -c, \"echo b > $FLORA_OUT/b\"]}\n  c:\n    kind: exec\n    inputs: {a: a}\n    params: {argv: [sh, -c, \"cat $FLORA_IN_a/w > $FLORA_OUT/w\"]}\n",
+    );
+    p.ok(&run_args("wf.yaml", &[]));
+    let before = newest_job_id();
+    let out = p.ok(&run_args("wf.yaml", &["--set", "vars.word=two"]));
+    assert_eq!(state_of(&out, "a"), "ran", "{out}");
+    assert_eq!(state_of(&out, "b"), "cached", "{out}");
+    assert_eq!(state_of(&out, "c"), "ran", "{out}");
+    assert_eq!(p.read("results/wf/c/w"), "two\n");
+    assert_eq!(
+        newest_job_id(),
+        before + 2,
+        "exactly a and c were submitted"
+    );
+}
+
+#[test]
+fn a_failing_job_reports_slurms_state_and_its_log() {
+    let Some(_node) = slurm("slurm failing job") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  bad:\n    kind: exec\n    params: {argv: [sh, -c, \"echo half > $FLORA_OUT/x; echo broken >&2; exit 3\"]}\n  after:\n    kind: exec\n    inputs: {x: bad}\n    params: {argv: [true]}\n",
+    );
+    let text = p.fails(&run_args("wf.yaml", &[]), 1);
+    assert!(
+        text.contains("error: job bad failed: Slurm job ")
+            && text.contains("ended FAILED (exit code 3:0)"),
+        "{text}"
+    );
+    assert!(text.contains("log: ") && text.contains("broken"), "{text}");
+    assert_eq!(state_of(&text, "after"), "not run", "{text}");
+    assert!(!p.path("results/wf/bad").exists(), "a failed job published");
+}
+
+#[test]
+fn a_job_slurm_refuses_fails_with_sbatchs_reason() {
+    let Some(_node) = slurm("slurm refusal") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  big:\n    kind: exec\n    resources: {memory: 100T}\n    params: {argv: [true]}\n",
+    );
+    let text = p.fails(&run_args("wf.yaml", &[]), 1);
+    assert!(
+        text.contains("job big failed: cannot start: sbatch refused the job: sbatch: error:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn gpu_jobs_get_their_devices_from_slurm() {
+    let Some(_node) = slurm("slurm GPUs") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  g:\n    kind: exec\n    foreach: [a, b]\n    resources: {gpus: 1, memory: 64M, time: 5m}\n    params: {argv: [sh, -c, \"echo ${item} $CUDA_VISIBLE_DEVICES > $FLORA_OUT/d; date +%s.%N > $FLORA_OUT/start; sleep 1; date +%s.%N > $FLORA_OUT/end\"]}\n",
+    );
+    p.ok(&run_args("wf.yaml", &[]));
+    let devices: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|i| {
+            let d = p.read(&format!("results/wf/g/{i}/d"));
+            d.trim().strip_prefix(*i).unwrap().trim().to_string()
+        })
+        .collect();
+    assert!(
+        devices.iter().all(|d| d == "0" || d == "1"),
+        "CUDA_VISIBLE_DEVICES from Slurm: {devices:?}"
+    );
+    let overlap = seconds(&p, "results/wf/g/a/start") < seconds(&p, "results/wf/g/b/end")
+        && seconds(&p, "results/wf/g/b/start") < seconds(&p, "results/wf/g/a/end");
+    if overlap {
+        assert_ne!(devices[0], devices[1], "two jobs at once share a GPU");
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_the_runs_slurm_jobs() {
+    let Some(_node) = slurm("slurm Ctrl-C") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  long:\n    kind: exec\n    params: {argv: [sleep, \"120\"]}\n",
+    );
+    let mut child = spawn_run(&p, &[]);
+    let id = wait_for_running("flora:long", Duration::from_secs(30));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "flora did not end after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted: cancelling the run's Slurm jobs"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("Slurm job {id} cancelled")), "{err}");
+    let state = Command::new("scontrol")
+        .args(["show", "job", "-o", &id])
+        .output()
+        .unwrap();
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(state.contains("JobState=CANCELLED"), "{state}");
+}
+
+#[test]
+fn a_job_lost_to_a_node_failure_is_submitted_again() {
+    let Some(_node) = slurm("slurm node failure") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  slow:\n    kind: exec\n    params: {argv: [sh, -c, \"echo part > $FLORA_OUT/partial-$SLURM_JOB_ID; sleep 3; echo done > $FLORA_OUT/done\"]}\n",
+    );
+    // Without Slurm's own requeue, so that the node failure reaches flora.
+    let child = spawn_run(&p, &["--slurm-arg=--no-requeue"]);
+    let first = wait_for_running("flora:slow", Duration::from_secs(30));
+    let node = String::from_utf8(
+        Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%N"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let node = node.lines().next().unwrap().trim().to_string();
+    let update = |state: &str| {
+        Command::new("scontrol")
+            .args([
+                "update",
+                &format!("nodename={node}"),
+                &format!("state={state}"),
+            ])
+            .args(if state == "down" {
+                vec!["reason=flora-test"]
+            } else {
+                vec![]
+            })
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(update("down"));
+    // Bring the node back for the second submission (and the tests after this one).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = update("resume");
+        let state = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%T"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&state.stdout)
+            .trim()
+            .starts_with("idle")
+            || String::from_utf8_lossy(&state.stdout)
+                .trim()
+                .starts_with("mixed")
+            || String::from_utf8_lossy(&state.stdout)
+                .trim()
+                .starts_with("allocated")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Slurm job {first} of slow ended NODE_FAIL; submitting it again (attempt 2 of 3)"
+        )),
+        "{err}"
+    );
+    // The second attempt started from an empty output folder.
+    let names: Vec<String> = std::fs::read_dir(p.path("results/wf/slow"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"done".to_string()));
+    assert!(!names.contains(&format!("partial-{first}")), "{names:?}");
+}
+
+/// `flora run wf.yaml --executor slurm ...` in the background, its output captured.
+fn spawn_run(p: &Project, more: &[&str]) -> std::process::Child {
+    Command::new(assert_cmd::cargo::cargo_bin("flora"))
+        .current_dir(p.root())
+        .env_remove("FLORA_CACHE")
+        .args(run_args("wf.yaml", more))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until Slurm runs a job named `name`; returns its id.
+fn wait_for_running(name: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = Command::new("squeue")
+            .args(["-h", "-n", name, "-t", "RUNNING", "-o", "%i"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(id) = text.lines().next() {
+            return id.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "{name} never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn slurm_options_need_the_slurm_executor() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  a: {kind: exec, params: {argv: [\"true\"]}}\n",
+    );
+    let text = p.fails(&["run", "wf.yaml", "--partition", "gpu"], 2);
+    assert!(
+        text.contains("--partition is an option of --executor slurm"),
+        "{text}"
+    );
+    let text = p.fails(&["run", "wf.yaml", "--executor", "slurm", "--gpus", "0"], 2);
+    assert!(text.contains("each job gets its GPUs from Slurm"), "{text}");
+    let text = p.fails(
+        &["run", "wf.yaml", "--executor", "slurm", "--slurm-poll", "0"],
+        2,
+    );
+    assert!(text.contains("--slurm-poll must be a positive"), "{text}");
+}
+
+#[test]
+fn a_bad_time_limit_is_refused_at_its_line() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  a:\n    kind: exec\n    resources: {time: soon}\n    params: {argv: [\"true\"]}\n",
+    );
+    let text = p.fails(&["plan", "wf.yaml"], 2);
+    assert!(
+        text.contains("wf.yaml:5") && text.contains("expected a duration"),
+        "{text}"
+    );
+}
