@@ -11,7 +11,8 @@
 #   3. PyTorch + transformers RobertaForMaskedLM, same config and batch, f32 and bf16 autocast;
 #   4. a small pretraining on simulated promoters on the CPU and on the GPU (and on the CPU with
 #      another seed, for the seed-to-seed spread): their validation losses.
-# GPU memory is the peak of nvidia-smi's reading while each run lasts. Results: $OUT (or
+# With GPU_QUICK=1 it stops after step 4 (no fine-tuning, predictions, eager attention or second
+# CPU seed), for a short device lease. GPU memory is the peak of nvidia-smi's reading while each run lasts. Results: $OUT (or
 # benches/out/gpu), one JSON line per run in results.jsonl, and a table at the end.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -68,17 +69,20 @@ measured "flora bf16 no dropout" "$bin" bench --gpu 0 --precision bf16 --dropout
 for p in f32 bf16; do
   measured "torch $p sdpa" python3 benches/torch_step.py --precision "$p" --attn sdpa --steps "$steps"
 done
-measured "torch bf16 eager" python3 benches/torch_step.py --precision bf16 --attn eager --steps "$steps"
+[ "${GPU_QUICK:-0}" = 1 ] || measured "torch bf16 eager" python3 benches/torch_step.py --precision bf16 --attn eager --steps "$steps"
 
 # The same small pretraining on the CPU and the GPU.
 work=$(mktemp -d)
 export FLORA_CACHE=$work/cache
-"$bin" run workflows/demo.yaml --until 'simulate[zmays]' --set vars.genes=4000 --results "$work/results" >/dev/null 2>>"$out/stderr.log"
-fa=$work/results/simulate/zmays/promoters.fa
+"$bin" run workflows/demo.yaml --until 'promoters[B73]' --set vars.families=3500 --results "$work/results" >/dev/null 2>>"$out/stderr.log"
+fa=$work/corpus.fa
+gunzip -c "$work/results/promoters/B73/promoters.fa.gz" >"$fa"
 "$bin" stage bpe --input corpus="$fa" --set vocab_size=400 --set max_len=128 --out "$work/bpe" >/dev/null 2>>"$out/stderr.log"
 small=(--set layers=2 --set hidden=64 --set heads=2 --set intermediate=128 --set max_len=128
   --set epochs=2 --set batch_size=32 --set lr=0.002 --set warmup_steps=20 --set validation=0.1)
-for run in "cpu 0" "gpu 0" "cpu 1"; do
+runs=("cpu 0" "gpu 0" "cpu 1")
+[ "${GPU_QUICK:-0}" = 1 ] && runs=("cpu 0" "gpu 0")
+for run in "${runs[@]}"; do
   set -- $run
   gpus=()
   [ "$1" = gpu ] && gpus=(--gpus 0)
@@ -91,6 +95,14 @@ s = json.load(open(sys.argv[1] + "/summary.json"))
 print(json.dumps({"label": "pretrain " + sys.argv[2] + " seed " + sys.argv[3], "seconds": float(sys.argv[5]) - float(sys.argv[4]), **s}))' \
     "$work/pretrain-$1-$2" "$1" "$2" "$start" "$end" | tee -a "$res"
 done
+
+finish() {
+  python3 benches/gpu/report.py "$res" | tee "$out/report.md"
+  echo "--- last lines of $out/stderr.log"
+  tail -n 25 "$out/stderr.log"
+  exit 0
+}
+[ "${GPU_QUICK:-0}" = 1 ] && finish
 
 head -n 1960 "$fa" >"$work/few.fa"
 
@@ -130,7 +142,4 @@ print(json.dumps({"label": sys.argv[1], "sequences": len(a), "max_abs_diff": dif
 }
 compare "embed cpu vs gpu" "$work/emb-cpu.tsv" "$work/emb-gpu.tsv"
 compare "predict cpu vs gpu" "$work/pred-cpu.tsv" "$work/pred-gpu.tsv"
-
-python3 benches/gpu/report.py "$res" | tee "$out/report.md"
-echo "--- last lines of $out/stderr.log"
-tail -n 25 "$out/stderr.log"
+finish

@@ -14,13 +14,13 @@ use rayon::prelude::*;
 /// Rows handed to a thread at a time.
 const ROWS_PER_TASK: usize = 32;
 
-/// Whether the fused kernels apply to `t`: f32 on the CPU.
+/// Whether the fused kernels apply to `t`: f32 on the CPU, or on a CUDA GPU (`kernels.cu`).
 pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.dtype() == DType::F32 && (t.device().is_cpu() || t.device().is_cuda())
 }
 
 /// The f32 data of a contiguous CPU tensor.
-fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{op}: expects f32, got {:?}", s.dtype())
     };
@@ -30,7 +30,8 @@ fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-fn last_dim(l: &Layout) -> usize {
+/// The length of a layout's last dimension (rows of it are what row ops work on).
+pub(crate) fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
 }
 
@@ -93,6 +94,15 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::gelu(s, l)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
     }
@@ -126,6 +136,17 @@ impl CustomOp2 for GeluGrad {
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::gelu_grad(s1, l1, s2, l2)
+    }
 }
 
 struct Softmax;
@@ -153,6 +174,15 @@ impl CustomOp1 for Softmax {
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::softmax(s, l)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -195,6 +225,17 @@ impl CustomOp2 for SoftmaxGrad {
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::softmax_grad(s1, l1, s2, l2)
     }
 }
 
@@ -250,6 +291,19 @@ impl candle_core::CustomOp3 for LayerNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::layer_norm([(s1, l1), (s2, l2), (s3, l3)], self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -258,11 +312,44 @@ impl candle_core::CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = w.elem_count();
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let ws = w.flatten_all()?.to_vec1::<f32>()?;
-        let gs = grad.flatten_all()?.to_vec1::<f32>()?;
-        let mut dx = vec![0f32; xs.len()];
+        let (len, n) = (x.elem_count(), w.elem_count());
+        let packed =
+            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        Ok((
+            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
+            Some(packed.narrow(0, len, n)?.reshape(w.shape())?),
+            Some(packed.narrow(0, len + n, n)?.reshape(w.shape())?),
+        ))
+    }
+}
+
+/// LayerNorm's gradients from its input x, weight w and the output's gradient g, packed in one
+/// vector (a custom op has one result): dx (x's elements), then dw and db.
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl candle_core::CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "flora-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = data(s1, l1, self.name())?;
+        let ws = data(s2, l2, self.name())?;
+        let gs = data(s3, l3, self.name())?;
+        let n = ws.len();
+        let len = xs.len();
+        let mut packed = vec![0f32; len + 2 * n];
+        let (dx, sums) = packed.split_at_mut(len);
         // Per task: dx for its rows, and its partial sums of dw and db (added in task order, so
         // the result does not depend on scheduling).
         let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -293,17 +380,25 @@ impl candle_core::CustomOp3 for LayerNorm {
                 (dw, db)
             })
             .collect();
-        let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+        let (dw, db) = sums.split_at_mut(n);
         for (pw, pb) in partial {
             dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(db, w.shape(), dev)?),
-        ))
+        Ok((CpuStorage::F32(packed), Shape::from(len + 2 * n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::layer_norm_grad([(s1, l1), (s2, l2), (s3, l3)], self.eps)
     }
 }
 

@@ -60,11 +60,8 @@ impl Lamb {
         let bc2 = 1.0 - self.beta2.powi(t);
         let mut names: Vec<&String> = params.vars.keys().collect();
         names.sort();
-        if params
-            .vars
-            .values()
-            .all(|v| super::fused::applies(v.as_tensor()))
-        {
+        let on_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        if params.vars.values().all(|v| on_cpu(v.as_tensor())) {
             for name in names {
                 if let Some(g) = grads.get(name) {
                     self.update_on_cpu(name, &params.vars[name], g, lr, bc1, bc2)?;

@@ -1,6 +1,7 @@
 //! Building blocks with a backward pass on every path: LayerNorm, softmax and GELU (fused with
-//! their backward on the CPU, in `fused.rs`; elsewhere compositions of differentiable candle ops,
-//! since candle-nn 0.11's fused versions have no backward), seeded dropout, and seeded
+//! their backward for f32 on the CPU and on CUDA GPUs, in `fused.rs`; otherwise compositions of
+//! differentiable candle ops, since candle-nn 0.11's fused versions have no backward), row
+//! gathers and bias adds (custom ops on CUDA GPUs, `gpu_ops.rs`), seeded dropout, and seeded
 //! initialisation (candle's CPU generator cannot be seeded).
 
 use candle_core::{DType, Device, Result, Tensor, D};
@@ -19,8 +20,8 @@ pub fn normal(rng: &mut Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }
 
-/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. Fused on the
-/// CPU (`fused.rs`), composed of differentiable ops elsewhere.
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. Fused for f32
+/// (`fused.rs`), composed of differentiable ops otherwise.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if super::fused::applies(x) {
         return super::fused::layer_norm(x, weight, bias, eps);
@@ -42,7 +43,7 @@ pub fn layer_norm_composite(
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// Softmax over the last dimension. Fused on the CPU (`fused.rs`), composed elsewhere.
+/// Softmax over the last dimension. Fused for f32 (`fused.rs`), composed otherwise.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     if super::fused::applies(x) {
         return super::fused::softmax(x);
@@ -50,7 +51,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     softmax_composite(x)
 }
 
-/// GELU (erf form). Fused on the CPU (`fused.rs`), candle's op elsewhere.
+/// GELU (erf form). Fused for f32 (`fused.rs`), candle's op otherwise.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if super::fused::applies(x) {
         return super::fused::gelu(x);
@@ -76,13 +77,18 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0. On the CPU the
-/// mask is drawn from `rng`; on a GPU it is drawn there, from the device's generator (cuRAND),
-/// which [`seed_device`] seeds from `rng` once per forward pass, so no mask crosses the bus and
-/// runs stay reproducible on one kind of device.
+/// mask is drawn from `rng`. On a GPU no mask crosses the bus: for f32 one kernel computes it from
+/// a seed drawn from `rng` and the element's index (`gpu_ops::dropout`, whose backward pass
+/// recomputes it); for other types it is drawn from the device's generator (cuRAND), which
+/// [`seed_device`] seeds from `rng` once per forward pass. Runs stay reproducible on one kind of
+/// device.
 pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     let Some(rng) = rng else { return Ok(x.clone()) };
     if p <= 0.0 {
         return Ok(x.clone());
+    }
+    if super::gpu_ops::applies(x) {
+        return super::gpu_ops::dropout(x, p, rng.next_u64());
     }
     let scale = 1.0 / (1.0 - p) as f64;
     let device = x.device();
@@ -98,6 +104,24 @@ pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
         .ge(p as f64)?
         .to_dtype(x.dtype())?;
     x.mul(&(keep * scale)?)
+}
+
+/// Rows of `table` picked by `ids` (u32, one dimension). On a CUDA GPU a custom op whose
+/// backward pass scatters with atomic adds (`gpu_ops.rs`), else candle's `index_select`.
+pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    if super::gpu_ops::applies(table) {
+        return super::gpu_ops::gather_rows(table, ids);
+    }
+    table.index_select(ids, 0)
+}
+
+/// `x` (rows, n) + `bias` (n). On a CUDA GPU a custom op whose backward pass sums columns with
+/// coalesced reads (`gpu_ops.rs`), else candle's broadcasting add.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if super::gpu_ops::applies(x) {
+        return super::gpu_ops::bias_add(x, bias);
+    }
+    x.broadcast_add(bias)
 }
 
 /// Seeds a GPU's generator from `rng` (dropout masks are drawn there); nothing on the CPU. Once

@@ -6,6 +6,11 @@ pub mod device;
 pub mod examples;
 pub mod finetune;
 pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
+#[cfg(feature = "cuda")]
+mod gpu_kernels;
+pub mod gpu_ops;
 pub mod head;
 pub mod lamb;
 pub mod layers;

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{dropout, gelu, layer_norm, matmul, randn, seed_device, softmax};
+use super::layers::{
+    bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device, softmax,
+};
 use crate::rng::Rng;
 
 /// How position ids are counted.
@@ -300,9 +302,11 @@ fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
     let w = p.get(&format!("{prefix}.weight"));
     let b = p.get(&format!("{prefix}.bias"));
     let (bsz, len, inp) = x.dims3()?;
-    matmul(&x.reshape((bsz * len, inp))?, &w.t()?, p.compute)?
-        .broadcast_add(&b)?
-        .reshape((bsz, len, w.dim(0)?))
+    bias_add(
+        &matmul(&x.reshape((bsz * len, inp))?, &w.t()?, p.compute)?,
+        &b,
+    )?
+    .reshape((bsz, len, w.dim(0)?))
 }
 
 fn ln(p: &Params, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
@@ -362,12 +366,11 @@ pub fn encode(
         .collect();
     let ids_t = Tensor::from_vec(flat, bsz * len, device)?;
     let pos_t = Tensor::from_vec(position_ids(ids, cfg), bsz * len, device)?;
-    let word = p
-        .get("roberta.embeddings.word_embeddings.weight")
-        .index_select(&ids_t, 0)?;
-    let posv = p
-        .get("roberta.embeddings.position_embeddings.weight")
-        .index_select(&pos_t, 0)?;
+    let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
+    let posv = gather_rows(
+        &p.get("roberta.embeddings.position_embeddings.weight"),
+        &pos_t,
+    )?;
     let tt = p
         .get("roberta.embeddings.token_type_embeddings.weight")
         .get(0)?;
@@ -431,9 +434,11 @@ pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
     let h = ln(p, "lm_head.layer_norm", &h, cfg.layer_norm_eps)?;
     let (bsz, len, hs) = h.dims3()?;
     let emb = p.get("roberta.embeddings.word_embeddings.weight");
-    matmul(&h.reshape((bsz * len, hs))?, &emb.t()?, p.compute)?
-        .broadcast_add(&p.get("lm_head.bias"))?
-        .reshape((bsz, len, cfg.vocab_size))
+    bias_add(
+        &matmul(&h.reshape((bsz * len, hs))?, &emb.t()?, p.compute)?,
+        &p.get("lm_head.bias"),
+    )?
+    .reshape((bsz, len, cfg.vocab_size))
 }
 
 /// The MLM loss: mean cross-entropy over the positions whose label is not `-1`, and how many of
@@ -458,10 +463,11 @@ pub fn mlm_loss(
     if n == 0 {
         return Ok((Tensor::new(0f32, device)?, 0, 0));
     }
-    let rows = hidden
-        .reshape((bsz * len, hs))?
-        .index_select(&Tensor::from_vec(picked, n, device)?, 0)?
-        .reshape((1, n, hs))?;
+    let rows = gather_rows(
+        &hidden.reshape((bsz * len, hs))?,
+        &Tensor::from_vec(picked, n, device)?,
+    )?
+    .reshape((1, n, hs))?;
     let logits = mlm_logits(p, cfg, &rows)?.reshape((n, cfg.vocab_size))?;
     let logp = super::layers::log_softmax(&logits)?;
     let tgt = Tensor::from_vec(targets.clone(), (n, 1), device)?;

@@ -198,9 +198,8 @@ pub fn profile_ops(
         "sum of squares + backward of (batch, len, hidden): the harness's own cost",
         &mut || sum_of_squares(x.as_tensor())?.backward().map(|_| ()),
     )?;
-    time("word embeddings: index_select + backward", &mut || {
-        emb.as_tensor()
-            .index_select(&ids_t, 0)?
+    time("word embeddings: gather rows + backward", &mut || {
+        layers::gather_rows(emb.as_tensor(), &ids_t)?
             .apply(&sum_of_squares)?
             .backward()
             .map(|_| ())
@@ -228,11 +227,13 @@ pub fn profile_ops(
     })?;
     time("linear hidden -> feed-forward + backward", &mut || {
         let x2 = x.as_tensor().reshape((batch * len, h))?;
-        layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?
-            .broadcast_add(b_in.as_tensor())?
-            .apply(&sum_of_squares)?
-            .backward()
-            .map(|_| ())
+        layers::bias_add(
+            &layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?,
+            b_in.as_tensor(),
+        )?
+        .apply(&sum_of_squares)?
+        .backward()
+        .map(|_| ())
     })?;
     time("attention matmuls (q k^T, probs v) + backward", &mut || {
         let kt = q.as_tensor().t()?.contiguous()?;

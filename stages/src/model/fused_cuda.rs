@@ -1,0 +1,420 @@
+//! The CUDA side of the fused custom ops in `fused.rs` and `gpu_ops.rs`: each function takes the
+//! ops' storages and layouts and launches `kernels.cu` (through `gpu_kernels.rs`). Inputs are
+//! contiguous f32 (u32 for ids), as the ops' CPU sides require.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CudaStorage, Layout, Result, Shape};
+
+use super::fused::last_dim;
+use super::gpu_kernels::{
+    chunks, column_chunks, column_sums, elementwise, launch, output, per_row, result, sum_chunks,
+    typed, view,
+};
+
+/// GELU (erf form).
+pub fn gelu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let x = view(s, l, "flora-gelu")?;
+    let len = l.shape().elem_count();
+    let mut y = output(dev, len)?;
+    let len_u = len as u64;
+    launch!(dev, "gelu_fwd", elementwise(len), &x, &mut y, &len_u)?;
+    Ok(result(dev, y, l.shape().clone()))
+}
+
+/// g GELU'(x).
+pub fn gelu_grad(
+    xs: &CudaStorage,
+    xl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = xs.device();
+    let x = view(xs, xl, "flora-gelu-grad")?;
+    let g = view(gs, gl, "flora-gelu-grad")?;
+    let len = xl.shape().elem_count();
+    let mut dx = output(dev, len)?;
+    let len_u = len as u64;
+    launch!(dev, "gelu_bwd", elementwise(len), &x, &g, &mut dx, &len_u)?;
+    Ok(result(dev, dx, xl.shape().clone()))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let x = view(s, l, "flora-softmax")?;
+    let (len, n) = (l.shape().elem_count(), last_dim(l));
+    let mut y = output(dev, len)?;
+    let n_i = n as i32;
+    launch!(dev, "softmax_fwd", per_row(len / n, n), &x, &mut y, &n_i)?;
+    Ok(result(dev, y, l.shape().clone()))
+}
+
+/// Softmax's input gradient from its output and the output's gradient.
+pub fn softmax_grad(
+    ys: &CudaStorage,
+    yl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = ys.device();
+    let y = view(ys, yl, "flora-softmax-grad")?;
+    let g = view(gs, gl, "flora-softmax-grad")?;
+    let (len, n) = (yl.shape().elem_count(), last_dim(yl));
+    let mut dx = output(dev, len)?;
+    let n_i = n as i32;
+    launch!(
+        dev,
+        "softmax_bwd",
+        per_row(len / n, n),
+        &y,
+        &g,
+        &mut dx,
+        &n_i
+    )?;
+    Ok(result(dev, dx, yl.shape().clone()))
+}
+
+/// LayerNorm over the last dimension.
+pub fn layer_norm(inputs: [(&CudaStorage, &Layout); 3], eps: f64) -> Result<(CudaStorage, Shape)> {
+    let [(xs, xl), (ws, wl), (bs, bl)] = inputs;
+    let dev = xs.device();
+    let x = view(xs, xl, "flora-layer-norm")?;
+    let w = view(ws, wl, "flora-layer-norm")?;
+    let b = view(bs, bl, "flora-layer-norm")?;
+    let (len, n) = (xl.shape().elem_count(), last_dim(xl));
+    let mut y = output(dev, len)?;
+    let (n_i, eps) = (n as i32, eps as f32);
+    launch!(
+        dev,
+        "ln_fwd",
+        per_row(len / n, n),
+        &x,
+        &w,
+        &b,
+        &mut y,
+        &n_i,
+        &eps
+    )?;
+    Ok(result(dev, y, xl.shape().clone()))
+}
+
+/// LayerNorm's gradients packed in one vector: dx (the input's elements), then dw and db.
+pub fn layer_norm_grad(
+    inputs: [(&CudaStorage, &Layout); 3],
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let [(xs, xl), (ws, wl), (gs, gl)] = inputs;
+    let dev = xs.device();
+    let x = view(xs, xl, "flora-layer-norm-grad")?;
+    let w = view(ws, wl, "flora-layer-norm-grad")?;
+    let g = view(gs, gl, "flora-layer-norm-grad")?;
+    let (len, n) = (xl.shape().elem_count(), last_dim(xl));
+    let rows = len / n;
+    let mut packed = output(dev, len + 2 * n)?;
+    let mut stats = output(dev, 2 * rows)?;
+    let (n_i, rows_i, eps) = (n as i32, rows as i32, eps as f32);
+    launch!(
+        dev,
+        "ln_bwd_rows",
+        per_row(rows, n),
+        &x,
+        &w,
+        &g,
+        &mut packed,
+        &mut stats,
+        &n_i,
+        &eps
+    )?;
+    let (per, count) = chunks(rows);
+    let mut partial = output(dev, count * 2 * n)?;
+    let per_i = per as i32;
+    launch!(
+        dev,
+        "ln_bwd_cols",
+        column_chunks(n, count),
+        &x,
+        &g,
+        &stats,
+        &mut partial,
+        &rows_i,
+        &n_i,
+        &per_i
+    )?;
+    sum_chunks(dev, &partial, &mut packed, len, 2 * n, count)?;
+    Ok(result(dev, packed, Shape::from(len + 2 * n)))
+}
+
+/// Rows of a (rows, n) table picked by u32 ids.
+pub fn gather_rows(
+    ts: &CudaStorage,
+    tl: &Layout,
+    is: &CudaStorage,
+    il: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = ts.device();
+    let table = view(ts, tl, "flora-gather-rows")?;
+    let ids = typed::<u32>(is, il, "flora-gather-rows")?;
+    let n = last_dim(tl);
+    let picked = il.shape().elem_count();
+    let len = picked * n;
+    let mut y = output(dev, len)?;
+    let (n_i, len_u) = (n as i32, len as u64);
+    launch!(
+        dev,
+        "gather_rows",
+        elementwise(len),
+        &table,
+        &ids,
+        &mut y,
+        &n_i,
+        &len_u
+    )?;
+    Ok(result(dev, y, Shape::from((picked, n))))
+}
+
+/// A (rows, n) table's gradient from the gradient of rows picked by ids: sums per id.
+pub fn scatter_add_rows(
+    gs: &CudaStorage,
+    gl: &Layout,
+    is: &CudaStorage,
+    il: &Layout,
+    rows: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = gs.device();
+    let g = view(gs, gl, "flora-gather-rows-grad")?;
+    let ids = typed::<u32>(is, il, "flora-gather-rows-grad")?;
+    let n = last_dim(gl);
+    let len = gl.shape().elem_count();
+    let mut table = dev.alloc_zeros::<f32>(rows * n)?;
+    let (n_i, len_u) = (n as i32, len as u64);
+    launch!(
+        dev,
+        "scatter_add_rows",
+        elementwise(len),
+        &g,
+        &ids,
+        &mut table,
+        &n_i,
+        &len_u
+    )?;
+    Ok(result(dev, table, Shape::from((rows, n))))
+}
+
+/// x + bias over rows.
+pub fn bias_add(
+    xs: &CudaStorage,
+    xl: &Layout,
+    bs: &CudaStorage,
+    bl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = xs.device();
+    let x = view(xs, xl, "flora-bias-add")?;
+    let b = view(bs, bl, "flora-bias-add")?;
+    let (len, n) = (xl.shape().elem_count(), last_dim(xl));
+    let mut y = output(dev, len)?;
+    let (n_i, len_u) = (n as i32, len as u64);
+    launch!(
+        dev,
+        "bias_add",
+        elementwise(len),
+        &x,
+        &b,
+        &mut y,
+        &n_i,
+        &len_u
+    )?;
+    Ok(result(dev, y, xl.shape().clone()))
+}
+
+/// Column sums of a (rows, n) tensor.
+pub fn col_sum(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let g = view(s, l, "flora-col-sum")?;
+    let (len, n) = (l.shape().elem_count(), last_dim(l));
+    let mut out = output(dev, n)?;
+    column_sums(dev, &g, len / n, n, &mut out, 0)?;
+    Ok(result(dev, out, Shape::from(n)))
+}
+
+/// Inverted dropout with the counter-based mask of `seed`.
+pub fn dropout(s: &CudaStorage, l: &Layout, p: f32, seed: u64) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let x = view(s, l, "flora-dropout")?;
+    let len = l.shape().elem_count();
+    let mut y = output(dev, len)?;
+    let len_u = len as u64;
+    launch!(
+        dev,
+        "dropout",
+        elementwise(len),
+        &x,
+        &mut y,
+        &p,
+        &seed,
+        &len_u
+    )?;
+    Ok(result(dev, y, l.shape().clone()))
+}
+
+/// The kernels against their CPU twins, forward and backward, on the first CUDA GPU; skipped
+/// (loudly) where there is none. Run on the device machine with the `cuda` test binary.
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use crate::model::roberta::{encode, mlm_loss, Config, Params, Positions};
+    use crate::model::{fused, gpu_ops};
+    use crate::testing::{max_abs_diff, random_var, skipped};
+
+    fn gpu(test: &str) -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                skipped(&format!("{test}: no CUDA GPU ({e})"));
+                None
+            }
+        }
+    }
+
+    /// `f`'s output and the gradients of sum(output * weights) with respect to `inputs`, on
+    /// `dev`, brought back to the CPU.
+    fn run(
+        f: &dyn Fn(&[Tensor]) -> Tensor,
+        inputs: &[Var],
+        weights: &Tensor,
+        dev: &Device,
+    ) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|v| Var::from_tensor(&v.as_tensor().to_device(dev).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts);
+        let loss = (&y * weights.to_device(dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let back = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+        let g = vars
+            .iter()
+            .map(|v| back(grads.get(v).expect("a gradient")))
+            .collect();
+        (back(&y), g)
+    }
+
+    /// Checks `f` on the GPU against the CPU: output and every input's gradient within `tol`.
+    fn same_on_both(
+        test: &str,
+        f: &dyn Fn(&[Tensor]) -> Tensor,
+        inputs: &[Var],
+        out_shape: &[usize],
+        tol: f64,
+    ) {
+        let Some(dev) = gpu(test) else { return };
+        let weights = random_var(out_shape, 1.0, 99).as_tensor().clone();
+        let (cy, cg) = run(f, inputs, &weights, &Device::Cpu);
+        let (gy, gg) = run(f, inputs, &weights, &dev);
+        let d = max_abs_diff(&cy, &gy);
+        assert!(d < tol, "{test}: outputs differ by {d}");
+        for (i, (c, g)) in cg.iter().zip(&gg).enumerate() {
+            let d = max_abs_diff(c, g);
+            assert!(d < tol, "{test}: gradients of input {i} differ by {d}");
+        }
+    }
+
+    #[test]
+    fn gpu_layer_norm_matches_the_cpu() {
+        let inputs = [
+            random_var(&[3, 50, 96], 1.5, 1),
+            random_var(&[96], 1.0, 2),
+            random_var(&[96], 1.0, 3),
+        ];
+        let f = |t: &[Tensor]| fused::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap();
+        same_on_both("layer_norm", &f, &inputs, &[3, 50, 96], 1e-4);
+    }
+
+    #[test]
+    fn gpu_softmax_matches_the_cpu() {
+        let inputs = [random_var(&[4, 3, 37, 300], 3.0, 4)];
+        let f = |t: &[Tensor]| fused::softmax(&t[0]).unwrap();
+        same_on_both("softmax", &f, &inputs, &[4, 3, 37, 300], 1e-5);
+    }
+
+    #[test]
+    fn gpu_gelu_matches_the_cpu() {
+        let inputs = [random_var(&[70_001], 3.0, 5)];
+        let f = |t: &[Tensor]| fused::gelu(&t[0]).unwrap();
+        same_on_both("gelu", &f, &inputs, &[70_001], 1e-5);
+    }
+
+    #[test]
+    fn gpu_bias_add_matches_the_cpu() {
+        let inputs = [random_var(&[1000, 77], 1.0, 6), random_var(&[77], 1.0, 7)];
+        let f = |t: &[Tensor]| gpu_ops::bias_add(&t[0], &t[1]).unwrap();
+        same_on_both("bias_add", &f, &inputs, &[1000, 77], 1e-4);
+    }
+
+    #[test]
+    fn gpu_gather_rows_matches_the_cpu() {
+        let ids: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 300).collect();
+        let inputs = [random_var(&[300, 40], 1.0, 8)];
+        let f = |t: &[Tensor]| {
+            let ids = Tensor::new(ids.as_slice(), t[0].device()).unwrap();
+            gpu_ops::gather_rows(&t[0], &ids).unwrap()
+        };
+        same_on_both("gather_rows", &f, &inputs, &[5000, 40], 1e-4);
+    }
+
+    #[test]
+    fn gpu_dropout_draws_the_cpu_mask() {
+        let inputs = [random_var(&[100_003], 1.0, 9)];
+        let f = |t: &[Tensor]| gpu_ops::dropout(&t[0], 0.1, 7).unwrap();
+        same_on_both("dropout", &f, &inputs, &[100_003], 1e-6);
+    }
+
+    #[test]
+    fn gpu_training_step_matches_the_cpu() {
+        let Some(dev) = gpu("training step") else {
+            return;
+        };
+        let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.0, Positions::Roberta);
+        let ids: Vec<Vec<u32>> = (0..6u32)
+            .map(|r| {
+                (0..40u32)
+                    .map(|i| {
+                        if i >= 30 + r {
+                            1
+                        } else {
+                            4 + (r * 13 + i * 7) % 56
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<i64> = (0..240i64)
+            .map(|i| if i % 7 == 0 { 4 + i % 50 } else { -1 })
+            .collect();
+        let step = |dev: &Device| {
+            let p = Params::init(&cfg, 3, dev).unwrap();
+            let hidden = encode(&p, &cfg, &ids, None, dev).unwrap();
+            let (loss, _, _) = mlm_loss(&p, &cfg, &hidden, &labels).unwrap();
+            let grads = p.grads(&loss.backward().unwrap());
+            let loss: f32 = loss.to_device(&Device::Cpu).unwrap().to_scalar().unwrap();
+            (loss, grads)
+        };
+        let (cl, cg) = step(&Device::Cpu);
+        let (gl, gg) = step(&dev);
+        assert!(
+            (cl - gl).abs() < 1e-4,
+            "loss {cl} on the CPU, {gl} on the GPU"
+        );
+        assert_eq!(cg.len(), gg.len());
+        for (name, c) in &cg {
+            let g = gg[name].to_device(&Device::Cpu).unwrap();
+            let d = max_abs_diff(c, &g);
+            assert!(d < 1e-4, "{name}: gradients differ by {d}");
+        }
+    }
+}

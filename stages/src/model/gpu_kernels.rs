@@ -1,0 +1,163 @@
+//! flora's fused CUDA kernels (`kernels.cu`): compiled once per process with NVRTC (which the
+//! `cuda` build links already), loaded into each device, and launched for the custom ops of
+//! `fused.rs` and `gpu_ops.rs`. Compiling at run time keeps the build free of a second nvcc pass
+//! and targets whichever card the program finds.
+
+use std::sync::OnceLock;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
+use candle_core::cuda_backend::{cudarc, CudaDevice};
+use candle_core::{CudaStorage, Layout, Result, Shape};
+
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Threads per block of the element and row kernels.
+const BLOCK: u32 = 256;
+
+/// The PTX of `kernels.cu`, or NVRTC's log when it did not compile.
+pub fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let compiled = PTX.get_or_init(|| {
+        cudarc::nvrtc::compile_ptx_with_opts(SOURCE, Default::default())
+            .map(|p| p.to_src())
+            .map_err(|e| format!("{e:?}"))
+    });
+    match compiled {
+        Ok(p) => Ok(p),
+        Err(e) => candle_core::bail!("flora's CUDA kernels did not compile: {e}"),
+    }
+}
+
+/// Launches kernel `$name` of `kernels.cu` on `$dev`'s stream with `$cfg` and the arguments, each
+/// a reference that outlives the launch. Evaluates to `Result<()>`.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
+        use candle_core::cuda_backend::WrapErr as _;
+        let func = $dev.get_or_load_custom_func(
+            $name,
+            "flora_kernels",
+            $crate::model::gpu_kernels::ptx()?,
+        )?;
+        let mut args = func.builder();
+        $( args.arg($arg); )+
+        // SAFETY: the kernels index within the lengths passed to them, which the callers derive
+        // from the buffers they pass.
+        #[allow(unsafe_code)]
+        let launched = unsafe { args.launch($cfg) };
+        launched.w().map(|_| ())
+    }};
+}
+pub(crate) use launch;
+
+/// One thread per element of `len`.
+pub fn elementwise(len: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((len as u32).div_ceil(BLOCK).max(1), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block per row of `n`: up to 256 threads, a multiple of 32.
+pub fn per_row(rows: usize, n: usize) -> LaunchConfig {
+    let threads = (n as u32).div_ceil(32).clamp(1, BLOCK / 32) * 32;
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Rows per chunk of the two-stage column sums, and the number of chunks, for `rows`.
+pub fn chunks(rows: usize) -> (usize, usize) {
+    let per = rows.div_ceil(512).max(64);
+    (per, rows.div_ceil(per).max(1))
+}
+
+/// Blocks of (32, 8) threads over 32 columns by chunks of rows.
+pub fn column_chunks(n: usize, chunks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(32), chunks as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The f32 view of a contiguous CUDA tensor's storage.
+pub fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
+    typed(s, l, op)
+}
+
+/// The view of a contiguous CUDA tensor's storage as `T`.
+pub fn typed<'a, T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<CudaView<'a, T>> {
+    let slice = s.as_cuda_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(slice.slice(a..b)),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+/// A new buffer of `len` f32 on `dev`, every element written by the kernel that fills it.
+pub fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: callers launch a kernel that writes all `len` elements before the buffer is read.
+    #[allow(unsafe_code)]
+    let buffer = unsafe { dev.alloc::<f32>(len) };
+    buffer
+}
+
+/// Wraps a filled buffer as an op's result.
+pub fn result(dev: &CudaDevice, y: CudaSlice<f32>, shape: Shape) -> (CudaStorage, Shape) {
+    (CudaStorage::wrap_cuda_slice(y, dev.clone()), shape)
+}
+
+/// Column sums of a (rows, n) buffer into `out[offset..offset + n]`, in a fixed order.
+pub fn column_sums(
+    dev: &CudaDevice,
+    g: &CudaView<'_, f32>,
+    rows: usize,
+    n: usize,
+    out: &mut CudaSlice<f32>,
+    offset: usize,
+) -> Result<()> {
+    let (per, count) = chunks(rows);
+    let mut partial = output(dev, count * n)?;
+    let (rows_i, n_i, per_i) = (rows as i32, n as i32, per as i32);
+    launch!(
+        dev,
+        "col_sum_chunks",
+        column_chunks(n, count),
+        g,
+        &mut partial,
+        &rows_i,
+        &n_i,
+        &per_i
+    )?;
+    sum_chunks(dev, &partial, out, offset, n, count)
+}
+
+/// `out[offset + j]` = the sum over `chunks` rows of `partial` (chunks x width) at column j.
+pub fn sum_chunks(
+    dev: &CudaDevice,
+    partial: &CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+    offset: usize,
+    width: usize,
+    chunks: usize,
+) -> Result<()> {
+    let (offset, width_i, chunks_i) = (offset as u64, width as i32, chunks as i32);
+    launch!(
+        dev,
+        "sum_chunks",
+        elementwise(width),
+        partial,
+        out,
+        &offset,
+        &width_i,
+        &chunks_i
+    )
+}

@@ -1,0 +1,353 @@
+//! Custom ops that replace candle's slowest pieces of a training step on a CUDA GPU: picking rows
+//! of an embedding table (candle's backward, `index_add`, runs one thread per hidden unit over
+//! every token), adding a bias (its backward sums columns with strided reads), and dropout (five
+//! kernels and a mask in memory; here one kernel whose mask is recomputed from a seed).
+//!
+//! Each op has a CPU side with the same arithmetic, which the tests compare with candle's ops and,
+//! on a `cuda` build with a GPU, with the kernels. The model uses them on CUDA f32 tensors
+//! ([`applies`]); the CPU keeps candle's ops and its seeded dropout.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use super::fused::{data, last_dim};
+
+/// Whether these ops replace candle's for `t`: f32 on a CUDA GPU.
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cuda() && t.dtype() == DType::F32
+}
+
+fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else {
+        candle_core::bail!("{op}: expects u32 ids, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: expects contiguous ids"),
+    }
+}
+
+/// Rows of a (rows, n) table picked by u32 ids: (ids, n).
+struct GatherRows;
+
+impl CustomOp2 for GatherRows {
+    fn name(&self) -> &'static str {
+        "flora-gather-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let table = data(s1, l1, self.name())?;
+        let ids = u32s(s2, l2, self.name())?;
+        let n = last_dim(l1);
+        let rows = table.len() / n;
+        let mut y = Vec::with_capacity(ids.len() * n);
+        for &id in ids {
+            let id = id as usize;
+            if id >= rows {
+                candle_core::bail!("{}: id {id} in a table of {rows} rows", self.name());
+            }
+            y.extend_from_slice(&table[id * n..(id + 1) * n]);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((ids.len(), n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::gather_rows(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        table: &Tensor,
+        ids: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let rows = table.dim(0)?;
+        let dt = grad
+            .contiguous()?
+            .apply_op2_no_bwd(ids, &ScatterRows { rows })?;
+        Ok((Some(dt), None))
+    }
+}
+
+/// A (rows, n) table's gradient from the gradient of the rows [`GatherRows`] picked.
+struct ScatterRows {
+    rows: usize,
+}
+
+impl CustomOp2 for ScatterRows {
+    fn name(&self) -> &'static str {
+        "flora-gather-rows-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = data(s1, l1, self.name())?;
+        let ids = u32s(s2, l2, self.name())?;
+        let n = last_dim(l1);
+        let mut table = vec![0f32; self.rows * n];
+        for (&id, g) in ids.iter().zip(g.chunks(n)) {
+            let row = &mut table[id as usize * n..(id as usize + 1) * n];
+            row.iter_mut().zip(g).for_each(|(t, g)| *t += g);
+        }
+        Ok((CpuStorage::F32(table), Shape::from((self.rows, n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::scatter_add_rows(s1, l1, s2, l2, self.rows)
+    }
+}
+
+/// x (rows, n) + bias (n).
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "flora-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = data(s1, l1, self.name())?;
+        let b = data(s2, l2, self.name())?;
+        let n = last_dim(l1);
+        if b.len() != n {
+            candle_core::bail!("{}: bias of {} for rows of {n}", self.name(), b.len());
+        }
+        let y = x
+            .chunks(n)
+            .flat_map(|row| row.iter().zip(b).map(|(x, b)| x + b))
+            .collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::bias_add(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let db = grad.apply_op1_no_bwd(&ColSum)?.reshape(b.shape())?;
+        Ok((Some(grad), Some(db)))
+    }
+}
+
+/// Sums over the rows of (rows, n): (n).
+struct ColSum;
+
+impl CustomOp1 for ColSum {
+    fn name(&self) -> &'static str {
+        "flora-col-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = data(s, l, self.name())?;
+        let n = last_dim(l);
+        let mut out = vec![0f32; n];
+        for row in g.chunks(n) {
+            out.iter_mut().zip(row).for_each(|(o, g)| *o += g);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::col_sum(s, l)
+    }
+}
+
+/// Inverted dropout whose mask is a function of (seed, element index): its backward pass applies
+/// the same mask to the gradient.
+struct Dropout {
+    p: f32,
+    seed: u64,
+}
+
+/// Whether element `i` survives dropout at rate `p` under `seed` (the CPU twin of `kernels.cu`'s
+/// `unit_draw`: SplitMix64's finaliser of a counter).
+pub fn keep(seed: u64, i: u64, p: f32) -> bool {
+    let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / 16_777_216.0) >= p
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "flora-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = data(s, l, self.name())?;
+        let y = x
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if keep(self.seed, i as u64, self.p) {
+                    x / (1.0 - self.p)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::dropout(s, l, self.p, self.seed)
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let same = Dropout {
+            p: self.p,
+            seed: self.seed,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&same)?))
+    }
+}
+
+/// Rows of `table` (rows, n) picked by `ids` (u32, one dimension): (ids, n).
+pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    table
+        .contiguous()?
+        .apply_op2(&ids.contiguous()?, GatherRows)
+}
+
+/// `x` (rows, n) + `bias` (n).
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
+}
+
+/// Inverted dropout at rate `p` with the mask of `seed`.
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Dropout { p, seed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_abs_diff, random_var};
+    use candle_core::Device;
+
+    #[test]
+    fn gather_rows_matches_index_select_forward_and_backward() {
+        let table = random_var(&[7, 5], 1.0, 1);
+        let ids = Tensor::new(&[3u32, 0, 3, 6, 1], &Device::Cpu).unwrap();
+        let weights = random_var(&[5, 5], 1.0, 2);
+        let ours = gather_rows(table.as_tensor(), &ids).unwrap();
+        let theirs = table.as_tensor().index_select(&ids, 0).unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-7);
+        let grad = |y: &Tensor| {
+            let loss = (y * weights.as_tensor()).unwrap().sum_all().unwrap();
+            loss.backward().unwrap().get(&table).unwrap().clone()
+        };
+        // Row 3 is picked twice: its gradient is the sum of both.
+        assert!(max_abs_diff(&grad(&ours), &grad(&theirs)) < 1e-6);
+    }
+
+    #[test]
+    fn gather_rows_names_an_id_past_the_table() {
+        let table = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[1u32, 9], &Device::Cpu).unwrap();
+        let e = gather_rows(&table, &ids).unwrap_err().to_string();
+        assert!(e.contains("id 9 in a table of 4 rows"), "{e}");
+    }
+
+    #[test]
+    fn bias_add_matches_broadcasting_forward_and_backward() {
+        let x = random_var(&[6, 4], 1.0, 3);
+        let b = random_var(&[4], 1.0, 4);
+        let weights = random_var(&[6, 4], 1.0, 5);
+        let ours = bias_add(x.as_tensor(), b.as_tensor()).unwrap();
+        let theirs = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-7);
+        let grads = |y: &Tensor| {
+            let loss = (y * weights.as_tensor()).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap();
+            (g.get(&x).unwrap().clone(), g.get(&b).unwrap().clone())
+        };
+        let (ox, ob) = grads(&ours);
+        let (tx, tb) = grads(&theirs);
+        assert!(max_abs_diff(&ox, &tx) < 1e-7);
+        assert!(max_abs_diff(&ob, &tb) < 1e-6);
+    }
+
+    #[test]
+    fn dropout_drops_its_share_scales_the_rest_and_masks_the_gradient_alike() {
+        let n = 20_000;
+        let x = candle_core::Var::from_tensor(&Tensor::ones(n, DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let y = dropout(x.as_tensor(), 0.1, 42).unwrap();
+        let ys: Vec<f32> = y.to_vec1().unwrap();
+        let dropped = ys.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.1).abs() < 0.01, "dropped {dropped}");
+        assert!(ys.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        // d(sum y)/dx is the mask itself: the same elements, the same scale.
+        let g: Vec<f32> = y
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(&x)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, ys);
+        // Another seed, another mask.
+        let other: Vec<f32> = dropout(x.as_tensor(), 0.1, 43).unwrap().to_vec1().unwrap();
+        assert_ne!(other, ys);
+    }
+}

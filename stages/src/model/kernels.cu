@@ -1,0 +1,230 @@
+// flora's fused CUDA kernels (f32), compiled at run time with NVRTC by `gpu_kernels.rs`.
+//
+// Each replaces a chain of generic candle kernels in a training step (a composite LayerNorm and
+// its backward are about 34 of them, each a full pass over the activations) by one pass per
+// direction. Row kernels take one block per row; element kernels one thread per element.
+// Every kernel has a CPU twin in `fused.rs` or `gpu_ops.rs` that the tests compare it with.
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+  return v;
+}
+
+// The sum of `v` over the block (blockDim.x a multiple of 32), returned to every thread. `sh`
+// holds 32 floats; the first barrier lets a previous call's readers finish with it.
+__device__ float block_sum(float v, float *sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  return warp_sum(lane < warps ? sh[lane] : 0.0f);
+}
+
+__device__ float block_max(float v, float *sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  return warp_max(lane < warps ? sh[lane] : NEG_INF);
+}
+
+// The mean and 1 / sqrt(variance + eps) of a row of n, computed by the whole block.
+__device__ float2 row_moments(const float *xr, int n, float eps, float *sh) {
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) s += xr[j];
+  const float mean = block_sum(s, sh) / n;
+  float v = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float d = xr[j] - mean;
+    v += d * d;
+  }
+  return make_float2(mean, rsqrtf(block_sum(v, sh) / n + eps));
+}
+
+// LayerNorm over rows of n: y = (x - mean) * rstd * w + b.
+extern "C" __global__ void ln_fwd(const float *x, const float *w, const float *b, float *y, int n,
+                                  float eps) {
+  __shared__ float sh[32];
+  const float *xr = x + (size_t)blockIdx.x * n;
+  float *yr = y + (size_t)blockIdx.x * n;
+  const float2 m = row_moments(xr, n, eps, sh);
+  const float mean = m.x, rstd = m.y;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+}
+
+// LayerNorm's input gradient, one block per row, into dx; the row's mean and rstd into
+// stats[2 row], stats[2 row + 1] for `ln_bwd_cols`.
+extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const float *g, float *dx,
+                                       float *stats, int n, float eps) {
+  __shared__ float sh[32];
+  const size_t row = blockIdx.x;
+  const float *xr = x + row * n;
+  const float *gr = g + row * n;
+  float *dr = dx + row * n;
+  const float2 m = row_moments(xr, n, eps, sh);
+  const float mean = m.x, rstd = m.y;
+  float sgw = 0.0f, sgwx = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float gw = gr[j] * w[j];
+    sgw += gw;
+    sgwx += gw * (xr[j] - mean) * rstd;
+  }
+  const float m1 = block_sum(sgw, sh) / n;
+  const float m2 = block_sum(sgwx, sh) / n;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float xhat = (xr[j] - mean) * rstd;
+    dr[j] = rstd * (gr[j] * w[j] - m1 - xhat * m2);
+  }
+  if (threadIdx.x == 0) {
+    stats[2 * row] = mean;
+    stats[2 * row + 1] = rstd;
+  }
+}
+
+// Per chunk of rows (blockIdx.y), partial sums over its rows of g * xhat (dw) and g (db) for 32
+// columns (blockIdx.x); block (32, 8). partial[chunk * 2n + j] is dw's, [chunk * 2n + n + j] db's.
+extern "C" __global__ void ln_bwd_cols(const float *x, const float *g, const float *stats,
+                                       float *partial, int rows, int n, int rows_per_chunk) {
+  __shared__ float sw[8][33], sb[8][33];
+  const int j = blockIdx.x * 32 + threadIdx.x;
+  const int r0 = blockIdx.y * rows_per_chunk;
+  const int r1 = min(rows, r0 + rows_per_chunk);
+  float dw = 0.0f, db = 0.0f;
+  if (j < n) {
+    for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+      const size_t i = (size_t)r * n + j;
+      const float gv = g[i];
+      dw += gv * (x[i] - stats[2 * r]) * stats[2 * r + 1];
+      db += gv;
+    }
+  }
+  sw[threadIdx.y][threadIdx.x] = dw;
+  sb[threadIdx.y][threadIdx.x] = db;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < n) {
+    for (int k = 1; k < 8; k++) {
+      dw += sw[k][threadIdx.x];
+      db += sb[k][threadIdx.x];
+    }
+    partial[(size_t)blockIdx.y * 2 * n + j] = dw;
+    partial[(size_t)blockIdx.y * 2 * n + n + j] = db;
+  }
+}
+
+// Per chunk of rows (blockIdx.y), partial column sums of g (rows x n) for 32 columns; block
+// (32, 8). partial[chunk * n + j].
+extern "C" __global__ void col_sum_chunks(const float *g, float *partial, int rows, int n,
+                                          int rows_per_chunk) {
+  __shared__ float sh[8][33];
+  const int j = blockIdx.x * 32 + threadIdx.x;
+  const int r0 = blockIdx.y * rows_per_chunk;
+  const int r1 = min(rows, r0 + rows_per_chunk);
+  float s = 0.0f;
+  if (j < n) {
+    for (int r = r0 + threadIdx.y; r < r1; r += 8) s += g[(size_t)r * n + j];
+  }
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < n) {
+    for (int k = 1; k < 8; k++) s += sh[k][threadIdx.x];
+    partial[(size_t)blockIdx.y * n + j] = s;
+  }
+}
+
+// out[offset + j] = sum over chunks of partial[chunk * width + j], in chunk order (so the result
+// does not depend on scheduling).
+extern "C" __global__ void sum_chunks(const float *partial, float *out, unsigned long long offset,
+                                      int width, int chunks) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= width) return;
+  float s = 0.0f;
+  for (int c = 0; c < chunks; c++) s += partial[(size_t)c * width + j];
+  out[offset + j] = s;
+}
+
+// Softmax over rows of n.
+extern "C" __global__ void softmax_fwd(const float *x, float *y, int n) {
+  __shared__ float sh[32];
+  const float *xr = x + (size_t)blockIdx.x * n;
+  float *yr = y + (size_t)blockIdx.x * n;
+  float m = NEG_INF;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, xr[j]);
+  m = block_max(m, sh);
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) s += expf(xr[j] - m);
+  const float inv = 1.0f / block_sum(s, sh);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = expf(xr[j] - m) * inv;
+}
+
+// Softmax's input gradient from its output y and the output's gradient g: y (g - sum(g y)).
+extern "C" __global__ void softmax_bwd(const float *y, const float *g, float *dx, int n) {
+  __shared__ float sh[32];
+  const size_t off = (size_t)blockIdx.x * n;
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) s += g[off + j] * y[off + j];
+  s = block_sum(s, sh);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) dx[off + j] = y[off + j] * (g[off + j] - s);
+}
+
+// GELU, erf form: x Phi(x).
+extern "C" __global__ void gelu_fwd(const float *x, float *y, unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) y[i] = x[i] * normcdff(x[i]);
+}
+
+// g GELU'(x), GELU'(x) = Phi(x) + x phi(x).
+extern "C" __global__ void gelu_bwd(const float *x, const float *g, float *dx,
+                                    unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= len) return;
+  const float v = x[i];
+  dx[i] = g[i] * (normcdff(v) + v * expf(-0.5f * v * v) * 0.3989422804014327f);
+}
+
+// Rows of a table picked by ids: y[t, j] = table[ids[t], j].
+extern "C" __global__ void gather_rows(const float *table, const unsigned int *ids, float *y,
+                                       int n, unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) y[i] = table[(size_t)ids[i / n] * n + i % n];
+}
+
+// The table's gradient from gather_rows': dtable[ids[t], j] += g[t, j] (dtable zeroed first).
+extern "C" __global__ void scatter_add_rows(const float *g, const unsigned int *ids, float *dtable,
+                                            int n, unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) atomicAdd(&dtable[(size_t)ids[i / n] * n + i % n], g[i]);
+}
+
+// x + bias over rows of n.
+extern "C" __global__ void bias_add(const float *x, const float *b, float *y, int n,
+                                    unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) y[i] = x[i] + b[i % n];
+}
+
+// A uniform draw in [0, 1) for element i under `seed` (SplitMix64's finaliser: counter-based, so
+// a mask needs no state and its backward pass redraws it). `gpu_ops::keep` is its CPU twin.
+__device__ __forceinline__ float unit_draw(unsigned long long seed, unsigned long long i) {
+  unsigned long long z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+// Inverted dropout: x / (1 - p) where the draw is at least p, else 0. Its own backward pass.
+extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned long long seed,
+                                   unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) y[i] = unit_draw(seed, i) < p ? 0.0f : x[i] / (1.0f - p);
+}
