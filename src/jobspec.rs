@@ -47,3 +47,10 @@ impl JobSpec {
         (kind.run)(&self.params, &self.context).with_context(|| format!("job {}", self.job))
     }
 }
+
+/// The marker a cluster job writes beside its spec once `flora __job SPEC` succeeded (the
+/// node's name in it): a cluster driver waits until it sees it, so that it never publishes an
+/// output folder that its file system does not show in full yet (NFS caches what it has seen).
+pub fn done_marker(spec: &Path) -> std::path::PathBuf {
+    spec.with_extension("done")
+}

@@ -245,6 +245,14 @@ pub fn run(
         let seconds = r.started.elapsed().as_secs_f64();
         reports[j].seconds = seconds;
         let _ = std::fs::remove_file(&r.spec);
+        // The job's end marker names the machine it ran on (a cluster node, or this one).
+        let marker = crate::jobspec::done_marker(&r.spec);
+        let ran_on = std::fs::read_to_string(&marker)
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| host.clone());
+        let _ = std::fs::remove_file(&marker);
         let log = cache.log_path(&r.key);
         let published = match outcome {
             Outcome::Succeeded => cache
@@ -281,7 +289,7 @@ pub fn run(
                     started: humantime::format_rfc3339_seconds(r.started_at).to_string(),
                     duration_s: seconds,
                     flora_version: env!("CARGO_PKG_VERSION").to_string(),
-                    host: host.clone(),
+                    host: ran_on,
                     log: log.clone(),
                     gpus: r.gpus.clone(),
                     threads: r.threads,

@@ -219,6 +219,9 @@ pub struct SlurmArgs {
     /// Seconds between two looks at the queue (`squeue`).
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub slurm_poll: f64,
+    /// Seconds a completed job's output may take to show here (network file systems).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub slurm_latency: f64,
 }
 
 /// `flora plan`.

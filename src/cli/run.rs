@@ -94,12 +94,17 @@ fn executor(args: &RunArgs) -> anyhow::Result<Box<dyn Executor>> {
                 s.slurm_poll.is_finite() && s.slurm_poll > 0.0,
                 "--slurm-poll must be a positive number of seconds"
             );
+            anyhow::ensure!(
+                s.slurm_latency.is_finite() && s.slurm_latency >= 0.0,
+                "--slurm-latency must be a number of seconds, 0 or more"
+            );
             let opts = SlurmOptions {
                 partition: s.partition.clone(),
                 account: s.account.clone(),
                 extra: s.slurm_args.clone(),
                 retries: s.slurm_retries,
                 poll: std::time::Duration::from_secs_f64(s.slurm_poll),
+                latency: std::time::Duration::from_secs_f64(s.slurm_latency),
             };
             Ok(Box::new(
                 Slurm::new(exe, opts).context("cannot watch for Ctrl-C")?,

@@ -1,8 +1,10 @@
 //! The Slurm executor: each job is one `sbatch` job that runs `flora __job SPEC` on a node.
 //!
 //! The driver (this process) stays the only writer of the cache index: a Slurm job writes into
-//! its scratch folder alone, and the driver publishes it once Slurm says it completed. That
-//! needs the cache (and the workflow's files) on a file system every node sees.
+//! its scratch folder alone, and the driver publishes it once Slurm says it completed and the
+//! job's end marker (written after `flora __job` succeeded) shows on the driver's file system,
+//! waiting up to `latency` for a network file system to catch up. That needs the cache (and the
+//! workflow's files) on a file system every node sees.
 //!
 //! Jobs are tracked with `squeue` while they are queued or running and with `scontrol show job`
 //! once they leave the queue, so no accounting database (`sacct`) is needed. A job that ends in
@@ -40,6 +42,8 @@ pub struct SlurmOptions {
     pub retries: usize,
     /// Time between two `squeue` polls.
     pub poll: Duration,
+    /// How long a completed job's output may take to show on this machine's file system.
+    pub latency: Duration,
 }
 
 /// One submitted job.
@@ -125,10 +129,12 @@ impl Slurm {
     }
 
     fn sbatch(&self, launch: &Launch) -> std::io::Result<String> {
+        // The job's exit status is flora's; the end marker follows a success only.
         let wrap = format!(
-            "exec {} __job {}",
+            "{} __job {} && uname -n > {}",
             shell_quote(&self.exe.to_string_lossy()),
-            shell_quote(&launch.spec.to_string_lossy())
+            shell_quote(&launch.spec.to_string_lossy()),
+            shell_quote(&crate::jobspec::done_marker(&launch.spec).to_string_lossy())
         );
         let out = Command::new("sbatch")
             .args(self.sbatch_args(launch))
@@ -195,32 +201,42 @@ impl Slurm {
         };
         let ids: Vec<String> = self.jobs.keys().cloned().collect();
         for id in ids {
-            let state = match listed.get(&id) {
-                Some(s) if !is_final(s) => {
-                    self.note_state(&id, s, progress);
-                    continue;
-                }
-                Some(s) => Final {
-                    state: s.clone(),
+            let queued = listed.get(&id).filter(|s| !is_final(s));
+            if let Some(state) = queued {
+                self.note_state(&id, state, progress);
+                continue;
+            }
+            // It ended, or left squeue's view: scontrol has the exit code and the reason; a
+            // record that aged out still has the end marker of a job that succeeded.
+            let end = match (settle(&id), listed.get(&id)) {
+                (Some(f), _) => f,
+                (None, Some(state)) => Final {
+                    state: state.clone(),
                     exit: None,
                     reason: None,
                 },
-                None => match settle(&id) {
-                    Some(f) => f,
-                    None => Final {
-                        state: "UNKNOWN".into(),
-                        exit: None,
-                        reason: Some("Slurm no longer knows the job (its record aged out)".into()),
-                    },
-                },
+                (None, None) => self.forgotten(&id),
             };
-            if !is_final(&state.state) {
-                // Left squeue's view between the two calls but not finished (requeued, say).
-                continue;
+            if is_final(&end.state) {
+                self.finish(&id, end, progress);
+            } else {
+                self.note_state(&id, &end.state, progress);
             }
-            self.finish(&id, state, progress);
         }
         self.show(progress);
+    }
+
+    /// The end of a job Slurm no longer knows: COMPLETED if its end marker is there.
+    fn forgotten(&self, id: &str) -> Final {
+        let done = self
+            .jobs
+            .get(id)
+            .is_some_and(|t| crate::jobspec::done_marker(&t.launch.spec).exists());
+        Final {
+            state: if done { "COMPLETED" } else { "UNKNOWN" }.into(),
+            exit: None,
+            reason: Some("Slurm no longer knows the job (its record aged out)".into()),
+        }
     }
 
     fn note_state(&mut self, id: &str, state: &str, progress: &mut Progress) {
@@ -252,7 +268,11 @@ impl Slurm {
             return;
         };
         if end.state == "COMPLETED" {
-            self.ended.push_back((t.launch.job, Outcome::Succeeded));
+            let outcome = match wait_visible(&t.launch.spec, self.opts.latency) {
+                Ok(()) => Outcome::Succeeded,
+                Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
+            };
+            self.ended.push_back((t.launch.job, outcome));
             return;
         }
         if RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries {
@@ -402,6 +422,28 @@ fn is_final(state: &str) -> bool {
     )
 }
 
+/// Waits up to `latency` for the job's end marker (written after `flora __job` succeeded) to
+/// show on this machine: on a network file system a node's writes can take a while
+/// to be seen elsewhere.
+fn wait_visible(spec: &Path, latency: Duration) -> Result<(), String> {
+    let marker = crate::jobspec::done_marker(spec);
+    let until = Instant::now() + latency;
+    loop {
+        if marker.exists() {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "its end marker {} is not visible here after {} s: is the cache on a file \
+                 system that every node shares (see --slurm-latency)?",
+                marker.display(),
+                latency.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250).min(latency));
+    }
+}
+
 /// Sleeps `d`, waking early on an interrupt.
 fn sleep_unless_interrupted(d: Duration, interrupted: &AtomicBool) {
     let until = Instant::now() + d;
@@ -463,6 +505,7 @@ mod tests {
                 extra: vec!["--qos=high".into()],
                 retries: 2,
                 poll: Duration::from_secs(1),
+                latency: Duration::from_secs(1),
             },
             jobs: BTreeMap::new(),
             ended: VecDeque::new(),
@@ -522,6 +565,20 @@ mod tests {
         ] {
             assert!(is_final(s), "{s}");
         }
+    }
+
+    #[test]
+    fn a_completed_job_counts_once_its_end_marker_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("x.job.json");
+        let e = wait_visible(&spec, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            e.contains("x.job.done is not visible here after 0.3 s")
+                && e.contains("every node shares"),
+            "{e}"
+        );
+        std::fs::write(crate::jobspec::done_marker(&spec), "node1\n").unwrap();
+        assert!(wait_visible(&spec, Duration::from_millis(300)).is_ok());
     }
 
     #[test]
