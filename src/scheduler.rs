@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use crate::cache::records::{InputRecord, JobRecord};
 use crate::cache::Cache;
 use crate::dag::{JobGraph, Source};
-use crate::executor::{Executor, Launch, Outcome};
+use crate::executor::{append_log, Executor, Launch, Outcome};
 use crate::hash::Digest;
 use crate::jobspec::JobSpec;
 use crate::plan::{input_digests, key_of, last_run};
@@ -93,7 +93,9 @@ pub fn run(
     progress: &mut Progress,
 ) -> anyhow::Result<Vec<JobReport>> {
     let n = graph.jobs.len();
-    check_gpus(graph, opts, executor.places_jobs(), progress)?;
+    // A cluster places jobs and gives them CPUs and GPUs; else this machine's are budgeted.
+    let cluster = executor.places_jobs();
+    check_gpus(graph, opts, cluster, progress)?;
     let mut reports: Vec<JobReport> = (0..n)
         .map(|j| JobReport {
             state: if opts.selected[j] {
@@ -172,7 +174,6 @@ pub fn run(
                 twins.entry(key).or_default().push(j);
                 continue;
             }
-            let cluster = executor.places_jobs();
             let (threads, want_gpus) = if cluster {
                 (job.resources.threads, cluster_gpus(job))
             } else if opts.gpus.is_empty() {
@@ -233,7 +234,7 @@ pub fn run(
         let (j, outcome) = executor.wait(progress);
         let job = &graph.jobs[j];
         let r = running[j].take().expect("a running job has its state");
-        if !executor.places_jobs() {
+        if !cluster {
             free_cpus += r.threads;
             free_gpus.extend(r.gpus.iter().copied());
             free_gpus.sort_unstable();
@@ -520,17 +521,6 @@ fn start(
         threads: slot.threads,
         gpus: Vec::new(),
     })
-}
-
-fn append_log(path: &std::path::Path, text: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-    {
-        let _ = f.write_all(text.as_bytes());
-    }
 }
 
 fn release(

@@ -66,3 +66,15 @@ pub trait Executor {
         false
     }
 }
+
+/// Appends `text` to a job's log, best effort (a log that cannot be written loses the line).
+pub(crate) fn append_log(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}

@@ -12,14 +12,13 @@
 //! every job of the run with `scancel`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Executor, Launch, Outcome, MALLOC_TUNING};
+use super::{append_log, Executor, Launch, Outcome, MALLOC_TUNING};
 use crate::progress::Progress;
 
 /// Slurm states after which a job is submitted again.
@@ -284,7 +283,7 @@ impl Slurm {
                 self.opts.retries + 1
             );
             progress.println(&line);
-            append(&t.launch.log, &format!("\n--- flora: {line}\n"));
+            append_log(&t.launch.log, &format!("\n--- flora: {line}\n"));
             clear_scratch(&t.launch.spec);
             match self.sbatch(&t.launch) {
                 Ok(new_id) => {
@@ -335,7 +334,7 @@ impl Slurm {
 impl Executor for Slurm {
     fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
         let id = self.sbatch(&launch)?;
-        append(&launch.log, &format!("--- submitted as Slurm job {id}\n"));
+        append_log(&launch.log, &format!("--- submitted as Slurm job {id}\n"));
         self.jobs.insert(
             id,
             Tracked {
@@ -458,16 +457,6 @@ fn clear_scratch(spec: &Path) {
         crate::cache::make_writable(&s.context.out);
         let _ = std::fs::remove_dir_all(&s.context.out);
         let _ = std::fs::create_dir_all(&s.context.out);
-    }
-}
-
-fn append(path: &Path, text: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-    {
-        let _ = f.write_all(text.as_bytes());
     }
 }
 
