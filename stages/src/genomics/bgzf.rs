@@ -24,35 +24,66 @@ pub const EOF_BLOCK: [u8; 28] = [
 /// Blocks decompressed together, in parallel, before the reader hands out their text.
 const BATCH: usize = 64;
 
-/// Compresses `data` into BGZF blocks at libdeflate level `level` (1 is fastest), in parallel;
-/// the result has no end-of-file block (append [`EOF_BLOCK`] after the last piece).
-pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
-    let lvl = CompressionLvl::new(level).unwrap_or_else(|_| CompressionLvl::fastest());
-    let blocks: Vec<Vec<u8>> = data
-        .par_chunks(BLOCK_DATA)
-        .map_init(|| Compressor::new(lvl), block)
-        .collect();
+/// How each block's data is deflated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// One dynamic-Huffman block of literals ([`super::huffman`]): for DNA text, as small as
+    /// libdeflate's fastest level and several times faster.
+    Huffman,
+    /// libdeflate at this level (1 fastest, 12 smallest).
+    Level(i32),
+}
+
+/// Compresses `data` into BGZF blocks with `codec`, in parallel; the result has no end-of-file
+/// block (append [`EOF_BLOCK`] after the last piece).
+pub fn compress(data: &[u8], codec: Codec) -> Vec<u8> {
+    let blocks: Vec<Vec<u8>> = match codec {
+        Codec::Huffman => data
+            .par_chunks(BLOCK_DATA)
+            .map(|chunk| frame(chunk, super::huffman::compress(chunk)))
+            .collect(),
+        Codec::Level(level) => {
+            let lvl = CompressionLvl::new(level).unwrap_or_else(|_| CompressionLvl::fastest());
+            data.par_chunks(BLOCK_DATA)
+                .map_init(
+                    || Compressor::new(lvl),
+                    |compressor, chunk| {
+                        let mut out = vec![0u8; compressor.deflate_compress_bound(chunk.len())];
+                        let n = compressor.deflate_compress(chunk, &mut out).unwrap_or(0);
+                        out.truncate(n);
+                        frame(chunk, out)
+                    },
+                )
+                .collect()
+        }
+    };
     blocks.concat()
 }
 
-/// One block holding `chunk` (at most [`BLOCK_DATA`] bytes).
-fn block(compressor: &mut Compressor, chunk: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; FRAME + compressor.deflate_compress_bound(chunk.len())];
-    let size = match compressor.deflate_compress(chunk, &mut out[18..]) {
-        Ok(n) if n + FRAME <= MAX_BLOCK => n,
-        // Data that does not shrink is stored (level 0 always fits: BLOCK_DATA leaves room).
-        _ => Compressor::new(CompressionLvl::new(0).expect("level 0 exists"))
-            .deflate_compress(chunk, &mut out[18..])
-            .expect("stored deflate fits its bound"),
+/// One block holding `chunk` (at most [`BLOCK_DATA`] bytes) given its deflated form; data that
+/// did not shrink is stored instead (one stored DEFLATE block: 5 bytes over the data, and
+/// BLOCK_DATA leaves room for them).
+fn frame(chunk: &[u8], deflated: Vec<u8>) -> Vec<u8> {
+    let deflated = if deflated.is_empty() || deflated.len() > chunk.len() + 5 {
+        let mut stored = Compressor::new(CompressionLvl::new(0).expect("level 0 exists"));
+        let mut out = vec![0u8; stored.deflate_compress_bound(chunk.len())];
+        let n = stored
+            .deflate_compress(chunk, &mut out)
+            .expect("stored deflate fits its bound");
+        out.truncate(n);
+        out
+    } else {
+        deflated
     };
-    let total = size + FRAME;
-    out.truncate(total);
-    out[..18].copy_from_slice(&[
-        0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, b'B', b'C', 2, 0, 0, 0,
+    let total = deflated.len() + FRAME;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&[
+        0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, b'B', b'C', 2, 0,
     ]);
-    out[16..18].copy_from_slice(&((total - 1) as u16).to_le_bytes());
-    out[total - 8..total - 4].copy_from_slice(&libdeflater::crc32(chunk).to_le_bytes());
-    out[total - 4..].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+    out.extend_from_slice(&((total - 1) as u16).to_le_bytes());
+    out.extend_from_slice(&deflated);
+    out.extend_from_slice(&libdeflater::crc32(chunk).to_le_bytes());
+    out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
     out
 }
 
@@ -260,45 +291,54 @@ mod tests {
     fn round_trips_through_htslib_and_itself() {
         let dir = tempfile::tempdir().unwrap();
         let data = sample(3 * BLOCK_DATA + 123);
-        let mut file = compress(&data, 1);
-        file.extend_from_slice(&EOF_BLOCK);
-        let path = dir.path().join("x.gz");
-        std::fs::write(&path, &file).unwrap();
+        for codec in [Codec::Huffman, Codec::Level(1), Codec::Level(6)] {
+            let mut file = compress(&data, codec);
+            file.extend_from_slice(&EOF_BLOCK);
+            let path = dir.path().join("x.gz");
+            std::fs::write(&path, &file).unwrap();
 
-        let mut ours = Vec::new();
-        Reader::new(io::Cursor::new(file.clone()))
-            .read_to_end(&mut ours)
-            .unwrap();
-        assert_eq!(ours, data);
+            let mut ours = Vec::new();
+            Reader::new(io::Cursor::new(file.clone()))
+                .read_to_end(&mut ours)
+                .unwrap();
+            assert_eq!(ours, data);
 
-        let mut theirs = Vec::new();
-        rust_htslib::bgzf::Reader::from_path(&path)
-            .unwrap()
-            .read_to_end(&mut theirs)
-            .unwrap();
-        assert_eq!(theirs, data);
-        assert_eq!(
-            crate::genomics::io::compression(&path).unwrap(),
-            crate::genomics::io::Compression::Bgzip
-        );
+            let mut theirs = Vec::new();
+            rust_htslib::bgzf::Reader::from_path(&path)
+                .unwrap()
+                .read_to_end(&mut theirs)
+                .unwrap();
+            assert_eq!(theirs, data);
+            assert_eq!(
+                crate::genomics::io::compression(&path).unwrap(),
+                crate::genomics::io::Compression::Bgzip
+            );
+        }
     }
 
     #[test]
     fn incompressible_blocks_are_stored() {
         let mut rng = crate::rng::Rng::new(1);
         let data: Vec<u8> = (0..2 * BLOCK_DATA).map(|_| rng.next_u64() as u8).collect();
-        let file = compress(&data, 1);
-        let mut back = Vec::new();
-        Reader::new(io::Cursor::new(file.clone()))
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
+        for codec in [Codec::Huffman, Codec::Level(1)] {
+            let file = compress(&data, codec);
+            assert!(
+                file.len() <= data.len() + 2 * (FRAME + 5),
+                "{codec:?}: {}",
+                file.len()
+            );
+            let mut back = Vec::new();
+            Reader::new(io::Cursor::new(file.clone()))
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data);
+        }
     }
 
     #[test]
     fn corruption_and_truncation_are_errors_naming_the_block() {
         let data = sample(2 * BLOCK_DATA);
-        let file = compress(&data, 1);
+        let file = compress(&data, Codec::Huffman);
         let second = u16::from_le_bytes([file[16], file[17]]) as usize + 1;
 
         let mut flipped = file.clone();

@@ -4,6 +4,7 @@ pub mod bgzf;
 pub mod fasta;
 pub mod genes;
 pub mod gff;
+pub mod huffman;
 pub mod io;
 pub mod promoters;
 pub mod records;
