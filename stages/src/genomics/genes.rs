@@ -176,6 +176,72 @@ const NOT_TRANSCRIPTS: &[&str] = &[
     "chromosome",
 ];
 
+/// What one GFF3 record means for genes, worked out on the thread that parsed it.
+enum Line {
+    /// A feature of a gene type.
+    Gene {
+        /// Its gene id per `id_attribute` (`None`: the attribute is missing).
+        id: Option<String>,
+        /// Its `ID`, which transcripts name as `Parent`.
+        feature_id: Option<String>,
+        seqid: String,
+        start: u64,
+        end: u64,
+        strand: Strand,
+        biotype: Option<String>,
+    },
+    /// An exon of the transcripts in `parents` (comma-separated).
+    Exon { parents: String, length: u64 },
+    /// Any other feature with a parent: a transcript if a parent is a gene.
+    Transcript {
+        parents: String,
+        id: Option<String>,
+        start: u64,
+        end: u64,
+        canonical: bool,
+        mrna: bool,
+    },
+}
+
+impl Line {
+    /// The meaning of `rec`, or `None` for a feature that is neither a gene nor has a parent.
+    fn of(rec: Record, id_attribute: &str) -> Option<Line> {
+        if GENE_TYPES.contains(&rec.ty.as_str()) {
+            return Some(Line::Gene {
+                id: gene_id(&rec, id_attribute),
+                feature_id: rec.attr("ID").map(|v| v.into_owned()),
+                biotype: rec
+                    .attr("biotype")
+                    .or_else(|| rec.attr("gene_biotype"))
+                    .map(|b| b.into_owned()),
+                start: rec.start,
+                end: rec.end,
+                strand: rec.strand,
+                seqid: rec.seqid,
+            });
+        }
+        if rec.ty == "exon" {
+            return Some(Line::Exon {
+                parents: rec.attr("Parent").unwrap_or_default().into_owned(),
+                length: rec.end - rec.start + 1,
+            });
+        }
+        let parents = rec.attr("Parent")?.into_owned();
+        Some(Line::Transcript {
+            canonical: rec
+                .attr("tag")
+                .is_some_and(|t| t.split(',').any(|t| t == "Ensembl_canonical"))
+                || rec.attr("canonical_transcript").as_deref() == Some("1")
+                || rec.attr("is_canonical").as_deref() == Some("true"),
+            id: rec.attr("ID").map(|v| v.into_owned()),
+            mrna: rec.ty == "mRNA",
+            start: rec.start,
+            end: rec.end,
+            parents,
+        })
+    }
+}
+
 fn read_genes_impl(
     input: impl std::io::BufRead,
     id_attribute: &str,
@@ -193,75 +259,90 @@ fn read_genes_impl(
         skip.push("exon");
     }
     let mut reader = Reader::skipping(input, skip);
-    while let Some(rec) = reader.read_record()? {
-        let line = reader.line();
-        if GENE_TYPES.contains(&rec.ty.as_str()) {
-            let Some(id) = gene_id(&rec, id_attribute) else {
-                *set.dropped
-                    .entry(format!("no {id_attribute} attribute"))
-                    .or_default() += 1;
-                continue;
-            };
-            if seen_ids.contains_key(&id) {
-                *set.dropped
-                    .entry("duplicate gene id (first kept)".into())
-                    .or_default() += 1;
-                continue;
-            }
-            if rec.strand == Strand::Unknown {
-                *set.dropped.entry("no strand".into()).or_default() += 1;
-                continue;
-            }
-            let biotype = rec
-                .attr("biotype")
-                .or_else(|| rec.attr("gene_biotype"))
-                .map(|b| b.into_owned());
-            let idx = set.genes.len();
-            seen_ids.insert(id.clone(), idx);
-            if let Some(fid) = rec.attr("ID") {
-                by_feature_id.insert(fid.into_owned(), idx);
-            }
-            set.genes.push(Gene {
-                id,
-                seqid: rec.seqid,
-                start: rec.start,
-                end: rec.end,
-                strand: rec.strand,
-                biotype,
-                line,
-                transcripts: Vec::new(),
-            });
-        } else if rec.ty == "exon" {
-            for parent in rec.attr("Parent").unwrap_or_default().split(',') {
-                if let Some(&(g, t)) = transcripts.get(parent) {
-                    set.genes[g].transcripts[t].exon_length += rec.end - rec.start + 1;
+    let read = |rec: Record| Line::of(rec, id_attribute);
+    while let Some(batch) = reader.read_batch_with(&read)? {
+        // Most lines of a batch are genes or transcripts once exons and CDS are passed over.
+        seen_ids.reserve(batch.len());
+        by_feature_id.reserve(batch.len());
+        set.genes.reserve(batch.len());
+        for (line, item) in batch {
+            match item {
+                Line::Gene { id: None, .. } => {
+                    *set.dropped
+                        .entry(format!("no {id_attribute} attribute"))
+                        .or_default() += 1;
                 }
-            }
-        } else if let Some(parents) = rec.attr("Parent") {
-            // A transcript: any feature whose parent is a gene (mRNA, transcript, ncRNA, ...).
-            for parent in parents.split(',') {
-                let Some(&g) = by_feature_id.get(parent) else {
-                    continue;
-                };
-                let gene = &mut set.genes[g];
-                let canonical = rec
-                    .attr("tag")
-                    .is_some_and(|t| t.split(',').any(|t| t == "Ensembl_canonical"))
-                    || rec.attr("canonical_transcript").as_deref() == Some("1")
-                    || rec.attr("is_canonical").as_deref() == Some("true");
-                if gene.biotype.is_none() && rec.ty == "mRNA" {
-                    gene.biotype = Some("protein_coding".into());
+                Line::Gene {
+                    id: Some(id),
+                    feature_id,
+                    seqid,
+                    start,
+                    end,
+                    strand,
+                    biotype,
+                } => {
+                    if seen_ids.contains_key(&id) {
+                        *set.dropped
+                            .entry("duplicate gene id (first kept)".into())
+                            .or_default() += 1;
+                        continue;
+                    }
+                    if strand == Strand::Unknown {
+                        *set.dropped.entry("no strand".into()).or_default() += 1;
+                        continue;
+                    }
+                    let idx = set.genes.len();
+                    seen_ids.insert(id.clone(), idx);
+                    if let Some(fid) = feature_id {
+                        by_feature_id.insert(fid, idx);
+                    }
+                    set.genes.push(Gene {
+                        id,
+                        seqid,
+                        start,
+                        end,
+                        strand,
+                        biotype,
+                        line,
+                        transcripts: Vec::new(),
+                    });
                 }
-                let t = gene.transcripts.len();
-                gene.transcripts.push(Transcript {
-                    id: rec.attr("ID").unwrap_or_default().into_owned(),
-                    start: rec.start,
-                    end: rec.end,
+                Line::Exon { parents, length } => {
+                    for parent in parents.split(',') {
+                        if let Some(&(g, t)) = transcripts.get(parent) {
+                            set.genes[g].transcripts[t].exon_length += length;
+                        }
+                    }
+                }
+                Line::Transcript {
+                    parents,
+                    id,
+                    start,
+                    end,
                     canonical,
-                    exon_length: 0,
-                });
-                if let Some(id) = rec.attr("ID") {
-                    transcripts.insert(id.into_owned(), (g, t));
+                    mrna,
+                } => {
+                    // A transcript: any feature whose parent is a gene (mRNA, transcript, ...).
+                    for parent in parents.split(',') {
+                        let Some(&g) = by_feature_id.get(parent) else {
+                            continue;
+                        };
+                        let gene = &mut set.genes[g];
+                        if gene.biotype.is_none() && mrna {
+                            gene.biotype = Some("protein_coding".into());
+                        }
+                        let t = gene.transcripts.len();
+                        gene.transcripts.push(Transcript {
+                            id: id.clone().unwrap_or_default(),
+                            start,
+                            end,
+                            canonical,
+                            exon_length: 0,
+                        });
+                        if let Some(id) = &id {
+                            transcripts.insert(id.clone(), (g, t));
+                        }
+                    }
                 }
             }
         }

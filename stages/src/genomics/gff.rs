@@ -5,6 +5,8 @@
 
 use std::io::BufRead;
 
+use rayon::prelude::*;
+
 /// The strand of a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Strand {
@@ -119,11 +121,24 @@ pub enum GffError {
     },
 }
 
-/// Reads records from any buffered reader.
+/// Bytes of whole lines read and parsed together, in parallel.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Reads records from any buffered reader: lines are taken in batches of about
+/// [`BATCH_BYTES`], and each batch is parsed on all cores (rayon) and handed out in file order.
 pub struct Reader<R> {
     inner: R,
+    /// The line of the last record handed out.
     line: usize,
-    buf: Vec<u8>,
+    /// Lines taken into batches so far.
+    lines_read: usize,
+    /// The start of a line that the last batch cut off.
+    pending: Vec<u8>,
+    /// Parsed records not yet handed out, with their lines.
+    ready: std::collections::VecDeque<(usize, Record)>,
+    /// The error that ends the records in `ready`.
+    error: Option<GffError>,
+    /// No more lines will be read (end of input, `##FASTA` or an error).
     done: bool,
     skip: Vec<&'static [u8]>,
 }
@@ -134,7 +149,10 @@ impl<R: BufRead> Reader<R> {
         Reader {
             inner,
             line: 0,
-            buf: Vec::new(),
+            lines_read: 0,
+            pending: Vec::new(),
+            ready: Default::default(),
+            error: None,
             done: false,
             skip: Vec::new(),
         }
@@ -149,58 +167,190 @@ impl<R: BufRead> Reader<R> {
         }
     }
 
-    /// The 1-based number of the last line read.
+    /// The 1-based number of the line of the last record read.
     pub fn line(&self) -> usize {
         self.line
     }
 
     /// The next feature, or `None` at the end of the features.
     pub fn read_record(&mut self) -> Result<Option<Record>, GffError> {
-        while !self.done {
-            let io_err = |line, source| GffError::Io { line, source };
+        loop {
+            if let Some((line, rec)) = self.ready.pop_front() {
+                self.line = line;
+                return Ok(Some(rec));
+            }
+            if let Some(e) = self.error.take() {
+                return Err(e);
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let records = self.read_lines(&Some)?;
+            self.ready.extend(records);
+        }
+    }
+
+    /// The next records with their 1-based lines, as many as one batch holds, or `None` at the
+    /// end of the features. An error comes after the records of the lines before it.
+    pub fn read_batch(&mut self) -> Result<Option<Vec<(usize, Record)>>, GffError> {
+        self.read_batch_with(&Some)
+    }
+
+    /// Like [`Reader::read_batch`], with each record turned into a `T` by `map` on the thread
+    /// that parsed it (`None` leaves it out): work done there runs in parallel.
+    pub fn read_batch_with<T: Send>(
+        &mut self,
+        map: &(impl Fn(Record) -> Option<T> + Sync),
+    ) -> Result<Option<Vec<(usize, T)>>, GffError> {
+        loop {
+            if !self.ready.is_empty() {
+                let batch: Vec<(usize, T)> = std::mem::take(&mut self.ready)
+                    .into_iter()
+                    .filter_map(|(l, rec)| map(rec).map(|t| (l, t)))
+                    .collect();
+                return Ok(Some(batch));
+            }
+            if let Some(e) = self.error.take() {
+                return Err(e);
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let batch = self.read_lines(map)?;
+            if let Some((l, _)) = batch.last() {
+                self.line = *l;
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    /// Reads the next batch of whole lines, parses it in parallel and maps each record with
+    /// `map`; a bad line is kept in `error` for after the records before it.
+    fn read_lines<T: Send>(
+        &mut self,
+        map: &(impl Fn(Record) -> Option<T> + Sync),
+    ) -> Result<Vec<(usize, T)>, GffError> {
+        let mut text = std::mem::take(&mut self.pending);
+        let mut has_newline = memchr::memchr(b'\n', &text).is_some();
+        let mut at_end = false;
+        while text.len() < BATCH_BYTES || !has_newline {
             let avail = match self.inner.fill_buf() {
                 Ok(avail) => avail,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(self.line + 1, e)),
-            };
-            // A line that lies whole in the reader's buffer is looked at where it is; one that
-            // spans buffers is gathered in `self.buf` first.
-            let (seen, consumed) = match memchr::memchr(b'\n', avail) {
-                Some(i) if self.buf.is_empty() => (examine(&avail[..i], &self.skip), i + 1),
-                Some(i) => {
-                    self.buf.extend_from_slice(&avail[..i]);
-                    (examine(&self.buf, &self.skip), i + 1)
-                }
-                None if avail.is_empty() => {
+                Err(source) => {
                     self.done = true;
-                    if self.buf.is_empty() {
-                        return Ok(None);
-                    }
-                    (examine(&self.buf, &self.skip), 0)
-                }
-                None => {
-                    let n = avail.len();
-                    self.buf.extend_from_slice(avail);
-                    self.inner.consume(n);
-                    continue;
+                    let line = self.lines_read + 1 + memchr::memchr_iter(b'\n', &text).count();
+                    return Err(GffError::Io { line, source });
                 }
             };
-            self.inner.consume(consumed);
-            self.buf.clear();
-            self.line += 1;
-            match seen {
-                Seen::Pass => {}
-                Seen::End => self.done = true,
-                Seen::Feature(parsed) => {
-                    return parsed.map(Some).map_err(|message| GffError::Parse {
-                        line: self.line,
-                        message,
-                    })
+            if avail.is_empty() {
+                at_end = true;
+                break;
+            }
+            has_newline = has_newline || memchr::memchr(b'\n', avail).is_some();
+            text.extend_from_slice(avail);
+            let n = avail.len();
+            self.inner.consume(n);
+        }
+        if !at_end {
+            let cut = memchr::memrchr(b'\n', &text).map_or(text.len(), |i| i + 1);
+            self.pending = text.split_off(cut);
+        }
+        self.done = at_end;
+
+        let pieces = line_pieces(
+            &text,
+            (text.len() / (4 * rayon::current_num_threads())).max(1 << 16),
+        );
+        let parsed: Vec<Piece<T>> = pieces
+            .into_par_iter()
+            .map(|range| parse_piece(&text[range], &self.skip, map))
+            .collect();
+        // Lines are counted per piece, so the mapped records' lines are made absolute here.
+        let mut out = Vec::with_capacity(parsed.iter().map(|p| p.records.len()).sum());
+        for piece in parsed {
+            let base = self.lines_read;
+            out.extend(piece.records.into_iter().map(|(l, t)| (base + l, t)));
+            self.lines_read += piece.lines;
+            let Some(stop) = piece.stop else {
+                continue;
+            };
+            if let Stop::Error(line, message) = stop {
+                self.error = Some(GffError::Parse {
+                    line: base + line,
+                    message,
+                });
+            }
+            self.done = true;
+            self.pending.clear();
+            break;
+        }
+        Ok(out)
+    }
+}
+
+/// Splits `text` into ranges of whole lines of about `size` bytes.
+fn line_pieces(text: &[u8], size: usize) -> Vec<std::ops::Range<usize>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + size).min(text.len());
+        if end < text.len() {
+            end = memchr::memchr(b'\n', &text[end..]).map_or(text.len(), |i| end + i + 1);
+        }
+        pieces.push(start..end);
+        start = end;
+    }
+    pieces
+}
+
+/// Why a piece stopped before its last line.
+enum Stop {
+    /// `##FASTA`.
+    End,
+    /// A bad line (1-based within the piece) and what is wrong with it.
+    Error(usize, String),
+}
+
+/// The (mapped) records of a run of whole lines.
+struct Piece<T> {
+    /// Records with their 1-based line within the piece.
+    records: Vec<(usize, T)>,
+    /// Lines the piece holds.
+    lines: usize,
+    /// Set when a line ended the features early.
+    stop: Option<Stop>,
+}
+
+/// Parses a run of whole lines (the last may lack its line end), mapping each record.
+fn parse_piece<T>(mut rest: &[u8], skip: &[&[u8]], map: &impl Fn(Record) -> Option<T>) -> Piece<T> {
+    let mut piece = Piece {
+        records: Vec::new(),
+        lines: 0,
+        stop: None,
+    };
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        piece.lines += 1;
+        match examine(line, skip) {
+            Seen::Pass => {}
+            Seen::End => piece.stop = Some(Stop::End),
+            Seen::Feature(Ok(rec)) => {
+                if let Some(t) = map(rec) {
+                    piece.records.push((piece.lines, t));
                 }
             }
+            Seen::Feature(Err(message)) => piece.stop = Some(Stop::Error(piece.lines, message)),
         }
-        Ok(None)
+        if piece.stop.is_some() {
+            break;
+        }
     }
+    piece
 }
 
 /// What one line holds.
@@ -400,6 +550,61 @@ mod tests {
             assert_eq!(ids[0], (3, "g1".to_string(), 101));
             assert_eq!(ids[49], (101, "g50".to_string(), 150));
         }
+    }
+
+    /// Gene lines, each followed by a CDS line, `n` of each: about 100 bytes a pair.
+    fn many(n: usize) -> String {
+        (1..=n)
+            .map(|i| {
+                format!("c1\ts\tgene\t{i}\t{}\t.\t+\t.\tID=g{i}\nc1\ts\tCDS\t{i}\t9999999\t.\t+\t0\tParent=g{i}\n", i + 5)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_of_several_megabytes_keep_order_and_line_numbers() {
+        // 100,000 genes: about 9 MB, so three batches of many pieces each.
+        let text = many(100_000);
+        let mut reader = Reader::skipping(text.as_bytes(), vec!["CDS"]);
+        let mut seen = 0;
+        while let Some(batch) = reader.read_batch().unwrap() {
+            for (line, rec) in batch {
+                seen += 1;
+                assert_eq!(line, 2 * seen - 1);
+                assert_eq!(rec.start as usize, seen);
+            }
+        }
+        assert_eq!(seen, 100_000);
+
+        // A bad line deep in the third batch: every record before it, then the error.
+        let mut bad = many(90_000);
+        bad.push_str("c1\ts\tgene\t7\t2\t.\t+\t.\tID=late\n");
+        bad.push_str(&many(10));
+        let mut reader = Reader::new(bad.as_bytes());
+        let mut records = 0;
+        let err = loop {
+            match reader.read_record() {
+                Ok(Some(_)) => records += 1,
+                Ok(None) => panic!("the bad line was not reported"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert_eq!(records, 180_000);
+        assert!(
+            err.starts_with("line 180001: end 2 is before start 7"),
+            "{err}"
+        );
+
+        // `##FASTA` in the middle of a batch ends the features there.
+        let mut fasta = many(50_000);
+        fasta.push_str("##FASTA\n>c1\nACGT\n");
+        fasta.push_str(&many(50_000));
+        let mut reader = Reader::skipping(fasta.as_bytes(), vec!["CDS"]);
+        let mut genes = 0;
+        while let Some(batch) = reader.read_batch().unwrap() {
+            genes += batch.len();
+        }
+        assert_eq!(genes, 50_000);
     }
 
     #[test]
