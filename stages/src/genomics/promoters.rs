@@ -391,19 +391,17 @@ pub fn extract(
                         continue;
                     }
                 };
-                let fetched;
-                let slice: &[u8] = match &whole {
-                    Some(bases) => &bases[ws as usize - 1..we as usize],
-                    None => {
-                        fetched = reader.fetch(contig, ws - 1, we)?;
-                        &fetched
-                    }
+                // One buffer per window: read (or copied from the contig), then upper-cased
+                // or reverse-complemented where it lies.
+                let mut seq = match &whole {
+                    Some(bases) => bases[ws as usize - 1..we as usize].to_vec(),
+                    None => reader.fetch(contig, ws - 1, we)?,
                 };
-                let seq = if g.strand == Strand::Reverse {
-                    seq::reverse_complement(slice)
+                if g.strand == Strand::Reverse {
+                    seq::reverse_complement_in_place(&mut seq);
                 } else {
-                    slice.to_ascii_uppercase()
-                };
+                    seq.make_ascii_uppercase();
+                }
                 let n_fraction = seq::ambiguous_fraction(&seq);
                 if n_fraction > p.max_n_fraction {
                     *dropped.entry("too many N".into()).or_default() += 1;
@@ -477,7 +475,15 @@ fn drop_missing(missing: &[&str], jobs: &HashMap<&str, Vec<(usize, u64)>>, summa
 
 /// The FASTA header of a promoter (without `>`): `gene_id species chrom:start-end(strand)`.
 pub fn header(p: &Promoter, species: &str) -> String {
-    format!(
+    let mut out = Vec::new();
+    write_header(&mut out, p, species);
+    String::from_utf8(out).expect("ids and names are text")
+}
+
+/// Appends [`header`] to `out` (no line end).
+fn write_header(out: &mut Vec<u8>, p: &Promoter, species: &str) {
+    write!(
+        out,
         "{} {species} {}:{}-{}({})",
         p.gene_id,
         p.chrom,
@@ -485,6 +491,7 @@ pub fn header(p: &Promoter, species: &str) -> String {
         p.end,
         p.strand.symbol()
     )
+    .expect("writing to memory");
 }
 
 /// Writes `promoters.fa.gz` (bgzip), `promoters.tsv` and `summary.json` into `out`.
@@ -505,13 +512,13 @@ pub fn write(out: &Path, promoters: &[Promoter], summary: &Summary) -> Result<()
             let mut rows = Vec::with_capacity(chunk.len() * 80);
             for p in chunk {
                 text.push(b'>');
-                text.extend_from_slice(header(p, &summary.species).as_bytes());
+                write_header(&mut text, p, &summary.species);
                 text.push(b'\n');
                 text.extend_from_slice(&p.seq);
                 text.push(b'\n');
-                writeln!(
+                write!(
                     rows,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.4}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t",
                     p.gene_id,
                     summary.species,
                     p.chrom,
@@ -520,9 +527,14 @@ pub fn write(out: &Path, promoters: &[Promoter], summary: &Summary) -> Result<()
                     p.start,
                     p.end,
                     p.seq.len(),
-                    p.n_fraction
                 )
                 .expect("writing to memory");
+                // Most windows hold no N: skip the float formatting for them.
+                if p.n_fraction == 0.0 {
+                    rows.extend_from_slice(b"0.0000\n");
+                } else {
+                    writeln!(rows, "{:.4}", p.n_fraction).expect("writing to memory");
+                }
             }
             (bgzf::compress(&text, bgzf::Codec::Huffman), rows)
         })

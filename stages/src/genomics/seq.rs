@@ -56,6 +56,20 @@ pub fn reverse_complement(s: &[u8]) -> Vec<u8> {
     s.iter().rev().map(|&b| COMPLEMENT[b as usize]).collect()
 }
 
+/// Reverse-complements `s` where it lies, upper-casing it (no second buffer).
+///
+/// ```
+/// let mut s = b"AACGtn".to_vec();
+/// flora_stages::genomics::seq::reverse_complement_in_place(&mut s);
+/// assert_eq!(s, b"NACGTT");
+/// ```
+pub fn reverse_complement_in_place(s: &mut [u8]) {
+    s.reverse();
+    for b in s.iter_mut() {
+        *b = COMPLEMENT[*b as usize];
+    }
+}
+
 /// The share of bases that are not A, C, G or T (N and other IUPAC ambiguity codes).
 pub fn ambiguous_fraction(s: &[u8]) -> f64 {
     if s.is_empty() {
@@ -75,6 +89,11 @@ mod tests {
         assert_eq!(reverse_complement(b"acgt"), b"ACGT");
         assert_eq!(reverse_complement(b""), b"");
         assert_eq!(reverse_complement(b"X"), b"N");
+        for odd in [&b"ACGTRYKMSWBDHVN"[..], b"acgta", b""] {
+            let mut s = odd.to_vec();
+            reverse_complement_in_place(&mut s);
+            assert_eq!(s, reverse_complement(odd));
+        }
     }
 
     #[test]
