@@ -482,16 +482,48 @@ pub fn header(p: &Promoter, species: &str) -> String {
 
 /// Appends [`header`] to `out` (no line end).
 fn write_header(out: &mut Vec<u8>, p: &Promoter, species: &str) {
-    write!(
-        out,
-        "{} {species} {}:{}-{}({})",
-        p.gene_id,
-        p.chrom,
-        p.start,
-        p.end,
-        p.strand.symbol()
-    )
-    .expect("writing to memory");
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(p.gene_id.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(species.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(p.chrom.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(num.format(p.start).as_bytes());
+    out.push(b'-');
+    out.extend_from_slice(num.format(p.end).as_bytes());
+    out.push(b'(');
+    out.push(p.strand.symbol() as u8);
+    out.push(b')');
+}
+
+/// Appends the manifest row of `p` (with its line end) to `out`.
+fn write_row(out: &mut Vec<u8>, p: &Promoter, species: &str) {
+    let mut num = itoa::Buffer::new();
+    for (i, field) in [
+        p.gene_id.as_bytes(),
+        species.as_bytes(),
+        p.chrom.as_bytes(),
+        &[p.strand.symbol() as u8],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        out.extend_from_slice(field);
+    }
+    for n in [p.tss, p.start, p.end, p.seq.len() as u64] {
+        out.push(b'\t');
+        out.extend_from_slice(num.format(n).as_bytes());
+    }
+    // Most windows hold no N: skip the float formatting for them.
+    if p.n_fraction == 0.0 {
+        out.extend_from_slice(b"\t0.0000\n");
+    } else {
+        writeln!(out, "\t{:.4}", p.n_fraction).expect("writing to memory");
+    }
 }
 
 /// Writes `promoters.fa.gz` (bgzip), `promoters.tsv` and `summary.json` into `out`.
@@ -516,25 +548,7 @@ pub fn write(out: &Path, promoters: &[Promoter], summary: &Summary) -> Result<()
                 text.push(b'\n');
                 text.extend_from_slice(&p.seq);
                 text.push(b'\n');
-                write!(
-                    rows,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t",
-                    p.gene_id,
-                    summary.species,
-                    p.chrom,
-                    p.strand.symbol(),
-                    p.tss,
-                    p.start,
-                    p.end,
-                    p.seq.len(),
-                )
-                .expect("writing to memory");
-                // Most windows hold no N: skip the float formatting for them.
-                if p.n_fraction == 0.0 {
-                    rows.extend_from_slice(b"0.0000\n");
-                } else {
-                    writeln!(rows, "{:.4}", p.n_fraction).expect("writing to memory");
-                }
+                write_row(&mut rows, p, &summary.species);
             }
             (bgzf::compress(&text, bgzf::Codec::Huffman), rows)
         })

@@ -313,3 +313,30 @@ fn athaliana_chr1_promoters_match_the_genome() {
         seq::reverse_complement(&g.fetch("NC_003070.9", minus.tss, minus.tss + 1000).unwrap())
     );
 }
+
+#[test]
+fn manifest_rows_and_headers_format_every_field() {
+    let p = Promoter {
+        gene_id: "AT1G01020".into(),
+        chrom: "NC_003070.9".into(),
+        strand: Strand::Reverse,
+        tss: 9130,
+        start: 9131,
+        end: 10130,
+        seq: b"ACGN".to_vec(),
+        n_fraction: 0.25,
+    };
+    let mut row = Vec::new();
+    write_row(&mut row, &p, "A_thaliana");
+    assert_eq!(
+        String::from_utf8(row).unwrap(),
+        "AT1G01020\tA_thaliana\tNC_003070.9\t-\t9130\t9131\t10130\t4\t0.2500\n"
+    );
+    assert_eq!(
+        header(&p, "A_thaliana"),
+        "AT1G01020 A_thaliana NC_003070.9:9131-10130(-)"
+    );
+    let mut row = Vec::new();
+    write_row(&mut row, &Promoter { n_fraction: 1.0 / 3.0, ..p }, "s");
+    assert!(String::from_utf8(row).unwrap().ends_with("\t4\t0.3333\n"));
+}
