@@ -34,57 +34,77 @@ pub enum Codec {
     Level(i32),
 }
 
+/// Blocks compressed together by one task of [`compress`].
+const BLOCKS_PER_TASK: usize = 16;
+/// A block header with BSIZE still 0 (bytes 16-17).
+const HEADER: [u8; 18] = [
+    0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, b'B', b'C', 2, 0, 0, 0,
+];
+
 /// Compresses `data` into BGZF blocks with `codec`, in parallel; the result has no end-of-file
 /// block (append [`EOF_BLOCK`] after the last piece).
 pub fn compress(data: &[u8], codec: Codec) -> Vec<u8> {
-    let blocks: Vec<Vec<u8>> = match codec {
-        Codec::Huffman => data
-            .par_chunks(BLOCK_DATA)
-            .map(|chunk| frame(chunk, super::huffman::compress(chunk)))
-            .collect(),
-        Codec::Level(level) => {
-            let lvl = CompressionLvl::new(level).unwrap_or_else(|_| CompressionLvl::fastest());
-            data.par_chunks(BLOCK_DATA)
-                .map_init(
-                    || Compressor::new(lvl),
-                    |compressor, chunk| {
-                        let mut out = vec![0u8; compressor.deflate_compress_bound(chunk.len())];
-                        let n = compressor.deflate_compress(chunk, &mut out).unwrap_or(0);
-                        out.truncate(n);
-                        frame(chunk, out)
-                    },
-                )
-                .collect()
-        }
-    };
-    blocks.concat()
+    let parts: Vec<Vec<u8>> = data
+        .par_chunks(BLOCK_DATA * BLOCKS_PER_TASK)
+        .map(|part| {
+            let mut out = Vec::new();
+            compress_into(part, codec, &mut out);
+            out
+        })
+        .collect();
+    parts.concat()
 }
 
-/// One block holding `chunk` (at most [`BLOCK_DATA`] bytes) given its deflated form; data that
-/// did not shrink is stored instead (one stored DEFLATE block: 5 bytes over the data, and
-/// BLOCK_DATA leaves room for them).
-fn frame(chunk: &[u8], deflated: Vec<u8>) -> Vec<u8> {
-    let deflated = if deflated.is_empty() || deflated.len() > chunk.len() + 5 {
-        let mut stored = Compressor::new(CompressionLvl::new(0).expect("level 0 exists"));
-        let mut out = vec![0u8; stored.deflate_compress_bound(chunk.len())];
-        let n = stored
-            .deflate_compress(chunk, &mut out)
-            .expect("stored deflate fits its bound");
-        out.truncate(n);
-        out
-    } else {
-        deflated
+/// Appends `data` as BGZF blocks to `out`, on this thread (for callers that already work in
+/// parallel pieces); blocks that do not shrink are stored (one stored DEFLATE block is 5 bytes
+/// over its data, and BLOCK_DATA leaves room for them).
+pub fn compress_into(data: &[u8], codec: Codec, out: &mut Vec<u8>) {
+    let mut compressor = match codec {
+        Codec::Huffman => None,
+        Codec::Level(level) => Some(Compressor::new(
+            CompressionLvl::new(level).unwrap_or_else(|_| CompressionLvl::fastest()),
+        )),
     };
-    let total = deflated.len() + FRAME;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&[
-        0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, b'B', b'C', 2, 0,
-    ]);
-    out.extend_from_slice(&((total - 1) as u16).to_le_bytes());
-    out.extend_from_slice(&deflated);
-    out.extend_from_slice(&libdeflater::crc32(chunk).to_le_bytes());
-    out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-    out
+    out.reserve(data.len() / 3 + FRAME * (data.len() / BLOCK_DATA + 1));
+    for chunk in data.chunks(BLOCK_DATA) {
+        let start = out.len();
+        out.extend_from_slice(&HEADER);
+        let body = start + HEADER.len();
+        let deflated = match compressor.as_mut() {
+            None => {
+                super::huffman::compress_into(chunk, out);
+                true
+            }
+            Some(c) => libdeflate_into(c, chunk, out, body),
+        };
+        if !deflated || out.len() - body > chunk.len() + 5 {
+            let mut stored = Compressor::new(CompressionLvl::new(0).expect("level 0 exists"));
+            assert!(
+                libdeflate_into(&mut stored, chunk, out, body),
+                "stored deflate fits its bound"
+            );
+        }
+        out.extend_from_slice(&libdeflater::crc32(chunk).to_le_bytes());
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        let size = (out.len() - start - 1) as u16;
+        out[start + 16..start + 18].copy_from_slice(&size.to_le_bytes());
+    }
+}
+
+/// Deflates `chunk` with libdeflate into `out` from `body` on (what was there is replaced);
+/// false when it did not fit the bound.
+fn libdeflate_into(c: &mut Compressor, chunk: &[u8], out: &mut Vec<u8>, body: usize) -> bool {
+    out.resize(body + c.deflate_compress_bound(chunk.len()), 0);
+    match c.deflate_compress(chunk, &mut out[body..]) {
+        Ok(n) => {
+            out.truncate(body + n);
+            true
+        }
+        Err(_) => {
+            out.truncate(body);
+            false
+        }
+    }
 }
 
 /// Reads a BGZF file: a background thread decompresses [`BATCH`] blocks at a time, in parallel,

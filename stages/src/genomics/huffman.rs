@@ -21,6 +21,13 @@ const CL_ORDER: [usize; 19] = [
 /// Compresses `data` into one final DEFLATE block (raw, no zlib or gzip frame), returning the
 /// compressed bytes.
 pub fn compress(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    compress_into(data, &mut out);
+    out
+}
+
+/// Appends the DEFLATE block of [`compress`] to `out`.
+pub fn compress_into(data: &[u8], out: &mut Vec<u8>) {
     let mut freqs = [0u32; 257];
     count(data, &mut freqs);
     freqs[END_OF_BLOCK] = 1;
@@ -29,7 +36,7 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
     // Two distance codes of one bit each, never used: a complete code every inflater accepts.
     let dist_lengths = [1u8, 1];
 
-    let mut w = BitWriter::with_capacity(data.len() / 2 + 512);
+    let mut w = BitWriter::new(out);
     w.put(1, 1); // BFINAL
     w.put(2, 2); // BTYPE = dynamic Huffman
     write_code_lengths(&mut w, &lit_lengths, &dist_lengths);
@@ -69,7 +76,7 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
         lit_codes[END_OF_BLOCK] as u32,
         lit_lengths[END_OF_BLOCK] as u32,
     );
-    w.finish()
+    w.finish();
 }
 
 /// Byte frequencies, counted into eight tables from 8-byte words: DNA has few distinct bytes,
@@ -246,20 +253,21 @@ fn write_code_lengths(w: &mut BitWriter, lit: &[u8], dist: &[u8]) {
     }
 }
 
-/// An LSB-first bit stream into a buffer sized up front: whole bytes are flushed with one
-/// unaligned 8-byte store, so the hot loop has no branches but the bounds check.
-struct BitWriter {
-    out: Vec<u8>,
+/// An LSB-first bit stream appended to a buffer: whole bytes are flushed with one unaligned
+/// 8-byte store into room made beforehand, so the hot loop has no branches but the bounds check.
+struct BitWriter<'a> {
+    out: &'a mut Vec<u8>,
     pos: usize,
     bits: u64,
     count: u32,
 }
 
-impl BitWriter {
-    fn with_capacity(bytes: usize) -> Self {
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        let pos = out.len();
         Self {
-            out: vec![0; bytes + 8],
-            pos: 0,
+            out,
+            pos,
             bits: 0,
             count: 0,
         }
@@ -298,13 +306,12 @@ impl BitWriter {
         self.flush_bytes();
     }
 
-    /// Pads to a byte boundary and returns the bytes.
-    fn finish(mut self) -> Vec<u8> {
+    /// Pads to a byte boundary and cuts the buffer after the last byte written.
+    fn finish(mut self) {
         self.reserve(8);
         self.flush_bytes();
         let end = self.pos + self.count.div_ceil(8) as usize;
         self.out.truncate(end);
-        self.out
     }
 }
 

@@ -550,7 +550,10 @@ pub fn write(out: &Path, promoters: &[Promoter], summary: &Summary) -> Result<()
                 text.push(b'\n');
                 write_row(&mut rows, p, &summary.species);
             }
-            (bgzf::compress(&text, bgzf::Codec::Huffman), rows)
+            // Pieces already run in parallel: each compresses its blocks on its own thread.
+            let mut blocks = Vec::new();
+            bgzf::compress_into(&text, bgzf::Codec::Huffman, &mut blocks);
+            (blocks, rows)
         })
         .collect();
     let mut fasta = std::io::BufWriter::new(std::fs::File::create(&fa).map_err(|e| werr(&fa, &e))?);

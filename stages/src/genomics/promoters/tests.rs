@@ -337,6 +337,13 @@ fn manifest_rows_and_headers_format_every_field() {
         "AT1G01020 A_thaliana NC_003070.9:9131-10130(-)"
     );
     let mut row = Vec::new();
-    write_row(&mut row, &Promoter { n_fraction: 1.0 / 3.0, ..p }, "s");
+    write_row(
+        &mut row,
+        &Promoter {
+            n_fraction: 1.0 / 3.0,
+            ..p
+        },
+        "s",
+    );
     assert!(String::from_utf8(row).unwrap().ends_with("\t4\t0.3333\n"));
 }
