@@ -20,7 +20,7 @@ use crate::dag::Resources;
 use crate::progress::Progress;
 
 /// glibc malloc settings for built-in kinds (see the module notes).
-const MALLOC_TUNING: [(&str, &str); 2] = [
+pub const MALLOC_TUNING: [(&str, &str); 2] = [
     ("MALLOC_MMAP_THRESHOLD_", "33554432"),
     ("MALLOC_TRIM_THRESHOLD_", "17179869184"),
 ];
