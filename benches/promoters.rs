@@ -5,7 +5,7 @@
 //! cargo bench --bench promoters                 # A. thaliana chr1 (needs FLORA_SHARED_DATA) + 2 Gb generated
 //! PROMOTER_BENCH_GB=0.2 cargo bench --bench promoters   # a smaller generated genome
 //! ```
-//! flora's side runs with the malloc settings flora gives its jobs. Needs `bedtools` on PATH (Debian: `apt-get install bedtools`). With `bgzip` too (Debian:
+//! flora's side runs with the environment flora gives its jobs. Needs `bedtools` on PATH (Debian: `apt-get install bedtools`). With `bgzip` too (Debian:
 //! `tabix`), it also times bedtools piped into `bgzip -l 1 -@ 2`, which writes the same kind of
 //! file as flora (a bgzip FASTA) where bedtools alone writes plain text.
 
@@ -28,16 +28,8 @@ struct Case {
 }
 
 fn main() {
-    // flora runs every built-in job with its malloc settings (flora::executor::MALLOC_TUNING);
-    // glibc reads them at start-up, so the bench starts itself again with them.
-    if std::env::var_os(flora::executor::MALLOC_TUNING[0].0).is_none() {
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args(std::env::args_os().skip(1))
-            .envs(flora::executor::MALLOC_TUNING)
-            .status()
-            .unwrap();
-        std::process::exit(status.code().unwrap_or(1));
-    }
+    // flora runs every built-in job with flora::executor::JOB_TUNING in its environment.
+    flora::executor::rerun_tuned().unwrap();
     if Command::new("bedtools").arg("--version").output().is_err() {
         eprintln!("bedtools is not installed (apt-get install bedtools): nothing to compare with");
         std::process::exit(1);

@@ -186,17 +186,18 @@ fn exec_jobs_get_the_environment_unchanged() {
     let p = Project::new();
     p.write(
         "wf.yaml",
-        "stages:\n  env: {kind: exec, params: {argv: [sh, -c, \"env | grep '^MALLOC_' > $FLORA_OUT/m; true\"]}}\n",
+        "stages:\n  env: {kind: exec, params: {argv: [sh, -c, \"env | grep -E '^(MALLOC|OPENBLAS)_' > $FLORA_OUT/m; true\"]}}\n",
     );
     p.flora(&["run", "wf.yaml"])
         .env_remove("MALLOC_MMAP_THRESHOLD_")
         .env_remove("MALLOC_TRIM_THRESHOLD_")
+        .env_remove("OPENBLAS_THREAD_TIMEOUT")
         .assert()
         .success();
     assert_eq!(
         p.read("results/wf/env/m"),
         "",
-        "malloc tuning is for built-in kinds only"
+        "malloc and OpenBLAS tuning is for built-in kinds only"
     );
 }
 

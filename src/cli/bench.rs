@@ -60,6 +60,8 @@ pub struct BenchArgs {
 
 /// Runs `flora bench`.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    // Time what a pretraining job gets: the same malloc and OpenBLAS settings.
+    crate::executor::rerun_tuned()?;
     if args.batch == 0 || args.len < 3 || args.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1 and --len at least 3");
     }
