@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use super::{Executor, Launch, Outcome, JOB_TUNING};
+use super::{missing_tuning, Executor, Launch, Outcome};
 use crate::progress::Progress;
 
 /// Runs jobs as child processes on this machine.
@@ -42,11 +42,7 @@ impl Executor for Local {
             .stdout(log.try_clone()?)
             .stderr(log);
         if launch.kind != "exec" {
-            for (var, value) in JOB_TUNING {
-                if std::env::var_os(var).is_none() {
-                    cmd.env(var, value);
-                }
-            }
+            cmd.envs(missing_tuning());
         }
         let mut child = cmd.spawn()?;
         self.running += 1;

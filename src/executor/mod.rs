@@ -31,23 +31,24 @@ pub const JOB_TUNING: [(&str, &str); 3] = [
     ("OPENBLAS_THREAD_TIMEOUT", "4"),
 ];
 
+/// The settings of [`JOB_TUNING`] whose variables this process's environment does not set
+/// (a value the user set wins).
+pub fn missing_tuning() -> impl Iterator<Item = (&'static str, &'static str)> {
+    JOB_TUNING
+        .into_iter()
+        .filter(|(var, _)| std::env::var_os(var).is_none())
+}
+
 /// Starts this same command again with [`JOB_TUNING`] when any of it is missing (glibc and
 /// OpenBLAS read it only at start-up), so that benchmarks measure what jobs get; returns when
 /// the environment is already tuned, and exits with the second run's status otherwise.
 pub fn rerun_tuned() -> std::io::Result<()> {
-    if JOB_TUNING
-        .iter()
-        .all(|(var, _)| std::env::var_os(var).is_some())
-    {
+    let missing: Vec<_> = missing_tuning().collect();
+    if missing.is_empty() {
         return Ok(());
     }
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(std::env::args_os().skip(1));
-    for (var, value) in JOB_TUNING {
-        if std::env::var_os(var).is_none() {
-            cmd.env(var, value);
-        }
-    }
+    cmd.args(std::env::args_os().skip(1)).envs(missing);
     std::process::exit(cmd.status()?.code().unwrap_or(1));
 }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{append_log, Executor, Launch, Outcome, JOB_TUNING};
+use super::{append_log, missing_tuning, Executor, Launch, Outcome};
 use crate::progress::Progress;
 
 /// Slurm states after which a job is submitted again.
@@ -116,10 +116,8 @@ impl Slurm {
         }
         let mut export = "--export=ALL".to_string();
         if launch.kind != "exec" {
-            for (var, value) in JOB_TUNING {
-                if std::env::var_os(var).is_none() {
-                    export.push_str(&format!(",{var}={value}"));
-                }
+            for (var, value) in missing_tuning() {
+                export.push_str(&format!(",{var}={value}"));
             }
         }
         args.push(export);

@@ -18,15 +18,7 @@ const CL_ORDER: [usize; 19] = [
     16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
 ];
 
-/// Compresses `data` into one final DEFLATE block (raw, no zlib or gzip frame), returning the
-/// compressed bytes.
-pub fn compress(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    compress_into(data, &mut out);
-    out
-}
-
-/// Appends the DEFLATE block of [`compress`] to `out`.
+/// Appends `data` to `out` as one final DEFLATE block (raw, no zlib or gzip frame).
 pub fn compress_into(data: &[u8], out: &mut Vec<u8>) {
     let mut freqs = [0u32; 257];
     count(data, &mut freqs);
@@ -318,6 +310,12 @@ impl<'a> BitWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compress(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        compress_into(data, &mut out);
+        out
+    }
 
     fn inflate(stream: &[u8], size: usize) -> Vec<u8> {
         let mut out = vec![0u8; size];

@@ -500,20 +500,11 @@ fn write_header(out: &mut Vec<u8>, p: &Promoter, species: &str) {
 /// Appends the manifest row of `p` (with its line end) to `out`.
 fn write_row(out: &mut Vec<u8>, p: &Promoter, species: &str) {
     let mut num = itoa::Buffer::new();
-    for (i, field) in [
-        p.gene_id.as_bytes(),
-        species.as_bytes(),
-        p.chrom.as_bytes(),
-        &[p.strand.symbol() as u8],
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if i > 0 {
-            out.push(b'\t');
-        }
-        out.extend_from_slice(field);
+    for field in [&p.gene_id, species, &p.chrom] {
+        out.extend_from_slice(field.as_bytes());
+        out.push(b'\t');
     }
+    out.push(p.strand.symbol() as u8);
     for n in [p.tss, p.start, p.end, p.seq.len() as u64] {
         out.push(b'\t');
         out.extend_from_slice(num.format(n).as_bytes());

@@ -41,7 +41,9 @@ pub fn complement(b: u8) -> u8 {
 /// assert_eq!(flora_stages::genomics::seq::reverse_complement(b"AACGtn"), b"NACGTT");
 /// ```
 pub fn reverse_complement(s: &[u8]) -> Vec<u8> {
-    s.iter().rev().map(|&b| COMPLEMENT[b as usize]).collect()
+    let mut out = s.to_vec();
+    reverse_complement_in_place(&mut out);
+    out
 }
 
 /// Reverse-complements `s` where it lies, upper-casing it (no second buffer).
