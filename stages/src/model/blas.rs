@@ -77,6 +77,111 @@ fn batch_offsets(l: &Layout) -> Vec<usize> {
     offsets
 }
 
+/// One operand of [`gemm`]: a row-major matrix inside `data`, starting at `offset`, read
+/// transposed or not, with leading dimension `ld`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    data: &'a [f32],
+    offset: usize,
+    trans: bool,
+    ld: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// The matrix at `offset` in `data`.
+    pub(crate) fn new(data: &'a [f32], offset: usize, trans: bool, ld: usize) -> Operand<'a> {
+        Operand {
+            data,
+            offset,
+            trans,
+            ld,
+        }
+    }
+
+    /// Whether a `rows` x `cols` matrix read this way lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        let (stored_rows, stored_cols) = if self.trans {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        self.ld >= stored_cols.max(1)
+            && self.offset + (stored_rows - 1) * self.ld + stored_cols <= self.data.len()
+    }
+
+    fn transpose(&self) -> CBLAS_TRANSPOSE {
+        if self.trans {
+            CBLAS_TRANSPOSE::CblasTrans
+        } else {
+            CBLAS_TRANSPOSE::CblasNoTrans
+        }
+    }
+}
+
+/// C = alpha op(A) op(B) + beta C through OpenBLAS, for an m x k A and a k x n B (`dims` is
+/// (m, n, k)); C is the m x n matrix at an offset of a slice, with a leading dimension. Every
+/// operand's extent is checked against its slice first: this is the one call into BLAS.
+pub(crate) fn gemm(
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    (c, c_offset, ldc): (&mut [f32], usize, usize),
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let c_fits = ldc >= n && c_offset + (m - 1) * ldc + n <= c.len();
+    if k == 0 && c_fits {
+        // An empty sum: C = beta C.
+        for row in 0..m {
+            let start = c_offset + row * ldc;
+            c[start..start + n]
+                .iter_mut()
+                .for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
+        }
+        return Ok(());
+    }
+    if !a.fits(m, k) || !b.fits(k, n) || !c_fits {
+        candle_core::bail!(
+            "gemm: a {m} x {k} by {k} x {n} product does not fit its buffers \
+             (a {} at {}, b {} at {}, c {} at {c_offset})",
+            a.data.len(),
+            a.offset,
+            b.data.len(),
+            b.offset,
+            c.len()
+        );
+    }
+    let int = |v: usize| {
+        i32::try_from(v)
+            .map_err(|_| candle_core::Error::Msg(format!("gemm: {v} is too large for BLAS")))
+    };
+    // SAFETY: the extents of A, B and C were checked against their slices above, and C is
+    // borrowed mutably, so BLAS reads and writes only memory that these slices own.
+    #[allow(unsafe_code)]
+    unsafe {
+        cblas_sgemm(
+            CBLAS_LAYOUT::CblasRowMajor,
+            a.transpose(),
+            b.transpose(),
+            int(m)?,
+            int(n)?,
+            int(k)?,
+            alpha,
+            a.data.as_ptr().add(a.offset),
+            int(a.ld.max(1))?,
+            b.data.as_ptr().add(b.offset),
+            int(b.ld.max(1))?,
+            beta,
+            c.as_mut_ptr().add(c_offset),
+            int(ldc.max(1))?,
+        );
+    }
+    Ok(())
+}
+
 struct Matmul;
 
 impl CustomOp2 for Matmul {
@@ -112,57 +217,15 @@ impl CustomOp2 for Matmul {
         };
         let (oa, ob) = (batch_offsets(l1), batch_offsets(l2));
         let mut c = vec![0f32; oa.len() * m * n];
-        let trans = |t: bool| {
-            if t {
-                CBLAS_TRANSPOSE::CblasTrans
-            } else {
-                CBLAS_TRANSPOSE::CblasNoTrans
-            }
-        };
-        if m > 0 && n > 0 {
-            for (i, (&pa, &pb)) in oa.iter().zip(&ob).enumerate() {
-                let out = &mut c[i * m * n..(i + 1) * m * n];
-                if k == 0 {
-                    continue;
-                }
-                // Bounds: the last element either operand reads must be inside its buffer.
-                let last_a = pa
-                    + if ta {
-                        (m - 1) + (k - 1) * lda
-                    } else {
-                        (m - 1) * lda + (k - 1)
-                    };
-                let last_b = pb
-                    + if tb {
-                        (k - 1) + (n - 1) * ldb
-                    } else {
-                        (k - 1) * ldb + (n - 1)
-                    };
-                if last_a >= a.len() || last_b >= b.len() {
-                    candle_core::bail!("{}: operand out of bounds", self.name());
-                }
-                // SAFETY: the operands' extents were checked against their buffers above, and
-                // `out` holds exactly m x n values with leading dimension n.
-                #[allow(unsafe_code)]
-                unsafe {
-                    cblas_sgemm(
-                        CBLAS_LAYOUT::CblasRowMajor,
-                        trans(ta),
-                        trans(tb),
-                        m as i32,
-                        n as i32,
-                        k as i32,
-                        1.0,
-                        a.as_ptr().add(pa),
-                        lda as i32,
-                        b.as_ptr().add(pb),
-                        ldb as i32,
-                        0.0,
-                        out.as_mut_ptr(),
-                        n as i32,
-                    );
-                }
-            }
+        for (i, (&pa, &pb)) in oa.iter().zip(&ob).enumerate() {
+            gemm(
+                (m, n, k),
+                1.0,
+                Operand::new(a, pa, ta, lda),
+                Operand::new(b, pb, tb, ldb),
+                0.0,
+                (&mut c, i * m * n, n),
+            )?;
         }
         let mut dims = l1.dims().to_vec();
         dims[r - 1] = n;

@@ -30,6 +30,33 @@ pub(crate) fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f
     }
 }
 
+/// A CPU f32 tensor's storage, held for reading (by a custom op's backward pass, which gets
+/// tensors rather than storage).
+pub(crate) struct Held<'a> {
+    guard: candle_core::StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl Held<'_> {
+    /// The tensor's elements, in order.
+    pub(crate) fn slice(&self) -> &[f32] {
+        match &*self.guard {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+            _ => unreachable!("checked by `hold`"),
+        }
+    }
+}
+
+/// Holds `t`, a contiguous f32 tensor on the CPU, for reading.
+pub(crate) fn hold<'a>(t: &'a Tensor, op: &str) -> Result<Held<'a>> {
+    let (guard, layout) = t.storage_and_layout();
+    let range = match (&*guard, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) => a..b,
+        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor on the CPU"),
+    };
+    Ok(Held { guard, range })
+}
+
 /// The length of a layout's last dimension (rows of it are what row ops work on).
 pub(crate) fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
@@ -43,14 +70,19 @@ pub(crate) fn last_dim(l: &Layout) -> usize {
 fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 x 2^23 rounds to the nearest integer (ties to even) and leaves it in the low
+    // mantissa bits: no call to `roundf`, so loops over `exp` vectorise.
+    const SHIFTER: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let n = shifted.to_bits().wrapping_sub(SHIFTER.to_bits());
+    p * f32::from_bits(n.wrapping_add(127) << 23)
 }
 
 /// Φ(x) and φ(x): the standard normal CDF and density. Φ comes from erf by Abramowitz and Stegun's
@@ -149,6 +181,14 @@ impl CustomOp2 for GeluGrad {
     }
 }
 
+/// Softmax of one row, in place.
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -164,13 +204,8 @@ impl CustomOp1 for Softmax {
             .zip(x.par_chunks(n * ROWS_PER_TASK))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
-                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = exp(x - max);
-                    }
-                    let sum: f32 = y.iter().sum();
-                    let inv = 1.0 / sum;
-                    y.iter_mut().for_each(|y| *y *= inv);
+                    y.copy_from_slice(x);
+                    softmax_in_place(y);
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))

@@ -5,10 +5,13 @@
 //!
 //! Each op has a CPU side with the same arithmetic, which the tests compare with candle's ops and,
 //! on a `cuda` build with a GPU, with the kernels. The model uses them on CUDA f32 tensors
-//! ([`applies`]); the CPU keeps candle's ops and its seeded dropout.
+//! ([`applies`]); the CPU keeps candle's ops except for f32 dropout, which runs this op there too
+//! (one parallel pass, no mask tensor).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use rayon::prelude::*;
 
 use super::fused::{data, last_dim};
 
@@ -203,6 +206,9 @@ impl CustomOp1 for ColSum {
     }
 }
 
+/// Elements of a dropout's input handed to a thread at a time.
+const CHUNK: usize = 4096;
+
 /// Inverted dropout whose mask is a function of (seed, element index): its backward pass applies
 /// the same mask to the gradient.
 struct Dropout {
@@ -227,17 +233,17 @@ impl CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = data(s, l, self.name())?;
-        let y = x
-            .iter()
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
             .enumerate()
-            .map(|(i, &x)| {
-                if keep(self.seed, i as u64, self.p) {
-                    x / (1.0 - self.p)
-                } else {
-                    0.0
+            .for_each(|(t, (y, x))| {
+                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    if keep(self.seed, (t * CHUNK + i) as u64, self.p) {
+                        *y = x / (1.0 - self.p);
+                    }
                 }
-            })
-            .collect();
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

@@ -76,18 +76,18 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0. On the CPU the
-/// mask is drawn from `rng`. On a GPU no mask crosses the bus: for f32 one kernel computes it from
-/// a seed drawn from `rng` and the element's index (`gpu_ops::dropout`, whose backward pass
-/// recomputes it); for other types it is drawn from the device's generator (cuRAND), which
-/// [`seed_device`] seeds from `rng` once per forward pass. Runs stay reproducible on one kind of
-/// device.
+/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0. For f32, on the
+/// CPU and on a GPU, the mask is a function of a seed drawn from `rng` and the element's index
+/// (`gpu_ops::dropout`, whose backward pass recomputes it; on a GPU no mask crosses the bus). For
+/// other types it is drawn from `rng` on the CPU and from the device's generator (cuRAND) on a
+/// GPU, which [`seed_device`] seeds from `rng` once per forward pass. Runs stay reproducible on
+/// one kind of device.
 pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     let Some(rng) = rng else { return Ok(x.clone()) };
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    if super::gpu_ops::applies(x) {
+    if x.dtype() == DType::F32 && (x.device().is_cpu() || super::gpu_ops::applies(x)) {
         return super::gpu_ops::dropout(x, p, rng.next_u64());
     }
     let scale = 1.0 / (1.0 - p) as f64;

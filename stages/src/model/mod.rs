@@ -1,7 +1,9 @@
 //! The language-model half of the study: the BPE tokenizer and the encoding of promoters for the
 //! model.
 
+pub mod attention;
 pub mod blas;
+pub mod dense;
 pub mod device;
 pub mod examples;
 pub mod finetune;

@@ -301,6 +301,9 @@ impl Params {
 fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
     let w = p.get(&format!("{prefix}.weight"));
     let b = p.get(&format!("{prefix}.bias"));
+    if p.compute == DType::F32 && super::dense::applies(x, &w) {
+        return super::dense::dense(x, &w, &b);
+    }
     let (bsz, len, inp) = x.dims3()?;
     bias_add(
         &matmul(&x.reshape((bsz * len, inp))?, &w.t()?, p.compute)?,
@@ -381,32 +384,42 @@ pub fn encode(
     let x = ln(p, "roberta.embeddings.LayerNorm", &x, cfg.layer_norm_eps)?;
     let mut x = dropout(&x, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
     // Additive attention mask over keys: 0 for real tokens, a large negative for padding.
-    let neg: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
-    let key_mask = Tensor::from_vec(neg, (bsz, 1, 1, len), device)?;
+    let key_mask_rows: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
+    let key_mask = Tensor::from_vec(key_mask_rows.clone(), (bsz, 1, 1, len), device)?;
     let heads = cfg.num_attention_heads;
     let hd = cfg.hidden_size / heads;
     let scale = 1.0 / (hd as f64).sqrt();
     for l in 0..cfg.num_hidden_layers {
         let pre = format!("roberta.encoder.layer.{l}");
-        let split = |t: Tensor| {
-            t.reshape((bsz, len, heads, hd))?
+        let q = linear(p, &format!("{pre}.attention.self.query"), &x)?;
+        let k = linear(p, &format!("{pre}.attention.self.key"), &x)?;
+        let v = linear(p, &format!("{pre}.attention.self.value"), &x)?;
+        let ctx = if p.compute == DType::F32 && super::attention::applies(&q) {
+            let rate = cfg.attention_probs_dropout_prob;
+            let dropout = match rng.as_deref_mut() {
+                Some(rng) if rate > 0.0 => Some((rate, rng.next_u64())),
+                _ => None,
+            };
+            super::attention::attention(&q, &k, &v, heads, key_mask_rows.clone(), dropout)?
+        } else {
+            let split = |t: Tensor| {
+                t.reshape((bsz, len, heads, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+            let scores = (matmul(&q, &k.t()?.contiguous()?, p.compute)? * scale)?
+                .broadcast_add(&key_mask)?;
+            let probs = dropout(
+                &softmax(&scores)?,
+                cfg.attention_probs_dropout_prob,
+                rng.as_deref_mut(),
+            )?;
+            matmul(&probs, &v, p.compute)?
                 .transpose(1, 2)?
-                .contiguous()
+                .contiguous()?
+                .reshape((bsz, len, cfg.hidden_size))?
         };
-        let q = split(linear(p, &format!("{pre}.attention.self.query"), &x)?)?;
-        let k = split(linear(p, &format!("{pre}.attention.self.key"), &x)?)?;
-        let v = split(linear(p, &format!("{pre}.attention.self.value"), &x)?)?;
-        let scores =
-            (matmul(&q, &k.t()?.contiguous()?, p.compute)? * scale)?.broadcast_add(&key_mask)?;
-        let probs = dropout(
-            &softmax(&scores)?,
-            cfg.attention_probs_dropout_prob,
-            rng.as_deref_mut(),
-        )?;
-        let ctx = matmul(&probs, &v, p.compute)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((bsz, len, cfg.hidden_size))?;
         let attn = linear(p, &format!("{pre}.attention.output.dense"), &ctx)?;
         let attn = dropout(&attn, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
         let x1 = ln(

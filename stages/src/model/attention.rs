@@ -1,0 +1,439 @@
+//! Multi-head self-attention as one CPU op with its backward pass (f32, products through
+//! OpenBLAS): softmax(q kᵀ / sqrt(d) + mask), dropout, times v.
+//!
+//! Composed of candle ops it is a dozen nodes per layer (splitting heads: reshape, transpose and
+//! a copy for each of q, k and v; the scores' product, scale, mask, softmax, dropout; the context's
+//! product, transpose, copy and reshape), each of them a full pass forward and another, with a
+//! freshly zeroed gradient, backward. Here q, k and v stay in their (batch, len, hidden) layout:
+//! each head's matrices are read in place with a leading dimension of `hidden`, and each head's
+//! context is written in place the same way. The attention probabilities are kept for the backward
+//! pass; the dropout mask is recomputed from its seed (`gpu_ops::keep`, the same mask as the
+//! dropout op's on any device).
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::blas::{gemm, Operand};
+use super::fused::{data, hold, softmax_in_place};
+use super::gpu_ops::keep;
+
+/// Rows of the probabilities handed to a thread at a time.
+const ROWS_PER_TASK: usize = 32;
+
+/// Whether [`attention`] applies: f32 tensors on the CPU.
+pub fn applies(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32
+}
+
+/// Self-attention over `q`, `k` and `v` (batch, len, hidden) with `heads` heads: each head's
+/// softmax(q kᵀ / sqrt(hidden / heads) + mask) times v, the heads side by side in the result
+/// (batch, len, hidden). `key_mask` (batch x len) is added to every query's scores (0 for real
+/// tokens, a large negative for padding); `dropout` is (rate, seed) for the probabilities.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    key_mask: Vec<f32>,
+    dropout: Option<(f32, u64)>,
+) -> Result<Tensor> {
+    let hidden = q.dims().last().copied().unwrap_or(0);
+    if heads == 0 || !hidden.is_multiple_of(heads) {
+        candle_core::bail!("flora-attention: {hidden} is not divisible into {heads} heads");
+    }
+    let op = Attention {
+        heads,
+        scale: 1.0 / ((hidden / heads) as f32).sqrt(),
+        key_mask,
+        dropout: dropout.filter(|&(p, _)| p > 0.0),
+        probs: Mutex::new(Vec::new()),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+struct Attention {
+    heads: usize,
+    scale: f32,
+    key_mask: Vec<f32>,
+    dropout: Option<(f32, u64)>,
+    /// The forward pass's probabilities (before dropout), for the backward pass.
+    probs: Mutex<Vec<f32>>,
+}
+
+/// The sizes of an attention problem.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    /// Offset of head `h` of sequence `b` in a (batch, len, hidden) tensor.
+    fn token_offset(&self, b: usize, h: usize) -> usize {
+        b * self.len * self.hidden + h * self.head_dim
+    }
+
+    /// Offset of head `h` of sequence `b` in the (batch, heads, len, len) probabilities.
+    fn probs_offset(&self, b: usize, h: usize) -> usize {
+        (b * self.heads + h) * self.len * self.len
+    }
+
+    /// Every (sequence, head) pair.
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> {
+        let heads = self.heads;
+        (0..self.batch).flat_map(move |b| (0..heads).map(move |h| (b, h)))
+    }
+
+    /// The sequence that row `r` of the probabilities belongs to.
+    fn sequence_of_row(&self, r: usize) -> usize {
+        r / (self.heads * self.len)
+    }
+}
+
+impl Attention {
+    fn dims(&self, l: &Layout) -> Result<Dims> {
+        let [batch, len, hidden] = l.dims() else {
+            candle_core::bail!(
+                "flora-attention: expects (batch, len, hidden), got {:?}",
+                l.dims()
+            )
+        };
+        if self.key_mask.len() != batch * len {
+            candle_core::bail!(
+                "flora-attention: a key mask of {} for {batch} x {len} tokens",
+                self.key_mask.len()
+            );
+        }
+        Ok(Dims {
+            batch: *batch,
+            len: *len,
+            hidden: *hidden,
+            heads: self.heads,
+            head_dim: hidden / self.heads,
+        })
+    }
+
+    /// The probabilities after dropout (a copy), or `None` without dropout.
+    fn dropped(&self, probs: &[f32]) -> Option<Vec<f32>> {
+        let (p, seed) = self.dropout?;
+        let scale = 1.0 / (1.0 - p);
+        let mut out = vec![0f32; probs.len()];
+        out.par_chunks_mut(4096)
+            .zip(probs.par_chunks(4096))
+            .enumerate()
+            .for_each(|(t, (o, x))| {
+                for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                    if keep(seed, (t * 4096 + i) as u64, p) {
+                        *o = x * scale;
+                    }
+                }
+            });
+        Some(out)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "flora-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            data(s1, l1, self.name())?,
+            data(s2, l2, self.name())?,
+            data(s3, l3, self.name())?,
+        );
+        if l2.dims() != l1.dims() || l3.dims() != l1.dims() {
+            candle_core::bail!(
+                "flora-attention: q {:?}, k {:?} and v {:?} differ",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let d = self.dims(l1)?;
+        let (len, hidden) = (d.len, d.hidden);
+        let mut probs = vec![0f32; d.batch * d.heads * len * len];
+        for (b, h) in d.pairs() {
+            gemm(
+                (len, len, d.head_dim),
+                self.scale,
+                Operand::new(q, d.token_offset(b, h), false, hidden),
+                Operand::new(k, d.token_offset(b, h), true, hidden),
+                0.0,
+                (&mut probs, d.probs_offset(b, h), len),
+            )?;
+        }
+        probs
+            .par_chunks_mut(len * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(t, rows)| {
+                for (i, row) in rows.chunks_mut(len).enumerate() {
+                    let b = d.sequence_of_row(t * ROWS_PER_TASK + i);
+                    let mask = &self.key_mask[b * len..(b + 1) * len];
+                    row.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
+                    softmax_in_place(row);
+                }
+            });
+        let dropped = self.dropped(&probs);
+        let used = dropped.as_deref().unwrap_or(&probs);
+        let mut out = vec![0f32; q.len()];
+        for (b, h) in d.pairs() {
+            gemm(
+                (len, d.head_dim, len),
+                1.0,
+                Operand::new(used, d.probs_offset(b, h), false, len),
+                Operand::new(v, d.token_offset(b, h), false, hidden),
+                0.0,
+                (&mut out, d.token_offset(b, h), hidden),
+            )?;
+        }
+        *self.probs.lock().expect("attention probabilities") = probs;
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let held = [q, k, v, &grad].map(|t| hold(t, self.name()));
+        let [qh, kh, vh, gh] = held;
+        let (qh, kh, vh, gh) = (qh?, kh?, vh?, gh?);
+        let (qs, ks, vs, gs) = (qh.slice(), kh.slice(), vh.slice(), gh.slice());
+        let d = self.dims(q.layout())?;
+        let (len, hidden) = (d.len, d.hidden);
+        let probs = self.probs.lock().expect("attention probabilities");
+        if probs.len() != d.batch * d.heads * len * len {
+            candle_core::bail!("flora-attention: the backward pass ran without a forward pass");
+        }
+        // dV = P_droppedᵀ g and d(P_dropped) = g vᵀ, per head.
+        let dropped = self.dropped(&probs);
+        let used = dropped.as_deref().unwrap_or(&probs);
+        let mut dv = vec![0f32; vs.len()];
+        let mut dp = vec![0f32; probs.len()];
+        for (b, h) in d.pairs() {
+            let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
+            gemm(
+                (len, d.head_dim, len),
+                1.0,
+                Operand::new(used, p, true, len),
+                Operand::new(gs, t, false, hidden),
+                0.0,
+                (&mut dv, t, hidden),
+            )?;
+            gemm(
+                (len, len, d.head_dim),
+                1.0,
+                Operand::new(gs, t, false, hidden),
+                Operand::new(vs, t, true, hidden),
+                0.0,
+                (&mut dp, p, len),
+            )?;
+        }
+        drop(dropped);
+        // Through dropout (the same mask, the same scale) and softmax: dS = P (dP - sum(dP P)).
+        dp.par_chunks_mut(len * ROWS_PER_TASK)
+            .zip(probs.par_chunks(len * ROWS_PER_TASK))
+            .enumerate()
+            .for_each(|(t, (g, p))| {
+                if let Some((rate, seed)) = self.dropout {
+                    let scale = 1.0 / (1.0 - rate);
+                    let first = t * len * ROWS_PER_TASK;
+                    for (i, g) in g.iter_mut().enumerate() {
+                        *g = if keep(seed, (first + i) as u64, rate) {
+                            *g * scale
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                for (g, p) in g.chunks_mut(len).zip(p.chunks(len)) {
+                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                    g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
+                }
+            });
+        drop(probs);
+        // dq = scale dS k and dk = scale dSᵀ q, per head.
+        let mut dq = vec![0f32; qs.len()];
+        let mut dk = vec![0f32; ks.len()];
+        for (b, h) in d.pairs() {
+            let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
+            gemm(
+                (len, d.head_dim, len),
+                self.scale,
+                Operand::new(&dp, p, false, len),
+                Operand::new(ks, t, false, hidden),
+                0.0,
+                (&mut dq, t, hidden),
+            )?;
+            gemm(
+                (len, d.head_dim, len),
+                self.scale,
+                Operand::new(&dp, p, true, len),
+                Operand::new(qs, t, false, hidden),
+                0.0,
+                (&mut dk, t, hidden),
+            )?;
+        }
+        let device = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), device)?),
+            Some(Tensor::from_vec(dk, k.shape(), device)?),
+            Some(Tensor::from_vec(dv, v.shape(), device)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers;
+    use crate::testing::{max_abs_diff, random_var};
+    use candle_core::Device;
+
+    /// The same attention composed of candle ops, with dropout as a seeded op on the
+    /// probabilities.
+    fn composed(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        mask: &[f32],
+        dropout: Option<(f32, u64)>,
+    ) -> Tensor {
+        let (b, len, hidden) = q.dims3().unwrap();
+        let hd = hidden / heads;
+        let split = |t: &Tensor| {
+            t.reshape((b, len, heads, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(q), split(k), split(v));
+        let mask = Tensor::from_vec(mask.to_vec(), (b, 1, 1, len), &Device::Cpu).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt())
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let mut probs = layers::softmax_composite(&scores).unwrap();
+        if let Some((p, seed)) = dropout {
+            probs = crate::model::gpu_ops::dropout(&probs, p, seed).unwrap();
+        }
+        probs
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, len, hidden))
+            .unwrap()
+    }
+
+    fn check(dropout: Option<(f32, u64)>) {
+        let (b, len, hidden, heads) = (2, 37, 12, 3);
+        let [q, k, v] = [1, 2, 3].map(|s| random_var(&[b, len, hidden], 1.0, s));
+        // The second sequence is padded at its start, as the model's are.
+        let mask: Vec<f32> = (0..b * len)
+            .map(|i| if i >= len && i < len + 9 { -1e9 } else { 0.0 })
+            .collect();
+        let weights = random_var(&[b, len, hidden], 1.0, 4);
+        let (q_, k_, v_) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let ours = attention(q_, k_, v_, heads, mask.clone(), dropout).unwrap();
+        let theirs = composed(q_, k_, v_, heads, &mask, dropout);
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+        let grads = |y: &Tensor| {
+            (y * weights.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g1, g2) = (grads(&ours), grads(&theirs));
+        for x in [&q, &k, &v] {
+            let d = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_composition_forward_and_backward() {
+        check(None);
+    }
+
+    #[test]
+    fn attention_with_dropout_matches_the_composition_forward_and_backward() {
+        check(Some((0.2, 7)));
+    }
+
+    #[test]
+    fn padded_keys_get_no_attention() {
+        let (b, len, hidden) = (1, 6, 4);
+        let [q, k, v] = [1, 2, 3].map(|s| random_var(&[b, len, hidden], 1.0, s));
+        let mask = vec![-1e9, -1e9, 0.0, 0.0, 0.0, 0.0];
+        let y = attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            2,
+            mask.clone(),
+            None,
+        )
+        .unwrap();
+        // Changing the padded positions' keys and values changes nothing.
+        let v2 = v.as_tensor().narrow(1, 2, 4).unwrap();
+        let junk = Tensor::full(5f32, (1, 2, hidden), &Device::Cpu).unwrap();
+        let v2 = Tensor::cat(&[&junk, &v2], 1).unwrap();
+        let k2 = Tensor::cat(&[&junk, &k.as_tensor().narrow(1, 2, 4).unwrap()], 1).unwrap();
+        let y2 = attention(q.as_tensor(), &k2, &v2, 2, mask, None).unwrap();
+        assert!(max_abs_diff(&y, &y2) < 1e-6);
+        assert_eq!(y.dims(), &[1, 6, 4]);
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let q = random_var(&[1, 4, 6], 1.0, 1);
+        let e = attention(
+            q.as_tensor(),
+            q.as_tensor(),
+            q.as_tensor(),
+            4,
+            vec![0.0; 4],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not divisible into 4 heads"), "{e}");
+        let e = attention(
+            q.as_tensor(),
+            q.as_tensor(),
+            q.as_tensor(),
+            2,
+            vec![0.0; 3],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key mask of 3"), "{e}");
+    }
+}

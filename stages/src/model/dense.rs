@@ -1,0 +1,196 @@
+//! A dense layer, x Wᵀ + b, as one CPU op with its backward pass (f32, through OpenBLAS).
+//!
+//! Composed of candle ops, a dense layer is a reshape, a transpose, a product, a broadcasting add
+//! and another reshape: five nodes of the autograd graph, and candle's backward pass allocates,
+//! zeroes and adds a full-size gradient for each. Here the bias is written into the output first
+//! and the product added to it (BLAS with beta = 1), and the backward pass makes the three
+//! gradients directly: dx = g W, dW = gᵀ x, db = the column sums of g.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::blas::{gemm, Operand};
+use super::fused::{data, hold, last_dim};
+
+/// Rows of the gradient summed by one task for db.
+const ROWS_PER_TASK: usize = 64;
+
+/// Whether [`dense`] applies: f32 input and weight on the CPU.
+pub fn applies(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32
+}
+
+/// `x` (.., in) times the transpose of `w` (out, in), plus `b` (out): (.., out).
+pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Dense)
+}
+
+struct Dense;
+
+/// (rows, in, out) of a dense layer's operands, checked.
+fn sizes(x_len: usize, x_cols: usize, w: &Layout, b_len: usize) -> Result<(usize, usize, usize)> {
+    let [out, inp] = w.dims() else {
+        candle_core::bail!(
+            "flora-dense: the weight has shape {:?}, not (out, in)",
+            w.dims()
+        )
+    };
+    if *inp != x_cols || b_len != *out {
+        candle_core::bail!(
+            "flora-dense: input rows of {x_cols}, weight {:?}, bias of {b_len}",
+            w.dims()
+        );
+    }
+    Ok((x_len / x_cols.max(1), *inp, *out))
+}
+
+impl CustomOp3 for Dense {
+    fn name(&self) -> &'static str {
+        "flora-dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = data(s1, l1, self.name())?;
+        let w = data(s2, l2, self.name())?;
+        let b = data(s3, l3, self.name())?;
+        let (rows, inp, out) = sizes(x.len(), last_dim(l1), l2, b.len())?;
+        let mut y = vec![0f32; rows * out];
+        y.par_chunks_mut(out).for_each(|row| row.copy_from_slice(b));
+        gemm(
+            (rows, out, inp),
+            1.0,
+            Operand::new(x, 0, false, inp),
+            Operand::new(w, 0, true, inp),
+            1.0,
+            (&mut y, 0, out),
+        )?;
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("a dense input has dimensions") = out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (xs, ws, gs) = (
+            hold(x, self.name())?,
+            hold(w, self.name())?,
+            hold(&grad, self.name())?,
+        );
+        let (xs, ws, gs) = (xs.slice(), ws.slice(), gs.slice());
+        let (rows, inp, out) = sizes(
+            xs.len(),
+            x.dims().last().copied().unwrap_or(1),
+            w.layout(),
+            b.elem_count(),
+        )?;
+        let mut dx = vec![0f32; rows * inp];
+        gemm(
+            (rows, inp, out),
+            1.0,
+            Operand::new(gs, 0, false, out),
+            Operand::new(ws, 0, false, inp),
+            0.0,
+            (&mut dx, 0, inp),
+        )?;
+        let mut dw = vec![0f32; out * inp];
+        gemm(
+            (out, inp, rows),
+            1.0,
+            Operand::new(gs, 0, true, out),
+            Operand::new(xs, 0, false, inp),
+            0.0,
+            (&mut dw, 0, inp),
+        )?;
+        let db = column_sums(gs, out);
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), device)?),
+            Some(Tensor::from_vec(dw, w.shape(), device)?),
+            Some(Tensor::from_vec(db, b.shape(), device)?),
+        ))
+    }
+}
+
+/// The sums of the columns of `g` (rows of `n`), in parallel over blocks of rows whose partial
+/// sums are added in block order, so the result does not depend on scheduling.
+pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let partial: Vec<Vec<f32>> = g
+        .par_chunks(n * ROWS_PER_TASK)
+        .map(|block| {
+            let mut sums = vec![0f32; n];
+            for row in block.chunks(n) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0f32; n];
+    for p in partial {
+        sums.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_rel_diff, random_var};
+
+    #[test]
+    fn dense_matches_candle_forward_and_backward() {
+        // 3 x 70 rows: more than one block of rows for the bias gradient.
+        let x = random_var(&[3, 70, 12], 1.0, 1);
+        let w = random_var(&[5, 12], 1.0, 2);
+        let b = random_var(&[5], 1.0, 3);
+        let weights = random_var(&[3, 70, 5], 1.0, 4);
+        let ours = dense(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        assert_eq!(ours.dims(), &[3, 70, 5]);
+        assert!(max_rel_diff(&ours, &theirs) < 1e-5);
+        let grads = |y: &Tensor| {
+            (y * weights.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g1, g2) = (grads(&ours), grads(&theirs));
+        for v in [&x, &w, &b] {
+            let d = max_rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(d < 1e-5, "gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused_with_their_sizes() {
+        let x = random_var(&[4, 6], 1.0, 1);
+        let w = random_var(&[3, 5], 1.0, 2);
+        let b = random_var(&[3], 1.0, 3);
+        let e = dense(x.as_tensor(), w.as_tensor(), b.as_tensor())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input rows of 6"), "{e}");
+    }
+}
