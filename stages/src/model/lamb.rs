@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor};
 
+use super::fused::hold;
 use super::roberta::Params;
 
 /// LAMB's state and hyper-parameters.
@@ -54,6 +55,18 @@ impl Lamb {
         grads: &HashMap<String, Tensor>,
         lr: f64,
     ) -> Result<()> {
+        self.update_scaled(params, grads, lr, 1.0)
+    }
+
+    /// [`Lamb::update`] with every gradient multiplied by `scale` first (averaging accumulated
+    /// gradients and clipping their norm, done inside the update's own passes on the CPU).
+    pub fn update_scaled(
+        &mut self,
+        params: &Params,
+        grads: &HashMap<String, Tensor>,
+        lr: f64,
+        scale: f64,
+    ) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
@@ -64,10 +77,18 @@ impl Lamb {
         if params.vars.values().all(|v| on_cpu(v.as_tensor())) {
             for name in names {
                 if let Some(g) = grads.get(name) {
-                    self.update_on_cpu(name, &params.vars[name], g, lr, bc1, bc2)?;
+                    let var = &params.vars[name];
+                    self.update_on_cpu(name, var, g, lr, (bc1, bc2), scale as f32)?;
                 }
             }
             return Ok(());
+        }
+        if scale != 1.0 {
+            let scaled: HashMap<String, Tensor> = grads
+                .iter()
+                .map(|(k, g)| Ok((k.clone(), (g * scale)?)))
+                .collect::<Result<_>>()?;
+            return self.update_tensors(params, &scaled, names, lr, bc1, bc2);
         }
         self.update_tensors(params, grads, names, lr, bc1, bc2)
     }
@@ -124,34 +145,28 @@ impl Lamb {
 }
 
 impl Lamb {
-    /// One parameter's update on the CPU in two fused passes over plain slices (moments, update
-    /// direction and both norms; then the weights), instead of about fifteen tensor operations.
-    /// Same arithmetic as [`Lamb::update`]'s general path.
+    /// One parameter's update on the CPU in two fused passes that read the weights, gradient and
+    /// moments in place (the new moments and the update direction's norm; then the weights, the
+    /// direction recomputed), instead of about fifteen tensor operations. Same arithmetic as
+    /// [`Lamb::update`]'s general path, with the gradient multiplied by `scale` first.
+    #[allow(clippy::too_many_arguments)]
     fn update_on_cpu(
         &mut self,
         name: &str,
         var: &candle_core::Var,
         grad: &Tensor,
         lr: f64,
-        bc1: f64,
-        bc2: f64,
+        (bc1, bc2): (f64, f64),
+        scale: f32,
     ) -> Result<()> {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 14;
-        let shape = var.as_tensor().shape().clone();
-        let dev = var.as_tensor().device().clone();
+        let op = "lamb";
+        let weights = var.as_tensor().clone();
+        let shape = weights.shape().clone();
+        let dev = weights.device().clone();
         let n = shape.elem_count();
-        let w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let stored = |t: Option<&Tensor>| -> Result<Vec<f32>> {
-            match t {
-                Some(t) => t.flatten_all()?.to_vec1::<f32>(),
-                None => Ok(vec![0f32; n]),
-            }
-        };
-        let mut m = stored(self.m.get(name))?;
-        let mut v = stored(self.v.get(name))?;
-        let mut u = vec![0f32; n];
+        let grad = grad.contiguous()?;
         let (b1, b2, eps) = (self.beta1 as f32, self.beta2 as f32, self.eps as f32);
         let (c1, c2) = (bc1 as f32, bc2 as f32);
         let wd = if decays(name) {
@@ -159,34 +174,67 @@ impl Lamb {
         } else {
             0.0
         };
-        let sums: Vec<(f64, f64)> = m
-            .par_chunks_mut(CHUNK)
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(u.par_chunks_mut(CHUNK))
-            .zip(w.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .map(|(((m, v), u), (w, g))| {
-                let (mut wn, mut un) = (0f64, 0f64);
-                for i in 0..m.len() {
-                    m[i] = m[i] * b1 + g[i] * (1.0 - b1);
-                    v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
-                    u[i] = (m[i] / c1) / ((v[i] / c2).sqrt() + eps) + wd * w[i];
-                    wn += (w[i] as f64) * (w[i] as f64);
-                    un += (u[i] as f64) * (u[i] as f64);
-                }
-                (wn, un)
-            })
-            .collect();
-        let (wn, un) = sums
-            .iter()
-            .fold((0f64, 0f64), |(a, b), (c, d)| (a + c, b + d));
-        let (wn, un) = (wn.sqrt(), un.sqrt());
-        let trust = if wn > 0.0 && un > 0.0 { wn / un } else { 1.0 };
-        let step = (lr * trust) as f32;
-        let updated: Vec<f32> = w
-            .par_iter()
-            .zip(u.par_iter())
-            .map(|(w, u)| w - step * u)
-            .collect();
+        let direction = move |m: f32, v: f32, w: f32| (m / c1) / ((v / c2).sqrt() + eps) + wd * w;
+        let (updated, m, v) = {
+            let (wh, gh) = (hold(&weights, op)?, hold(&grad, op)?);
+            let (w, g) = (wh.slice(), gh.slice());
+            let mh = self.m.get(name).map(|t| hold(t, op)).transpose()?;
+            let vh = self.v.get(name).map(|t| hold(t, op)).transpose()?;
+            let zeros = vec![0f32; if mh.is_none() || vh.is_none() { n } else { 0 }];
+            let m_old = mh.as_ref().map_or(&zeros[..], |h| h.slice());
+            let v_old = vh.as_ref().map_or(&zeros[..], |h| h.slice());
+            if g.len() != n || m_old.len() != n || v_old.len() != n {
+                candle_core::bail!(
+                    "lamb: `{name}` has {n} weights but a gradient or moment of another size"
+                );
+            }
+            let mut m = vec![0f32; n];
+            let mut v = vec![0f32; n];
+            let sums: Vec<(f64, f64)> = m
+                .par_chunks_mut(CHUNK)
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(w.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                .zip(m_old.par_chunks(CHUNK).zip(v_old.par_chunks(CHUNK)))
+                .map(|(((m, v), (w, g)), (m_old, v_old))| {
+                    // Eight lanes of partial sums, so that the loop vectorises.
+                    let (mut wn, mut un) = ([0f32; 8], [0f32; 8]);
+                    let rows = m
+                        .chunks_mut(8)
+                        .zip(v.chunks_mut(8))
+                        .zip(w.chunks(8).zip(g.chunks(8)))
+                        .zip(m_old.chunks(8).zip(v_old.chunks(8)));
+                    for (((m, v), (w, g)), (m_old, v_old)) in rows {
+                        for i in 0..m.len() {
+                            let gi = g[i] * scale;
+                            m[i] = m_old[i] * b1 + gi * (1.0 - b1);
+                            v[i] = v_old[i] * b2 + gi * gi * (1.0 - b2);
+                            let u = direction(m[i], v[i], w[i]);
+                            wn[i] += w[i] * w[i];
+                            un[i] += u * u;
+                        }
+                    }
+                    let total = |l: [f32; 8]| l.iter().map(|&x| x as f64).sum::<f64>();
+                    (total(wn), total(un))
+                })
+                .collect();
+            let (wn, un) = sums
+                .iter()
+                .fold((0f64, 0f64), |(a, b), (c, d)| (a + c, b + d));
+            let (wn, un) = (wn.sqrt(), un.sqrt());
+            let trust = if wn > 0.0 && un > 0.0 { wn / un } else { 1.0 };
+            let step = (lr * trust) as f32;
+            let mut updated = vec![0f32; n];
+            updated
+                .par_chunks_mut(CHUNK)
+                .zip(w.par_chunks(CHUNK))
+                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+                .for_each(|((out, w), (m, v))| {
+                    for i in 0..out.len() {
+                        out[i] = w[i] - step * direction(m[i], v[i], w[i]);
+                    }
+                });
+            (updated, m, v)
+        };
         var.set(&Tensor::from_vec(updated, shape.clone(), &dev)?)?;
         self.m
             .insert(name.to_string(), Tensor::from_vec(m, shape.clone(), &dev)?);
@@ -209,6 +257,25 @@ pub fn sum_of_squares(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The sum of the squares of `x`, in parallel, with eight lanes of f32 partial sums per block
+/// (so that the loop vectorises) added up in f64, in block order.
+fn cpu_sum_of_squares(x: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    let blocks: Vec<f64> = x
+        .par_chunks(1 << 14)
+        .map(|block| {
+            let mut lanes = [0f32; 8];
+            let mut rows = block.chunks_exact(8);
+            for row in &mut rows {
+                lanes.iter_mut().zip(row).for_each(|(l, v)| *l += v * v);
+            }
+            let tail: f64 = rows.remainder().iter().map(|&v| (v * v) as f64).sum();
+            lanes.iter().map(|&l| l as f64).sum::<f64>() + tail
+        })
+        .collect();
+    blocks.iter().sum()
+}
+
 /// The global L2 norm of `grads` (one device-to-host wait).
 pub fn global_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
     if grads.is_empty() {
@@ -217,6 +284,18 @@ pub fn global_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
     // In name order, so that the sum (and a resumed run) does not depend on hashing.
     let mut names: Vec<&String> = grads.keys().collect();
     names.sort();
+    if grads
+        .values()
+        .all(|g| g.device().is_cpu() && g.dtype() == candle_core::DType::F32)
+    {
+        let mut total = 0f64;
+        for name in names {
+            let g = grads[name].contiguous()?;
+            let held = hold(&g, "global_norm")?;
+            total += cpu_sum_of_squares(held.slice());
+        }
+        return Ok(total.sqrt());
+    }
     let parts = names
         .into_iter()
         .map(|n| sum_of_squares(&grads[n]))

@@ -576,15 +576,24 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         let mut ord: Vec<usize> = train_idx.to_vec();
         Rng::new(p.seed ^ (epoch as u64).wrapping_mul(0xE7037ED1A0B428DB)).shuffle(&mut ord);
         let batch = &ord[in_epoch * per_step..((in_epoch + 1) * per_step).min(ord.len())];
+        // Each micro-batch's gradient is its mean over its masked tokens; several are added up
+        // weighted by their token counts, and `scale` turns the sum back into a mean (one
+        // micro-batch needs neither).
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let (mut loss_sum, mut correct, mut count) = (0f64, 0usize, 0usize);
-        for (micro, chunk) in batch.chunks(p.batch_size.max(1)).enumerate() {
+        let micro_batches: Vec<&[usize]> = batch.chunks(p.batch_size.max(1)).collect();
+        let accumulating = micro_batches.len() > 1;
+        for (micro, chunk) in micro_batches.into_iter().enumerate() {
             let rows: Vec<&[u32]> = chunk.iter().map(|&i| corpus.row(i)).collect();
             let (l, c, n, g) = micro_step(&w, &cfg, &rows, p, step, micro as u64, &dev)
                 .map_err(|e| format!("pretrain: step {}: {e}", step + 1))?;
             loss_sum += l * n as f64;
             correct += c;
             count += n;
+            if !accumulating {
+                grads = g;
+                continue;
+            }
             for (k, t) in g {
                 let t = (t * n as f64).map_err(|e| e.to_string())?;
                 let sum = match grads.remove(&k) {
@@ -598,20 +607,21 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         if !loss.is_finite() {
             return Err(format!("pretrain: the loss became {loss} at step {}; the last good checkpoint (step {}) is kept in {}", step + 1, step - step % p.checkpoint_every.max(1), ctx.work.display()));
         }
-        for g in grads.values_mut() {
-            *g = (&*g / count.max(1) as f64).map_err(|e| e.to_string())?;
-        }
+        let mut scale = if accumulating {
+            1.0 / count.max(1) as f64
+        } else {
+            1.0
+        };
         if p.clip_norm > 0.0 {
-            let norm = global_norm(&grads).map_err(|e| e.to_string())?;
+            let norm = global_norm(&grads).map_err(|e| e.to_string())? * scale;
             if norm > p.clip_norm {
-                for g in grads.values_mut() {
-                    *g = (&*g * (p.clip_norm / norm)).map_err(|e| e.to_string())?;
-                }
+                scale *= p.clip_norm / norm;
             }
         }
         step += 1;
         let lr = lr_at(p, step, total);
-        opt.update(&w, &grads, lr).map_err(|e| e.to_string())?;
+        opt.update_scaled(&w, &grads, lr, scale)
+            .map_err(|e| e.to_string())?;
         let acc = correct as f64 / count.max(1) as f64;
         let end_of_epoch = step % steps_per_epoch == 0 || step == total;
         let val = if end_of_epoch && !val_rows.is_empty() {
