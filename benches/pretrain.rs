@@ -1,12 +1,18 @@
 //! One MLM training step of the paper's model (6 layers x 768, 6 heads, batch 8 x 256 tokens) on
-//! the CPU: forward, backward and a LAMB update, with tokens per second and peak memory. Where
-//! Python can import torch and transformers, the same step of HuggingFace's RobertaForMaskedLM
-//! (benches/torch_step.py) runs beside it for comparison. GPUs: `flora bench --gpu 0` and
-//! benches/gpu/run.sh.
+//! the CPU: forward, backward and a LAMB update, with tokens per second and peak memory, run with
+//! the environment flora gives its jobs; then the same step of HuggingFace's RobertaForMaskedLM in
+//! PyTorch (benches/torch_step.py) on the same machine, and the ratio. PyTorch and transformers
+//! come from a virtual environment that the bench makes and fills from PyPI on first use
+//! (target/torch-venv, about 5.6 GB: PyPI's Linux torch brings its CUDA libraries along), or from
+//! the Python named by FLORA_TORCH_PYTHON. GPUs: `flora bench --gpu 0` and benches/gpu/run.sh.
 //!
 //! ```sh
 //! cargo bench --bench pretrain            # BENCH_STEPS=3 by default
+//! BENCH_NO_INSTALL=1 cargo bench --bench pretrain   # flora alone where torch is missing
 //! ```
+
+use std::path::PathBuf;
+use std::process::Command;
 
 use candle_core::Device;
 use flora_stages::model::roberta::{Config, Positions, Precision};
@@ -26,7 +32,59 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Whether `python` imports torch and transformers.
+fn has_torch(python: &PathBuf) -> bool {
+    Command::new(python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A Python with torch and transformers: FLORA_TORCH_PYTHON, else the bench's virtual
+/// environment, made and filled from PyPI when missing (unless BENCH_NO_INSTALL is set).
+fn torch_python() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("FLORA_TORCH_PYTHON") {
+        let p = PathBuf::from(p);
+        return if has_torch(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "FLORA_TORCH_PYTHON={} cannot import torch and transformers",
+                p.display()
+            ))
+        };
+    }
+    let venv = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/torch-venv"));
+    let python = venv.join("bin/python");
+    if has_torch(&python) {
+        return Ok(python);
+    }
+    if std::env::var_os("BENCH_NO_INSTALL").is_some() {
+        return Err(format!(
+            "{} has no torch and BENCH_NO_INSTALL is set",
+            venv.display()
+        ));
+    }
+    eprintln!(
+        "installing torch and transformers from PyPI into {} (about 5.6 GB, once)",
+        venv.display()
+    );
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    if !python.exists() && !ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
+        return Err("python3 -m venv failed (apt-get install python3-venv)".into());
+    }
+    if !ok(Command::new(venv.join("bin/pip")).args(["install", "-q", "torch", "transformers"])) {
+        return Err(format!(
+            "pip could not install torch and transformers into {}",
+            venv.display()
+        ));
+    }
+    Ok(python)
+}
+
 fn main() {
+    // flora runs every built-in job with flora::executor::JOB_TUNING in its environment.
+    flora::executor::rerun_tuned().unwrap();
     let steps: usize = std::env::var("BENCH_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -41,18 +99,31 @@ fn main() {
         peak_rss_mib()
     );
 
+    let python = match torch_python() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("PyTorch: SKIPPED ({e})");
+            return;
+        }
+    };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_step.py");
-    let out = std::process::Command::new("python3")
+    let out = Command::new(&python)
         .args([script, "--device", "cpu", "--warmup", "1"])
         .args(["--batch", &batch.to_string(), "--len", &len.to_string()])
         .args(["--steps", &steps.to_string()])
         .output();
     let json = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => {
+        Ok(o) => {
             println!(
-                "PyTorch: SKIPPED (python3 cannot run {script}: torch and transformers needed)"
+                "PyTorch: FAILED ({} {script}: {})",
+                python.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
             );
+            return;
+        }
+        Err(e) => {
+            println!("PyTorch: FAILED ({}: {e})", python.display());
             return;
         }
     };
@@ -60,8 +131,11 @@ fn main() {
         .ok()
         .and_then(|v| v["seconds_per_step"].as_f64())
         .unwrap_or(f64::NAN);
+    let versions = serde_json::from_str::<serde_json::Value>(json.trim())
+        .map(|v| format!("torch {}, transformers {}", v["torch"], v["transformers"]))
+        .unwrap_or_default();
     println!(
-        "PyTorch (transformers RobertaForMaskedLM, AdamW): {secs:.2} s per step, {:.0} tokens/s; flora / PyTorch time: {:.2}",
+        "PyTorch ({versions}; RobertaForMaskedLM, AdamW): {secs:.2} s per step, {:.0} tokens/s; flora / PyTorch time: {:.2}",
         (batch * len) as f64 / secs,
         t.seconds_per_step / secs
     );

@@ -1,16 +1,42 @@
-//! A dense layer, x Wᵀ + b, as one CPU op with its backward pass (f32, through OpenBLAS).
+//! A dense layer, x Wᵀ + b, optionally followed by GELU or dropout, as one CPU op with its
+//! backward pass (f32, through OpenBLAS).
 //!
 //! Composed of candle ops, a dense layer is a reshape, a transpose, a product, a broadcasting add
 //! and another reshape: five nodes of the autograd graph, and candle's backward pass allocates,
 //! zeroes and adds a full-size gradient for each. Here the bias is written into the output first
 //! and the product added to it (BLAS with beta = 1), and the backward pass makes the three
-//! gradients directly: dx = g W, dW = gᵀ x, db = the column sums of g.
+//! gradients directly: dx = g W, dW = gᵀ x, db = the column sums of g. GELU (the feed-forward's)
+//! and dropout (after the attention output and the feed-forward) are applied to the result in
+//! place, and their backward passes to g, sparing two more nodes and their gradients.
+
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::blas::{gemm, Operand};
-use super::fused::{data, hold, last_dim};
+use super::fused::{data, gelu_and_slope, hold, last_dim};
+use super::gpu_ops::keep;
+
+/// Elements handed to a thread at a time by the element-wise steps.
+const CHUNK: usize = 4096;
+
+/// What follows the product and bias inside the op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Epilogue {
+    /// Nothing: x Wᵀ + b.
+    None,
+    /// GELU (erf form).
+    Gelu,
+    /// Inverted dropout at `rate`, its mask drawn from `seed` and each element's index (the
+    /// mask of `gpu_ops::dropout`).
+    Dropout {
+        /// The share of elements dropped.
+        rate: f32,
+        /// The mask's seed.
+        seed: u64,
+    },
+}
 
 /// Rows of the gradient summed by one task for db.
 const ROWS_PER_TASK: usize = 64;
@@ -22,11 +48,28 @@ pub fn applies(x: &Tensor, w: &Tensor) -> bool {
 
 /// `x` (.., in) times the transpose of `w` (out, in), plus `b` (out): (.., out).
 pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, Dense)
+    dense_then(x, w, b, Epilogue::None)
 }
 
-struct Dense;
+/// [`dense`] followed by `epilogue`.
+pub fn dense_then(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    let epilogue = match epilogue {
+        Epilogue::Dropout { rate, .. } if rate <= 0.0 => Epilogue::None,
+        e => e,
+    };
+    let op = Dense {
+        epilogue,
+        pre_activation: Mutex::new(Vec::new()),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+struct Dense {
+    epilogue: Epilogue,
+    /// x Wᵀ + b before GELU, kept by the forward pass for the backward pass.
+    pre_activation: Mutex<Vec<f32>>,
+}
 
 /// (rows, in, out) of a dense layer's operands, checked.
 fn sizes(x_len: usize, x_cols: usize, w: &Layout, b_len: usize) -> Result<(usize, usize, usize)> {
@@ -73,6 +116,22 @@ impl CustomOp3 for Dense {
             1.0,
             (&mut y, 0, out),
         )?;
+        match self.epilogue {
+            Epilogue::None => {}
+            Epilogue::Gelu => {
+                let mut z = vec![0f32; y.len()];
+                z.par_chunks_mut(CHUNK)
+                    .zip(y.par_chunks_mut(CHUNK))
+                    .for_each(|(z, y)| {
+                        for (z, y) in z.iter_mut().zip(y) {
+                            *z = *y;
+                            *y = gelu_and_slope(*z).0;
+                        }
+                    });
+                *self.pre_activation.lock().expect("dense pre-activation") = z;
+            }
+            Epilogue::Dropout { rate, seed } => apply_dropout(&mut y, rate, seed),
+        }
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("a dense input has dimensions") = out;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -87,12 +146,37 @@ impl CustomOp3 for Dense {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (xs, ws, gs) = (
+        let (xs, ws, gh) = (
             hold(x, self.name())?,
             hold(w, self.name())?,
             hold(&grad, self.name())?,
         );
-        let (xs, ws, gs) = (xs.slice(), ws.slice(), gs.slice());
+        let (xs, ws) = (xs.slice(), ws.slice());
+        // The gradient before the epilogue.
+        let through: Option<Vec<f32>> = match self.epilogue {
+            Epilogue::None => None,
+            Epilogue::Gelu => {
+                let z = self.pre_activation.lock().expect("dense pre-activation");
+                if z.len() != gh.slice().len() {
+                    candle_core::bail!("flora-dense: the backward pass ran without a forward pass");
+                }
+                let mut dz = vec![0f32; z.len()];
+                dz.par_chunks_mut(CHUNK)
+                    .zip(z.par_chunks(CHUNK).zip(gh.slice().par_chunks(CHUNK)))
+                    .for_each(|(d, (z, g))| {
+                        for ((d, &z), &g) in d.iter_mut().zip(z).zip(g) {
+                            *d = g * gelu_and_slope(z).1;
+                        }
+                    });
+                Some(dz)
+            }
+            Epilogue::Dropout { rate, seed } => {
+                let mut dz = gh.slice().to_vec();
+                apply_dropout(&mut dz, rate, seed);
+                Some(dz)
+            }
+        };
+        let gs = through.as_deref().unwrap_or(gh.slice());
         let (rows, inp, out) = sizes(
             xs.len(),
             x.dims().last().copied().unwrap_or(1),
@@ -125,6 +209,20 @@ impl CustomOp3 for Dense {
             Some(Tensor::from_vec(db, b.shape(), device)?),
         ))
     }
+}
+
+/// Inverted dropout of `y` in place: element i is kept, divided by 1 - `rate`, where
+/// `keep(seed, i, rate)`, and zeroed otherwise.
+fn apply_dropout(y: &mut [f32], rate: f32, seed: u64) {
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(t, y)| {
+        for (i, y) in y.iter_mut().enumerate() {
+            *y = if keep(seed, (t * CHUNK + i) as u64, rate) {
+                *y / (1.0 - rate)
+            } else {
+                0.0
+            };
+        }
+    });
 }
 
 /// The sums of the columns of `g` (rows of `n`), in parallel over blocks of rows whose partial
@@ -181,6 +279,51 @@ mod tests {
             let d = max_rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
             assert!(d < 1e-5, "gradient differs by {d}");
         }
+    }
+
+    /// GELU and dropout inside the op against the same ops after it, forward and backward.
+    #[test]
+    fn epilogues_match_the_separate_ops() {
+        let x = random_var(&[2, 40, 12], 1.0, 5);
+        let w = random_var(&[9, 12], 1.0, 6);
+        let b = random_var(&[9], 1.0, 7);
+        let weights = random_var(&[2, 40, 9], 1.0, 8);
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let plain = || dense(xt, wt, bt).unwrap();
+        let cases: [(Epilogue, Box<dyn Fn() -> Tensor>); 2] = [
+            (
+                Epilogue::Gelu,
+                Box::new(|| crate::model::fused::gelu(&plain()).unwrap()),
+            ),
+            (
+                Epilogue::Dropout {
+                    rate: 0.3,
+                    seed: 11,
+                },
+                Box::new(|| crate::model::gpu_ops::dropout(&plain(), 0.3, 11).unwrap()),
+            ),
+        ];
+        for (epilogue, separate) in cases {
+            let ours = dense_then(xt, wt, bt, epilogue).unwrap();
+            let theirs = separate();
+            assert!(max_rel_diff(&ours, &theirs) < 1e-5, "{epilogue:?}");
+            let grads = |y: &Tensor| {
+                (y * weights.as_tensor())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            };
+            let (g1, g2) = (grads(&ours), grads(&theirs));
+            for v in [&x, &w, &b] {
+                let d = max_rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-5, "{epilogue:?}: gradient differs by {d}");
+            }
+        }
+        // A rate of 0 is no dropout.
+        let none = dense_then(xt, wt, bt, Epilogue::Dropout { rate: 0.0, seed: 1 }).unwrap();
+        assert!(max_rel_diff(&none, &plain()) < 1e-7);
     }
 
     #[test]

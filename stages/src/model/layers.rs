@@ -90,6 +90,23 @@ pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     if x.dtype() == DType::F32 && (x.device().is_cpu() || super::gpu_ops::applies(x)) {
         return super::gpu_ops::dropout(x, p, rng.next_u64());
     }
+    random_dropout(x, p, rng)
+}
+
+/// [`dropout`] with the seed already drawn: the seeded op for f32, else a mask drawn from a
+/// generator seeded with `seed`.
+pub fn dropout_with_seed(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    if x.dtype() == DType::F32 && (x.device().is_cpu() || super::gpu_ops::applies(x)) {
+        return super::gpu_ops::dropout(x, p, seed);
+    }
+    random_dropout(x, p, &mut Rng::new(seed))
+}
+
+/// Dropout with a mask drawn from `rng` (CPU) or the device's generator (GPU).
+fn random_dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     let scale = 1.0 / (1.0 - p) as f64;
     let device = x.device();
     if device.is_cpu() {

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
+use super::dense::Epilogue;
 use super::layers::{
     bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device, softmax,
 };
@@ -299,17 +300,44 @@ impl Params {
 }
 
 fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
+    linear_then(p, prefix, x, Epilogue::None)
+}
+
+/// A dense layer followed by `epilogue`: inside one op for f32 on the CPU (`dense.rs`), as
+/// separate ops elsewhere.
+fn linear_then(p: &Params, prefix: &str, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     let w = p.get(&format!("{prefix}.weight"));
     let b = p.get(&format!("{prefix}.bias"));
     if p.compute == DType::F32 && super::dense::applies(x, &w) {
-        return super::dense::dense(x, &w, &b);
+        return super::dense::dense_then(x, &w, &b, epilogue);
     }
+    let y = linear_unfused(p, x, &w, &b)?;
+    match epilogue {
+        Epilogue::None => Ok(y),
+        Epilogue::Gelu => gelu(&y),
+        Epilogue::Dropout { rate, seed } => super::layers::dropout_with_seed(&y, rate, seed),
+    }
+}
+
+/// x Wᵀ + b as separate ops (a product, then a bias added).
+fn linear_unfused(p: &Params, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (bsz, len, inp) = x.dims3()?;
     bias_add(
         &matmul(&x.reshape((bsz * len, inp))?, &w.t()?, p.compute)?,
-        &b,
+        b,
     )?
     .reshape((bsz, len, w.dim(0)?))
+}
+
+/// Dropout at `rate` after a dense layer, its seed drawn from `rng` (none without `rng`).
+fn dropout_after(rate: f32, rng: Option<&mut Rng>) -> Epilogue {
+    match rng {
+        Some(rng) if rate > 0.0 => Epilogue::Dropout {
+            rate,
+            seed: rng.next_u64(),
+        },
+        _ => Epilogue::None,
+    }
 }
 
 fn ln(p: &Params, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
@@ -420,17 +448,25 @@ pub fn encode(
                 .contiguous()?
                 .reshape((bsz, len, cfg.hidden_size))?
         };
-        let attn = linear(p, &format!("{pre}.attention.output.dense"), &ctx)?;
-        let attn = dropout(&attn, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
+        let attn = linear_then(
+            p,
+            &format!("{pre}.attention.output.dense"),
+            &ctx,
+            dropout_after(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+        )?;
         let x1 = ln(
             p,
             &format!("{pre}.attention.output.LayerNorm"),
             &attn.add(&x)?,
             cfg.layer_norm_eps,
         )?;
-        let inter = gelu(&linear(p, &format!("{pre}.intermediate.dense"), &x1)?)?;
-        let out = linear(p, &format!("{pre}.output.dense"), &inter)?;
-        let out = dropout(&out, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
+        let inter = linear_then(p, &format!("{pre}.intermediate.dense"), &x1, Epilogue::Gelu)?;
+        let out = linear_then(
+            p,
+            &format!("{pre}.output.dense"),
+            &inter,
+            dropout_after(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+        )?;
         x = ln(
             p,
             &format!("{pre}.output.LayerNorm"),

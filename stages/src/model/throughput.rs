@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use serde::Serialize;
 
 use super::lamb::{sum_of_squares, Lamb};
@@ -210,51 +210,76 @@ pub fn profile_ops(
             .backward()
             .map(|_| ())
     })?;
-    time("softmax over attention scores + backward", &mut || {
-        layers::softmax(scores.as_tensor())?
-            .apply(&sum_of_squares)?
-            .backward()
-            .map(|_| ())
-    })?;
-    let mut drng = Rng::new(5);
-    time("dropout of attention probabilities (forward)", &mut || {
-        layers::dropout(scores.as_tensor(), 0.1, Some(&mut drng)).map(|_| ())
-    })?;
-    time("gelu over the feed-forward + backward", &mut || {
-        sum_of_squares(&layers::gelu(inter.as_tensor())?)?
-            .backward()
-            .map(|_| ())
-    })?;
-    time("linear hidden -> feed-forward + backward", &mut || {
-        let x2 = x.as_tensor().reshape((batch * len, h))?;
-        layers::bias_add(
-            &layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?,
-            b_in.as_tensor(),
-        )?
-        .apply(&sum_of_squares)?
-        .backward()
-        .map(|_| ())
-    })?;
-    time("attention matmuls (q k^T, probs v) + backward", &mut || {
-        let kt = q.as_tensor().t()?.contiguous()?;
-        let s = layers::matmul(q.as_tensor(), &kt, dt)?;
-        layers::matmul(&s, q.as_tensor(), dt)?
-            .apply(&sum_of_squares)?
-            .backward()
-            .map(|_| ())
-    })?;
-    time(
-        "split heads: reshape, transpose, contiguous + backward",
-        &mut || {
-            x.as_tensor()
-                .reshape((batch, len, heads, h / heads))?
-                .transpose(1, 2)?
-                .contiguous()?
+    if dt == DType::F32 && super::dense::applies(x.as_tensor(), w_in.as_tensor()) {
+        // The CPU's f32 path: one op per dense layer and one for attention.
+        let (qkv, mask) = (var(&[batch, len, h])?, vec![0f32; batch * len]);
+        time(
+            "dense hidden -> feed-forward with GELU, one op + backward",
+            &mut || {
+                let y = super::dense::dense_then(
+                    x.as_tensor(),
+                    w_in.as_tensor(),
+                    b_in.as_tensor(),
+                    super::dense::Epilogue::Gelu,
+                )?;
+                sum_of_squares(&y)?.backward().map(|_| ())
+            },
+        )?;
+        time(
+            "self-attention, all heads with dropout, one op + backward",
+            &mut || {
+                let t = qkv.as_tensor();
+                let y = super::attention::attention(t, t, t, heads, mask.clone(), Some((0.1, 7)))?;
+                sum_of_squares(&y)?.backward().map(|_| ())
+            },
+        )?;
+    } else {
+        time("softmax over attention scores + backward", &mut || {
+            layers::softmax(scores.as_tensor())?
                 .apply(&sum_of_squares)?
                 .backward()
                 .map(|_| ())
-        },
-    )?;
+        })?;
+        let mut drng = Rng::new(5);
+        time("dropout of attention probabilities (forward)", &mut || {
+            layers::dropout(scores.as_tensor(), 0.1, Some(&mut drng)).map(|_| ())
+        })?;
+        time("gelu over the feed-forward + backward", &mut || {
+            sum_of_squares(&layers::gelu(inter.as_tensor())?)?
+                .backward()
+                .map(|_| ())
+        })?;
+        time("linear hidden -> feed-forward + backward", &mut || {
+            let x2 = x.as_tensor().reshape((batch * len, h))?;
+            layers::bias_add(
+                &layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?,
+                b_in.as_tensor(),
+            )?
+            .apply(&sum_of_squares)?
+            .backward()
+            .map(|_| ())
+        })?;
+        time("attention matmuls (q k^T, probs v) + backward", &mut || {
+            let kt = q.as_tensor().t()?.contiguous()?;
+            let s = layers::matmul(q.as_tensor(), &kt, dt)?;
+            layers::matmul(&s, q.as_tensor(), dt)?
+                .apply(&sum_of_squares)?
+                .backward()
+                .map(|_| ())
+        })?;
+        time(
+            "split heads: reshape, transpose, contiguous + backward",
+            &mut || {
+                x.as_tensor()
+                    .reshape((batch, len, heads, h / heads))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .apply(&sum_of_squares)?
+                    .backward()
+                    .map(|_| ())
+            },
+        )?;
+    }
     let mut w = Params::init(cfg, 0, device)?;
     w.compute = dt;
     let rows: Vec<Vec<u32>> = ids.chunks(len).map(|c| c.to_vec()).collect();
