@@ -87,6 +87,17 @@ pub fn random_var(shape: &[usize], std: f32, seed: u64) -> candle_core::Var {
     candle_core::Var::from_tensor(&t).expect("a variable")
 }
 
+/// The gradients of sum(y * weights): every element of `y` gets its own gradient.
+pub fn weighted_grads(
+    y: &candle_core::Tensor,
+    weights: &candle_core::Tensor,
+) -> candle_core::backprop::GradStore {
+    (y * weights)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("a weighted sum and its backward pass")
+}
+
 /// A float tensor's elements summed, as f64.
 pub fn total(t: &candle_core::Tensor) -> f64 {
     t.to_dtype(candle_core::DType::F64)

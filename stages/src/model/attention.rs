@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::blas::{gemm, Operand};
 use super::fused::{data, hold, softmax_in_place};
-use super::gpu_ops::keep;
+use super::gpu_ops::{dropout_in_place, keep};
 
 /// Rows of the probabilities handed to a thread at a time.
 const ROWS_PER_TASK: usize = 32;
@@ -122,18 +122,8 @@ impl Attention {
     /// The probabilities after dropout (a copy), or `None` without dropout.
     fn dropped(&self, probs: &[f32]) -> Option<Vec<f32>> {
         let (p, seed) = self.dropout?;
-        let scale = 1.0 / (1.0 - p);
-        let mut out = vec![0f32; probs.len()];
-        out.par_chunks_mut(4096)
-            .zip(probs.par_chunks(4096))
-            .enumerate()
-            .for_each(|(t, (o, x))| {
-                for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                    if keep(seed, (t * 4096 + i) as u64, p) {
-                        *o = x * scale;
-                    }
-                }
-            });
+        let mut out = probs.to_vec();
+        dropout_in_place(&mut out, p, seed);
         Some(out)
     }
 }
@@ -256,11 +246,10 @@ impl CustomOp3 for Attention {
             .enumerate()
             .for_each(|(t, (g, p))| {
                 if let Some((rate, seed)) = self.dropout {
-                    let scale = 1.0 / (1.0 - rate);
                     let first = t * len * ROWS_PER_TASK;
                     for (i, g) in g.iter_mut().enumerate() {
                         *g = if keep(seed, (first + i) as u64, rate) {
-                            *g * scale
+                            *g / (1.0 - rate)
                         } else {
                             0.0
                         };
@@ -307,7 +296,7 @@ impl CustomOp3 for Attention {
 mod tests {
     use super::*;
     use crate::model::layers;
-    use crate::testing::{max_abs_diff, random_var};
+    use crate::testing::{max_abs_diff, random_var, weighted_grads};
     use candle_core::Device;
 
     /// The same attention composed of candle ops, with dropout as a seeded op on the
@@ -361,14 +350,7 @@ mod tests {
         let ours = attention(q_, k_, v_, heads, mask.clone(), dropout).unwrap();
         let theirs = composed(q_, k_, v_, heads, &mask, dropout);
         assert!(max_abs_diff(&ours, &theirs) < 1e-5);
-        let grads = |y: &Tensor| {
-            (y * weights.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
+        let grads = |y: &Tensor| weighted_grads(y, weights.as_tensor());
         let (g1, g2) = (grads(&ours), grads(&theirs));
         for x in [&q, &k, &v] {
             let d = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());

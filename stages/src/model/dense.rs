@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::blas::{gemm, Operand};
 use super::fused::{data, gelu_and_slope, hold, last_dim};
-use super::gpu_ops::keep;
+use super::gpu_ops::dropout_in_place;
 
 /// Elements handed to a thread at a time by the element-wise steps.
 const CHUNK: usize = 4096;
@@ -130,7 +130,7 @@ impl CustomOp3 for Dense {
                     });
                 *self.pre_activation.lock().expect("dense pre-activation") = z;
             }
-            Epilogue::Dropout { rate, seed } => apply_dropout(&mut y, rate, seed),
+            Epilogue::Dropout { rate, seed } => dropout_in_place(&mut y, rate, seed),
         }
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("a dense input has dimensions") = out;
@@ -172,7 +172,7 @@ impl CustomOp3 for Dense {
             }
             Epilogue::Dropout { rate, seed } => {
                 let mut dz = gh.slice().to_vec();
-                apply_dropout(&mut dz, rate, seed);
+                dropout_in_place(&mut dz, rate, seed);
                 Some(dz)
             }
         };
@@ -211,20 +211,6 @@ impl CustomOp3 for Dense {
     }
 }
 
-/// Inverted dropout of `y` in place: element i is kept, divided by 1 - `rate`, where
-/// `keep(seed, i, rate)`, and zeroed otherwise.
-fn apply_dropout(y: &mut [f32], rate: f32, seed: u64) {
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(t, y)| {
-        for (i, y) in y.iter_mut().enumerate() {
-            *y = if keep(seed, (t * CHUNK + i) as u64, rate) {
-                *y / (1.0 - rate)
-            } else {
-                0.0
-            };
-        }
-    });
-}
-
 /// The sums of the columns of `g` (rows of `n`), in parallel over blocks of rows whose partial
 /// sums are added in block order, so the result does not depend on scheduling.
 pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
@@ -248,7 +234,7 @@ pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{max_rel_diff, random_var};
+    use crate::testing::{max_rel_diff, random_var, weighted_grads};
 
     #[test]
     fn dense_matches_candle_forward_and_backward() {
@@ -266,14 +252,7 @@ mod tests {
             .unwrap();
         assert_eq!(ours.dims(), &[3, 70, 5]);
         assert!(max_rel_diff(&ours, &theirs) < 1e-5);
-        let grads = |y: &Tensor| {
-            (y * weights.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
+        let grads = |y: &Tensor| weighted_grads(y, weights.as_tensor());
         let (g1, g2) = (grads(&ours), grads(&theirs));
         for v in [&x, &w, &b] {
             let d = max_rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
@@ -307,14 +286,7 @@ mod tests {
             let ours = dense_then(xt, wt, bt, epilogue).unwrap();
             let theirs = separate();
             assert!(max_rel_diff(&ours, &theirs) < 1e-5, "{epilogue:?}");
-            let grads = |y: &Tensor| {
-                (y * weights.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            };
+            let grads = |y: &Tensor| weighted_grads(y, weights.as_tensor());
             let (g1, g2) = (grads(&ours), grads(&theirs));
             for v in [&x, &w, &b] {
                 let d = max_rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());

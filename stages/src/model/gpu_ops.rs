@@ -226,24 +226,28 @@ pub fn keep(seed: u64, i: u64, p: f32) -> bool {
     (z >> 40) as f32 * (1.0 / 16_777_216.0) >= p
 }
 
+/// Inverted dropout of `y` in place, in parallel: element i is kept, divided by 1 - `p`, where
+/// `keep(seed, i, p)`, and zeroed otherwise.
+pub(crate) fn dropout_in_place(y: &mut [f32], p: f32, seed: u64) {
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(t, y)| {
+        for (i, y) in y.iter_mut().enumerate() {
+            *y = if keep(seed, (t * CHUNK + i) as u64, p) {
+                *y / (1.0 - p)
+            } else {
+                0.0
+            };
+        }
+    });
+}
+
 impl CustomOp1 for Dropout {
     fn name(&self) -> &'static str {
         "flora-dropout"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = data(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(t, (y, x))| {
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    if keep(self.seed, (t * CHUNK + i) as u64, self.p) {
-                        *y = x / (1.0 - self.p);
-                    }
-                }
-            });
+        let mut y = data(s, l, self.name())?.to_vec();
+        dropout_in_place(&mut y, self.p, self.seed);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
