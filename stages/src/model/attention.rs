@@ -65,7 +65,7 @@ struct Attention {
 
 /// The sizes of an attention problem.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(crate) struct Dims {
     batch: usize,
     len: usize,
     hidden: usize,
@@ -74,6 +74,17 @@ struct Dims {
 }
 
 impl Dims {
+    /// `batch` sequences of `len` tokens, `hidden` wide, in `heads` heads.
+    pub(crate) fn new(batch: usize, len: usize, hidden: usize, heads: usize) -> Dims {
+        Dims {
+            batch,
+            len,
+            hidden,
+            heads,
+            head_dim: hidden / heads.max(1),
+        }
+    }
+
     /// Offset of head `h` of sequence `b` in a (batch, len, hidden) tensor.
     fn token_offset(&self, b: usize, h: usize) -> usize {
         b * self.len * self.hidden + h * self.head_dim
@@ -96,35 +107,198 @@ impl Dims {
     }
 }
 
-impl Attention {
-    fn dims(&self, l: &Layout) -> Result<Dims> {
-        let [batch, len, hidden] = l.dims() else {
-            candle_core::bail!(
-                "flora-attention: expects (batch, len, hidden), got {:?}",
-                l.dims()
-            )
-        };
-        if self.key_mask.len() != batch * len {
-            candle_core::bail!(
-                "flora-attention: a key mask of {} for {batch} x {len} tokens",
-                self.key_mask.len()
-            );
-        }
-        Ok(Dims {
-            batch: *batch,
-            len: *len,
-            hidden: *hidden,
-            heads: self.heads,
-            head_dim: hidden / self.heads,
-        })
-    }
+/// One attention problem: its sizes, the scale of the scores, the additive key mask (batch x
+/// len) and the probabilities' dropout (rate, seed).
+pub(crate) struct Problem<'a> {
+    /// The sizes.
+    pub d: Dims,
+    /// 1 / sqrt(head_dim).
+    pub scale: f32,
+    /// Added to every query's scores: 0 for real tokens, a large negative for padding.
+    pub key_mask: &'a [f32],
+    /// Dropout of the probabilities.
+    pub dropout: Option<(f32, u64)>,
+}
 
+impl Problem<'_> {
     /// The probabilities after dropout (a copy), or `None` without dropout.
     fn dropped(&self, probs: &[f32]) -> Option<Vec<f32>> {
         let (p, seed) = self.dropout?;
         let mut out = probs.to_vec();
         dropout_in_place(&mut out, p, seed);
         Some(out)
+    }
+
+    fn check(&self, q: &[f32]) -> Result<()> {
+        let d = &self.d;
+        if self.key_mask.len() != d.batch * d.len {
+            candle_core::bail!(
+                "flora-attention: a key mask of {} for {} x {} tokens",
+                self.key_mask.len(),
+                d.batch,
+                d.len
+            );
+        }
+        if q.len() != d.batch * d.len * d.hidden {
+            candle_core::bail!(
+                "flora-attention: {} values for {} x {} x {}",
+                q.len(),
+                d.batch,
+                d.len,
+                d.hidden
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The attention of `problem` over q, k and v (batch, len, hidden): the heads' contexts side by
+/// side (batch, len, hidden), and the probabilities before dropout (batch, heads, len, len).
+pub(crate) fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    problem: &Problem,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    problem.check(q)?;
+    let d = problem.d;
+    let (len, hidden) = (d.len, d.hidden);
+    let mut probs = vec![0f32; d.batch * d.heads * len * len];
+    for (b, h) in d.pairs() {
+        gemm(
+            (len, len, d.head_dim),
+            problem.scale,
+            Operand::new(q, d.token_offset(b, h), false, hidden),
+            Operand::new(k, d.token_offset(b, h), true, hidden),
+            0.0,
+            (&mut probs, d.probs_offset(b, h), len),
+        )?;
+    }
+    probs
+        .par_chunks_mut(len * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(t, rows)| {
+            for (i, row) in rows.chunks_mut(len).enumerate() {
+                let b = d.sequence_of_row(t * ROWS_PER_TASK + i);
+                let mask = &problem.key_mask[b * len..(b + 1) * len];
+                row.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
+                softmax_in_place(row);
+            }
+        });
+    let dropped = problem.dropped(&probs);
+    let used = dropped.as_deref().unwrap_or(&probs);
+    let mut out = vec![0f32; q.len()];
+    for (b, h) in d.pairs() {
+        gemm(
+            (len, d.head_dim, len),
+            1.0,
+            Operand::new(used, d.probs_offset(b, h), false, len),
+            Operand::new(v, d.token_offset(b, h), false, hidden),
+            0.0,
+            (&mut out, d.token_offset(b, h), hidden),
+        )?;
+    }
+    Ok((out, probs))
+}
+
+/// The backward pass of [`forward`] from the contexts' gradient `g` and the forward pass's
+/// probabilities: (dq, dk, dv).
+pub(crate) fn backward(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    g: &[f32],
+    probs: &[f32],
+    problem: &Problem,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    problem.check(q)?;
+    let d = problem.d;
+    let (len, hidden) = (d.len, d.hidden);
+    if probs.len() != d.batch * d.heads * len * len {
+        candle_core::bail!("flora-attention: the backward pass ran without a forward pass");
+    }
+    // dV = P_droppedᵀ g and d(P_dropped) = g vᵀ, per head.
+    let dropped = problem.dropped(probs);
+    let used = dropped.as_deref().unwrap_or(probs);
+    let mut dv = vec![0f32; v.len()];
+    let mut dp = vec![0f32; probs.len()];
+    for (b, h) in d.pairs() {
+        let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
+        gemm(
+            (len, d.head_dim, len),
+            1.0,
+            Operand::new(used, p, true, len),
+            Operand::new(g, t, false, hidden),
+            0.0,
+            (&mut dv, t, hidden),
+        )?;
+        gemm(
+            (len, len, d.head_dim),
+            1.0,
+            Operand::new(g, t, false, hidden),
+            Operand::new(v, t, true, hidden),
+            0.0,
+            (&mut dp, p, len),
+        )?;
+    }
+    drop(dropped);
+    // Through dropout (the same mask, the same scale) and softmax: dS = P (dP - sum(dP P)).
+    dp.par_chunks_mut(len * ROWS_PER_TASK)
+        .zip(probs.par_chunks(len * ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(t, (g, p))| {
+            if let Some((rate, seed)) = problem.dropout {
+                let first = t * len * ROWS_PER_TASK;
+                for (i, g) in g.iter_mut().enumerate() {
+                    *g = if keep(seed, (first + i) as u64, rate) {
+                        *g / (1.0 - rate)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            for (g, p) in g.chunks_mut(len).zip(p.chunks(len)) {
+                let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
+            }
+        });
+    // dq = scale dS k and dk = scale dSᵀ q, per head.
+    let mut dq = vec![0f32; q.len()];
+    let mut dk = vec![0f32; k.len()];
+    for (b, h) in d.pairs() {
+        let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
+        gemm(
+            (len, d.head_dim, len),
+            problem.scale,
+            Operand::new(&dp, p, false, len),
+            Operand::new(k, t, false, hidden),
+            0.0,
+            (&mut dq, t, hidden),
+        )?;
+        gemm(
+            (len, d.head_dim, len),
+            problem.scale,
+            Operand::new(&dp, p, true, len),
+            Operand::new(q, t, false, hidden),
+            0.0,
+            (&mut dk, t, hidden),
+        )?;
+    }
+    Ok((dq, dk, dv))
+}
+
+impl Attention {
+    fn problem(&self, l: &Layout) -> Result<Problem<'_>> {
+        let [batch, len, hidden] = l.dims() else {
+            candle_core::bail!(
+                "flora-attention: expects (batch, len, hidden), got {:?}",
+                l.dims()
+            )
+        };
+        Ok(Problem {
+            d: Dims::new(*batch, *len, *hidden, self.heads),
+            scale: self.scale,
+            key_mask: &self.key_mask,
+            dropout: self.dropout,
+        })
     }
 }
 
@@ -155,43 +329,7 @@ impl CustomOp3 for Attention {
                 l3.dims()
             );
         }
-        let d = self.dims(l1)?;
-        let (len, hidden) = (d.len, d.hidden);
-        let mut probs = vec![0f32; d.batch * d.heads * len * len];
-        for (b, h) in d.pairs() {
-            gemm(
-                (len, len, d.head_dim),
-                self.scale,
-                Operand::new(q, d.token_offset(b, h), false, hidden),
-                Operand::new(k, d.token_offset(b, h), true, hidden),
-                0.0,
-                (&mut probs, d.probs_offset(b, h), len),
-            )?;
-        }
-        probs
-            .par_chunks_mut(len * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(t, rows)| {
-                for (i, row) in rows.chunks_mut(len).enumerate() {
-                    let b = d.sequence_of_row(t * ROWS_PER_TASK + i);
-                    let mask = &self.key_mask[b * len..(b + 1) * len];
-                    row.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
-                    softmax_in_place(row);
-                }
-            });
-        let dropped = self.dropped(&probs);
-        let used = dropped.as_deref().unwrap_or(&probs);
-        let mut out = vec![0f32; q.len()];
-        for (b, h) in d.pairs() {
-            gemm(
-                (len, d.head_dim, len),
-                1.0,
-                Operand::new(used, d.probs_offset(b, h), false, len),
-                Operand::new(v, d.token_offset(b, h), false, hidden),
-                0.0,
-                (&mut out, d.token_offset(b, h), hidden),
-            )?;
-        }
+        let (out, probs) = forward(q, k, v, &self.problem(l1)?)?;
         *self.probs.lock().expect("attention probabilities") = probs;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -208,81 +346,13 @@ impl CustomOp3 for Attention {
         let held = [q, k, v, &grad].map(|t| hold(t, self.name()));
         let [qh, kh, vh, gh] = held;
         let (qh, kh, vh, gh) = (qh?, kh?, vh?, gh?);
-        let (qs, ks, vs, gs) = (qh.slice(), kh.slice(), vh.slice(), gh.slice());
-        let d = self.dims(q.layout())?;
-        let (len, hidden) = (d.len, d.hidden);
         let probs = self.probs.lock().expect("attention probabilities");
-        if probs.len() != d.batch * d.heads * len * len {
-            candle_core::bail!("flora-attention: the backward pass ran without a forward pass");
-        }
-        // dV = P_droppedᵀ g and d(P_dropped) = g vᵀ, per head.
-        let dropped = self.dropped(&probs);
-        let used = dropped.as_deref().unwrap_or(&probs);
-        let mut dv = vec![0f32; vs.len()];
-        let mut dp = vec![0f32; probs.len()];
-        for (b, h) in d.pairs() {
-            let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
-            gemm(
-                (len, d.head_dim, len),
-                1.0,
-                Operand::new(used, p, true, len),
-                Operand::new(gs, t, false, hidden),
-                0.0,
-                (&mut dv, t, hidden),
-            )?;
-            gemm(
-                (len, len, d.head_dim),
-                1.0,
-                Operand::new(gs, t, false, hidden),
-                Operand::new(vs, t, true, hidden),
-                0.0,
-                (&mut dp, p, len),
-            )?;
-        }
-        drop(dropped);
-        // Through dropout (the same mask, the same scale) and softmax: dS = P (dP - sum(dP P)).
-        dp.par_chunks_mut(len * ROWS_PER_TASK)
-            .zip(probs.par_chunks(len * ROWS_PER_TASK))
-            .enumerate()
-            .for_each(|(t, (g, p))| {
-                if let Some((rate, seed)) = self.dropout {
-                    let first = t * len * ROWS_PER_TASK;
-                    for (i, g) in g.iter_mut().enumerate() {
-                        *g = if keep(seed, (first + i) as u64, rate) {
-                            *g / (1.0 - rate)
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                for (g, p) in g.chunks_mut(len).zip(p.chunks(len)) {
-                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
-                    g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
-                }
-            });
-        drop(probs);
-        // dq = scale dS k and dk = scale dSᵀ q, per head.
-        let mut dq = vec![0f32; qs.len()];
-        let mut dk = vec![0f32; ks.len()];
-        for (b, h) in d.pairs() {
-            let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
-            gemm(
-                (len, d.head_dim, len),
-                self.scale,
-                Operand::new(&dp, p, false, len),
-                Operand::new(ks, t, false, hidden),
-                0.0,
-                (&mut dq, t, hidden),
-            )?;
-            gemm(
-                (len, d.head_dim, len),
-                self.scale,
-                Operand::new(&dp, p, true, len),
-                Operand::new(qs, t, false, hidden),
-                0.0,
-                (&mut dk, t, hidden),
-            )?;
-        }
+        let (dq, dk, dv) = backward(
+            (qh.slice(), kh.slice(), vh.slice()),
+            gh.slice(),
+            &probs,
+            &self.problem(q.layout())?,
+        )?;
         let device = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), device)?),

@@ -106,28 +106,12 @@ impl CustomOp3 for Dense {
         let w = data(s2, l2, self.name())?;
         let b = data(s3, l3, self.name())?;
         let (rows, inp, out) = sizes(x.len(), last_dim(l1), l2, b.len())?;
-        let mut y = vec![0f32; rows * out];
-        y.par_chunks_mut(out).for_each(|row| row.copy_from_slice(b));
-        gemm(
-            (rows, out, inp),
-            1.0,
-            Operand::new(x, 0, false, inp),
-            Operand::new(w, 0, true, inp),
-            1.0,
-            (&mut y, 0, out),
-        )?;
+        let mut y = forward(x, w, b, (rows, inp, out))?;
         match self.epilogue {
             Epilogue::None => {}
             Epilogue::Gelu => {
-                let mut z = vec![0f32; y.len()];
-                z.par_chunks_mut(CHUNK)
-                    .zip(y.par_chunks_mut(CHUNK))
-                    .for_each(|(z, y)| {
-                        for (z, y) in z.iter_mut().zip(y) {
-                            *z = *y;
-                            *y = gelu_and_slope(*z).0;
-                        }
-                    });
+                let z = y.clone();
+                gelu_in_place(&mut y);
                 *self.pre_activation.lock().expect("dense pre-activation") = z;
             }
             Epilogue::Dropout { rate, seed } => dropout_in_place(&mut y, rate, seed),
@@ -160,14 +144,8 @@ impl CustomOp3 for Dense {
                 if z.len() != gh.slice().len() {
                     candle_core::bail!("flora-dense: the backward pass ran without a forward pass");
                 }
-                let mut dz = vec![0f32; z.len()];
-                dz.par_chunks_mut(CHUNK)
-                    .zip(z.par_chunks(CHUNK).zip(gh.slice().par_chunks(CHUNK)))
-                    .for_each(|(d, (z, g))| {
-                        for ((d, &z), &g) in d.iter_mut().zip(z).zip(g) {
-                            *d = g * gelu_and_slope(z).1;
-                        }
-                    });
+                let mut dz = gh.slice().to_vec();
+                through_gelu(&mut dz, &z);
                 Some(dz)
             }
             Epilogue::Dropout { rate, seed } => {
@@ -184,24 +162,7 @@ impl CustomOp3 for Dense {
             b.elem_count(),
         )?;
         let mut dx = vec![0f32; rows * inp];
-        gemm(
-            (rows, inp, out),
-            1.0,
-            Operand::new(gs, 0, false, out),
-            Operand::new(ws, 0, false, inp),
-            0.0,
-            (&mut dx, 0, inp),
-        )?;
-        let mut dw = vec![0f32; out * inp];
-        gemm(
-            (out, inp, rows),
-            1.0,
-            Operand::new(gs, 0, true, out),
-            Operand::new(xs, 0, false, inp),
-            0.0,
-            (&mut dw, 0, inp),
-        )?;
-        let db = column_sums(gs, out);
+        let (dw, db) = backward(gs, xs, ws, (rows, inp, out), &mut dx, false)?;
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), device)?),
@@ -209,6 +170,76 @@ impl CustomOp3 for Dense {
             Some(Tensor::from_vec(db, b.shape(), device)?),
         ))
     }
+}
+
+/// x Wᵀ + b for `rows` rows of x (rows, in) and a weight (out, in): (rows, out), through one
+/// BLAS call with the bias preloaded.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    (rows, inp, out): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let mut y = vec![0f32; rows * out];
+    y.par_chunks_mut(out.max(1))
+        .for_each(|row| row.copy_from_slice(b));
+    gemm(
+        (rows, out, inp),
+        1.0,
+        Operand::new(x, 0, false, inp),
+        Operand::new(w, 0, true, inp),
+        1.0,
+        (&mut y, 0, out),
+    )?;
+    Ok(y)
+}
+
+/// The backward pass of [`forward`] from the output's gradient `g`: dx = g W written into `dx`
+/// (or added to it, with `accumulate`), and (dW, db).
+pub(crate) fn backward(
+    g: &[f32],
+    x: &[f32],
+    w: &[f32],
+    (rows, inp, out): (usize, usize, usize),
+    dx: &mut [f32],
+    accumulate: bool,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    gemm(
+        (rows, inp, out),
+        1.0,
+        Operand::new(g, 0, false, out),
+        Operand::new(w, 0, false, inp),
+        if accumulate { 1.0 } else { 0.0 },
+        (dx, 0, inp),
+    )?;
+    let mut dw = vec![0f32; out * inp];
+    gemm(
+        (out, inp, rows),
+        1.0,
+        Operand::new(g, 0, true, out),
+        Operand::new(x, 0, false, inp),
+        0.0,
+        (&mut dw, 0, inp),
+    )?;
+    Ok((dw, column_sums(g, out)))
+}
+
+/// GELU of `y` in place, in parallel.
+pub(crate) fn gelu_in_place(y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK).for_each(|y| {
+        y.iter_mut().for_each(|v| *v = gelu_and_slope(*v).0);
+    });
+}
+
+/// A gradient `g` taken back through GELU at its inputs `z`, in place: g GELU'(z).
+pub(crate) fn through_gelu(g: &mut [f32], z: &[f32]) {
+    g.par_chunks_mut(CHUNK)
+        .zip(z.par_chunks(CHUNK))
+        .for_each(|(g, z)| {
+            for (g, &z) in g.iter_mut().zip(z) {
+                *g *= gelu_and_slope(z).1;
+            }
+        });
 }
 
 /// The sums of the columns of `g` (rows of `n`), in parallel over blocks of rows whose partial

@@ -281,6 +281,71 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// LayerNorm of each row of `x` (rows of `w.len()`), in parallel.
+pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    let n = w.len().max(1);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(x.par_chunks(n * ROWS_PER_TASK))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
+                let (mean, rstd) = moments(x, eps);
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
+                }
+            }
+        });
+    y
+}
+
+/// The backward pass of [`layer_norm_rows`] from its input `xs`, weight `ws` and the output's
+/// gradient `gs`: dx into `dx`, and dw and db (each task's partial sums added in task order, so
+/// the result does not depend on scheduling).
+pub(crate) fn layer_norm_rows_backward(
+    xs: &[f32],
+    ws: &[f32],
+    gs: &[f32],
+    eps: f64,
+    dx: &mut [f32],
+    (dw, db): (&mut [f32], &mut [f32]),
+) {
+    let n = ws.len().max(1);
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(
+            xs.par_chunks(n * ROWS_PER_TASK)
+                .zip(gs.par_chunks(n * ROWS_PER_TASK)),
+        )
+        .map(|(d, (x, g))| {
+            let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+            for ((d, x), g) in d.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+                let (mean, rstd) = moments(x, eps);
+                let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+                for j in 0..n {
+                    let xhat = (x[j] - mean) * rstd;
+                    let gw = g[j] * ws[j];
+                    sum_gw += gw;
+                    sum_gw_xhat += gw * xhat;
+                    dw[j] += g[j] * xhat;
+                    db[j] += g[j];
+                }
+                let (m1, m2) = (sum_gw / n as f32, sum_gw_xhat / n as f32);
+                for j in 0..n {
+                    let xhat = (x[j] - mean) * rstd;
+                    d[j] = rstd * (g[j] * ws[j] - m1 - xhat * m2);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    dw.fill(0.0);
+    db.fill(0.0);
+    for (pw, pb) in partial {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+}
+
 struct LayerNorm {
     eps: f64,
 }
@@ -319,17 +384,7 @@ impl candle_core::CustomOp3 for LayerNorm {
                 b.len()
             );
         }
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(x.par_chunks(n * ROWS_PER_TASK))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
-                    }
-                }
-            });
+        let y = layer_norm_rows(x, w, b, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -388,45 +443,11 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         let xs = data(s1, l1, self.name())?;
         let ws = data(s2, l2, self.name())?;
         let gs = data(s3, l3, self.name())?;
-        let n = ws.len();
-        let len = xs.len();
+        let (n, len) = (ws.len(), xs.len());
         let mut packed = vec![0f32; len + 2 * n];
         let (dx, sums) = packed.split_at_mut(len);
-        // Per task: dx for its rows, and its partial sums of dw and db (added in task order, so
-        // the result does not depend on scheduling).
-        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(
-                xs.par_chunks(n * ROWS_PER_TASK)
-                    .zip(gs.par_chunks(n * ROWS_PER_TASK)),
-            )
-            .map(|(d, (x, g))| {
-                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
-                for ((d, x), g) in d.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
-                    for j in 0..n {
-                        let xhat = (x[j] - mean) * rstd;
-                        let gw = g[j] * ws[j];
-                        sum_gw += gw;
-                        sum_gw_xhat += gw * xhat;
-                        dw[j] += g[j] * xhat;
-                        db[j] += g[j];
-                    }
-                    let (m1, m2) = (sum_gw / n as f32, sum_gw_xhat / n as f32);
-                    for j in 0..n {
-                        let xhat = (x[j] - mean) * rstd;
-                        d[j] = rstd * (g[j] * ws[j] - m1 - xhat * m2);
-                    }
-                }
-                (dw, db)
-            })
-            .collect();
         let (dw, db) = sums.split_at_mut(n);
-        for (pw, pb) in partial {
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-        }
+        layer_norm_rows_backward(xs, ws, gs, self.eps, dx, (dw, db));
         Ok((CpuStorage::F32(packed), Shape::from(len + 2 * n)))
     }
 

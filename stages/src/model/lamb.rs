@@ -318,6 +318,7 @@ mod tests {
             vars: HashMap::from([("x.weight".to_string(), w.clone())]),
             frozen: false,
             compute: candle_core::DType::F32,
+            sink: Default::default(),
         };
         let grads = HashMap::from([(
             "x.weight".to_string(),
@@ -362,6 +363,7 @@ mod tests {
                 .collect(),
             frozen: false,
             compute: candle_core::DType::F32,
+            sink: Default::default(),
         };
         let (fast, slow) = (vars(&init), vars(&init));
         let (mut of, mut os) = (Lamb::new(0.01), Lamb::new(0.01));

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod blas;
 pub mod dense;
 pub mod device;
+pub mod encoder_layer;
 pub mod examples;
 pub mod finetune;
 pub mod fused;

@@ -15,11 +15,13 @@
 //! the first real token; the two give the same ids only for sequences that fill `max_len`.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::dense::Epilogue;
+use super::encoder_layer::{encoder_layer, LayerDropout};
 use super::layers::{
     bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device, softmax,
 };
@@ -192,6 +194,30 @@ impl Config {
     }
 }
 
+/// Gradients that ops hand in themselves during a backward pass, by parameter name, until
+/// [`Params::grads`] collects them: the CPU's encoder-layer op (`encoder_layer.rs`) computes its
+/// parameters' gradients itself rather than through candle's graph.
+#[derive(Default)]
+pub struct GradSink(Mutex<HashMap<String, Tensor>>);
+
+impl GradSink {
+    /// Adds `grad` to the gradient of `name`.
+    pub fn add(&self, name: &str, grad: Tensor) -> Result<()> {
+        let mut grads = self.0.lock().expect("gradient sink");
+        let sum = match grads.remove(name) {
+            Some(prev) => (prev + grad)?,
+            None => grad,
+        };
+        grads.insert(name.to_string(), sum);
+        Ok(())
+    }
+
+    /// Every gradient handed in since the last call.
+    pub fn take(&self) -> HashMap<String, Tensor> {
+        std::mem::take(&mut *self.0.lock().expect("gradient sink"))
+    }
+}
+
 /// The model's parameters, by HuggingFace name.
 pub struct Params {
     /// Trainable variables.
@@ -202,6 +228,8 @@ pub struct Params {
     /// The matrix products' operand type: f32, or bf16 for mixed precision (f32 weights, bf16
     /// products, f32 everywhere else: LayerNorm, softmax, GELU, the loss).
     pub compute: DType,
+    /// Gradients computed by ops outside candle's graph, collected by [`Params::grads`].
+    pub sink: Arc<GradSink>,
 }
 
 impl Params {
@@ -242,6 +270,7 @@ impl Params {
             vars,
             frozen: false,
             compute: DType::F32,
+            sink: Arc::default(),
         })
     }
 
@@ -268,6 +297,7 @@ impl Params {
             vars,
             frozen: false,
             compute: DType::F32,
+            sink: Arc::default(),
         })
     }
 
@@ -283,11 +313,22 @@ impl Params {
     }
 
     /// The gradient of every parameter that has one in `store`, by name.
+    /// Ops that compute their parameters' gradients themselves hand them in to [`Params::sink`]
+    /// during the backward pass; they are collected (and the sink emptied) here.
     pub fn grads(&self, store: &candle_core::backprop::GradStore) -> HashMap<String, Tensor> {
-        self.vars
+        let mut grads: HashMap<String, Tensor> = self
+            .vars
             .iter()
             .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
-            .collect()
+            .collect();
+        for (name, g) in self.sink.take() {
+            let sum = match grads.remove(&name) {
+                Some(prev) => (prev + &g).unwrap_or(g),
+                None => g,
+            };
+            grads.insert(name, sum);
+        }
+        grads
     }
 
     /// The tensors, by name, for saving.
@@ -380,13 +421,26 @@ pub fn position_ids(ids: &[Vec<u32>], cfg: &Config) -> Vec<u32> {
 }
 
 /// The encoder's final hidden states (batch, len, hidden) for `ids` (rows of equal length);
-/// `rng` turns dropout on.
+/// `rng` turns dropout on. For f32 on the CPU each layer is one op (`encoder_layer.rs`).
 pub fn encode(
+    p: &Params,
+    cfg: &Config,
+    ids: &[Vec<u32>],
+    rng: Option<&mut Rng>,
+    device: &Device,
+) -> Result<Tensor> {
+    encode_with(p, cfg, ids, rng, device, true)
+}
+
+/// [`encode`], with each layer's pieces as separate ops where `whole_layers` is false (what GPUs
+/// and bf16 run; the tests compare the two).
+pub(crate) fn encode_with(
     p: &Params,
     cfg: &Config,
     ids: &[Vec<u32>],
     mut rng: Option<&mut Rng>,
     device: &Device,
+    whole_layers: bool,
 ) -> Result<Tensor> {
     let (bsz, len) = (ids.len(), ids[0].len());
     seed_device(device, rng.as_deref_mut())?;
@@ -418,6 +472,19 @@ pub fn encode(
     let hd = cfg.hidden_size / heads;
     let scale = 1.0 / (hd as f64).sqrt();
     for l in 0..cfg.num_hidden_layers {
+        if whole_layers && super::encoder_layer::applies(&x, p) {
+            let mut draw = |rate: f32| match rng.as_deref_mut() {
+                Some(rng) if rate > 0.0 => Some((rate, rng.next_u64())),
+                _ => None,
+            };
+            let dropout = LayerDropout {
+                attention: draw(cfg.attention_probs_dropout_prob),
+                attention_output: draw(cfg.hidden_dropout_prob),
+                output: draw(cfg.hidden_dropout_prob),
+            };
+            x = encoder_layer(p, cfg, l, &x, &key_mask_rows, dropout)?;
+            continue;
+        }
         let pre = format!("roberta.encoder.layer.{l}");
         let q = linear(p, &format!("{pre}.attention.self.query"), &x)?;
         let k = linear(p, &format!("{pre}.attention.self.key"), &x)?;
