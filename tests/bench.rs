@@ -54,8 +54,19 @@ fn bench_times_training_steps_in_both_precisions() {
         let loss = v["last_loss"].as_f64().unwrap();
         assert!(loss.is_finite() && loss > 0.0, "{v}");
     }
+    // f32 on the CPU times its dense and attention ops; bf16 the composed pieces.
     let out = p.ok(&refs(&tiny(&[("--ops", "")])));
-    for piece in ["layer_norm", "softmax", "LAMB update", "s per step"] {
+    for piece in [
+        "layer_norm",
+        "dense",
+        "self-attention",
+        "LAMB update",
+        "s per step",
+    ] {
+        assert!(out.contains(piece), "{piece} missing:\n{out}");
+    }
+    let out = p.ok(&refs(&tiny(&[("--ops", ""), ("--precision", "bf16")])));
+    for piece in ["softmax", "gelu", "attention matmuls", "s per step"] {
         assert!(out.contains(piece), "{piece} missing:\n{out}");
     }
 }
