@@ -159,6 +159,14 @@ fn maybe_dropout(y: &mut [f32], d: Option<(f32, u64)>) {
 }
 
 impl EncoderLayer {
+    /// The parameters' storage, held for reading, in [`NAMES`] order.
+    fn held_params(&self) -> Result<Vec<super::fused::Held<'_>>> {
+        self.params
+            .iter()
+            .map(|t| hold(t, "flora-encoder-layer"))
+            .collect()
+    }
+
     /// (batch, len, hidden, intermediate), checked against the parameters' shapes.
     fn sizes(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
         let [batch, len, hidden] = l.dims() else {
@@ -201,11 +209,7 @@ impl CustomOp1 for EncoderLayer {
         let x = data(s, l, self.name())?;
         let (batch, len, h, inter) = self.sizes(l)?;
         let rows = batch * len;
-        let held = self
-            .params
-            .iter()
-            .map(|t| hold(t, self.name()))
-            .collect::<Result<Vec<_>>>()?;
+        let held = self.held_params()?;
         let w = |i: usize| held[i].slice();
         let q = dense::forward(x, w(QW), w(QB), (rows, h, h))?;
         let k = dense::forward(x, w(KW), w(KB), (rows, h, h))?;
@@ -243,11 +247,7 @@ impl CustomOp1 for EncoderLayer {
         let rows = batch * len;
         let (xh, gh) = (hold(x, self.name())?, hold(&grad, self.name())?);
         let (xs, g) = (xh.slice(), gh.slice());
-        let held = self
-            .params
-            .iter()
-            .map(|t| hold(t, self.name()))
-            .collect::<Result<Vec<_>>>()?;
+        let held = self.held_params()?;
         let w = |i: usize| held[i].slice();
         let saved = self.saved.lock().expect("encoder layer activations");
         let Some(s) = saved.as_ref() else {

@@ -370,14 +370,19 @@ fn linear_unfused(p: &Params, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tens
     .reshape((bsz, len, w.dim(0)?))
 }
 
+/// A dropout's (rate, seed), the seed drawn from `rng`; none without `rng` or at rate 0.
+fn draw_dropout(rate: f32, rng: Option<&mut Rng>) -> Option<(f32, u64)> {
+    match rng {
+        Some(rng) if rate > 0.0 => Some((rate, rng.next_u64())),
+        _ => None,
+    }
+}
+
 /// Dropout at `rate` after a dense layer, its seed drawn from `rng` (none without `rng`).
 fn dropout_after(rate: f32, rng: Option<&mut Rng>) -> Epilogue {
-    match rng {
-        Some(rng) if rate > 0.0 => Epilogue::Dropout {
-            rate,
-            seed: rng.next_u64(),
-        },
-        _ => Epilogue::None,
+    match draw_dropout(rate, rng) {
+        Some((rate, seed)) => Epilogue::Dropout { rate, seed },
+        None => Epilogue::None,
     }
 }
 
@@ -473,14 +478,10 @@ pub(crate) fn encode_with(
     let scale = 1.0 / (hd as f64).sqrt();
     for l in 0..cfg.num_hidden_layers {
         if whole_layers && super::encoder_layer::applies(&x, p) {
-            let mut draw = |rate: f32| match rng.as_deref_mut() {
-                Some(rng) if rate > 0.0 => Some((rate, rng.next_u64())),
-                _ => None,
-            };
             let dropout = LayerDropout {
-                attention: draw(cfg.attention_probs_dropout_prob),
-                attention_output: draw(cfg.hidden_dropout_prob),
-                output: draw(cfg.hidden_dropout_prob),
+                attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
+                attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+                output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
             };
             x = encoder_layer(p, cfg, l, &x, &key_mask_rows, dropout)?;
             continue;
@@ -490,11 +491,7 @@ pub(crate) fn encode_with(
         let k = linear(p, &format!("{pre}.attention.self.key"), &x)?;
         let v = linear(p, &format!("{pre}.attention.self.value"), &x)?;
         let ctx = if p.compute == DType::F32 && super::attention::applies(&q) {
-            let rate = cfg.attention_probs_dropout_prob;
-            let dropout = match rng.as_deref_mut() {
-                Some(rng) if rate > 0.0 => Some((rate, rng.next_u64())),
-                _ => None,
-            };
+            let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
             super::attention::attention(&q, &k, &v, heads, key_mask_rows.clone(), dropout)?
         } else {
             let split = |t: Tensor| {
