@@ -1,5 +1,5 @@
-//! Multi-head self-attention as one CPU op with its backward pass (f32, products through
-//! OpenBLAS): softmax(q kᵀ / sqrt(d) + mask), dropout, times v.
+//! Multi-head self-attention as one CPU op with its backward pass (f32): softmax(q kᵀ / sqrt(d)
+//! + mask), dropout, times v, one parallel task per head of each sequence.
 //!
 //! Composed of candle ops it is a dozen nodes per layer (splitting heads: reshape, transpose and
 //! a copy for each of q, k and v; the scores' product, scale, mask, softmax, dropout; the context's
@@ -15,12 +15,11 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::blas::{gemm, Operand};
-use super::fused::{data, hold, softmax_in_place};
-use super::gpu_ops::{dropout_in_place, keep};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 
-/// Rows of the probabilities handed to a thread at a time.
-const ROWS_PER_TASK: usize = 32;
+use super::fused::{data, hold, softmax_in_place};
+use super::gpu_ops::dropout_from;
 
 /// Whether [`attention`] applies: f32 tensors on the CPU.
 pub fn applies(q: &Tensor) -> bool {
@@ -90,20 +89,40 @@ impl Dims {
         b * self.len * self.hidden + h * self.head_dim
     }
 
-    /// Offset of head `h` of sequence `b` in the (batch, heads, len, len) probabilities.
-    fn probs_offset(&self, b: usize, h: usize) -> usize {
-        (b * self.heads + h) * self.len * self.len
+    /// The (sequence, head) pair numbered `pair`, sequence-major as in the probabilities.
+    fn pair(&self, pair: usize) -> (usize, usize) {
+        (pair / self.heads, pair % self.heads)
     }
 
-    /// Every (sequence, head) pair.
-    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> {
-        let heads = self.heads;
-        (0..self.batch).flat_map(move |b| (0..heads).map(move |h| (b, h)))
+    /// Head `h` of sequence `b` in `x` (batch, len, hidden): a len x head_dim matrix whose rows
+    /// are `hidden` apart.
+    fn head<'a>(&self, x: &'a [f32], b: usize, h: usize) -> MatRef<'a, f32> {
+        let start = self.token_offset(b, h);
+        let end = start + (self.len - 1) * self.hidden + self.head_dim;
+        MatRef::from_row_major_slice_with_stride(
+            &x[start..end],
+            self.len,
+            self.head_dim,
+            self.hidden,
+        )
     }
 
-    /// The sequence that row `r` of the probabilities belongs to.
-    fn sequence_of_row(&self, r: usize) -> usize {
-        r / (self.heads * self.len)
+    /// Every head of every sequence of `x` (batch, len, hidden) as its own writable view, in
+    /// pair order: disjoint blocks of one matrix, handed to parallel tasks.
+    fn head_views_mut<'a>(&self, x: &'a mut [f32]) -> Vec<MatMut<'a, f32>> {
+        let mut views = Vec::with_capacity(self.batch * self.heads);
+        let mut rest = MatMut::from_row_major_slice_mut(x, self.batch * self.len, self.hidden);
+        for _ in 0..self.batch {
+            let (sequence, below) = rest.split_at_row_mut(self.len);
+            rest = below;
+            let mut columns = sequence;
+            for _ in 0..self.heads {
+                let (head, right) = columns.split_at_col_mut(self.head_dim);
+                views.push(head);
+                columns = right;
+            }
+        }
+        views
     }
 }
 
@@ -121,15 +140,20 @@ pub(crate) struct Problem<'a> {
 }
 
 impl Problem<'_> {
-    /// The probabilities after dropout (a copy), or `None` without dropout.
-    fn dropped(&self, probs: &[f32]) -> Option<Vec<f32>> {
-        let (p, seed) = self.dropout?;
-        let mut out = probs.to_vec();
-        dropout_in_place(&mut out, p, seed);
-        Some(out)
+    /// Pair `pair`'s probabilities `p` after dropout (copied into `scratch`), or `p` itself
+    /// without dropout.
+    fn dropped<'a>(&self, p: &'a [f32], pair: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        let Some((rate, seed)) = self.dropout else {
+            return p;
+        };
+        scratch.clear();
+        scratch.extend_from_slice(p);
+        dropout_from(scratch, rate, seed, (pair * p.len()) as u64);
+        scratch
     }
 
-    fn check(&self, q: &[f32]) -> Result<()> {
+    /// Checks the key mask's size and that each of `tensors` holds batch x len x hidden values.
+    fn check(&self, tensors: &[&[f32]]) -> Result<()> {
         let d = &self.d;
         if self.key_mask.len() != d.batch * d.len {
             candle_core::bail!(
@@ -139,14 +163,17 @@ impl Problem<'_> {
                 d.len
             );
         }
-        if q.len() != d.batch * d.len * d.hidden {
-            candle_core::bail!(
-                "flora-attention: {} values for {} x {} x {}",
-                q.len(),
-                d.batch,
-                d.len,
-                d.hidden
-            );
+        for t in tensors {
+            if t.len() != d.batch * d.len * d.hidden || d.head_dim * d.heads != d.hidden {
+                candle_core::bail!(
+                    "flora-attention: {} values for {} x {} x {} in {} heads",
+                    t.len(),
+                    d.batch,
+                    d.len,
+                    d.hidden,
+                    d.heads
+                );
+            }
         }
         Ok(())
     }
@@ -154,134 +181,127 @@ impl Problem<'_> {
 
 /// The attention of `problem` over q, k and v (batch, len, hidden): the heads' contexts side by
 /// side (batch, len, hidden), and the probabilities before dropout (batch, heads, len, len).
+///
+/// Each (sequence, head) pair is one task on rayon's threads, start to finish: its scores, their
+/// mask, softmax and dropout, and its context, with single-threaded products (faer's kernels)
+/// while its 256 x 256 probabilities are still in cache. On two cores this runs these small
+/// products at about 1.5 to 2 times the rate of OpenBLAS multiplying the heads one after another.
 pub(crate) fn forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     problem: &Problem,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    problem.check(q)?;
+    problem.check(&[q, k, v])?;
     let d = problem.d;
-    let (len, hidden) = (d.len, d.hidden);
+    let len = d.len;
     let mut probs = vec![0f32; d.batch * d.heads * len * len];
-    for (b, h) in d.pairs() {
-        gemm(
-            (len, len, d.head_dim),
-            problem.scale,
-            Operand::new(q, d.token_offset(b, h), false, hidden),
-            Operand::new(k, d.token_offset(b, h), true, hidden),
-            0.0,
-            (&mut probs, d.probs_offset(b, h), len),
-        )?;
+    let mut out = vec![0f32; q.len()];
+    if probs.is_empty() {
+        return Ok((out, probs));
     }
     probs
-        .par_chunks_mut(len * ROWS_PER_TASK)
+        .par_chunks_mut(len * len)
+        .zip(d.head_views_mut(&mut out))
         .enumerate()
-        .for_each(|(t, rows)| {
-            for (i, row) in rows.chunks_mut(len).enumerate() {
-                let b = d.sequence_of_row(t * ROWS_PER_TASK + i);
-                let mask = &problem.key_mask[b * len..(b + 1) * len];
+        .for_each_init(Vec::new, |dropped, (pair, (p, context))| {
+            let (b, h) = d.pair(pair);
+            let scores = MatMut::from_row_major_slice_mut(p, len, len);
+            matmul(
+                scores,
+                Accum::Replace,
+                d.head(q, b, h),
+                d.head(k, b, h).transpose(),
+                problem.scale,
+                Par::Seq,
+            );
+            let mask = &problem.key_mask[b * len..(b + 1) * len];
+            for row in p.chunks_mut(len) {
                 row.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
                 softmax_in_place(row);
             }
+            let used = problem.dropped(p, pair, dropped);
+            matmul(
+                context,
+                Accum::Replace,
+                MatRef::from_row_major_slice(used, len, len),
+                d.head(v, b, h),
+                1.0,
+                Par::Seq,
+            );
         });
-    let dropped = problem.dropped(&probs);
-    let used = dropped.as_deref().unwrap_or(&probs);
-    let mut out = vec![0f32; q.len()];
-    for (b, h) in d.pairs() {
-        gemm(
-            (len, d.head_dim, len),
-            1.0,
-            Operand::new(used, d.probs_offset(b, h), false, len),
-            Operand::new(v, d.token_offset(b, h), false, hidden),
-            0.0,
-            (&mut out, d.token_offset(b, h), hidden),
-        )?;
-    }
     Ok((out, probs))
 }
 
 /// The backward pass of [`forward`] from the contexts' gradient `g` and the forward pass's
-/// probabilities: (dq, dk, dv).
+/// probabilities: (dq, dk, dv). One task per (sequence, head) pair, as in the forward pass.
 pub(crate) fn backward(
     (q, k, v): (&[f32], &[f32], &[f32]),
     g: &[f32],
     probs: &[f32],
     problem: &Problem,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    problem.check(q)?;
+    problem.check(&[q, k, v, g])?;
     let d = problem.d;
-    let (len, hidden) = (d.len, d.hidden);
+    let len = d.len;
     if probs.len() != d.batch * d.heads * len * len {
         candle_core::bail!("flora-attention: the backward pass ran without a forward pass");
     }
-    // dV = P_droppedᵀ g and d(P_dropped) = g vᵀ, per head.
-    let dropped = problem.dropped(probs);
-    let used = dropped.as_deref().unwrap_or(probs);
-    let mut dv = vec![0f32; v.len()];
-    let mut dp = vec![0f32; probs.len()];
-    for (b, h) in d.pairs() {
-        let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
-        gemm(
-            (len, d.head_dim, len),
-            1.0,
-            Operand::new(used, p, true, len),
-            Operand::new(g, t, false, hidden),
-            0.0,
-            (&mut dv, t, hidden),
-        )?;
-        gemm(
-            (len, len, d.head_dim),
-            1.0,
-            Operand::new(g, t, false, hidden),
-            Operand::new(v, t, true, hidden),
-            0.0,
-            (&mut dp, p, len),
-        )?;
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; q.len()],
+        vec![0f32; k.len()],
+        vec![0f32; v.len()],
+    );
+    if probs.is_empty() {
+        return Ok((dq, dk, dv));
     }
-    drop(dropped);
-    // Through dropout (the same mask, the same scale) and softmax: dS = P (dP - sum(dP P)).
-    dp.par_chunks_mut(len * ROWS_PER_TASK)
-        .zip(probs.par_chunks(len * ROWS_PER_TASK))
+    probs
+        .par_chunks(len * len)
+        .zip(d.head_views_mut(&mut dq))
+        .zip(d.head_views_mut(&mut dk))
+        .zip(d.head_views_mut(&mut dv))
         .enumerate()
-        .for_each(|(t, (g, p))| {
-            if let Some((rate, seed)) = problem.dropout {
-                let first = t * len * ROWS_PER_TASK;
-                for (i, g) in g.iter_mut().enumerate() {
-                    *g = if keep(seed, (first + i) as u64, rate) {
-                        *g / (1.0 - rate)
-                    } else {
-                        0.0
-                    };
+        .for_each_init(
+            || (Vec::new(), vec![0f32; len * len]),
+            |(dropped, dp), (pair, (((p, dq), dk), dv))| {
+                let (b, h) = d.pair(pair);
+                let gh = d.head(g, b, h);
+                // dV = P_droppedᵀ g and d(P_dropped) = g vᵀ.
+                let used = problem.dropped(p, pair, dropped);
+                let used = MatRef::from_row_major_slice(used, len, len);
+                matmul(dv, Accum::Replace, used.transpose(), gh, 1.0, Par::Seq);
+                let dpm = MatMut::from_row_major_slice_mut(dp, len, len);
+                matmul(
+                    dpm,
+                    Accum::Replace,
+                    gh,
+                    d.head(v, b, h).transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+                // Through dropout (the same mask, the same scale) and softmax:
+                // dS = P (dP - sum(dP P)).
+                if let Some((rate, seed)) = problem.dropout {
+                    dropout_from(dp, rate, seed, (pair * len * len) as u64);
                 }
-            }
-            for (g, p) in g.chunks_mut(len).zip(p.chunks(len)) {
-                let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
-                g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
-            }
-        });
-    // dq = scale dS k and dk = scale dSᵀ q, per head.
-    let mut dq = vec![0f32; q.len()];
-    let mut dk = vec![0f32; k.len()];
-    for (b, h) in d.pairs() {
-        let (t, p) = (d.token_offset(b, h), d.probs_offset(b, h));
-        gemm(
-            (len, d.head_dim, len),
-            problem.scale,
-            Operand::new(&dp, p, false, len),
-            Operand::new(k, t, false, hidden),
-            0.0,
-            (&mut dq, t, hidden),
-        )?;
-        gemm(
-            (len, d.head_dim, len),
-            problem.scale,
-            Operand::new(&dp, p, true, len),
-            Operand::new(q, t, false, hidden),
-            0.0,
-            (&mut dk, t, hidden),
-        )?;
-    }
+                for (g, p) in dp.chunks_mut(len).zip(p.chunks(len)) {
+                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                    g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
+                }
+                // dq = scale dS k and dk = scale dSᵀ q.
+                let ds = MatRef::from_row_major_slice(dp, len, len);
+                let scale = problem.scale;
+                matmul(dq, Accum::Replace, ds, d.head(k, b, h), scale, Par::Seq);
+                matmul(
+                    dk,
+                    Accum::Replace,
+                    ds.transpose(),
+                    d.head(q, b, h),
+                    scale,
+                    Par::Seq,
+                );
+            },
+        );
     Ok((dq, dk, dv))
 }
 

@@ -57,6 +57,50 @@ pub(crate) fn hold<'a>(t: &'a Tensor, op: &str) -> Result<Held<'a>> {
     Ok(Held { guard, range })
 }
 
+/// Runs `f` on the elements of `t`, a contiguous f32 tensor on the CPU, in place: the tensor's
+/// own storage, which every clone of `t` shares (a `Var`'s, an optimizer's moment), written
+/// without a copy or a fresh allocation.
+pub(crate) fn modify<R>(
+    t: &Tensor,
+    op: &'static str,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> Result<R> {
+    let modify = Modify {
+        op,
+        f: std::cell::RefCell::new(Some(f)),
+        result: std::cell::RefCell::new(None),
+    };
+    t.inplace_op1(&modify)?;
+    let result = modify.result.into_inner();
+    result.ok_or_else(|| candle_core::Error::Msg(format!("{op}: expects an f32 tensor on the CPU")))
+}
+
+/// [`modify`]'s in-place op: `f`, run once on the storage, and what it returned.
+struct Modify<F, R> {
+    op: &'static str,
+    f: std::cell::RefCell<Option<F>>,
+    result: std::cell::RefCell<Option<R>>,
+}
+
+impl<F: FnOnce(&mut [f32]) -> R, R> candle_core::InplaceOp1 for Modify<F, R> {
+    fn name(&self) -> &'static str {
+        self.op
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("{}: expects f32, got {:?}", self.op, s.dtype())
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("{}: expects a contiguous tensor", self.op)
+        };
+        if let Some(f) = self.f.borrow_mut().take() {
+            *self.result.borrow_mut() = Some(f(&mut v[a..b]));
+        }
+        Ok(())
+    }
+}
+
 /// The length of a layout's last dimension (rows of it are what row ops work on).
 pub(crate) fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)

@@ -229,15 +229,21 @@ pub fn keep(seed: u64, i: u64, p: f32) -> bool {
 /// Inverted dropout of `y` in place, in parallel: element i is kept, divided by 1 - `p`, where
 /// `keep(seed, i, p)`, and zeroed otherwise.
 pub(crate) fn dropout_in_place(y: &mut [f32], p: f32, seed: u64) {
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(t, y)| {
-        for (i, y) in y.iter_mut().enumerate() {
-            *y = if keep(seed, (t * CHUNK + i) as u64, p) {
-                *y / (1.0 - p)
-            } else {
-                0.0
-            };
-        }
-    });
+    y.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(t, y)| dropout_from(y, p, seed, (t * CHUNK) as u64));
+}
+
+/// [`dropout_in_place`] of a part of a larger tensor that starts at element `first`, on this
+/// thread.
+pub(crate) fn dropout_from(y: &mut [f32], p: f32, seed: u64, first: u64) {
+    for (i, y) in (first..).zip(y.iter_mut()) {
+        *y = if keep(seed, i, p) {
+            *y / (1.0 - p)
+        } else {
+            0.0
+        };
+    }
 }
 
 impl CustomOp1 for Dropout {
