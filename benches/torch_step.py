@@ -13,6 +13,7 @@ where PyTorch and transformers are installed; not part of the test suite.
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -94,6 +95,7 @@ def train_steps(args):
         "tokens_per_second": args.batch * args.len / t,
         "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
         "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if dev == "cuda" else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "last_loss": loss,
         "torch": torch.__version__,
         "transformers": T.__version__,
