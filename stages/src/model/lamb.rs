@@ -177,12 +177,15 @@ impl Lamb {
         let moment = |moments: &mut HashMap<String, Tensor>| -> Result<Tensor> {
             let t = match moments.get(name) {
                 Some(t) => t.clone(),
-                None => weights.zeros_like()?,
+                None => {
+                    let zeros = weights.zeros_like()?;
+                    moments.insert(name.to_string(), zeros.clone());
+                    zeros
+                }
             };
             if t.elem_count() != n {
                 candle_core::bail!("lamb: `{name}` has {n} weights but a moment of another size");
             }
-            moments.insert(name.to_string(), t.clone());
             Ok(t)
         };
         let (m, v) = (moment(&mut self.m)?, moment(&mut self.v)?);
