@@ -8,8 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export FLORA_SHARED_DATA=${FLORA_SHARED_DATA:-$(cd .. && pwd)/shared/data}
+# Every cargo command below builds with one profile, `ci` (Cargo.toml: optimised, with debug
+# assertions and overflow checks), so that what one compiles the next reuses.
+profile=ci
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --profile $profile -- -D warnings
 
 # A real Slurm for the Slurm executor's tests (tests/slurm.rs): munged, slurmctld and slurmd on
 # this machine, stopped by their process ids when this script ends.
@@ -21,15 +24,13 @@ cleanup() {
 trap cleanup EXIT
 scripts/slurm.sh start "$work/slurm"
 export SLURM_CONF=$work/slurm/slurm.conf
-cargo test --workspace --locked
+cargo test --workspace --locked --profile $profile
 scripts/slurm.sh stop "$work/slurm"
 unset SLURM_CONF
 
-# The demo, reproduced, in a cache of its own, with the release build: its training runs half
-# again as fast as in the test build (measured: fine-tuning 221 s against 343 s), which more than
-# pays for compiling it.
-cargo build --release --locked
-flora=target/release/flora
+# The demo, reproduced, in a cache of its own, with the binary the tests just ran.
+cargo build --locked --profile $profile
+flora=target/$profile/flora
 demo_cache=$work/demo
 mkdir -p "$demo_cache"
 $flora --cache "$demo_cache" run workflows/demo.yaml --results "$demo_cache/results"
@@ -53,12 +54,18 @@ else
 fi
 
 # The GPU path must not rot on machines without a GPU: the `cuda` feature compiles, with nvcc and
-# the CUDA headers from PyPI (scripts/cuda.sh; candle's kernels take a few minutes to compile).
+# the CUDA headers from PyPI (scripts/cuda.sh). candle's kernels go through nvcc's whole pipeline
+# (front end, NVVM, ptxas) but with its fast-compile level, as a check links nothing: measured on
+# one of candle's quantized-matmul files, 84 s at the build's -O3 against 12 s; and they compile
+# on every core (candle's kernel builder uses half of them by default).
 # nvcc 13.0 has crashed once in CI ("Segmentation fault" in candle-kernels' mmq_instance_q2_k.cu,
 # which compiles cleanly here in 44 s and 350 MB), so a failed check is retried once: the kernels
 # that did compile are kept (candle's kernel builder is incremental) and a real compile error
 # fails twice.
-cuda_check() { scripts/cuda.sh cargo check --workspace --features cuda --locked; }
+cuda_check() {
+    NVCC_APPEND_FLAGS="-Ofc max" CUDAFORGE_THREADS=$(nproc) \
+        scripts/cuda.sh cargo check --workspace --features cuda --locked --profile $profile
+}
 if ! cuda_check; then
     echo "RETRYING the cuda check once: the first attempt failed (see above)" >&2
     cuda_check
