@@ -66,7 +66,16 @@ fn bench_times_training_steps_in_both_precisions() {
         assert!(out.contains(piece), "{piece} missing:\n{out}");
     }
     let out = p.ok(&refs(&tiny(&[("--ops", ""), ("--precision", "bf16")])));
-    for piece in ["softmax", "gelu", "attention matmuls", "s per step"] {
+    for piece in [
+        "softmax",
+        "gelu",
+        "attention matmuls",
+        "feed-forward alone, BF16 operands, weight transposed as a view",
+        "feed-forward alone, BF16 operands, weight transposed in memory",
+        "f32 -> BF16 -> f32",
+        "TFLOP/s)",
+        "s per step",
+    ] {
         assert!(out.contains(piece), "{piece} missing:\n{out}");
     }
 }

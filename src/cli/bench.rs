@@ -102,7 +102,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             if args.json {
                 outln!("{}", serde_json::to_string(&op)?);
             } else {
-                outln!("{:>10.3} ms  {}", op.seconds * 1e3, op.name);
+                let rate = op
+                    .flops
+                    .map(|f| format!(" ({:.2} TFLOP/s)", f / op.seconds / 1e12))
+                    .unwrap_or_default();
+                outln!("{:>10.3} ms  {}{rate}", op.seconds * 1e3, op.name);
             }
         }
     }

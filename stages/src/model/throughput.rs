@@ -134,6 +134,9 @@ pub struct OpTiming {
     pub name: String,
     /// Median seconds.
     pub seconds: f64,
+    /// Floating-point operations, for the pieces that are one matrix product.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops: Option<f64>,
 }
 
 fn median_time(device: &Device, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
@@ -186,25 +189,28 @@ pub fn profile_ops(
         .collect();
     let ids_t = Tensor::from_vec(ids.clone(), batch * len, device)?;
     let mut out = Vec::new();
-    let mut time = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-        let seconds = median_time(device, reps, f)?;
-        out.push(OpTiming {
-            name: name.to_string(),
-            seconds,
-        });
-        Ok(())
-    };
+    let mut time =
+        |name: &str, flops: Option<f64>, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+            let seconds = median_time(device, reps, f)?;
+            out.push(OpTiming {
+                name: name.to_string(),
+                seconds,
+                flops,
+            });
+            Ok(())
+        };
     time(
         "sum of squares + backward of (batch, len, hidden): the harness's own cost",
+        None,
         &mut || sum_of_squares(x.as_tensor())?.backward().map(|_| ()),
     )?;
-    time("word embeddings: gather rows + backward", &mut || {
+    time("word embeddings: gather rows + backward", None, &mut || {
         layers::gather_rows(emb.as_tensor(), &ids_t)?
             .apply(&sum_of_squares)?
             .backward()
             .map(|_| ())
     })?;
-    time("layer_norm + backward", &mut || {
+    time("layer_norm + backward", None, &mut || {
         layers::layer_norm(x.as_tensor(), ln_w.as_tensor(), ln_b.as_tensor(), 1e-5)?
             .apply(&sum_of_squares)?
             .backward()
@@ -215,6 +221,7 @@ pub fn profile_ops(
         let (qkv, mask) = (var(&[batch, len, h])?, vec![0f32; batch * len]);
         time(
             "dense hidden -> feed-forward with GELU, one op + backward",
+            None,
             &mut || {
                 let y = super::dense::dense_then(
                     x.as_tensor(),
@@ -227,6 +234,7 @@ pub fn profile_ops(
         )?;
         time(
             "self-attention, all heads with dropout, one op + backward",
+            None,
             &mut || {
                 let t = qkv.as_tensor();
                 let y = super::attention::attention(t, t, t, heads, mask.clone(), Some((0.1, 7)))?;
@@ -234,41 +242,86 @@ pub fn profile_ops(
             },
         )?;
     } else {
-        time("softmax over attention scores + backward", &mut || {
-            layers::softmax(scores.as_tensor())?
-                .apply(&sum_of_squares)?
-                .backward()
-                .map(|_| ())
-        })?;
+        time(
+            "softmax over attention scores + backward",
+            None,
+            &mut || {
+                layers::softmax(scores.as_tensor())?
+                    .apply(&sum_of_squares)?
+                    .backward()
+                    .map(|_| ())
+            },
+        )?;
         let mut drng = Rng::new(5);
-        time("dropout of attention probabilities (forward)", &mut || {
-            layers::dropout(scores.as_tensor(), 0.1, Some(&mut drng)).map(|_| ())
-        })?;
-        time("gelu over the feed-forward + backward", &mut || {
+        time(
+            "dropout of attention probabilities (forward)",
+            None,
+            &mut || layers::dropout(scores.as_tensor(), 0.1, Some(&mut drng)).map(|_| ()),
+        )?;
+        time("gelu over the feed-forward + backward", None, &mut || {
             sum_of_squares(&layers::gelu(inter.as_tensor())?)?
                 .backward()
                 .map(|_| ())
         })?;
-        time("linear hidden -> feed-forward + backward", &mut || {
-            let x2 = x.as_tensor().reshape((batch * len, h))?;
-            layers::bias_add(
-                &layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?,
-                b_in.as_tensor(),
-            )?
-            .apply(&sum_of_squares)?
-            .backward()
-            .map(|_| ())
-        })?;
-        time("attention matmuls (q k^T, probs v) + backward", &mut || {
-            let kt = q.as_tensor().t()?.contiguous()?;
-            let s = layers::matmul(q.as_tensor(), &kt, dt)?;
-            layers::matmul(&s, q.as_tensor(), dt)?
+        time(
+            "linear hidden -> feed-forward + backward",
+            None,
+            &mut || {
+                let x2 = x.as_tensor().reshape((batch * len, h))?;
+                layers::bias_add(
+                    &layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?,
+                    b_in.as_tensor(),
+                )?
                 .apply(&sum_of_squares)?
                 .backward()
                 .map(|_| ())
-        })?;
+            },
+        )?;
+        // The same product bare, forward only, with its operands already in the compute type:
+        // what the matrix units give for this shape, against which the casts, bias and autograd
+        // around it in the piece above can be read.
+        let product_flops = Some(2.0 * (batch * len * h * i) as f64);
+        let x_dt = x.as_tensor().reshape((batch * len, h))?.to_dtype(dt)?;
+        let w_dt = w_in.as_tensor().to_dtype(dt)?;
+        let w_dt_t = w_dt.t()?.contiguous()?;
+        time(
+            &format!("product hidden -> feed-forward alone, {dt:?} operands, weight transposed as a view (forward)"),
+            product_flops,
+            &mut || x_dt.matmul(&w_dt.t()?).map(|_| ()),
+        )?;
+        time(
+            &format!("product hidden -> feed-forward alone, {dt:?} operands, weight transposed in memory (forward)"),
+            product_flops,
+            &mut || x_dt.matmul(&w_dt_t).map(|_| ()),
+        )?;
+        if dt != DType::F32 {
+            time(
+                &format!("cast (batch, len, feed-forward) f32 -> {dt:?} -> f32 (forward)"),
+                None,
+                &mut || {
+                    inter
+                        .as_tensor()
+                        .to_dtype(dt)?
+                        .to_dtype(DType::F32)
+                        .map(|_| ())
+                },
+            )?;
+        }
+        time(
+            "attention matmuls (q k^T, probs v) + backward",
+            None,
+            &mut || {
+                let kt = q.as_tensor().t()?.contiguous()?;
+                let s = layers::matmul(q.as_tensor(), &kt, dt)?;
+                layers::matmul(&s, q.as_tensor(), dt)?
+                    .apply(&sum_of_squares)?
+                    .backward()
+                    .map(|_| ())
+            },
+        )?;
         time(
             "split heads: reshape, transpose, contiguous + backward",
+            None,
             &mut || {
                 x.as_tensor()
                     .reshape((batch, len, heads, h / heads))?
@@ -289,15 +342,15 @@ pub fn profile_ops(
         .map(|(k, &t)| if k % 7 == 0 { t as i64 } else { -1 })
         .collect();
     let mut erng = Rng::new(9);
-    time("encoder forward (all layers)", &mut || {
+    time("encoder forward (all layers)", None, &mut || {
         roberta::encode(&w, cfg, &rows, Some(&mut erng), device).map(|_| ())
     })?;
-    time("encoder forward + MLM loss", &mut || {
+    time("encoder forward + MLM loss", None, &mut || {
         let hidden = roberta::encode(&w, cfg, &rows, Some(&mut erng), device)?;
         roberta::mlm_loss(&w, cfg, &hidden, &labels).map(|_| ())
     })?;
     let mut grads = HashMap::new();
-    time("encoder forward + MLM loss + backward", &mut || {
+    time("encoder forward + MLM loss + backward", None, &mut || {
         let hidden = roberta::encode(&w, cfg, &rows, Some(&mut erng), device)?;
         let (loss, _, _) = roberta::mlm_loss(&w, cfg, &hidden, &labels)?;
         let store = loss.backward()?;
@@ -305,7 +358,7 @@ pub fn profile_ops(
         Ok(())
     })?;
     let mut opt = Lamb::new(0.01);
-    time("LAMB update of every parameter", &mut || {
+    time("LAMB update of every parameter", None, &mut || {
         opt.update(&w, &grads, 1e-4)
     })?;
     Ok(out)
