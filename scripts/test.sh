@@ -59,9 +59,9 @@ fi
 # one of candle's quantized-matmul files, 84 s at the build's -O3 against 12 s; and they compile
 # on every core (candle's kernel builder uses half of them by default).
 # nvcc 13.0 has crashed once in CI ("Segmentation fault" in candle-kernels' mmq_instance_q2_k.cu,
-# which compiles cleanly here in 44 s and 350 MB), so a failed check is retried once: the kernels
-# that did compile are kept (candle's kernel builder is incremental) and a real compile error
-# fails twice.
+# which compiled cleanly in 44 s and 350 MB on the Intel machine of that stop), so a failed
+# check is retried once: the kernels that did compile are kept (candle's kernel builder is
+# incremental) and a real compile error fails twice.
 cuda_check() {
     NVCC_APPEND_FLAGS="-Ofc max" CUDAFORGE_THREADS=$(nproc) \
         scripts/cuda.sh cargo check --workspace --features cuda --locked --profile $profile

@@ -283,17 +283,14 @@ pub fn profile_ops(
         let product_flops = Some(2.0 * (batch * len * h * i) as f64);
         let x_dt = x.as_tensor().reshape((batch * len, h))?.to_dtype(dt)?;
         let w_dt = w_in.as_tensor().to_dtype(dt)?;
-        let w_dt_t = w_dt.t()?.contiguous()?;
-        time(
-            &format!("product hidden -> feed-forward alone, {dt:?} operands, weight transposed as a view (forward)"),
-            product_flops,
-            &mut || x_dt.matmul(&w_dt.t()?).map(|_| ()),
-        )?;
-        time(
-            &format!("product hidden -> feed-forward alone, {dt:?} operands, weight transposed in memory (forward)"),
-            product_flops,
-            &mut || x_dt.matmul(&w_dt_t).map(|_| ()),
-        )?;
+        let w_dt_t = w_dt.t()?;
+        for (layout, w) in [("as a view", &w_dt_t), ("in memory", &w_dt_t.contiguous()?)] {
+            time(
+                &format!("product hidden -> feed-forward alone, {dt:?} operands, weight transposed {layout} (forward)"),
+                product_flops,
+                &mut || x_dt.matmul(w).map(|_| ()),
+            )?;
+        }
         if dt != DType::F32 {
             time(
                 &format!("cast (batch, len, feed-forward) f32 -> {dt:?} -> f32 (forward)"),
