@@ -4,11 +4,12 @@
 #
 #   scripts/cuda.sh cargo check --features cuda          # what CI does
 #   scripts/cuda.sh cargo build --release --features cuda
+#   scripts/cuda.sh nvcc -cubin -arch=sm_90 stages/src/model/kernels.cu   # flora's own kernels
 #
 # Installs (once) into $FLORA_CUDA_HOME (default ~/.cache/flora/cuda-$FLORA_CUDA_VERSION): nvcc and
 # the headers candle's kernels compile with (about 100 MB of wheels) and, unless the command is a
-# `cargo check` or `cargo clippy`, the cuBLAS, cuRAND, NVRTC and runtime libraries a binary links
-# against (about 600 MB more) and a link-time stand-in for the driver's libcuda.so.1 (the real one
+# `cargo check`, `cargo clippy` or `nvcc`, the cuBLAS, cuRAND, NVRTC and runtime libraries a
+# binary links against (about 600 MB more) and a link-time stand-in for the driver's libcuda.so.1 (the real one
 # comes with the NVIDIA driver where the binary runs). Versions are pinned as one set: a newer nvcc than the
 # driver where the program runs emits PTX that driver cannot load, cudarc 0.19 rejects CUDA 13.5,
 # and unpinned packages mix nvcc and nvvm releases. 13.0 matches driver 580, the H100/H200
@@ -66,7 +67,7 @@ fetch() {
 fetch compile "${compile[@]}"
 chmod +x "$root"/bin/* "$root"/nvvm/bin/*
 case " $* " in
-*" check "* | *" clippy "*) linking=no ;;
+*" check "* | *" clippy "* | " nvcc "*) linking=no ;;
 *) linking=yes ;;
 esac
 if [ $linking = yes ]; then

@@ -70,3 +70,12 @@ if ! cuda_check; then
     echo "RETRYING the cuda check once: the first attempt failed (see above)" >&2
     cuda_check
 fi
+# flora's own kernels (stages/src/model/kernels.cu, compiled by NVRTC when a GPU run starts)
+# through nvcc's front end and ptxas for the H100/H200 (sm_90), warnings and register spills as
+# errors, so that a kernel that does not compile fails here rather than on the card. What they
+# compute is tested on the CPU by the kernel emulator's tests (model/kernel_emulator.rs).
+kernels_cubin=$(mktemp)
+scripts/cuda.sh nvcc -cubin -arch=sm_90 -Xptxas --warn-on-spills --Werror all-warnings \
+    -o "$kernels_cubin" stages/src/model/kernels.cu
+rm -f "$kernels_cubin"
+echo "flora's CUDA kernels compile for sm_90"

@@ -9,10 +9,10 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr,
 use candle_core::cuda_backend::{cudarc, CudaDevice};
 use candle_core::{CudaStorage, Layout, Result, Shape};
 
-const SOURCE: &str = include_str!("kernels.cu");
+use super::launch_shapes as shapes;
+pub use super::launch_shapes::chunks;
 
-/// Threads per block of the element and row kernels.
-const BLOCK: u32 = 256;
+const SOURCE: &str = include_str!("kernels.cu");
 
 /// The PTX of `kernels.cu`, or NVRTC's log when it did not compile.
 pub fn ptx() -> Result<&'static str> {
@@ -50,38 +50,30 @@ macro_rules! launch {
 }
 pub(crate) use launch;
 
+/// A launch shape as cudarc's configuration.
+pub fn config(shape: shapes::LaunchShape) -> LaunchConfig {
+    let [gx, gy, gz] = shape.grid;
+    let [bx, by, bz] = shape.block;
+    LaunchConfig {
+        grid_dim: (gx, gy, gz),
+        block_dim: (bx, by, bz),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// One thread per element of `len`.
 pub fn elementwise(len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((len as u32).div_ceil(BLOCK).max(1), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    config(shapes::elementwise(len))
 }
 
-/// One block per row of `n`: up to 256 threads, a multiple of 32.
+/// One block per row of `n`.
 pub fn per_row(rows: usize, n: usize) -> LaunchConfig {
-    let threads = (n as u32).div_ceil(32).clamp(1, BLOCK / 32) * 32;
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Rows per chunk of the two-stage column sums, and the number of chunks, for `rows`.
-pub fn chunks(rows: usize) -> (usize, usize) {
-    let per = rows.div_ceil(512).max(64);
-    (per, rows.div_ceil(per).max(1))
+    config(shapes::per_row(rows, n))
 }
 
 /// Blocks of (32, 8) threads over 32 columns by chunks of rows.
 pub fn column_chunks(n: usize, chunks: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(32), chunks as u32, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    }
+    config(shapes::column_chunks(n, chunks))
 }
 
 /// The f32 view of a contiguous CUDA tensor's storage.

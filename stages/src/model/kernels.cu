@@ -228,3 +228,49 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < len) y[i] = unit_draw(seed, i) < p ? 0.0f : x[i] / (1.0f - p);
 }
+
+// LAMB's update direction for one element: the bias-corrected Adam step plus decoupled weight
+// decay (`Lamb::update_on_cpu`'s `direction`).
+__device__ __forceinline__ float lamb_direction(float m, float v, float w, float c1, float c2,
+                                                float eps, float wd) {
+  return (m / c1) / (sqrtf(v / c2) + eps) + wd * w;
+}
+
+// One LAMB step's moments of a parameter of n elements, in place, from its gradient times
+// `scale`; and the block's partial sums of w^2 and of the direction's squares into
+// partial[2 blockIdx.x] and partial[2 blockIdx.x + 1] (summed on the host in block order, so the
+// trust ratio does not depend on scheduling). Grid-stride over n; blockDim a multiple of 32.
+extern "C" __global__ void lamb_moments(const float *w, const float *g, float *m, float *v,
+                                        float *partial, unsigned long long n, float scale,
+                                        float b1, float b2, float c1, float c2, float eps,
+                                        float wd) {
+  __shared__ float sh[32];
+  float wn = 0.0f, un = 0.0f;
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float gi = g[i] * scale;
+    const float mi = m[i] * b1 + gi * (1.0f - b1);
+    const float vi = v[i] * b2 + gi * gi * (1.0f - b2);
+    m[i] = mi;
+    v[i] = vi;
+    const float u = lamb_direction(mi, vi, w[i], c1, c2, eps, wd);
+    wn += w[i] * w[i];
+    un += u * u;
+  }
+  wn = block_sum(wn, sh);
+  un = block_sum(un, sh);
+  if (threadIdx.x == 0) {
+    partial[2 * blockIdx.x] = wn;
+    partial[2 * blockIdx.x + 1] = un;
+  }
+}
+
+// The LAMB step itself: w -= step * direction, step being the learning rate times the trust
+// ratio. Grid-stride over n.
+extern "C" __global__ void lamb_apply(float *w, const float *m, const float *v,
+                                      unsigned long long n, float step, float c1, float c2,
+                                      float eps, float wd) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    w[i] -= step * lamb_direction(m[i], v[i], w[i], c1, c2, eps, wd);
+}

@@ -46,9 +46,9 @@ impl Lamb {
     }
 
     /// One update of every parameter with `grads` (by name) at learning rate `lr`: fused loops
-    /// over each tensor on the CPU, tensor operations elsewhere (with the norms behind the trust
-    /// ratios read back in one transfer: one device-to-host wait per step, not two per
-    /// parameter).
+    /// over each tensor on the CPU, two kernels per tensor on a CUDA GPU (`lamb_cuda.rs`),
+    /// tensor operations elsewhere (with the norms behind the trust ratios read back in one
+    /// transfer: one device-to-host wait per step, not two per parameter).
     pub fn update(
         &mut self,
         params: &Params,
@@ -82,6 +82,14 @@ impl Lamb {
                 }
             }
             return Ok(());
+        }
+        #[cfg(feature = "cuda")]
+        if params
+            .vars
+            .values()
+            .all(|v| super::lamb_cuda::applies(v.as_tensor()))
+        {
+            return super::lamb_cuda::update(self, params, grads, names, lr, (bc1, bc2), scale);
         }
         if scale != 1.0 {
             let scaled: HashMap<String, Tensor> = grads
@@ -135,9 +143,7 @@ impl Lamb {
         let sq: Vec<f32> = Tensor::stack(&norms, 0)?.to_vec1()?;
         for (k, (name, u)) in updates.into_iter().enumerate() {
             let var = &params.vars[name];
-            let wn = (sq[2 * k] as f64).sqrt();
-            let un = (sq[2 * k + 1] as f64).sqrt();
-            let trust = if wn > 0.0 && un > 0.0 { wn / un } else { 1.0 };
+            let trust = trust_ratio(sq[2 * k] as f64, sq[2 * k + 1] as f64);
             var.set(&(var.as_tensor() - (u * (lr * trust))?)?)?;
         }
         Ok(())
@@ -229,9 +235,7 @@ impl Lamb {
             .iter()
             .fold((0f64, 0f64), |(a, b), (c, d)| (a + c, b + d))
         };
-        let (wn, un) = (wn.sqrt(), un.sqrt());
-        let trust = if wn > 0.0 && un > 0.0 { wn / un } else { 1.0 };
-        let step = (lr * trust) as f32;
+        let step = (lr * trust_ratio(wn, un)) as f32;
         let (mh, vh) = (hold(&m, op)?, hold(&v, op)?);
         let (m, v) = (mh.slice(), vh.slice());
         modify(weights, op, |w| {
@@ -244,6 +248,26 @@ impl Lamb {
                 });
         })
     }
+}
+
+/// LAMB's trust ratio ||w|| / ||u|| from the sums of squares of the weights and of the update
+/// direction; 1 where either is zero.
+pub(crate) fn trust_ratio(w_squares: f64, u_squares: f64) -> f64 {
+    let (wn, un) = (w_squares.sqrt(), u_squares.sqrt());
+    if wn > 0.0 && un > 0.0 {
+        wn / un
+    } else {
+        1.0
+    }
+}
+
+/// The sums of squares of the weights and of the direction from the GPU kernel's partial sums
+/// (pairs, one per block), added in block order.
+#[cfg(any(feature = "cuda", test))]
+pub(crate) fn block_pair_sums(partial: &[f32]) -> (f64, f64) {
+    partial.chunks(2).fold((0.0, 0.0), |(w, u), pair| {
+        (w + pair[0] as f64, u + pair[1] as f64)
+    })
 }
 
 /// The sum of the squares of `t`'s elements, as a scalar tensor on its device. Summed by rows

@@ -15,7 +15,13 @@ mod fused_cuda;
 mod gpu_kernels;
 pub mod gpu_ops;
 pub mod head;
+#[cfg(test)]
+mod kernel_emulator;
 pub mod lamb;
+#[cfg(feature = "cuda")]
+mod lamb_cuda;
+#[cfg(any(feature = "cuda", test))]
+mod launch_shapes;
 pub mod layers;
 pub mod mutagenesis;
 pub mod predictor;

@@ -1,0 +1,858 @@
+//! flora's CUDA kernels (`kernels.cu`) run on the CPU, so that every kernel is tested against its
+//! CPU twin on machines without a GPU, CI's included. The kernels, the emulation of CUDA's
+//! execution model in `kernel_emulator.hpp` (threads as fibers, `__syncthreads`, warp shuffles,
+//! `__shared__` memory) and a launcher generated from the kernels' names are compiled with the
+//! system's C++ compiler (`$CXX`, else `c++`) once per test run and loaded as a library.
+//!
+//! The tests launch each kernel with the shapes of `launch_shapes.rs`, as `fused_cuda.rs` does
+//! on a GPU. They check what a kernel computes, including its indexing at ragged edges and its
+//! barriers (a barrier some threads skip is an error here, a hang there), not its speed or its
+//! memory ordering: the GPU tests (`fused_cuda.rs`, `gpu_`) still check the real thing.
+
+use std::ffi::{c_char, c_void, CString};
+use std::marker::PhantomData;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use super::launch_shapes::LaunchShape;
+
+const KERNELS: &str = include_str!("kernels.cu");
+const EMULATION: &str = include_str!("kernel_emulator.hpp");
+
+/// Kernels that test the emulator itself, compiled beside `kernels.cu`'s.
+const SELF_TEST_KERNELS: &str = r#"
+// y[t] = x[t ^ mask] within each warp, through one shuffle.
+extern "C" __global__ void emulator_shuffle(const float *x, float *y, int mask) {
+  const int t = threadIdx.x;
+  y[t] = __shfl_xor_sync(0xffffffffu, x[t], mask);
+}
+
+// Each thread writes its index to shared memory, then reads its neighbour's after a barrier.
+extern "C" __global__ void emulator_shared(int *y) {
+  __shared__ int sh[64];
+  sh[threadIdx.x] = threadIdx.x + 100 * blockIdx.x;
+  __syncthreads();
+  y[blockIdx.x * blockDim.x + threadIdx.x] = sh[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Every thread of the block writes, whatever n: past the end of a buffer of n.
+extern "C" __global__ void emulator_unguarded(float *y, int n) {
+  y[threadIdx.x] = (float)n;
+}
+
+// Threads below n wait at two barriers, the others at one: undefined behaviour in CUDA.
+extern "C" __global__ void emulator_divergent_barrier(int n) {
+  if ((int)threadIdx.x < n) {
+    __syncthreads();
+  }
+  __syncthreads();
+}
+"#;
+
+/// A kernel argument: a buffer, borrowed for the launch, or a scalar.
+pub struct Arg<'a> {
+    value: Value,
+    _borrow: PhantomData<&'a mut [u8]>,
+}
+
+enum Value {
+    /// A buffer's start, its length in bytes, and whether the kernel may write it.
+    Buffer(*mut u8, usize, bool),
+    /// The address of the buffer's copy between guard bands, passed to the kernel.
+    Address(*mut c_void),
+    I32(i32),
+    U64(u64),
+    F32(f32),
+}
+
+impl Arg<'_> {
+    fn new(value: Value) -> Arg<'static> {
+        Arg {
+            value,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The type tag that `kernel_emulator.hpp`'s launcher checks against the kernel's parameter.
+    fn tag(&self) -> u8 {
+        match self.value {
+            Value::Buffer(..) | Value::Address(_) => b'p',
+            Value::I32(_) => b'i',
+            Value::U64(_) => b'U',
+            Value::F32(_) => b'f',
+        }
+    }
+
+    /// Where the value is, as cuLaunchKernel takes each argument.
+    fn address(&mut self) -> *mut c_void {
+        match &mut self.value {
+            Value::Buffer(..) => unreachable!("buffers are staged before the launch"),
+            Value::Address(p) => (p as *mut *mut c_void).cast(),
+            Value::I32(v) => (v as *mut i32).cast(),
+            Value::U64(v) => (v as *mut u64).cast(),
+            Value::F32(v) => (v as *mut f32).cast(),
+        }
+    }
+}
+
+/// A buffer the kernel reads (of plain numbers: f32, i32, u32).
+pub fn input<T: Copy>(x: &[T]) -> Arg<'_> {
+    Arg {
+        value: Value::Buffer(x.as_ptr() as *mut u8, std::mem::size_of_val(x), false),
+        _borrow: PhantomData,
+    }
+}
+
+/// A buffer the kernel writes.
+pub fn output<T: Copy>(x: &mut [T]) -> Arg<'_> {
+    Arg {
+        value: Value::Buffer(x.as_mut_ptr().cast(), std::mem::size_of_val(x), true),
+        _borrow: PhantomData,
+    }
+}
+
+/// Bytes of guard band on each side of a buffer's copy: a kernel that writes outside its buffer
+/// (a missing bounds check in the last block) changes them instead of the test's heap.
+const GUARD: usize = 64 * 1024;
+
+/// The byte the guard bands are filled with.
+const CANARY: u8 = 0xA5;
+
+/// A buffer argument's copy between guard bands, for the launch.
+struct Staged {
+    bytes: Vec<u8>,
+    original: *mut u8,
+    len: usize,
+    writable: bool,
+}
+
+impl Staged {
+    fn new(original: *mut u8, len: usize, writable: bool) -> Staged {
+        let mut bytes = vec![CANARY; GUARD + len + GUARD];
+        // SAFETY: `original` is a live buffer of `len` bytes, borrowed by the argument.
+        #[allow(unsafe_code)]
+        let data = unsafe { std::slice::from_raw_parts(original, len) };
+        bytes[GUARD..GUARD + len].copy_from_slice(data);
+        Staged {
+            bytes,
+            original,
+            len,
+            writable,
+        }
+    }
+
+    /// Checks the guard bands and copies a written buffer back; which side was written, if one
+    /// was.
+    fn finish(&self, k: usize) -> Result<(), String> {
+        let before = self.bytes[..GUARD].iter().any(|&b| b != CANARY);
+        let after = self.bytes[GUARD + self.len..].iter().any(|&b| b != CANARY);
+        if before || after {
+            let side = if before { "before" } else { "after" };
+            return Err(format!("the kernel wrote {side} its buffer argument {k}"));
+        }
+        let data = &self.bytes[GUARD..GUARD + self.len];
+        if self.writable {
+            // SAFETY: `original` is the live, mutably borrowed buffer of `len` bytes.
+            #[allow(unsafe_code)]
+            unsafe { std::slice::from_raw_parts_mut(self.original, self.len) }
+                .copy_from_slice(data);
+        } else {
+            // SAFETY: as above, borrowed shared.
+            #[allow(unsafe_code)]
+            let original = unsafe { std::slice::from_raw_parts(self.original, self.len) };
+            if original != data {
+                return Err(format!("the kernel wrote its input buffer argument {k}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `int` parameter.
+pub fn int(v: usize) -> Arg<'static> {
+    Arg::new(Value::I32(
+        i32::try_from(v).expect("an int argument fits in i32"),
+    ))
+}
+
+/// An `unsigned long long` parameter.
+pub fn ulong(v: u64) -> Arg<'static> {
+    Arg::new(Value::U64(v))
+}
+
+/// A `float` parameter.
+pub fn float(v: f32) -> Arg<'static> {
+    Arg::new(Value::F32(v))
+}
+
+/// The launcher's signature: kernel name, grid, block, argument tags, argument addresses, and
+/// a buffer for the error message.
+type LaunchFn = unsafe extern "C" fn(
+    *const c_char,
+    *const u32,
+    *const u32,
+    *const c_char,
+    *mut *mut c_void,
+    *mut c_char,
+    usize,
+) -> i32;
+
+/// The compiled kernels, loaded.
+struct Emulator {
+    _dir: tempfile::TempDir,
+    library: libloading::Library,
+}
+
+/// The names of the kernels (`extern "C" __global__ void name(`) in `source`, in order.
+pub fn kernel_names(source: &str) -> Vec<String> {
+    source
+        .split("__global__ void ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// The launcher's source: the emulation, the kernels, and a dispatch on the kernel's name.
+fn launcher_source() -> String {
+    let mut src = String::from(
+        "#include \"kernel_emulator.hpp\"\n#include \"kernels.cu\"\n#include \"self_test.cu\"\n\n\
+         extern \"C\" int flora_emulated_launch(const char *name, const unsigned *grid,\n\
+         \x20   const unsigned *block, const char *tags, void **args, char *err, size_t err_len) {\n",
+    );
+    let names = kernel_names(KERNELS)
+        .into_iter()
+        .chain(kernel_names(SELF_TEST_KERNELS));
+    for name in names {
+        src.push_str(&format!(
+            "  if (strcmp(name, \"{name}\") == 0)\n    return flora_emu::launch({name}, name, \
+             grid, block, tags, args, err, err_len);\n"
+        ));
+    }
+    src.push_str("  snprintf(err, err_len, \"no kernel named %s\", name);\n  return 2;\n}\n");
+    src
+}
+
+/// Writes the sources into a fresh directory and compiles them into a library.
+fn build() -> Result<Emulator, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).map_err(|e| format!("writing {name}: {e}"))
+    };
+    write("kernel_emulator.hpp", EMULATION)?;
+    write("kernels.cu", KERNELS)?;
+    write("self_test.cu", SELF_TEST_KERNELS)?;
+    write("launcher.cpp", &launcher_source())?;
+    let library = dir.path().join("libflora_kernels_emulated.so");
+    compile(dir.path(), &library)?;
+    // SAFETY: the library is the one just compiled; its initialisers only set up globals.
+    #[allow(unsafe_code)]
+    let library = unsafe { libloading::Library::new(&library) }
+        .map_err(|e| format!("loading the emulated kernels: {e}"))?;
+    Ok(Emulator { _dir: dir, library })
+}
+
+/// Runs the C++ compiler on `dir`'s launcher.
+fn compile(dir: &Path, library: &Path) -> Result<(), String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let out = Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-Wall", "-shared", "-fPIC", "-o"])
+        .arg(library)
+        .arg(dir.join("launcher.cpp"))
+        .output()
+        .map_err(|e| format!("running `{cxx}` (scripts/setup.sh installs it): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{cxx}` could not compile kernels.cu with the emulator:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    if !warnings.trim().is_empty() {
+        return Err(format!("`{cxx}` warned about kernels.cu:\n{warnings}"));
+    }
+    Ok(())
+}
+
+/// The emulator, built on first use. One launch at a time: the emulation's state and the
+/// kernels' `__shared__` variables are globals.
+fn emulator() -> &'static Mutex<Emulator> {
+    static EMULATOR: OnceLock<Mutex<Emulator>> = OnceLock::new();
+    EMULATOR.get_or_init(|| Mutex::new(build().unwrap_or_else(|e| panic!("{e}"))))
+}
+
+/// Launches kernel `name` with `shape` and `args` on the CPU and waits for it; the emulator's
+/// message when the kernel is unknown, its arguments do not match, a barrier is reached
+/// divergently, or the kernel writes outside its output buffers. Each buffer is copied between
+/// guard bands for the launch, and the written ones copied back.
+pub fn try_launch(name: &str, shape: LaunchShape, mut args: Vec<Arg<'_>>) -> Result<(), String> {
+    let emulator = emulator().lock().unwrap_or_else(|e| e.into_inner());
+    let mut staged: Vec<(usize, Staged)> = Vec::new();
+    for (k, arg) in args.iter_mut().enumerate() {
+        if let Value::Buffer(p, len, writable) = arg.value {
+            let mut copy = Staged::new(p, len, writable);
+            arg.value = Value::Address(copy.bytes.as_mut_ptr().wrapping_add(GUARD).cast());
+            staged.push((k, copy));
+        }
+    }
+    let c_name = CString::new(name).expect("a kernel name");
+    let tags = CString::new(args.iter().map(Arg::tag).collect::<Vec<u8>>()).expect("tags");
+    let mut addresses: Vec<*mut c_void> = args.iter_mut().map(Arg::address).collect();
+    let mut err = vec![0u8; 512];
+    // SAFETY: the symbol is the launcher generated with this signature; every address points
+    // to a value in `args`, each buffer address into a staged copy that lives until after the
+    // call, and the launcher checks the values' types against the kernel's parameters before it
+    // calls the kernel.
+    #[allow(unsafe_code)]
+    let status = unsafe {
+        let launch: libloading::Symbol<LaunchFn> = emulator
+            .library
+            .get(b"flora_emulated_launch\0")
+            .map_err(|e| format!("the launcher: {e}"))?;
+        launch(
+            c_name.as_ptr(),
+            shape.grid.as_ptr(),
+            shape.block.as_ptr(),
+            tags.as_ptr(),
+            addresses.as_mut_ptr(),
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if status != 0 {
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        return Err(String::from_utf8_lossy(&err[..end]).into_owned());
+    }
+    staged.iter().try_for_each(|(k, copy)| copy.finish(*k))
+}
+
+/// [`try_launch`], panicking with the emulator's message.
+pub fn launch(name: &str, shape: LaunchShape, args: Vec<Arg<'_>>) {
+    if let Err(e) = try_launch(name, shape, args) {
+        panic!("{name}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fused::{
+        gelu_and_slope, layer_norm_rows, layer_norm_rows_backward, softmax_in_place,
+    };
+    use super::super::gpu_ops::keep;
+    use super::super::launch_shapes::{chunks, column_chunks, elementwise, per_row};
+    use super::super::layers::normal;
+    use super::*;
+    use crate::rng::Rng;
+    use std::collections::HashMap;
+
+    fn random(len: usize, scale: f32, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| normal(&mut rng) * scale).collect()
+    }
+
+    /// Largest |a - b| / max(1, |b|).
+    fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .fold(0.0, f32::max)
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        let d = max_rel_diff(got, want);
+        assert!(d < tol, "{what}: the emulated kernel differs by {d}");
+    }
+
+    #[test]
+    fn every_kernel_has_an_emulated_test() {
+        let this = include_str!("kernel_emulator.rs");
+        let names = kernel_names(KERNELS);
+        assert!(names.len() >= 12, "kernels.cu has {names:?}");
+        for name in names {
+            assert!(
+                this.contains(&format!("\"{name}\",")),
+                "kernel `{name}` of kernels.cu has no test here"
+            );
+        }
+    }
+
+    #[test]
+    fn the_emulator_shuffles_within_warps() {
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        for mask in [1, 4, 16] {
+            let mut y = vec![0f32; 64];
+            let shape = LaunchShape {
+                grid: [1, 1, 1],
+                block: [64, 1, 1],
+            };
+            launch(
+                "emulator_shuffle",
+                shape,
+                vec![input(&x), output(&mut y), int(mask)],
+            );
+            let want: Vec<f32> = (0..64).map(|i| (i ^ mask) as f32).collect();
+            assert_eq!(y, want, "mask {mask}");
+        }
+    }
+
+    #[test]
+    fn the_emulator_shares_memory_within_a_block_after_a_barrier() {
+        let mut y = vec![0i32; 3 * 40];
+        let shape = LaunchShape {
+            grid: [3, 1, 1],
+            block: [40, 1, 1],
+        };
+        launch("emulator_shared", shape, vec![output(&mut y)]);
+        for b in 0..3 {
+            for t in 0..40 {
+                assert_eq!(y[b * 40 + t], ((t + 1) % 40 + 100 * b) as i32);
+            }
+        }
+    }
+
+    #[test]
+    fn the_emulator_reports_a_barrier_that_some_threads_skip() {
+        let shape = LaunchShape {
+            grid: [2, 1, 1],
+            block: [64, 1, 1],
+        };
+        let err = try_launch("emulator_divergent_barrier", shape, vec![int(32)]).unwrap_err();
+        assert!(
+            err.contains("waits at the __syncthreads on line")
+                && err.contains("while others wait at line"),
+            "{err}"
+        );
+        // Every thread reaching it is fine.
+        try_launch("emulator_divergent_barrier", shape, vec![int(64)]).unwrap();
+    }
+
+    #[test]
+    fn the_emulator_catches_writes_outside_a_buffer() {
+        let mut y = vec![0f32; 40];
+        let shape = LaunchShape {
+            grid: [1, 1, 1],
+            block: [64, 1, 1],
+        };
+        let err = try_launch("emulator_unguarded", shape, vec![output(&mut y), int(40)]);
+        assert_eq!(
+            err.unwrap_err(),
+            "the kernel wrote after its buffer argument 0"
+        );
+        let mut y = vec![0f32; 64];
+        try_launch("emulator_unguarded", shape, vec![output(&mut y), int(64)]).unwrap();
+        assert!(y.iter().all(|&v| v == 64.0));
+        // A kernel writing an input.
+        let y = vec![0f32; 64];
+        let err = try_launch("emulator_unguarded", shape, vec![input(&y), int(64)]);
+        assert_eq!(
+            err.unwrap_err(),
+            "the kernel wrote its input buffer argument 0"
+        );
+    }
+
+    #[test]
+    fn the_emulator_rejects_arguments_of_the_wrong_type_or_number() {
+        let x = vec![0f32; 4];
+        let mut y = vec![0f32; 4];
+        let err = try_launch(
+            "gelu_fwd",
+            elementwise(4),
+            vec![input(&x), output(&mut y), int(4)],
+        )
+        .unwrap_err();
+        assert!(err.contains("typed \"ppU\", given \"ppi\""), "{err}");
+        let err = try_launch("no_such_kernel", elementwise(4), vec![int(4)]).unwrap_err();
+        assert!(err.contains("no kernel named no_such_kernel"), "{err}");
+    }
+
+    #[test]
+    fn layer_norm_matches_the_cpu() {
+        // A row narrower than a warp's multiple, one as wide as a block, one wider.
+        for (rows, n) in [(5, 50), (3, 256), (4, 300)] {
+            let x = random(rows * n, 1.5, 1);
+            let (w, b) = (random(n, 1.0, 2), random(n, 1.0, 3));
+            let mut y = vec![0f32; rows * n];
+            launch(
+                "ln_fwd",
+                per_row(rows, n),
+                vec![
+                    input(&x),
+                    input(&w),
+                    input(&b),
+                    output(&mut y),
+                    int(n),
+                    float(1e-5),
+                ],
+            );
+            assert_close("ln_fwd", &y, &layer_norm_rows(&x, &w, &b, 1e-5), 1e-5);
+        }
+    }
+
+    #[test]
+    fn layer_norm_backward_matches_the_cpu() {
+        // 150 rows: three chunks of the column sums, the last one short.
+        let (rows, n) = (150, 70);
+        let x = random(rows * n, 1.5, 4);
+        let w = random(n, 1.0, 5);
+        let g = random(rows * n, 1.0, 6);
+        let len = rows * n;
+        let mut packed = vec![f32::NAN; len + 2 * n];
+        let mut stats = vec![f32::NAN; 2 * rows];
+        launch(
+            "ln_bwd_rows",
+            per_row(rows, n),
+            vec![
+                input(&x),
+                input(&w),
+                input(&g),
+                output(&mut packed),
+                output(&mut stats),
+                int(n),
+                float(1e-5),
+            ],
+        );
+        let (per, count) = chunks(rows);
+        assert_eq!(count, 3);
+        let mut partial = vec![f32::NAN; count * 2 * n];
+        launch(
+            "ln_bwd_cols",
+            column_chunks(n, count),
+            vec![
+                input(&x),
+                input(&g),
+                input(&stats),
+                output(&mut partial),
+                int(rows),
+                int(n),
+                int(per),
+            ],
+        );
+        launch(
+            "sum_chunks",
+            elementwise(2 * n),
+            vec![
+                input(&partial),
+                output(&mut packed),
+                ulong(len as u64),
+                int(2 * n),
+                int(count),
+            ],
+        );
+        let (mut dx, mut dw, mut db) = (vec![0f32; len], vec![0f32; n], vec![0f32; n]);
+        layer_norm_rows_backward(&x, &w, &g, 1e-5, &mut dx, (&mut dw, &mut db));
+        assert_close("dx", &packed[..len], &dx, 1e-4);
+        assert_close("dw", &packed[len..len + n], &dw, 1e-4);
+        assert_close("db", &packed[len + n..], &db, 1e-4);
+    }
+
+    #[test]
+    fn softmax_and_its_backward_match_the_cpu() {
+        let (rows, n) = (6, 37);
+        let mut x = random(rows * n, 3.0, 7);
+        // A masked key, as the attention's additive mask makes.
+        x[5] = -1e9;
+        let mut y = vec![0f32; rows * n];
+        launch(
+            "softmax_fwd",
+            per_row(rows, n),
+            vec![input(&x), output(&mut y), int(n)],
+        );
+        let mut want = x.clone();
+        want.chunks_mut(n).for_each(softmax_in_place);
+        assert_close("softmax_fwd", &y, &want, 1e-6);
+        assert_eq!(y[5], 0.0);
+
+        let g = random(rows * n, 1.0, 8);
+        let mut dx = vec![0f32; rows * n];
+        launch(
+            "softmax_bwd",
+            per_row(rows, n),
+            vec![input(&y), input(&g), output(&mut dx), int(n)],
+        );
+        let want: Vec<f32> = y
+            .chunks(n)
+            .zip(g.chunks(n))
+            .flat_map(|(y, g)| {
+                let s: f64 = y.iter().zip(g).map(|(a, b)| (a * b) as f64).sum();
+                y.iter()
+                    .zip(g)
+                    .map(move |(a, b)| (*a as f64 * (*b as f64 - s)) as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_close("softmax_bwd", &dx, &want, 1e-6);
+    }
+
+    #[test]
+    fn gelu_and_its_backward_match_the_cpu() {
+        // Not a multiple of the block: the last block's extra threads write nothing.
+        let len = 1000;
+        let x = random(len, 3.0, 9);
+        let mut y = vec![f32::NAN; len + 1];
+        launch(
+            "gelu_fwd",
+            elementwise(len),
+            vec![input(&x), output(&mut y), ulong(len as u64)],
+        );
+        assert!(y[len].is_nan(), "gelu_fwd wrote past the end");
+        let want: Vec<f32> = x.iter().map(|&v| gelu_and_slope(v).0).collect();
+        assert_close("gelu_fwd", &y[..len], &want, 1e-6);
+
+        let g = random(len, 1.0, 10);
+        let mut dx = vec![0f32; len];
+        launch(
+            "gelu_bwd",
+            elementwise(len),
+            vec![input(&x), input(&g), output(&mut dx), ulong(len as u64)],
+        );
+        let want: Vec<f32> = x
+            .iter()
+            .zip(&g)
+            .map(|(&v, &g)| g * gelu_and_slope(v).1)
+            .collect();
+        assert_close("gelu_bwd", &dx, &want, 1e-5);
+    }
+
+    #[test]
+    fn row_gathers_and_their_scatter_match_the_cpu() {
+        let (rows, n, picked) = (30, 5, 100);
+        let table = random(rows * n, 1.0, 11);
+        let ids: Vec<u32> = (0..picked as u32).map(|i| (i * 7) % rows as u32).collect();
+        let len = picked * n;
+        let mut y = vec![0f32; len];
+        launch(
+            "gather_rows",
+            elementwise(len),
+            vec![
+                input(&table),
+                input(&ids),
+                output(&mut y),
+                int(n),
+                ulong(len as u64),
+            ],
+        );
+        for (t, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            assert_eq!(y[t * n..(t + 1) * n], table[id * n..(id + 1) * n]);
+        }
+
+        let g = random(len, 1.0, 12);
+        let mut dtable = vec![0f32; rows * n];
+        launch(
+            "scatter_add_rows",
+            elementwise(len),
+            vec![
+                input(&g),
+                input(&ids),
+                output(&mut dtable),
+                int(n),
+                ulong(len as u64),
+            ],
+        );
+        let mut want = vec![0f32; rows * n];
+        for (t, &id) in ids.iter().enumerate() {
+            for j in 0..n {
+                want[id as usize * n + j] += g[t * n + j];
+            }
+        }
+        assert_close("scatter_add_rows", &dtable, &want, 1e-6);
+    }
+
+    #[test]
+    fn bias_add_and_column_sums_match_the_cpu() {
+        let (rows, n) = (200, 70);
+        let x = random(rows * n, 1.0, 13);
+        let b = random(n, 1.0, 14);
+        let mut y = vec![0f32; rows * n];
+        launch(
+            "bias_add",
+            elementwise(rows * n),
+            vec![
+                input(&x),
+                input(&b),
+                output(&mut y),
+                int(n),
+                ulong((rows * n) as u64),
+            ],
+        );
+        let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + b[i % n]).collect();
+        assert_close("bias_add", &y, &want, 1e-6);
+
+        let (per, count) = chunks(rows);
+        let mut partial = vec![f32::NAN; count * n];
+        launch(
+            "col_sum_chunks",
+            column_chunks(n, count),
+            vec![input(&x), output(&mut partial), int(rows), int(n), int(per)],
+        );
+        let mut sums = vec![f32::NAN; n + 3];
+        launch(
+            "sum_chunks",
+            elementwise(n),
+            vec![
+                input(&partial),
+                output(&mut sums),
+                ulong(3),
+                int(n),
+                int(count),
+            ],
+        );
+        assert!(
+            sums[..3].iter().all(|v| v.is_nan()),
+            "wrote before the offset"
+        );
+        let want: Vec<f32> = (0..n)
+            .map(|j| (0..rows).map(|r| x[r * n + j] as f64).sum::<f64>() as f32)
+            .collect();
+        assert_close("column sums", &sums[3..], &want, 1e-5);
+    }
+
+    /// LAMB's two kernels, launched as `lamb_cuda.rs` launches them (both moments and each
+    /// block's partial sums by one kernel per parameter, the sums added on the host in block
+    /// order, the weights stepped by a second), against the CPU's fused loops over three steps.
+    #[test]
+    fn lamb_matches_the_cpu_loops() {
+        use super::super::lamb::{block_pair_sums, decays, trust_ratio, Lamb};
+        use super::super::launch_shapes::lamb as lamb_shape;
+        use super::super::roberta::Params;
+        use candle_core::{DType, Device, Tensor, Var};
+
+        // A weight longer than one grid's stride (264 blocks of 256 threads), and a bias.
+        let sizes = [("a.dense.weight", 68_000), ("a.dense.bias", 300)];
+        let cpu = Params {
+            vars: sizes
+                .iter()
+                .enumerate()
+                .map(|(k, &(name, n))| {
+                    let t = Tensor::new(random(n, 0.3, 20 + k as u64), &Device::Cpu).unwrap();
+                    (name.to_string(), Var::from_tensor(&t).unwrap())
+                })
+                .collect(),
+            frozen: false,
+            compute: DType::F32,
+            sink: Default::default(),
+        };
+        let mut lamb = Lamb::new(0.01);
+        let mut state: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(_, n))| (random(n, 0.3, 20 + k as u64), vec![0.0; n], vec![0.0; n]))
+            .collect();
+        let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, 0.05f64);
+        for t in 1..=3i32 {
+            let scale = if t == 2 { 0.5f32 } else { 1.0 };
+            let grads: Vec<Vec<f32>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(k, &(_, n))| random(n, 1.0, 100 * t as u64 + k as u64))
+                .collect();
+            let by_name: HashMap<String, Tensor> = sizes
+                .iter()
+                .zip(&grads)
+                .map(|(&(name, _), g)| {
+                    (
+                        name.to_string(),
+                        Tensor::new(g.as_slice(), &Device::Cpu).unwrap(),
+                    )
+                })
+                .collect();
+            lamb.update_scaled(&cpu, &by_name, lr, scale as f64)
+                .unwrap();
+
+            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            let blocks: Vec<usize> = sizes
+                .iter()
+                .map(|&(_, n)| lamb_shape(n).grid[0] as usize)
+                .collect();
+            let mut partial = vec![f32::NAN; 2 * blocks.iter().sum::<usize>()];
+            let mut offset = 0;
+            for (k, &(name, n)) in sizes.iter().enumerate() {
+                let wd = if decays(name) { 0.01f32 } else { 0.0 };
+                let (w, m, v) = &mut state[k];
+                launch(
+                    "lamb_moments",
+                    lamb_shape(n),
+                    vec![
+                        input(w),
+                        input(&grads[k]),
+                        output(m),
+                        output(v),
+                        output(&mut partial[offset..offset + 2 * blocks[k]]),
+                        ulong(n as u64),
+                        float(scale),
+                        float(b1),
+                        float(b2),
+                        float(c1),
+                        float(c2),
+                        float(eps),
+                        float(wd),
+                    ],
+                );
+                offset += 2 * blocks[k];
+            }
+            let mut offset = 0;
+            for (k, &(name, n)) in sizes.iter().enumerate() {
+                let wd = if decays(name) { 0.01f32 } else { 0.0 };
+                let (ws, us) = block_pair_sums(&partial[offset..offset + 2 * blocks[k]]);
+                offset += 2 * blocks[k];
+                let step = (lr * trust_ratio(ws, us)) as f32;
+                let (w, m, v) = &mut state[k];
+                launch(
+                    "lamb_apply",
+                    lamb_shape(n),
+                    vec![
+                        output(w),
+                        input(m),
+                        input(v),
+                        ulong(n as u64),
+                        float(step),
+                        float(c1),
+                        float(c2),
+                        float(eps),
+                        float(wd),
+                    ],
+                );
+            }
+        }
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        for (k, &(name, _)) in sizes.iter().enumerate() {
+            let (w, m, v) = &state[k];
+            assert_close(name, w, &flat(cpu.vars[name].as_tensor()), 1e-5);
+            assert_close(name, m, &flat(&lamb.m[name]), 1e-6);
+            assert_close(name, v, &flat(&lamb.v[name]), 1e-6);
+        }
+    }
+
+    #[test]
+    fn dropout_draws_the_cpu_mask() {
+        let len = 3000;
+        let x = random(len, 1.0, 15);
+        let mut y = vec![0f32; len];
+        let (p, seed) = (0.1f32, 77u64);
+        launch(
+            "dropout",
+            elementwise(len),
+            vec![
+                input(&x),
+                output(&mut y),
+                float(p),
+                ulong(seed),
+                ulong(len as u64),
+            ],
+        );
+        let want: Vec<f32> = (0..len)
+            .map(|i| {
+                if keep(seed, i as u64, p) {
+                    x[i] / (1.0 - p)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_close("dropout", &y, &want, 1e-6);
+        let dropped = y.iter().filter(|&&v| v == 0.0).count();
+        assert!((200..400).contains(&dropped), "{dropped} of {len} dropped");
+    }
+}

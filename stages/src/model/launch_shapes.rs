@@ -1,0 +1,58 @@
+//! The grids and blocks that flora's CUDA kernels (`kernels.cu`) are launched with, apart from
+//! the CUDA bindings so that the kernel emulator's tests (`kernel_emulator.rs`) launch them the
+//! same way on machines without a GPU.
+
+/// Threads per block of the element and row kernels.
+pub const BLOCK: u32 = 256;
+
+/// A launch's grid (blocks) and block (threads), each CUDA's (x, y, z).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchShape {
+    /// Blocks in x, y and z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y and z.
+    pub block: [u32; 3],
+}
+
+/// One thread per element of `len`.
+pub fn elementwise(len: usize) -> LaunchShape {
+    LaunchShape {
+        grid: [(len as u32).div_ceil(BLOCK).max(1), 1, 1],
+        block: [BLOCK, 1, 1],
+    }
+}
+
+/// One block per row of `n`: up to 256 threads, a multiple of 32.
+pub fn per_row(rows: usize, n: usize) -> LaunchShape {
+    let threads = (n as u32).div_ceil(32).clamp(1, BLOCK / 32) * 32;
+    LaunchShape {
+        grid: [rows as u32, 1, 1],
+        block: [threads, 1, 1],
+    }
+}
+
+/// Rows per chunk of the two-stage column sums, and the number of chunks, for `rows`.
+pub fn chunks(rows: usize) -> (usize, usize) {
+    let per = rows.div_ceil(512).max(64);
+    (per, rows.div_ceil(per).max(1))
+}
+
+/// Blocks of (32, 8) threads over 32 columns by chunks of rows.
+pub fn column_chunks(n: usize, chunks: usize) -> LaunchShape {
+    LaunchShape {
+        grid: [(n as u32).div_ceil(32), chunks as u32, 1],
+        block: [32, 8, 1],
+    }
+}
+
+/// Most blocks of LAMB's grid-stride kernels: enough to fill an H100's 132 multiprocessors
+/// about twice, few enough that each parameter's partial sums are a short read.
+pub const LAMB_BLOCKS: u32 = 264;
+
+/// LAMB's kernels over a parameter of `n` elements: blocks of 256 threads striding over it.
+pub fn lamb(n: usize) -> LaunchShape {
+    LaunchShape {
+        grid: [(n as u32).div_ceil(BLOCK).clamp(1, LAMB_BLOCKS), 1, 1],
+        block: [BLOCK, 1, 1],
+    }
+}
