@@ -385,48 +385,8 @@ impl CustomOp3 for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::layers;
-    use crate::testing::{max_abs_diff, random_var, weighted_grads};
-    use candle_core::Device;
-
-    /// The same attention composed of candle ops, with dropout as a seeded op on the
-    /// probabilities.
-    fn composed(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        heads: usize,
-        mask: &[f32],
-        dropout: Option<(f32, u64)>,
-    ) -> Tensor {
-        let (b, len, hidden) = q.dims3().unwrap();
-        let hd = hidden / heads;
-        let split = |t: &Tensor| {
-            t.reshape((b, len, heads, hd))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-        };
-        let (q, k, v) = (split(q), split(k), split(v));
-        let mask = Tensor::from_vec(mask.to_vec(), (b, 1, 1, len), &Device::Cpu).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt())
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        let mut probs = layers::softmax_composite(&scores).unwrap();
-        if let Some((p, seed)) = dropout {
-            probs = crate::model::gpu_ops::dropout(&probs, p, seed).unwrap();
-        }
-        probs
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((b, len, hidden))
-            .unwrap()
-    }
+    use crate::testing::{composed_attention, max_abs_diff, random_var, weighted_grads};
+    use candle_core::{DType, Device};
 
     fn check(dropout: Option<(f32, u64)>) {
         let (b, len, hidden, heads) = (2, 37, 12, 3);
@@ -438,7 +398,8 @@ mod tests {
         let weights = random_var(&[b, len, hidden], 1.0, 4);
         let (q_, k_, v_) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
         let ours = attention(q_, k_, v_, heads, mask.clone(), dropout).unwrap();
-        let theirs = composed(q_, k_, v_, heads, &mask, dropout);
+        let mask_t = Tensor::from_vec(mask.clone(), (b, 1, 1, len), &Device::Cpu).unwrap();
+        let theirs = composed_attention([q_, k_, v_], heads, &mask_t, dropout, DType::F32);
         assert!(max_abs_diff(&ours, &theirs) < 1e-5);
         let grads = |y: &Tensor| weighted_grads(y, weights.as_tensor());
         let (g1, g2) = (grads(&ours), grads(&theirs));

@@ -528,6 +528,19 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu)
 }
 
+/// Softmax's input gradient from its output `y` and the output's gradient: y (g - sum(g y)),
+/// fused (see [`applies`]), recording nothing for autograd.
+pub fn softmax_grad(y: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)
+}
+
+/// `grad` x GELU'(`x`), fused (see [`applies`]), recording nothing for autograd.
+pub fn gelu_grad(x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

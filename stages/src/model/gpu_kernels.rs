@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::{cudarc, CudaDevice};
 use candle_core::{CudaStorage, Layout, Result, Shape};
@@ -100,6 +101,32 @@ pub fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
     #[allow(unsafe_code)]
     let buffer = unsafe { dev.alloc::<f32>(len) };
     buffer
+}
+
+/// A copy of a contiguous CUDA tensor's elements (f32 or bf16) in a storage of their own.
+pub fn compact_copy(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("compact copy: expects a contiguous tensor")
+    };
+    match s.dtype() {
+        candle_core::DType::F32 => copy_range::<f32>(s, a..b),
+        candle_core::DType::BF16 => copy_range::<half::bf16>(s, a..b),
+        d => candle_core::bail!("compact copy: expects f32 or bf16, got {d:?}"),
+    }
+}
+
+/// Elements `range` of a CUDA storage of `T`, copied on the device.
+fn copy_range<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+    s: &CudaStorage,
+    range: std::ops::Range<usize>,
+) -> Result<CudaStorage> {
+    let dev = s.device();
+    let src = s.as_cuda_slice::<T>()?.slice(range.clone());
+    // SAFETY: the copy below writes every element before anything reads the buffer.
+    #[allow(unsafe_code)]
+    let mut out = unsafe { dev.alloc::<T>(range.len()) }?;
+    dev.memcpy_dtod(&src, &mut out)?;
+    Ok(T::wrap_cuda_slice(out, dev.clone()))
 }
 
 /// Wraps a filled buffer as an op's result.

@@ -1,9 +1,12 @@
 //! The language-model half of the study: the BPE tokenizer and the encoding of promoters for the
 //! model.
 
+pub mod attached;
 pub mod attention;
+pub mod attention_attached;
 pub mod blas;
 pub mod dense;
+pub mod dense_attached;
 pub mod device;
 pub mod encoder_layer;
 pub mod examples;

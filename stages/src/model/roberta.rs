@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dense::Epilogue;
 use super::encoder_layer::{encoder_layer, LayerDropout};
-use super::layers::{
-    bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device, softmax,
-};
+use super::layers::{bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device};
 use crate::rng::Rng;
 
 /// How position ids are counted.
@@ -344,30 +342,15 @@ fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
     linear_then(p, prefix, x, Epilogue::None)
 }
 
-/// A dense layer followed by `epilogue`: inside one op for f32 on the CPU (`dense.rs`), as
-/// separate ops elsewhere.
+/// A dense layer followed by `epilogue`: inside one op for f32 on the CPU (`dense.rs`), as one
+/// autograd node over separate ops elsewhere (`dense_attached.rs`).
 fn linear_then(p: &Params, prefix: &str, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     let w = p.get(&format!("{prefix}.weight"));
     let b = p.get(&format!("{prefix}.bias"));
     if p.compute == DType::F32 && super::dense::applies(x, &w) {
         return super::dense::dense_then(x, &w, &b, epilogue);
     }
-    let y = linear_unfused(p, x, &w, &b)?;
-    match epilogue {
-        Epilogue::None => Ok(y),
-        Epilogue::Gelu => gelu(&y),
-        Epilogue::Dropout { rate, seed } => super::layers::dropout_with_seed(&y, rate, seed),
-    }
-}
-
-/// x Wᵀ + b as separate ops (a product, then a bias added).
-fn linear_unfused(p: &Params, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (bsz, len, inp) = x.dims3()?;
-    bias_add(
-        &matmul(&x.reshape((bsz * len, inp))?, &w.t()?, p.compute)?,
-        b,
-    )?
-    .reshape((bsz, len, w.dim(0)?))
+    super::dense_attached::dense_attached(x, &w, &b, epilogue, p.compute)
 }
 
 /// A dropout's (rate, seed), the seed drawn from `rng`; none without `rng` or at rate 0.
@@ -474,8 +457,6 @@ pub(crate) fn encode_with(
     let key_mask_rows: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
     let key_mask = Tensor::from_vec(key_mask_rows.clone(), (bsz, 1, 1, len), device)?;
     let heads = cfg.num_attention_heads;
-    let hd = cfg.hidden_size / heads;
-    let scale = 1.0 / (hd as f64).sqrt();
     for l in 0..cfg.num_hidden_layers {
         if whole_layers && super::encoder_layer::applies(&x, p) {
             let dropout = LayerDropout {
@@ -494,23 +475,10 @@ pub(crate) fn encode_with(
             let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
             super::attention::attention(&q, &k, &v, heads, key_mask_rows.clone(), dropout)?
         } else {
-            let split = |t: Tensor| {
-                t.reshape((bsz, len, heads, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-            let scores = (matmul(&q, &k.t()?.contiguous()?, p.compute)? * scale)?
-                .broadcast_add(&key_mask)?;
-            let probs = dropout(
-                &softmax(&scores)?,
-                cfg.attention_probs_dropout_prob,
-                rng.as_deref_mut(),
-            )?;
-            matmul(&probs, &v, p.compute)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((bsz, len, cfg.hidden_size))?
+            let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
+            super::attention_attached::attention_attached(
+                &q, &k, &v, heads, &key_mask, dropout, p.compute,
+            )?
         };
         let attn = linear_then(
             p,
