@@ -54,7 +54,8 @@ fn bench_times_training_steps_in_both_precisions() {
         let loss = v["last_loss"].as_f64().unwrap();
         assert!(loss.is_finite() && loss > 0.0, "{v}");
     }
-    // f32 on the CPU times its dense and attention ops; bf16 the composed pieces.
+    // f32 on the CPU times its dense and attention ops; bf16 the composed pieces, and dense and
+    // attention as recorded ops and as one attached node each.
     let out = p.ok(&refs(&tiny(&[("--ops", "")])));
     for piece in [
         "layer_norm",
@@ -74,6 +75,10 @@ fn bench_times_training_steps_in_both_precisions() {
         "feed-forward alone, BF16 operands, weight transposed in memory",
         "f32 -> BF16 -> f32",
         "TFLOP/s)",
+        "dense hidden -> feed-forward with GELU, recorded ops",
+        "dense hidden -> feed-forward with GELU, one attached node",
+        "self-attention, all heads with dropout, recorded ops",
+        "self-attention, all heads with dropout, one attached node",
         "s per step",
     ] {
         assert!(out.contains(piece), "{piece} missing:\n{out}");

@@ -124,38 +124,36 @@ pub fn max_rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
 }
 
 /// Multi-head attention composed of recorded candle ops (the reference of the fused and attached
-/// versions): `q`, `k`, `v` (batch, len, hidden) over `heads` heads, the additive key mask
-/// (batch, 1, 1, len), seeded dropout on the probabilities, the products in `compute`.
+/// versions, and a row of `flora bench --ops`): `q`, `k`, `v` (batch, len, hidden) over `heads`
+/// heads, the additive key mask (batch, 1, 1, len), seeded dropout on the probabilities, the
+/// products in `compute`.
 pub fn composed_attention(
     qkv: [&candle_core::Tensor; 3],
     heads: usize,
     mask: &candle_core::Tensor,
     dropout: Option<(f32, u64)>,
     compute: candle_core::DType,
-) -> candle_core::Tensor {
+) -> candle_core::Result<candle_core::Tensor> {
     use crate::model::layers::{dropout_with_seed, matmul, softmax_composite};
-    let run = || -> candle_core::Result<candle_core::Tensor> {
-        let [q, k, v] = qkv;
-        let (b, len, hidden) = q.dims3()?;
-        let hd = hidden / heads;
-        let split = |t: &candle_core::Tensor| {
-            t.reshape((b, len, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let scores = (matmul(&q, &k.t()?.contiguous()?, compute)? / (hd as f64).sqrt())?
-            .broadcast_add(mask)?;
-        let mut probs = softmax_composite(&scores)?;
-        if let Some((p, seed)) = dropout {
-            probs = dropout_with_seed(&probs, p, seed)?;
-        }
-        matmul(&probs, &v, compute)?
+    let [q, k, v] = qkv;
+    let (b, len, hidden) = q.dims3()?;
+    let hd = hidden / heads;
+    let split = |t: &candle_core::Tensor| {
+        t.reshape((b, len, heads, hd))?
             .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, len, hidden))
+            .contiguous()
     };
-    run().expect("attention of consistent shapes")
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scores =
+        (matmul(&q, &k.t()?.contiguous()?, compute)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+    let mut probs = softmax_composite(&scores)?;
+    if let Some((p, seed)) = dropout {
+        probs = dropout_with_seed(&probs, p, seed)?;
+    }
+    matmul(&probs, &v, compute)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, len, hidden))
 }
 
 /// A random-weight model folder (1 layer of width 16, a `leaf`/`root` head, one token per base)

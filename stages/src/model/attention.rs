@@ -399,7 +399,7 @@ mod tests {
         let (q_, k_, v_) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
         let ours = attention(q_, k_, v_, heads, mask.clone(), dropout).unwrap();
         let mask_t = Tensor::from_vec(mask.clone(), (b, 1, 1, len), &Device::Cpu).unwrap();
-        let theirs = composed_attention([q_, k_, v_], heads, &mask_t, dropout, DType::F32);
+        let theirs = composed_attention([q_, k_, v_], heads, &mask_t, dropout, DType::F32).unwrap();
         assert!(max_abs_diff(&ours, &theirs) < 1e-5);
         let grads = |y: &Tensor| weighted_grads(y, weights.as_tensor());
         let (g1, g2) = (grads(&ours), grads(&theirs));

@@ -99,7 +99,8 @@ mod tests {
         for compute in [DType::F32, DType::BF16] {
             for dropout in [None, Some((0.2, 9))] {
                 let ours = attention_attached(qt, kt, vt, heads, &mask, dropout, compute).unwrap();
-                let theirs = composed_attention([qt, kt, vt], heads, &mask, dropout, compute);
+                let theirs =
+                    composed_attention([qt, kt, vt], heads, &mask, dropout, compute).unwrap();
                 assert_eq!(ours.dims(), &[bsz, len, hidden]);
                 let d = max_rel_diff(&ours, &theirs);
                 assert!(d < 1e-6, "{compute:?} {dropout:?}: outputs differ by {d}");

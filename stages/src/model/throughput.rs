@@ -316,6 +316,69 @@ pub fn profile_ops(
                     .map(|_| ())
             },
         )?;
+        // Where the CPU has one op, GPUs and bf16 run one attached node (`dense_attached.rs`,
+        // `attention_attached.rs`); the same pieces as recorded ops, for the difference.
+        let (qkv, mask) = (
+            var(&[batch, len, h])?,
+            Tensor::zeros((batch, 1, 1, len), DType::F32, device)?,
+        );
+        let gelu = super::dense::Epilogue::Gelu;
+        time(
+            "dense hidden -> feed-forward with GELU, recorded ops + backward",
+            None,
+            &mut || {
+                let x2 = x.as_tensor().reshape((batch * len, h))?;
+                let z = layers::bias_add(
+                    &layers::matmul(&x2, &w_in.as_tensor().t()?, dt)?,
+                    b_in.as_tensor(),
+                )?;
+                layers::gelu(&z)?
+                    .apply(&sum_of_squares)?
+                    .backward()
+                    .map(|_| ())
+            },
+        )?;
+        time(
+            "dense hidden -> feed-forward with GELU, one attached node + backward",
+            None,
+            &mut || {
+                let (xt, wt, bt) = (x.as_tensor(), w_in.as_tensor(), b_in.as_tensor());
+                super::dense_attached::dense_attached(xt, wt, bt, gelu, dt)?
+                    .apply(&sum_of_squares)?
+                    .backward()
+                    .map(|_| ())
+            },
+        )?;
+        time(
+            "self-attention, all heads with dropout, recorded ops + backward",
+            None,
+            &mut || {
+                let t = qkv.as_tensor();
+                crate::testing::composed_attention([t, t, t], heads, &mask, Some((0.1, 7)), dt)?
+                    .apply(&sum_of_squares)?
+                    .backward()
+                    .map(|_| ())
+            },
+        )?;
+        time(
+            "self-attention, all heads with dropout, one attached node + backward",
+            None,
+            &mut || {
+                let t = qkv.as_tensor();
+                super::attention_attached::attention_attached(
+                    t,
+                    t,
+                    t,
+                    heads,
+                    &mask,
+                    Some((0.1, 7)),
+                    dt,
+                )?
+                .apply(&sum_of_squares)?
+                .backward()
+                .map(|_| ())
+            },
+        )?;
         time(
             "split heads: reshape, transpose, contiguous + backward",
             None,
