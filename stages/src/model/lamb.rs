@@ -174,27 +174,12 @@ impl Lamb {
         let grad = grad.contiguous()?;
         let (b1, b2, eps) = (self.beta1 as f32, self.beta2 as f32, self.eps as f32);
         let (c1, c2) = (bc1 as f32, bc2 as f32);
-        let wd = if decays(name) {
-            self.weight_decay as f32
-        } else {
-            0.0
-        };
+        let wd = self.decay_of(name);
         let direction = move |m: f32, v: f32, w: f32| (m / c1) / ((v / c2).sqrt() + eps) + wd * w;
-        let moment = |moments: &mut HashMap<String, Tensor>| -> Result<Tensor> {
-            let t = match moments.get(name) {
-                Some(t) => t.clone(),
-                None => {
-                    let zeros = weights.zeros_like()?;
-                    moments.insert(name.to_string(), zeros.clone());
-                    zeros
-                }
-            };
-            if t.elem_count() != n {
-                candle_core::bail!("lamb: `{name}` has {n} weights but a moment of another size");
-            }
-            Ok(t)
-        };
-        let (m, v) = (moment(&mut self.m)?, moment(&mut self.v)?);
+        let (m, v) = (
+            moment(&mut self.m, name, weights)?,
+            moment(&mut self.v, name, weights)?,
+        );
         let (wn, un) = {
             let (wh, gh) = (hold(weights, op)?, hold(&grad, op)?);
             let (w, g) = (wh.slice(), gh.slice());
@@ -248,6 +233,39 @@ impl Lamb {
                 });
         })
     }
+}
+
+impl Lamb {
+    /// The weight decay of parameter `name` (0 for biases and LayerNorm weights).
+    pub(crate) fn decay_of(&self, name: &str) -> f32 {
+        if decays(name) {
+            self.weight_decay as f32
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The moment of parameter `name` in `moments`, zeros like `weights` (stored) on its first step;
+/// an error if a stored moment's size is not the weights'.
+pub(crate) fn moment(
+    moments: &mut HashMap<String, Tensor>,
+    name: &str,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    let n = weights.elem_count();
+    let t = match moments.get(name) {
+        Some(t) => t.clone(),
+        None => {
+            let zeros = weights.zeros_like()?;
+            moments.insert(name.to_string(), zeros.clone());
+            zeros
+        }
+    };
+    if t.elem_count() != n {
+        candle_core::bail!("lamb: `{name}` has {n} weights but a moment of another size");
+    }
+    Ok(t)
 }
 
 /// LAMB's trust ratio ||w|| / ||u|| from the sums of squares of the weights and of the update

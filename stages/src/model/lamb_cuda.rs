@@ -14,7 +14,7 @@ use candle_core::cuda_backend::CudaDevice;
 use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor};
 
 use super::gpu_kernels::{config, launch, output, view};
-use super::lamb::{block_pair_sums, decays, trust_ratio, Lamb};
+use super::lamb::{block_pair_sums, moment, trust_ratio, Lamb};
 use super::launch_shapes;
 use super::roberta::Params;
 
@@ -30,8 +30,10 @@ struct Part<'a> {
     grad: Tensor,
     m: Tensor,
     v: Tensor,
-    /// Where its blocks' partial sums start in the shared buffer.
-    offset: usize,
+    /// Its kernels' grid and blocks.
+    shape: launch_shapes::LaunchShape,
+    /// Where its blocks' partial sums are in the shared buffer (a pair per block).
+    sums: std::ops::Range<usize>,
     /// Its weight decay (0 for biases and LayerNorm weights).
     decay: f32,
 }
@@ -61,35 +63,18 @@ pub(crate) fn update(
                 grad.elem_count()
             );
         }
-        let moment = |moments: &mut HashMap<String, Tensor>| -> Result<Tensor> {
-            if let Some(t) = moments.get(name.as_str()) {
-                if t.elem_count() != n {
-                    candle_core::bail!(
-                        "lamb: `{name}` has {n} weights but a moment of another size"
-                    );
-                }
-                return Ok(t.clone());
-            }
-            let zeros = weights.zeros_like()?;
-            moments.insert(name.clone(), zeros.clone());
-            Ok(zeros)
-        };
-        let (m, v) = (moment(&mut lamb.m)?, moment(&mut lamb.v)?);
-        let decay = if decays(name) {
-            lamb.weight_decay as f32
-        } else {
-            0.0
-        };
+        let shape = launch_shapes::lamb(n);
         parts.push(Part {
             name,
             weights,
             grad: grad.to_dtype(DType::F32)?.contiguous()?,
-            m,
-            v,
-            offset,
-            decay,
+            m: moment(&mut lamb.m, name, weights)?,
+            v: moment(&mut lamb.v, name, weights)?,
+            shape,
+            sums: offset..offset + 2 * shape.grid[0] as usize,
+            decay: lamb.decay_of(name),
         });
-        offset += 2 * launch_shapes::lamb(n).grid[0] as usize;
+        offset += 2 * shape.grid[0] as usize;
     }
     let Some(first) = parts.first() else {
         return Ok(());
@@ -103,21 +88,18 @@ pub(crate) fn update(
     // SAFETY of `output`: each parameter's blocks write their pairs, which tile the buffer.
     let mut partial = output(&dev, offset)?;
     for part in &parts {
-        let n = part.weights.elem_count();
-        let shape = launch_shapes::lamb(n);
-        let end = part.offset + 2 * shape.grid[0] as usize;
-        let (n_u, wd) = (n as u64, part.decay);
+        let (n_u, wd) = (part.weights.elem_count() as u64, part.decay);
         in_place(&part.m, "lamb-moments", |m, _| -> Result<()> {
             in_place(&part.v, "lamb-moments", |v, dev| -> Result<()> {
                 let (wg, wl) = part.weights.storage_and_layout();
                 let (gg, gl) = part.grad.storage_and_layout();
                 let w = view(cuda(&wg, "lamb-moments")?, wl, "lamb-moments")?;
                 let g = view(cuda(&gg, "lamb-moments")?, gl, "lamb-moments")?;
-                let mut sums = partial.slice_mut(part.offset..end);
+                let mut sums = partial.slice_mut(part.sums.clone());
                 launch!(
                     dev,
                     "lamb_moments",
-                    config(shape),
+                    config(part.shape),
                     &w,
                     &g,
                     m,
@@ -137,12 +119,9 @@ pub(crate) fn update(
     }
     let sums = dev.clone_dtoh(&partial)?;
     for part in &parts {
-        let n = part.weights.elem_count();
-        let shape = launch_shapes::lamb(n);
-        let end = part.offset + 2 * shape.grid[0] as usize;
-        let (w_squares, u_squares) = block_pair_sums(&sums[part.offset..end]);
+        let (w_squares, u_squares) = block_pair_sums(&sums[part.sums.clone()]);
         let step = (lr * trust_ratio(w_squares, u_squares)) as f32;
-        let (n_u, wd) = (n as u64, part.decay);
+        let (n_u, wd) = (part.weights.elem_count() as u64, part.decay);
         in_place(part.weights, "lamb-apply", |w, dev| {
             let (mg, ml) = part.m.storage_and_layout();
             let (vg, vl) = part.v.storage_and_layout();
@@ -151,7 +130,7 @@ pub(crate) fn update(
             launch!(
                 dev,
                 "lamb_apply",
-                config(shape),
+                config(part.shape),
                 w,
                 &m,
                 &v,
