@@ -86,6 +86,65 @@ fn bench_times_training_steps_in_both_precisions() {
 }
 
 #[test]
+fn bench_profiles_where_a_steps_time_goes() {
+    let p = Project::new();
+    // bf16 runs the pieces separately: each dense layer, attention and LayerNorm has its own
+    // regions, forward and backward, one lap per layer.
+    let out = p.ok(&refs(&tiny(&[
+        ("--profile", ""),
+        ("--precision", "bf16"),
+        ("--json", ""),
+    ])));
+    let first = out.lines().next().unwrap();
+    let v: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(v["precision"], "bf16");
+    let regions = v["regions"].as_array().unwrap();
+    let laps = |label: &str| {
+        regions
+            .iter()
+            .find(|r| r["label"] == label)
+            .unwrap_or_else(|| panic!("no {label} in {v}"))["laps"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(laps("forward: self-attention"), 2);
+    assert_eq!(laps("backward: self-attention"), 2);
+    assert_eq!(laps("forward: intermediate.dense 32 -> 64, GELU"), 2);
+    assert_eq!(laps("backward: intermediate.dense 32 -> 64, GELU"), 2);
+    assert_eq!(laps("forward: output.dense 64 -> 32, dropout"), 2);
+    assert_eq!(laps("backward: attention.self.query 32 -> 32"), 2);
+    // Two per layer; the LayerNorms' backward passes are reported beside them.
+    assert_eq!(laps("forward: residual add + LayerNorm"), 4);
+    assert_eq!(laps("backward: residual add + LayerNorm"), 4);
+    for label in [
+        "forward: embeddings (gathers, sum, LayerNorm, dropout)",
+        "forward: MLM head + loss",
+        "forward: lm_head.dense 32 -> 32",
+        "backward: candle's recorded ops and gradient sums",
+        "LAMB update",
+    ] {
+        laps(label);
+    }
+    let total: f64 = regions.iter().map(|r| r["seconds"].as_f64().unwrap()).sum();
+    let step = v["seconds_per_step"].as_f64().unwrap();
+    assert!(
+        step > 0.0 && (total - step).abs() < 1e-9 * step.max(1.0),
+        "{v}"
+    );
+    // f32 on the CPU runs each encoder layer as one op; the table says so.
+    let out = p.ok(&refs(&tiny(&[("--profile", "")])));
+    for piece in [
+        "where a step's time goes",
+        "forward: encoder layer (one op)",
+        "backward: encoder layer (one op)",
+        "LAMB update",
+        "s per step",
+    ] {
+        assert!(out.contains(piece), "{piece} missing:\n{out}");
+    }
+}
+
+#[test]
 fn bench_rejects_impossible_sizes() {
     let p = Project::new();
     let e = p.fails(&refs(&tiny(&[("--heads", "3")])), 2);

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Also time the pieces of a step one at a time (embeddings, LayerNorm, softmax, ...).
     #[arg(long)]
     pub ops: bool,
+    /// Also profile whole training steps: where each step's time goes, region by region
+    /// (embeddings, each kind of dense layer, attention, LayerNorms, their backward passes, LAMB).
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +114,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if args.profile {
+        let prof =
+            throughput::profile_steps(&cfg, args.batch, args.len, args.steps, precision, &dev)?;
+        if args.json {
+            outln!("{}", serde_json::to_string(&prof)?);
+        } else {
+            print_profile(&prof)?;
+        }
+    }
     let t = throughput::time_steps(&cfg, args.batch, args.len, args.steps, precision, &dev)?;
     if args.json {
         outln!("{}", serde_json::to_string(&t)?);
@@ -129,6 +142,28 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             t.tokens_per_second,
             t.flops_per_second / 1e12,
             t.last_loss
+        );
+    }
+    Ok(())
+}
+
+/// The profile as a table: milliseconds per step, share of the step, laps per step, label.
+fn print_profile(prof: &throughput::StepProfile) -> anyhow::Result<()> {
+    outln!(
+        "{} {:?}: where a step's time goes (mean of {} profiled steps, {:.4} s per step)",
+        prof.device,
+        prof.precision,
+        prof.steps,
+        prof.seconds_per_step
+    );
+    outln!("{:>10}  {:>6}  {:>5}  region", "ms/step", "share", "laps");
+    for r in &prof.regions {
+        outln!(
+            "{:>10.3}  {:>5.1}%  {:>5}  {}",
+            r.seconds * 1e3,
+            100.0 * r.seconds / prof.seconds_per_step.max(f64::MIN_POSITIVE),
+            r.laps,
+            r.label
         );
     }
     Ok(())

@@ -48,6 +48,7 @@ pub fn attention(
         key_mask,
         dropout: dropout.filter(|&(p, _)| p > 0.0),
         probs: Mutex::new(Vec::new()),
+        profile_label: super::step_profile::mirror(),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -60,6 +61,8 @@ struct Attention {
     dropout: Option<(f32, u64)>,
     /// The forward pass's probabilities (before dropout), for the backward pass.
     probs: Mutex<Vec<f32>>,
+    /// The step profile's label for the backward pass.
+    profile_label: Option<String>,
 }
 
 /// The sizes of an attention problem.
@@ -362,23 +365,25 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let held = [q, k, v, &grad].map(|t| hold(t, self.name()));
-        let [qh, kh, vh, gh] = held;
-        let (qh, kh, vh, gh) = (qh?, kh?, vh?, gh?);
-        let probs = self.probs.lock().expect("attention probabilities");
-        let (dq, dk, dv) = backward(
-            (qh.slice(), kh.slice(), vh.slice()),
-            gh.slice(),
-            &probs,
-            &self.problem(q.layout())?,
-        )?;
-        let device = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), device)?),
-            Some(Tensor::from_vec(dk, k.shape(), device)?),
-            Some(Tensor::from_vec(dv, v.shape(), device)?),
-        ))
+        super::step_profile::backward_region(&self.profile_label, || {
+            let grad = grad.contiguous()?;
+            let held = [q, k, v, &grad].map(|t| hold(t, self.name()));
+            let [qh, kh, vh, gh] = held;
+            let (qh, kh, vh, gh) = (qh?, kh?, vh?, gh?);
+            let probs = self.probs.lock().expect("attention probabilities");
+            let (dq, dk, dv) = backward(
+                (qh.slice(), kh.slice(), vh.slice()),
+                gh.slice(),
+                &probs,
+                &self.problem(q.layout())?,
+            )?;
+            let device = q.device();
+            Ok((
+                Some(Tensor::from_vec(dq, q.shape(), device)?),
+                Some(Tensor::from_vec(dk, k.shape(), device)?),
+                Some(Tensor::from_vec(dv, v.shape(), device)?),
+            ))
+        })
     }
 }
 

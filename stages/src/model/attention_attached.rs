@@ -13,6 +13,7 @@ use candle_core::{DType, Result, Tensor, D};
 
 use super::attached::attach3;
 use super::layers::{dropout_with_seed, matmul, softmax};
+use super::step_profile::{backward_region, mirror};
 
 /// Attention of `q`, `k` and `v` (batch, len, hidden) over `heads` heads with the additive key
 /// mask `key_mask` (batch, 1, 1, len), dropout at (rate, seed) on the probabilities, the products
@@ -52,14 +53,17 @@ pub fn attention_attached(
         (matmul(&qh, &kh.t()?.contiguous()?, compute)? * scale)?.broadcast_add(key_mask)?;
     let probs = softmax(&scores)?;
     let context = merge(&matmul(&drop(&probs)?, &vh, compute)?)?;
+    let label = mirror();
     attach3([q, k, v], context, move |grad: &Tensor| {
-        let g = split(grad)?;
-        let dv = matmul(&drop(&probs)?.t()?.contiguous()?, &g, compute)?;
-        let dp = drop(&matmul(&g, &vh.t()?.contiguous()?, compute)?)?;
-        let ds = (softmax_backward(&probs, &dp)? * scale)?;
-        let dq = matmul(&ds, &kh, compute)?;
-        let dk = matmul(&ds.t()?.contiguous()?, &qh, compute)?;
-        Ok([Some(merge(&dq)?), Some(merge(&dk)?), Some(merge(&dv)?)])
+        backward_region(&label, || {
+            let g = split(grad)?;
+            let dv = matmul(&drop(&probs)?.t()?.contiguous()?, &g, compute)?;
+            let dp = drop(&matmul(&g, &vh.t()?.contiguous()?, compute)?)?;
+            let ds = (softmax_backward(&probs, &dp)? * scale)?;
+            let dq = matmul(&ds, &kh, compute)?;
+            let dk = matmul(&ds.t()?.contiguous()?, &qh, compute)?;
+            Ok([Some(merge(&dq)?), Some(merge(&dk)?), Some(merge(&dv)?)])
+        })
     })
 }
 

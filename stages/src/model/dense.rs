@@ -38,6 +38,17 @@ pub enum Epilogue {
     },
 }
 
+impl Epilogue {
+    /// How a step profile's labels name it: `, GELU`, `, dropout`, or nothing.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Epilogue::None => "",
+            Epilogue::Gelu => ", GELU",
+            Epilogue::Dropout { .. } => ", dropout",
+        }
+    }
+}
+
 /// Rows of the gradient summed by one task for db.
 const ROWS_PER_TASK: usize = 64;
 
@@ -60,6 +71,7 @@ pub fn dense_then(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Res
     let op = Dense {
         epilogue,
         pre_activation: Mutex::new(Vec::new()),
+        profile_label: super::step_profile::mirror(),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
@@ -69,6 +81,8 @@ struct Dense {
     epilogue: Epilogue,
     /// x Wᵀ + b before GELU, kept by the forward pass for the backward pass.
     pre_activation: Mutex<Vec<f32>>,
+    /// The step profile's label for the backward pass.
+    profile_label: Option<String>,
 }
 
 /// (rows, in, out) of a dense layer's operands, checked.
@@ -127,6 +141,19 @@ impl CustomOp3 for Dense {
         w: &Tensor,
         b: &Tensor,
         _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        super::step_profile::backward_region(&self.profile_label, || self.backward(x, w, b, grad))
+    }
+}
+
+impl Dense {
+    /// The gradients of x, w and b.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;

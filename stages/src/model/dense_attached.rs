@@ -13,6 +13,7 @@ use candle_core::{DType, Result, Tensor};
 use super::attached::attach3;
 use super::dense::Epilogue;
 use super::layers::{bias_add, dropout_with_seed, gelu, matmul};
+use super::step_profile::{backward_region, mirror};
 
 /// `x` (batch, len, in) times the transpose of `w` (out, in), plus `b` (out), then `epilogue`:
 /// (batch, len, out) in f32, the products in `compute`.
@@ -34,17 +35,20 @@ pub fn dense_attached(
         Epilogue::Dropout { rate, seed } => (dropout_with_seed(&z, rate, seed)?, None),
     };
     let y = y.reshape((bsz, len, out))?;
+    let label = mirror();
     attach3([x, w, b], y, move |grad: &Tensor| {
-        let g = grad.reshape((rows, out))?;
-        let g = match (epilogue, &pre_activation) {
-            (Epilogue::Gelu, Some(z)) => gelu_backward(z, &g)?,
-            (Epilogue::Dropout { rate, seed }, _) => dropout_with_seed(&g, rate, seed)?,
-            _ => g,
-        };
-        let dx = matmul(&g, &wd, compute)?.reshape((bsz, len, inp))?;
-        let dw = matmul(&g.t()?, &x2, compute)?;
-        let db = super::gpu_ops::column_sums(&g)?;
-        Ok([Some(dx), Some(dw), Some(db)])
+        backward_region(&label, || {
+            let g = grad.reshape((rows, out))?;
+            let g = match (epilogue, &pre_activation) {
+                (Epilogue::Gelu, Some(z)) => gelu_backward(z, &g)?,
+                (Epilogue::Dropout { rate, seed }, _) => dropout_with_seed(&g, rate, seed)?,
+                _ => g,
+            };
+            let dx = matmul(&g, &wd, compute)?.reshape((bsz, len, inp))?;
+            let dw = matmul(&g.t()?, &x2, compute)?;
+            let db = super::gpu_ops::column_sums(&g)?;
+            Ok([Some(dx), Some(dw), Some(db)])
+        })
     })
 }
 

@@ -111,6 +111,7 @@ pub fn encoder_layer(
         dropout,
         sink: (!p.frozen).then(|| p.sink.clone()),
         saved: Mutex::new(None),
+        profile_label: super::step_profile::mirror(),
     };
     x.contiguous()?.apply_op1(op)
 }
@@ -125,6 +126,8 @@ struct EncoderLayer {
     /// Where the parameters' gradients go (none for frozen weights).
     sink: Option<Arc<GradSink>>,
     saved: Mutex<Option<Saved>>,
+    /// The step profile's label for the backward pass.
+    profile_label: Option<String>,
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -242,80 +245,84 @@ impl CustomOp1 for EncoderLayer {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        let (batch, len, h, inter) = self.sizes(x.layout())?;
-        let rows = batch * len;
-        let (xh, gh) = (hold(x, self.name())?, hold(&grad, self.name())?);
-        let (xs, g) = (xh.slice(), gh.slice());
-        let held = self.held_params()?;
-        let w = |i: usize| held[i].slice();
-        let saved = self.saved.lock().expect("encoder layer activations");
-        let Some(s) = saved.as_ref() else {
-            candle_core::bail!("flora-encoder-layer: the backward pass ran without a forward pass")
-        };
-        let mut grads: Vec<(usize, Vec<f32>)> = Vec::with_capacity(16);
-        let ln_grads = |input: &[f32], weight: &[f32], g: &[f32]| {
-            let mut dx = vec![0f32; input.len()];
-            let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
-            layer_norm_rows_backward(input, weight, g, self.eps, &mut dx, (&mut dw, &mut db));
-            (dx, dw, db)
-        };
-        // Second LayerNorm; its input's gradient also reaches the first LayerNorm's output
-        // through the residual.
-        let (mut d_ln1_out, dw, db) = ln_grads(&s.ln2_in, w(LN2W), g);
-        grads.extend([(LN2W, dw), (LN2B, db)]);
-        let mut d_out = d_ln1_out.clone();
-        maybe_dropout(&mut d_out, self.dropout.output);
-        let mut d_gelu = vec![0f32; rows * inter];
-        let (dw, db) =
-            dense::backward(&d_out, &s.gelu, w(FW), (rows, inter, h), &mut d_gelu, false)?;
-        grads.extend([(FW, dw), (FB, db)]);
-        drop(d_out);
-        through_gelu(&mut d_gelu, &s.pre_gelu);
-        let (dw, db) = dense::backward(
-            &d_gelu,
-            &s.ln1_out,
-            w(IW),
-            (rows, h, inter),
-            &mut d_ln1_out,
-            true,
-        )?;
-        grads.extend([(IW, dw), (IB, db)]);
-        drop(d_gelu);
-        // First LayerNorm; its input's gradient also reaches x through the residual.
-        let (mut dx, dw, db) = ln_grads(&s.ln1_in, w(LN1W), &d_ln1_out);
-        grads.extend([(LN1W, dw), (LN1B, db)]);
-        drop(d_ln1_out);
-        let mut d_attn = dx.clone();
-        maybe_dropout(&mut d_attn, self.dropout.attention_output);
-        let mut d_context = vec![0f32; rows * h];
-        let (dw, db) = dense::backward(
-            &d_attn,
-            &s.context,
-            w(OW),
-            (rows, h, h),
-            &mut d_context,
-            false,
-        )?;
-        grads.extend([(OW, dw), (OB, db)]);
-        drop(d_attn);
-        let (dq, dk, dv) = attention::backward(
-            (&s.q, &s.k, &s.v),
-            &d_context,
-            &s.probs,
-            &self.problem(batch, len, h),
-        )?;
-        for (d, (wi, bi)) in [(dq, (QW, QB)), (dk, (KW, KB)), (dv, (VW, VB))] {
-            let (dw, db) = dense::backward(&d, xs, w(wi), (rows, h, h), &mut dx, true)?;
-            grads.extend([(wi, dw), (bi, db)]);
-        }
-        if let Some(sink) = &self.sink {
-            for (i, g) in grads {
-                let t = Tensor::from_vec(g, self.params[i].shape(), x.device())?;
-                sink.add(&format!("{}.{}", self.prefix, NAMES[i]), t)?;
+        super::step_profile::backward_region(&self.profile_label, || {
+            let grad = grad.contiguous()?;
+            let (batch, len, h, inter) = self.sizes(x.layout())?;
+            let rows = batch * len;
+            let (xh, gh) = (hold(x, self.name())?, hold(&grad, self.name())?);
+            let (xs, g) = (xh.slice(), gh.slice());
+            let held = self.held_params()?;
+            let w = |i: usize| held[i].slice();
+            let saved = self.saved.lock().expect("encoder layer activations");
+            let Some(s) = saved.as_ref() else {
+                candle_core::bail!(
+                    "flora-encoder-layer: the backward pass ran without a forward pass"
+                )
+            };
+            let mut grads: Vec<(usize, Vec<f32>)> = Vec::with_capacity(16);
+            let ln_grads = |input: &[f32], weight: &[f32], g: &[f32]| {
+                let mut dx = vec![0f32; input.len()];
+                let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
+                layer_norm_rows_backward(input, weight, g, self.eps, &mut dx, (&mut dw, &mut db));
+                (dx, dw, db)
+            };
+            // Second LayerNorm; its input's gradient also reaches the first LayerNorm's output
+            // through the residual.
+            let (mut d_ln1_out, dw, db) = ln_grads(&s.ln2_in, w(LN2W), g);
+            grads.extend([(LN2W, dw), (LN2B, db)]);
+            let mut d_out = d_ln1_out.clone();
+            maybe_dropout(&mut d_out, self.dropout.output);
+            let mut d_gelu = vec![0f32; rows * inter];
+            let (dw, db) =
+                dense::backward(&d_out, &s.gelu, w(FW), (rows, inter, h), &mut d_gelu, false)?;
+            grads.extend([(FW, dw), (FB, db)]);
+            drop(d_out);
+            through_gelu(&mut d_gelu, &s.pre_gelu);
+            let (dw, db) = dense::backward(
+                &d_gelu,
+                &s.ln1_out,
+                w(IW),
+                (rows, h, inter),
+                &mut d_ln1_out,
+                true,
+            )?;
+            grads.extend([(IW, dw), (IB, db)]);
+            drop(d_gelu);
+            // First LayerNorm; its input's gradient also reaches x through the residual.
+            let (mut dx, dw, db) = ln_grads(&s.ln1_in, w(LN1W), &d_ln1_out);
+            grads.extend([(LN1W, dw), (LN1B, db)]);
+            drop(d_ln1_out);
+            let mut d_attn = dx.clone();
+            maybe_dropout(&mut d_attn, self.dropout.attention_output);
+            let mut d_context = vec![0f32; rows * h];
+            let (dw, db) = dense::backward(
+                &d_attn,
+                &s.context,
+                w(OW),
+                (rows, h, h),
+                &mut d_context,
+                false,
+            )?;
+            grads.extend([(OW, dw), (OB, db)]);
+            drop(d_attn);
+            let (dq, dk, dv) = attention::backward(
+                (&s.q, &s.k, &s.v),
+                &d_context,
+                &s.probs,
+                &self.problem(batch, len, h),
+            )?;
+            for (d, (wi, bi)) in [(dq, (QW, QB)), (dk, (KW, KB)), (dv, (VW, VB))] {
+                let (dw, db) = dense::backward(&d, xs, w(wi), (rows, h, h), &mut dx, true)?;
+                grads.extend([(wi, dw), (bi, db)]);
             }
-        }
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+            if let Some(sink) = &self.sink {
+                for (i, g) in grads {
+                    let t = Tensor::from_vec(g, self.params[i].shape(), x.device())?;
+                    sink.add(&format!("{}.{}", self.prefix, NAMES[i]), t)?;
+                }
+            }
+            Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        })
     }
 }
 

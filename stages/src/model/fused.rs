@@ -392,6 +392,8 @@ pub(crate) fn layer_norm_rows_backward(
 
 struct LayerNorm {
     eps: f64,
+    /// The step profile's label for the backward pass.
+    profile_label: Option<String>,
 }
 
 /// Mean and 1/sqrt(var + eps) of one row, accumulated in f64.
@@ -454,8 +456,9 @@ impl candle_core::CustomOp3 for LayerNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (len, n) = (x.elem_count(), w.elem_count());
-        let packed =
-            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let packed = super::step_profile::backward_region(&self.profile_label, || {
+            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })
+        })?;
         Ok((
             Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
             Some(packed.narrow(0, len, n)?.reshape(w.shape())?),
@@ -514,7 +517,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        LayerNorm { eps },
+        LayerNorm {
+            eps,
+            profile_label: super::step_profile::mirror(),
+        },
     )
 }
 

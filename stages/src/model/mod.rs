@@ -30,6 +30,7 @@ pub mod mutagenesis;
 pub mod predictor;
 pub mod pretrain;
 pub mod roberta;
+pub mod step_profile;
 pub mod throughput;
 pub mod tokenizer;
 pub mod variants;

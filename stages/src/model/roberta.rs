@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::dense::Epilogue;
 use super::encoder_layer::{encoder_layer, LayerDropout};
 use super::layers::{bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device};
+use super::step_profile::region;
 use crate::rng::Rng;
 
 /// How position ids are counted.
@@ -347,10 +348,22 @@ fn linear(p: &Params, prefix: &str, x: &Tensor) -> Result<Tensor> {
 fn linear_then(p: &Params, prefix: &str, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     let w = p.get(&format!("{prefix}.weight"));
     let b = p.get(&format!("{prefix}.bias"));
-    if p.compute == DType::F32 && super::dense::applies(x, &w) {
-        return super::dense::dense_then(x, &w, &b, epilogue);
-    }
-    super::dense_attached::dense_attached(x, &w, &b, epilogue, p.compute)
+    let label = || {
+        // The layer's name without its layer number: the same layers of every layer add up.
+        let role = match prefix.strip_prefix("roberta.encoder.layer.") {
+            Some(rest) => rest.split_once('.').map_or(rest, |(_, role)| role),
+            None => prefix,
+        };
+        let inp = x.dims().last().copied().unwrap_or(0);
+        let out = w.dims()[0];
+        format!("forward: {role} {inp} -> {out}{}", epilogue.describe())
+    };
+    region(label, || {
+        if p.compute == DType::F32 && super::dense::applies(x, &w) {
+            return super::dense::dense_then(x, &w, &b, epilogue);
+        }
+        super::dense_attached::dense_attached(x, &w, &b, epilogue, p.compute)
+    })
 }
 
 /// A dropout's (rate, seed), the seed drawn from `rng`; none without `rng` or at rate 0.
@@ -375,6 +388,20 @@ fn ln(p: &Params, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
         &p.get(&format!("{prefix}.weight")),
         &p.get(&format!("{prefix}.bias")),
         eps,
+    )
+}
+
+/// LayerNorm `prefix` of `y + residual`.
+fn residual_ln(
+    p: &Params,
+    prefix: &str,
+    y: &Tensor,
+    residual: &Tensor,
+    cfg: &Config,
+) -> Result<Tensor> {
+    region(
+        || "forward: residual add + LayerNorm".to_string(),
+        || ln(p, prefix, &y.add(residual)?, cfg.layer_norm_eps),
     )
 }
 
@@ -439,20 +466,25 @@ pub(crate) fn encode_with(
         .collect();
     let ids_t = Tensor::from_vec(flat, bsz * len, device)?;
     let pos_t = Tensor::from_vec(position_ids(ids, cfg), bsz * len, device)?;
-    let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
-    let posv = gather_rows(
-        &p.get("roberta.embeddings.position_embeddings.weight"),
-        &pos_t,
+    let mut x = region(
+        || "forward: embeddings (gathers, sum, LayerNorm, dropout)".to_string(),
+        || {
+            let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
+            let posv = gather_rows(
+                &p.get("roberta.embeddings.position_embeddings.weight"),
+                &pos_t,
+            )?;
+            let tt = p
+                .get("roberta.embeddings.token_type_embeddings.weight")
+                .get(0)?;
+            let x = word
+                .add(&posv)?
+                .broadcast_add(&tt)?
+                .reshape((bsz, len, cfg.hidden_size))?;
+            let x = ln(p, "roberta.embeddings.LayerNorm", &x, cfg.layer_norm_eps)?;
+            dropout(&x, cfg.hidden_dropout_prob, rng.as_deref_mut())
+        },
     )?;
-    let tt = p
-        .get("roberta.embeddings.token_type_embeddings.weight")
-        .get(0)?;
-    let x = word
-        .add(&posv)?
-        .broadcast_add(&tt)?
-        .reshape((bsz, len, cfg.hidden_size))?;
-    let x = ln(p, "roberta.embeddings.LayerNorm", &x, cfg.layer_norm_eps)?;
-    let mut x = dropout(&x, cfg.hidden_dropout_prob, rng.as_deref_mut())?;
     // Additive attention mask over keys: 0 for real tokens, a large negative for padding.
     let key_mask_rows: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
     let key_mask = Tensor::from_vec(key_mask_rows.clone(), (bsz, 1, 1, len), device)?;
@@ -464,33 +496,41 @@ pub(crate) fn encode_with(
                 attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
                 output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
             };
-            x = encoder_layer(p, cfg, l, &x, &key_mask_rows, dropout)?;
+            x = region(
+                || "forward: encoder layer (one op)".to_string(),
+                || encoder_layer(p, cfg, l, &x, &key_mask_rows, dropout),
+            )?;
             continue;
         }
         let pre = format!("roberta.encoder.layer.{l}");
         let q = linear(p, &format!("{pre}.attention.self.query"), &x)?;
         let k = linear(p, &format!("{pre}.attention.self.key"), &x)?;
         let v = linear(p, &format!("{pre}.attention.self.value"), &x)?;
-        let ctx = if p.compute == DType::F32 && super::attention::applies(&q) {
-            let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
-            super::attention::attention(&q, &k, &v, heads, key_mask_rows.clone(), dropout)?
-        } else {
-            let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
-            super::attention_attached::attention_attached(
-                &q, &k, &v, heads, &key_mask, dropout, p.compute,
-            )?
-        };
+        let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
+        let ctx = region(
+            || "forward: self-attention".to_string(),
+            || {
+                if p.compute == DType::F32 && super::attention::applies(&q) {
+                    let mask = key_mask_rows.clone();
+                    return super::attention::attention(&q, &k, &v, heads, mask, dropout);
+                }
+                super::attention_attached::attention_attached(
+                    &q, &k, &v, heads, &key_mask, dropout, p.compute,
+                )
+            },
+        )?;
         let attn = linear_then(
             p,
             &format!("{pre}.attention.output.dense"),
             &ctx,
             dropout_after(cfg.hidden_dropout_prob, rng.as_deref_mut()),
         )?;
-        let x1 = ln(
+        let x1 = residual_ln(
             p,
             &format!("{pre}.attention.output.LayerNorm"),
-            &attn.add(&x)?,
-            cfg.layer_norm_eps,
+            &attn,
+            &x,
+            cfg,
         )?;
         let inter = linear_then(p, &format!("{pre}.intermediate.dense"), &x1, Epilogue::Gelu)?;
         let out = linear_then(
@@ -499,12 +539,7 @@ pub(crate) fn encode_with(
             &inter,
             dropout_after(cfg.hidden_dropout_prob, rng.as_deref_mut()),
         )?;
-        x = ln(
-            p,
-            &format!("{pre}.output.LayerNorm"),
-            &out.add(&x1)?,
-            cfg.layer_norm_eps,
-        )?;
+        x = residual_ln(p, &format!("{pre}.output.LayerNorm"), &out, &x1, cfg)?;
     }
     Ok(x)
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::lamb::{sum_of_squares, Lamb};
 use super::roberta::{self, Config, Params, Precision};
+use super::step_profile::{self, RegionTime};
 use crate::rng::Rng;
 
 /// What a timing run measured.
@@ -60,6 +61,74 @@ pub fn train_flops(cfg: &Config, batch: usize, len: usize) -> f64 {
     3.0 * (cfg.num_hidden_layers as f64 * per_layer + head)
 }
 
+/// A fresh model `cfg` training on `batch` random sequences of `len` tokens, 15% of them masked:
+/// what `flora bench` times and profiles.
+struct BenchTrainer<'a> {
+    cfg: &'a Config,
+    device: &'a Device,
+    w: Params,
+    opt: Lamb,
+    rows: Vec<Vec<u32>>,
+    labels: Vec<i64>,
+}
+
+impl<'a> BenchTrainer<'a> {
+    fn new(
+        cfg: &'a Config,
+        batch: usize,
+        len: usize,
+        precision: Precision,
+        device: &'a Device,
+    ) -> Result<Self> {
+        let mut w = Params::init(cfg, 0, device)?;
+        w.compute = precision.dtype();
+        let mut rng = Rng::new(1);
+        let specials = 5;
+        let rows: Vec<Vec<u32>> =
+            (0..batch)
+                .map(|_| {
+                    std::iter::once(super::tokenizer::BOS)
+                        .chain((0..len - 2).map(|_| {
+                            specials + rng.below(cfg.vocab_size - specials as usize) as u32
+                        }))
+                        .chain([super::tokenizer::EOS])
+                        .collect()
+                })
+                .collect();
+        let labels: Vec<i64> = rows
+            .iter()
+            .flatten()
+            .map(|&t| if rng.below(100) < 15 { t as i64 } else { -1 })
+            .collect();
+        Ok(BenchTrainer {
+            cfg,
+            device,
+            w,
+            opt: Lamb::new(0.01),
+            rows,
+            labels,
+        })
+    }
+
+    /// Training step `s` (its dropout drawn from `s`), in phases for a step profile: its loss.
+    fn step(&mut self, s: usize) -> Result<f64> {
+        let mut drng = Rng::new(s as u64);
+        step_profile::phase("forward: other")?;
+        let hidden = roberta::encode(&self.w, self.cfg, &self.rows, Some(&mut drng), self.device)?;
+        let (loss, _, _) = step_profile::region(
+            || "forward: MLM head + loss".to_string(),
+            || roberta::mlm_loss(&self.w, self.cfg, &hidden, &self.labels),
+        )?;
+        step_profile::phase("backward: candle's recorded ops and gradient sums")?;
+        let store = loss.backward()?;
+        step_profile::phase("LAMB update")?;
+        let grads: HashMap<String, Tensor> = self.w.grads(&store);
+        self.opt.update(&self.w, &grads, 1e-4)?;
+        step_profile::phase("the loss back to the host")?;
+        Ok(loss.to_scalar::<f32>()? as f64)
+    }
+}
+
 /// Times `steps` training steps (after one warm-up step) of a fresh model `cfg` on `batch`
 /// random sequences of `len` tokens, 15% of them masked.
 pub fn time_steps(
@@ -70,39 +139,13 @@ pub fn time_steps(
     precision: Precision,
     device: &Device,
 ) -> Result<StepTiming> {
-    let mut w = Params::init(cfg, 0, device)?;
-    w.compute = precision.dtype();
-    let mut opt = Lamb::new(0.01);
-    let mut rng = Rng::new(1);
-    let specials = 5;
-    let rows: Vec<Vec<u32>> = (0..batch)
-        .map(|_| {
-            std::iter::once(super::tokenizer::BOS)
-                .chain(
-                    (0..len - 2)
-                        .map(|_| specials + rng.below(cfg.vocab_size - specials as usize) as u32),
-                )
-                .chain([super::tokenizer::EOS])
-                .collect()
-        })
-        .collect();
-    let labels: Vec<i64> = rows
-        .iter()
-        .flatten()
-        .map(|&t| if rng.below(100) < 15 { t as i64 } else { -1 })
-        .collect();
+    let mut trainer = BenchTrainer::new(cfg, batch, len, precision, device)?;
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = f64::NAN;
     for s in 0..=steps {
         device.synchronize()?;
         let t = Instant::now();
-        let mut drng = Rng::new(s as u64);
-        let hidden = roberta::encode(&w, cfg, &rows, Some(&mut drng), device)?;
-        let (loss, _, _) = roberta::mlm_loss(&w, cfg, &hidden, &labels)?;
-        let store = loss.backward()?;
-        let grads: HashMap<String, Tensor> = w.grads(&store);
-        opt.update(&w, &grads, 1e-4)?;
-        last_loss = loss.to_scalar::<f32>()? as f64;
+        last_loss = trainer.step(s)?;
         device.synchronize()?;
         if s > 0 {
             times.push(t.elapsed().as_secs_f64());
@@ -124,6 +167,60 @@ pub fn time_steps(
         flops_per_step: flops,
         flops_per_second: flops / median,
         last_loss,
+    })
+}
+
+/// Where the time of a training step goes: [`step_profile`]'s labels over `steps` profiled steps
+/// (after one warm-up step), per step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepProfile {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Matrix-product precision.
+    pub precision: Precision,
+    /// Profiled steps.
+    pub steps: usize,
+    /// Seconds per profiled step, all labels together.
+    pub seconds_per_step: f64,
+    /// Each label's seconds and laps per step, in the order they first ran.
+    pub regions: Vec<RegionTime>,
+}
+
+/// Profiles `steps` training steps (after one warm-up step) of the model [`time_steps`] times.
+pub fn profile_steps(
+    cfg: &Config,
+    batch: usize,
+    len: usize,
+    steps: usize,
+    precision: Precision,
+    device: &Device,
+) -> Result<StepProfile> {
+    let mut trainer = BenchTrainer::new(cfg, batch, len, precision, device)?;
+    trainer.step(0)?;
+    let mut regions: Vec<RegionTime> = Vec::new();
+    for s in 1..=steps {
+        let (_, times) = step_profile::record(device, || trainer.step(s))?;
+        for t in times {
+            match regions.iter_mut().find(|r| r.label == t.label) {
+                Some(r) => {
+                    r.seconds += t.seconds;
+                    r.laps += t.laps;
+                }
+                None => regions.push(t),
+            }
+        }
+    }
+    let n = steps.max(1);
+    for r in &mut regions {
+        r.seconds /= n as f64;
+        r.laps /= n;
+    }
+    Ok(StepProfile {
+        device: super::device::name(device),
+        precision,
+        steps,
+        seconds_per_step: regions.iter().map(|r| r.seconds).sum(),
+        regions,
     })
 }
 
