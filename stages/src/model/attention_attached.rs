@@ -5,15 +5,36 @@
 //! transposes and copies, the score product and its casts, the scale, the mask, softmax, dropout,
 //! the context product and its casts, the merge of the heads), half of them the size of the
 //! scores (batch x heads x len x len), and candle's backward pass zeroes and adds a gradient for
-//! each. Attached (`attached.rs`), the forward pass runs the same ops on detached inputs and keeps
-//! the heads and the probabilities; the backward pass is the four products, dropout's mask
-//! (redrawn from its seed), and softmax's backward.
+//! each. Attached (`attached.rs`), the forward pass is: each input's heads split out and cast to
+//! the products' type in one copy, the score product, the probabilities and their dropped-out
+//! copy in one pass (`attention_probs.rs`), the context product, and the heads merged back into
+//! f32 in one copy. The scores and probabilities stay in the products' type (bf16 in mixed
+//! precision) throughout; the products read transposed operands in place. The backward pass is
+//! the four products, one pass for dropout's, softmax's and the scale's backward, and the merges.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 use super::attached::attach3;
-use super::layers::{dropout_with_seed, matmul, softmax};
+use super::attention_probs::{attention_probs, attention_probs_grad};
+use super::layers::matmul;
 use super::step_profile::{backward_region, mirror};
+
+/// `t` in `dtype`, contiguous, in one copy (a cast of a strided view writes it in order).
+fn contiguous_in(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        t.contiguous()
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
+/// The product of two tensors of one type, in that type (f32 through BLAS on the CPU).
+fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::F32 {
+        return matmul(a, b, DType::F32);
+    }
+    a.matmul(b)
+}
 
 /// Attention of `q`, `k` and `v` (batch, len, hidden) over `heads` heads with the additive key
 /// mask `key_mask` (batch, 1, 1, len), dropout at (rate, seed) on the probabilities, the products
@@ -29,51 +50,35 @@ pub fn attention_attached(
 ) -> Result<Tensor> {
     let (bsz, len, hidden) = q.dims3()?;
     let hd = hidden / heads;
-    let scale = 1.0 / (hd as f64).sqrt();
+    let scale = 1.0 / (hd as f32).sqrt();
+    // (batch, len, hidden) f32 -> (batch, heads, len, head) in `compute`, and back.
     let split = move |t: &Tensor| -> Result<Tensor> {
-        t.reshape((bsz, len, heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()
+        contiguous_in(&t.reshape((bsz, len, heads, hd))?.transpose(1, 2)?, compute)
     };
     let merge = move |t: &Tensor| -> Result<Tensor> {
-        t.transpose(1, 2)?.contiguous()?.reshape((bsz, len, hidden))
-    };
-    let drop = move |t: &Tensor| -> Result<Tensor> {
-        match dropout {
-            Some((rate, seed)) => dropout_with_seed(t, rate, seed),
-            None => Ok(t.clone()),
-        }
+        contiguous_in(&t.transpose(1, 2)?, DType::F32)?.reshape((bsz, len, hidden))
     };
     let (qh, kh, vh) = (
         split(&q.detach())?,
         split(&k.detach())?,
         split(&v.detach())?,
     );
-    let scores =
-        (matmul(&qh, &kh.t()?.contiguous()?, compute)? * scale)?.broadcast_add(key_mask)?;
-    let probs = softmax(&scores)?;
-    let context = merge(&matmul(&drop(&probs)?, &vh, compute)?)?;
+    let scores = product(&qh, &kh.t()?)?;
+    let (probs, dropped) = attention_probs(&scores, key_mask, scale, dropout)?;
+    drop(scores);
+    let context = merge(&product(&dropped, &vh)?)?;
     let label = mirror();
     attach3([q, k, v], context, move |grad: &Tensor| {
         backward_region(&label, || {
             let g = split(grad)?;
-            let dv = matmul(&drop(&probs)?.t()?.contiguous()?, &g, compute)?;
-            let dp = drop(&matmul(&g, &vh.t()?.contiguous()?, compute)?)?;
-            let ds = (softmax_backward(&probs, &dp)? * scale)?;
-            let dq = matmul(&ds, &kh, compute)?;
-            let dk = matmul(&ds.t()?.contiguous()?, &qh, compute)?;
+            let dv = product(&dropped.t()?, &g)?;
+            let dp = product(&g, &vh.t()?)?;
+            let ds = attention_probs_grad(&probs, &dp, scale, dropout)?;
+            let dq = product(&ds, &kh)?;
+            let dk = product(&ds.t()?, &qh)?;
             Ok([Some(merge(&dq)?), Some(merge(&dk)?), Some(merge(&dv)?)])
         })
     })
-}
-
-/// Softmax's input gradient from its output `y` and the output's gradient `g`: the fused op for
-/// f32 on the CPU and on CUDA GPUs, candle's ops otherwise.
-fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if super::fused::applies(y) {
-        return super::fused::softmax_grad(y, g);
-    }
-    y.mul(&g.broadcast_sub(&g.mul(y)?.sum_keepdim(D::Minus1)?)?)
 }
 
 #[cfg(test)]
@@ -119,19 +124,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn the_composed_softmax_backward_matches_the_fused_one() {
-        let x = random_var(&[6, 13], 2.0, 5).as_tensor().detach();
-        let g = random_var(&[6, 13], 1.0, 6).as_tensor().detach();
-        let y = softmax(&x).unwrap();
-        let fused = crate::model::fused::softmax_grad(&y, &g).unwrap();
-        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let composed = softmax_backward(&f64s(&y), &f64s(&g))
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        assert!(max_rel_diff(&fused, &composed) < 1e-6);
     }
 }

@@ -300,6 +300,16 @@ inline int __float_as_int(float f) {
   memcpy(&i, &f, 4);
   return i;
 }
+inline float __uint_as_float(unsigned int u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned int __float_as_uint(float f) {
+  unsigned int u;
+  memcpy(&u, &f, 4);
+  return u;
+}
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -41,6 +41,15 @@ extern "C" __global__ void emulator_unguarded(float *y, int n) {
   y[threadIdx.x] = (float)n;
 }
 
+// kernels.cu's bf16 conversions: x rounded to bf16 bits into y, and widened back into back.
+extern "C" __global__ void emulator_bf16_round(const float *x, bf16_bits *y, float *back, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    store(y, i, x[i]);
+    back[i] = load(y, i);
+  }
+}
+
 // Threads below n wait at two barriers, the others at one: undefined behaviour in CUDA.
 extern "C" __global__ void emulator_divergent_barrier(int n) {
   if ((int)threadIdx.x < n) {
@@ -583,6 +592,162 @@ mod tests {
             })
             .collect();
         assert_close("softmax_bwd", &dx, &want, 1e-6);
+    }
+
+    #[test]
+    fn bf16_conversions_round_to_nearest_even_as_half_does() {
+        let mut x = vec![
+            0.0,
+            -0.0,
+            1.0,
+            1.0 + 1.0 / 256.0,        // a tie: stays at the even 1.0
+            1.0 + 3.0 / 256.0,        // a tie: up to the even neighbour
+            1.0 + 1.0 / 256.0 + 1e-7, // just past a tie: up
+            f32::MAX,                 // past bf16's largest: infinity
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7f80_0001), // a NaN whose payload would round away
+            1e-40,                       // subnormal
+            -3.3e-39,
+        ];
+        x.extend(random(1000, 100.0, 31));
+        let n = x.len();
+        let mut y = vec![half::bf16::ZERO; n];
+        let mut back = vec![0f32; n];
+        launch(
+            "emulator_bf16_round",
+            elementwise(n),
+            vec![input(&x), output(&mut y), output(&mut back), int(n)],
+        );
+        for i in 0..n {
+            let want = half::bf16::from_f32(x[i]);
+            if x[i].is_nan() {
+                assert!(y[i].is_nan() && back[i].is_nan(), "{}: {:?}", x[i], y[i]);
+                continue;
+            }
+            assert_eq!(y[i].to_bits(), want.to_bits(), "{} rounds to {want}", x[i]);
+            assert_eq!(back[i].to_bits(), want.to_f32().to_bits(), "{}", x[i]);
+        }
+    }
+
+    /// The scores, key mask and dropout of an attention problem: (batch, heads, queries, keys).
+    fn attention_problem(dims: (usize, usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+        let (b, h, q, k) = dims;
+        let scores = random(b * h * q * k, 3.0, 41);
+        // The second sequence's last three keys are padding.
+        let mask = (0..b * k)
+            .map(|i| {
+                if i / k == 1 && i % k >= k - 3 {
+                    -1e9
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        (scores, mask)
+    }
+
+    /// `attention_probs_{suffix}` and `attention_probs_grad_{suffix}` on elements of type `T`,
+    /// against their CPU twins in `attention_probs.rs`, within `tol`.
+    fn attention_probs_kernels_match<T>(suffix: &str, tol: f32)
+    where
+        T: super::super::attention_probs::Elem + Default + PartialEq + std::fmt::Debug,
+    {
+        use super::super::attention_probs::{probs_grad_row, probs_row};
+        let to_t = |v: &[f32]| v.iter().map(|&x| T::put(x)).collect::<Vec<T>>();
+        let to_f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+        // Keys fewer than a warp, and more than a block's threads.
+        for dims in [(2, 3, 5, 19), (2, 2, 3, 300)] {
+            let (_, h, q, k) = dims;
+            let (scores, mask) = attention_problem(dims);
+            let scores = to_t(&scores);
+            let len = scores.len();
+            let (scale, seed) = (0.125f32, 77u64);
+            for p in [0.0f32, 0.2] {
+                let mut probs = vec![T::default(); len];
+                let mut dropped = vec![T::default(); len];
+                launch(
+                    &format!("attention_probs_{suffix}"),
+                    per_row(len / k, k),
+                    vec![
+                        input(&scores),
+                        input(&mask),
+                        output(&mut probs),
+                        output(&mut dropped),
+                        int(k),
+                        int(h * q),
+                        float(scale),
+                        float(p),
+                        ulong(seed),
+                    ],
+                );
+                let (mut want_p, mut want_d) = (vec![T::default(); len], vec![T::default(); len]);
+                for r in 0..len / k {
+                    let rows = r * k..(r + 1) * k;
+                    let batch = r / (h * q);
+                    probs_row(
+                        &scores[rows.clone()],
+                        &mask[batch * k..(batch + 1) * k],
+                        scale,
+                        Some((p, seed)),
+                        (r * k) as u64,
+                        (&mut want_p[rows.clone()], &mut want_d[rows]),
+                    );
+                }
+                let what = format!("attention_probs_{suffix} {dims:?} p {p}");
+                assert_close(&what, &to_f(&probs), &to_f(&want_p), tol);
+                assert_close(&what, &to_f(&dropped), &to_f(&want_d), tol);
+                // The padding keys of the second sequence get nothing.
+                let row = (h * q) * k; // the second sequence's first row
+                assert!(to_f(&probs[row + k - 3..row + k]).iter().all(|&v| v == 0.0));
+
+                let grad = to_t(&random(len, 1.0, 43));
+                let mut ds = vec![T::default(); len];
+                launch(
+                    &format!("attention_probs_grad_{suffix}"),
+                    per_row(len / k, k),
+                    vec![
+                        input(&probs),
+                        input(&grad),
+                        output(&mut ds),
+                        int(k),
+                        float(scale),
+                        float(p),
+                        ulong(seed),
+                    ],
+                );
+                let mut want = vec![T::default(); len];
+                for (r, w) in want.chunks_mut(k).enumerate() {
+                    let rows = r * k..(r + 1) * k;
+                    let first = (r * k) as u64;
+                    probs_grad_row(
+                        &probs[rows.clone()],
+                        &grad[rows],
+                        scale,
+                        Some((p, seed)),
+                        first,
+                        w,
+                    );
+                }
+                let what = format!("attention_probs_grad_{suffix} {dims:?} p {p}");
+                assert_close(&what, &to_f(&ds), &to_f(&want), tol);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_probabilities_and_their_backward_match_the_cpu_in_f32() {
+        // Names for `every_kernel_has_an_emulated_test`: "attention_probs_f32",
+        // "attention_probs_grad_f32",
+        attention_probs_kernels_match::<f32>("f32", 1e-6);
+    }
+
+    #[test]
+    fn attention_probabilities_and_their_backward_match_the_cpu_in_bf16() {
+        // "attention_probs_bf16", "attention_probs_grad_bf16",
+        // Sums in a different order may round a result to the neighbouring bf16: 2^-8 apart.
+        attention_probs_kernels_match::<half::bf16>("bf16", 8e-3);
     }
 
     #[test]

@@ -8,6 +8,29 @@
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
+// bf16 as its bits: the kernels read and write candle's bf16 tensors without cuda_bf16.h, which
+// NVRTC and the emulator would both have to find. Loads widen to f32, the arithmetic is f32, and
+// stores round to nearest even (as __float2bfloat16 and half::bf16::from_f32 do; NaN stays NaN).
+typedef unsigned short bf16_bits;
+
+__device__ __forceinline__ float load(const float *p, size_t i) { return p[i]; }
+
+__device__ __forceinline__ float load(const bf16_bits *p, size_t i) {
+  return __uint_as_float((unsigned int)p[i] << 16);
+}
+
+__device__ __forceinline__ void store(float *p, size_t i, float v) { p[i] = v; }
+
+__device__ __forceinline__ void store(bf16_bits *p, size_t i, float v) {
+  unsigned int u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    p[i] = (bf16_bits)((u >> 16) | 0x40u);
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  p[i] = (bf16_bits)(u >> 16);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
   return v;
@@ -227,6 +250,83 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
                                    unsigned long long len) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < len) y[i] = unit_draw(seed, i) < p ? 0.0f : x[i] / (1.0f - p);
+}
+
+// Attention probabilities from the raw scores of rows of n keys, ordered (batch, head, query),
+// rows_per_batch to a sequence: softmax over scores * scale + key_mask[batch, key] (additive: 0,
+// or a large negative for padding), into probs; and inverted dropout of them at p (`dropout`'s
+// mask over the flat index) into dropped, which the context product reads. One pass over the
+// scores where scale, mask, softmax and dropout were four. T is float or bf16 bits.
+template <typename T>
+__device__ void attention_probs_rows(const T *scores, const float *key_mask, T *probs, T *dropped,
+                                     int n, int rows_per_batch, float scale, float p,
+                                     unsigned long long seed, float *sh) {
+  const size_t off = (size_t)blockIdx.x * n;
+  const float *mask = key_mask + (size_t)(blockIdx.x / rows_per_batch) * n;
+  float m = NEG_INF;
+  for (int j = threadIdx.x; j < n; j += blockDim.x)
+    m = fmaxf(m, load(scores, off + j) * scale + mask[j]);
+  m = block_max(m, sh);
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x)
+    s += expf(load(scores, off + j) * scale + mask[j] - m);
+  const float inv = 1.0f / block_sum(s, sh);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float y = expf(load(scores, off + j) * scale + mask[j] - m) * inv;
+    store(probs, off + j, y);
+    store(dropped, off + j, unit_draw(seed, off + j) < p ? 0.0f : y / (1.0f - p));
+  }
+}
+
+extern "C" __global__ void attention_probs_f32(const float *scores, const float *key_mask,
+                                               float *probs, float *dropped, int n,
+                                               int rows_per_batch, float scale, float p,
+                                               unsigned long long seed) {
+  __shared__ float sh[32];
+  attention_probs_rows(scores, key_mask, probs, dropped, n, rows_per_batch, scale, p, seed, sh);
+}
+
+extern "C" __global__ void attention_probs_bf16(const bf16_bits *scores, const float *key_mask,
+                                                bf16_bits *probs, bf16_bits *dropped, int n,
+                                                int rows_per_batch, float scale, float p,
+                                                unsigned long long seed) {
+  __shared__ float sh[32];
+  attention_probs_rows(scores, key_mask, probs, dropped, n, rows_per_batch, scale, p, seed, sh);
+}
+
+// The scores' gradient from the probabilities and the gradient of the dropped probabilities:
+// dropout's backward pass (its mask redrawn), softmax's (y (g - sum(g y))), and the scale, in one
+// pass over rows of n.
+template <typename T>
+__device__ void attention_probs_grad_rows(const T *probs, const T *grad, T *dscores, int n,
+                                          float scale, float p, unsigned long long seed,
+                                          float *sh) {
+  const size_t off = (size_t)blockIdx.x * n;
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float g = unit_draw(seed, off + j) < p ? 0.0f : load(grad, off + j) / (1.0f - p);
+    s += g * load(probs, off + j);
+  }
+  s = block_sum(s, sh);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float g = unit_draw(seed, off + j) < p ? 0.0f : load(grad, off + j) / (1.0f - p);
+    store(dscores, off + j, scale * load(probs, off + j) * (g - s));
+  }
+}
+
+extern "C" __global__ void attention_probs_grad_f32(const float *probs, const float *grad,
+                                                    float *dscores, int n, float scale, float p,
+                                                    unsigned long long seed) {
+  __shared__ float sh[32];
+  attention_probs_grad_rows(probs, grad, dscores, n, scale, p, seed, sh);
+}
+
+extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
+                                                     const bf16_bits *grad, bf16_bits *dscores,
+                                                     int n, float scale, float p,
+                                                     unsigned long long seed) {
+  __shared__ float sh[32];
+  attention_probs_grad_rows(probs, grad, dscores, n, scale, p, seed, sh);
 }
 
 // LAMB's update direction for one element: the bias-corrected Adam step plus decoupled weight

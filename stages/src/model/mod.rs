@@ -4,6 +4,9 @@
 pub mod attached;
 pub mod attention;
 pub mod attention_attached;
+pub mod attention_probs;
+#[cfg(feature = "cuda")]
+mod attention_probs_cuda;
 pub mod blas;
 pub mod dense;
 pub mod dense_attached;

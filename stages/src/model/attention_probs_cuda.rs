@@ -1,0 +1,122 @@
+//! The CUDA side of `attention_probs.rs`: `kernels.cu`'s `attention_probs_*` kernels, in f32 or
+//! bf16 as the scores are.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape};
+use half::bf16;
+
+use super::gpu_kernels::{launch, per_row, typed, view};
+
+/// The kernels' name suffix for `dtype`, or an error naming `op`.
+fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        d => candle_core::bail!("{op}: expects f32 or bf16, got {d:?}"),
+    }
+}
+
+/// A new buffer of `len` elements on `dev`, every one written by the kernel that fills it.
+fn uninit<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: callers launch a kernel that writes all `len` elements before anything reads them.
+    #[allow(unsafe_code)]
+    let buffer = unsafe { dev.alloc::<T>(len) };
+    buffer
+}
+
+/// The probabilities and their dropped-out copy, packed as (2, the scores' shape).
+pub fn attention_probs(
+    (ss, sl): (&CudaStorage, &Layout),
+    (ms, ml): (&CudaStorage, &Layout),
+    scale: f32,
+    dropout: Option<(f32, u64)>,
+) -> Result<(CudaStorage, Shape)> {
+    let mut dims = vec![2];
+    dims.extend_from_slice(sl.dims());
+    let storage = match ss.dtype() {
+        DType::BF16 => probs_typed::<bf16>((ss, sl), (ms, ml), scale, dropout)?,
+        _ => probs_typed::<f32>((ss, sl), (ms, ml), scale, dropout)?,
+    };
+    Ok((storage, Shape::from(dims)))
+}
+
+fn probs_typed<T: CudaDType + DeviceRepr>(
+    (ss, sl): (&CudaStorage, &Layout),
+    (ms, ml): (&CudaStorage, &Layout),
+    scale: f32,
+    dropout: Option<(f32, u64)>,
+) -> Result<CudaStorage> {
+    const OP: &str = "flora-attention-probs";
+    let name = format!("attention_probs_{}", suffix(ss.dtype(), OP)?);
+    let dev = ss.device();
+    let scores = typed::<T>(ss, sl, OP)?;
+    let mask = view(ms, ml, OP)?;
+    let (_, heads, queries, keys) = sl.shape().dims4()?;
+    let len = sl.shape().elem_count();
+    let mut packed = uninit::<T>(dev, 2 * len)?;
+    let (mut probs, mut dropped) = packed.split_at_mut(len);
+    let (p, seed) = dropout.unwrap_or((0.0, 0));
+    let (n_i, per_batch_i) = (keys as i32, (heads * queries) as i32);
+    launch!(
+        dev,
+        &name,
+        per_row(len / keys.max(1), keys),
+        &scores,
+        &mask,
+        &mut probs,
+        &mut dropped,
+        &n_i,
+        &per_batch_i,
+        &scale,
+        &p,
+        &seed
+    )?;
+    Ok(T::wrap_cuda_slice(packed, dev.clone()))
+}
+
+/// The scores' gradient from the probabilities and the gradient of the dropped-out copy.
+pub fn attention_probs_grad(
+    (ps, pl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+    scale: f32,
+    dropout: Option<(f32, u64)>,
+) -> Result<(CudaStorage, Shape)> {
+    let storage = match ps.dtype() {
+        DType::BF16 => grad_typed::<bf16>((ps, pl), (gs, gl), scale, dropout)?,
+        _ => grad_typed::<f32>((ps, pl), (gs, gl), scale, dropout)?,
+    };
+    Ok((storage, pl.shape().clone()))
+}
+
+fn grad_typed<T: CudaDType + DeviceRepr>(
+    (ps, pl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+    scale: f32,
+    dropout: Option<(f32, u64)>,
+) -> Result<CudaStorage> {
+    const OP: &str = "flora-attention-probs-grad";
+    let name = format!("attention_probs_grad_{}", suffix(ps.dtype(), OP)?);
+    let dev = ps.device();
+    let probs = typed::<T>(ps, pl, OP)?;
+    let grad = typed::<T>(gs, gl, OP)?;
+    let n = super::fused::last_dim(pl);
+    let len = pl.shape().elem_count();
+    let mut ds = uninit::<T>(dev, len)?;
+    let (p, seed) = dropout.unwrap_or((0.0, 0));
+    let n_i = n as i32;
+    launch!(
+        dev,
+        &name,
+        per_row(len / n.max(1), n),
+        &probs,
+        &grad,
+        &mut ds,
+        &n_i,
+        &scale,
+        &p,
+        &seed
+    )?;
+    Ok(T::wrap_cuda_slice(ds, dev.clone()))
+}
