@@ -7,7 +7,8 @@
 #
 # then run this from the repository root. It measures, side by side:
 #   1. the card's bf16 matrix-product rate (PyTorch, 8192^3): the ceiling for FLOP utilisation;
-#   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16;
+#   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16, and
+#      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt);
 #   3. PyTorch + transformers RobertaForMaskedLM, same config and batch, f32 and bf16 autocast;
 #   4. a small pretraining on simulated promoters on the CPU and on the GPU (and on the CPU with
 #      another seed, for the seed-to-seed spread): their validation losses.
@@ -66,6 +67,11 @@ for p in f32 bf16; do
   measured "flora $p" "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps "$steps" --json
 done
 measured "flora bf16 no dropout" "$bin" bench --gpu 0 --precision bf16 --dropout 0 --batch 84 --len 256 --steps "$steps" --json
+# Where a step's time goes, region by region (CUDA events on the stream, read after each step).
+for p in bf16 f32; do
+  "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps 3 --profile 2>>"$out/stderr.log" |
+    tee "$out/profile-$p.txt"
+done
 for p in f32 bf16; do
   measured "torch $p sdpa" python3 benches/torch_step.py --precision "$p" --attn sdpa --steps "$steps"
 done

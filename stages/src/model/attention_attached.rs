@@ -16,25 +16,8 @@ use candle_core::{DType, Result, Tensor};
 
 use super::attached::attach3;
 use super::attention_probs::{attention_probs, attention_probs_grad};
-use super::layers::matmul;
+use super::layers::{contiguous_in, product};
 use super::step_profile::{backward_region, mirror};
-
-/// `t` in `dtype`, contiguous, in one copy (a cast of a strided view writes it in order).
-fn contiguous_in(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    if t.dtype() == dtype {
-        t.contiguous()
-    } else {
-        t.to_dtype(dtype)
-    }
-}
-
-/// The product of two tensors of one type, in that type (f32 through BLAS on the CPU).
-fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dtype() == DType::F32 {
-        return matmul(a, b, DType::F32);
-    }
-    a.matmul(b)
-}
 
 /// Attention of `q`, `k` and `v` (batch, len, hidden) over `heads` heads with the additive key
 /// mask `key_mask` (batch, 1, 1, len), dropout at (rate, seed) on the probabilities, the products

@@ -2,29 +2,12 @@
 //! bf16 as the scores are.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
-use candle_core::cuda_backend::{CudaDType, CudaDevice};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 use half::bf16;
 
-use super::gpu_kernels::{launch, per_row, typed, view};
-
-/// The kernels' name suffix for `dtype`, or an error naming `op`.
-fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        d => candle_core::bail!("{op}: expects f32 or bf16, got {d:?}"),
-    }
-}
-
-/// A new buffer of `len` elements on `dev`, every one written by the kernel that fills it.
-fn uninit<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
-    // SAFETY: callers launch a kernel that writes all `len` elements before anything reads them.
-    #[allow(unsafe_code)]
-    let buffer = unsafe { dev.alloc::<T>(len) };
-    buffer
-}
+use super::gpu_kernels::{launch, per_row, suffix, typed, uninit, view};
 
 /// The probabilities and their dropped-out copy, packed as (2, the scores' shape).
 pub fn attention_probs(

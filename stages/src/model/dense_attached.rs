@@ -1,18 +1,21 @@
 //! A dense layer, x Wᵀ + b with its epilogue (GELU or dropout), as one node of the autograd graph
 //! where it is not one op (`dense.rs` is, for f32 on the CPU): on GPUs, and in mixed precision.
 //!
-//! The forward pass is the layer's ops on detached inputs: the product in the compute type
-//! (operands cast, result back in f32), the bias add, the epilogue. Composed and recorded, the
-//! same layer is about eight nodes (reshape, two casts, product, cast, bias add, epilogue,
-//! reshape), and candle's backward pass zeroes and adds a gradient for each. Attached
-//! (`attached.rs`), the backward pass is only what the gradients need: the epilogue's backward,
-//! dx = g W and dW = gᵀ x as products in the compute type, and db as column sums.
+//! The forward pass casts x and W to the compute type (kept for the backward pass), takes their
+//! product in that type, and adds the bias and applies the epilogue in one pass that writes the f32
+//! output (`dense_epilogue.rs`). Composed and recorded, the same layer was about eight nodes
+//! (reshape, two casts, product, cast, bias add, epilogue, reshape), and candle's backward pass
+//! zeroes and adds a gradient for each. Attached (`attached.rs`), the backward pass is only what
+//! the gradients need: the epilogue's backward straight into the compute type (GELU's from the
+//! kept product and the bias), dx = g W and dW = gᵀ x as products in that type, and db as column
+//! sums.
 
 use candle_core::{DType, Result, Tensor};
 
 use super::attached::attach3;
 use super::dense::Epilogue;
-use super::layers::{bias_add, dropout_with_seed, gelu, matmul};
+use super::dense_epilogue::{bias_epilogue, bias_gelu_grad, dropout_to};
+use super::layers::{contiguous_in, product};
 use super::step_profile::{backward_region, mirror};
 
 /// `x` (batch, len, in) times the transpose of `w` (out, in), plus `b` (out), then `epilogue`:
@@ -27,45 +30,38 @@ pub fn dense_attached(
     let (bsz, len, inp) = x.dims3()?;
     let out = w.dim(0)?;
     let rows = bsz * len;
-    let (x2, wd) = (x.detach().reshape((rows, inp))?, w.detach());
-    let z = bias_add(&matmul(&x2, &wd.t()?, compute)?, &b.detach())?;
-    let (y, pre_activation) = match epilogue {
-        Epilogue::None => (z, None),
-        Epilogue::Gelu => (gelu(&z)?, Some(z)),
-        Epilogue::Dropout { rate, seed } => (dropout_with_seed(&z, rate, seed)?, None),
-    };
-    let y = y.reshape((bsz, len, out))?;
+    let xc = contiguous_in(&x.detach().reshape((rows, inp))?, compute)?;
+    let wc = contiguous_in(&w.detach(), compute)?;
+    let bd = b.detach();
+    let xw = product(&xc, &wc.t()?)?;
+    let y = bias_epilogue(&xw, &bd, epilogue)?.reshape((bsz, len, out))?;
+    // GELU's backward pass recomputes its input from the product; the others need nothing of it.
+    let kept = (epilogue == Epilogue::Gelu).then_some(xw);
     let label = mirror();
     attach3([x, w, b], y, move |grad: &Tensor| {
         backward_region(&label, || {
             let g = grad.reshape((rows, out))?;
-            let g = match (epilogue, &pre_activation) {
-                (Epilogue::Gelu, Some(z)) => gelu_backward(z, &g)?,
-                (Epilogue::Dropout { rate, seed }, _) => dropout_with_seed(&g, rate, seed)?,
-                _ => g,
+            let dz = match (epilogue, &kept) {
+                (Epilogue::Gelu, Some(xw)) => bias_gelu_grad(xw, &bd, &g.contiguous()?)?,
+                (Epilogue::Dropout { rate, seed }, _) => {
+                    dropout_to(&g, Some((rate, seed)), compute)?
+                }
+                _ => dropout_to(&g, None, compute)?,
             };
-            let dx = matmul(&g, &wd, compute)?.reshape((bsz, len, inp))?;
-            let dw = matmul(&g.t()?, &x2, compute)?;
-            let db = super::gpu_ops::column_sums(&g)?;
+            let dx = product(&dz, &wc)?
+                .to_dtype(DType::F32)?
+                .reshape((bsz, len, inp))?;
+            let dw = product(&dz.t()?, &xc)?.to_dtype(DType::F32)?;
+            let db = super::gpu_ops::column_sums(&dz)?;
             Ok([Some(dx), Some(dw), Some(db)])
         })
     })
 }
 
-/// `g` x GELU'(`z`): the fused op for f32 on the CPU and on CUDA GPUs, candle's ops otherwise
-/// (GELU'(z) = Φ(z) + z φ(z)).
-fn gelu_backward(z: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if super::fused::applies(z) {
-        return super::fused::gelu_grad(z, g);
-    }
-    let cdf = ((z / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
-    let pdf = (z.sqr()? * -0.5)?.exp()? * (1.0 / (2.0 * std::f64::consts::PI).sqrt());
-    g.mul(&(cdf? + z.mul(&pdf?)?)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::layers::{bias_add, dropout_with_seed, gelu, matmul};
     use crate::testing::{max_rel_diff, random_var, weighted_grads};
 
     /// The layer composed of recorded ops, as `roberta.rs` ran it before.
@@ -125,20 +121,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn the_composed_gelu_backward_matches_the_fused_one() {
-        let z = random_var(&[50, 7], 2.0, 5).as_tensor().detach();
-        let g = random_var(&[50, 7], 1.0, 6).as_tensor().detach();
-        let fused = super::super::fused::gelu_grad(&z, &g).unwrap();
-        let composed = gelu_backward(
-            &z.to_dtype(DType::F64).unwrap(),
-            &g.to_dtype(DType::F64).unwrap(),
-        )
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-        assert!(max_rel_diff(&fused, &composed) < 1e-5);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::{cudarc, CudaDevice};
-use candle_core::{CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
 use super::launch_shapes as shapes;
 pub use super::launch_shapes::chunks;
@@ -100,6 +100,23 @@ pub fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
     // SAFETY: callers launch a kernel that writes all `len` elements before the buffer is read.
     #[allow(unsafe_code)]
     let buffer = unsafe { dev.alloc::<f32>(len) };
+    buffer
+}
+
+/// The kernels' name suffix for `dtype`, or an error naming `op`.
+pub fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        d => candle_core::bail!("{op}: expects f32 or bf16, got {d:?}"),
+    }
+}
+
+/// A new buffer of `len` elements on `dev`, every one written by the kernel that fills it.
+pub fn uninit<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: callers launch a kernel that writes all `len` elements before anything reads them.
+    #[allow(unsafe_code)]
+    let buffer = unsafe { dev.alloc::<T>(len) };
     buffer
 }
 

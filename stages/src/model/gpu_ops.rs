@@ -178,13 +178,13 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
-/// The sums of the columns of `g` (rows, n): (n), recording nothing for autograd. On a CUDA GPU
-/// two kernels with coalesced reads, else candle's sum.
+/// The sums of the columns of `g` (rows, n; f32, or bf16 summed in f32): (n) f32, recording
+/// nothing for autograd. On a CUDA GPU two kernels with coalesced reads, else candle's sum.
 pub fn column_sums(g: &Tensor) -> Result<Tensor> {
-    if applies(g) {
+    if g.device().is_cuda() && matches!(g.dtype(), DType::F32 | DType::BF16) {
         return g.contiguous()?.apply_op1_no_bwd(&ColSum);
     }
-    g.sum(0)
+    g.to_dtype(DType::F32)?.sum(0)
 }
 
 /// Sums over the rows of (rows, n): (n).
@@ -211,6 +211,9 @@ impl CustomOp1 for ColSum {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if s.dtype() == DType::BF16 {
+            return super::dense_epilogue_cuda::col_sum_bf16(s, l);
+        }
         super::fused_cuda::col_sum(s, l)
     }
 }

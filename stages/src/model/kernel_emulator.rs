@@ -874,6 +874,135 @@ mod tests {
         assert_close("column sums", &sums[3..], &want, 1e-5);
     }
 
+    /// `bias_epilogue_{suffix}`, `bias_gelu_grad_{suffix}` (and in bf16 `dropout_to_bf16` and
+    /// `col_sum_chunks_bf16`) on products of type `T`, against their CPU twins in
+    /// `dense_epilogue.rs`, within `tol`.
+    fn dense_epilogue_kernels_match<T>(suffix: &str, tol: f32)
+    where
+        T: super::super::attention_probs::Elem + Default,
+    {
+        use super::super::dense::Epilogue;
+        use super::super::dense_epilogue::{
+            bias_epilogue_from, bias_gelu_grad_from, dropout_to_from,
+        };
+        let to_f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+        // Not a multiple of the block, nor of the bias.
+        let (rows, n) = (37, 29);
+        let len = rows * n;
+        let product: Vec<T> = random(len, 2.0, 51).iter().map(|&v| T::put(v)).collect();
+        let bias = random(n, 1.0, 52);
+        let epilogues = [
+            (Epilogue::None, 0, 0.0, 0),
+            (Epilogue::Gelu, 1, 0.0, 0),
+            (Epilogue::Dropout { rate: 0.3, seed: 9 }, 0, 0.3, 9),
+        ];
+        for (epilogue, gelu, p, seed) in epilogues {
+            let mut y = vec![0f32; len];
+            launch(
+                &format!("bias_epilogue_{suffix}"),
+                elementwise(len),
+                vec![
+                    input(&product),
+                    input(&bias),
+                    output(&mut y),
+                    int(n),
+                    ulong(len as u64),
+                    int(gelu),
+                    float(p),
+                    ulong(seed),
+                ],
+            );
+            let mut want = vec![0f32; len];
+            bias_epilogue_from(&product, &bias, epilogue, 0, &mut want);
+            assert_close(
+                &format!("bias_epilogue_{suffix} {epilogue:?}"),
+                &y,
+                &want,
+                1e-6,
+            );
+        }
+        let g = random(len, 1.0, 53);
+        let mut dz = vec![T::default(); len];
+        launch(
+            &format!("bias_gelu_grad_{suffix}"),
+            elementwise(len),
+            vec![
+                input(&product),
+                input(&bias),
+                input(&g),
+                output(&mut dz),
+                int(n),
+                ulong(len as u64),
+            ],
+        );
+        let mut want = vec![T::default(); len];
+        bias_gelu_grad_from(&product, &bias, &g, 0, &mut want);
+        assert_close(
+            &format!("bias_gelu_grad_{suffix}"),
+            &to_f(&dz),
+            &to_f(&want),
+            tol,
+        );
+
+        if suffix != "bf16" {
+            return;
+        }
+        for p in [0.0f32, 0.25] {
+            let mut y = vec![T::default(); len];
+            launch(
+                "dropout_to_bf16",
+                elementwise(len),
+                vec![
+                    input(&g),
+                    output(&mut y),
+                    float(p),
+                    ulong(17),
+                    ulong(len as u64),
+                ],
+            );
+            let mut want = vec![T::default(); len];
+            dropout_to_from(&g, p, 17, 0, &mut want);
+            assert_close(
+                &format!("dropout_to_bf16 p {p}"),
+                &to_f(&y),
+                &to_f(&want),
+                1e-7,
+            );
+        }
+        let (per, count) = chunks(rows);
+        let mut partial = vec![f32::NAN; count * n];
+        launch(
+            "col_sum_chunks_bf16",
+            column_chunks(n, count),
+            vec![
+                input(&dz),
+                output(&mut partial),
+                int(rows),
+                int(n),
+                int(per),
+            ],
+        );
+        let want: Vec<f32> = (0..n)
+            .map(|j| (0..rows).map(|r| dz[r * n + j].get() as f64).sum::<f64>() as f32)
+            .collect();
+        let sums: Vec<f32> = (0..n)
+            .map(|j| (0..count).map(|c| partial[c * n + j]).sum())
+            .collect();
+        assert_close("col_sum_chunks_bf16", &sums, &want, 1e-5);
+    }
+
+    #[test]
+    fn the_dense_epilogues_and_their_backward_match_the_cpu_in_f32() {
+        // "bias_epilogue_f32", "bias_gelu_grad_f32",
+        dense_epilogue_kernels_match::<f32>("f32", 1e-6);
+    }
+
+    #[test]
+    fn the_dense_epilogues_and_their_backward_match_the_cpu_in_bf16() {
+        // "bias_epilogue_bf16", "bias_gelu_grad_bf16", "dropout_to_bf16", "col_sum_chunks_bf16",
+        dense_epilogue_kernels_match::<half::bf16>("bf16", 8e-3);
+    }
+
     /// LAMB's two kernels, launched as `lamb_cuda.rs` launches them (both moments and each
     /// block's partial sums by one kernel per parameter, the sums added on the host in block
     /// order, the weights stepped by a second), against the CPU's fused loops over three steps.

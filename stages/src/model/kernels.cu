@@ -146,15 +146,15 @@ extern "C" __global__ void ln_bwd_cols(const float *x, const float *g, const flo
 
 // Per chunk of rows (blockIdx.y), partial column sums of g (rows x n) for 32 columns; block
 // (32, 8). partial[chunk * n + j].
-extern "C" __global__ void col_sum_chunks(const float *g, float *partial, int rows, int n,
-                                          int rows_per_chunk) {
+template <typename T>
+__device__ void col_sum_chunk(const T *g, float *partial, int rows, int n, int rows_per_chunk) {
   __shared__ float sh[8][33];
   const int j = blockIdx.x * 32 + threadIdx.x;
   const int r0 = blockIdx.y * rows_per_chunk;
   const int r1 = min(rows, r0 + rows_per_chunk);
   float s = 0.0f;
   if (j < n) {
-    for (int r = r0 + threadIdx.y; r < r1; r += 8) s += g[(size_t)r * n + j];
+    for (int r = r0 + threadIdx.y; r < r1; r += 8) s += load(g, (size_t)r * n + j);
   }
   sh[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
@@ -162,6 +162,16 @@ extern "C" __global__ void col_sum_chunks(const float *g, float *partial, int ro
     for (int k = 1; k < 8; k++) s += sh[k][threadIdx.x];
     partial[(size_t)blockIdx.y * n + j] = s;
   }
+}
+
+extern "C" __global__ void col_sum_chunks(const float *g, float *partial, int rows, int n,
+                                          int rows_per_chunk) {
+  col_sum_chunk(g, partial, rows, n, rows_per_chunk);
+}
+
+extern "C" __global__ void col_sum_chunks_bf16(const bf16_bits *g, float *partial, int rows,
+                                               int n, int rows_per_chunk) {
+  col_sum_chunk(g, partial, rows, n, rows_per_chunk);
 }
 
 // out[offset + j] = sum over chunks of partial[chunk * width + j], in chunk order (so the result
@@ -250,6 +260,66 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
                                    unsigned long long len) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < len) y[i] = unit_draw(seed, i) < p ? 0.0f : x[i] / (1.0f - p);
+}
+
+// A dense layer's epilogue after its product (rows of n, in the products' type T): the bias
+// added, then GELU when gelu is set, else inverted dropout at p (`dropout`'s mask; none at 0),
+// into y in f32. One pass where the cast of the product to f32, the bias add and the epilogue were
+// three.
+template <typename T>
+__device__ void bias_epilogue_at(const T *product, const float *bias, float *y, int n,
+                                 unsigned long long len, int gelu, float p,
+                                 unsigned long long seed) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= len) return;
+  const float z = load(product, i) + bias[i % n];
+  if (gelu)
+    y[i] = z * normcdff(z);
+  else
+    y[i] = unit_draw(seed, i) < p ? 0.0f : z / (1.0f - p);
+}
+
+extern "C" __global__ void bias_epilogue_f32(const float *product, const float *bias, float *y,
+                                             int n, unsigned long long len, int gelu, float p,
+                                             unsigned long long seed) {
+  bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
+}
+
+extern "C" __global__ void bias_epilogue_bf16(const bf16_bits *product, const float *bias,
+                                              float *y, int n, unsigned long long len, int gelu,
+                                              float p, unsigned long long seed) {
+  bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
+}
+
+// The gradient before a dense layer's GELU, in the products' type T: g GELU'(product + bias),
+// with the pre-activation recomputed from the product the forward pass kept.
+template <typename T>
+__device__ void bias_gelu_grad_at(const T *product, const float *bias, const float *g, T *dz,
+                                  int n, unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= len) return;
+  const float z = load(product, i) + bias[i % n];
+  store(dz, i, g[i] * (normcdff(z) + z * expf(-0.5f * z * z) * 0.3989422804014327f));
+}
+
+extern "C" __global__ void bias_gelu_grad_f32(const float *product, const float *bias,
+                                              const float *g, float *dz, int n,
+                                              unsigned long long len) {
+  bias_gelu_grad_at(product, bias, g, dz, n, len);
+}
+
+extern "C" __global__ void bias_gelu_grad_bf16(const bf16_bits *product, const float *bias,
+                                               const float *g, bf16_bits *dz, int n,
+                                               unsigned long long len) {
+  bias_gelu_grad_at(product, bias, g, dz, n, len);
+}
+
+// The gradient before a dense layer's dropout (its mask redrawn; none at p = 0), cast to bf16 for
+// the products of the backward pass. (In f32, `dropout` is the same pass.)
+extern "C" __global__ void dropout_to_bf16(const float *g, bf16_bits *y, float p,
+                                           unsigned long long seed, unsigned long long len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) store(y, i, unit_draw(seed, i) < p ? 0.0f : g[i] / (1.0f - p));
 }
 
 // Attention probabilities from the raw scores of rows of n keys, ordered (batch, head, query),

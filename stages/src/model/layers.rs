@@ -165,6 +165,25 @@ pub fn matmul(a: &Tensor, b: &Tensor, compute: DType) -> Result<Tensor> {
         .to_dtype(DType::F32)
 }
 
+/// The product of two tensors of one type, in that type (f32 through BLAS on the CPU); records
+/// for autograd as [`matmul`] does.
+pub fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::F32 {
+        return matmul(a, b, DType::F32);
+    }
+    a.matmul(b)
+}
+
+/// `t` in `dtype`, contiguous, in one copy (a cast of a strided view writes it in order), or none
+/// when it already is.
+pub fn contiguous_in(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        t.contiguous()
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
 /// A tensor of normal(0, std) values from `rng`.
 pub fn randn(rng: &mut Rng, shape: &[usize], std: f32, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();

@@ -10,6 +10,9 @@ mod attention_probs_cuda;
 pub mod blas;
 pub mod dense;
 pub mod dense_attached;
+pub mod dense_epilogue;
+#[cfg(feature = "cuda")]
+mod dense_epilogue_cuda;
 pub mod device;
 pub mod encoder_layer;
 pub mod examples;

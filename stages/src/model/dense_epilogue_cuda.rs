@@ -1,0 +1,152 @@
+//! The CUDA side of `dense_epilogue.rs`: `kernels.cu`'s `bias_epilogue_*`, `bias_gelu_grad_*`,
+//! `dropout_to_bf16` and `col_sum_chunks_bf16`, in f32 or bf16 as the product is.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaStorage, DType, Layout, Result, Shape};
+use half::bf16;
+
+use super::dense::Epilogue;
+use super::fused::last_dim;
+use super::gpu_kernels::{
+    chunks, column_chunks, elementwise, launch, output, result, suffix, sum_chunks, typed, uninit,
+    view,
+};
+
+/// The bias and the epilogue after a product, into f32.
+pub fn bias_epilogue(
+    (ps, pl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+    epilogue: Epilogue,
+) -> Result<(CudaStorage, Shape)> {
+    match ps.dtype() {
+        DType::BF16 => epilogue_typed::<bf16>((ps, pl), (bs, bl), epilogue),
+        _ => epilogue_typed::<f32>((ps, pl), (bs, bl), epilogue),
+    }
+}
+
+fn epilogue_typed<T: CudaDType + DeviceRepr>(
+    (ps, pl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+    epilogue: Epilogue,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-bias-epilogue";
+    let name = format!("bias_epilogue_{}", suffix(ps.dtype(), OP)?);
+    let dev = ps.device();
+    let product = typed::<T>(ps, pl, OP)?;
+    let bias = view(bs, bl, OP)?;
+    let len = pl.shape().elem_count();
+    let mut y = output(dev, len)?;
+    let (n_i, len_u) = (last_dim(pl) as i32, len as u64);
+    let (gelu, p, seed) = match epilogue {
+        Epilogue::None => (0i32, 0f32, 0u64),
+        Epilogue::Gelu => (1, 0.0, 0),
+        Epilogue::Dropout { rate, seed } => (0, rate.max(0.0), seed),
+    };
+    launch!(
+        dev,
+        &name,
+        elementwise(len),
+        &product,
+        &bias,
+        &mut y,
+        &n_i,
+        &len_u,
+        &gelu,
+        &p,
+        &seed
+    )?;
+    Ok(result(dev, y, pl.shape().clone()))
+}
+
+/// The gradient before a GELU epilogue, in the product's type.
+pub fn bias_gelu_grad(
+    (ps, pl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    match ps.dtype() {
+        DType::BF16 => gelu_grad_typed::<bf16>((ps, pl), (bs, bl), (gs, gl)),
+        _ => gelu_grad_typed::<f32>((ps, pl), (bs, bl), (gs, gl)),
+    }
+}
+
+fn gelu_grad_typed<T: CudaDType + DeviceRepr>(
+    (ps, pl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-bias-gelu-grad";
+    let name = format!("bias_gelu_grad_{}", suffix(ps.dtype(), OP)?);
+    let dev = ps.device();
+    let product = typed::<T>(ps, pl, OP)?;
+    let bias = view(bs, bl, OP)?;
+    let g = view(gs, gl, OP)?;
+    let len = pl.shape().elem_count();
+    let mut dz = uninit::<T>(dev, len)?;
+    let (n_i, len_u) = (last_dim(pl) as i32, len as u64);
+    launch!(
+        dev,
+        &name,
+        elementwise(len),
+        &product,
+        &bias,
+        &g,
+        &mut dz,
+        &n_i,
+        &len_u
+    )?;
+    Ok((T::wrap_cuda_slice(dz, dev.clone()), pl.shape().clone()))
+}
+
+/// A gradient through dropout (its mask redrawn), cast to bf16.
+pub fn dropout_to_bf16(
+    s: &CudaStorage,
+    l: &Layout,
+    p: f32,
+    seed: u64,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-dropout-to";
+    let dev = s.device();
+    let g = view(s, l, OP)?;
+    let len = l.shape().elem_count();
+    let mut y = uninit::<bf16>(dev, len)?;
+    let len_u = len as u64;
+    launch!(
+        dev,
+        "dropout_to_bf16",
+        elementwise(len),
+        &g,
+        &mut y,
+        &p,
+        &seed,
+        &len_u
+    )?;
+    Ok((bf16::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
+}
+
+/// Column sums (f32) of a (rows, n) bf16 tensor: two kernels, in a fixed order.
+pub fn col_sum_bf16(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-col-sum";
+    let dev = s.device();
+    let g = typed::<bf16>(s, l, OP)?;
+    let (len, n) = (l.shape().elem_count(), last_dim(l));
+    let rows = len / n.max(1);
+    let (per, count) = chunks(rows);
+    let mut partial = output(dev, count * n)?;
+    let (rows_i, n_i, per_i) = (rows as i32, n as i32, per as i32);
+    launch!(
+        dev,
+        "col_sum_chunks_bf16",
+        column_chunks(n, count),
+        &g,
+        &mut partial,
+        &rows_i,
+        &n_i,
+        &per_i
+    )?;
+    let mut out = output(dev, n)?;
+    sum_chunks(dev, &partial, &mut out, 0, n, count)?;
+    Ok(result(dev, out, Shape::from(n)))
+}
