@@ -16,6 +16,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::attached::attach3;
 use super::attention_probs::{attention_probs, attention_probs_grad};
+use super::dense_attached::Backward3;
 use super::layers::{contiguous_in, product};
 use super::step_profile::{backward_region, mirror};
 
@@ -31,6 +32,32 @@ pub fn attention_attached(
     dropout: Option<(f32, u64)>,
     compute: DType,
 ) -> Result<Tensor> {
+    let (context, backward) = attention_forward(
+        &q.detach(),
+        &k.detach(),
+        &v.detach(),
+        heads,
+        key_mask,
+        dropout,
+        compute,
+    )?;
+    let label = mirror();
+    attach3([q, k, v], context, move |grad: &Tensor| {
+        backward_region(&label, || Ok(backward(grad)?.map(Some)))
+    })
+}
+
+/// [`attention_attached`]'s forward pass on inputs that record nothing: the context, and the
+/// function that gives (dq, dk, dv), f32, from its gradient.
+pub(crate) fn attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    key_mask: &Tensor,
+    dropout: Option<(f32, u64)>,
+    compute: DType,
+) -> Result<(Tensor, Backward3)> {
     let (bsz, len, hidden) = q.dims3()?;
     let hd = hidden / heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -41,27 +68,21 @@ pub fn attention_attached(
     let merge = move |t: &Tensor| -> Result<Tensor> {
         contiguous_in(&t.transpose(1, 2)?, DType::F32)?.reshape((bsz, len, hidden))
     };
-    let (qh, kh, vh) = (
-        split(&q.detach())?,
-        split(&k.detach())?,
-        split(&v.detach())?,
-    );
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
     let scores = product(&qh, &kh.t()?)?;
     let (probs, dropped) = attention_probs(&scores, key_mask, scale, dropout)?;
     drop(scores);
     let context = merge(&product(&dropped, &vh)?)?;
-    let label = mirror();
-    attach3([q, k, v], context, move |grad: &Tensor| {
-        backward_region(&label, || {
-            let g = split(grad)?;
-            let dv = product(&dropped.t()?, &g)?;
-            let dp = product(&g, &vh.t()?)?;
-            let ds = attention_probs_grad(&probs, &dp, scale, dropout)?;
-            let dq = product(&ds, &kh)?;
-            let dk = product(&ds.t()?, &qh)?;
-            Ok([Some(merge(&dq)?), Some(merge(&dk)?), Some(merge(&dv)?)])
-        })
-    })
+    let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
+        let g = split(grad)?;
+        let dv = product(&dropped.t()?, &g)?;
+        let dp = product(&g, &vh.t()?)?;
+        let ds = attention_probs_grad(&probs, &dp, scale, dropout)?;
+        let dq = product(&ds, &kh)?;
+        let dk = product(&ds.t()?, &qh)?;
+        Ok([merge(&dq)?, merge(&dk)?, merge(&dv)?])
+    };
+    Ok((context, Box::new(backward)))
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ use super::dense_epilogue::{bias_epilogue, bias_gelu_grad, dropout_to};
 use super::layers::{contiguous_in, product};
 use super::step_profile::{backward_region, mirror};
 
+/// The gradients of a layer's inputs from its output's gradient, in order.
+pub type Backward3 = Box<dyn Fn(&Tensor) -> Result<[Tensor; 3]> + Send + Sync>;
+
 /// `x` (batch, len, in) times the transpose of `w` (out, in), plus `b` (out), then `epilogue`:
 /// (batch, len, out) in f32, the products in `compute`.
 pub fn dense_attached(
@@ -27,35 +30,47 @@ pub fn dense_attached(
     epilogue: Epilogue,
     compute: DType,
 ) -> Result<Tensor> {
+    let (y, backward) = dense_forward(&x.detach(), &w.detach(), &b.detach(), epilogue, compute)?;
+    let label = mirror();
+    attach3([x, w, b], y, move |grad: &Tensor| {
+        backward_region(&label, || Ok(backward(grad)?.map(Some)))
+    })
+}
+
+/// [`dense_attached`]'s forward pass on inputs that record nothing: the output, and the function
+/// that gives (dx, dW, db), all f32, from the output's gradient.
+pub(crate) fn dense_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    epilogue: Epilogue,
+    compute: DType,
+) -> Result<(Tensor, Backward3)> {
     let (bsz, len, inp) = x.dims3()?;
     let out = w.dim(0)?;
     let rows = bsz * len;
-    let xc = contiguous_in(&x.detach().reshape((rows, inp))?, compute)?;
-    let wc = contiguous_in(&w.detach(), compute)?;
-    let bd = b.detach();
+    let xc = contiguous_in(&x.reshape((rows, inp))?, compute)?;
+    let wc = contiguous_in(w, compute)?;
+    let bd = b.clone();
     let xw = product(&xc, &wc.t()?)?;
     let y = bias_epilogue(&xw, &bd, epilogue)?.reshape((bsz, len, out))?;
     // GELU's backward pass recomputes its input from the product; the others need nothing of it.
     let kept = (epilogue == Epilogue::Gelu).then_some(xw);
-    let label = mirror();
-    attach3([x, w, b], y, move |grad: &Tensor| {
-        backward_region(&label, || {
-            let g = grad.reshape((rows, out))?;
-            let dz = match (epilogue, &kept) {
-                (Epilogue::Gelu, Some(xw)) => bias_gelu_grad(xw, &bd, &g.contiguous()?)?,
-                (Epilogue::Dropout { rate, seed }, _) => {
-                    dropout_to(&g, Some((rate, seed)), compute)?
-                }
-                _ => dropout_to(&g, None, compute)?,
-            };
-            let dx = product(&dz, &wc)?
-                .to_dtype(DType::F32)?
-                .reshape((bsz, len, inp))?;
-            let dw = product(&dz.t()?, &xc)?.to_dtype(DType::F32)?;
-            let db = super::gpu_ops::column_sums(&dz)?;
-            Ok([Some(dx), Some(dw), Some(db)])
-        })
-    })
+    let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
+        let g = grad.reshape((rows, out))?;
+        let dz = match (epilogue, &kept) {
+            (Epilogue::Gelu, Some(xw)) => bias_gelu_grad(xw, &bd, &g.contiguous()?)?,
+            (Epilogue::Dropout { rate, seed }, _) => dropout_to(&g, Some((rate, seed)), compute)?,
+            _ => dropout_to(&g, None, compute)?,
+        };
+        let dx = product(&dz, &wc)?
+            .to_dtype(DType::F32)?
+            .reshape((bsz, len, inp))?;
+        let dw = product(&dz.t()?, &xc)?.to_dtype(DType::F32)?;
+        let db = super::gpu_ops::column_sums(&dz)?;
+        Ok([dx, dw, db])
+    };
+    Ok((y, Box::new(backward)))
 }
 
 #[cfg(test)]

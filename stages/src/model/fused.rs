@@ -455,15 +455,10 @@ impl candle_core::CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (len, n) = (x.elem_count(), w.elem_count());
-        let packed = super::step_profile::backward_region(&self.profile_label, || {
-            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })
+        let [dx, dw, db] = super::step_profile::backward_region(&self.profile_label, || {
+            layer_norm_backward(x, w, grad, self.eps)
         })?;
-        Ok((
-            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
-            Some(packed.narrow(0, len, n)?.reshape(w.shape())?),
-            Some(packed.narrow(0, len + n, n)?.reshape(w.shape())?),
-        ))
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -522,6 +517,22 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
             profile_label: super::step_profile::mirror(),
         },
     )
+}
+
+/// LayerNorm's gradients (dx, dw, db) from its input `x`, its weight `w` and its output's
+/// gradient, fused (see [`applies`]), recording nothing for autograd.
+pub fn layer_norm_backward(x: &Tensor, w: &Tensor, grad: &Tensor, eps: f64) -> Result<[Tensor; 3]> {
+    let (len, n) = (x.elem_count(), w.elem_count());
+    let packed = x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &grad.contiguous()?,
+        &LayerNormGrad { eps },
+    )?;
+    Ok([
+        packed.narrow(0, 0, len)?.reshape(x.shape())?,
+        packed.narrow(0, len, n)?.reshape(w.shape())?,
+        packed.narrow(0, len + n, n)?.reshape(w.shape())?,
+    ])
 }
 
 /// Softmax over the last dimension, fused (see [`applies`]).

@@ -15,6 +15,7 @@ pub mod dense_epilogue;
 mod dense_epilogue_cuda;
 pub mod device;
 pub mod encoder_layer;
+pub mod encoder_layer_attached;
 pub mod examples;
 pub mod finetune;
 pub mod fused;

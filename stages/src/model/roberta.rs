@@ -502,6 +502,17 @@ pub(crate) fn encode_with(
             )?;
             continue;
         }
+        if whole_layers && super::encoder_layer_attached::applies(&x, p) {
+            let dropout = LayerDropout {
+                attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
+                attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+                output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+            };
+            x = super::encoder_layer_attached::encoder_layer_attached(
+                p, cfg, l, &x, &key_mask, dropout,
+            )?;
+            continue;
+        }
         let pre = format!("roberta.encoder.layer.{l}");
         let q = linear(p, &format!("{pre}.attention.self.query"), &x)?;
         let k = linear(p, &format!("{pre}.attention.self.key"), &x)?;

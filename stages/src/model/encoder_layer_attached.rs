@@ -1,0 +1,230 @@
+//! A whole RoBERTa encoder layer as one node of the autograd graph where it is not one op
+//! (`encoder_layer.rs` is, for f32 on the CPU): on GPUs, and in mixed precision.
+//!
+//! candle's backward pass gives every input of every node a freshly zeroed gradient and adds the
+//! incoming one to it: with each dense layer and attention attached (`dense_attached.rs`,
+//! `attention_attached.rs`), a layer still had fifteen activation-sized gradient edges (the
+//! residual adds', the LayerNorms', the feed-forward's 4x-wide one), each a zeroing and an
+//! addition over the activations. Here the pieces run on inputs that record nothing, each
+//! returning its backward pass as a function, and the layer is one node whose only input in the
+//! graph is its hidden states: its backward pass calls the pieces' in reverse, adds the residual
+//! gradients itself, and hands the sixteen parameters' gradients to the model's
+//! [`GradSink`](super::roberta::GradSink), as the CPU's whole-layer op does. The arithmetic is the
+//! pieces', so the layer gives what they give; a test checks its values and every gradient.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::attached::attach3;
+use super::attention_attached::attention_forward;
+use super::dense::Epilogue;
+use super::dense_attached::{dense_forward, Backward3};
+use super::encoder_layer::LayerDropout;
+use super::fused::layer_norm_backward;
+use super::layers::layer_norm;
+use super::roberta::{Config, Params};
+use super::step_profile::{backward_region, mirror, region};
+
+/// A piece's backward pass and the step profile's label for it.
+struct Step {
+    backward: Backward3,
+    label: Option<String>,
+}
+
+impl Step {
+    fn run(&self, grad: &Tensor) -> Result<[Tensor; 3]> {
+        backward_region(&self.label, || (self.backward)(grad))
+    }
+}
+
+/// Runs a piece's forward pass as the profile region `label`: its output and its [`Step`].
+fn piece(
+    label: impl FnOnce() -> String,
+    forward: impl FnOnce() -> Result<(Tensor, Backward3)>,
+) -> Result<(Tensor, Step)> {
+    region(label, || {
+        let (y, backward) = forward()?;
+        Ok((
+            y,
+            Step {
+                backward,
+                label: mirror(),
+            },
+        ))
+    })
+}
+
+/// Encoder layer `layer` of `p` over hidden states `x` (batch, len, hidden), with the additive
+/// key mask `key_mask` (batch, 1, 1, len) and the dropouts' seeds, as one node whose backward
+/// pass hands the layer's parameters' gradients to `p.sink`. For trainable parameters (`p` not
+/// frozen).
+pub fn encoder_layer_attached(
+    p: &Params,
+    cfg: &Config,
+    layer: usize,
+    x: &Tensor,
+    key_mask: &Tensor,
+    dropout: LayerDropout,
+) -> Result<Tensor> {
+    let prefix = format!("roberta.encoder.layer.{layer}");
+    let param = |n: &str| -> Result<Tensor> {
+        let name = format!("{prefix}.{n}");
+        p.tensor(&name).map(|t| t.detach()).ok_or_else(|| {
+            candle_core::Error::Msg(format!("flora-encoder-layer: no parameter {name}"))
+        })
+    };
+    let compute = p.compute;
+    let eps = cfg.layer_norm_eps;
+    let xd = x.detach();
+    let dense = |role: &'static str, input: &Tensor, epilogue: Epilogue| {
+        let w = param(&format!("{role}.weight"))?;
+        let b = param(&format!("{role}.bias"))?;
+        let label = || {
+            let (inp, out) = (input.dims().last().copied().unwrap_or(0), w.dims()[0]);
+            format!("forward: {role} {inp} -> {out}{}", epilogue.describe())
+        };
+        piece(label, || dense_forward(input, &w, &b, epilogue, compute))
+    };
+    let after = |d: Option<(f32, u64)>| match d {
+        Some((rate, seed)) => Epilogue::Dropout { rate, seed },
+        None => Epilogue::None,
+    };
+    let (q, q_step) = dense("attention.self.query", &xd, Epilogue::None)?;
+    let (k, k_step) = dense("attention.self.key", &xd, Epilogue::None)?;
+    let (v, v_step) = dense("attention.self.value", &xd, Epilogue::None)?;
+    let heads = cfg.num_attention_heads;
+    let (ctx, att_step) = piece(
+        || "forward: self-attention".to_string(),
+        || attention_forward(&q, &k, &v, heads, key_mask, dropout.attention, compute),
+    )?;
+    drop((q, k, v));
+    let (a, ao_step) = dense(
+        "attention.output.dense",
+        &ctx,
+        after(dropout.attention_output),
+    )?;
+    let (ln1w, ln1b) = (
+        param("attention.output.LayerNorm.weight")?,
+        param("attention.output.LayerNorm.bias")?,
+    );
+    let residual_ln = |y: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor| {
+        region(
+            || "forward: residual add + LayerNorm".to_string(),
+            || {
+                let sum = y.add(r)?;
+                let out = layer_norm(&sum, w, b, eps)?;
+                Ok((sum, out, mirror()))
+            },
+        )
+    };
+    let (r1, x1, ln1_label) = residual_ln(&a, &xd, &ln1w, &ln1b)?;
+    let (h, i_step) = dense("intermediate.dense", &x1, Epilogue::Gelu)?;
+    let (o, f_step) = dense("output.dense", &h, after(dropout.output))?;
+    drop(h);
+    let (ln2w, ln2b) = (
+        param("output.LayerNorm.weight")?,
+        param("output.LayerNorm.bias")?,
+    );
+    let (r2, y, ln2_label) = residual_ln(&o, &x1, &ln2w, &ln2b)?;
+    let sink = p.sink.clone();
+    attach3([x, x, x], y, move |grad: &Tensor| {
+        let named = |n: &str| format!("{prefix}.{n}");
+        let hand_in = |role: &str, [dw, db]: [Tensor; 2]| -> Result<()> {
+            sink.add(&named(&format!("{role}.weight")), dw)?;
+            sink.add(&named(&format!("{role}.bias")), db)
+        };
+        let [dr2, dw, db] =
+            backward_region(&ln2_label, || layer_norm_backward(&r2, &ln2w, grad, eps))?;
+        hand_in("output.LayerNorm", [dw, db])?;
+        let [dh, dw, db] = f_step.run(&dr2)?;
+        hand_in("output.dense", [dw, db])?;
+        let [dx1, dw, db] = i_step.run(&dh)?;
+        hand_in("intermediate.dense", [dw, db])?;
+        let dx1 = (dx1 + &dr2)?;
+        let [dr1, dw, db] =
+            backward_region(&ln1_label, || layer_norm_backward(&r1, &ln1w, &dx1, eps))?;
+        hand_in("attention.output.LayerNorm", [dw, db])?;
+        let [dctx, dw, db] = ao_step.run(&dr1)?;
+        hand_in("attention.output.dense", [dw, db])?;
+        let [dq, dk, dv] = att_step.run(&dctx)?;
+        let mut dx = dr1;
+        for (role, step, g) in [
+            ("attention.self.query", &q_step, dq),
+            ("attention.self.key", &k_step, dk),
+            ("attention.self.value", &v_step, dv),
+        ] {
+            let [d, dw, db] = step.run(&g)?;
+            hand_in(role, [dw, db])?;
+            dx = (dx + d)?;
+        }
+        Ok([Some(dx), None, None])
+    })
+}
+
+/// Whether [`encoder_layer_attached`] runs a layer of `p` in the training step: trainable
+/// parameters where the CPU's f32 whole-layer op does not apply.
+pub fn applies(x: &Tensor, p: &Params) -> bool {
+    let cpu_f32 = x.device().is_cpu() && p.compute == DType::F32;
+    !p.frozen && !cpu_f32
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::roberta::{encode_with, mlm_loss, Config, Params, Positions};
+    use crate::rng::Rng;
+    use crate::testing::max_abs_diff;
+    use candle_core::{DType, Device};
+
+    /// The same training step's loss and every gradient with each layer as one attached node and
+    /// as separate attached pieces, in f32 and bf16, with dropout.
+    #[test]
+    fn whole_attached_layers_match_separate_pieces_forward_and_backward() {
+        let cfg = Config::new(60, 2, 32, 4, 64, 24, 0.1, Positions::Tss);
+        let mut rng = Rng::new(3);
+        let ids: Vec<Vec<u32>> = (0..3)
+            .map(|b| {
+                (0..20)
+                    .map(|t| {
+                        if b == 1 && t >= 15 {
+                            1
+                        } else {
+                            5 + rng.below(55) as u32
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<i64> = (0..60).map(|i| if i % 4 == 0 { 7 } else { -1 }).collect();
+        for compute in [DType::F32, DType::BF16] {
+            let mut p = Params::init(&cfg, 1, &Device::Cpu).unwrap();
+            p.compute = compute;
+            let run = |whole: bool| {
+                let mut drng = Rng::new(11);
+                let h = encode_with(&p, &cfg, &ids, Some(&mut drng), &Device::Cpu, whole).unwrap();
+                let (loss, _, _) = mlm_loss(&p, &cfg, &h, &labels).unwrap();
+                let store = loss.backward().unwrap();
+                (loss.to_scalar::<f32>().unwrap(), p.grads(&store))
+            };
+            let (l_whole, g_whole) = run(true);
+            let (l_parts, g_parts) = run(false);
+            // The same arithmetic in the same order: only the residual sums are grouped
+            // differently.
+            let tol = 1e-4;
+            assert!(
+                (l_whole - l_parts).abs() < 1e-5,
+                "{compute:?}: {l_whole} vs {l_parts}"
+            );
+            assert_eq!(
+                g_whole.len(),
+                g_parts.len(),
+                "{compute:?}: a parameter lost its gradient"
+            );
+            for (name, g) in &g_parts {
+                // The key bias's gradient is zero but for rounding (softmax ignores a shift of a
+                // row's scores), so its differences are measured against a floor.
+                let scale = max_abs_diff(g, &g.zeros_like().unwrap()).max(1e-3);
+                let d = max_abs_diff(&g_whole[name], g) / scale;
+                assert!(d < tol, "{compute:?} {name}: gradients differ by {d}");
+            }
+        }
+    }
+}
