@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::fused::elems;
 use super::gpu_ops::keep;
 
 /// An element type of the scores: f32, or bf16 widened to f32 for the arithmetic.
@@ -153,19 +154,6 @@ pub fn attention_probs_grad(
 struct AttentionProbs {
     scale: f32,
     dropout: Option<(f32, u64)>,
-}
-
-/// A contiguous CPU storage's elements as `T`.
-fn elems<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &str,
-) -> Result<&'a [T]> {
-    let all = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => candle_core::bail!("{op}: expects a contiguous tensor"),
-    }
 }
 
 impl AttentionProbs {

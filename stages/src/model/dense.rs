@@ -39,13 +39,16 @@ pub enum Epilogue {
 }
 
 impl Epilogue {
-    /// How a step profile's labels name it: `, GELU`, `, dropout`, or nothing.
-    pub fn describe(self) -> &'static str {
-        match self {
+    /// The step profile's region for the forward pass of the dense layer `role` (its name
+    /// within a layer, e.g. `intermediate.dense`) from `inp` to `out` features with this
+    /// epilogue: `forward: intermediate.dense 768 -> 3072, GELU`.
+    pub fn forward_label(self, role: &str, inp: usize, out: usize) -> String {
+        let after = match self {
             Epilogue::None => "",
             Epilogue::Gelu => ", GELU",
             Epilogue::Dropout { .. } => ", dropout",
-        }
+        };
+        format!("forward: {role} {inp} -> {out}{after}")
     }
 }
 

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::attention_probs::Elem;
 use super::dense::Epilogue;
-use super::fused::gelu_and_slope;
+use super::fused::{elems, gelu_and_slope};
 use super::gpu_ops::keep;
 
 /// Elements handed to a thread at a time.
@@ -122,15 +122,6 @@ fn check_bias(product: &Tensor, bias: &Tensor, op: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A contiguous CPU storage's elements as `T`.
-fn elems<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
-    let all = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => candle_core::bail!("{op}: expects a contiguous tensor"),
-    }
 }
 
 struct BiasEpilogue(Epilogue);

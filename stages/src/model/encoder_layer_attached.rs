@@ -22,7 +22,7 @@ use super::encoder_layer::LayerDropout;
 use super::fused::layer_norm_backward;
 use super::layers::layer_norm;
 use super::roberta::{Config, Params};
-use super::step_profile::{backward_region, mirror, region};
+use super::step_profile::{backward_region, mirror, region, ATTENTION, RESIDUAL_LAYER_NORM};
 
 /// A piece's backward pass and the step profile's label for it.
 struct Step {
@@ -78,10 +78,8 @@ pub fn encoder_layer_attached(
     let dense = |role: &'static str, input: &Tensor, epilogue: Epilogue| {
         let w = param(&format!("{role}.weight"))?;
         let b = param(&format!("{role}.bias"))?;
-        let label = || {
-            let (inp, out) = (input.dims().last().copied().unwrap_or(0), w.dims()[0]);
-            format!("forward: {role} {inp} -> {out}{}", epilogue.describe())
-        };
+        let label =
+            || epilogue.forward_label(role, input.dims().last().copied().unwrap_or(0), w.dims()[0]);
         piece(label, || dense_forward(input, &w, &b, epilogue, compute))
     };
     let after = |d: Option<(f32, u64)>| match d {
@@ -93,7 +91,7 @@ pub fn encoder_layer_attached(
     let (v, v_step) = dense("attention.self.value", &xd, Epilogue::None)?;
     let heads = cfg.num_attention_heads;
     let (ctx, att_step) = piece(
-        || "forward: self-attention".to_string(),
+        || ATTENTION.to_string(),
         || attention_forward(&q, &k, &v, heads, key_mask, dropout.attention, compute),
     )?;
     drop((q, k, v));
@@ -108,7 +106,7 @@ pub fn encoder_layer_attached(
     );
     let residual_ln = |y: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor| {
         region(
-            || "forward: residual add + LayerNorm".to_string(),
+            || RESIDUAL_LAYER_NORM.to_string(),
             || {
                 let sum = y.add(r)?;
                 let out = layer_norm(&sum, w, b, eps)?;

@@ -30,6 +30,19 @@ pub(crate) fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f
     }
 }
 
+/// The elements of a contiguous CPU tensor as `T` (f32, bf16, ...).
+pub(crate) fn elems<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    let all = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
 /// A CPU f32 tensor's storage, held for reading (by a custom op's backward pass, which gets
 /// tensors rather than storage).
 pub(crate) struct Held<'a> {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::dense::Epilogue;
 use super::encoder_layer::{encoder_layer, LayerDropout};
 use super::layers::{bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device};
-use super::step_profile::region;
+use super::step_profile::{self, region};
 use crate::rng::Rng;
 
 /// How position ids are counted.
@@ -354,9 +354,7 @@ fn linear_then(p: &Params, prefix: &str, x: &Tensor, epilogue: Epilogue) -> Resu
             Some(rest) => rest.split_once('.').map_or(rest, |(_, role)| role),
             None => prefix,
         };
-        let inp = x.dims().last().copied().unwrap_or(0);
-        let out = w.dims()[0];
-        format!("forward: {role} {inp} -> {out}{}", epilogue.describe())
+        epilogue.forward_label(role, x.dims().last().copied().unwrap_or(0), w.dims()[0])
     };
     region(label, || {
         if p.compute == DType::F32 && super::dense::applies(x, &w) {
@@ -400,7 +398,7 @@ fn residual_ln(
     cfg: &Config,
 ) -> Result<Tensor> {
     region(
-        || "forward: residual add + LayerNorm".to_string(),
+        || step_profile::RESIDUAL_LAYER_NORM.to_string(),
         || ln(p, prefix, &y.add(residual)?, cfg.layer_norm_eps),
     )
 }
@@ -519,7 +517,7 @@ pub(crate) fn encode_with(
         let v = linear(p, &format!("{pre}.attention.self.value"), &x)?;
         let dropout = draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut());
         let ctx = region(
-            || "forward: self-attention".to_string(),
+            || step_profile::ATTENTION.to_string(),
             || {
                 if p.compute == DType::F32 && super::attention::applies(&q) {
                     let mask = key_mask_rows.clone();

@@ -89,6 +89,12 @@ impl Recorder {
     }
 }
 
+/// The forward region of self-attention (all heads, dropout included).
+pub const ATTENTION: &str = "forward: self-attention";
+
+/// The forward region of a residual add and the LayerNorm after it.
+pub const RESIDUAL_LAYER_NORM: &str = "forward: residual add + LayerNorm";
+
 /// The label of time before the first phase, outside any region.
 const OUTSIDE: &str = "outside any phase";
 
@@ -138,19 +144,27 @@ pub fn record<T>(
     for (label, mark) in &rec.marks {
         let seconds = previous.seconds_until(mark)?;
         previous = mark;
-        match times.iter_mut().find(|t| &t.label == label) {
-            Some(t) => {
-                t.seconds += seconds;
-                t.laps += 1;
-            }
-            None => times.push(RegionTime {
+        add_to(
+            &mut times,
+            RegionTime {
                 label: label.clone(),
                 seconds,
                 laps: 1,
-            }),
-        }
+            },
+        );
     }
     Ok((out, times))
+}
+
+/// Adds `time` to its label's entry of `times`, or appends it (the order of first appearance).
+pub fn add_to(times: &mut Vec<RegionTime>, time: RegionTime) {
+    match times.iter_mut().find(|t| t.label == time.label) {
+        Some(t) => {
+            t.seconds += time.seconds;
+            t.laps += time.laps;
+        }
+        None => times.push(time),
+    }
 }
 
 /// Starts a phase of the step (`forward`, `backward`, ...): the time since the last mark goes to

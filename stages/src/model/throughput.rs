@@ -201,13 +201,7 @@ pub fn profile_steps(
     for s in 1..=steps {
         let (_, times) = step_profile::record(device, || trainer.step(s))?;
         for t in times {
-            match regions.iter_mut().find(|r| r.label == t.label) {
-                Some(r) => {
-                    r.seconds += t.seconds;
-                    r.laps += t.laps;
-                }
-                None => regions.push(t),
-            }
+            step_profile::add_to(&mut regions, t);
         }
     }
     let n = steps.max(1);
