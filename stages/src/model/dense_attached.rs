@@ -30,21 +30,25 @@ pub fn dense_attached(
     epilogue: Epilogue,
     compute: DType,
 ) -> Result<Tensor> {
-    let (y, backward) = dense_forward(&x.detach(), &w.detach(), &b.detach(), epilogue, compute)?;
+    let (xd, wd, bd) = (x.detach(), w.detach(), b.detach());
+    let (y, backward) = dense_forward(&xd, &wd, &bd, epilogue, compute, DType::F32)?;
     let label = mirror();
     attach3([x, w, b], y, move |grad: &Tensor| {
         backward_region(&label, || Ok(backward(grad)?.map(Some)))
     })
 }
 
-/// [`dense_attached`]'s forward pass on inputs that record nothing: the output, and the function
-/// that gives (dx, dW, db), all f32, from the output's gradient.
+/// [`dense_attached`]'s forward pass on inputs that record nothing, with the output in `out`
+/// (f32; or the compute type, for an output that only the next product reads): the output, and
+/// the function that gives (dx, dW, db) from the output's gradient (dx in x's type, dW and db
+/// f32).
 pub(crate) fn dense_forward(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     epilogue: Epilogue,
     compute: DType,
+    out_dtype: DType,
 ) -> Result<(Tensor, Backward3)> {
     let (bsz, len, inp) = x.dims3()?;
     let out = w.dim(0)?;
@@ -53,7 +57,8 @@ pub(crate) fn dense_forward(
     let wc = contiguous_in(w, compute)?;
     let bd = b.clone();
     let xw = product(&xc, &wc.t()?)?;
-    let y = bias_epilogue(&xw, &bd, epilogue)?.reshape((bsz, len, out))?;
+    let y = bias_epilogue(&xw, &bd, epilogue, out_dtype)?.reshape((bsz, len, out))?;
+    let x_dtype = x.dtype();
     // GELU's backward pass recomputes its input from the product; the others need nothing of it.
     let kept = (epilogue == Epilogue::Gelu).then_some(xw);
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
@@ -64,7 +69,7 @@ pub(crate) fn dense_forward(
             _ => dropout_to(&g, None, compute)?,
         };
         let dx = product(&dz, &wc)?
-            .to_dtype(DType::F32)?
+            .to_dtype(x_dtype)?
             .reshape((bsz, len, inp))?;
         let dw = product(&dz.t()?, &xc)?.to_dtype(DType::F32)?;
         let db = super::gpu_ops::column_sums(&dz)?;

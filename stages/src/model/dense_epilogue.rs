@@ -32,37 +32,37 @@ fn dropped(v: f32, p: f32, seed: u64, i: u64) -> f32 {
 }
 
 /// `bias_epilogue_at` (kernels.cu) for the elements of `product` starting at flat index `first`.
-pub(crate) fn bias_epilogue_from<T: Elem>(
+pub(crate) fn bias_epilogue_from<T: Elem, U: Elem>(
     product: &[T],
     bias: &[f32],
     epilogue: Epilogue,
     first: usize,
-    y: &mut [f32],
+    y: &mut [U],
 ) {
     let n = bias.len();
     for (k, (y, p)) in y.iter_mut().zip(product).enumerate() {
         let i = first + k;
         let z = p.get() + bias[i % n];
-        *y = match epilogue {
+        *y = U::put(match epilogue {
             Epilogue::None => z,
             Epilogue::Gelu => gelu_and_slope(z).0,
             Epilogue::Dropout { rate, seed } => dropped(z, rate, seed, i as u64),
-        };
+        });
     }
 }
 
 /// `bias_gelu_grad_at` (kernels.cu) for the elements starting at flat index `first`.
-pub(crate) fn bias_gelu_grad_from<T: Elem>(
+pub(crate) fn bias_gelu_grad_from<T: Elem, G: Elem>(
     product: &[T],
     bias: &[f32],
-    g: &[f32],
+    g: &[G],
     first: usize,
     dz: &mut [T],
 ) {
     let n = bias.len();
     for (k, ((d, p), g)) in dz.iter_mut().zip(product).zip(g).enumerate() {
         let z = p.get() + bias[(first + k) % n];
-        *d = T::put(g * gelu_and_slope(z).1);
+        *d = T::put(g.get() * gelu_and_slope(z).1);
     }
 }
 
@@ -74,24 +74,40 @@ pub(crate) fn dropout_to_from<T: Elem>(g: &[f32], p: f32, seed: u64, first: usiz
 }
 
 /// The bias `bias` (n, f32) added to `product` (rows, n; f32 or bf16), then `epilogue`: (rows, n)
-/// in f32. Records no gradient.
-pub fn bias_epilogue(product: &Tensor, bias: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+/// in `out` (f32; or bf16, from a bf16 product, for an output that only a product reads).
+/// Records no gradient.
+pub fn bias_epilogue(
+    product: &Tensor,
+    bias: &Tensor,
+    epilogue: Epilogue,
+    out: DType,
+) -> Result<Tensor> {
     check_bias(product, bias, "flora-bias-epilogue")?;
+    if !(out == DType::F32 || out == product.dtype()) {
+        candle_core::bail!(
+            "flora-bias-epilogue: a {:?} product gives f32 or {:?}, not {out:?}",
+            product.dtype(),
+            product.dtype()
+        );
+    }
     product
         .contiguous()?
-        .apply_op2_no_bwd(&bias.contiguous()?, &BiasEpilogue(epilogue))
+        .apply_op2_no_bwd(&bias.contiguous()?, &BiasEpilogue { epilogue, out })
 }
 
-/// The gradient before a GELU epilogue from the `grad` (rows, n; f32) of its output, with the
-/// pre-activation recomputed as `product` + `bias`: (rows, n) in the product's type.
+/// The gradient before a GELU epilogue from the `grad` (rows, n; f32, or the product's type) of
+/// its output, with the pre-activation recomputed as `product` + `bias`: (rows, n) in the
+/// product's type.
 pub fn bias_gelu_grad(product: &Tensor, bias: &Tensor, grad: &Tensor) -> Result<Tensor> {
     check_bias(product, bias, "flora-bias-gelu-grad")?;
-    if grad.dims() != product.dims() || grad.dtype() != DType::F32 {
+    let typed = grad.dtype() == DType::F32 || grad.dtype() == product.dtype();
+    if grad.dims() != product.dims() || !typed {
         candle_core::bail!(
-            "flora-bias-gelu-grad: the gradient is {:?} {:?}, not {:?} f32",
+            "flora-bias-gelu-grad: the gradient is {:?} {:?}, not {:?} f32 or {:?}",
             grad.dims(),
             grad.dtype(),
-            product.dims()
+            product.dims(),
+            product.dtype()
         );
     }
     product
@@ -99,7 +115,7 @@ pub fn bias_gelu_grad(product: &Tensor, bias: &Tensor, grad: &Tensor) -> Result<
         .apply_op3_no_bwd(&bias.contiguous()?, &grad.contiguous()?, &BiasGeluGrad)
 }
 
-/// `grad` (f32) through inverted dropout at `dropout`'s (rate, seed), its mask redrawn (none
+/// `grad` (f32, or read as f32) through inverted dropout at `dropout`'s (rate, seed), its mask redrawn (none
 /// without one), in `dtype` (f32 or bf16): one pass, or none for f32 without dropout.
 pub fn dropout_to(grad: &Tensor, dropout: Option<(f32, u64)>, dtype: DType) -> Result<Tensor> {
     let dropout = dropout.filter(|&(p, _)| p > 0.0);
@@ -107,6 +123,7 @@ pub fn dropout_to(grad: &Tensor, dropout: Option<(f32, u64)>, dtype: DType) -> R
         (None, _) => grad.to_dtype(dtype),
         (Some((p, seed)), DType::F32) => super::layers::dropout_with_seed(grad, p, seed),
         (Some((p, seed)), _) => grad
+            .to_dtype(DType::F32)?
             .contiguous()?
             .apply_op1_no_bwd(&DropoutTo { p, seed, dtype }),
     }
@@ -124,21 +141,24 @@ fn check_bias(product: &Tensor, bias: &Tensor, op: &str) -> Result<()> {
     Ok(())
 }
 
-struct BiasEpilogue(Epilogue);
+struct BiasEpilogue {
+    epilogue: Epilogue,
+    out: DType,
+}
 
 impl BiasEpilogue {
-    fn cpu<T: Elem + WithDType>(
+    fn cpu<T: Elem + WithDType, U: Elem>(
         &self,
         s: &CpuStorage,
         l: &Layout,
         bias: &[f32],
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Vec<U>> {
         let product = elems::<T>(s, l, self.name())?;
-        let mut y = vec![0f32; product.len()];
+        let mut y = vec![U::put(0.0); product.len()];
         y.par_chunks_mut(CHUNK)
             .zip(product.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (y, p))| bias_epilogue_from(p, bias, self.0, c * CHUNK, y));
+            .for_each(|(c, (y, p))| bias_epilogue_from(p, bias, self.epilogue, c * CHUNK, y));
         Ok(y)
     }
 }
@@ -156,12 +176,13 @@ impl CustomOp2 for BiasEpilogue {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let bias = elems::<f32>(s2, l2, self.name())?;
-        let y = match s1.dtype() {
-            DType::F32 => self.cpu::<f32>(s1, l1, bias)?,
-            DType::BF16 => self.cpu::<bf16>(s1, l1, bias)?,
-            d => candle_core::bail!("{}: a product of {d:?}", self.name()),
+        let y = match (s1.dtype(), self.out) {
+            (DType::F32, _) => CpuStorage::F32(self.cpu::<f32, f32>(s1, l1, bias)?),
+            (DType::BF16, DType::F32) => CpuStorage::F32(self.cpu::<bf16, f32>(s1, l1, bias)?),
+            (DType::BF16, _) => CpuStorage::BF16(self.cpu::<bf16, bf16>(s1, l1, bias)?),
+            (d, _) => candle_core::bail!("{}: a product of {d:?}", self.name()),
         };
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -172,19 +193,19 @@ impl CustomOp2 for BiasEpilogue {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::dense_epilogue_cuda::bias_epilogue((s1, l1), (s2, l2), self.0)
+        super::dense_epilogue_cuda::bias_epilogue((s1, l1), (s2, l2), self.epilogue, self.out)
     }
 }
 
 struct BiasGeluGrad;
 
 impl BiasGeluGrad {
-    fn cpu<T: Elem + WithDType>(
+    fn cpu<T: Elem + WithDType, G: Elem>(
         &self,
         s: &CpuStorage,
         l: &Layout,
         bias: &[f32],
-        g: &[f32],
+        g: &[G],
     ) -> Result<Vec<T>> {
         let product = elems::<T>(s, l, self.name())?;
         let mut dz = vec![T::put(0.0); product.len()];
@@ -211,11 +232,20 @@ impl CustomOp3 for BiasGeluGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let bias = elems::<f32>(s2, l2, self.name())?;
-        let g = elems::<f32>(s3, l3, self.name())?;
-        let dz = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(self.cpu::<f32>(s1, l1, bias, g)?),
-            DType::BF16 => CpuStorage::BF16(self.cpu::<bf16>(s1, l1, bias, g)?),
-            d => candle_core::bail!("{}: a product of {d:?}", self.name()),
+        let dz = match (s1.dtype(), s3.dtype()) {
+            (DType::F32, _) => {
+                let g = elems::<f32>(s3, l3, self.name())?;
+                CpuStorage::F32(self.cpu::<f32, f32>(s1, l1, bias, g)?)
+            }
+            (DType::BF16, DType::F32) => {
+                let g = elems::<f32>(s3, l3, self.name())?;
+                CpuStorage::BF16(self.cpu::<bf16, f32>(s1, l1, bias, g)?)
+            }
+            (DType::BF16, _) => {
+                let g = elems::<bf16>(s3, l3, self.name())?;
+                CpuStorage::BF16(self.cpu::<bf16, bf16>(s1, l1, bias, g)?)
+            }
+            (d, _) => candle_core::bail!("{}: a product of {d:?}", self.name()),
         };
         Ok((dz, l1.shape().clone()))
     }
@@ -292,10 +322,16 @@ mod tests {
                     dropout_with_seed(&z, 0.3, 4).unwrap(),
                 ),
             ] {
-                let y = bias_epilogue(&p, &bias, epilogue).unwrap();
+                let y = bias_epilogue(&p, &bias, epilogue, DType::F32).unwrap();
                 assert_eq!(y.dtype(), DType::F32);
                 let d = max_rel_diff(&y, &want);
                 assert!(d < 1e-6, "{dt:?} {epilogue:?}: {d}");
+                // In the product's own type: the same values, rounded once.
+                let y = bias_epilogue(&p, &bias, epilogue, dt).unwrap();
+                assert_eq!(y.dtype(), dt);
+                let tol = if dt == DType::F32 { 1e-6 } else { 4e-3 };
+                let d = max_rel_diff(&y.to_dtype(DType::F32).unwrap(), &want);
+                assert!(d < tol, "{dt:?} {epilogue:?} in {dt:?}: {d}");
             }
         }
     }
@@ -312,11 +348,14 @@ mod tests {
         let p = product.as_tensor().detach();
         let got = bias_gelu_grad(&p, &bias, &g).unwrap();
         assert!(max_rel_diff(&got, want) < 1e-5);
-        let got = bias_gelu_grad(&p.to_dtype(DType::BF16).unwrap(), &bias, &g).unwrap();
-        assert_eq!(got.dtype(), DType::BF16);
-        // From the rounded product, rounded once more.
-        let d = max_rel_diff(&got.to_dtype(DType::F32).unwrap(), want);
-        assert!(d < 3e-2, "bf16: {d}");
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        // From the rounded product (and gradient), rounded once more.
+        for grad in [g.clone(), bf(&g)] {
+            let got = bias_gelu_grad(&bf(&p), &bias, &grad).unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            let d = max_rel_diff(&got.to_dtype(DType::F32).unwrap(), want);
+            assert!(d < 3e-2, "bf16 from {:?}: {d}", grad.dtype());
+        }
 
         for dt in [DType::F32, DType::BF16] {
             for dropout in [None, Some((0.25, 6))] {
@@ -337,11 +376,14 @@ mod tests {
     fn mismatched_inputs_are_refused_with_their_shapes() {
         let product = Tensor::zeros((4, 3), DType::BF16, &candle_core::Device::Cpu).unwrap();
         let bias = Tensor::zeros(4, DType::F32, &candle_core::Device::Cpu).unwrap();
-        let e = bias_epilogue(&product, &bias, Epilogue::Gelu).unwrap_err();
+        let e = bias_epilogue(&product, &bias, Epilogue::Gelu, DType::F32).unwrap_err();
         assert!(e.to_string().contains("not (3) f32"), "{e}");
         let bias = Tensor::zeros(3, DType::F32, &candle_core::Device::Cpu).unwrap();
-        let g = Tensor::zeros((4, 3), DType::BF16, &candle_core::Device::Cpu).unwrap();
+        let g = Tensor::zeros((3, 4), DType::F32, &candle_core::Device::Cpu).unwrap();
         let e = bias_gelu_grad(&product, &bias, &g).unwrap_err();
-        assert!(e.to_string().contains("not [4, 3] f32"), "{e}");
+        assert!(e.to_string().contains("not [4, 3] f32 or BF16"), "{e}");
+        let f32_product = product.to_dtype(DType::F32).unwrap();
+        let e = bias_epilogue(&f32_product, &bias, Epilogue::Gelu, DType::BF16).unwrap_err();
+        assert!(e.to_string().contains("gives f32 or F32, not BF16"), "{e}");
     }
 }

@@ -10,34 +10,39 @@ use half::bf16;
 use super::dense::Epilogue;
 use super::fused::last_dim;
 use super::gpu_kernels::{
-    chunks, column_chunks, elementwise, launch, output, result, suffix, sum_chunks, typed, uninit,
-    view,
+    chunks, column_chunks, elementwise, launch, output, result, sum_chunks, typed, uninit, view,
 };
 
-/// The bias and the epilogue after a product, into f32.
+/// The bias and the epilogue after a product, into `out` (f32, or bf16 from a bf16 product).
 pub fn bias_epilogue(
     (ps, pl): (&CudaStorage, &Layout),
     (bs, bl): (&CudaStorage, &Layout),
     epilogue: Epilogue,
+    out: DType,
 ) -> Result<(CudaStorage, Shape)> {
-    match ps.dtype() {
-        DType::BF16 => epilogue_typed::<bf16>((ps, pl), (bs, bl), epilogue),
-        _ => epilogue_typed::<f32>((ps, pl), (bs, bl), epilogue),
+    let inputs = ((ps, pl), (bs, bl));
+    match (ps.dtype(), out) {
+        (DType::BF16, DType::BF16) => {
+            epilogue_typed::<bf16, bf16>("bias_epilogue_bf16_to_bf16", inputs, epilogue)
+        }
+        (DType::BF16, _) => epilogue_typed::<bf16, f32>("bias_epilogue_bf16", inputs, epilogue),
+        (DType::F32, _) => epilogue_typed::<f32, f32>("bias_epilogue_f32", inputs, epilogue),
+        (d, _) => candle_core::bail!("flora-bias-epilogue: a product of {d:?}"),
     }
 }
 
-fn epilogue_typed<T: CudaDType + DeviceRepr>(
-    (ps, pl): (&CudaStorage, &Layout),
-    (bs, bl): (&CudaStorage, &Layout),
+/// Launches epilogue kernel `name` on a product of `T` into `U`.
+fn epilogue_typed<T: CudaDType + DeviceRepr, U: CudaDType + DeviceRepr>(
+    name: &str,
+    ((ps, pl), (bs, bl)): ((&CudaStorage, &Layout), (&CudaStorage, &Layout)),
     epilogue: Epilogue,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "flora-bias-epilogue";
-    let name = format!("bias_epilogue_{}", suffix(ps.dtype(), OP)?);
     let dev = ps.device();
     let product = typed::<T>(ps, pl, OP)?;
     let bias = view(bs, bl, OP)?;
     let len = pl.shape().elem_count();
-    let mut y = output(dev, len)?;
+    let mut y = uninit::<U>(dev, len)?;
     let (n_i, len_u) = (last_dim(pl) as i32, len as u64);
     let (gelu, p, seed) = match epilogue {
         Epilogue::None => (0i32, 0f32, 0u64),
@@ -46,7 +51,7 @@ fn epilogue_typed<T: CudaDType + DeviceRepr>(
     };
     launch!(
         dev,
-        &name,
+        name,
         elementwise(len),
         &product,
         &bias,
@@ -57,7 +62,7 @@ fn epilogue_typed<T: CudaDType + DeviceRepr>(
         &p,
         &seed
     )?;
-    Ok(result(dev, y, pl.shape().clone()))
+    Ok((U::wrap_cuda_slice(y, dev.clone()), pl.shape().clone()))
 }
 
 /// The gradient before a GELU epilogue, in the product's type.
@@ -66,29 +71,40 @@ pub fn bias_gelu_grad(
     (bs, bl): (&CudaStorage, &Layout),
     (gs, gl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    match ps.dtype() {
-        DType::BF16 => gelu_grad_typed::<bf16>((ps, pl), (bs, bl), (gs, gl)),
-        _ => gelu_grad_typed::<f32>((ps, pl), (bs, bl), (gs, gl)),
+    let inputs = ((ps, pl), (bs, bl), (gs, gl));
+    match (ps.dtype(), gs.dtype()) {
+        (DType::BF16, DType::BF16) => {
+            gelu_grad_typed::<bf16, bf16>("bias_gelu_grad_bf16_from_bf16", inputs)
+        }
+        (DType::BF16, _) => gelu_grad_typed::<bf16, f32>("bias_gelu_grad_bf16", inputs),
+        (DType::F32, _) => gelu_grad_typed::<f32, f32>("bias_gelu_grad_f32", inputs),
+        (d, _) => candle_core::bail!("flora-bias-gelu-grad: a product of {d:?}"),
     }
 }
 
-fn gelu_grad_typed<T: CudaDType + DeviceRepr>(
-    (ps, pl): (&CudaStorage, &Layout),
-    (bs, bl): (&CudaStorage, &Layout),
-    (gs, gl): (&CudaStorage, &Layout),
+/// The storages and layouts of a product, a bias and a gradient.
+type ThreeInputs<'a> = (
+    (&'a CudaStorage, &'a Layout),
+    (&'a CudaStorage, &'a Layout),
+    (&'a CudaStorage, &'a Layout),
+);
+
+/// Launches GELU-gradient kernel `name` on a product of `T` and a gradient of `G`.
+fn gelu_grad_typed<T: CudaDType + DeviceRepr, G: CudaDType + DeviceRepr>(
+    name: &str,
+    ((ps, pl), (bs, bl), (gs, gl)): ThreeInputs<'_>,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "flora-bias-gelu-grad";
-    let name = format!("bias_gelu_grad_{}", suffix(ps.dtype(), OP)?);
     let dev = ps.device();
     let product = typed::<T>(ps, pl, OP)?;
     let bias = view(bs, bl, OP)?;
-    let g = view(gs, gl, OP)?;
+    let g = typed::<G>(gs, gl, OP)?;
     let len = pl.shape().elem_count();
     let mut dz = uninit::<T>(dev, len)?;
     let (n_i, len_u) = (last_dim(pl) as i32, len as u64);
     launch!(
         dev,
-        &name,
+        name,
         elementwise(len),
         &product,
         &bias,

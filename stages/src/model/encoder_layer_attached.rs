@@ -13,6 +13,7 @@
 //! pieces', so the layer gives what they give; a test checks its values and every gradient.
 
 use candle_core::{DType, Result, Tensor};
+use DType::F32;
 
 use super::attached::attach3;
 use super::attention_attached::attention_forward;
@@ -75,20 +76,22 @@ pub fn encoder_layer_attached(
     let compute = p.compute;
     let eps = cfg.layer_norm_eps;
     let xd = x.detach();
-    let dense = |role: &'static str, input: &Tensor, epilogue: Epilogue| {
+    let dense = |role: &'static str, input: &Tensor, epilogue: Epilogue, out: DType| {
         let w = param(&format!("{role}.weight"))?;
         let b = param(&format!("{role}.bias"))?;
         let label =
             || epilogue.forward_label(role, input.dims().last().copied().unwrap_or(0), w.dims()[0]);
-        piece(label, || dense_forward(input, &w, &b, epilogue, compute))
+        piece(label, || {
+            dense_forward(input, &w, &b, epilogue, compute, out)
+        })
     };
     let after = |d: Option<(f32, u64)>| match d {
         Some((rate, seed)) => Epilogue::Dropout { rate, seed },
         None => Epilogue::None,
     };
-    let (q, q_step) = dense("attention.self.query", &xd, Epilogue::None)?;
-    let (k, k_step) = dense("attention.self.key", &xd, Epilogue::None)?;
-    let (v, v_step) = dense("attention.self.value", &xd, Epilogue::None)?;
+    let (q, q_step) = dense("attention.self.query", &xd, Epilogue::None, F32)?;
+    let (k, k_step) = dense("attention.self.key", &xd, Epilogue::None, F32)?;
+    let (v, v_step) = dense("attention.self.value", &xd, Epilogue::None, F32)?;
     let heads = cfg.num_attention_heads;
     let (ctx, att_step) = piece(
         || ATTENTION.to_string(),
@@ -99,6 +102,7 @@ pub fn encoder_layer_attached(
         "attention.output.dense",
         &ctx,
         after(dropout.attention_output),
+        F32,
     )?;
     let (ln1w, ln1b) = (
         param("attention.output.LayerNorm.weight")?,
@@ -115,8 +119,10 @@ pub fn encoder_layer_attached(
         )
     };
     let (r1, x1, ln1_label) = residual_ln(&a, &xd, &ln1w, &ln1b)?;
-    let (h, i_step) = dense("intermediate.dense", &x1, Epilogue::Gelu)?;
-    let (o, f_step) = dense("output.dense", &h, after(dropout.output))?;
+    // The feed-forward's intermediate activation is read only by the next product: it stays in
+    // the compute type (bf16 in mixed precision), and so does its gradient.
+    let (h, i_step) = dense("intermediate.dense", &x1, Epilogue::Gelu, compute)?;
+    let (o, f_step) = dense("output.dense", &h, after(dropout.output), F32)?;
     drop(h);
     let (ln2w, ln2b) = (
         param("output.LayerNorm.weight")?,

@@ -947,6 +947,46 @@ mod tests {
         if suffix != "bf16" {
             return;
         }
+        // An output that only the next product reads stays bf16, and so does its gradient.
+        for (epilogue, gelu, p, seed) in epilogues {
+            let mut y = vec![T::default(); len];
+            launch(
+                "bias_epilogue_bf16_to_bf16",
+                elementwise(len),
+                vec![
+                    input(&product),
+                    input(&bias),
+                    output(&mut y),
+                    int(n),
+                    ulong(len as u64),
+                    int(gelu),
+                    float(p),
+                    ulong(seed),
+                ],
+            );
+            let mut want = vec![T::default(); len];
+            bias_epilogue_from(&product, &bias, epilogue, 0, &mut want);
+            let what = format!("bias_epilogue_bf16_to_bf16 {epilogue:?}");
+            assert_close(&what, &to_f(&y), &to_f(&want), tol);
+        }
+        let g_bf16: Vec<T> = g.iter().map(|&v| T::put(v)).collect();
+        let mut dz = vec![T::default(); len];
+        launch(
+            "bias_gelu_grad_bf16_from_bf16",
+            elementwise(len),
+            vec![
+                input(&product),
+                input(&bias),
+                input(&g_bf16),
+                output(&mut dz),
+                int(n),
+                ulong(len as u64),
+            ],
+        );
+        let mut want = vec![T::default(); len];
+        bias_gelu_grad_from(&product, &bias, &g_bf16, 0, &mut want);
+        let what = "bias_gelu_grad_bf16_from_bf16";
+        assert_close(what, &to_f(&dz), &to_f(&want), tol);
         for p in [0.0f32, 0.25] {
             let mut y = vec![T::default(); len];
             launch(
@@ -1000,6 +1040,7 @@ mod tests {
     #[test]
     fn the_dense_epilogues_and_their_backward_match_the_cpu_in_bf16() {
         // "bias_epilogue_bf16", "bias_gelu_grad_bf16", "dropout_to_bf16", "col_sum_chunks_bf16",
+        // "bias_epilogue_bf16_to_bf16", "bias_gelu_grad_bf16_from_bf16",
         dense_epilogue_kernels_match::<half::bf16>("bf16", 8e-3);
     }
 

@@ -264,19 +264,19 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
 
 // A dense layer's epilogue after its product (rows of n, in the products' type T): the bias
 // added, then GELU when gelu is set, else inverted dropout at p (`dropout`'s mask; none at 0),
-// into y in f32. One pass where the cast of the product to f32, the bias add and the epilogue were
-// three.
-template <typename T>
-__device__ void bias_epilogue_at(const T *product, const float *bias, float *y, int n,
+// into y of type U (f32, or bf16 where the next product reads it). One pass where the cast of the
+// product to f32, the bias add and the epilogue were three.
+template <typename T, typename U>
+__device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int n,
                                  unsigned long long len, int gelu, float p,
                                  unsigned long long seed) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= len) return;
   const float z = load(product, i) + bias[i % n];
   if (gelu)
-    y[i] = z * normcdff(z);
+    store(y, i, z * normcdff(z));
   else
-    y[i] = unit_draw(seed, i) < p ? 0.0f : z / (1.0f - p);
+    store(y, i, unit_draw(seed, i) < p ? 0.0f : z / (1.0f - p));
 }
 
 extern "C" __global__ void bias_epilogue_f32(const float *product, const float *bias, float *y,
@@ -291,15 +291,23 @@ extern "C" __global__ void bias_epilogue_bf16(const bf16_bits *product, const fl
   bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
 }
 
+extern "C" __global__ void bias_epilogue_bf16_to_bf16(const bf16_bits *product,
+                                                      const float *bias, bf16_bits *y, int n,
+                                                      unsigned long long len, int gelu, float p,
+                                                      unsigned long long seed) {
+  bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
+}
+
 // The gradient before a dense layer's GELU, in the products' type T: g GELU'(product + bias),
-// with the pre-activation recomputed from the product the forward pass kept.
-template <typename T>
-__device__ void bias_gelu_grad_at(const T *product, const float *bias, const float *g, T *dz,
-                                  int n, unsigned long long len) {
+// with the pre-activation recomputed from the product the forward pass kept; g is f32, or bf16
+// where the output was.
+template <typename T, typename G>
+__device__ void bias_gelu_grad_at(const T *product, const float *bias, const G *g, T *dz, int n,
+                                  unsigned long long len) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= len) return;
   const float z = load(product, i) + bias[i % n];
-  store(dz, i, g[i] * (normcdff(z) + z * expf(-0.5f * z * z) * 0.3989422804014327f));
+  store(dz, i, load(g, i) * (normcdff(z) + z * expf(-0.5f * z * z) * 0.3989422804014327f));
 }
 
 extern "C" __global__ void bias_gelu_grad_f32(const float *product, const float *bias,
@@ -311,6 +319,13 @@ extern "C" __global__ void bias_gelu_grad_f32(const float *product, const float 
 extern "C" __global__ void bias_gelu_grad_bf16(const bf16_bits *product, const float *bias,
                                                const float *g, bf16_bits *dz, int n,
                                                unsigned long long len) {
+  bias_gelu_grad_at(product, bias, g, dz, n, len);
+}
+
+extern "C" __global__ void bias_gelu_grad_bf16_from_bf16(const bf16_bits *product,
+                                                         const float *bias, const bf16_bits *g,
+                                                         bf16_bits *dz, int n,
+                                                         unsigned long long len) {
   bias_gelu_grad_at(product, bias, g, dz, n, len);
 }
 
