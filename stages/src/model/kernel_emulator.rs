@@ -874,6 +874,73 @@ mod tests {
         assert_close("column sums", &sums[3..], &want, 1e-5);
     }
 
+    /// Epilogue kernel `name` on a product of `T` into an output of `U`, with each epilogue,
+    /// against `bias_epilogue_from`.
+    fn check_epilogue<T, U>(name: &str, product: &[T], bias: &[f32], tol: f32)
+    where
+        T: super::super::attention_probs::Elem,
+        U: super::super::attention_probs::Elem + Default,
+    {
+        use super::super::dense::Epilogue;
+        use super::super::dense_epilogue::bias_epilogue_from;
+        let (len, n) = (product.len(), bias.len());
+        let epilogues = [
+            (Epilogue::None, 0, 0.0, 0),
+            (Epilogue::Gelu, 1, 0.0, 0),
+            (Epilogue::Dropout { rate: 0.3, seed: 9 }, 0, 0.3, 9),
+        ];
+        for (epilogue, gelu, p, seed) in epilogues {
+            let mut y = vec![U::default(); len];
+            launch(
+                name,
+                elementwise(len),
+                vec![
+                    input(product),
+                    input(bias),
+                    output(&mut y),
+                    int(n),
+                    ulong(len as u64),
+                    int(gelu),
+                    float(p),
+                    ulong(seed),
+                ],
+            );
+            let mut want = vec![U::default(); len];
+            bias_epilogue_from(product, bias, epilogue, 0, &mut want);
+            let f = |v: &[U]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+            assert_close(&format!("{name} {epilogue:?}"), &f(&y), &f(&want), tol);
+        }
+    }
+
+    /// GELU-gradient kernel `name` on a product of `T` and a gradient `g` of `G`, against
+    /// `bias_gelu_grad_from`: the kernel's result.
+    fn check_gelu_grad<T, G>(name: &str, product: &[T], bias: &[f32], g: &[G], tol: f32) -> Vec<T>
+    where
+        T: super::super::attention_probs::Elem + Default,
+        G: super::super::attention_probs::Elem,
+    {
+        use super::super::dense_epilogue::bias_gelu_grad_from;
+        let (len, n) = (product.len(), bias.len());
+        let mut dz = vec![T::default(); len];
+        launch(
+            name,
+            elementwise(len),
+            vec![
+                input(product),
+                input(bias),
+                input(g),
+                output(&mut dz),
+                int(n),
+                ulong(len as u64),
+            ],
+        );
+        let mut want = vec![T::default(); len];
+        bias_gelu_grad_from(product, bias, g, 0, &mut want);
+        let f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+        assert_close(name, &f(&dz), &f(&want), tol);
+        dz
+    }
+
     /// `bias_epilogue_{suffix}`, `bias_gelu_grad_{suffix}` (and in bf16 `dropout_to_bf16` and
     /// `col_sum_chunks_bf16`) on products of type `T`, against their CPU twins in
     /// `dense_epilogue.rs`, within `tol`.
@@ -881,112 +948,35 @@ mod tests {
     where
         T: super::super::attention_probs::Elem + Default,
     {
-        use super::super::dense::Epilogue;
-        use super::super::dense_epilogue::{
-            bias_epilogue_from, bias_gelu_grad_from, dropout_to_from,
-        };
+        use super::super::dense_epilogue::dropout_to_from;
         let to_f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
         // Not a multiple of the block, nor of the bias.
         let (rows, n) = (37, 29);
         let len = rows * n;
         let product: Vec<T> = random(len, 2.0, 51).iter().map(|&v| T::put(v)).collect();
         let bias = random(n, 1.0, 52);
-        let epilogues = [
-            (Epilogue::None, 0, 0.0, 0),
-            (Epilogue::Gelu, 1, 0.0, 0),
-            (Epilogue::Dropout { rate: 0.3, seed: 9 }, 0, 0.3, 9),
-        ];
-        for (epilogue, gelu, p, seed) in epilogues {
-            let mut y = vec![0f32; len];
-            launch(
-                &format!("bias_epilogue_{suffix}"),
-                elementwise(len),
-                vec![
-                    input(&product),
-                    input(&bias),
-                    output(&mut y),
-                    int(n),
-                    ulong(len as u64),
-                    int(gelu),
-                    float(p),
-                    ulong(seed),
-                ],
-            );
-            let mut want = vec![0f32; len];
-            bias_epilogue_from(&product, &bias, epilogue, 0, &mut want);
-            assert_close(
-                &format!("bias_epilogue_{suffix} {epilogue:?}"),
-                &y,
-                &want,
-                1e-6,
-            );
-        }
+        check_epilogue::<T, f32>(&format!("bias_epilogue_{suffix}"), &product, &bias, 1e-6);
         let g = random(len, 1.0, 53);
-        let mut dz = vec![T::default(); len];
-        launch(
+        let dz = check_gelu_grad(
             &format!("bias_gelu_grad_{suffix}"),
-            elementwise(len),
-            vec![
-                input(&product),
-                input(&bias),
-                input(&g),
-                output(&mut dz),
-                int(n),
-                ulong(len as u64),
-            ],
-        );
-        let mut want = vec![T::default(); len];
-        bias_gelu_grad_from(&product, &bias, &g, 0, &mut want);
-        assert_close(
-            &format!("bias_gelu_grad_{suffix}"),
-            &to_f(&dz),
-            &to_f(&want),
+            &product,
+            &bias,
+            &g,
             tol,
         );
-
         if suffix != "bf16" {
             return;
         }
         // An output that only the next product reads stays bf16, and so does its gradient.
-        for (epilogue, gelu, p, seed) in epilogues {
-            let mut y = vec![T::default(); len];
-            launch(
-                "bias_epilogue_bf16_to_bf16",
-                elementwise(len),
-                vec![
-                    input(&product),
-                    input(&bias),
-                    output(&mut y),
-                    int(n),
-                    ulong(len as u64),
-                    int(gelu),
-                    float(p),
-                    ulong(seed),
-                ],
-            );
-            let mut want = vec![T::default(); len];
-            bias_epilogue_from(&product, &bias, epilogue, 0, &mut want);
-            let what = format!("bias_epilogue_bf16_to_bf16 {epilogue:?}");
-            assert_close(&what, &to_f(&y), &to_f(&want), tol);
-        }
+        check_epilogue::<T, T>("bias_epilogue_bf16_to_bf16", &product, &bias, tol);
         let g_bf16: Vec<T> = g.iter().map(|&v| T::put(v)).collect();
-        let mut dz = vec![T::default(); len];
-        launch(
+        check_gelu_grad(
             "bias_gelu_grad_bf16_from_bf16",
-            elementwise(len),
-            vec![
-                input(&product),
-                input(&bias),
-                input(&g_bf16),
-                output(&mut dz),
-                int(n),
-                ulong(len as u64),
-            ],
+            &product,
+            &bias,
+            &g_bf16,
+            tol,
         );
-        let mut want = vec![T::default(); len];
-        bias_gelu_grad_from(&product, &bias, &g_bf16, 0, &mut want);
-        let what = "bias_gelu_grad_bf16_from_bf16";
-        assert_close(what, &to_f(&dz), &to_f(&want), tol);
         for p in [0.0f32, 0.25] {
             let mut y = vec![T::default(); len];
             launch(
