@@ -15,7 +15,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::fused::elems;
-use super::gpu_ops::keep;
+use super::gpu_ops::dropped;
 
 /// An element type of the scores: f32, or bf16 widened to f32 for the arithmetic.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
@@ -47,14 +47,8 @@ impl Elem for bf16 {
 /// mask of `gpu_ops::dropout`).
 fn through_dropout(v: f32, i: u64, dropout: Option<(f32, u64)>) -> f32 {
     match dropout {
-        Some((p, seed)) if p > 0.0 => {
-            if keep(seed, i, p) {
-                v / (1.0 - p)
-            } else {
-                0.0
-            }
-        }
-        _ => v,
+        Some((p, seed)) => dropped(v, p, seed, i),
+        None => v,
     }
 }
 

@@ -17,19 +17,10 @@ use rayon::prelude::*;
 use super::attention_probs::Elem;
 use super::dense::Epilogue;
 use super::fused::{elems, gelu_and_slope};
-use super::gpu_ops::keep;
+use super::gpu_ops::dropped;
 
 /// Elements handed to a thread at a time.
 const CHUNK: usize = 4096;
-
-/// `v` through inverted dropout at `p` for element `i` under `seed` (kept: `v / (1 - p)`).
-fn dropped(v: f32, p: f32, seed: u64, i: u64) -> f32 {
-    if p <= 0.0 || keep(seed, i, p) {
-        v / (1.0 - p.max(0.0))
-    } else {
-        0.0
-    }
-}
 
 /// `bias_epilogue_at` (kernels.cu) for the elements of `product` starting at flat index `first`.
 pub(crate) fn bias_epilogue_from<T: Elem, U: Elem>(

@@ -238,6 +238,16 @@ pub fn keep(seed: u64, i: u64, p: f32) -> bool {
     (z >> 40) as f32 * (1.0 / 16_777_216.0) >= p
 }
 
+/// `v` through inverted dropout at `p` for element `i` under `seed`: `v / (1 - p)` if kept,
+/// else 0 (the CPU twin of `kernels.cu`'s `dropped`).
+pub(crate) fn dropped(v: f32, p: f32, seed: u64, i: u64) -> f32 {
+    if keep(seed, i, p) {
+        v / (1.0 - p)
+    } else {
+        0.0
+    }
+}
+
 /// Inverted dropout of `y` in place, in parallel: element i is kept, divided by 1 - `p`, where
 /// `keep(seed, i, p)`, and zeroed otherwise.
 pub(crate) fn dropout_in_place(y: &mut [f32], p: f32, seed: u64) {
@@ -250,11 +260,7 @@ pub(crate) fn dropout_in_place(y: &mut [f32], p: f32, seed: u64) {
 /// thread.
 pub(crate) fn dropout_from(y: &mut [f32], p: f32, seed: u64, first: u64) {
     for (i, y) in (first..).zip(y.iter_mut()) {
-        *y = if keep(seed, i, p) {
-            *y / (1.0 - p)
-        } else {
-            0.0
-        };
+        *y = dropped(*y, p, seed, i);
     }
 }
 

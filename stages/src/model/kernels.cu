@@ -209,10 +209,17 @@ extern "C" __global__ void softmax_bwd(const float *y, const float *g, float *dx
   for (int j = threadIdx.x; j < n; j += blockDim.x) dx[off + j] = y[off + j] * (g[off + j] - s);
 }
 
+// GELU (erf form), x Phi(x), and its slope Phi(x) + x phi(x).
+__device__ __forceinline__ float gelu_of(float x) { return x * normcdff(x); }
+
+__device__ __forceinline__ float gelu_slope(float x) {
+  return normcdff(x) + x * expf(-0.5f * x * x) * 0.3989422804014327f;
+}
+
 // GELU, erf form: x Phi(x).
 extern "C" __global__ void gelu_fwd(const float *x, float *y, unsigned long long len) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) y[i] = x[i] * normcdff(x[i]);
+  if (i < len) y[i] = gelu_of(x[i]);
 }
 
 // g GELU'(x), GELU'(x) = Phi(x) + x phi(x).
@@ -221,7 +228,7 @@ extern "C" __global__ void gelu_bwd(const float *x, const float *g, float *dx,
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= len) return;
   const float v = x[i];
-  dx[i] = g[i] * (normcdff(v) + v * expf(-0.5f * v * v) * 0.3989422804014327f);
+  dx[i] = g[i] * gelu_slope(v);
 }
 
 // Rows of a table picked by ids: y[t, j] = table[ids[t], j].
@@ -255,11 +262,17 @@ __device__ __forceinline__ float unit_draw(unsigned long long seed, unsigned lon
   return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
+// v through inverted dropout at p for element i under seed: v / (1 - p) if kept, else 0.
+__device__ __forceinline__ float dropped(float v, float p, unsigned long long seed,
+                                         unsigned long long i) {
+  return unit_draw(seed, i) < p ? 0.0f : v / (1.0f - p);
+}
+
 // Inverted dropout: x / (1 - p) where the draw is at least p, else 0. Its own backward pass.
 extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned long long seed,
                                    unsigned long long len) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) y[i] = unit_draw(seed, i) < p ? 0.0f : x[i] / (1.0f - p);
+  if (i < len) y[i] = dropped(x[i], p, seed, i);
 }
 
 // A dense layer's epilogue after its product (rows of n, in the products' type T): the bias
@@ -274,9 +287,9 @@ __device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int 
   if (i >= len) return;
   const float z = load(product, i) + bias[i % n];
   if (gelu)
-    store(y, i, z * normcdff(z));
+    store(y, i, gelu_of(z));
   else
-    store(y, i, unit_draw(seed, i) < p ? 0.0f : z / (1.0f - p));
+    store(y, i, dropped(z, p, seed, i));
 }
 
 extern "C" __global__ void bias_epilogue_f32(const float *product, const float *bias, float *y,
@@ -307,7 +320,7 @@ __device__ void bias_gelu_grad_at(const T *product, const float *bias, const G *
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= len) return;
   const float z = load(product, i) + bias[i % n];
-  store(dz, i, load(g, i) * (normcdff(z) + z * expf(-0.5f * z * z) * 0.3989422804014327f));
+  store(dz, i, load(g, i) * gelu_slope(z));
 }
 
 extern "C" __global__ void bias_gelu_grad_f32(const float *product, const float *bias,
@@ -334,16 +347,16 @@ extern "C" __global__ void bias_gelu_grad_bf16_from_bf16(const bf16_bits *produc
 extern "C" __global__ void dropout_to_bf16(const float *g, bf16_bits *y, float p,
                                            unsigned long long seed, unsigned long long len) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) store(y, i, unit_draw(seed, i) < p ? 0.0f : g[i] / (1.0f - p));
+  if (i < len) store(y, i, dropped(g[i], p, seed, i));
 }
 
 // Attention probabilities from the raw scores of rows of n keys, ordered (batch, head, query),
 // rows_per_batch to a sequence: softmax over scores * scale + key_mask[batch, key] (additive: 0,
 // or a large negative for padding), into probs; and inverted dropout of them at p (`dropout`'s
-// mask over the flat index) into dropped, which the context product reads. One pass over the
+// mask over the flat index) into kept, which the context product reads. One pass over the
 // scores where scale, mask, softmax and dropout were four. T is float or bf16 bits.
 template <typename T>
-__device__ void attention_probs_rows(const T *scores, const float *key_mask, T *probs, T *dropped,
+__device__ void attention_probs_rows(const T *scores, const float *key_mask, T *probs, T *kept,
                                      int n, int rows_per_batch, float scale, float p,
                                      unsigned long long seed, float *sh) {
   const size_t off = (size_t)blockIdx.x * n;
@@ -359,24 +372,24 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
     const float y = expf(load(scores, off + j) * scale + mask[j] - m) * inv;
     store(probs, off + j, y);
-    store(dropped, off + j, unit_draw(seed, off + j) < p ? 0.0f : y / (1.0f - p));
+    store(kept, off + j, dropped(y, p, seed, off + j));
   }
 }
 
 extern "C" __global__ void attention_probs_f32(const float *scores, const float *key_mask,
-                                               float *probs, float *dropped, int n,
+                                               float *probs, float *kept, int n,
                                                int rows_per_batch, float scale, float p,
                                                unsigned long long seed) {
   __shared__ float sh[32];
-  attention_probs_rows(scores, key_mask, probs, dropped, n, rows_per_batch, scale, p, seed, sh);
+  attention_probs_rows(scores, key_mask, probs, kept, n, rows_per_batch, scale, p, seed, sh);
 }
 
 extern "C" __global__ void attention_probs_bf16(const bf16_bits *scores, const float *key_mask,
-                                                bf16_bits *probs, bf16_bits *dropped, int n,
+                                                bf16_bits *probs, bf16_bits *kept, int n,
                                                 int rows_per_batch, float scale, float p,
                                                 unsigned long long seed) {
   __shared__ float sh[32];
-  attention_probs_rows(scores, key_mask, probs, dropped, n, rows_per_batch, scale, p, seed, sh);
+  attention_probs_rows(scores, key_mask, probs, kept, n, rows_per_batch, scale, p, seed, sh);
 }
 
 // The scores' gradient from the probabilities and the gradient of the dropped probabilities:
@@ -389,12 +402,12 @@ __device__ void attention_probs_grad_rows(const T *probs, const T *grad, T *dsco
   const size_t off = (size_t)blockIdx.x * n;
   float s = 0.0f;
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const float g = unit_draw(seed, off + j) < p ? 0.0f : load(grad, off + j) / (1.0f - p);
+    const float g = dropped(load(grad, off + j), p, seed, off + j);
     s += g * load(probs, off + j);
   }
   s = block_sum(s, sh);
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const float g = unit_draw(seed, off + j) < p ? 0.0f : load(grad, off + j) / (1.0f - p);
+    const float g = dropped(load(grad, off + j), p, seed, off + j);
     store(dscores, off + j, scale * load(probs, off + j) * (g - s));
   }
 }
