@@ -11,6 +11,10 @@
 //! f32 in one copy. The scores and probabilities stay in the products' type (bf16 in mixed
 //! precision) throughout; the products read transposed operands in place. The backward pass is
 //! the four products, one pass for dropout's, softmax's and the scale's backward, and the merges.
+//!
+//! Inside the encoder layer that is one node (`encoder_layer_attached.rs`), q, k and v arrive
+//! already split into heads by their projections' product (`qkv.rs`), and the context leaves in
+//! the products' type for the output dense layer's product: [`attention_heads_forward`].
 
 use candle_core::{DType, Result, Tensor};
 
@@ -60,27 +64,61 @@ pub(crate) fn attention_forward(
 ) -> Result<(Tensor, Backward3)> {
     let (bsz, len, hidden) = q.dims3()?;
     let hd = hidden / heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     // (batch, len, hidden) f32 -> (batch, heads, len, head) in `compute`, and back.
     let split = move |t: &Tensor| -> Result<Tensor> {
         contiguous_in(&t.reshape((bsz, len, heads, hd))?.transpose(1, 2)?, compute)
     };
-    let merge = move |t: &Tensor| -> Result<Tensor> {
-        contiguous_in(&t.transpose(1, 2)?, DType::F32)?.reshape((bsz, len, hidden))
-    };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let (context, backward) =
+        attention_heads_forward([&qh, &kh, &vh], key_mask, dropout, DType::F32)?;
+    let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
+        let [dq, dk, dv] = backward(grad)?;
+        Ok([
+            merge(&dq, DType::F32)?,
+            merge(&dk, DType::F32)?,
+            merge(&dv, DType::F32)?,
+        ])
+    };
+    Ok((context, Box::new(backward)))
+}
+
+/// (batch, heads, len, head) into (batch, len, heads x head) in `dtype`, in one copy.
+fn merge(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (bsz, heads, len, hd) = t.dims4()?;
+    contiguous_in(&t.transpose(1, 2)?, dtype)?.reshape((bsz, len, heads * hd))
+}
+
+/// Attention of q, k and v already split into heads (each (batch, heads, len, head), in the
+/// products' type), with the additive key mask `key_mask` (batch, 1, 1, len) and dropout at
+/// (rate, seed) on the probabilities: the context (batch, len, hidden) in `out` (f32, or the
+/// products' type for a dense layer's product to read), and the function that gives the
+/// gradients of q, k and v, in the heads layout and the products' type, from the context's
+/// (of either type).
+pub(crate) fn attention_heads_forward(
+    [qh, kh, vh]: [&Tensor; 3],
+    key_mask: &Tensor,
+    dropout: Option<(f32, u64)>,
+    out: DType,
+) -> Result<(Tensor, Backward3)> {
+    let (bsz, heads, len, hd) = qh.dims4()?;
+    let compute = qh.dtype();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (qh, kh, vh) = (qh.clone(), kh.clone(), vh.clone());
     let scores = product(&qh, &kh.t()?)?;
     let (probs, dropped) = attention_probs(&scores, key_mask, scale, dropout)?;
     drop(scores);
-    let context = merge(&product(&dropped, &vh)?)?;
+    let context = merge(&product(&dropped, &vh)?, out)?;
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
-        let g = split(grad)?;
+        let g = contiguous_in(
+            &grad.reshape((bsz, len, heads, hd))?.transpose(1, 2)?,
+            compute,
+        )?;
         let dv = product(&dropped.t()?, &g)?;
         let dp = product(&g, &vh.t()?)?;
         let ds = attention_probs_grad(&probs, &dp, scale, dropout)?;
         let dq = product(&ds, &kh)?;
         let dk = product(&ds.t()?, &qh)?;
-        Ok([merge(&dq)?, merge(&dk)?, merge(&dv)?])
+        Ok([dq, dk, dv])
     };
     Ok((context, Box::new(backward)))
 }

@@ -33,15 +33,19 @@ pub fn dense_attached(
     let (xd, wd, bd) = (x.detach(), w.detach(), b.detach());
     let (y, backward) = dense_forward(&xd, &wd, &bd, epilogue, compute, DType::F32)?;
     let label = mirror();
+    let x_dtype = x.dtype();
     attach3([x, w, b], y, move |grad: &Tensor| {
-        backward_region(&label, || Ok(backward(grad)?.map(Some)))
+        backward_region(&label, || {
+            let [dx, dw, db] = backward(grad)?;
+            Ok([Some(dx.to_dtype(x_dtype)?), Some(dw), Some(db)])
+        })
     })
 }
 
 /// [`dense_attached`]'s forward pass on inputs that record nothing, with the output in `out`
 /// (f32; or the compute type, for an output that only the next product reads): the output, and
-/// the function that gives (dx, dW, db) from the output's gradient (dx in x's type, dW and db
-/// f32).
+/// the function that gives (dx, dW, db) from the output's gradient (dx in the compute type, for
+/// whichever pass reads it next to take as it is; dW and db f32).
 pub(crate) fn dense_forward(
     x: &Tensor,
     w: &Tensor,
@@ -58,7 +62,6 @@ pub(crate) fn dense_forward(
     let bd = b.clone();
     let xw = product(&xc, &wc.t()?)?;
     let y = bias_epilogue(&xw, &bd, epilogue, out_dtype)?.reshape((bsz, len, out))?;
-    let x_dtype = x.dtype();
     // GELU's backward pass recomputes its input from the product; the others need nothing of it.
     let kept = (epilogue == Epilogue::Gelu).then_some(xw);
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
@@ -68,9 +71,7 @@ pub(crate) fn dense_forward(
             (Epilogue::Dropout { rate, seed }, _) => dropout_to(&g, Some((rate, seed)), compute)?,
             _ => dropout_to(&g, None, compute)?,
         };
-        let dx = product(&dz, &wc)?
-            .to_dtype(x_dtype)?
-            .reshape((bsz, len, inp))?;
+        let dx = product(&dz, &wc)?.reshape((bsz, len, inp))?;
         let dw = product(&dz.t()?, &xc)?.to_dtype(DType::F32)?;
         let db = super::gpu_ops::column_sums(&dz)?;
         Ok([dx, dw, db])

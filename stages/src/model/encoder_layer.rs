@@ -329,7 +329,7 @@ impl CustomOp1 for EncoderLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::roberta::{encode_with, Positions};
+    use crate::model::roberta::{encode_with, LayerOps, Positions};
     use crate::rng::Rng;
     use crate::testing::{max_abs_diff, random_var, weighted_grads};
     use candle_core::Device;
@@ -355,14 +355,14 @@ mod tests {
             })
             .collect();
         let weights = random_var(&[3, 20, 32], 1.0, 9);
-        let run = |whole: bool| {
+        let run = |ops: LayerOps| {
             let mut drng = Rng::new(5);
-            let y = encode_with(&p, &cfg, &ids, Some(&mut drng), &Device::Cpu, whole).unwrap();
+            let y = encode_with(&p, &cfg, &ids, Some(&mut drng), &Device::Cpu, ops).unwrap();
             let grads = p.grads(&weighted_grads(&y, weights.as_tensor()));
             (y, grads)
         };
-        let (y1, g1) = run(true);
-        let (y2, g2) = run(false);
+        let (y1, g1) = run(LayerOps::Fastest);
+        let (y2, g2) = run(LayerOps::Pieces);
         assert!(max_abs_diff(&y1, &y2) < 1e-5, "{}", max_abs_diff(&y1, &y2));
         let mut names: Vec<&String> = g2.keys().collect();
         names.sort();

@@ -475,10 +475,42 @@ impl candle_core::CustomOp3 for LayerNorm {
     }
 }
 
-/// LayerNorm's gradients from its input x, weight w and the output's gradient g, packed in one
-/// vector (a custom op has one result): dx (x's elements), then dw and db.
+/// LayerNorm's gradients from its input x, weight w and the output's gradient g (plus `extra`, a
+/// second gradient of the same output, f32 or bf16, where there is one), packed in one vector (a
+/// custom op has one result): dx (x's elements), then dw and db.
 struct LayerNormGrad {
     eps: f64,
+    extra: Option<Tensor>,
+}
+
+impl LayerNormGrad {
+    /// `gs` plus the extra gradient on the CPU, or `None` without one.
+    fn total_on_cpu(&self, gs: &[f32]) -> Result<Option<Vec<f32>>> {
+        let Some(extra) = &self.extra else {
+            return Ok(None);
+        };
+        let op = candle_core::CustomOp3::name(self);
+        let (guard, layout) = extra.storage_and_layout();
+        let candle_core::Storage::Cpu(s) = &*guard else {
+            candle_core::bail!("{op}: the second gradient is not on the CPU")
+        };
+        let values: Vec<f32> = match s {
+            CpuStorage::F32(_) => elems::<f32>(s, layout, op)?.to_vec(),
+            CpuStorage::BF16(_) => elems::<half::bf16>(s, layout, op)?
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            s => candle_core::bail!("{op}: a second gradient of {:?}", s.dtype()),
+        };
+        if values.len() != gs.len() {
+            candle_core::bail!(
+                "{op}: a second gradient of {} elements for {}",
+                values.len(),
+                gs.len()
+            );
+        }
+        Ok(Some(gs.iter().zip(values).map(|(g, e)| g + e).collect()))
+    }
 }
 
 impl candle_core::CustomOp3 for LayerNormGrad {
@@ -498,6 +530,8 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         let xs = data(s1, l1, self.name())?;
         let ws = data(s2, l2, self.name())?;
         let gs = data(s3, l3, self.name())?;
+        let total = self.total_on_cpu(gs)?;
+        let gs = total.as_deref().unwrap_or(gs);
         let (n, len) = (ws.len(), xs.len());
         let mut packed = vec![0f32; len + 2 * n];
         let (dx, sums) = packed.split_at_mut(len);
@@ -516,7 +550,15 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::fused_cuda::layer_norm_grad([(s1, l1), (s2, l2), (s3, l3)], self.eps)
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+        let Some(extra) = &self.extra else {
+            return super::fused_cuda::layer_norm_grad(inputs, self.eps, None);
+        };
+        let (guard, layout) = extra.storage_and_layout();
+        let candle_core::Storage::Cuda(e) = &*guard else {
+            candle_core::bail!("{}: the second gradient is not on the GPU", self.name())
+        };
+        super::fused_cuda::layer_norm_grad(inputs, self.eps, Some((e, layout)))
     }
 }
 
@@ -535,12 +577,37 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// LayerNorm's gradients (dx, dw, db) from its input `x`, its weight `w` and its output's
 /// gradient, fused (see [`applies`]), recording nothing for autograd.
 pub fn layer_norm_backward(x: &Tensor, w: &Tensor, grad: &Tensor, eps: f64) -> Result<[Tensor; 3]> {
+    layer_norm_backward_plus(x, w, grad, None, eps)
+}
+
+/// [`layer_norm_backward`] for an output with two gradients, `grad` (f32) and `extra` (f32 or
+/// bf16; where the output feeds both a residual and a product), added inside the pass that reads
+/// them instead of in one of their own.
+pub fn layer_norm_backward_plus(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    extra: Option<&Tensor>,
+    eps: f64,
+) -> Result<[Tensor; 3]> {
+    if let Some(e) = extra {
+        if e.dims() != grad.dims() || !matches!(e.dtype(), DType::F32 | DType::BF16) {
+            candle_core::bail!(
+                "flora-layer-norm-grad: a second gradient of {:?} {:?} for {:?}",
+                e.dims(),
+                e.dtype(),
+                grad.dims()
+            );
+        }
+    }
     let (len, n) = (x.elem_count(), w.elem_count());
-    let packed = x.contiguous()?.apply_op3_no_bwd(
-        &w.contiguous()?,
-        &grad.contiguous()?,
-        &LayerNormGrad { eps },
-    )?;
+    let op = LayerNormGrad {
+        eps,
+        extra: extra.map(Tensor::contiguous).transpose()?,
+    };
+    let packed = x
+        .contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &op)?;
     Ok([
         packed.narrow(0, 0, len)?.reshape(x.shape())?,
         packed.narrow(0, len, n)?.reshape(w.shape())?,

@@ -3,7 +3,7 @@
 //! contiguous f32 (u32 for ids), as the ops' CPU sides require.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
 use super::fused::last_dim;
 use super::gpu_kernels::{
@@ -99,50 +99,91 @@ pub fn layer_norm(inputs: [(&CudaStorage, &Layout); 3], eps: f64) -> Result<(Cud
     Ok(result(dev, y, xl.shape().clone()))
 }
 
-/// LayerNorm's gradients packed in one vector: dx (the input's elements), then dw and db.
+/// LayerNorm's gradients packed in one vector: dx (the input's elements), then dw and db; the
+/// output's gradient is g plus `extra` (f32 or bf16) where there is one.
 pub fn layer_norm_grad(
     inputs: [(&CudaStorage, &Layout); 3],
     eps: f64,
+    extra: Option<(&CudaStorage, &Layout)>,
 ) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-layer-norm-grad";
     let [(xs, xl), (ws, wl), (gs, gl)] = inputs;
     let dev = xs.device();
-    let x = view(xs, xl, "flora-layer-norm-grad")?;
-    let w = view(ws, wl, "flora-layer-norm-grad")?;
-    let g = view(gs, gl, "flora-layer-norm-grad")?;
+    let x = view(xs, xl, OP)?;
+    let w = view(ws, wl, OP)?;
+    let g = view(gs, gl, OP)?;
     let (len, n) = (xl.shape().elem_count(), last_dim(xl));
     let rows = len / n;
     let mut packed = output(dev, len + 2 * n)?;
     let mut stats = output(dev, 2 * rows)?;
     let (n_i, rows_i, eps) = (n as i32, rows as i32, eps as f32);
-    launch!(
-        dev,
-        "ln_bwd_rows",
-        per_row(rows, n),
-        &x,
-        &w,
-        &g,
-        &mut packed,
-        &mut stats,
-        &n_i,
-        &eps
-    )?;
     let (per, count) = chunks(rows);
     let mut partial = output(dev, count * 2 * n)?;
     let per_i = per as i32;
-    launch!(
-        dev,
-        "ln_bwd_cols",
-        column_chunks(n, count),
-        &x,
-        &g,
-        &stats,
-        &mut partial,
-        &rows_i,
-        &n_i,
-        &per_i
-    )?;
+    let (row_cfg, col_cfg) = (per_row(rows, n), column_chunks(n, count));
+    // The same two launches with and without the second gradient, which follows g.
+    macro_rules! launch_both {
+        ($rows:expr, $cols:expr $(, $extra:expr)?) => {{
+            launch!(
+                dev, $rows, row_cfg, &x, &w, &g, $($extra,)? &mut packed, &mut stats, &n_i, &eps
+            )?;
+            launch!(
+                dev, $cols, col_cfg, &x, &g, $($extra,)? &stats, &mut partial, &rows_i, &n_i,
+                &per_i
+            )?;
+        }};
+    }
+    match extra {
+        None => launch_both!("ln_bwd_rows", "ln_bwd_cols"),
+        Some((es, el)) => match es.dtype() {
+            DType::BF16 => {
+                let e = typed::<half::bf16>(es, el, OP)?;
+                launch_both!("ln_bwd_rows_plus_bf16", "ln_bwd_cols_plus_bf16", &e)
+            }
+            _ => {
+                let e = view(es, el, OP)?;
+                launch_both!("ln_bwd_rows_plus_f32", "ln_bwd_cols_plus_f32", &e)
+            }
+        },
+    }
     sum_chunks(dev, &partial, &mut packed, len, 2 * n, count)?;
     Ok(result(dev, packed, Shape::from(len + 2 * n)))
+}
+
+/// The residual sum y + r and its LayerNorm, packed as (2, y's shape).
+pub fn residual_layer_norm(
+    inputs: [(&CudaStorage, &Layout); 4],
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-residual-layer-norm";
+    let [(ys, yl), (rs, rl), (ws, wl), (bs, bl)] = inputs;
+    let dev = ys.device();
+    let (y, r, w, b) = (
+        view(ys, yl, OP)?,
+        view(rs, rl, OP)?,
+        view(ws, wl, OP)?,
+        view(bs, bl, OP)?,
+    );
+    let (len, n) = (yl.shape().elem_count(), last_dim(yl));
+    let mut packed = output(dev, 2 * len)?;
+    let (mut sum, mut out) = packed.split_at_mut(len);
+    let (n_i, eps) = (n as i32, eps as f32);
+    launch!(
+        dev,
+        "add_ln_fwd",
+        per_row(len / n, n),
+        &y,
+        &r,
+        &w,
+        &b,
+        &mut sum,
+        &mut out,
+        &n_i,
+        &eps
+    )?;
+    let mut dims = vec![2];
+    dims.extend_from_slice(yl.dims());
+    Ok(result(dev, packed, Shape::from(dims)))
 }
 
 /// Rows of a (rows, n) table picked by u32 ids.

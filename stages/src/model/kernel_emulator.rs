@@ -345,6 +345,7 @@ pub fn launch(name: &str, shape: LaunchShape, args: Vec<Arg<'_>>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::attention_probs::Elem;
     use super::super::fused::{
         gelu_and_slope, layer_norm_rows, layer_norm_rows_backward, softmax_in_place,
     };
@@ -499,45 +500,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn layer_norm_backward_matches_the_cpu() {
+    /// `ln_bwd_rows` and `ln_bwd_cols` (with `plus`, their `_plus_{suffix}` twins, which add a
+    /// second gradient `extra` as they read g), then `sum_chunks`, against the CPU's backward pass
+    /// of the summed gradient.
+    fn check_layer_norm_backward<E: Elem>(plus: Option<(&str, &[E])>) {
         // 150 rows: three chunks of the column sums, the last one short.
         let (rows, n) = (150, 70);
         let x = random(rows * n, 1.5, 4);
         let w = random(n, 1.0, 5);
         let g = random(rows * n, 1.0, 6);
         let len = rows * n;
+        let (rows_kernel, cols_kernel) = match plus {
+            Some((suffix, _)) => (
+                format!("ln_bwd_rows_plus_{suffix}"),
+                format!("ln_bwd_cols_plus_{suffix}"),
+            ),
+            None => ("ln_bwd_rows".to_string(), "ln_bwd_cols".to_string()),
+        };
+        let extra = plus.map(|(_, e)| e);
         let mut packed = vec![f32::NAN; len + 2 * n];
         let mut stats = vec![f32::NAN; 2 * rows];
-        launch(
-            "ln_bwd_rows",
-            per_row(rows, n),
-            vec![
-                input(&x),
-                input(&w),
-                input(&g),
-                output(&mut packed),
-                output(&mut stats),
-                int(n),
-                float(1e-5),
-            ],
-        );
+        let mut args = vec![input(&x), input(&w), input(&g)];
+        args.extend(extra.map(input));
+        args.extend([output(&mut packed), output(&mut stats), int(n), float(1e-5)]);
+        launch(&rows_kernel, per_row(rows, n), args);
         let (per, count) = chunks(rows);
         assert_eq!(count, 3);
         let mut partial = vec![f32::NAN; count * 2 * n];
-        launch(
-            "ln_bwd_cols",
-            column_chunks(n, count),
-            vec![
-                input(&x),
-                input(&g),
-                input(&stats),
-                output(&mut partial),
-                int(rows),
-                int(n),
-                int(per),
-            ],
-        );
+        let mut args = vec![input(&x), input(&g)];
+        args.extend(extra.map(input));
+        args.extend([
+            input(&stats),
+            output(&mut partial),
+            int(rows),
+            int(n),
+            int(per),
+        ]);
+        launch(&cols_kernel, column_chunks(n, count), args);
         launch(
             "sum_chunks",
             elementwise(2 * n),
@@ -549,11 +548,115 @@ mod tests {
                 int(count),
             ],
         );
+        let total: Vec<f32> = match plus {
+            Some((_, e)) => g.iter().zip(e).map(|(g, e)| g + e.get()).collect(),
+            None => g.clone(),
+        };
         let (mut dx, mut dw, mut db) = (vec![0f32; len], vec![0f32; n], vec![0f32; n]);
-        layer_norm_rows_backward(&x, &w, &g, 1e-5, &mut dx, (&mut dw, &mut db));
-        assert_close("dx", &packed[..len], &dx, 1e-4);
-        assert_close("dw", &packed[len..len + n], &dw, 1e-4);
-        assert_close("db", &packed[len + n..], &db, 1e-4);
+        layer_norm_rows_backward(&x, &w, &total, 1e-5, &mut dx, (&mut dw, &mut db));
+        assert_close(&format!("{rows_kernel} dx"), &packed[..len], &dx, 1e-4);
+        assert_close(
+            &format!("{cols_kernel} dw"),
+            &packed[len..len + n],
+            &dw,
+            1e-4,
+        );
+        assert_close(&format!("{cols_kernel} db"), &packed[len + n..], &db, 1e-4);
+    }
+
+    #[test]
+    fn layer_norm_backward_matches_the_cpu() {
+        // "ln_bwd_rows", "ln_bwd_cols", "sum_chunks",
+        check_layer_norm_backward::<f32>(None);
+    }
+
+    #[test]
+    fn layer_norm_backward_adds_a_second_gradient_in_f32_and_bf16() {
+        // "ln_bwd_rows_plus_f32", "ln_bwd_cols_plus_f32",
+        // "ln_bwd_rows_plus_bf16", "ln_bwd_cols_plus_bf16",
+        let extra = random(150 * 70, 1.0, 7);
+        check_layer_norm_backward(Some(("f32", &extra)));
+        let extra: Vec<half::bf16> = extra.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        check_layer_norm_backward(Some(("bf16", &extra)));
+    }
+
+    #[test]
+    fn the_residual_add_and_layer_norm_match_the_cpu() {
+        for (rows, n) in [(5, 50), (4, 300)] {
+            let (y, r) = (random(rows * n, 1.0, 11), random(rows * n, 2.0, 12));
+            let (w, b) = (random(n, 1.0, 13), random(n, 1.0, 14));
+            let (mut sum, mut out) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+            launch(
+                "add_ln_fwd",
+                per_row(rows, n),
+                vec![
+                    input(&y),
+                    input(&r),
+                    input(&w),
+                    input(&b),
+                    output(&mut sum),
+                    output(&mut out),
+                    int(n),
+                    float(1e-5),
+                ],
+            );
+            let want: Vec<f32> = y.iter().zip(&r).map(|(y, r)| y + r).collect();
+            assert_eq!(sum, want, "add_ln_fwd's sums");
+            assert_close(
+                "add_ln_fwd",
+                &out,
+                &layer_norm_rows(&want, &w, &b, 1e-5),
+                1e-5,
+            );
+        }
+    }
+
+    /// `qkv_heads_{suffix}` and `qkv_merge_{suffix}` on values of `T`, against their CPU twins in
+    /// `qkv.rs`: the same values, placed the same.
+    fn qkv_kernels_match<T: Elem + Default>(suffix: &str) {
+        use super::super::qkv::{qkv_heads_cpu, qkv_merge_cpu, Heads};
+        let values = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+        // Heads of 5 features, 3 of them, 2 sequences of 7: no length a multiple of another.
+        let s = Heads {
+            batch: 2,
+            len: 7,
+            heads: 3,
+            head_dim: 5,
+        };
+        let width = 3 * s.hidden();
+        let total = s.rows() * width;
+        let product: Vec<T> = random(total, 1.0, 61).iter().map(|&v| T::put(v)).collect();
+        let bias = random(width, 1.0, 62);
+        let mut heads_out = vec![T::default(); total];
+        let shape_args = || {
+            [
+                int(s.len),
+                int(s.heads),
+                int(s.head_dim),
+                ulong(total as u64),
+            ]
+        };
+        let mut args = vec![input(&product), input(&bias), output(&mut heads_out)];
+        args.extend(shape_args());
+        launch(&format!("qkv_heads_{suffix}"), elementwise(total), args);
+        let want = qkv_heads_cpu(&product, &bias, s);
+        assert_eq!(values(&heads_out), values(&want), "qkv_heads_{suffix}");
+        let g: Vec<T> = random(total, 1.0, 63).iter().map(|&v| T::put(v)).collect();
+        let per = total / 3;
+        let (dq, dk, dv) = (&g[..per], &g[per..2 * per], &g[2 * per..]);
+        let mut merged = vec![T::default(); total];
+        let mut args = vec![input(dq), input(dk), input(dv), output(&mut merged)];
+        args.extend(shape_args());
+        launch(&format!("qkv_merge_{suffix}"), elementwise(total), args);
+        let want = qkv_merge_cpu([dq, dk, dv], s);
+        assert_eq!(values(&merged), values(&want), "qkv_merge_{suffix}");
+    }
+
+    #[test]
+    fn the_projections_heads_and_their_merge_match_the_cpu() {
+        // "qkv_heads_f32", "qkv_merge_f32", "qkv_heads_bf16", "qkv_merge_bf16",
+        qkv_kernels_match::<f32>("f32");
+        qkv_kernels_match::<half::bf16>("bf16");
     }
 
     #[test]

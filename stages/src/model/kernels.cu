@@ -85,20 +85,41 @@ extern "C" __global__ void ln_fwd(const float *x, const float *w, const float *b
   for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
 }
 
-// LayerNorm's input gradient, one block per row, into dx; the row's mean and rstd into
-// stats[2 row], stats[2 row + 1] for `ln_bwd_cols`.
-extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const float *g, float *dx,
-                                       float *stats, int n, float eps) {
+// LayerNorm of the residual sum y + r over rows of n: the sum into sum (the backward pass's
+// input) and its LayerNorm into out, in one pass where the residual add and LayerNorm were two.
+// Each thread reads back only the sums it wrote.
+extern "C" __global__ void add_ln_fwd(const float *y, const float *r, const float *w,
+                                      const float *b, float *sum, float *out, int n, float eps) {
   __shared__ float sh[32];
-  const size_t row = blockIdx.x;
-  const float *xr = x + row * n;
-  const float *gr = g + row * n;
-  float *dr = dx + row * n;
+  const size_t off = (size_t)blockIdx.x * n;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) sum[off + j] = y[off + j] + r[off + j];
+  const float2 m = row_moments(sum + off, n, eps, sh);
+  const float mean = m.x, rstd = m.y;
+  for (int j = threadIdx.x; j < n; j += blockDim.x)
+    out[off + j] = (sum[off + j] - mean) * rstd * w[j] + b[j];
+}
+
+// LayerNorm's output gradient: g, plus a second gradient `extra` of the same output where there
+// is one (the residual stream's, added here instead of in a pass of its own; f32 or bf16).
+template <typename E>
+__device__ __forceinline__ float grad_plus(const float *g, const E *extra, size_t i) {
+  return extra ? g[i] + load(extra, i) : g[i];
+}
+
+// LayerNorm's input gradient, one block per row, into dx; the row's mean and rstd into
+// stats[2 row], stats[2 row + 1] for `ln_bwd_cols_at`.
+template <typename E>
+__device__ void ln_bwd_rows_at(const float *x, const float *w, const float *g, const E *extra,
+                               float *dx, float *stats, int n, float eps) {
+  __shared__ float sh[32];
+  const size_t row = blockIdx.x, off = row * n;
+  const float *xr = x + off;
+  float *dr = dx + off;
   const float2 m = row_moments(xr, n, eps, sh);
   const float mean = m.x, rstd = m.y;
   float sgw = 0.0f, sgwx = 0.0f;
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const float gw = gr[j] * w[j];
+    const float gw = grad_plus(g, extra, off + j) * w[j];
     sgw += gw;
     sgwx += gw * (xr[j] - mean) * rstd;
   }
@@ -106,7 +127,7 @@ extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const flo
   const float m2 = block_sum(sgwx, sh) / n;
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
     const float xhat = (xr[j] - mean) * rstd;
-    dr[j] = rstd * (gr[j] * w[j] - m1 - xhat * m2);
+    dr[j] = rstd * (grad_plus(g, extra, off + j) * w[j] - m1 - xhat * m2);
   }
   if (threadIdx.x == 0) {
     stats[2 * row] = mean;
@@ -114,10 +135,29 @@ extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const flo
   }
 }
 
+extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const float *g, float *dx,
+                                       float *stats, int n, float eps) {
+  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, n, eps);
+}
+
+extern "C" __global__ void ln_bwd_rows_plus_f32(const float *x, const float *w, const float *g,
+                                                const float *extra, float *dx, float *stats,
+                                                int n, float eps) {
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, n, eps);
+}
+
+extern "C" __global__ void ln_bwd_rows_plus_bf16(const float *x, const float *w, const float *g,
+                                                 const bf16_bits *extra, float *dx,
+                                                 float *stats, int n, float eps) {
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, n, eps);
+}
+
 // Per chunk of rows (blockIdx.y), partial sums over its rows of g * xhat (dw) and g (db) for 32
 // columns (blockIdx.x); block (32, 8). partial[chunk * 2n + j] is dw's, [chunk * 2n + n + j] db's.
-extern "C" __global__ void ln_bwd_cols(const float *x, const float *g, const float *stats,
-                                       float *partial, int rows, int n, int rows_per_chunk) {
+template <typename E>
+__device__ void ln_bwd_cols_at(const float *x, const float *g, const E *extra,
+                               const float *stats, float *partial, int rows, int n,
+                               int rows_per_chunk) {
   __shared__ float sw[8][33], sb[8][33];
   const int j = blockIdx.x * 32 + threadIdx.x;
   const int r0 = blockIdx.y * rows_per_chunk;
@@ -126,7 +166,7 @@ extern "C" __global__ void ln_bwd_cols(const float *x, const float *g, const flo
   if (j < n) {
     for (int r = r0 + threadIdx.y; r < r1; r += 8) {
       const size_t i = (size_t)r * n + j;
-      const float gv = g[i];
+      const float gv = grad_plus(g, extra, i);
       dw += gv * (x[i] - stats[2 * r]) * stats[2 * r + 1];
       db += gv;
     }
@@ -142,6 +182,25 @@ extern "C" __global__ void ln_bwd_cols(const float *x, const float *g, const flo
     partial[(size_t)blockIdx.y * 2 * n + j] = dw;
     partial[(size_t)blockIdx.y * 2 * n + n + j] = db;
   }
+}
+
+extern "C" __global__ void ln_bwd_cols(const float *x, const float *g, const float *stats,
+                                       float *partial, int rows, int n, int rows_per_chunk) {
+  ln_bwd_cols_at(x, g, (const float *)0, stats, partial, rows, n, rows_per_chunk);
+}
+
+extern "C" __global__ void ln_bwd_cols_plus_f32(const float *x, const float *g,
+                                                const float *extra, const float *stats,
+                                                float *partial, int rows, int n,
+                                                int rows_per_chunk) {
+  ln_bwd_cols_at(x, g, extra, stats, partial, rows, n, rows_per_chunk);
+}
+
+extern "C" __global__ void ln_bwd_cols_plus_bf16(const float *x, const float *g,
+                                                 const bf16_bits *extra, const float *stats,
+                                                 float *partial, int rows, int n,
+                                                 int rows_per_chunk) {
+  ln_bwd_cols_at(x, g, extra, stats, partial, rows, n, rows_per_chunk);
 }
 
 // Per chunk of rows (blockIdx.y), partial column sums of g (rows x n) for 32 columns; block
@@ -425,6 +484,70 @@ extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
                                                      unsigned long long seed) {
   __shared__ float sh[32];
   attention_probs_grad_rows(probs, grad, dscores, n, scale, p, seed, sh);
+}
+
+// The attention's query, key and value projections taken as one product, x [Wq; Wk; Wv]^T: rows
+// (batch x len) by 3 hidden columns. Element i's place in the heads layout (3, batch, heads, len,
+// head_dim) that the score and context products read.
+__device__ __forceinline__ size_t heads_place(size_t i, int len, int heads, int head_dim,
+                                              size_t rows) {
+  const size_t hidden = (size_t)heads * head_dim;
+  const size_t row = i / (3 * hidden), col = i % (3 * hidden);
+  const size_t which = col / hidden, c = col % hidden;
+  const size_t b = row / len, t = row % len;
+  const size_t head = (which * (rows / len) + b) * heads + c / head_dim;
+  return (head * len + t) * head_dim + c % head_dim;
+}
+
+// q, k and v from their projections' product (T) plus the bias, in T and in the heads layout: one
+// pass where three bias passes and three head splits were six.
+template <typename T>
+__device__ void qkv_heads_at(const T *product, const float *bias, T *heads_out, int len,
+                             int heads, int head_dim, unsigned long long total) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const size_t width = 3 * (size_t)heads * head_dim;
+  const size_t at = heads_place(i, len, heads, head_dim, total / width);
+  store(heads_out, at, load(product, i) + bias[i % width]);
+}
+
+extern "C" __global__ void qkv_heads_f32(const float *product, const float *bias,
+                                         float *heads_out, int len, int heads, int head_dim,
+                                         unsigned long long total) {
+  qkv_heads_at(product, bias, heads_out, len, heads, head_dim, total);
+}
+
+extern "C" __global__ void qkv_heads_bf16(const bf16_bits *product, const float *bias,
+                                          bf16_bits *heads_out, int len, int heads, int head_dim,
+                                          unsigned long long total) {
+  qkv_heads_at(product, bias, heads_out, len, heads, head_dim, total);
+}
+
+// The projections' gradient (rows, 3 hidden) from the gradients of q, k and v in the heads
+// layout (each (batch, heads, len, head_dim), in T): qkv_heads' placement undone, one pass where
+// three head merges and three casts were six.
+template <typename T>
+__device__ void qkv_merge_at(const T *dq, const T *dk, const T *dv, T *out, int len, int heads,
+                             int head_dim, unsigned long long total) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const size_t per = total / 3;
+  const size_t at = heads_place(i, len, heads, head_dim, per / ((size_t)heads * head_dim));
+  const size_t which = at / per;
+  const T *src = which == 0 ? dq : (which == 1 ? dk : dv);
+  out[i] = src[at - which * per];
+}
+
+extern "C" __global__ void qkv_merge_f32(const float *dq, const float *dk, const float *dv,
+                                         float *out, int len, int heads, int head_dim,
+                                         unsigned long long total) {
+  qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, total);
+}
+
+extern "C" __global__ void qkv_merge_bf16(const bf16_bits *dq, const bf16_bits *dk,
+                                          const bf16_bits *dv, bf16_bits *out, int len,
+                                          int heads, int head_dim, unsigned long long total) {
+  qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, total);
 }
 
 // LAMB's update direction for one element: the bias-corrected Adam step plus decoupled weight

@@ -36,6 +36,10 @@ pub mod layers;
 pub mod mutagenesis;
 pub mod predictor;
 pub mod pretrain;
+pub mod qkv;
+#[cfg(feature = "cuda")]
+mod qkv_cuda;
+pub mod residual_norm;
 pub mod roberta;
 pub mod step_profile;
 pub mod throughput;

@@ -442,18 +442,32 @@ pub fn encode(
     rng: Option<&mut Rng>,
     device: &Device,
 ) -> Result<Tensor> {
-    encode_with(p, cfg, ids, rng, device, true)
+    encode_with(p, cfg, ids, rng, device, LayerOps::Fastest)
 }
 
-/// [`encode`], with each layer's pieces as separate ops where `whole_layers` is false (what GPUs
-/// and bf16 run; the tests compare the two).
+/// How [`encode_with`] runs each encoder layer. Training runs the fastest; the tests compare it
+/// with the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum LayerOps {
+    /// The fastest that applies: one op for f32 on the CPU (`encoder_layer.rs`), one attached node
+    /// on GPUs and in mixed precision (`encoder_layer_attached.rs`), separate pieces for frozen
+    /// weights.
+    Fastest,
+    /// One attached node wherever the weights are trainable, on the CPU in f32 too.
+    Attached,
+    /// Separate pieces, each its own op or node.
+    Pieces,
+}
+
+/// [`encode`], with each layer's ops chosen by `ops`.
 pub(crate) fn encode_with(
     p: &Params,
     cfg: &Config,
     ids: &[Vec<u32>],
     mut rng: Option<&mut Rng>,
     device: &Device,
-    whole_layers: bool,
+    ops: LayerOps,
 ) -> Result<Tensor> {
     let (bsz, len) = (ids.len(), ids[0].len());
     seed_device(device, rng.as_deref_mut())?;
@@ -488,7 +502,7 @@ pub(crate) fn encode_with(
     let key_mask = Tensor::from_vec(key_mask_rows.clone(), (bsz, 1, 1, len), device)?;
     let heads = cfg.num_attention_heads;
     for l in 0..cfg.num_hidden_layers {
-        if whole_layers && super::encoder_layer::applies(&x, p) {
+        if ops == LayerOps::Fastest && super::encoder_layer::applies(&x, p) {
             let dropout = LayerDropout {
                 attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
                 attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
@@ -500,7 +514,12 @@ pub(crate) fn encode_with(
             )?;
             continue;
         }
-        if whole_layers && super::encoder_layer_attached::applies(&x, p) {
+        let attached = match ops {
+            LayerOps::Fastest => super::encoder_layer_attached::applies(&x, p),
+            LayerOps::Attached => !p.frozen,
+            LayerOps::Pieces => false,
+        };
+        if attached {
             let dropout = LayerDropout {
                 attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
                 attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
