@@ -88,8 +88,8 @@ fn bench_times_training_steps_in_both_precisions() {
 #[test]
 fn bench_profiles_where_a_steps_time_goes() {
     let p = Project::new();
-    // bf16 runs the pieces separately: each dense layer, attention and LayerNorm has its own
-    // regions, forward and backward, one lap per layer.
+    // bf16 runs each layer as one node of separately timed pieces: each dense layer, attention
+    // and LayerNorm has its own regions, forward and backward, one lap per layer.
     let out = p.ok(&refs(&tiny(&[
         ("--profile", ""),
         ("--precision", "bf16"),
@@ -112,7 +112,15 @@ fn bench_profiles_where_a_steps_time_goes() {
     assert_eq!(laps("forward: intermediate.dense 32 -> 64, GELU"), 2);
     assert_eq!(laps("backward: intermediate.dense 32 -> 64, GELU"), 2);
     assert_eq!(laps("forward: output.dense 64 -> 32, dropout"), 2);
-    assert_eq!(laps("backward: attention.self.query 32 -> 32"), 2);
+    // q, k and v are one product.
+    assert_eq!(
+        laps("forward: attention.self.query, key, value 32 -> 3 x 32"),
+        2
+    );
+    assert_eq!(
+        laps("backward: attention.self.query, key, value 32 -> 3 x 32"),
+        2
+    );
     // Two per layer; the LayerNorms' backward passes are reported beside them.
     assert_eq!(laps("forward: residual add + LayerNorm"), 4);
     assert_eq!(laps("backward: residual add + LayerNorm"), 4);
@@ -125,16 +133,22 @@ fn bench_profiles_where_a_steps_time_goes() {
     ] {
         laps(label);
     }
-    let total: f64 = regions.iter().map(|r| r["seconds"].as_f64().unwrap()).sum();
-    let step = v["seconds_per_step"].as_f64().unwrap();
-    assert!(
-        step > 0.0 && (total - step).abs() < 1e-9 * step.max(1.0),
-        "{v}"
-    );
+    for (each, whole) in [
+        ("seconds", "seconds_per_step"),
+        ("host_seconds", "host_seconds_per_step"),
+    ] {
+        let total: f64 = regions.iter().map(|r| r[each].as_f64().unwrap()).sum();
+        let step = v[whole].as_f64().unwrap();
+        assert!(
+            step > 0.0 && (total - step).abs() < 1e-9 * step.max(1.0),
+            "{each}: {v}"
+        );
+    }
     // f32 on the CPU runs each encoder layer as one op; the table says so.
     let out = p.ok(&refs(&tiny(&[("--profile", "")])));
     for piece in [
         "where a step's time goes",
+        "host ms",
         "forward: encoder layer (one op)",
         "backward: encoder layer (one op)",
         "LAMB update",

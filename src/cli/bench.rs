@@ -147,20 +147,36 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The profile as a table: milliseconds per step, share of the step, laps per step, label.
+/// The profile as a table: milliseconds per step on the device and on the host, share of the
+/// step, laps per step, label.
 fn print_profile(prof: &throughput::StepProfile) -> anyhow::Result<()> {
     outln!(
-        "{} {:?}: where a step's time goes (mean of {} profiled steps, {:.4} s per step)",
+        "{} {:?}: where a step's time goes (mean of {} profiled steps, {:.4} s per step; the host \
+         issued it in {:.4} s)",
         prof.device,
         prof.precision,
         prof.steps,
-        prof.seconds_per_step
+        prof.seconds_per_step,
+        prof.host_seconds_per_step
     );
-    outln!("{:>10}  {:>6}  {:>5}  region", "ms/step", "share", "laps");
+    if !prof.device.starts_with("cpu") {
+        outln!(
+            "(host ms: the host's time issuing a region's kernels; where it comes close to the \
+             region's ms, the card waited on launches)"
+        );
+    }
+    outln!(
+        "{:>10}  {:>8}  {:>6}  {:>5}  region",
+        "ms/step",
+        "host ms",
+        "share",
+        "laps"
+    );
     for r in &prof.regions {
         outln!(
-            "{:>10.3}  {:>5.1}%  {:>5}  {}",
+            "{:>10.3}  {:>8.3}  {:>5.1}%  {:>5}  {}",
             r.seconds * 1e3,
+            r.host_seconds * 1e3,
             100.0 * r.seconds / prof.seconds_per_step.max(f64::MIN_POSITIVE),
             r.laps,
             r.label

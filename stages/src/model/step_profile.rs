@@ -23,8 +23,12 @@ use serde::Serialize;
 pub struct RegionTime {
     /// What ran: a phase (`backward: ...`) or a region (`forward: dense 768 -> 3072, GELU`).
     pub label: String,
-    /// Seconds, summed over the run.
+    /// Seconds on the device's timeline, summed over the run.
     pub seconds: f64,
+    /// Seconds the host spent in the label's laps, issuing their work, summed over the run. On
+    /// the CPU the same as `seconds`; on a GPU, a label whose host time comes close to its
+    /// device time was limited by launching its kernels rather than by running them.
+    pub host_seconds: f64,
     /// How many laps ended with this label.
     pub laps: usize,
 }
@@ -74,9 +78,9 @@ struct Recorder {
     device: Device,
     /// The open labels, the phase at the bottom (none before the first phase).
     open: Vec<String>,
-    /// Each mark with the label of the lap it ends.
-    marks: Vec<(String, Mark)>,
-    start: Mark,
+    /// Each mark with the label of the lap it ends, and the host's clock when it was made.
+    marks: Vec<(String, Mark, Instant)>,
+    start: (Mark, Instant),
 }
 
 impl Recorder {
@@ -84,7 +88,7 @@ impl Recorder {
     fn lap(&mut self) -> Result<()> {
         let label = self.open.last().map_or(OUTSIDE, String::as_str).to_string();
         let mark = Mark::now(&self.device)?;
-        self.marks.push((label, mark));
+        self.marks.push((label, mark, Instant::now()));
         Ok(())
     }
 }
@@ -123,7 +127,7 @@ pub fn record<T>(
         candle_core::bail!("a profile is already being recorded on this thread");
     }
     device.synchronize()?;
-    let start = Mark::now(device)?;
+    let start = (Mark::now(device)?, Instant::now());
     RECORDER.with(|r| {
         *r.borrow_mut() = Some(Recorder {
             device: device.clone(),
@@ -140,15 +144,17 @@ pub fn record<T>(
     };
     device.synchronize()?;
     let mut times: Vec<RegionTime> = Vec::new();
-    let mut previous = &rec.start;
-    for (label, mark) in &rec.marks {
+    let (mut previous, mut previous_host) = (&rec.start.0, rec.start.1);
+    for (label, mark, host) in &rec.marks {
         let seconds = previous.seconds_until(mark)?;
-        previous = mark;
+        let host_seconds = host.duration_since(previous_host).as_secs_f64();
+        (previous, previous_host) = (mark, *host);
         add_to(
             &mut times,
             RegionTime {
                 label: label.clone(),
                 seconds,
+                host_seconds,
                 laps: 1,
             },
         );
@@ -161,6 +167,7 @@ pub fn add_to(times: &mut Vec<RegionTime>, time: RegionTime) {
     match times.iter_mut().find(|t| t.label == time.label) {
         Some(t) => {
             t.seconds += time.seconds;
+            t.host_seconds += time.host_seconds;
             t.laps += time.laps;
         }
         None => times.push(time),
@@ -279,6 +286,17 @@ mod tests {
             "labels add up to {total} s in a {wall} s run: {times:?}"
         );
         assert!(!recording(), "the recorder stays installed after the run");
+        // On the CPU the host's clock is the device's.
+        for t in &times {
+            let d = (t.host_seconds - t.seconds).abs();
+            assert!(
+                d < 1e-3,
+                "{}: host {} s, device {} s",
+                t.label,
+                t.host_seconds,
+                t.seconds
+            );
+        }
     }
 
     #[test]

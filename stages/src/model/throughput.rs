@@ -182,6 +182,8 @@ pub struct StepProfile {
     pub steps: usize,
     /// Seconds per profiled step, all labels together.
     pub seconds_per_step: f64,
+    /// Seconds per step the host spent issuing the step's work (on the CPU, the step itself).
+    pub host_seconds_per_step: f64,
     /// Each label's seconds and laps per step, in the order they first ran.
     pub regions: Vec<RegionTime>,
 }
@@ -207,6 +209,7 @@ pub fn profile_steps(
     let n = steps.max(1);
     for r in &mut regions {
         r.seconds /= n as f64;
+        r.host_seconds /= n as f64;
         r.laps /= n;
     }
     Ok(StepProfile {
@@ -214,6 +217,7 @@ pub fn profile_steps(
         precision,
         steps,
         seconds_per_step: regions.iter().map(|r| r.seconds).sum(),
+        host_seconds_per_step: regions.iter().map(|r| r.host_seconds).sum(),
         regions,
     })
 }
