@@ -197,13 +197,20 @@ fn micro_step(
     let mut drng = step_rng(p.seed, step, micro, 2);
     let hidden = roberta::encode(w, cfg, &inputs, Some(&mut drng), dev)?;
     let (loss, correct, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
-    let value = loss.to_scalar::<f32>()? as f64;
+    // The backward pass is issued before anything is read back: a GPU runs the whole step
+    // without stopping for the host.
     let grads = if n > 0 {
         w.grads(&loss.backward()?)
     } else {
         HashMap::new()
     };
-    Ok((value, correct, n, grads))
+    let value = loss.to_scalar::<f32>()? as f64;
+    Ok((value, read_count(&correct)?, n, grads))
+}
+
+/// A count held as a scalar f32 tensor (exact below 2^24).
+fn read_count(t: &Tensor) -> candle_core::Result<usize> {
+    Ok(t.to_scalar::<f32>()?.round() as usize)
 }
 
 /// Mean masked loss over a set of rows (no dropout, fixed masks): for validation.
@@ -222,7 +229,7 @@ pub fn evaluate(
         let (loss, c, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
         total += loss.to_scalar::<f32>()? as f64 * n as f64;
         count += n;
-        correct += c;
+        correct += read_count(&c)?;
     }
     let mean = if count > 0 {
         total / count as f64

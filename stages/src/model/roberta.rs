@@ -585,16 +585,18 @@ pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
     .reshape((bsz, len, cfg.vocab_size))
 }
 
-/// The MLM loss: mean cross-entropy over the positions whose label is not `-1`, and how many of
-/// them the argmax got right. `labels` has one entry per position (batch * len). The head runs on
-/// those positions alone (15% of the tokens in pretraining), which gives the loss of running it on
-/// every position and keeping those, for less work.
+/// The MLM loss: mean cross-entropy over the positions whose label is not `-1`; how many of them
+/// the argmax got right, as a scalar f32 tensor on the model's device (read it after the backward
+/// pass, so that a GPU step does not wait on it halfway); and how many positions were labelled.
+/// `labels` has one entry per position (batch * len). The head runs on those positions alone (15%
+/// of the tokens in pretraining), which gives the loss of running it on every position and keeping
+/// those, for less work.
 pub fn mlm_loss(
     p: &Params,
     cfg: &Config,
     hidden: &Tensor,
     labels: &[i64],
-) -> Result<(Tensor, usize, usize)> {
+) -> Result<(Tensor, Tensor, usize)> {
     let (bsz, len, hs) = hidden.dims3()?;
     let device = hidden.device();
     let (picked, targets): (Vec<u32>, Vec<u32>) = labels
@@ -605,7 +607,8 @@ pub fn mlm_loss(
         .unzip();
     let n = picked.len();
     if n == 0 {
-        return Ok((Tensor::new(0f32, device)?, 0, 0));
+        let zero = Tensor::new(0f32, device)?;
+        return Ok((zero.clone(), zero, 0));
     }
     let rows = gather_rows(
         &hidden.reshape((bsz * len, hs))?,
@@ -616,7 +619,10 @@ pub fn mlm_loss(
     let logp = super::layers::log_softmax(&logits)?;
     let tgt = Tensor::from_vec(targets.clone(), (n, 1), device)?;
     let nll = logp.gather(&tgt, D::Minus1)?.neg()?.mean_all()?;
-    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-    let correct = pred.iter().zip(&targets).filter(|(a, b)| a == b).count();
+    let correct = logits
+        .argmax_keepdim(D::Minus1)?
+        .eq(&tgt)?
+        .to_dtype(DType::F32)?
+        .sum_all()?;
     Ok((nll, correct, n))
 }

@@ -389,7 +389,7 @@ fn the_tokenized_corpus_round_trips_through_its_compact_file() {
 }
 
 #[test]
-fn the_head_on_masked_positions_gives_the_loss_of_the_full_logits() {
+fn the_head_on_masked_positions_gives_the_loss_and_right_guesses_of_the_full_logits() {
     let cfg = tiny_config();
     let dev = Device::Cpu;
     let w = Weights::init(&cfg, 7, &dev).unwrap();
@@ -400,17 +400,33 @@ fn the_head_on_masked_positions_gives_the_loss_of_the_full_logits() {
                 .collect()
         })
         .collect();
-    let labels: Vec<i64> = (0..30)
-        .map(|i| if i % 4 == 1 { 5 + (i * 7 % 300) } else { -1 })
-        .collect();
     let hidden = roberta::encode(&w, &cfg, &ids, None, &dev).unwrap();
-    let (loss, _, n) = roberta::mlm_loss(&w, &cfg, &hidden, &labels).unwrap();
     let logits: Vec<Vec<f32>> = roberta::mlm_logits(&w, &cfg, &hidden)
         .unwrap()
         .reshape((30, cfg.vocab_size))
         .unwrap()
         .to_vec2()
         .unwrap();
+    let argmax = |row: &[f32]| {
+        (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap() as i64
+    };
+    // Every fourth position labelled; half of those with the head's own guess, so that the
+    // count of right guesses is known.
+    let labels: Vec<i64> = (0..30)
+        .map(|i| match i % 8 {
+            1 => argmax(&logits[i]),
+            5 => (argmax(&logits[i]) + 1 + (i as i64 * 7 % 300)) % cfg.vocab_size as i64,
+            _ => -1,
+        })
+        .collect();
+    let right = (0..30)
+        .filter(|&i| labels[i] >= 0 && labels[i] == argmax(&logits[i]))
+        .count();
+    assert!(right >= 4, "{right} right guesses");
+    let (loss, correct, n) = roberta::mlm_loss(&w, &cfg, &hidden, &labels).unwrap();
+    assert_eq!(correct.to_scalar::<f32>().unwrap(), right as f32);
     let mut want = 0f64;
     for (row, &l) in logits.iter().zip(&labels) {
         if l >= 0 {
