@@ -159,13 +159,13 @@ pub fn pooled(
 
 /// Drops the columns that are padding in every row. Rows are left-padded and position ids count
 /// from the real tokens, so this changes no output, only the work.
-pub fn trim_padding(rows: &[Vec<u32>]) -> Vec<Vec<u32>> {
+pub fn trim_padding<R: AsRef<[u32]>>(rows: &[R]) -> Vec<Vec<u32>> {
     let lead = rows
         .iter()
-        .map(|r| r.iter().take_while(|&&t| t == PAD).count())
+        .map(|r| r.as_ref().iter().take_while(|&&t| t == PAD).count())
         .min()
         .unwrap_or(0);
-    rows.iter().map(|r| r[lead..].to_vec()).collect()
+    rows.iter().map(|r| r.as_ref()[lead..].to_vec()).collect()
 }
 
 /// Writes a model folder with its head: config.json (with `flora_head`), weights, tokenizer.

@@ -492,3 +492,44 @@ fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
         candle_core::safetensors::load(cx.out.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(saved.values().all(|t| t.dtype() == candle_core::DType::F32));
 }
+
+/// A batch cut to its longest sequence masks the same tokens and gives the same loss as the batch
+/// padded to `max_len`: the padding columns it leaves out did no work that counted.
+#[test]
+fn a_batch_cut_to_its_longest_sequence_gives_the_loss_of_the_padded_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let tok = bpe::load(&tokenizer(dir.path(), &c)).unwrap();
+    // Rows of up to 64 ids, framed to 100: every row starts with shared padding.
+    let data = tokenize(&c, &tok, 100).unwrap();
+    let cfg = Config::new(305, 2, 32, 2, 64, 104, 0.0, Positions::Tss);
+    let w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
+    let padded: Vec<&[u32]> = (0..6).map(|i| data.row(i)).collect();
+    let cut = trim_padding(&padded);
+    let longest = cut[0].len();
+    assert!(longest < 100, "the test's rows are all 100 long");
+    assert!(
+        cut.iter().any(|r| r[0] != PAD),
+        "a row starts at the first column"
+    );
+    let cut: Vec<&[u32]> = cut.iter().map(Vec::as_slice).collect();
+    let loss = |rows: &[&[u32]]| {
+        let (inputs, labels) = mask_batch(rows, cfg.vocab_size, 0.15, &mut Rng::new(4));
+        let hidden = roberta::encode(&w, &cfg, &inputs, None, &Device::Cpu).unwrap();
+        let (loss, correct, n) = roberta::mlm_loss(&w, &cfg, &hidden, &labels).unwrap();
+        let masked: Vec<u32> = inputs
+            .iter()
+            .flat_map(|r| r[r.len() - longest..].to_vec())
+            .collect();
+        let (loss, correct) = (
+            loss.to_scalar::<f32>().unwrap(),
+            correct.to_scalar::<f32>().unwrap(),
+        );
+        (loss, correct, n, masked)
+    };
+    let (l_padded, c_padded, n_padded, m_padded) = loss(&padded);
+    let (l_cut, c_cut, n_cut, m_cut) = loss(&cut);
+    assert_eq!(m_cut, m_padded, "the same tokens are masked");
+    assert_eq!((n_cut, c_cut), (n_padded, c_padded));
+    assert!((l_cut - l_padded).abs() < 1e-5, "{l_cut} vs {l_padded}");
+}
