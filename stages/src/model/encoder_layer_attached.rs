@@ -64,8 +64,8 @@ fn piece(
 
 /// Encoder layer `layer` of `p` over hidden states `x` (batch, len, hidden), with the additive
 /// key mask `key_mask` (batch, 1, 1, len) and the dropouts' seeds, as one node whose backward
-/// pass hands the layer's parameters' gradients to `p.sink`. For trainable parameters (`p` not
-/// frozen).
+/// pass hands the layer's parameters' gradients to `p.sink`; for frozen weights (inference), the
+/// same forward pass recording nothing.
 pub fn encoder_layer_attached(
     p: &Params,
     cfg: &Config,
@@ -149,6 +149,10 @@ pub fn encoder_layer_attached(
         param("output.LayerNorm.bias")?,
     );
     let (r2, y, ln2_label) = residual_ln(&o, &x1, &ln2w, &ln2b)?;
+    if p.frozen {
+        // Nothing will ask for gradients: the pieces' backward passes, and what they keep, go.
+        return Ok(y);
+    }
     let sink = p.sink.clone();
     attach3([x, x, x], y, move |grad: &Tensor| {
         let named = |n: &str| format!("{prefix}.{n}");
@@ -187,11 +191,10 @@ const QKV: [&str; 3] = [
     "attention.self.value",
 ];
 
-/// Whether [`encoder_layer_attached`] runs a layer of `p` in the training step: trainable
-/// parameters where the CPU's f32 whole-layer op does not apply.
+/// Whether [`encoder_layer_attached`] runs a layer of `p`: where the CPU's f32 whole-layer op
+/// does not apply.
 pub fn applies(x: &Tensor, p: &Params) -> bool {
-    let cpu_f32 = x.device().is_cpu() && p.compute == DType::F32;
-    !p.frozen && !cpu_f32
+    !(x.device().is_cpu() && p.compute == DType::F32)
 }
 
 #[cfg(test)]
@@ -257,6 +260,36 @@ mod tests {
                 assert!(d < tol, "{compute:?} {name}: gradients differ by {d}");
             }
             eprintln!("{compute:?}: largest difference {worst:.2e} of a gradient's scale");
+        }
+    }
+
+    /// Frozen weights (inference) run the attached layer's forward pass alone: the hidden states
+    /// of the separate pieces, with nothing recorded for backpropagation.
+    #[test]
+    fn frozen_weights_run_the_same_forward_pass_recording_nothing() {
+        let cfg = Config::new(60, 2, 32, 4, 64, 24, 0.1, Positions::Tss);
+        let ids: Vec<Vec<u32>> = (0..3u32)
+            .map(|b| {
+                (0..20u32)
+                    .map(|t| {
+                        if b == 2 && t < 6 {
+                            1
+                        } else {
+                            5 + (b * 13 + t * 7) % 55
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        for compute in [DType::F32, DType::BF16] {
+            let mut p = Params::init(&cfg, 4, &Device::Cpu).unwrap();
+            p.compute = compute;
+            p.frozen = true;
+            let run = |ops| encode_with(&p, &cfg, &ids, None, &Device::Cpu, ops).unwrap();
+            let (ours, pieces) = (run(LayerOps::Attached), run(LayerOps::Pieces));
+            assert!(!ours.track_op(), "{compute:?}: inference recorded a graph");
+            let d = max_abs_diff(&ours, &pieces);
+            assert!(d < 1e-5, "{compute:?}: hidden states differ by {d}");
         }
     }
 }

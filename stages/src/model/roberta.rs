@@ -450,11 +450,11 @@ pub fn encode(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) enum LayerOps {
-    /// The fastest that applies: one op for f32 on the CPU (`encoder_layer.rs`), one attached node
-    /// on GPUs and in mixed precision (`encoder_layer_attached.rs`), separate pieces for frozen
-    /// weights.
+    /// The fastest that applies: one op for f32 on the CPU (`encoder_layer.rs`), elsewhere the
+    /// attached layer (`encoder_layer_attached.rs`; one node, or for frozen weights its forward
+    /// pass alone).
     Fastest,
-    /// One attached node wherever the weights are trainable, on the CPU in f32 too.
+    /// The attached layer everywhere, on the CPU in f32 too.
     Attached,
     /// Separate pieces, each its own op or node.
     Pieces,
@@ -516,7 +516,7 @@ pub(crate) fn encode_with(
         }
         let attached = match ops {
             LayerOps::Fastest => super::encoder_layer_attached::applies(&x, p),
-            LayerOps::Attached => !p.frozen,
+            LayerOps::Attached => true,
             LayerOps::Pieces => false,
         };
         if attached {
