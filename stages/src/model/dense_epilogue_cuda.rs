@@ -10,8 +10,10 @@ use half::bf16;
 use super::dense::Epilogue;
 use super::fused::last_dim;
 use super::gpu_kernels::{
-    chunks, column_chunks, elementwise, launch, output, result, sum_chunks, typed, uninit, view,
+    chunks, column_chunks, config, elementwise, launch, output, result, sum_chunks, typed, uninit,
+    view,
 };
+use super::launch_shapes::rows_by_columns;
 
 /// The bias and the epilogue after a product, into `out` (f32, or bf16 from a bf16 product).
 pub fn bias_epilogue(
@@ -41,9 +43,9 @@ fn epilogue_typed<T: CudaDType + DeviceRepr, U: CudaDType + DeviceRepr>(
     let dev = ps.device();
     let product = typed::<T>(ps, pl, OP)?;
     let bias = view(bs, bl, OP)?;
-    let len = pl.shape().elem_count();
+    let (len, n) = (pl.shape().elem_count(), last_dim(pl));
     let mut y = uninit::<U>(dev, len)?;
-    let (n_i, len_u) = (last_dim(pl) as i32, len as u64);
+    let n_i = n as i32;
     let (gelu, p, seed) = match epilogue {
         Epilogue::None => (0i32, 0f32, 0u64),
         Epilogue::Gelu => (1, 0.0, 0),
@@ -52,12 +54,11 @@ fn epilogue_typed<T: CudaDType + DeviceRepr, U: CudaDType + DeviceRepr>(
     launch!(
         dev,
         name,
-        elementwise(len),
+        config(rows_by_columns(len / n, n)),
         &product,
         &bias,
         &mut y,
         &n_i,
-        &len_u,
         &gelu,
         &p,
         &seed
@@ -99,19 +100,18 @@ fn gelu_grad_typed<T: CudaDType + DeviceRepr, G: CudaDType + DeviceRepr>(
     let product = typed::<T>(ps, pl, OP)?;
     let bias = view(bs, bl, OP)?;
     let g = typed::<G>(gs, gl, OP)?;
-    let len = pl.shape().elem_count();
+    let (len, n) = (pl.shape().elem_count(), last_dim(pl));
     let mut dz = uninit::<T>(dev, len)?;
-    let (n_i, len_u) = (last_dim(pl) as i32, len as u64);
+    let n_i = n as i32;
     launch!(
         dev,
         name,
-        elementwise(len),
+        config(rows_by_columns(len / n, n)),
         &product,
         &bias,
         &g,
         &mut dz,
-        &n_i,
-        &len_u
+        &n_i
     )?;
     Ok((T::wrap_cuda_slice(dz, dev.clone()), pl.shape().clone()))
 }

@@ -350,7 +350,9 @@ mod tests {
         gelu_and_slope, layer_norm_rows, layer_norm_rows_backward, softmax_in_place,
     };
     use super::super::gpu_ops::keep;
-    use super::super::launch_shapes::{chunks, column_chunks, elementwise, per_row};
+    use super::super::launch_shapes::{
+        chunks, column_chunks, elementwise, per_row, rows_by_columns,
+    };
     use super::super::layers::normal;
     use super::*;
     use crate::rng::Rng;
@@ -616,29 +618,25 @@ mod tests {
     fn qkv_kernels_match<T: Elem + Default>(suffix: &str) {
         use super::super::qkv::{qkv_heads_cpu, qkv_merge_cpu, Heads};
         let values = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
-        // Heads of 5 features, 3 of them, 2 sequences of 7: no length a multiple of another.
+        // Heads of 23 features, 4 of them, 2 sequences of 7: no length a multiple of another, and
+        // rows of 276 columns, one block of 256 and a ragged second.
         let s = Heads {
             batch: 2,
             len: 7,
-            heads: 3,
-            head_dim: 5,
+            heads: 4,
+            head_dim: 23,
         };
         let width = 3 * s.hidden();
         let total = s.rows() * width;
         let product: Vec<T> = random(total, 1.0, 61).iter().map(|&v| T::put(v)).collect();
         let bias = random(width, 1.0, 62);
         let mut heads_out = vec![T::default(); total];
-        let shape_args = || {
-            [
-                int(s.len),
-                int(s.heads),
-                int(s.head_dim),
-                ulong(total as u64),
-            ]
-        };
+        let shape_args = || [int(s.len), int(s.heads), int(s.head_dim), int(s.rows())];
+        let grid = rows_by_columns(s.rows(), width);
+        assert_eq!(grid.grid[1], 2, "two blocks of columns");
         let mut args = vec![input(&product), input(&bias), output(&mut heads_out)];
         args.extend(shape_args());
-        launch(&format!("qkv_heads_{suffix}"), elementwise(total), args);
+        launch(&format!("qkv_heads_{suffix}"), grid, args);
         let want = qkv_heads_cpu(&product, &bias, s);
         assert_eq!(values(&heads_out), values(&want), "qkv_heads_{suffix}");
         let g: Vec<T> = random(total, 1.0, 63).iter().map(|&v| T::put(v)).collect();
@@ -647,7 +645,7 @@ mod tests {
         let mut merged = vec![T::default(); total];
         let mut args = vec![input(dq), input(dk), input(dv), output(&mut merged)];
         args.extend(shape_args());
-        launch(&format!("qkv_merge_{suffix}"), elementwise(total), args);
+        launch(&format!("qkv_merge_{suffix}"), grid, args);
         let want = qkv_merge_cpu([dq, dk, dv], s);
         assert_eq!(values(&merged), values(&want), "qkv_merge_{suffix}");
     }
@@ -996,13 +994,12 @@ mod tests {
             let mut y = vec![U::default(); len];
             launch(
                 name,
-                elementwise(len),
+                rows_by_columns(len / n, n),
                 vec![
                     input(product),
                     input(bias),
                     output(&mut y),
                     int(n),
-                    ulong(len as u64),
                     int(gelu),
                     float(p),
                     ulong(seed),
@@ -1027,14 +1024,13 @@ mod tests {
         let mut dz = vec![T::default(); len];
         launch(
             name,
-            elementwise(len),
+            rows_by_columns(len / n, n),
             vec![
                 input(product),
                 input(bias),
                 input(g),
                 output(&mut dz),
                 int(n),
-                ulong(len as u64),
             ],
         );
         let mut want = vec![T::default(); len];
@@ -1053,8 +1049,8 @@ mod tests {
     {
         use super::super::dense_epilogue::dropout_to_from;
         let to_f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
-        // Not a multiple of the block, nor of the bias.
-        let (rows, n) = (37, 29);
+        // Rows of 300: one block of 256 columns and a ragged second; 37 rows.
+        let (rows, n) = (37, 300);
         let len = rows * n;
         let product: Vec<T> = random(len, 2.0, 51).iter().map(|&v| T::put(v)).collect();
         let bias = random(n, 1.0, 52);

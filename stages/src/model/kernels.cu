@@ -335,16 +335,17 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
 }
 
 // A dense layer's epilogue after its product (rows of n, in the products' type T): the bias
-// added, then GELU when gelu is set, else inverted dropout at p (`dropout`'s mask; none at 0),
-// into y of type U (f32, or bf16 where the next product reads it). One pass where the cast of the
-// product to f32, the bias add and the epilogue were three.
+// added, then GELU when gelu is set, else inverted dropout at p (`dropout`'s mask over the flat
+// index; none at 0), into y of type U (f32, or bf16 where the next product reads it). One pass
+// where the cast of the product to f32, the bias add and the epilogue were three. Launched as
+// rows by blocks of columns (`launch_shapes::rows_by_columns`): no division per element.
 template <typename T, typename U>
-__device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int n,
-                                 unsigned long long len, int gelu, float p,
-                                 unsigned long long seed) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= len) return;
-  const float z = load(product, i) + bias[i % n];
+__device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int n, int gelu,
+                                 float p, unsigned long long seed) {
+  const unsigned int col = blockIdx.y * blockDim.x + threadIdx.x;
+  if (col >= (unsigned int)n) return;
+  const size_t i = (size_t)blockIdx.x * n + col;
+  const float z = load(product, i) + bias[col];
   if (gelu)
     store(y, i, gelu_of(z));
   else
@@ -352,53 +353,50 @@ __device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int 
 }
 
 extern "C" __global__ void bias_epilogue_f32(const float *product, const float *bias, float *y,
-                                             int n, unsigned long long len, int gelu, float p,
-                                             unsigned long long seed) {
-  bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
+                                             int n, int gelu, float p, unsigned long long seed) {
+  bias_epilogue_at(product, bias, y, n, gelu, p, seed);
 }
 
 extern "C" __global__ void bias_epilogue_bf16(const bf16_bits *product, const float *bias,
-                                              float *y, int n, unsigned long long len, int gelu,
-                                              float p, unsigned long long seed) {
-  bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
+                                              float *y, int n, int gelu, float p,
+                                              unsigned long long seed) {
+  bias_epilogue_at(product, bias, y, n, gelu, p, seed);
 }
 
 extern "C" __global__ void bias_epilogue_bf16_to_bf16(const bf16_bits *product,
                                                       const float *bias, bf16_bits *y, int n,
-                                                      unsigned long long len, int gelu, float p,
+                                                      int gelu, float p,
                                                       unsigned long long seed) {
-  bias_epilogue_at(product, bias, y, n, len, gelu, p, seed);
+  bias_epilogue_at(product, bias, y, n, gelu, p, seed);
 }
 
 // The gradient before a dense layer's GELU, in the products' type T: g GELU'(product + bias),
 // with the pre-activation recomputed from the product the forward pass kept; g is f32, or bf16
-// where the output was.
+// where the output was. Launched as bias_epilogue_at is.
 template <typename T, typename G>
-__device__ void bias_gelu_grad_at(const T *product, const float *bias, const G *g, T *dz, int n,
-                                  unsigned long long len) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= len) return;
-  const float z = load(product, i) + bias[i % n];
+__device__ void bias_gelu_grad_at(const T *product, const float *bias, const G *g, T *dz,
+                                  int n) {
+  const unsigned int col = blockIdx.y * blockDim.x + threadIdx.x;
+  if (col >= (unsigned int)n) return;
+  const size_t i = (size_t)blockIdx.x * n + col;
+  const float z = load(product, i) + bias[col];
   store(dz, i, load(g, i) * gelu_slope(z));
 }
 
 extern "C" __global__ void bias_gelu_grad_f32(const float *product, const float *bias,
-                                              const float *g, float *dz, int n,
-                                              unsigned long long len) {
-  bias_gelu_grad_at(product, bias, g, dz, n, len);
+                                              const float *g, float *dz, int n) {
+  bias_gelu_grad_at(product, bias, g, dz, n);
 }
 
 extern "C" __global__ void bias_gelu_grad_bf16(const bf16_bits *product, const float *bias,
-                                               const float *g, bf16_bits *dz, int n,
-                                               unsigned long long len) {
-  bias_gelu_grad_at(product, bias, g, dz, n, len);
+                                               const float *g, bf16_bits *dz, int n) {
+  bias_gelu_grad_at(product, bias, g, dz, n);
 }
 
 extern "C" __global__ void bias_gelu_grad_bf16_from_bf16(const bf16_bits *product,
                                                          const float *bias, const bf16_bits *g,
-                                                         bf16_bits *dz, int n,
-                                                         unsigned long long len) {
-  bias_gelu_grad_at(product, bias, g, dz, n, len);
+                                                         bf16_bits *dz, int n) {
+  bias_gelu_grad_at(product, bias, g, dz, n);
 }
 
 // The gradient before a dense layer's dropout (its mask redrawn; none at p = 0), cast to bf16 for
@@ -487,67 +485,70 @@ extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
 }
 
 // The attention's query, key and value projections taken as one product, x [Wq; Wk; Wv]^T: rows
-// (batch x len) by 3 hidden columns. Element i's place in the heads layout (3, batch, heads, len,
+// (batch x len) by 3 hidden columns. Launched as one block row per row (blockIdx.x) and blocks of
+// columns (blockIdx.y), so that the index arithmetic is a few 32-bit divisions per element rather
+// than 64-bit ones. The place of element (row, col) in the heads layout (3, batch, heads, len,
 // head_dim) that the score and context products read.
-__device__ __forceinline__ size_t heads_place(size_t i, int len, int heads, int head_dim,
-                                              size_t rows) {
-  const size_t hidden = (size_t)heads * head_dim;
-  const size_t row = i / (3 * hidden), col = i % (3 * hidden);
-  const size_t which = col / hidden, c = col % hidden;
-  const size_t b = row / len, t = row % len;
-  const size_t head = (which * (rows / len) + b) * heads + c / head_dim;
-  return (head * len + t) * head_dim + c % head_dim;
+__device__ __forceinline__ size_t heads_place(unsigned int row, unsigned int col, int len,
+                                              int heads, int head_dim, int rows) {
+  const unsigned int hidden = (unsigned int)(heads * head_dim);
+  const unsigned int which = col / hidden, c = col % hidden;
+  const unsigned int b = row / (unsigned int)len, t = row % (unsigned int)len;
+  const size_t head =
+      ((size_t)which * (rows / len) + b) * heads + c / (unsigned int)head_dim;
+  return (head * len + t) * head_dim + c % (unsigned int)head_dim;
 }
 
 // q, k and v from their projections' product (T) plus the bias, in T and in the heads layout: one
 // pass where three bias passes and three head splits were six.
 template <typename T>
 __device__ void qkv_heads_at(const T *product, const float *bias, T *heads_out, int len,
-                             int heads, int head_dim, unsigned long long total) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  const size_t width = 3 * (size_t)heads * head_dim;
-  const size_t at = heads_place(i, len, heads, head_dim, total / width);
-  store(heads_out, at, load(product, i) + bias[i % width]);
+                             int heads, int head_dim, int rows) {
+  const unsigned int row = blockIdx.x, col = blockIdx.y * blockDim.x + threadIdx.x;
+  const unsigned int width = 3u * heads * head_dim;
+  if (col >= width) return;
+  const size_t at = heads_place(row, col, len, heads, head_dim, rows);
+  store(heads_out, at, load(product, (size_t)row * width + col) + bias[col]);
 }
 
 extern "C" __global__ void qkv_heads_f32(const float *product, const float *bias,
                                          float *heads_out, int len, int heads, int head_dim,
-                                         unsigned long long total) {
-  qkv_heads_at(product, bias, heads_out, len, heads, head_dim, total);
+                                         int rows) {
+  qkv_heads_at(product, bias, heads_out, len, heads, head_dim, rows);
 }
 
 extern "C" __global__ void qkv_heads_bf16(const bf16_bits *product, const float *bias,
                                           bf16_bits *heads_out, int len, int heads, int head_dim,
-                                          unsigned long long total) {
-  qkv_heads_at(product, bias, heads_out, len, heads, head_dim, total);
+                                          int rows) {
+  qkv_heads_at(product, bias, heads_out, len, heads, head_dim, rows);
 }
 
 // The projections' gradient (rows, 3 hidden) from the gradients of q, k and v in the heads
 // layout (each (batch, heads, len, head_dim), in T): qkv_heads' placement undone, one pass where
-// three head merges and three casts were six.
+// three head merges and three casts were six. Launched as qkv_heads is.
 template <typename T>
 __device__ void qkv_merge_at(const T *dq, const T *dk, const T *dv, T *out, int len, int heads,
-                             int head_dim, unsigned long long total) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  const size_t per = total / 3;
-  const size_t at = heads_place(i, len, heads, head_dim, per / ((size_t)heads * head_dim));
-  const size_t which = at / per;
+                             int head_dim, int rows) {
+  const unsigned int row = blockIdx.x, col = blockIdx.y * blockDim.x + threadIdx.x;
+  const unsigned int hidden = heads * head_dim, width = 3u * hidden;
+  if (col >= width) return;
+  const size_t per = (size_t)rows * hidden;
+  const unsigned int which = col / hidden;
+  const size_t at = heads_place(row, col, len, heads, head_dim, rows) - which * per;
   const T *src = which == 0 ? dq : (which == 1 ? dk : dv);
-  out[i] = src[at - which * per];
+  out[(size_t)row * width + col] = src[at];
 }
 
 extern "C" __global__ void qkv_merge_f32(const float *dq, const float *dk, const float *dv,
                                          float *out, int len, int heads, int head_dim,
-                                         unsigned long long total) {
-  qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, total);
+                                         int rows) {
+  qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, rows);
 }
 
 extern "C" __global__ void qkv_merge_bf16(const bf16_bits *dq, const bf16_bits *dk,
                                           const bf16_bits *dv, bf16_bits *out, int len,
-                                          int heads, int head_dim, unsigned long long total) {
-  qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, total);
+                                          int heads, int head_dim, int rows) {
+  qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, rows);
 }
 
 // LAMB's update direction for one element: the bias-corrected Adam step plus decoupled weight

@@ -31,6 +31,15 @@ pub fn per_row(rows: usize, n: usize) -> LaunchShape {
     }
 }
 
+/// One row of blocks per row of a (rows, width) matrix (blockIdx.x), blocks of 256 columns
+/// across it (blockIdx.y): element kernels whose index arithmetic works on rows and columns.
+pub fn rows_by_columns(rows: usize, width: usize) -> LaunchShape {
+    LaunchShape {
+        grid: [rows as u32, (width as u32).div_ceil(BLOCK).max(1), 1],
+        block: [BLOCK, 1, 1],
+    }
+}
+
 /// Rows per chunk of the two-stage column sums, and the number of chunks, for `rows`.
 pub fn chunks(rows: usize) -> (usize, usize) {
     let per = rows.div_ceil(512).max(64);

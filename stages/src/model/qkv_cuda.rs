@@ -7,7 +7,8 @@ use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 use half::bf16;
 
-use super::gpu_kernels::{elementwise, launch, suffix, typed, uninit, view};
+use super::gpu_kernels::{config, launch, suffix, typed, uninit, view};
+use super::launch_shapes::rows_by_columns;
 use super::qkv::Heads;
 
 /// q, k and v packed as (3, batch, heads, len, head_dim) from the projections' product and bias.
@@ -37,18 +38,18 @@ fn heads_typed<T: CudaDType + DeviceRepr>(
     let total = pl.shape().elem_count();
     let mut out = uninit::<T>(dev, total)?;
     let (len, heads, head_dim) = (shape.len as i32, shape.heads as i32, shape.head_dim as i32);
-    let total_u = total as u64;
+    let rows = shape.rows() as i32;
     launch!(
         dev,
         &name,
-        elementwise(total),
+        config(rows_by_columns(shape.rows(), 3 * shape.hidden())),
         &product,
         &bias,
         &mut out,
         &len,
         &heads,
         &head_dim,
-        &total_u
+        &rows
     )?;
     Ok(T::wrap_cuda_slice(out, dev.clone()))
 }
@@ -80,11 +81,11 @@ fn merge_typed<T: CudaDType + DeviceRepr>(
     let total = 3 * shape.rows() * shape.hidden();
     let mut out = uninit::<T>(dev, total)?;
     let (len, heads, head_dim) = (shape.len as i32, shape.heads as i32, shape.head_dim as i32);
-    let total_u = total as u64;
+    let rows = shape.rows() as i32;
     launch!(
         dev,
         &name,
-        elementwise(total),
+        config(rows_by_columns(shape.rows(), 3 * shape.hidden())),
         &dq,
         &dk,
         &dv,
@@ -92,7 +93,7 @@ fn merge_typed<T: CudaDType + DeviceRepr>(
         &len,
         &heads,
         &head_dim,
-        &total_u
+        &rows
     )?;
     Ok(T::wrap_cuda_slice(out, dev.clone()))
 }
