@@ -7,9 +7,10 @@ use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
 use super::fused::last_dim;
 use super::gpu_kernels::{
-    chunks, column_chunks, column_sums, elementwise, launch, output, per_row, result, sum_chunks,
-    typed, view,
+    chunks, column_chunks, column_sums, config, elementwise, launch, output, per_row, result,
+    sum_chunks, typed, view,
 };
+use super::launch_shapes::rows_by_columns;
 
 /// GELU (erf form).
 pub fn gelu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -200,16 +201,15 @@ pub fn gather_rows(
     let picked = il.shape().elem_count();
     let len = picked * n;
     let mut y = output(dev, len)?;
-    let (n_i, len_u) = (n as i32, len as u64);
+    let n_i = n as i32;
     launch!(
         dev,
         "gather_rows",
-        elementwise(len),
+        config(rows_by_columns(picked, n)),
         &table,
         &ids,
         &mut y,
-        &n_i,
-        &len_u
+        &n_i
     )?;
     Ok(result(dev, y, Shape::from((picked, n))))
 }
@@ -228,16 +228,15 @@ pub fn scatter_add_rows(
     let n = last_dim(gl);
     let len = gl.shape().elem_count();
     let mut table = dev.alloc_zeros::<f32>(rows * n)?;
-    let (n_i, len_u) = (n as i32, len as u64);
+    let n_i = n as i32;
     launch!(
         dev,
         "scatter_add_rows",
-        elementwise(len),
+        config(rows_by_columns(len / n, n)),
         &g,
         &ids,
         &mut table,
-        &n_i,
-        &len_u
+        &n_i
     )?;
     Ok(result(dev, table, Shape::from((rows, n))))
 }
@@ -254,16 +253,15 @@ pub fn bias_add(
     let b = view(bs, bl, "flora-bias-add")?;
     let (len, n) = (xl.shape().elem_count(), last_dim(xl));
     let mut y = output(dev, len)?;
-    let (n_i, len_u) = (n as i32, len as u64);
+    let n_i = n as i32;
     launch!(
         dev,
         "bias_add",
-        elementwise(len),
+        config(rows_by_columns(len / n, n)),
         &x,
         &b,
         &mut y,
-        &n_i,
-        &len_u
+        &n_i
     )?;
     Ok(result(dev, y, xl.shape().clone()))
 }

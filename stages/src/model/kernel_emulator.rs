@@ -883,21 +883,16 @@ mod tests {
 
     #[test]
     fn row_gathers_and_their_scatter_match_the_cpu() {
-        let (rows, n, picked) = (30, 5, 100);
+        // Rows of 260 features: a block of 256 and a ragged second.
+        let (rows, n, picked) = (30, 260, 100);
         let table = random(rows * n, 1.0, 11);
         let ids: Vec<u32> = (0..picked as u32).map(|i| (i * 7) % rows as u32).collect();
         let len = picked * n;
         let mut y = vec![0f32; len];
         launch(
             "gather_rows",
-            elementwise(len),
-            vec![
-                input(&table),
-                input(&ids),
-                output(&mut y),
-                int(n),
-                ulong(len as u64),
-            ],
+            rows_by_columns(picked, n),
+            vec![input(&table), input(&ids), output(&mut y), int(n)],
         );
         for (t, &id) in ids.iter().enumerate() {
             let id = id as usize;
@@ -908,14 +903,8 @@ mod tests {
         let mut dtable = vec![0f32; rows * n];
         launch(
             "scatter_add_rows",
-            elementwise(len),
-            vec![
-                input(&g),
-                input(&ids),
-                output(&mut dtable),
-                int(n),
-                ulong(len as u64),
-            ],
+            rows_by_columns(picked, n),
+            vec![input(&g), input(&ids), output(&mut dtable), int(n)],
         );
         let mut want = vec![0f32; rows * n];
         for (t, &id) in ids.iter().enumerate() {
@@ -928,20 +917,14 @@ mod tests {
 
     #[test]
     fn bias_add_and_column_sums_match_the_cpu() {
-        let (rows, n) = (200, 70);
+        let (rows, n) = (200, 270);
         let x = random(rows * n, 1.0, 13);
         let b = random(n, 1.0, 14);
         let mut y = vec![0f32; rows * n];
         launch(
             "bias_add",
-            elementwise(rows * n),
-            vec![
-                input(&x),
-                input(&b),
-                output(&mut y),
-                int(n),
-                ulong((rows * n) as u64),
-            ],
+            rows_by_columns(rows, n),
+            vec![input(&x), input(&b), output(&mut y), int(n)],
         );
         let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + b[i % n]).collect();
         assert_close("bias_add", &y, &want, 1e-6);

@@ -290,25 +290,27 @@ extern "C" __global__ void gelu_bwd(const float *x, const float *g, float *dx,
   dx[i] = g[i] * gelu_slope(v);
 }
 
-// Rows of a table picked by ids: y[t, j] = table[ids[t], j].
+// Rows of a table picked by ids: y[t, j] = table[ids[t], j]. This and the two kernels after it
+// are launched as rows (blockIdx.x: t) by blocks of columns (`launch_shapes::rows_by_columns`).
 extern "C" __global__ void gather_rows(const float *table, const unsigned int *ids, float *y,
-                                       int n, unsigned long long len) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) y[i] = table[(size_t)ids[i / n] * n + i % n];
+                                       int n) {
+  const unsigned int j = blockIdx.y * blockDim.x + threadIdx.x;
+  if (j < (unsigned int)n) y[(size_t)blockIdx.x * n + j] = table[(size_t)ids[blockIdx.x] * n + j];
 }
 
 // The table's gradient from gather_rows': dtable[ids[t], j] += g[t, j] (dtable zeroed first).
 extern "C" __global__ void scatter_add_rows(const float *g, const unsigned int *ids, float *dtable,
-                                            int n, unsigned long long len) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) atomicAdd(&dtable[(size_t)ids[i / n] * n + i % n], g[i]);
+                                            int n) {
+  const unsigned int j = blockIdx.y * blockDim.x + threadIdx.x;
+  if (j < (unsigned int)n)
+    atomicAdd(&dtable[(size_t)ids[blockIdx.x] * n + j], g[(size_t)blockIdx.x * n + j]);
 }
 
 // x + bias over rows of n.
-extern "C" __global__ void bias_add(const float *x, const float *b, float *y, int n,
-                                    unsigned long long len) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) y[i] = x[i] + b[i % n];
+extern "C" __global__ void bias_add(const float *x, const float *b, float *y, int n) {
+  const unsigned int j = blockIdx.y * blockDim.x + threadIdx.x;
+  const size_t i = (size_t)blockIdx.x * n + j;
+  if (j < (unsigned int)n) y[i] = x[i] + b[j];
 }
 
 // A uniform draw in [0, 1) for element i under `seed` (SplitMix64's finaliser: counter-based, so
