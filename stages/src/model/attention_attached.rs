@@ -62,13 +62,11 @@ pub(crate) fn attention_forward(
     dropout: Option<(f32, u64)>,
     compute: DType,
 ) -> Result<(Tensor, Backward3)> {
-    let (bsz, len, hidden) = q.dims3()?;
-    let hd = hidden / heads;
-    // (batch, len, hidden) f32 -> (batch, heads, len, head) in `compute`, and back.
-    let split = move |t: &Tensor| -> Result<Tensor> {
-        contiguous_in(&t.reshape((bsz, len, heads, hd))?.transpose(1, 2)?, compute)
-    };
-    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let (qh, kh, vh) = (
+        split(q, heads, compute)?,
+        split(k, heads, compute)?,
+        split(v, heads, compute)?,
+    );
     let (context, backward) =
         attention_heads_forward([&qh, &kh, &vh], key_mask, dropout, DType::F32)?;
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
@@ -82,7 +80,18 @@ pub(crate) fn attention_forward(
     Ok((context, Box::new(backward)))
 }
 
-/// (batch, heads, len, head) into (batch, len, heads x head) in `dtype`, in one copy.
+/// (batch, len, hidden) into (batch, heads, len, head) in `dtype`, in one copy.
+pub(crate) fn split(t: &Tensor, heads: usize, dtype: DType) -> Result<Tensor> {
+    let (bsz, len, hidden) = t.dims3()?;
+    contiguous_in(
+        &t.reshape((bsz, len, heads, hidden / heads))?
+            .transpose(1, 2)?,
+        dtype,
+    )
+}
+
+/// (batch, heads, len, head) into (batch, len, heads x head) in `dtype`, in one copy: [`split`]
+/// undone.
 fn merge(t: &Tensor, dtype: DType) -> Result<Tensor> {
     let (bsz, heads, len, hd) = t.dims4()?;
     contiguous_in(&t.transpose(1, 2)?, dtype)?.reshape((bsz, len, heads * hd))
@@ -100,7 +109,8 @@ pub(crate) fn attention_heads_forward(
     dropout: Option<(f32, u64)>,
     out: DType,
 ) -> Result<(Tensor, Backward3)> {
-    let (bsz, heads, len, hd) = qh.dims4()?;
+    let heads = qh.dim(1)?;
+    let hd = qh.dim(3)?;
     let compute = qh.dtype();
     let scale = 1.0 / (hd as f32).sqrt();
     let (qh, kh, vh) = (qh.clone(), kh.clone(), vh.clone());
@@ -109,10 +119,7 @@ pub(crate) fn attention_heads_forward(
     drop(scores);
     let context = merge(&product(&dropped, &vh)?, out)?;
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
-        let g = contiguous_in(
-            &grad.reshape((bsz, len, heads, hd))?.transpose(1, 2)?,
-            compute,
-        )?;
+        let g = split(grad, heads, compute)?;
         let dv = product(&dropped.t()?, &g)?;
         let dp = product(&g, &vh.t()?)?;
         let ds = attention_probs_grad(&probs, &dp, scale, dropout)?;

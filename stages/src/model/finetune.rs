@@ -345,7 +345,7 @@ fn train_step(
     rng: &mut Rng,
     dev: &Device,
 ) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
-    let ids = trim_padding(&rows.iter().map(|r| r.ids.clone()).collect::<Vec<_>>());
+    let ids = trim_padding(&rows.iter().map(|r| &r.ids).collect::<Vec<_>>());
     let hidden = roberta::encode(w, cfg, &ids, Some(&mut *rng), dev)?;
     let hidden = if p.freeze_encoder {
         hidden.detach()

@@ -372,6 +372,11 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
+    /// Elements of f32 or bf16 as f32.
+    fn widen<T: Elem>(v: &[T]) -> Vec<f32> {
+        v.iter().map(|x| x.get()).collect()
+    }
+
     fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
         let d = max_rel_diff(got, want);
         assert!(d < tol, "{what}: the emulated kernel differs by {d}");
@@ -617,7 +622,6 @@ mod tests {
     /// `qkv.rs`: the same values, placed the same.
     fn qkv_kernels_match<T: Elem + Default>(suffix: &str) {
         use super::super::qkv::{qkv_heads_cpu, qkv_merge_cpu, Heads};
-        let values = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
         // Heads of 23 features, 4 of them, 2 sequences of 7: no length a multiple of another, and
         // rows of 276 columns, one block of 256 and a ragged second.
         let s = Heads {
@@ -638,7 +642,7 @@ mod tests {
         args.extend(shape_args());
         launch(&format!("qkv_heads_{suffix}"), grid, args);
         let want = qkv_heads_cpu(&product, &bias, s);
-        assert_eq!(values(&heads_out), values(&want), "qkv_heads_{suffix}");
+        assert_eq!(widen(&heads_out), widen(&want), "qkv_heads_{suffix}");
         let g: Vec<T> = random(total, 1.0, 63).iter().map(|&v| T::put(v)).collect();
         let per = total / 3;
         let (dq, dk, dv) = (&g[..per], &g[per..2 * per], &g[2 * per..]);
@@ -647,7 +651,7 @@ mod tests {
         args.extend(shape_args());
         launch(&format!("qkv_merge_{suffix}"), grid, args);
         let want = qkv_merge_cpu([dq, dk, dv], s);
-        assert_eq!(values(&merged), values(&want), "qkv_merge_{suffix}");
+        assert_eq!(widen(&merged), widen(&want), "qkv_merge_{suffix}");
     }
 
     #[test]
@@ -757,7 +761,6 @@ mod tests {
     {
         use super::super::attention_probs::{probs_grad_row, probs_row};
         let to_t = |v: &[f32]| v.iter().map(|&x| T::put(x)).collect::<Vec<T>>();
-        let to_f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
         // Keys fewer than a warp, and more than a block's threads.
         for dims in [(2, 3, 5, 19), (2, 2, 3, 300)] {
             let (_, h, q, k) = dims;
@@ -797,11 +800,13 @@ mod tests {
                     );
                 }
                 let what = format!("attention_probs_{suffix} {dims:?} p {p}");
-                assert_close(&what, &to_f(&probs), &to_f(&want_p), tol);
-                assert_close(&what, &to_f(&dropped), &to_f(&want_d), tol);
+                assert_close(&what, &widen(&probs), &widen(&want_p), tol);
+                assert_close(&what, &widen(&dropped), &widen(&want_d), tol);
                 // The padding keys of the second sequence get nothing.
                 let row = (h * q) * k; // the second sequence's first row
-                assert!(to_f(&probs[row + k - 3..row + k]).iter().all(|&v| v == 0.0));
+                assert!(widen(&probs[row + k - 3..row + k])
+                    .iter()
+                    .all(|&v| v == 0.0));
 
                 let grad = to_t(&random(len, 1.0, 43));
                 let mut ds = vec![T::default(); len];
@@ -832,7 +837,7 @@ mod tests {
                     );
                 }
                 let what = format!("attention_probs_grad_{suffix} {dims:?} p {p}");
-                assert_close(&what, &to_f(&ds), &to_f(&want), tol);
+                assert_close(&what, &widen(&ds), &widen(&want), tol);
             }
         }
     }
@@ -990,8 +995,12 @@ mod tests {
             );
             let mut want = vec![U::default(); len];
             bias_epilogue_from(product, bias, epilogue, 0, &mut want);
-            let f = |v: &[U]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
-            assert_close(&format!("{name} {epilogue:?}"), &f(&y), &f(&want), tol);
+            assert_close(
+                &format!("{name} {epilogue:?}"),
+                &widen(&y),
+                &widen(&want),
+                tol,
+            );
         }
     }
 
@@ -1018,8 +1027,7 @@ mod tests {
         );
         let mut want = vec![T::default(); len];
         bias_gelu_grad_from(product, bias, g, 0, &mut want);
-        let f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
-        assert_close(name, &f(&dz), &f(&want), tol);
+        assert_close(name, &widen(&dz), &widen(&want), tol);
         dz
     }
 
@@ -1031,7 +1039,6 @@ mod tests {
         T: super::super::attention_probs::Elem + Default,
     {
         use super::super::dense_epilogue::dropout_to_from;
-        let to_f = |v: &[T]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
         // Rows of 300: one block of 256 columns and a ragged second; 37 rows.
         let (rows, n) = (37, 300);
         let len = rows * n;
@@ -1076,8 +1083,8 @@ mod tests {
             dropout_to_from(&g, p, 17, 0, &mut want);
             assert_close(
                 &format!("dropout_to_bf16 p {p}"),
-                &to_f(&y),
-                &to_f(&want),
+                &widen(&y),
+                &widen(&want),
                 1e-7,
             );
         }

@@ -160,12 +160,17 @@ pub fn pooled(
 /// Drops the columns that are padding in every row. Rows are left-padded and position ids count
 /// from the real tokens, so this changes no output, only the work.
 pub fn trim_padding<R: AsRef<[u32]>>(rows: &[R]) -> Vec<Vec<u32>> {
+    trimmed(rows).into_iter().map(<[u32]>::to_vec).collect()
+}
+
+/// [`trim_padding`] as views into the rows, for callers that copy them anyway.
+pub fn trimmed<R: AsRef<[u32]>>(rows: &[R]) -> Vec<&[u32]> {
     let lead = rows
         .iter()
         .map(|r| r.as_ref().iter().take_while(|&&t| t == PAD).count())
         .min()
         .unwrap_or(0);
-    rows.iter().map(|r| r.as_ref()[lead..].to_vec()).collect()
+    rows.iter().map(|r| &r.as_ref()[lead..]).collect()
 }
 
 /// Writes a model folder with its head: config.json (with `flora_head`), weights, tokenizer.

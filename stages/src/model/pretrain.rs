@@ -28,7 +28,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::lamb::{global_norm, Lamb};
-use super::predictor::trim_padding;
+use super::predictor::trimmed;
 use super::roberta::{self, Config, Params as Weights, Positions, Precision};
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
 use crate::rng::Rng;
@@ -197,9 +197,7 @@ fn micro_step(
     dev: &Device,
 ) -> candle_core::Result<(f64, usize, usize, HashMap<String, Tensor>)> {
     let mut mrng = step_rng(p.seed, step, micro, 1);
-    let rows = trim_padding(rows);
-    let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-    let (inputs, labels) = mask_batch(&rows, cfg.vocab_size, p.mask_prob, &mut mrng);
+    let (inputs, labels) = mask_batch(&trimmed(rows), cfg.vocab_size, p.mask_prob, &mut mrng);
     let mut drng = step_rng(p.seed, step, micro, 2);
     let hidden = roberta::encode(w, cfg, &inputs, Some(&mut drng), dev)?;
     let (loss, correct, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
@@ -230,9 +228,7 @@ pub fn evaluate(
     let (mut total, mut count, mut correct) = (0f64, 0usize, 0usize);
     for (i, chunk) in rows.chunks(p.batch_size.max(1)).enumerate() {
         let mut rng = step_rng(p.seed, u64::MAX, i as u64, 3);
-        let chunk = trim_padding(chunk);
-        let chunk: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let (inputs, labels) = mask_batch(&chunk, cfg.vocab_size, p.mask_prob, &mut rng);
+        let (inputs, labels) = mask_batch(&trimmed(chunk), cfg.vocab_size, p.mask_prob, &mut rng);
         let hidden = roberta::encode(w, cfg, &inputs, None, dev)?;
         let (loss, c, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
         total += loss.to_scalar::<f32>()? as f64 * n as f64;

@@ -291,21 +291,11 @@ impl CustomOp3 for QkvMerge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::attention_attached::split;
     use crate::model::dense::Epilogue;
     use crate::model::dense_attached::dense_attached;
     use crate::testing::{max_rel_diff, random_var};
     use candle_core::Var;
-
-    /// (batch, len, hidden) into (batch, heads, len, head_dim), as the attention splits heads.
-    fn split(t: &Tensor, heads: usize) -> Tensor {
-        let (b, l, h) = t.dims3().unwrap();
-        t.reshape((b, l, heads, h / heads))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-    }
 
     /// q, k and v and every gradient, one product against three dense layers and head splits, in
     /// f32 and bf16: q, k and v weighted by fixed random tensors and summed, as a loss.
@@ -337,7 +327,7 @@ mod tests {
                     compute,
                 )
                 .unwrap();
-                let y = split(&y.to_dtype(compute).unwrap(), heads);
+                let y = split(&y, heads, compute).unwrap();
                 let term = (y.to_dtype(DType::F32).unwrap() * &loss_weights[i])
                     .unwrap()
                     .sum_all()

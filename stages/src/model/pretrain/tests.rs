@@ -505,14 +505,13 @@ fn a_batch_cut_to_its_longest_sequence_gives_the_loss_of_the_padded_batch() {
     let cfg = Config::new(305, 2, 32, 2, 64, 104, 0.0, Positions::Tss);
     let w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
     let padded: Vec<&[u32]> = (0..6).map(|i| data.row(i)).collect();
-    let cut = trim_padding(&padded);
+    let cut = trimmed(&padded);
     let longest = cut[0].len();
     assert!(longest < 100, "the test's rows are all 100 long");
     assert!(
         cut.iter().any(|r| r[0] != PAD),
         "a row starts at the first column"
     );
-    let cut: Vec<&[u32]> = cut.iter().map(Vec::as_slice).collect();
     let loss = |rows: &[&[u32]]| {
         let (inputs, labels) = mask_batch(rows, cfg.vocab_size, 0.15, &mut Rng::new(4));
         let hidden = roberta::encode(&w, &cfg, &inputs, None, &Device::Cpu).unwrap();
