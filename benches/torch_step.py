@@ -1,5 +1,6 @@
 """The reference for `flora bench`: training steps of HuggingFace's RobertaForMaskedLM with the
-same configuration and batch (AdamW, PyTorch's own optimizer, where flora uses LAMB), in f32 or
+same configuration and batch (AdamW, PyTorch's own optimizer, where flora uses LAMB; gradients
+clipped to a norm of 1.0 as HuggingFace's Trainer and flora's pretraining clip them), in f32 or
 bf16 autocast, on a GPU or the CPU; and a GPU's bf16 matrix-product rate (the ceiling for model
 FLOP utilisation).
 
@@ -77,6 +78,8 @@ def train_steps(args):
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             out = model(input_ids=ids, attention_mask=attention, labels=labels)
         out.loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         loss = out.loss.item()
         sync(dev)
@@ -88,6 +91,7 @@ def train_steps(args):
         "device": dev,
         "precision": args.precision,
         "attn": args.attn,
+        "clip": args.clip,
         "batch": args.batch,
         "len": args.len,
         "steps": args.steps,
@@ -117,6 +121,7 @@ def main():
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--intermediate", type=int, default=3072)
     p.add_argument("--vocab", type=int, default=5005)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip; 0 turns it off")
     args = p.parse_args()
     print(json.dumps(matmul_rate() if args.matmul else train_steps(args)), flush=True)
 

@@ -129,7 +129,7 @@ fn bench_profiles_where_a_steps_time_goes() {
         "forward: MLM head + loss",
         "forward: lm_head.dense 32 -> 32",
         "backward: candle's recorded ops and gradient sums",
-        "LAMB update",
+        "gradient clipping and LAMB update",
     ] {
         laps(label);
     }

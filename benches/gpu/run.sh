@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # flora's GPU measurements, in one run on a machine with an NVIDIA GPU, PyTorch and transformers
-# (the device machine of issue 9): build the binary elsewhere with
-#
-#   scripts/cuda.sh cargo build --release --features cuda
-#   mkdir -p .gpu && strip -o .gpu/flora target/release/flora && gzip -f .gpu/flora
-#
-# then run this from the repository root. It measures, side by side:
+# (the device machine of issue 9): build the binary elsewhere with benches/gpu/prepare.sh, then
+# run this from the repository root (benches/gpu/session.sh runs the GPU tests first, then
+# this). It measures, side by side:
 #   1. the card's bf16 matrix-product rate (PyTorch, 8192^3): the ceiling for FLOP utilisation;
 #   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16, and
 #      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt);
@@ -13,7 +10,8 @@
 #   4. a small pretraining on simulated promoters on the CPU and on the GPU (and on the CPU with
 #      another seed, for the seed-to-seed spread): their validation losses.
 # With GPU_QUICK=1 it stops after step 4 (no fine-tuning, predictions, eager attention or second
-# CPU seed), for a short device lease. GPU memory is the peak of nvidia-smi's reading while each run lasts. Results: $OUT (or
+# CPU seed), for a short device lease. GPU memory is the peak of nvidia-smi's reading while each
+# run lasts. Results: $OUT (or
 # benches/out/gpu), one JSON line per run in results.jsonl, and a table at the end.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,14 +23,7 @@ mkdir -p "$out"
 res=$out/results.jsonl
 : >"$res"
 
-# cuBLAS, cuRAND, NVRTC and the CUDA runtime from PyTorch's own NVIDIA packages; libcuda from the
-# driver.
-libs=$(python3 -c 'import glob, os, nvidia
-print(":".join(sorted({os.path.dirname(f) for p in nvidia.__path__ for f in glob.glob(p + "/**/lib*.so*", recursive=True)})))')
-export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
-  [ -e "$d/libcuda.so.1" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-done
+source benches/gpu/libraries.sh
 if ldd "$bin" | grep "not found"; then
   echo "run.sh: $bin cannot find the libraries above" >&2
 fi

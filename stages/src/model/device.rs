@@ -13,6 +13,7 @@ pub fn cuda(index: usize) -> Result<Device, String> {
     }
     let dev = Device::new_cuda(index).map_err(|e| format!("GPU {index}: {e}"))?;
     keep_freed_memory(&dev).map_err(|e| format!("GPU {index}: {e}"))?;
+    no_stream_events(&dev);
     Ok(dev)
 }
 
@@ -47,6 +48,27 @@ fn keep_freed_memory(dev: &Device) -> Result<(), String> {
 fn keep_freed_memory(_dev: &Device) -> Result<(), String> {
     Ok(())
 }
+
+/// Turns off cudarc's event tracking for the buffers allocated from here on. It exists to order
+/// a buffer's uses across streams, but with it on every allocation also creates two CUDA events
+/// and every free destroys them: four driver calls on the host for each of the hundreds of
+/// tensors a training step allocates. flora runs all its work on candle's one stream, where the
+/// stream itself orders every use.
+#[cfg(feature = "cuda")]
+fn no_stream_events(dev: &Device) {
+    if let Device::Cuda(cuda) = dev {
+        // SAFETY: cross-stream ordering is the only thing the events provide, and every kernel,
+        // copy and allocation of flora's runs on the device's one stream (candle's), so there is
+        // no other stream to order against. `lamb_cuda.rs` checks that this still holds.
+        #[allow(unsafe_code)]
+        unsafe {
+            cuda.disable_event_tracking()
+        };
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_stream_events(_dev: &Device) {}
 
 /// The device for a job given `gpus` by the scheduler: the first of them, else the CPU. A job
 /// given several uses one (flora does not split a model across GPUs); the message says so.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::examples::{self, Example, Split};
 use super::head::{self, HeadConfig, Transform};
-use super::lamb::{global_norm, Lamb};
+use super::lamb::Lamb;
 use super::predictor::{self, trim_padding};
 use super::pretrain::{load_model, Schedule};
 use super::roberta::{self, Config, Params as Weights, Precision};
@@ -238,7 +238,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             loss_sum += loss * rows.len() as f64;
             n += rows.len();
             step += 1;
-            opt.update(&w, &grads, lr_at(step))
+            opt.update_clipped(&w, &grads, lr_at(step), 1.0, p.clip_norm)
                 .map_err(|e| fail(e.to_string()))?;
         }
         let train_loss = loss_sum / n.max(1) as f64;
@@ -360,14 +360,6 @@ fn train_step(
     let mut grads = w.grads(&loss.backward()?);
     if p.freeze_encoder {
         grads.retain(|name, _| head::is_head(name));
-    }
-    if p.clip_norm > 0.0 {
-        let norm = global_norm(&grads)?;
-        if norm > p.clip_norm {
-            for g in grads.values_mut() {
-                *g = (&*g * (p.clip_norm / norm))?;
-            }
-        }
     }
     Ok((loss.to_scalar::<f32>()? as f64, grads))
 }

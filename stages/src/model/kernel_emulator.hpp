@@ -245,7 +245,7 @@ void call(void (*k)(A...), void **args, std::index_sequence<I...>) {
 }
 
 // The type of a kernel's parameter as the launcher's callers spell it: a pointer, int, unsigned,
-// unsigned long long or float.
+// unsigned long long, float or double.
 template <class T>
 constexpr char tag_of() {
   if constexpr (std::is_pointer_v<T>) return 'p';
@@ -253,6 +253,7 @@ constexpr char tag_of() {
   if constexpr (std::is_same_v<T, unsigned>) return 'u';
   if constexpr (std::is_same_v<T, unsigned long long>) return 'U';
   if constexpr (std::is_same_v<T, float>) return 'f';
+  if constexpr (std::is_same_v<T, double>) return 'd';
   return '?';
 }
 

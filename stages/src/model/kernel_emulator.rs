@@ -73,6 +73,7 @@ enum Value {
     I32(i32),
     U64(u64),
     F32(f32),
+    F64(f64),
 }
 
 impl Arg<'_> {
@@ -90,6 +91,7 @@ impl Arg<'_> {
             Value::I32(_) => b'i',
             Value::U64(_) => b'U',
             Value::F32(_) => b'f',
+            Value::F64(_) => b'd',
         }
     }
 
@@ -101,6 +103,7 @@ impl Arg<'_> {
             Value::I32(v) => (v as *mut i32).cast(),
             Value::U64(v) => (v as *mut u64).cast(),
             Value::F32(v) => (v as *mut f32).cast(),
+            Value::F64(v) => (v as *mut f64).cast(),
         }
     }
 }
@@ -151,14 +154,14 @@ impl Staged {
         }
     }
 
-    /// Checks the guard bands and copies a written buffer back; which side was written, if one
-    /// was.
-    fn finish(&self, k: usize) -> Result<(), String> {
+    /// Checks the guard bands and copies a written buffer back; which side of the buffer
+    /// (described by `what`) was written, if one was.
+    fn finish(&self, what: &str) -> Result<(), String> {
         let before = self.bytes[..GUARD].iter().any(|&b| b != CANARY);
         let after = self.bytes[GUARD + self.len..].iter().any(|&b| b != CANARY);
         if before || after {
             let side = if before { "before" } else { "after" };
-            return Err(format!("the kernel wrote {side} its buffer argument {k}"));
+            return Err(format!("the kernel wrote {side} {what}"));
         }
         let data = &self.bytes[GUARD..GUARD + self.len];
         if self.writable {
@@ -171,7 +174,7 @@ impl Staged {
             #[allow(unsafe_code)]
             let original = unsafe { std::slice::from_raw_parts(self.original, self.len) };
             if original != data {
-                return Err(format!("the kernel wrote its input buffer argument {k}"));
+                return Err(format!("the kernel wrote {what}, an input"));
             }
         }
         Ok(())
@@ -193,6 +196,49 @@ pub fn ulong(v: u64) -> Arg<'static> {
 /// A `float` parameter.
 pub fn float(v: f32) -> Arg<'static> {
     Arg::new(Value::F32(v))
+}
+
+/// A `double` parameter.
+pub fn double(v: f64) -> Arg<'static> {
+    Arg::new(Value::F64(v))
+}
+
+/// Buffers that a kernel reaches through a table of addresses (LAMB's multi-tensor kernels)
+/// rather than as arguments: each is staged between guard bands as an argument is, and
+/// [`Referenced::finish`] checks the bands and copies the written ones back after the launch.
+#[derive(Default)]
+pub struct Referenced<'a> {
+    staged: Vec<Staged>,
+    _borrow: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> Referenced<'a> {
+    /// The address, for the table, of a buffer the kernel reads.
+    pub fn input<T: Copy>(&mut self, x: &'a [T]) -> u64 {
+        self.stage(x.as_ptr() as *mut u8, std::mem::size_of_val(x), false)
+    }
+
+    /// The address, for the table, of a buffer the kernel writes.
+    pub fn output<T: Copy>(&mut self, x: &'a mut [T]) -> u64 {
+        self.stage(x.as_mut_ptr().cast(), std::mem::size_of_val(x), true)
+    }
+
+    fn stage(&mut self, original: *mut u8, len: usize, writable: bool) -> u64 {
+        let mut copy = Staged::new(original, len, writable);
+        let address = copy.bytes.as_mut_ptr().wrapping_add(GUARD) as u64;
+        self.staged.push(copy);
+        address
+    }
+
+    /// Checks every buffer's guard bands and copies the written buffers back: the error names
+    /// the buffer (in the order they were added) that the kernels wrote outside of, or wrote
+    /// though it was an input.
+    pub fn finish(self) -> Result<(), String> {
+        for (k, staged) in self.staged.iter().enumerate() {
+            staged.finish(&format!("the buffer at table address {k}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The launcher's signature: kernel name, grid, block, argument tags, argument addresses, and
@@ -333,7 +379,9 @@ pub fn try_launch(name: &str, shape: LaunchShape, mut args: Vec<Arg<'_>>) -> Res
         let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
         return Err(String::from_utf8_lossy(&err[..end]).into_owned());
     }
-    staged.iter().try_for_each(|(k, copy)| copy.finish(*k))
+    staged
+        .iter()
+        .try_for_each(|(k, copy)| copy.finish(&format!("its buffer argument {k}")))
 }
 
 /// [`try_launch`], panicking with the emulator's message.
@@ -465,7 +513,7 @@ mod tests {
         let err = try_launch("emulator_unguarded", shape, vec![input(&y), int(64)]);
         assert_eq!(
             err.unwrap_err(),
-            "the kernel wrote its input buffer argument 0"
+            "the kernel wrote its buffer argument 0, an input"
         );
     }
 
@@ -1123,18 +1171,26 @@ mod tests {
         dense_epilogue_kernels_match::<half::bf16>("bf16", 8e-3);
     }
 
-    /// LAMB's two kernels, launched as `lamb_cuda.rs` launches them (both moments and each
-    /// block's partial sums by one kernel per parameter, the sums added on the host in block
-    /// order, the weights stepped by a second), against the CPU's fused loops over three steps.
+    /// LAMB's five multi-tensor kernels, launched through a table of the tensors' addresses as
+    /// `lamb_cuda.rs` launches them, against the CPU's fused loops over three steps: one plain,
+    /// one with a scale and a clipping norm that bites, one with a clipping norm that does not.
     #[test]
     fn lamb_matches_the_cpu_loops() {
-        use super::super::lamb::{block_pair_sums, decays, trust_ratio, Lamb};
-        use super::super::launch_shapes::lamb as lamb_shape;
+        // "lamb_grad_squares", "lamb_clip_scale", "lamb_moments", "lamb_trust_steps", "lamb_apply",
+        use super::super::lamb::{decays, Lamb};
+        use super::super::launch_shapes::{blocks_of_256, lamb_chunks, LAMB_CHUNK};
         use super::super::roberta::Params;
         use candle_core::{DType, Device, Tensor, Var};
 
-        // A weight longer than one grid's stride (264 blocks of 256 threads), and a bias.
-        let sizes = [("a.dense.weight", 68_000), ("a.dense.bias", 300)];
+        // In name order, as the update takes them: a bias of one chunk, a LayerNorm weight (no
+        // decay either), and a weight of four chunks and a ragged fifth.
+        let sizes = [
+            ("a.dense.bias", 300),
+            ("a.dense.weight", 4 * LAMB_CHUNK + 3_000),
+            ("a.LayerNorm.weight", 257),
+        ];
+        let mut sizes = sizes.to_vec();
+        sizes.sort();
         let cpu = Params {
             vars: sizes
                 .iter()
@@ -1149,14 +1205,18 @@ mod tests {
             sink: Default::default(),
         };
         let mut lamb = Lamb::new(0.01);
-        let mut state: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = sizes
-            .iter()
-            .enumerate()
-            .map(|(k, &(_, n))| (random(n, 0.3, 20 + k as u64), vec![0.0; n], vec![0.0; n]))
+        let mut w: Vec<Vec<f32>> = (0..sizes.len())
+            .map(|k| random(sizes[k].1, 0.3, 20 + k as u64))
             .collect();
+        let mut m: Vec<Vec<f32>> = sizes.iter().map(|&(_, n)| vec![0.0; n]).collect();
+        let mut v = m.clone();
+        let chunks: Vec<usize> = sizes.iter().map(|&(_, n)| lamb_chunks(n)).collect();
+        let total: usize = chunks.iter().sum();
+        assert_eq!(total, 7);
         let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, 0.05f64);
-        for t in 1..=3i32 {
-            let scale = if t == 2 { 0.5f32 } else { 1.0 };
+        let (count, chunk) = (|| int(sizes.len()), || int(LAMB_CHUNK));
+        // The gradients' norm is about 150; a clip of 20 bites at step 2, 1e6 at step 3 does not.
+        for (t, scale, clip) in [(1i32, 1.0f32, 0.0f32), (2, 0.5, 20.0), (3, 1.0, 1e6)] {
             let grads: Vec<Vec<f32>> = sizes
                 .iter()
                 .enumerate()
@@ -1166,77 +1226,166 @@ mod tests {
                 .iter()
                 .zip(&grads)
                 .map(|(&(name, _), g)| {
-                    (
-                        name.to_string(),
-                        Tensor::new(g.as_slice(), &Device::Cpu).unwrap(),
-                    )
+                    let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+                    (name.to_string(), g)
                 })
                 .collect();
-            lamb.update_scaled(&cpu, &by_name, lr, scale as f64)
+            lamb.update_clipped(&cpu, &by_name, lr, scale as f64, clip as f64)
                 .unwrap();
 
             let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-            let blocks: Vec<usize> = sizes
-                .iter()
-                .map(|&(_, n)| lamb_shape(n).grid[0] as usize)
-                .collect();
-            let mut partial = vec![f32::NAN; 2 * blocks.iter().sum::<usize>()];
-            let mut offset = 0;
-            for (k, &(name, n)) in sizes.iter().enumerate() {
-                let wd = if decays(name) { 0.01f32 } else { 0.0 };
-                let (w, m, v) = &mut state[k];
-                launch(
-                    "lamb_moments",
-                    lamb_shape(n),
-                    vec![
-                        input(w),
-                        input(&grads[k]),
-                        output(m),
-                        output(v),
-                        output(&mut partial[offset..offset + 2 * blocks[k]]),
-                        ulong(n as u64),
-                        float(scale),
-                        float(b1),
-                        float(b2),
-                        float(c1),
-                        float(c2),
-                        float(eps),
-                        float(wd),
-                    ],
-                );
-                offset += 2 * blocks[k];
+            let mut referenced = Referenced::default();
+            let mut table = Vec::new();
+            let mut first = 0;
+            let buffers = w.iter_mut().zip(m.iter_mut().zip(v.iter_mut()));
+            for (k, (wk, (mk, vk))) in buffers.enumerate() {
+                let (name, n) = sizes[k];
+                let decay = if decays(name) { 0.01f32 } else { 0.0 };
+                table.extend([
+                    referenced.output(wk),
+                    referenced.input(&grads[k]),
+                    referenced.output(mk),
+                    referenced.output(vk),
+                    n as u64,
+                    first as u64,
+                    u64::from(decay.to_bits()),
+                ]);
+                first += chunks[k];
             }
-            let mut offset = 0;
-            for (k, &(name, n)) in sizes.iter().enumerate() {
-                let wd = if decays(name) { 0.01f32 } else { 0.0 };
-                let (ws, us) = block_pair_sums(&partial[offset..offset + 2 * blocks[k]]);
-                offset += 2 * blocks[k];
-                let step = (lr * trust_ratio(ws, us)) as f32;
-                let (w, m, v) = &mut state[k];
+            let mut squares = vec![f32::NAN; total];
+            let clipped_chunks = if clip > 0.0 {
                 launch(
-                    "lamb_apply",
-                    lamb_shape(n),
-                    vec![
-                        output(w),
-                        input(m),
-                        input(v),
-                        ulong(n as u64),
-                        float(step),
-                        float(c1),
-                        float(c2),
-                        float(eps),
-                        float(wd),
-                    ],
+                    "lamb_grad_squares",
+                    blocks_of_256(total),
+                    vec![input(&table), count(), chunk(), output(&mut squares)],
                 );
+                total
+            } else {
+                0
+            };
+            let mut grad_scale = [f32::NAN];
+            launch(
+                "lamb_clip_scale",
+                blocks_of_256(1),
+                vec![
+                    input(&squares),
+                    int(clipped_chunks),
+                    float(scale),
+                    float(clip),
+                    output(&mut grad_scale),
+                ],
+            );
+            let mut pairs = vec![f32::NAN; 2 * total];
+            launch(
+                "lamb_moments",
+                blocks_of_256(total),
+                vec![
+                    input(&table),
+                    count(),
+                    chunk(),
+                    input(&grad_scale),
+                    float(b1),
+                    float(b2),
+                    float(c1),
+                    float(c2),
+                    float(eps),
+                    output(&mut pairs),
+                ],
+            );
+            let mut steps = vec![f32::NAN; sizes.len()];
+            launch(
+                "lamb_trust_steps",
+                blocks_of_256(sizes.len()),
+                vec![
+                    input(&table),
+                    chunk(),
+                    input(&pairs),
+                    double(lr),
+                    output(&mut steps),
+                ],
+            );
+            launch(
+                "lamb_apply",
+                blocks_of_256(total),
+                vec![
+                    input(&table),
+                    count(),
+                    chunk(),
+                    input(&steps),
+                    float(c1),
+                    float(c2),
+                    float(eps),
+                ],
+            );
+            referenced.finish().unwrap();
+            if t == 2 {
+                assert!(grad_scale[0] < 0.5 * 0.5, "clipped to {}", grad_scale[0]);
+            } else {
+                assert_eq!(grad_scale[0], scale);
             }
         }
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         for (k, &(name, _)) in sizes.iter().enumerate() {
-            let (w, m, v) = &state[k];
-            assert_close(name, w, &flat(cpu.vars[name].as_tensor()), 1e-5);
-            assert_close(name, m, &flat(&lamb.m[name]), 1e-6);
-            assert_close(name, v, &flat(&lamb.v[name]), 1e-6);
+            assert_close(name, &w[k], &flat(cpu.vars[name].as_tensor()), 1e-5);
+            assert_close(name, &m[k], &flat(&lamb.m[name]), 1e-6);
+            assert_close(name, &v[k], &flat(&lamb.v[name]), 1e-6);
         }
+    }
+
+    /// A kernel writing past a buffer it reaches through a table is caught, and so is one
+    /// writing a buffer the table lists as an input.
+    #[test]
+    fn the_emulator_guards_buffers_reached_through_a_table() {
+        let (mut w, mut m, mut v) = (vec![1f32; 10], vec![0f32; 10], vec![0f32; 10]);
+        let g = vec![1f32; 10];
+        let launch_with = |n: u64, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            let mut referenced = Referenced::default();
+            // Weights listed as an input when n is 0 (the kernel steps them all the same).
+            let w = if n == 0 {
+                referenced.input(w)
+            } else {
+                referenced.output(w)
+            };
+            let n = if n == 0 { 10 } else { n };
+            let table = [
+                w,
+                referenced.input(g),
+                referenced.output(m),
+                referenced.output(v),
+                n,
+                0,
+                // A weight decay of 0.5: the update direction, 0.5 w, changes every weight.
+                u64::from(0.5f32.to_bits()),
+            ];
+            let steps = [0.1f32];
+            try_launch(
+                "lamb_apply",
+                LaunchShape {
+                    grid: [1, 1, 1],
+                    block: [32, 1, 1],
+                },
+                vec![
+                    input(&table),
+                    int(1),
+                    int(16_384),
+                    input(&steps),
+                    float(1.0),
+                    float(1.0),
+                    float(1e-8),
+                ],
+            )?;
+            referenced.finish()
+        };
+        // A table that says 12 elements where the buffers hold 10.
+        let err = launch_with(12, &mut w, &mut m, &mut v, &g).unwrap_err();
+        assert_eq!(err, "the kernel wrote after the buffer at table address 0");
+        let err = launch_with(0, &mut w, &mut m, &mut v, &g).unwrap_err();
+        assert_eq!(
+            err,
+            "the kernel wrote the buffer at table address 0, an input"
+        );
+        launch_with(10, &mut w, &mut m, &mut v, &g).unwrap();
+        assert!(w.iter().all(|&x| x < 1.0), "{w:?}");
     }
 
     #[test]

@@ -560,19 +560,95 @@ __device__ __forceinline__ float lamb_direction(float m, float v, float w, float
   return (m / c1) / (sqrtf(v / c2) + eps) + wd * w;
 }
 
-// One LAMB step's moments of a parameter of n elements, in place, from its gradient times
-// `scale`; and the block's partial sums of w^2 and of the direction's squares into
-// partial[2 blockIdx.x] and partial[2 blockIdx.x + 1] (summed on the host in block order, so the
-// trust ratio does not depend on scheduling). Grid-stride over n; blockDim a multiple of 32.
-extern "C" __global__ void lamb_moments(const float *w, const float *g, float *m, float *v,
-                                        float *partial, unsigned long long n, float scale,
-                                        float b1, float b2, float c1, float c2, float eps,
-                                        float wd) {
+// LAMB over every parameter tensor at once: each kernel below is one launch for the whole model,
+// its blocks taking one chunk of `chunk` elements of one tensor each, the tensors found through a
+// table that `lamb_cuda.rs` uploads every step (seven 64-bit words per tensor). Nothing is read
+// back to the host: the gradient clipping's scale and each tensor's trust ratio are computed on
+// the device, every sum in a fixed order.
+struct LambTensor {
+  float *w;
+  const float *g;
+  float *m;
+  float *v;
+  unsigned long long n;
+  unsigned long long first_chunk;  // its first chunk's index among all tensors' chunks
+  float decay;                     // weight decay (0 for biases and LayerNorm weights)
+  float unused;
+};
+
+// The tensor that chunk c belongs to: the last one whose first chunk is at most c.
+__device__ int lamb_tensor_of(const LambTensor *t, int count, unsigned long long c) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (t[mid].first_chunk <= c) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// This block's chunk: its tensor, and the elements [begin, end) of that tensor it covers.
+struct LambChunk {
+  const LambTensor *t;
+  size_t begin, end;
+};
+
+__device__ LambChunk lamb_chunk(const LambTensor *table, int count, int chunk) {
+  const LambTensor *t = table + lamb_tensor_of(table, count, blockIdx.x);
+  const size_t begin = (size_t)(blockIdx.x - t->first_chunk) * chunk;
+  const size_t end = begin + chunk < t->n ? begin + chunk : t->n;
+  return LambChunk{t, begin, end};
+}
+
+// The sum over the block of a double (blockDim.x a power of two, at most 256), in a fixed order.
+__device__ double block_sum_double(double v, double *sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
+    __syncthreads();
+  }
+  return sh[0];
+}
+
+// The squares of the gradients, summed per chunk into partial[blockIdx.x]: the global norm that
+// gradient clipping needs.
+extern "C" __global__ void lamb_grad_squares(const LambTensor *table, int count, int chunk,
+                                             float *partial) {
   __shared__ float sh[32];
+  const LambChunk c = lamb_chunk(table, count, chunk);
+  float s = 0.0f;
+  for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) s += c.t->g[i] * c.t->g[i];
+  s = block_sum(s, sh);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// The gradients' scale, into scale[0]: `base` (averaging accumulated gradients), times
+// clip / norm where the norm of the scaled gradients exceeds `clip` (> 0). The norm comes from
+// lamb_grad_squares' `chunks` partial sums (none when not clipping). One block.
+extern "C" __global__ void lamb_clip_scale(const float *partial, int chunks, float base,
+                                           float clip, float *scale) {
+  __shared__ double sh[256];
+  double s = 0.0;
+  for (int i = threadIdx.x; i < chunks; i += blockDim.x) s += partial[i];
+  const double norm = sqrt(block_sum_double(s, sh)) * base;
+  if (threadIdx.x == 0) scale[0] = clip > 0.0f && norm > clip ? (float)(base * (clip / norm)) : base;
+}
+
+// One LAMB step's moments, in place, from the gradients times scale[0]; and each chunk's sums of
+// w^2 and of the update direction's squares into partial[2 blockIdx.x] and
+// partial[2 blockIdx.x + 1].
+extern "C" __global__ void lamb_moments(const LambTensor *table, int count, int chunk,
+                                        const float *scale, float b1, float b2, float c1,
+                                        float c2, float eps, float *partial) {
+  __shared__ float sh[32];
+  const LambChunk c = lamb_chunk(table, count, chunk);
+  const float k = scale[0], wd = c.t->decay;
+  float *m = c.t->m, *v = c.t->v;
+  const float *w = c.t->w, *g = c.t->g;
   float wn = 0.0f, un = 0.0f;
-  const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float gi = g[i] * scale;
+  for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
+    const float gi = g[i] * k;
     const float mi = m[i] * b1 + gi * (1.0f - b1);
     const float vi = v[i] * b2 + gi * gi * (1.0f - b2);
     m[i] = mi;
@@ -589,12 +665,31 @@ extern "C" __global__ void lamb_moments(const float *w, const float *g, float *m
   }
 }
 
-// The LAMB step itself: w -= step * direction, step being the learning rate times the trust
-// ratio. Grid-stride over n.
-extern "C" __global__ void lamb_apply(float *w, const float *m, const float *v,
-                                      unsigned long long n, float step, float c1, float c2,
-                                      float eps, float wd) {
-  const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+// Each tensor's step, lr times its trust ratio ||w|| / ||u|| (1 where either is zero), from its
+// chunks' partial sums added in chunk order: steps[blockIdx.x], one block per tensor.
+extern "C" __global__ void lamb_trust_steps(const LambTensor *table, int chunk,
+                                            const float *partial, double lr, float *steps) {
+  __shared__ double sh[256];
+  const LambTensor *t = table + blockIdx.x;
+  const unsigned long long chunks = (t->n + chunk - 1) / chunk;
+  double ws = 0.0, us = 0.0;
+  for (unsigned long long j = threadIdx.x; j < chunks; j += blockDim.x) {
+    ws += partial[2 * (t->first_chunk + j)];
+    us += partial[2 * (t->first_chunk + j) + 1];
+  }
+  const double wn = sqrt(block_sum_double(ws, sh));
+  __syncthreads();
+  const double un = sqrt(block_sum_double(us, sh));
+  if (threadIdx.x == 0) steps[blockIdx.x] = (float)(lr * (wn > 0.0 && un > 0.0 ? wn / un : 1.0));
+}
+
+// The LAMB step itself: w -= steps[tensor] * direction.
+extern "C" __global__ void lamb_apply(const LambTensor *table, int count, int chunk,
+                                      const float *steps, float c1, float c2, float eps) {
+  const LambChunk c = lamb_chunk(table, count, chunk);
+  const float step = steps[c.t - table], wd = c.t->decay;
+  float *w = c.t->w;
+  const float *m = c.t->m, *v = c.t->v;
+  for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
     w[i] -= step * lamb_direction(m[i], v[i], w[i], c1, c2, eps, wd);
 }

@@ -59,7 +59,7 @@ impl Lamb {
     }
 
     /// [`Lamb::update`] with every gradient multiplied by `scale` first (averaging accumulated
-    /// gradients and clipping their norm, done inside the update's own passes on the CPU).
+    /// gradients, done inside the update's own passes).
     pub fn update_scaled(
         &mut self,
         params: &Params,
@@ -67,18 +67,33 @@ impl Lamb {
         lr: f64,
         scale: f64,
     ) -> Result<()> {
-        self.step += 1;
-        let t = self.step as i32;
+        self.update_clipped(params, grads, lr, scale, 0.0)
+    }
+
+    /// [`Lamb::update_scaled`] with the scaled gradients then clipped to a global norm of `clip`
+    /// (not clipped when `clip` is 0). On a CUDA GPU the norm is computed and applied inside the
+    /// update's kernels, with nothing read back to the host; elsewhere through [`global_norm`].
+    pub fn update_clipped(
+        &mut self,
+        params: &Params,
+        grads: &HashMap<String, Tensor>,
+        lr: f64,
+        scale: f64,
+        clip: f64,
+    ) -> Result<()> {
+        let t = (self.step + 1) as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         let mut names: Vec<&String> = params.vars.keys().collect();
         names.sort();
         let on_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
         if params.vars.values().all(|v| on_cpu(v.as_tensor())) {
+            let scale = clipped(grads, scale, clip)? as f32;
+            self.step += 1;
             for name in names {
                 if let Some(g) = grads.get(name) {
                     let var = &params.vars[name];
-                    self.update_on_cpu(name, var, g, lr, (bc1, bc2), scale as f32)?;
+                    self.update_on_cpu(name, var, g, lr, (bc1, bc2), scale)?;
                 }
             }
             return Ok(());
@@ -89,8 +104,20 @@ impl Lamb {
             .values()
             .all(|v| super::lamb_cuda::applies(v.as_tensor()))
         {
-            return super::lamb_cuda::update(self, params, grads, names, lr, (bc1, bc2), scale);
+            self.step += 1;
+            return super::lamb_cuda::update(
+                self,
+                params,
+                grads,
+                names,
+                lr,
+                (bc1, bc2),
+                scale,
+                clip,
+            );
         }
+        let scale = clipped(grads, scale, clip)?;
+        self.step += 1;
         if scale != 1.0 {
             let scaled: HashMap<String, Tensor> = grads
                 .iter()
@@ -268,6 +295,20 @@ pub(crate) fn moment(
     Ok(t)
 }
 
+/// `scale`, times clip / norm where the global norm of the gradients times `scale` exceeds
+/// `clip` (when `clip` is positive).
+fn clipped(grads: &HashMap<String, Tensor>, scale: f64, clip: f64) -> Result<f64> {
+    if clip <= 0.0 {
+        return Ok(scale);
+    }
+    let norm = global_norm(grads)? * scale;
+    Ok(if norm > clip {
+        scale * (clip / norm)
+    } else {
+        scale
+    })
+}
+
 /// LAMB's trust ratio ||w|| / ||u|| from the sums of squares of the weights and of the update
 /// direction; 1 where either is zero.
 pub(crate) fn trust_ratio(w_squares: f64, u_squares: f64) -> f64 {
@@ -277,15 +318,6 @@ pub(crate) fn trust_ratio(w_squares: f64, u_squares: f64) -> f64 {
     } else {
         1.0
     }
-}
-
-/// The sums of squares of the weights and of the direction from the GPU kernel's partial sums
-/// (pairs, one per block), added in block order.
-#[cfg(any(feature = "cuda", test))]
-pub(crate) fn block_pair_sums(partial: &[f32]) -> (f64, f64) {
-    partial.chunks(2).fold((0.0, 0.0), |(w, u), pair| {
-        (w + pair[0] as f64, u + pair[1] as f64)
-    })
 }
 
 /// The sum of the squares of `t`'s elements, as a scalar tensor on its device. Summed by rows
@@ -382,6 +414,51 @@ mod tests {
         }
         // Biases get no weight decay.
         assert!(!decays("a.bias") && !decays("a.LayerNorm.weight") && decays("a.dense.weight"));
+    }
+
+    /// Clipping scales the gradients down to the norm asked for, once they exceed it, and
+    /// leaves them alone below it: the same weights as gradients scaled by hand, not those of
+    /// the unclipped gradients.
+    #[test]
+    fn clipping_scales_the_gradients_to_the_norm() {
+        let dev = Device::Cpu;
+        let params = || Params {
+            vars: HashMap::from([(
+                "x.weight".to_string(),
+                Var::from_tensor(&Tensor::new(&[3f32, 4.0, -1.0], &dev).unwrap()).unwrap(),
+            )]),
+            frozen: false,
+            compute: candle_core::DType::F32,
+            sink: Default::default(),
+        };
+        let grads =
+            |g: [f32; 3]| HashMap::from([("x.weight".to_string(), Tensor::new(&g, &dev).unwrap())]);
+        let weights =
+            |p: &Params| -> Vec<f32> { p.vars["x.weight"].as_tensor().to_vec1().unwrap() };
+        let (g1, g2) = ([1f32, 2.0, 2.0], [4f32, -4.0, 2.0]);
+        // Norms 3 and 6. With a clip of 4: the first step's 3 x 2.0 = 6 is cut to 4, the
+        // second's 6 x 0.5 = 3 is left alone (the cut shows in the second step's moments).
+        let (clipped, by_hand, unclipped) = (params(), params(), params());
+        let (mut oc, mut oh, mut ou) = (Lamb::new(0.01), Lamb::new(0.01), Lamb::new(0.01));
+        oc.update_clipped(&clipped, &grads(g1), 0.1, 2.0, 4.0)
+            .unwrap();
+        oc.update_clipped(&clipped, &grads(g2), 0.1, 0.5, 4.0)
+            .unwrap();
+        oh.update_scaled(&by_hand, &grads(g1), 0.1, 2.0 * 4.0 / 6.0)
+            .unwrap();
+        oh.update_scaled(&by_hand, &grads(g2), 0.1, 0.5).unwrap();
+        ou.update_scaled(&unclipped, &grads(g1), 0.1, 2.0).unwrap();
+        ou.update_scaled(&unclipped, &grads(g2), 0.1, 0.5).unwrap();
+        let (c, h, u) = (weights(&clipped), weights(&by_hand), weights(&unclipped));
+        for (x, y) in c.iter().zip(&h) {
+            assert!((x - y).abs() < 1e-7, "{c:?} vs {h:?}");
+        }
+        let apart = c
+            .iter()
+            .zip(&u)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(apart > 1e-4, "clipping changed nothing: {c:?} vs {u:?}");
     }
 
     /// The CPU's fused loops and the general tensor path give the same weights and moments.

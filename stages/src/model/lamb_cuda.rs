@@ -1,21 +1,24 @@
-//! LAMB on a CUDA GPU: per parameter, one kernel updates both moments in place and sums the
-//! squares of the weights and of the update direction by blocks (`kernels.cu`'s
-//! `lamb_moments`); the partial sums of every parameter come back in one transfer; a second
-//! kernel steps the weights in place (`lamb_apply`). As tensor operations the same update is
-//! about fifteen kernels and three fresh tensors per parameter (22 ms per step of the paper's
-//! model on an H100). Same arithmetic as the CPU's fused loops (`Lamb::update_on_cpu`).
+//! LAMB on a CUDA GPU in five launches for the whole model, whatever its number of parameter
+//! tensors, and nothing read back to the host: a table of every tensor's weights, gradient and
+//! moments (their device addresses) is uploaded, and `kernels.cu`'s multi-tensor kernels work
+//! through it by chunks of [`LAMB_CHUNK`] elements. They sum the gradients' squares
+//! (`lamb_grad_squares`, when clipping), turn them into the gradients' scale (`lamb_clip_scale`),
+//! update both moments in place and sum the squares of the weights and of the update direction
+//! (`lamb_moments`), turn those into each tensor's step, the learning rate times its trust ratio
+//! (`lamb_trust_steps`), and step the weights in place (`lamb_apply`). Two kernels per tensor with
+//! the trust ratios read back between them, after clipping's global norm as three tensor
+//! operations per tensor and a read-back, were over 500 launches and two waits for the paper's
+//! model of 106 tensors. Same arithmetic as the CPU's fused loops (`Lamb::update_on_cpu`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
-use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::CudaViewMut;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr as _};
 use candle_core::cuda_backend::CudaDevice;
-use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor};
+use candle_core::{DType, Layout, Result, Storage, Tensor};
 
 use super::gpu_kernels::{config, launch, output, view};
-use super::lamb::{block_pair_sums, moment, trust_ratio, Lamb};
-use super::launch_shapes;
+use super::lamb::{moment, Lamb};
+use super::launch_shapes::{blocks_of_256, lamb_chunks, LAMB_CHUNK};
 use super::roberta::Params;
 
 /// Whether the GPU update applies to a parameter: f32 on a CUDA GPU.
@@ -23,23 +26,24 @@ pub fn applies(t: &Tensor) -> bool {
     t.device().is_cuda() && t.dtype() == DType::F32
 }
 
-/// One parameter's part of the step.
+/// One parameter tensor's part of the step.
 struct Part<'a> {
     name: &'a str,
     weights: &'a Tensor,
     grad: Tensor,
     m: Tensor,
     v: Tensor,
-    /// Its kernels' grid and blocks.
-    shape: launch_shapes::LaunchShape,
-    /// Where its blocks' partial sums are in the shared buffer (a pair per block).
-    sums: std::ops::Range<usize>,
     /// Its weight decay (0 for biases and LayerNorm weights).
     decay: f32,
 }
 
-/// One LAMB update of every parameter named in `names` that has a gradient, with the gradients
-/// multiplied by `scale`, at learning rate `lr`; `bc1` and `bc2` are the bias corrections.
+/// 64-bit words per tensor in the table (`kernels.cu`'s `LambTensor`).
+const WORDS: usize = 7;
+
+/// One LAMB update of every parameter named in `names` that has a gradient, at learning rate
+/// `lr`, with the gradients multiplied by `scale` and then, when `clip` is positive, scaled down
+/// to a global norm of `clip`; `bc1` and `bc2` are the bias corrections.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn update(
     lamb: &mut Lamb,
     params: &Params,
@@ -48,9 +52,9 @@ pub(crate) fn update(
     lr: f64,
     (bc1, bc2): (f64, f64),
     scale: f64,
+    clip: f64,
 ) -> Result<()> {
     let mut parts = Vec::new();
-    let mut offset = 0;
     for name in names {
         let Some(grad) = grads.get(name) else {
             continue;
@@ -63,18 +67,14 @@ pub(crate) fn update(
                 grad.elem_count()
             );
         }
-        let shape = launch_shapes::lamb(n);
         parts.push(Part {
             name,
             weights,
             grad: grad.to_dtype(DType::F32)?.contiguous()?,
             m: moment(&mut lamb.m, name, weights)?,
             v: moment(&mut lamb.v, name, weights)?,
-            shape,
-            sums: offset..offset + 2 * shape.grid[0] as usize,
             decay: lamb.decay_of(name),
         });
-        offset += 2 * shape.grid[0] as usize;
     }
     let Some(first) = parts.first() else {
         return Ok(());
@@ -83,122 +83,118 @@ pub(crate) fn update(
         candle_core::bail!("lamb: `{}` is not on a CUDA GPU", first.name)
     };
     let dev = dev.clone();
+    let (table, chunks) = table(&dev, &parts)?;
+    let count = parts.len() as i32;
+    let chunk = LAMB_CHUNK as i32;
     let (b1, b2, eps) = (lamb.beta1 as f32, lamb.beta2 as f32, lamb.eps as f32);
-    let (c1, c2, scale) = (bc1 as f32, bc2 as f32, scale as f32);
-    // SAFETY of `output`: each parameter's blocks write their pairs, which tile the buffer.
-    let mut partial = output(&dev, offset)?;
-    for part in &parts {
-        let (n_u, wd) = (part.weights.elem_count() as u64, part.decay);
-        in_place(&part.m, "lamb-moments", |m, _| -> Result<()> {
-            in_place(&part.v, "lamb-moments", |v, dev| -> Result<()> {
-                let (wg, wl) = part.weights.storage_and_layout();
-                let (gg, gl) = part.grad.storage_and_layout();
-                let w = view(cuda(&wg, "lamb-moments")?, wl, "lamb-moments")?;
-                let g = view(cuda(&gg, "lamb-moments")?, gl, "lamb-moments")?;
-                let mut sums = partial.slice_mut(part.sums.clone());
-                launch!(
-                    dev,
-                    "lamb_moments",
-                    config(part.shape),
-                    &w,
-                    &g,
-                    m,
-                    v,
-                    &mut sums,
-                    &n_u,
-                    &scale,
-                    &b1,
-                    &b2,
-                    &c1,
-                    &c2,
-                    &eps,
-                    &wd
-                )
-            })?
-        })??;
-    }
-    let sums = dev.clone_dtoh(&partial)?;
-    for part in &parts {
-        let (w_squares, u_squares) = block_pair_sums(&sums[part.sums.clone()]);
-        let step = (lr * trust_ratio(w_squares, u_squares)) as f32;
-        let (n_u, wd) = (part.weights.elem_count() as u64, part.decay);
-        in_place(part.weights, "lamb-apply", |w, dev| {
-            let (mg, ml) = part.m.storage_and_layout();
-            let (vg, vl) = part.v.storage_and_layout();
-            let m = view(cuda(&mg, "lamb-apply")?, ml, "lamb-apply")?;
-            let v = view(cuda(&vg, "lamb-apply")?, vl, "lamb-apply")?;
-            launch!(
-                dev,
-                "lamb_apply",
-                config(part.shape),
-                w,
-                &m,
-                &v,
-                &n_u,
-                &step,
-                &c1,
-                &c2,
-                &eps,
-                &wd
-            )
-        })??;
-    }
+    let (c1, c2, base, clip) = (bc1 as f32, bc2 as f32, scale as f32, clip as f32);
+    // SAFETY of `output`: each buffer is written whole by the kernel that fills it (one value
+    // per chunk, pair per chunk, value per tensor, or the one scale) before any kernel reads it.
+    let mut squares = output(&dev, chunks)?;
+    let clipped_chunks = if clip > 0.0 {
+        launch!(
+            dev,
+            "lamb_grad_squares",
+            config(blocks_of_256(chunks)),
+            &table,
+            &count,
+            &chunk,
+            &mut squares
+        )?;
+        chunks as i32
+    } else {
+        0
+    };
+    let mut grad_scale = output(&dev, 1)?;
+    launch!(
+        dev,
+        "lamb_clip_scale",
+        config(blocks_of_256(1)),
+        &squares,
+        &clipped_chunks,
+        &base,
+        &clip,
+        &mut grad_scale
+    )?;
+    let mut pairs = output(&dev, 2 * chunks)?;
+    launch!(
+        dev,
+        "lamb_moments",
+        config(blocks_of_256(chunks)),
+        &table,
+        &count,
+        &chunk,
+        &grad_scale,
+        &b1,
+        &b2,
+        &c1,
+        &c2,
+        &eps,
+        &mut pairs
+    )?;
+    let mut steps = output(&dev, parts.len())?;
+    launch!(
+        dev,
+        "lamb_trust_steps",
+        config(blocks_of_256(parts.len())),
+        &table,
+        &chunk,
+        &pairs,
+        &lr,
+        &mut steps
+    )?;
+    launch!(
+        dev,
+        "lamb_apply",
+        config(blocks_of_256(chunks)),
+        &table,
+        &count,
+        &chunk,
+        &steps,
+        &c1,
+        &c2,
+        &eps
+    )?;
+    // The gradients, and the weights and moments the kernels wrote, stay alive in `parts` until
+    // here; candle frees memory in stream order, after the kernels that use it.
+    drop(parts);
     Ok(())
 }
 
-/// The CUDA storage inside a tensor's storage.
-fn cuda<'a>(s: &'a Storage, op: &str) -> Result<&'a CudaStorage> {
-    match s {
-        Storage::Cuda(s) => Ok(s),
-        _ => candle_core::bail!("{op}: expects a tensor on a CUDA GPU"),
+/// The table of `parts` on the device (`kernels.cu`'s `LambTensor` records), and the number of
+/// chunks of all tensors together.
+fn table(dev: &CudaDevice, parts: &[Part<'_>]) -> Result<(CudaSlice<u64>, usize)> {
+    let stream = dev.cuda_stream();
+    if stream.context().is_in_multi_stream_mode() {
+        // The kernels use the addresses in the table outside cudarc's view of the buffers, and
+        // so outside the events that order a buffer's uses across streams: safe on flora's one
+        // stream (model/device.rs), where the stream's order is the only order there is.
+        candle_core::bail!("lamb: the GPU runs several streams; flora's update expects one");
     }
-}
-
-/// Runs `f` on the elements of `t`, a contiguous f32 tensor on a CUDA GPU, in place (the
-/// storage that every clone of `t` shares: a `Var`'s, an optimizer's moment), with its device.
-fn in_place<R>(
-    t: &Tensor,
-    op: &'static str,
-    f: impl FnOnce(&mut CudaViewMut<'_, f32>, &CudaDevice) -> R,
-) -> Result<R> {
-    let modify = InPlace {
-        op,
-        f: RefCell::new(Some(f)),
-        result: RefCell::new(None),
-    };
-    t.inplace_op1(&modify)?;
-    let result = modify.result.into_inner();
-    result.ok_or_else(|| candle_core::Error::Msg(format!("{op}: expects an f32 tensor on a GPU")))
-}
-
-/// [`in_place`]'s op: `f`, run once on the storage, and what it returned.
-struct InPlace<F, R> {
-    op: &'static str,
-    f: RefCell<Option<F>>,
-    result: RefCell<Option<R>>,
-}
-
-impl<F: FnOnce(&mut CudaViewMut<'_, f32>, &CudaDevice) -> R, R> InplaceOp1 for InPlace<F, R> {
-    fn name(&self) -> &'static str {
-        self.op
-    }
-
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
-        candle_core::bail!("{}: expects a tensor on a CUDA GPU", self.op)
-    }
-
-    fn cuda_fwd(&self, s: &mut CudaStorage, l: &Layout) -> Result<()> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("{}: expects a contiguous tensor", self.op)
+    let address = |t: &Tensor, what: &str| -> Result<u64> {
+        let (storage, layout): (_, &Layout) = t.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            candle_core::bail!("lamb: a {what} is not on a CUDA GPU")
         };
-        let dev = s.device().clone();
-        let slice = s.as_cuda_slice_mut::<f32>()?;
-        let mut view = slice.slice_mut(a..b);
-        if let Some(f) = self.f.borrow_mut().take() {
-            *self.result.borrow_mut() = Some(f(&mut view, &dev));
-        }
-        Ok(())
+        let v = view(s, layout, "lamb")?;
+        let (ptr, _unused_outside_multi_stream_mode) = v.device_ptr(&stream);
+        Ok(ptr)
+    };
+    let mut words = Vec::with_capacity(WORDS * parts.len());
+    let mut first_chunk = 0;
+    for part in parts {
+        words.extend([
+            address(part.weights, "weight")?,
+            address(&part.grad, "gradient")?,
+            address(&part.m, "moment")?,
+            address(&part.v, "moment")?,
+            part.weights.elem_count() as u64,
+            first_chunk as u64,
+            u64::from(part.decay.to_bits()),
+        ]);
+        first_chunk += lamb_chunks(part.weights.elem_count());
     }
+    Ok((dev.clone_htod(&words)?, first_chunk))
 }
 
 /// The GPU update against the CPU's fused loops, on the first CUDA GPU; skipped (loudly) where
@@ -217,7 +213,7 @@ mod tests {
             eprintln!("SKIPPED gpu_lamb_matches_the_cpu: no CUDA GPU");
             return;
         };
-        // A weight bigger than one grid's stride, a bias (no weight decay), a LayerNorm weight.
+        // A weight of five chunks (the last ragged), a bias (no weight decay), a LayerNorm weight.
         let shapes = [
             ("a.dense.weight", vec![300, 257]),
             ("a.dense.bias", vec![257]),
@@ -243,10 +239,12 @@ mod tests {
         let mut rng = (Rng::new(2), Rng::new(2));
         for step in 0..4 {
             let scale = if step == 2 { 0.5 } else { 1.0 };
+            // The gradients' norm is about 0.3 x sqrt(77,600) = 84: clipped at the first and last.
+            let clip = [20.0, 0.0, 1e6, 20.0][step];
             let gc = make(&mut rng.0, &Device::Cpu);
             let gg = make(&mut rng.1, &dev);
-            oc.update_scaled(&cpu, &gc, 0.05, scale).unwrap();
-            og.update_scaled(&gpu, &gg, 0.05, scale).unwrap();
+            oc.update_clipped(&cpu, &gc, 0.05, scale, clip).unwrap();
+            og.update_clipped(&gpu, &gg, 0.05, scale, clip).unwrap();
         }
         let flat = |t: &Tensor| -> Vec<f32> {
             t.to_device(&Device::Cpu)

@@ -54,14 +54,19 @@ pub fn column_chunks(n: usize, chunks: usize) -> LaunchShape {
     }
 }
 
-/// Most blocks of LAMB's grid-stride kernels: enough to fill an H100's 132 multiprocessors
-/// about twice, few enough that each parameter's partial sums are a short read.
-pub const LAMB_BLOCKS: u32 = 264;
+/// Elements of a parameter tensor per block of LAMB's multi-tensor kernels: 64 per thread.
+pub const LAMB_CHUNK: usize = 64 * BLOCK as usize;
 
-/// LAMB's kernels over a parameter of `n` elements: blocks of 256 threads striding over it.
-pub fn lamb(n: usize) -> LaunchShape {
+/// The number of [`LAMB_CHUNK`]-element chunks of a tensor of `n` elements.
+pub fn lamb_chunks(n: usize) -> usize {
+    n.div_ceil(LAMB_CHUNK)
+}
+
+/// One block of 256 threads per item of `count` (chunks of tensors, or tensors); one block for
+/// a count of 0 or 1.
+pub fn blocks_of_256(count: usize) -> LaunchShape {
     LaunchShape {
-        grid: [(n as u32).div_ceil(BLOCK).clamp(1, LAMB_BLOCKS), 1, 1],
+        grid: [count.max(1) as u32, 1, 1],
         block: [BLOCK, 1, 1],
     }
 }

@@ -27,7 +27,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::lamb::{global_norm, Lamb};
+use super::lamb::Lamb;
 use super::predictor::trimmed;
 use super::roberta::{self, Config, Params as Weights, Positions, Precision};
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
@@ -618,20 +618,14 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         if !loss.is_finite() {
             return Err(format!("pretrain: the loss became {loss} at step {}; the last good checkpoint (step {}) is kept in {}", step + 1, step - step % p.checkpoint_every.max(1), ctx.work.display()));
         }
-        let mut scale = if accumulating {
+        let scale = if accumulating {
             1.0 / count.max(1) as f64
         } else {
             1.0
         };
-        if p.clip_norm > 0.0 {
-            let norm = global_norm(&grads).map_err(|e| e.to_string())? * scale;
-            if norm > p.clip_norm {
-                scale *= p.clip_norm / norm;
-            }
-        }
         step += 1;
         let lr = lr_at(p, step, total);
-        opt.update_scaled(&w, &grads, lr, scale)
+        opt.update_clipped(&w, &grads, lr, scale, p.clip_norm)
             .map_err(|e| e.to_string())?;
         let acc = correct as f64 / count.max(1) as f64;
         let end_of_epoch = step % steps_per_epoch == 0 || step == total;

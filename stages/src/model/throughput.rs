@@ -1,5 +1,6 @@
-//! Training throughput: timed MLM steps (forward, backward, LAMB update) of a model of a given
-//! size on random tokens, with the model FLOPs they did. Used by `flora bench` and
+//! Training throughput: timed MLM steps (forward, backward, LAMB update with the gradients
+//! clipped as pretraining clips them) of a model of a given size on random tokens, with the
+//! model FLOPs they did. Used by `flora bench` and
 //! `cargo bench --bench pretrain`.
 
 use std::collections::HashMap;
@@ -121,9 +122,10 @@ impl<'a> BenchTrainer<'a> {
         )?;
         step_profile::phase("backward: candle's recorded ops and gradient sums")?;
         let store = loss.backward()?;
-        step_profile::phase("LAMB update")?;
+        step_profile::phase("gradient clipping and LAMB update")?;
         let grads: HashMap<String, Tensor> = self.w.grads(&store);
-        self.opt.update(&self.w, &grads, 1e-4)?;
+        let clip = super::pretrain::Params::default().clip_norm;
+        self.opt.update_clipped(&self.w, &grads, 1e-4, 1.0, clip)?;
         step_profile::phase("the loss back to the host")?;
         Ok(loss.to_scalar::<f32>()? as f64)
     }
@@ -513,9 +515,12 @@ pub fn profile_ops(
         Ok(())
     })?;
     let mut opt = Lamb::new(0.01);
-    time("LAMB update of every parameter", None, &mut || {
-        opt.update(&w, &grads, 1e-4)
-    })?;
+    let clip = super::pretrain::Params::default().clip_norm;
+    time(
+        "gradient clipping and LAMB update of every parameter",
+        None,
+        &mut || opt.update_clipped(&w, &grads, 1e-4, 1.0, clip),
+    )?;
     Ok(out)
 }
 
