@@ -575,6 +575,7 @@ struct LambTensor {
   float decay;                     // weight decay (0 for biases and LayerNorm weights)
   float unused;
 };
+static_assert(sizeof(LambTensor) == 7 * 8, "lamb_cuda.rs writes seven 64-bit words per tensor");
 
 // The tensor that chunk c belongs to: the last one whose first chunk is at most c.
 __device__ int lamb_tensor_of(const LambTensor *t, int count, unsigned long long c) {
