@@ -63,7 +63,7 @@ fn tiny() -> Params {
         epochs: 2,
         batch_size: 8,
         validation: 0.1,
-        checkpoint_every: 4,
+        checkpoint_every: Some(4),
         ..Params::default()
     }
 }
@@ -204,7 +204,7 @@ fn lamb_on_mlm_drives_the_loss_down_and_beats_unigram_guessing() {
         epochs: 40,
         dropout: 0.0,
         lr: 1e-2,
-        checkpoint_every: 1000,
+        checkpoint_every: Some(1000),
         ..tiny()
     };
     let cx = ctx(dir.path(), "run", &c, &t);
@@ -270,6 +270,76 @@ fn a_resumed_run_ends_with_the_same_weights() {
         std::fs::read_to_string(whole.out.join("train_log.tsv")).unwrap(),
         std::fs::read_to_string(broken.out.join("train_log.tsv")).unwrap()
     );
+}
+
+/// Without `checkpoint_every`, checkpoints follow the clock: at 0 minutes one after every step
+/// (a halted run resumes from its last step), at a day none in a short run (it starts over).
+#[test]
+fn checkpoints_by_time_follow_checkpoint_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    for (minutes, resumed_from) in [(0.0, 5), (24.0 * 60.0, 0)] {
+        let p = Params {
+            checkpoint_every: None,
+            checkpoint_minutes: minutes,
+            max_steps: Some(7),
+            ..tiny()
+        };
+        let run = ctx(dir.path(), &format!("by-time-{minutes}"), &c, &t);
+        let err = train(&p, &run, Some(5)).unwrap_err();
+        assert!(err.contains("halted after step 5"), "{err}");
+        let checkpoint = run.work.join("checkpoint.safetensors");
+        assert_eq!(checkpoint.is_file(), resumed_from > 0, "{minutes} minutes");
+        let s = train(&p, &run, None).unwrap();
+        assert_eq!(
+            (s.resumed_from, s.steps),
+            (resumed_from, 7),
+            "{minutes} minutes"
+        );
+    }
+}
+
+/// A loss that stops being finite stops the run, naming the step and the last good checkpoint
+/// (or saying there is none), which stays in the work folder.
+#[test]
+fn a_loss_that_turns_infinite_stops_the_run_and_names_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    // An infinite learning rate makes the weights infinite at the first update.
+    for (every, kept) in [
+        (Some(1), "the last good checkpoint (step 1) is kept in"),
+        (Some(100), "no checkpoint was written before it"),
+    ] {
+        let p = Params {
+            lr: f64::INFINITY,
+            checkpoint_every: every,
+            ..tiny()
+        };
+        let run = ctx(dir.path(), &format!("diverges-{every:?}"), &c, &t);
+        let err = train(&p, &run, None).unwrap_err();
+        assert!(err.contains("the loss became NaN at step 2"), "{err}");
+        assert!(err.contains(kept), "{err}");
+        assert_eq!(run.work.join("checkpoint.json").is_file(), every == Some(1));
+    }
+}
+
+/// Each epoch's order is a permutation of the training rows, the same whenever it is asked
+/// for (so a resumed run sees it too), and differs between epochs.
+#[test]
+fn each_epoch_has_its_own_fixed_order() {
+    let train: Vec<usize> = (100..300).collect();
+    let mut order = EpochOrder::new(&train, 7);
+    let first = order.of(0).to_vec();
+    let second = order.of(1).to_vec();
+    assert_ne!(first, second);
+    assert_eq!(order.of(0), first.as_slice());
+    assert_eq!(EpochOrder::new(&train, 7).of(1), second.as_slice());
+    let mut sorted = second.clone();
+    sorted.sort();
+    assert_eq!(sorted, train);
+    assert_ne!(EpochOrder::new(&train, 8).of(0), first.as_slice());
 }
 
 #[test]
@@ -480,7 +550,7 @@ fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
         epochs: 10,
         dropout: 0.0,
         lr: 1e-2,
-        checkpoint_every: 1000,
+        checkpoint_every: Some(1000),
         precision: Precision::Bf16,
         ..tiny()
     };
