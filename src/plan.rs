@@ -181,7 +181,8 @@ pub fn input_digests(
 
 /// The key of `job` given its input digests.
 pub fn key_of(job: &Job, inputs: &[(String, Digest)]) -> Digest {
-    job_key(job.kind.name, job.kind.version, &job.params, inputs)
+    let params = job.kind.keyed_params(&job.params);
+    job_key(job.kind.name, job.kind.version, &params, inputs)
 }
 
 /// The last-run record for `job` with this key and these inputs.
@@ -211,9 +212,13 @@ pub fn reasons(
             new: job.kind.version,
         });
     }
+    let (last_params, params) = (
+        job.kind.keyed_params(&last.params),
+        job.kind.keyed_params(&job.params),
+    );
     let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
-    flatten("", &last.params, &mut old);
-    flatten("", &job.params, &mut new);
+    flatten("", &last_params, &mut old);
+    flatten("", &params, &mut new);
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for name in names {
         let (o, n) = (old.get(name), new.get(name));

@@ -46,11 +46,27 @@ pub struct Kind {
     pub summary: &'static str,
     /// Whether its jobs are given the provenance of every job upstream (`Context::provenance`).
     pub provenance: bool,
+    /// Top-level params that change how a job runs but never what it writes (checkpoint cadence,
+    /// retry policy): left out of the cache key and of what a plan reports as changed.
+    pub unkeyed: &'static [&'static str],
     /// Type-checks params and returns them in canonical form, with defaults filled in.
     pub check: fn(&Value) -> Result<serde_json::Value, ParamError>,
     /// Runs the kind inside a job process. `exec` replaces the process and never returns on
     /// success.
     pub run: fn(&serde_json::Value, &Context) -> anyhow::Result<()>,
+}
+
+impl Kind {
+    /// `params` as they enter the cache key: without the kind's unkeyed params.
+    pub fn keyed_params(&self, params: &serde_json::Value) -> serde_json::Value {
+        let mut keyed = params.clone();
+        if let Some(map) = keyed.as_object_mut() {
+            for name in self.unkeyed {
+                map.remove(*name);
+            }
+        }
+        keyed
+    }
 }
 
 impl std::fmt::Debug for Kind {
@@ -65,6 +81,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
         run: run_exec,
     },
@@ -73,6 +90,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "plant-like genomes along a phylogeny (FASTA + GFF3), planted cis-elements, paralogs, maize lines and expression in 9 tissues, with the truth",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<simulate::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, simulate::run),
     },
@@ -81,6 +99,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "a genome FASTA + GFF3 from URLs, paths, Ensembl Plants, RefSeq or MaizeGDB; checksummed, bgzip-indexed",
         provenance: false,
+        unkeyed: &["retries", "timeout_s", "backoff_s"],
         check: |v| check::<download::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, download::run),
     },
@@ -89,6 +108,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<promoters::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, promoters::run),
     },
@@ -97,6 +117,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "expression tables (genes x samples, NAM runs x genes, or ready id/sequence/targets) to genes x tissues",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<expression::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, expression::run),
     },
@@ -105,6 +126,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "paralog groups from a syntenic/paralog table (union-find) or promoter similarity (MinHash)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<paralogs::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, paralogs::run),
     },
@@ -113,6 +135,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "whole paralog groups to train/validation/test from a seed (default 70/30, 10% validation)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<split::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, split::run),
     },
@@ -121,6 +144,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "pretraining corpus with every held-out (test) promoter, and any identical sequence, removed",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<corpus::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, corpus::run),
     },
@@ -129,6 +153,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "byte-level BPE tokenizer (vocab 5,000 + <s> </s> <pad> <unk> <mask>) trained on a promoter corpus",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<bpe::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, bpe::run),
     },
@@ -137,6 +162,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
         provenance: false,
+        unkeyed: &["checkpoint_every", "checkpoint_minutes"],
         check: |v| check::<pretrain::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, pretrain::run),
     },
@@ -145,6 +171,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<finetune::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, finetune::run),
     },
@@ -153,6 +180,7 @@ static KINDS: &[Kind] = &[
         version: 2,
         summary: "each tissue's training mean (`constant`) and a bag-of-k-mers linear (ridge) regression per k (`bow2`..`bow5`), scored on the test rows (inputs as finetune, without a model)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<baselines::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, baselines::run),
     },
@@ -161,6 +189,7 @@ static KINDS: &[Kind] = &[
         version: 2,
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<analysis::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, analysis::run),
     },
@@ -169,6 +198,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "positional importance (the paper's Figure 2): mean |change in prediction| when a random k-mer at a given distance from the TSS is replaced, k = 1..6, as TSV and heat map (inputs: model, promoters)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<importance::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, importance::run),
     },
@@ -177,6 +207,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "species embeddings: each species' mean promoter embedding and its base composition, PCA scatters coloured by a workflow attribute (inputs: model, promoter sets)",
         provenance: false,
+        unkeyed: &[],
         check: |v| check::<embeddings::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, embeddings::run),
     },
@@ -185,6 +216,7 @@ static KINDS: &[Kind] = &[
         version: 1,
         summary: "one self-contained HTML page: Table 1, every figure, training curves, stage summaries and the provenance of every upstream job (inputs: any stage outputs)",
         provenance: true,
+        unkeyed: &[],
         check: |v| check::<report::Params>(v, |_| Ok(())),
         run: |p, ctx| run_typed(p, ctx, report::run),
     },
@@ -273,6 +305,34 @@ mod tests {
 
     fn yaml(s: &str) -> Value {
         serde_yaml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn unkeyed_params_are_real_params_and_left_out_of_the_key() {
+        for kind in all().iter().filter(|k| !k.unkeyed.is_empty()) {
+            let defaults = (kind.check)(&yaml("{}")).unwrap();
+            for name in kind.unkeyed {
+                assert!(
+                    defaults.get(*name).is_some(),
+                    "{}: `{name}` is not a param",
+                    kind.name
+                );
+            }
+            let keyed = kind.keyed_params(&defaults);
+            assert_eq!(
+                keyed.as_object().unwrap().len(),
+                defaults.as_object().unwrap().len() - kind.unkeyed.len(),
+                "{}",
+                kind.name
+            );
+        }
+        let pretrain = lookup("pretrain").unwrap();
+        let a = (pretrain.check)(&yaml("{checkpoint_minutes: 1, lr: 0.002}")).unwrap();
+        let b = (pretrain.check)(&yaml("{checkpoint_every: 5, lr: 0.002}")).unwrap();
+        let c = (pretrain.check)(&yaml("{lr: 0.003}")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(pretrain.keyed_params(&a), pretrain.keyed_params(&b));
+        assert_ne!(pretrain.keyed_params(&a), pretrain.keyed_params(&c));
     }
 
     #[test]

@@ -318,6 +318,16 @@ stages:
     );
     let out = p.ok(&["run", "wf.yaml"]);
     assert!(out.contains("2 jobs: 2 ran"), "{out}");
+    // The retry policy changes no byte fetched: still cached.
+    let out = p.ok(&[
+        "run",
+        "wf.yaml",
+        "--set",
+        "download.retries=0",
+        "--set",
+        "download.timeout_s=5",
+    ]);
+    assert!(out.contains("2 jobs: 0 ran, 2 cached"), "{out}");
     for f in [
         "genome.fa.gz",
         "genome.fa.gz.fai",

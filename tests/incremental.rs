@@ -157,3 +157,48 @@ stages:
     p.ok(&["run", "wf.yaml", "--set", "vars.who=plants"]);
     assert_eq!(p.read("results/wf/say/x"), "hello plants\n");
 }
+
+#[test]
+fn params_that_change_no_output_leave_the_job_cached() {
+    let p = Project::new();
+    let rows = flora_stages::testing::planted(60, 120, 7);
+    let fasta: String = rows
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("corpus.fa", &fasta);
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  tok: {kind: bpe, inputs: {corpus: corpus.fa}, params: {vocab_size: 300}}
+  pre:
+    kind: pretrain
+    inputs: {corpus: corpus.fa, tokenizer: tok}
+    params: {layers: 1, hidden: 32, heads: 2, intermediate: 64, max_len: 64, batch_size: 8, max_steps: 2, checkpoint_every: 1}
+"#,
+    );
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert_eq!(state_of(&out, "pre"), "ran");
+    // How often checkpoints are written changes no weight: still cached, on the plan and the run.
+    for set in ["pre.checkpoint_every=2", "pre.checkpoint_minutes=0.5"] {
+        let plan = p.plan(&["wf.yaml", "--set", set]);
+        assert_eq!(
+            plan[1],
+            ("pre".into(), "cached".into(), String::new()),
+            "{set}"
+        );
+    }
+    let out = p.ok(&["run", "wf.yaml", "--set", "pre.checkpoint_every=null"]);
+    assert_eq!(state_of(&out, "pre"), "cached", "{out}");
+    // A param that does change the output is the only one the plan names.
+    let plan = p.plan(&[
+        "wf.yaml",
+        "--set",
+        "pre.checkpoint_minutes=3",
+        "--set",
+        "pre.lr=0.002",
+    ]);
+    assert_eq!(plan[1].1, "run");
+    assert_eq!(plan[1].2, "param lr: 0.001 -> 0.002");
+}
