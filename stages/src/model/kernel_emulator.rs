@@ -1214,7 +1214,7 @@ mod tests {
         let total: usize = chunks.iter().sum();
         assert_eq!(total, 7);
         let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, 0.05f64);
-        let (count, chunk) = (|| int(sizes.len()), || int(LAMB_CHUNK));
+        let (count, chunk) = (sizes.len(), LAMB_CHUNK);
         // The gradients' norm is about 150; a clip of 20 bites at step 2, 1e6 at step 3 does not.
         for (t, scale, clip) in [(1i32, 1.0f32, 0.0f32), (2, 0.5, 20.0), (3, 1.0, 1e6)] {
             let grads: Vec<Vec<f32>> = sizes
@@ -1257,7 +1257,7 @@ mod tests {
                 launch(
                     "lamb_grad_squares",
                     blocks_of_256(total),
-                    vec![input(&table), count(), chunk(), output(&mut squares)],
+                    vec![input(&table), int(count), int(chunk), output(&mut squares)],
                 );
                 total
             } else {
@@ -1281,8 +1281,8 @@ mod tests {
                 blocks_of_256(total),
                 vec![
                     input(&table),
-                    count(),
-                    chunk(),
+                    int(count),
+                    int(chunk),
                     input(&grad_scale),
                     float(b1),
                     float(b2),
@@ -1298,7 +1298,7 @@ mod tests {
                 blocks_of_256(sizes.len()),
                 vec![
                     input(&table),
-                    chunk(),
+                    int(chunk),
                     input(&pairs),
                     double(lr),
                     output(&mut steps),
@@ -1309,8 +1309,8 @@ mod tests {
                 blocks_of_256(total),
                 vec![
                     input(&table),
-                    count(),
-                    chunk(),
+                    int(count),
+                    int(chunk),
                     input(&steps),
                     float(c1),
                     float(c2),

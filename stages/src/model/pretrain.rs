@@ -99,6 +99,9 @@ pub struct Params {
     pub precision: Precision,
 }
 
+/// Pretraining's default global gradient-norm clip (the benches clip as pretraining does).
+pub const DEFAULT_CLIP_NORM: f64 = 1.0;
+
 impl Default for Params {
     fn default() -> Self {
         Params {
@@ -117,7 +120,7 @@ impl Default for Params {
             epochs: 3,
             batch_size: 8,
             grad_accum: 1,
-            clip_norm: 1.0,
+            clip_norm: DEFAULT_CLIP_NORM,
             seed: 0,
             validation: 0.05,
             checkpoint_every: None,

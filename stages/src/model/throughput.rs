@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use serde::Serialize;
 
 use super::lamb::{sum_of_squares, Lamb};
+use super::pretrain::DEFAULT_CLIP_NORM;
 use super::roberta::{self, Config, Params, Precision};
 use super::step_profile::{self, RegionTime};
 use crate::rng::Rng;
@@ -124,8 +125,8 @@ impl<'a> BenchTrainer<'a> {
         let store = loss.backward()?;
         step_profile::phase("gradient clipping and LAMB update")?;
         let grads: HashMap<String, Tensor> = self.w.grads(&store);
-        let clip = super::pretrain::Params::default().clip_norm;
-        self.opt.update_clipped(&self.w, &grads, 1e-4, 1.0, clip)?;
+        self.opt
+            .update_clipped(&self.w, &grads, 1e-4, 1.0, DEFAULT_CLIP_NORM)?;
         step_profile::phase("the loss back to the host")?;
         Ok(loss.to_scalar::<f32>()? as f64)
     }
@@ -515,11 +516,10 @@ pub fn profile_ops(
         Ok(())
     })?;
     let mut opt = Lamb::new(0.01);
-    let clip = super::pretrain::Params::default().clip_norm;
     time(
         "gradient clipping and LAMB update of every parameter",
         None,
-        &mut || opt.update_clipped(&w, &grads, 1e-4, 1.0, clip),
+        &mut || opt.update_clipped(&w, &grads, 1e-4, 1.0, DEFAULT_CLIP_NORM),
     )?;
     Ok(out)
 }
