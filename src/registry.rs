@@ -159,7 +159,7 @@ static KINDS: &[Kind] = &[
     },
     Kind {
         name: "pretrain",
-        version: 1,
+        version: 2,
         summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
         provenance: false,
         unkeyed: &["checkpoint_every", "checkpoint_minutes"],

@@ -330,16 +330,16 @@ fn a_loss_that_turns_infinite_stops_the_run_and_names_the_last_checkpoint() {
 #[test]
 fn each_epoch_has_its_own_fixed_order() {
     let train: Vec<usize> = (100..300).collect();
-    let mut order = EpochOrder::new(&train, 7);
+    let mut order = EpochOrder::new(&train, 7, None);
     let first = order.of(0).to_vec();
     let second = order.of(1).to_vec();
     assert_ne!(first, second);
     assert_eq!(order.of(0), first.as_slice());
-    assert_eq!(EpochOrder::new(&train, 7).of(1), second.as_slice());
+    assert_eq!(EpochOrder::new(&train, 7, None).of(1), second.as_slice());
     let mut sorted = second.clone();
     sorted.sort();
     assert_eq!(sorted, train);
-    assert_ne!(EpochOrder::new(&train, 8).of(0), first.as_slice());
+    assert_ne!(EpochOrder::new(&train, 8, None).of(0), first.as_slice());
 }
 
 #[test]
@@ -601,4 +601,72 @@ fn a_batch_cut_to_its_longest_sequence_gives_the_loss_of_the_padded_batch() {
     assert_eq!(m_cut, m_padded, "the same tokens are masked");
     assert_eq!((n_cut, c_cut), (n_padded, c_padded));
     assert!((l_cut - l_padded).abs() < 1e-5, "{l_cut} vs {l_padded}");
+}
+
+/// Grouped by length, each block of 50 steps' sequences is sorted longest first, and the epoch's
+/// order is still a fixed permutation of the training rows.
+#[test]
+fn grouping_by_length_sorts_each_block_of_steps() {
+    let train: Vec<usize> = (0..1000).collect();
+    let lengths: Vec<u32> = (0..1000).map(|i| (i * 37 % 101) as u32).collect();
+    let per_step = 4;
+    let mut grouped = EpochOrder::new(&train, 7, Some((&lengths, per_step)));
+    let first = grouped.of(0).to_vec();
+    let block = per_step * GROUP_STEPS;
+    for b in first.chunks(block) {
+        assert!(b.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]));
+    }
+    // The blocks hold the same sequences as the plain shuffle's.
+    let plain = EpochOrder::new(&train, 7, None).of(0).to_vec();
+    for (g, p) in first.chunks(block).zip(plain.chunks(block)) {
+        let (mut g, mut p) = (g.to_vec(), p.to_vec());
+        g.sort();
+        p.sort();
+        assert_eq!(g, p);
+    }
+    assert_ne!(first, plain);
+    assert_ne!(grouped.of(1), first.as_slice());
+    assert_eq!(
+        EpochOrder::new(&train, 7, Some((&lengths, per_step))).of(0),
+        first.as_slice()
+    );
+}
+
+/// On promoters of mixed lengths, grouping by length trains on far less padding, and the summary
+/// says how much.
+#[test]
+fn grouping_by_length_cuts_the_padding_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(3);
+    let mut fa = String::new();
+    for i in 0..160 {
+        let len = 30 + rng.below(200);
+        let s: String = (0..len)
+            .map(|_| ['A', 'C', 'G', 'T'][rng.below(4)])
+            .collect();
+        fa.push_str(&format!(">p{i}\n{s}\n"));
+    }
+    let c = dir.path().join("mixed.fa");
+    std::fs::write(&c, fa).unwrap();
+    let t = tokenizer(dir.path(), &c);
+    let mut padding = Vec::new();
+    for group_by_length in [false, true] {
+        let p = Params {
+            group_by_length,
+            max_len: 128,
+            ..tiny()
+        };
+        let run = ctx(dir.path(), &format!("grouped-{group_by_length}"), &c, &t);
+        let s = train(&p, &run, None).unwrap();
+        assert!(s.final_loss.is_finite() && s.validation_loss.is_finite());
+        assert!(s.positions > 0);
+        padding.push((s.padding, s.positions));
+    }
+    let ((plain, plain_positions), (grouped, grouped_positions)) = (padding[0], padding[1]);
+    assert!(
+        plain > 0.2,
+        "random batches of mixed lengths: padding {plain}"
+    );
+    assert!(grouped < plain / 3.0, "grouped {grouped}, plain {plain}");
+    assert!(grouped_positions < plain_positions);
 }
