@@ -20,13 +20,14 @@ def main(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     matmul = next((r for r in rows if r.get("what") == "matmul"), None)
     peak = matmul["tflops"] if matmul else float("nan")
+    # PyTorch's rate for each precision and sequence length.
     torch_tps = {
-        r["precision"]: r["tokens_per_second"]
+        (r["precision"], r["len"]): r["tokens_per_second"]
         for r in rows
         if r.get("what") == "torch" and r.get("attn") == "sdpa"
     }
     print(f"bf16 matrix product ceiling (8192^3, PyTorch): {peak:.0f} TFLOP/s\n")
-    print("| run | s/step | tokens/s | vs PyTorch (sdpa), same precision | model TFLOP/s | MFU vs bf16 ceiling | GPU MiB | paper pretraining (23.7 M sequences) |")
+    print("| run | s/step | tokens/s | vs PyTorch (sdpa), same precision and length | model TFLOP/s | MFU vs bf16 ceiling | GPU MiB | paper pretraining (23.7 M sequences) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "seconds_per_step" not in r:
@@ -36,7 +37,7 @@ def main(path):
         tps = r["tokens_per_second"]
         tflops = train_flops(r["batch"], r["len"]) / r["seconds_per_step"] / 1e12
         prec = str(r.get("precision", "")).lower()
-        ref = torch_tps.get(prec)
+        ref = torch_tps.get((prec, r["len"]))
         ratio = f"{tps / ref:.2f}x" if ref else ""
         hours = PAPER_SEQUENCES * r["len"] / tps / 3600
         print(

@@ -4,7 +4,8 @@
 # run this from the repository root (benches/gpu/session.sh runs the GPU tests first, then
 # this). It measures, side by side:
 #   1. the card's bf16 matrix-product rate (PyTorch, 8192^3): the ceiling for FLOP utilisation;
-#   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16, and
+#   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16 (and in
+#      bf16 at 195 tokens, real promoters grouped by length, beside PyTorch's at 195), and
 #      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt);
 #   3. PyTorch + transformers RobertaForMaskedLM, same config and batch, f32 and bf16 autocast;
 #   4. a small pretraining on simulated promoters on the CPU and on the GPU (and on the CPU with
@@ -66,6 +67,10 @@ done
 for p in f32 bf16; do
   measured "torch $p sdpa" python3 benches/torch_step.py --precision "$p" --attn sdpa --steps "$steps"
 done
+# Real promoters grouped by length: 195 positions per sequence (1 kb A. thaliana promoters with
+# the published 5,005-token tokenizer, README's Performance), the paper's pretraining as run.
+measured "flora bf16, 195 tokens" "$bin" bench --gpu 0 --precision bf16 --batch 84 --len 195 --steps "$steps" --json
+measured "torch bf16 sdpa, 195 tokens" python3 benches/torch_step.py --precision bf16 --attn sdpa --len 195 --steps "$steps"
 [ "${GPU_QUICK:-0}" = 1 ] || measured "torch bf16 eager" python3 benches/torch_step.py --precision bf16 --attn eager --steps "$steps"
 
 # The same small pretraining on the CPU and the GPU.
