@@ -791,7 +791,11 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     }
     summary.steps = step;
     summary.positions = positions;
-    summary.padding = 1.0 - real as f64 / positions.max(1) as f64;
+    summary.padding = if positions == 0 {
+        0.0
+    } else {
+        1.0 - real as f64 / positions as f64
+    };
     save_model(&ctx.out, &cfg, &w)?;
     tok.save(ctx.out.join("tokenizer.json"), true)
         .map_err(|e| e.to_string())?;

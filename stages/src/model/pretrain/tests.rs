@@ -669,4 +669,12 @@ fn grouping_by_length_cuts_the_padding_trained_on() {
     );
     assert!(grouped < plain / 3.0, "grouped {grouped}, plain {plain}");
     assert!(grouped_positions < plain_positions);
+    // No step, no positions: nothing was padding.
+    let run = ctx(dir.path(), "no-steps", &c, &t);
+    let none = Params {
+        max_steps: Some(0),
+        ..tiny()
+    };
+    let s = train(&none, &run, None).unwrap();
+    assert_eq!((s.steps, s.positions, s.padding), (0, 0, 0.0));
 }
