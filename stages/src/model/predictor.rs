@@ -163,11 +163,16 @@ pub fn trim_padding<R: AsRef<[u32]>>(rows: &[R]) -> Vec<Vec<u32>> {
     trimmed(rows).into_iter().map(<[u32]>::to_vec).collect()
 }
 
+/// The padding at the start of a left-padded row.
+pub fn leading_padding(row: &[u32]) -> usize {
+    row.iter().take_while(|&&t| t == PAD).count()
+}
+
 /// [`trim_padding`] as views into the rows, for callers that copy them anyway.
 pub fn trimmed<R: AsRef<[u32]>>(rows: &[R]) -> Vec<&[u32]> {
     let lead = rows
         .iter()
-        .map(|r| r.as_ref().iter().take_while(|&&t| t == PAD).count())
+        .map(|r| leading_padding(r.as_ref()))
         .min()
         .unwrap_or(0);
     rows.iter().map(|r| &r.as_ref()[lead..]).collect()

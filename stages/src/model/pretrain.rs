@@ -30,7 +30,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::lamb::Lamb;
-use super::predictor::trimmed;
+use super::predictor::{leading_padding, trimmed};
 use super::roberta::{self, Config, Params as Weights, Positions, Precision};
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
 use crate::rng::Rng;
@@ -278,7 +278,7 @@ impl Corpus {
     }
     /// Row `i`'s length without its left padding (`<s>` and `</s>` included).
     pub fn length(&self, i: usize) -> usize {
-        self.max_len - self.row(i).iter().take_while(|&&t| t == PAD).count()
+        self.max_len - leading_padding(self.row(i))
     }
     /// Number of rows.
     pub fn len(&self) -> usize {
@@ -393,6 +393,12 @@ impl Corpus {
 /// `LengthGroupedSampler` sorts 50 batches' worth).
 const GROUP_STEPS: usize = 50;
 
+/// Sorts sequence indices by their `lengths`, longest first; a stable sort, so equal lengths keep
+/// their order (a shuffle's, for the epoch order).
+fn longest_first(indices: &mut [usize], lengths: &[u32]) {
+    indices.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+}
+
 /// The training sequences' order in each epoch, a shuffle seeded by the run's seed and the
 /// epoch, drawn when an epoch is first asked for and kept for its steps.
 struct EpochOrder<'a> {
@@ -420,9 +426,8 @@ impl<'a> EpochOrder<'a> {
             Rng::new(self.seed ^ (epoch as u64).wrapping_mul(0xE7037ED1A0B428DB))
                 .shuffle(&mut order);
             if let Some((lengths, per_step)) = self.grouping {
-                // A stable sort: equal lengths keep their shuffled order.
                 for block in order.chunks_mut(per_step.max(1) * GROUP_STEPS) {
-                    block.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+                    longest_first(block, lengths);
                 }
             }
             self.drawn = Some((epoch, order));
@@ -695,7 +700,7 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     let lengths: Vec<u32> = (0..corpus.len()).map(|i| corpus.length(i) as u32).collect();
     let mut val_idx = val_idx.to_vec();
     if p.group_by_length {
-        val_idx.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        longest_first(&mut val_idx, &lengths);
     }
     let val_rows: Vec<&[u32]> = val_idx.iter().map(|&i| corpus.row(i)).collect();
     let grouping = p.group_by_length.then_some((lengths.as_slice(), per_step));
