@@ -44,6 +44,11 @@ impl JobSpec {
             .with_context(|| format!("this flora has no stage kind `{}`", self.kind))?;
         std::fs::create_dir_all(&self.context.out)?;
         std::fs::create_dir_all(&self.context.work)?;
+        // The job's share of the CPUs, before the stage's first parallel loop sizes the pools.
+        flora_stages::threads::limit(self.context.threads)
+            .map_err(|e| anyhow::anyhow!("job {}: {e}", self.job))?;
+        let (pool, blas) = flora_stages::threads::in_use();
+        eprintln!("flora: CPU threads: {pool} (OpenBLAS: {blas})");
         (kind.run)(&self.params, &self.context).with_context(|| format!("job {}", self.job))
     }
 }

@@ -222,3 +222,102 @@ fn jobs_with_the_same_key_run_once() {
     let out = p.ok(&["run", "wf.yaml"]);
     assert!(out.contains("0 ran, 4 cached"), "{out}");
 }
+
+/// The "CPU threads" line a built-in job writes at the top of its log: (rayon's pool, OpenBLAS's).
+fn threads_in_log(log: &str) -> (usize, usize) {
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("flora: CPU threads: "))
+        .unwrap_or_else(|| panic!("no CPU threads line in the log:\n{log}"));
+    let (pool, blas) = line
+        .strip_suffix(')')
+        .and_then(|l| l.split_once(" (OpenBLAS: "))
+        .unwrap_or_else(|| panic!("unexpected CPU threads line: {line}"));
+    (pool.parse().unwrap(), blas.parse().unwrap())
+}
+
+#[test]
+fn built_in_jobs_get_the_threads_they_ask_for() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    if cpus < 2 {
+        eprintln!("SKIPPED built_in_jobs_get_the_threads_they_ask_for: one CPU cannot tell 1 thread from all");
+        return;
+    }
+    let p = Project::new();
+    let rows = flora_stages::testing::planted(40, 120, 3);
+    let fasta: String = rows
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("corpus.fa", &fasta);
+    // Two jobs side by side, one thread each: neither's pools may take every core.
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  one: {kind: bpe, inputs: {corpus: corpus.fa}, params: {vocab_size: 300}, resources: {threads: 1}}
+  two: {kind: bpe, inputs: {corpus: corpus.fa}, params: {vocab_size: 301}, resources: {threads: 1}}
+  wide: {kind: bpe, inputs: {corpus: corpus.fa}, params: {vocab_size: 302}, resources: {threads: 64}}
+"#,
+    );
+    p.ok(&["run", "wf.yaml", "--jobs", "2"]);
+    assert_eq!(threads_in_log(&p.ok(&["log", "wf.yaml", "one"])), (1, 1));
+    assert_eq!(threads_in_log(&p.ok(&["log", "wf.yaml", "two"])), (1, 1));
+    // More than the machine has: the scheduler gives what there is.
+    let (pool, blas) = threads_in_log(&p.ok(&["log", "wf.yaml", "wide"]));
+    assert_eq!(pool, cpus);
+    assert!(blas >= 1 && blas <= cpus, "OpenBLAS: {blas} of {cpus}");
+
+    // `flora stage` runs one job, with the machine to itself.
+    p.ok(&[
+        "stage",
+        "bpe",
+        "--input",
+        "corpus=corpus.fa",
+        "--set",
+        "vocab_size=303",
+        "--out",
+        "tok",
+    ]);
+    let logs: Vec<String> = std::fs::read_dir(p.path("cache/logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .filter(|l| l.contains("job bpe (kind bpe"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(threads_in_log(&logs[0]).0, cpus);
+    // Unless `--threads` says fewer.
+    p.ok(&[
+        "stage",
+        "bpe",
+        "--input",
+        "corpus=corpus.fa",
+        "--set",
+        "vocab_size=304",
+        "--threads",
+        "1",
+        "--out",
+        "tok1",
+    ]);
+    let logs: Vec<String> = std::fs::read_dir(p.path("cache/logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .filter(|l| l.contains("job bpe (kind bpe") && l.contains("(OpenBLAS: 1)"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(threads_in_log(&logs[0]), (1, 1));
+    let err = p.fails(
+        &[
+            "stage",
+            "bpe",
+            "--input",
+            "corpus=corpus.fa",
+            "--threads",
+            "0",
+            "--out",
+            "tok0",
+        ],
+        2,
+    );
+    assert!(err.contains("--threads"), "{err}");
+}

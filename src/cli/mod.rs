@@ -279,6 +279,9 @@ pub struct StageArgs {
     /// Where to copy the output (must not exist, or be empty).
     #[arg(long, value_name = "DIR", required_unless_present = "list")]
     pub out: Option<PathBuf>,
+    /// CPU threads the job may use [default: every CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub devices: DeviceArgs,

@@ -54,11 +54,17 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         );
     }
     let stage = kind.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
-    let mut spec = serde_json::json!({"kind": kind, "inputs": inputs});
-    if !args.devices.gpus.is_empty() {
-        // `--gpus` asks for them: the job gets the first (model stages train on one GPU).
-        spec["resources"] = serde_json::json!({"gpus": 1});
-    }
+    // The one job has the machine: every CPU unless `--threads` says fewer, and with `--gpus` the
+    // first GPU given (model stages train on one).
+    let machine = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cpus = args
+        .threads
+        .map_or(machine, |n| usize::from(n).min(machine));
+    let gpus = usize::from(!args.devices.gpus.is_empty());
+    let spec = serde_json::json!({"kind": kind, "inputs": inputs,
+        "resources": {"threads": cpus, "gpus": gpus}});
     let doc = serde_json::json!({"stages": {&stage: spec}});
     let cwd = std::env::current_dir()?;
     let sets: Vec<String> = args.sets.iter().map(|s| format!("{stage}.{s}")).collect();
@@ -74,9 +80,7 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     let cache = open_cache(cli)?;
     let opts = RunOptions {
         jobs: 1,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpus,
         gpus: args.devices.gpus.clone(),
         require_gpu: args.devices.require_gpu,
         keep_going: false,

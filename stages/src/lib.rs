@@ -34,6 +34,7 @@ pub mod rng;
 pub mod simulate;
 pub mod splits;
 pub mod tables;
+pub mod threads;
 
 pub use context::Context;
 

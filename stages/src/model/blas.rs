@@ -11,7 +11,28 @@ use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 
 // The CBLAS symbols come from OpenBLAS (Debian's libopenblas-dev, installed by scripts/setup.sh).
 #[link(name = "openblas")]
-extern "C" {}
+extern "C" {
+    fn openblas_set_num_threads(n: std::ffi::c_int);
+    fn openblas_get_num_threads() -> std::ffi::c_int;
+}
+
+/// Sets how many threads OpenBLAS's matrix products use (see [`crate::threads`]).
+pub(crate) fn set_threads(n: usize) {
+    let n = std::ffi::c_int::try_from(n).unwrap_or(std::ffi::c_int::MAX);
+    // SAFETY: OpenBLAS's own setter; it takes any count and caps it at what it was built for.
+    #[allow(unsafe_code)]
+    unsafe {
+        openblas_set_num_threads(n)
+    }
+}
+
+/// How many threads OpenBLAS's matrix products use.
+pub(crate) fn threads() -> usize {
+    // SAFETY: a plain read of OpenBLAS's setting.
+    #[allow(unsafe_code)]
+    let n = unsafe { openblas_get_num_threads() };
+    usize::try_from(n).unwrap_or(1)
+}
 
 /// Whether [`matmul`] applies to `a` x `b`: f32 CPU tensors of the same rank (at least 2) with
 /// equal batch dimensions and matching inner sizes.
