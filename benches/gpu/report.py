@@ -31,7 +31,7 @@ def main(path):
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "seconds_per_step" not in r:
-            if "failed" in r:
+            if "failed" in r and r.get("what") != "small":
                 print(f"| {r['label']} | failed ({r['failed']}) | | | | | | |")
             continue
         tps = r["tokens_per_second"]
@@ -47,25 +47,33 @@ def main(path):
     runs = [r for r in rows if str(r.get("label", "")).startswith("pretrain ")]
     if runs:
         print("\nSmall pretraining (2 x 64, 4,000 simulated promoters, 2 epochs), CPU against GPU:\n")
-        print("| run | steps | validation loss | validation accuracy | final training loss | wall s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| run | where | steps | validation loss | validation accuracy | final training loss | wall s |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for r in runs:
+            if "failed" in r:
+                print(f"| {r['label']} | {r.get('where', '')} | failed ({r['failed']}) | | | | |")
+                continue
             print(
-                f"| {r['label']} | {r['steps']} | {r['validation_loss']:.4f} | "
+                f"| {r['label']} | {r.get('where', '')} | {r['steps']} | {r['validation_loss']:.4f} | "
                 f"{r['validation_accuracy']:.4f} | {r['final_loss']:.4f} | {r['seconds']:.1f} |"
             )
 
     tuned = [r for r in rows if str(r.get("label", "")).startswith("finetune ")]
     if tuned:
         print("\nFine-tuning the CPU-pretrained model (2 targets, 3 epochs):\n")
-        print("| run | steps | best validation loss | test Pearson r² | test R² | wall s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| run | where | steps | best validation loss | test Pearson r² | test R² | wall s |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for r in tuned:
+            if "failed" in r:
+                print(f"| {r['label']} | {r.get('where', '')} | failed ({r['failed']}) | | | | |")
+                continue
             print(
-                f"| {r['label']} | {r['steps']} | {r['best_val_loss']:.4f} | "
+                f"| {r['label']} | {r.get('where', '')} | {r['steps']} | {r['best_val_loss']:.4f} | "
                 f"{r['test_pearson_r2']:.4f} | {r['test_r2']:.4f} | {r['seconds']:.1f} |"
             )
     for r in rows:
+        if str(r.get("label", "")).endswith("cpu vs gpu") and "failed" in r:
+            print(f"\n{r['label']}: failed ({r['failed']})")
         if "max_abs_diff" in r:
             print(
                 f"\n{r['label']}, {r['sequences']} promoters: largest difference "
