@@ -47,8 +47,7 @@ impl JobSpec {
         // The job's share of the CPUs, before the stage's first parallel loop sizes the pools.
         flora_stages::threads::limit(self.context.threads)
             .map_err(|e| anyhow::anyhow!("job {}: {e}", self.job))?;
-        let (pool, blas) = flora_stages::threads::in_use();
-        eprintln!("flora: CPU threads: {pool} (OpenBLAS: {blas})");
+        eprintln!("flora: CPU threads: {}", flora_stages::threads::in_use());
         (kind.run)(&self.params, &self.context).with_context(|| format!("job {}", self.job))
     }
 }

@@ -223,17 +223,23 @@ fn jobs_with_the_same_key_run_once() {
     assert!(out.contains("0 ran, 4 cached"), "{out}");
 }
 
-/// The "CPU threads" line a built-in job writes at the top of its log: (rayon's pool, OpenBLAS's).
-fn threads_in_log(log: &str) -> (usize, usize) {
+/// The "CPU threads" line a built-in job writes at the top of its log: (rayon's pool, candle's,
+/// OpenBLAS's).
+fn threads_in_log(log: &str) -> (usize, usize, usize) {
     let line = log
         .lines()
         .find_map(|l| l.strip_prefix("flora: CPU threads: "))
         .unwrap_or_else(|| panic!("no CPU threads line in the log:\n{log}"));
-    let (pool, blas) = line
-        .strip_suffix(')')
-        .and_then(|l| l.split_once(" (OpenBLAS: "))
-        .unwrap_or_else(|| panic!("unexpected CPU threads line: {line}"));
-    (pool.parse().unwrap(), blas.parse().unwrap())
+    let parsed = line.strip_suffix(')').and_then(|l| {
+        let (rayon, rest) = l.split_once(" (candle: ")?;
+        let (candle, blas) = rest.split_once(", OpenBLAS: ")?;
+        Some((
+            rayon.parse().ok()?,
+            candle.parse().ok()?,
+            blas.parse().ok()?,
+        ))
+    });
+    parsed.unwrap_or_else(|| panic!("unexpected CPU threads line: {line}"))
 }
 
 #[test]
@@ -260,12 +266,19 @@ stages:
   wide: {kind: bpe, inputs: {corpus: corpus.fa}, params: {vocab_size: 302}, resources: {threads: 64}}
 "#,
     );
-    p.ok(&["run", "wf.yaml", "--jobs", "2"]);
-    assert_eq!(threads_in_log(&p.ok(&["log", "wf.yaml", "one"])), (1, 1));
-    assert_eq!(threads_in_log(&p.ok(&["log", "wf.yaml", "two"])), (1, 1));
+    // The workflow's threads win over the pools' variables in the user's environment.
+    let machine = cpus.to_string();
+    p.flora(&["run", "wf.yaml", "--jobs", "2"])
+        .env("RAYON_NUM_THREADS", &machine)
+        .env("CANDLE_NUM_THREADS", &machine)
+        .env("OPENBLAS_NUM_THREADS", &machine)
+        .assert()
+        .success();
+    assert_eq!(threads_in_log(&p.ok(&["log", "wf.yaml", "one"])), (1, 1, 1));
+    assert_eq!(threads_in_log(&p.ok(&["log", "wf.yaml", "two"])), (1, 1, 1));
     // More than the machine has: the scheduler gives what there is.
-    let (pool, blas) = threads_in_log(&p.ok(&["log", "wf.yaml", "wide"]));
-    assert_eq!(pool, cpus);
+    let (pool, candle, blas) = threads_in_log(&p.ok(&["log", "wf.yaml", "wide"]));
+    assert_eq!((pool, candle), (cpus, cpus));
     assert!(blas >= 1 && blas <= cpus, "OpenBLAS: {blas} of {cpus}");
 
     // `flora stage` runs one job, with the machine to itself.
@@ -302,10 +315,10 @@ stages:
     let logs: Vec<String> = std::fs::read_dir(p.path("cache/logs"))
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .filter(|l| l.contains("job bpe (kind bpe") && l.contains("(OpenBLAS: 1)"))
+        .filter(|l| l.contains("job bpe (kind bpe") && l.contains("OpenBLAS: 1)"))
         .collect();
     assert_eq!(logs.len(), 1, "{logs:?}");
-    assert_eq!(threads_in_log(&logs[0]), (1, 1));
+    assert_eq!(threads_in_log(&logs[0]), (1, 1, 1));
     let err = p.fails(
         &[
             "stage",

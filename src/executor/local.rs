@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use super::{missing_tuning, Executor, Launch, Outcome};
+use super::{missing_tuning, thread_env, Executor, Launch, Outcome};
 use crate::progress::Progress;
 
 /// Runs jobs as child processes on this machine.
@@ -43,6 +43,7 @@ impl Executor for Local {
             .stderr(log);
         if launch.kind != "exec" {
             cmd.envs(missing_tuning());
+            cmd.envs(thread_env(launch.resources.threads));
         }
         let mut child = cmd.spawn()?;
         self.running += 1;

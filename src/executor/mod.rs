@@ -4,8 +4,9 @@
 //! Every job runs as `flora __job SPEC` (the hidden `job` subcommand), so a job crashes alone,
 //! its output goes straight to its log, and a cluster executor runs the same command on a node.
 //!
-//! Built-in stage kinds run with [`JOB_TUNING`] in their environment (each variable unless
-//! already set); `exec` jobs get the environment unchanged:
+//! Built-in stage kinds run with their `threads` as every thread pool's size ([`thread_env`])
+//! and with [`JOB_TUNING`] in their environment (each variable unless already set); `exec` jobs
+//! get the environment unchanged (and `FLORA_THREADS`):
 //! - glibc's malloc keeps freed memory rather than return it to the kernel at once
 //!   (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`): model training allocates and frees
 //!   tensors of tens of megabytes every step, and otherwise spends a fifth of its time having the
@@ -37,6 +38,20 @@ pub fn missing_tuning() -> impl Iterator<Item = (&'static str, &'static str)> {
     JOB_TUNING
         .into_iter()
         .filter(|(var, _)| std::env::var_os(var).is_none())
+}
+
+/// The thread counts a built-in job starts with, all its `threads`: rayon's global pool
+/// (`RAYON_NUM_THREADS`), candle's pool for element-wise ops (`CANDLE_NUM_THREADS`) and
+/// OpenBLAS's (`OPENBLAS_NUM_THREADS`). Each pool reads its variable once, when it starts, so
+/// they are set in the job's environment, over any the user set: the workflow's `threads` is the
+/// one knob. (`flora_stages::threads::limit` sizes rayon's and OpenBLAS's again in the job.)
+pub fn thread_env(threads: usize) -> [(&'static str, String); 3] {
+    let n = threads.max(1).to_string();
+    [
+        ("RAYON_NUM_THREADS", n.clone()),
+        ("CANDLE_NUM_THREADS", n.clone()),
+        ("OPENBLAS_NUM_THREADS", n),
+    ]
 }
 
 /// Starts this same command again with [`JOB_TUNING`] when any of it is missing (glibc and

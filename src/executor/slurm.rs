@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{append_log, missing_tuning, Executor, Launch, Outcome};
+use super::{append_log, missing_tuning, thread_env, Executor, Launch, Outcome};
 use crate::progress::Progress;
 
 /// Slurm states after which a job is submitted again.
@@ -117,6 +117,9 @@ impl Slurm {
         let mut export = "--export=ALL".to_string();
         if launch.kind != "exec" {
             for (var, value) in missing_tuning() {
+                export.push_str(&format!(",{var}={value}"));
+            }
+            for (var, value) in thread_env(r.threads) {
                 export.push_str(&format!(",{var}={value}"));
             }
         }
@@ -522,7 +525,15 @@ mod tests {
         ] {
             assert!(args.contains(&want.to_string()), "{want} in {args:?}");
         }
-        assert!(args.iter().any(|a| a.starts_with("--export=ALL")));
+        let export = args.iter().find(|a| a.starts_with("--export=ALL")).unwrap();
+        // The job's thread pools are as wide as its CPUs.
+        for var in [
+            "RAYON_NUM_THREADS",
+            "CANDLE_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+        ] {
+            assert!(export.contains(&format!(",{var}=8")), "{var} in {export}");
+        }
     }
 
     #[test]

@@ -17,7 +17,34 @@ pub fn limit(n: usize) -> Result<(), String> {
         .map_err(|e| format!("cannot size the thread pool to {n}: {e}"))
 }
 
-/// The threads rayon's global pool and OpenBLAS's pool have: (rayon, OpenBLAS).
-pub fn in_use() -> (usize, usize) {
-    (rayon::current_num_threads(), crate::model::blas::threads())
+/// The threads of the three pools a CPU stage computes on: rayon's global pool, candle's pool
+/// for element-wise ops (sized from `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS`, which the
+/// engine sets for each job, else the physical cores; this starts it) and OpenBLAS's.
+pub fn in_use() -> Threads {
+    Threads {
+        rayon: rayon::current_num_threads(),
+        candle: candle_core::utils::barrier_pool().n_workers() + 1,
+        blas: crate::model::blas::threads(),
+    }
+}
+
+/// Thread counts of the CPU pools, as [`in_use`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// rayon's global pool.
+    pub rayon: usize,
+    /// candle's element-wise pool (its workers and the calling thread).
+    pub candle: usize,
+    /// OpenBLAS's pool.
+    pub blas: usize,
+}
+
+impl std::fmt::Display for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (candle: {}, OpenBLAS: {})",
+            self.rayon, self.candle, self.blas
+        )
+    }
 }
