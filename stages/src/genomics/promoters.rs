@@ -451,8 +451,17 @@ pub fn extract(
             .iter()
             .map(|(k, v)| format!("{k}: {v}"))
             .collect();
+        // The biotype filter is the one a user's own annotation most often trips.
+        let hint = if summary.dropped.keys().any(|k| k.starts_with("biotype ")) {
+            format!(
+                "; `biotypes` keeps {} (a gene with no biotype is `protein_coding` if it has an mRNA, else `unknown`): set `biotypes: []` to keep every gene",
+                p.biotypes.join(", ")
+            )
+        } else {
+            String::new()
+        };
         return Err(PromoterError::Nothing(format!(
-            "{} genes read; dropped: {}",
+            "{} genes read; dropped: {}{hint}",
             summary.genes,
             if reasons.is_empty() {
                 "none".into()

@@ -347,3 +347,31 @@ fn manifest_rows_and_headers_format_every_field() {
     );
     assert!(String::from_utf8(row).unwrap().ends_with("\t4\t0.3333\n"));
 }
+
+#[test]
+fn an_annotation_without_biotypes_is_told_how_to_keep_its_genes() {
+    // Gene lines with no biotype and no mRNA (a minimal GFF3 of the user's own) are `unknown`.
+    let gff = "c1\t.\tgene\t21\t25\t.\t+\t.\tID=g1\nc1\t.\tgene\t26\t30\t.\t-\t.\tID=g2\n";
+    let err = run_on(gff, &params(10)).unwrap_err().to_string();
+    assert!(err.contains("dropped: biotype unknown: 2"), "{err}");
+    assert!(
+        err.contains("`biotypes` keeps protein_coding") && err.contains("set `biotypes: []`"),
+        "{err}"
+    );
+    let keep_all = Params {
+        biotypes: vec![],
+        ..params(10)
+    };
+    let (out, _) = run_on(gff, &keep_all).unwrap();
+    assert_eq!(out.len(), 2);
+    // Other reasons get no biotype hint.
+    let p = Params {
+        upstream: 10,
+        max_n_fraction: 0.0,
+        ..Params::default()
+    };
+    let err = run_on(&gene("M", "c1", 45, 50, '-', "protein_coding"), &p)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("biotypes"), "{err}");
+}
