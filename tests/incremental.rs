@@ -161,12 +161,7 @@ stages:
 #[test]
 fn params_that_change_no_output_leave_the_job_cached() {
     let p = Project::new();
-    let rows = flora_stages::testing::planted(60, 120, 7);
-    let fasta: String = rows
-        .iter()
-        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
-        .collect();
-    p.write("corpus.fa", &fasta);
+    p.write_planted_fasta("corpus.fa", 60, 120, 7);
     p.write(
         "wf.yaml",
         r#"

@@ -250,12 +250,7 @@ fn built_in_jobs_get_the_threads_they_ask_for() {
         return;
     }
     let p = Project::new();
-    let rows = flora_stages::testing::planted(40, 120, 3);
-    let fasta: String = rows
-        .iter()
-        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
-        .collect();
-    p.write("corpus.fa", &fasta);
+    p.write_planted_fasta("corpus.fa", 40, 120, 3);
     // Two jobs side by side, one thread each: neither's pools may take every core.
     p.write(
         "wf.yaml",
@@ -282,55 +277,29 @@ stages:
     assert!(blas >= 1 && blas <= cpus, "OpenBLAS: {blas} of {cpus}");
 
     // `flora stage` runs one job, with the machine to itself.
-    p.ok(&[
-        "stage",
-        "bpe",
-        "--input",
-        "corpus=corpus.fa",
-        "--set",
-        "vocab_size=303",
-        "--out",
-        "tok",
-    ]);
-    let logs: Vec<String> = std::fs::read_dir(p.path("cache/logs"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .filter(|l| l.contains("job bpe (kind bpe"))
-        .collect();
+    // `flora stage bpe` with a vocabulary of `vocab` (a job of its own) and `extra` arguments.
+    let stage_bpe = |vocab: usize, extra: &[&str]| {
+        let set = format!("vocab_size={vocab}");
+        let mut args = vec!["stage", "bpe", "--input", "corpus=corpus.fa", "--set", &set];
+        args.extend_from_slice(extra);
+        let out = p.output(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    let (code, stderr) = stage_bpe(303, &["--out", "tok"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let logs = p.logs_containing("job bpe (kind bpe");
     assert_eq!(logs.len(), 1, "{logs:?}");
     assert_eq!(threads_in_log(&logs[0]).0, cpus);
     // Unless `--threads` says fewer.
-    p.ok(&[
-        "stage",
-        "bpe",
-        "--input",
-        "corpus=corpus.fa",
-        "--set",
-        "vocab_size=304",
-        "--threads",
-        "1",
-        "--out",
-        "tok1",
-    ]);
-    let logs: Vec<String> = std::fs::read_dir(p.path("cache/logs"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .filter(|l| l.contains("job bpe (kind bpe") && l.contains("OpenBLAS: 1)"))
-        .collect();
+    let (code, stderr) = stage_bpe(304, &["--threads", "1", "--out", "tok1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let logs = p.logs_containing("job bpe (kind bpe");
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    let logs: Vec<&String> = logs.iter().filter(|l| l.contains("OpenBLAS: 1)")).collect();
     assert_eq!(logs.len(), 1, "{logs:?}");
-    assert_eq!(threads_in_log(&logs[0]), (1, 1, 1));
-    let err = p.fails(
-        &[
-            "stage",
-            "bpe",
-            "--input",
-            "corpus=corpus.fa",
-            "--threads",
-            "0",
-            "--out",
-            "tok0",
-        ],
-        2,
-    );
-    assert!(err.contains("--threads"), "{err}");
+    assert_eq!(threads_in_log(logs[0]), (1, 1, 1));
+    let (code, stderr) = stage_bpe(305, &["--threads", "0", "--out", "tok0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
 }

@@ -33,6 +33,24 @@ impl Project {
         self
     }
 
+    /// Writes `n` promoter-like sequences of `len` bp with planted motifs (seeded) as a FASTA.
+    pub fn write_planted_fasta(&self, rel: &str, n: usize, len: usize, seed: u64) {
+        let fasta: String = flora_stages::testing::planted(n, len, seed)
+            .iter()
+            .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+            .collect();
+        self.write(rel, &fasta);
+    }
+
+    /// The job logs in the project's cache that contain `text`.
+    pub fn logs_containing(&self, text: &str) -> Vec<String> {
+        std::fs::read_dir(self.path("cache/logs"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .filter(|l| l.contains(text))
+            .collect()
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
     }
