@@ -199,6 +199,9 @@ fn exec_jobs_get_the_environment_unchanged() {
         "",
         "malloc and OpenBLAS tuning is for built-in kinds only"
     );
+    // Nor does flora size thread pools that the program does not use.
+    let log = p.ok(&["log", "wf.yaml", "env"]);
+    assert!(!log.contains("CPU threads"), "{log}");
 }
 
 #[test]
