@@ -44,11 +44,9 @@ impl JobSpec {
             .with_context(|| format!("this flora has no stage kind `{}`", self.kind))?;
         std::fs::create_dir_all(&self.context.out)?;
         std::fs::create_dir_all(&self.context.work)?;
-        // A built-in kind's share of the CPUs, before its first parallel loop sizes the pools
-        // (an `exec` job's program gets `FLORA_THREADS` and keeps to it itself).
+        // A built-in kind's pools, as the executor's environment sized them (an `exec` job's
+        // program gets `FLORA_THREADS` and keeps to it itself).
         if self.kind != "exec" {
-            flora_stages::threads::limit(self.context.threads)
-                .map_err(|e| anyhow::anyhow!("job {}: {e}", self.job))?;
             eprintln!("flora: CPU threads: {}", flora_stages::threads::in_use());
         }
         (kind.run)(&self.params, &self.context).with_context(|| format!("job {}", self.job))

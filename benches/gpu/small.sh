@@ -62,24 +62,18 @@ print(json.dumps({"label": label, "seconds": float(end) - float(start), "where":
     "$label" "$out" "$fields" "$start" "$end" "$where"
 }
 
-pretrain() { # DEVICE SEED: pretrain-DEVICE-SEED from DIR's corpus and tokenizer
-  local gpus=()
-  [ "$1" = gpu ] && gpus=(--gpus 0)
-  local out=$work/pretrain-$1-$2
-  [ "$1" = cpu ] && out=$dir/pretrain-$1-$2
-  FLORA_CACHE=$work/cache-$1-$2 timed "pretrain $1 seed $2" "$out" pretrain \
+pretrain() { # SEED: pretrain-MODE-SEED from DIR's corpus and tokenizer
+  local out=$keep/pretrain-$mode-$1
+  FLORA_CACHE=$work/cache-$mode-$1 timed "pretrain $mode seed $1" "$out" pretrain \
     "$bin" stage pretrain --input corpus="$dir/corpus.fa" --input tokenizer="$dir/bpe" \
-    "${small[@]}" --set seed="$2" "${gpus[@]}" --out "$out"
+    "${small[@]}" --set seed="$1" "${gpus[@]}" --out "$out"
 }
 
-finetune() { # DEVICE PRECISION: fine-tuning DIR's CPU-pretrained model on DIR's table
-  local gpus=()
-  [ "$1" = gpu ] && gpus=(--gpus 0)
-  local out=$work/ft-$1-$2
-  [ "$1" = cpu ] && out=$dir/ft-$1-$2
-  FLORA_CACHE=$work/cache-ft-$1-$2 timed "finetune $1 $2" "$out" finetune \
+finetune() { # PRECISION: fine-tuning DIR's CPU-pretrained model on DIR's table
+  local out=$keep/ft-$mode-$1
+  FLORA_CACHE=$work/cache-ft-$mode-$1 timed "finetune $mode $1" "$out" finetune \
     "$bin" stage finetune --input model="$dir/pretrain-cpu-0" --input table="$dir/table.tsv" \
-    "${tune[@]}" --set precision="$2" "${gpus[@]}" --out "$out"
+    "${tune[@]}" --set precision="$1" "${gpus[@]}" --out "$out"
 }
 
 # The largest difference between two TSVs of an id column and numbers, as a JSON line.
@@ -94,6 +88,10 @@ print(json.dumps({"label": sys.argv[1], "sequences": len(a), "max_abs_diff": dif
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The CPU's runs are kept in DIR as the reference; the card's go to scratch.
+gpus=()
+keep=$dir
+[ "$mode" = gpu ] && { gpus=(--gpus 0); keep=$work; }
 
 if [ "$mode" = cpu ]; then
   where="CPU, $(nproc) cores, $(hostname)"
@@ -112,10 +110,10 @@ if [ "$mode" = cpu ]; then
     "$dir/corpus.fa" >"$dir/table.tsv"
   awk '/^>/ { n++ } n <= 140' "$dir/corpus.fa" >"$dir/few.fa"
   {
-    pretrain cpu 0
+    pretrain 0
     if [ "${3:-}" != pretrain ]; then
-      pretrain cpu 1
-      finetune cpu f32
+      pretrain 1
+      finetune f32
       "$bin" predict --model "$dir/ft-cpu-f32" --fasta "$dir/few.fa" -o "$dir/pred-cpu.tsv" 2>>"$log"
       "$bin" embed --model "$dir/pretrain-cpu-0" --fasta "$dir/few.fa" -o "$dir/emb-cpu.tsv" 2>>"$log"
     fi
@@ -131,10 +129,10 @@ res=$3
 where="GPU 0, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
 {
   cat "$dir/results.jsonl"
-  pretrain gpu 0
+  pretrain 0
   if [ -d "$dir/ft-cpu-f32" ]; then
-    finetune gpu f32
-    finetune gpu bf16
+    finetune f32
+    finetune bf16
     if "$bin" embed --model "$dir/pretrain-cpu-0" --fasta "$dir/few.fa" -o "$work/emb-gpu.tsv" --gpu 0 2>>"$log"; then
       compare "embed cpu vs gpu" "$dir/emb-cpu.tsv" "$work/emb-gpu.tsv"
     else

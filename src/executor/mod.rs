@@ -44,7 +44,7 @@ pub fn missing_tuning() -> impl Iterator<Item = (&'static str, &'static str)> {
 /// (`RAYON_NUM_THREADS`), candle's pool for element-wise ops (`CANDLE_NUM_THREADS`) and
 /// OpenBLAS's (`OPENBLAS_NUM_THREADS`). Each pool reads its variable once, when it starts, so
 /// they are set in the job's environment, over any the user set: the workflow's `threads` is the
-/// one knob. (`flora_stages::threads::limit` sizes rayon's and OpenBLAS's again in the job.)
+/// one knob.
 pub fn thread_env(threads: usize) -> [(&'static str, String); 3] {
     let n = threads.max(1).to_string();
     [

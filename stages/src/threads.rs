@@ -1,22 +1,12 @@
-//! The CPU threads a job may use. A job process asks for its `threads` once, before its stage
-//! runs: rayon's global pool (candle's CPU ops, tokenizing, parsing) and OpenBLAS's pool (the
-//! model's matrix products) each get that many, and candle's own pool for element-wise ops
-//! reads the same count from the environment the engine starts the job with. So jobs that the
+//! The CPU threads a job computes on. Three pools do a CPU stage's work: rayon's global pool
+//! (candle's CPU ops, tokenizing, parsing), candle's own pool for element-wise ops, and
+//! OpenBLAS's (the model's matrix products). Each reads its size from the environment once, when
+//! it starts, and the engine starts every job with its `threads` there
+//! (`RAYON_NUM_THREADS`, `CANDLE_NUM_THREADS`, `OPENBLAS_NUM_THREADS`), so that jobs the
 //! scheduler runs side by side do not each take every core. Each pool otherwise sizes itself to
 //! the machine, and a machine whose CPU quota is below its core count (a container, a cluster's
 //! cgroup) then runs several threads per core: measured on a 2-core machine, a small
 //! pretraining took 21.1 s with 2 threads in each pool and 70.1 s with 16.
-
-/// Gives rayon's global pool and OpenBLAS's pool `n` threads each (at least one). Call it before
-/// anything uses rayon: a global pool already built keeps its size, and the error says so.
-pub fn limit(n: usize) -> Result<(), String> {
-    let n = n.max(1);
-    crate::model::blas::set_threads(n);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .map_err(|e| format!("cannot size the thread pool to {n}: {e}"))
-}
 
 /// The threads of the three pools a CPU stage computes on: rayon's global pool, candle's pool
 /// for element-wise ops (sized from `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS`, which the

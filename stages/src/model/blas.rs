@@ -12,18 +12,7 @@ use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 // The CBLAS symbols come from OpenBLAS (Debian's libopenblas-dev, installed by scripts/setup.sh).
 #[link(name = "openblas")]
 extern "C" {
-    fn openblas_set_num_threads(n: std::ffi::c_int);
     fn openblas_get_num_threads() -> std::ffi::c_int;
-}
-
-/// Sets how many threads OpenBLAS's matrix products use (see [`crate::threads`]).
-pub(crate) fn set_threads(n: usize) {
-    let n = std::ffi::c_int::try_from(n).unwrap_or(std::ffi::c_int::MAX);
-    // SAFETY: OpenBLAS's own setter; it takes any count and caps it at what it was built for.
-    #[allow(unsafe_code)]
-    unsafe {
-        openblas_set_num_threads(n)
-    }
 }
 
 /// How many threads OpenBLAS's matrix products use.
