@@ -12,7 +12,9 @@
 #      (and, on the CPU, another seed's, for the seed-to-seed spread), fine-tuning in f32 and bf16,
 #      and predictions and embeddings. The CPU's runs come from .gpu/reference, made by
 #      prepare.sh where it built the binary, so the card's time goes to the card's runs.
-# GPU_QUICK=1 leaves out PyTorch's eager attention, for a short device lease. GPU memory is the
+# GPU_QUICK=1 leaves out PyTorch's eager attention, for a short device lease. Each run is stopped
+# after GPU_RUN_SECONDS (default 150) and reported as failed, so that a hang cannot spend the
+# lease. GPU memory is the
 # peak of nvidia-smi's reading while each run lasts. Results: $OUT (or benches/out/gpu), one JSON
 # line per run in results.jsonl, and a table at the end.
 set -uo pipefail
@@ -21,6 +23,7 @@ bin=${FLORA_BIN:-.gpu/flora}
 [ -x "$bin" ] || { gunzip -c "$bin.gz" >"$bin" && chmod +x "$bin"; }
 out=${OUT:-benches/out/gpu}
 steps=${BENCH_STEPS:-20}
+limit=${GPU_RUN_SECONDS:-150}
 mkdir -p "$out"
 res=$out/results.jsonl
 : >"$res"
@@ -33,19 +36,20 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv |
 
 # Runs "$@" while sampling GPU memory; appends the peak (MiB in use, minus the idle reading) to the
 # JSON line the command prints.
+memlog=$(mktemp)
 idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
 measured() {
   local label=$1
   shift
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$out/mem.txt" &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$memlog" &
   local sampler=$!
   local json
-  json=$("$@" 2>>"$out/stderr.log")
+  json=$(timeout "$limit" "$@" 2>>"$out/stderr.log")
   local rc=$?
   kill "$sampler" 2>/dev/null
   wait "$sampler" 2>/dev/null
   local peak
-  peak=$(sort -n "$out/mem.txt" | tail -1)
+  peak=$(sort -n "$memlog" | tail -1)
   if [ $rc -ne 0 ] || [ -z "$json" ]; then
     echo "{\"label\": \"$label\", \"failed\": $rc}" | tee -a "$res"
     return
@@ -62,7 +66,7 @@ done
 measured "flora bf16 no dropout" "$bin" bench --gpu 0 --precision bf16 --dropout 0 --batch 84 --len 256 --steps "$steps" --json
 # Where a step's time goes, region by region (CUDA events on the stream, read after each step).
 for p in bf16 f32; do
-  "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps 3 --profile 2>>"$out/stderr.log" |
+  timeout "$limit" "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps 3 --profile 2>>"$out/stderr.log" |
     tee "$out/profile-$p.txt"
 done
 for p in f32 bf16; do
@@ -84,7 +88,7 @@ if [ ! -f "$ref/results.jsonl" ]; then
   FLORA_BIN=$bin SMALL_LOG=$out/stderr.log bash benches/gpu/small.sh cpu "$ref" pretrain >/dev/null
 fi
 [ -f "$ref/commit" ] && echo "CPU reference made at commit $(cat "$ref/commit")" | tee -a "$out/gpu.txt"
-FLORA_BIN=$bin SMALL_LOG=$out/stderr.log bash benches/gpu/small.sh gpu "$ref" "$res"
+SMALL_SECONDS=$limit FLORA_BIN=$bin SMALL_LOG=$out/stderr.log bash benches/gpu/small.sh gpu "$ref" "$res"
 
 python3 benches/gpu/report.py "$res" | tee "$out/report.md"
 echo "--- last lines of $out/stderr.log"

@@ -12,6 +12,6 @@ for b in flora stage-tests; do
   [ -x ".gpu/$b" ] || { gunzip -c ".gpu/$b.gz" >".gpu/$b" && chmod +x ".gpu/$b"; }
 done
 # The kernels' tests first: a wrong kernel makes the timings below meaningless.
-timeout "${GPU_TESTS_SECONDS:-300}" .gpu/stage-tests gpu_ --test-threads 1 2>&1 | tee "$out/gpu-tests.txt"
+timeout "${GPU_TESTS_SECONDS:-180}" .gpu/stage-tests gpu_ --test-threads 1 2>&1 | tee "$out/gpu-tests.txt"
 echo "gpu_ tests exit status: ${PIPESTATUS[0]}" | tee -a "$out/gpu-tests.txt"
 GPU_QUICK=${GPU_QUICK:-1} OUT=$out bash benches/gpu/run.sh

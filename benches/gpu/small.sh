@@ -12,7 +12,8 @@
 #                                 CPU-pretrained model; appends DIR's CPU lines, then the GPU's, to
 #                                 RESULTS (one JSON object a line, as run.sh's).
 #
-# FLORA_BIN is the binary (default: target/release/flora, or .gpu/flora on the card).
+# FLORA_BIN is the binary (default: target/release/flora, or .gpu/flora on the card). Each flora
+# command is stopped after SMALL_SECONDS (default 600), a failure like any other.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 usage() {
@@ -29,6 +30,7 @@ gpu) bin=${FLORA_BIN:-.gpu/flora} ;;
 esac
 [ -x "$bin" ] || { echo "small.sh: no flora binary at $bin" >&2; exit 1; }
 log=${SMALL_LOG:-/dev/stderr}
+limit=${SMALL_SECONDS:-600}
 
 small=(--set layers=2 --set hidden=64 --set heads=2 --set intermediate=128 --set max_len=128
   --set epochs=2 --set batch_size=32 --set lr=0.002 --set warmup_steps=20 --set validation=0.1)
@@ -47,7 +49,7 @@ timed() {
   shift 3
   local start end rc=0
   start=$(date +%s.%N)
-  "$@" >/dev/null 2>>"$log" || rc=$?
+  timeout "$limit" "$@" >/dev/null 2>>"$log" || rc=$?
   end=$(date +%s.%N)
   [ $rc -eq 0 ] || { failed "$label" $rc; return 0; }
   python3 -c 'import json, os, sys
@@ -133,12 +135,12 @@ where="GPU 0, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | 
   if [ -d "$dir/ft-cpu-f32" ]; then
     finetune f32
     finetune bf16
-    if "$bin" embed --model "$dir/pretrain-cpu-0" --fasta "$dir/few.fa" -o "$work/emb-gpu.tsv" --gpu 0 2>>"$log"; then
+    if timeout "$limit" "$bin" embed --model "$dir/pretrain-cpu-0" --fasta "$dir/few.fa" -o "$work/emb-gpu.tsv" --gpu 0 2>>"$log"; then
       compare "embed cpu vs gpu" "$dir/emb-cpu.tsv" "$work/emb-gpu.tsv"
     else
       failed "embed cpu vs gpu" $?
     fi
-    if "$bin" predict --model "$dir/ft-cpu-f32" --fasta "$dir/few.fa" -o "$work/pred-gpu.tsv" --gpu 0 2>>"$log"; then
+    if timeout "$limit" "$bin" predict --model "$dir/ft-cpu-f32" --fasta "$dir/few.fa" -o "$work/pred-gpu.tsv" --gpu 0 2>>"$log"; then
       compare "predict cpu vs gpu" "$dir/pred-cpu.tsv" "$work/pred-gpu.tsv"
     else
       failed "predict cpu vs gpu" $?
