@@ -7,7 +7,8 @@ use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 use half::bf16;
 
-use super::gpu_kernels::{launch, per_row, suffix, typed, uninit, view};
+use super::gpu_kernels::{config, launch, suffix, typed, uninit, view};
+use super::launch_shapes::warp_per_row;
 
 /// The probabilities and their dropped-out copy, packed as (2, the scores' shape).
 pub fn attention_probs(
@@ -41,15 +42,17 @@ fn probs_typed<T: CudaDType + DeviceRepr>(
     let mut packed = uninit::<T>(dev, 2 * len)?;
     let (mut probs, mut dropped) = packed.split_at_mut(len);
     let (p, seed) = dropout.unwrap_or((0.0, 0));
-    let (n_i, per_batch_i) = (keys as i32, (heads * queries) as i32);
+    let rows = len / keys.max(1);
+    let (rows_i, n_i, per_batch_i) = (rows as i32, keys as i32, (heads * queries) as i32);
     launch!(
         dev,
         &name,
-        per_row(len / keys.max(1), keys),
+        config(warp_per_row(rows)),
         &scores,
         &mask,
         &mut probs,
         &mut dropped,
+        &rows_i,
         &n_i,
         &per_batch_i,
         &scale,
@@ -88,14 +91,16 @@ fn grad_typed<T: CudaDType + DeviceRepr>(
     let len = pl.shape().elem_count();
     let mut ds = uninit::<T>(dev, len)?;
     let (p, seed) = dropout.unwrap_or((0.0, 0));
-    let n_i = n as i32;
+    let rows = len / n.max(1);
+    let (rows_i, n_i) = (rows as i32, n as i32);
     launch!(
         dev,
         &name,
-        per_row(len / n.max(1), n),
+        config(warp_per_row(rows)),
         &probs,
         &grad,
         &mut ds,
+        &rows_i,
         &n_i,
         &scale,
         &p,

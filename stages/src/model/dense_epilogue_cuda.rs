@@ -13,7 +13,7 @@ use super::gpu_kernels::{
     chunks, column_chunks, config, elementwise, launch, output, result, sum_chunks, typed, uninit,
     view,
 };
-use super::launch_shapes::rows_by_columns;
+use super::launch_shapes::rows_by_column_groups;
 
 /// The bias and the epilogue after a product, into `out` (f32, or bf16 from a bf16 product).
 pub fn bias_epilogue(
@@ -54,7 +54,7 @@ fn epilogue_typed<T: CudaDType + DeviceRepr, U: CudaDType + DeviceRepr>(
     launch!(
         dev,
         name,
-        config(rows_by_columns(len / n, n)),
+        config(rows_by_column_groups(len / n, n)),
         &product,
         &bias,
         &mut y,
@@ -106,7 +106,7 @@ fn gelu_grad_typed<T: CudaDType + DeviceRepr, G: CudaDType + DeviceRepr>(
     launch!(
         dev,
         name,
-        config(rows_by_columns(len / n, n)),
+        config(rows_by_column_groups(len / n, n)),
         &product,
         &bias,
         &g,

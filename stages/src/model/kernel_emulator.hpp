@@ -312,6 +312,17 @@ inline unsigned int __float_as_uint(float f) {
   return u;
 }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// CUDA's 16-byte vector type, and the 16-byte accesses `kernels.cu` makes with it (on the card one
+// instruction, here a copy, which the C++ aliasing rules allow where a cast would not).
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 load16(const void *p) {
+  uint4 v;
+  memcpy(&v, p, 16);
+  return v;
+}
+inline void store16(void *p, uint4 v) { memcpy(p, &v, 16); }
 inline float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -399,7 +399,8 @@ mod tests {
     };
     use super::super::gpu_ops::keep;
     use super::super::launch_shapes::{
-        chunks, column_chunks, elementwise, per_row, rows_by_columns,
+        chunks, column_chunks, elementwise, per_row, rows_by_column_groups, rows_by_columns,
+        warp_per_row,
     };
     use super::super::layers::normal;
     use super::*;
@@ -669,23 +670,41 @@ mod tests {
     /// `qkv_heads_{suffix}` and `qkv_merge_{suffix}` on values of `T`, against their CPU twins in
     /// `qkv.rs`: the same values, placed the same.
     fn qkv_kernels_match<T: Elem + Default>(suffix: &str) {
-        use super::super::qkv::{qkv_heads_cpu, qkv_merge_cpu, Heads};
-        // Heads of 23 features, 4 of them, 2 sequences of 7: no length a multiple of another, and
-        // rows of 276 columns, one block of 256 and a ragged second.
-        let s = Heads {
-            batch: 2,
-            len: 7,
-            heads: 4,
-            head_dim: 23,
-        };
+        use super::super::qkv::Heads;
+        // Heads of 23 features, 4 of them, 2 sequences of 7: no length a multiple of another, so
+        // every group of eight columns goes element by element.
+        qkv_kernels_match_at::<T>(
+            suffix,
+            Heads {
+                batch: 2,
+                len: 7,
+                heads: 4,
+                head_dim: 23,
+            },
+        );
+        // Heads of 232 features (groups of eight that stay inside a head, aligned), rows of 2,088
+        // columns: one block of 256 groups and a ragged second.
+        qkv_kernels_match_at::<T>(
+            suffix,
+            Heads {
+                batch: 2,
+                len: 5,
+                heads: 3,
+                head_dim: 232,
+            },
+        );
+    }
+
+    fn qkv_kernels_match_at<T: Elem + Default>(suffix: &str, s: super::super::qkv::Heads) {
+        use super::super::qkv::{qkv_heads_cpu, qkv_merge_cpu};
         let width = 3 * s.hidden();
         let total = s.rows() * width;
         let product: Vec<T> = random(total, 1.0, 61).iter().map(|&v| T::put(v)).collect();
         let bias = random(width, 1.0, 62);
         let mut heads_out = vec![T::default(); total];
         let shape_args = || [int(s.len), int(s.heads), int(s.head_dim), int(s.rows())];
-        let grid = rows_by_columns(s.rows(), width);
-        assert_eq!(grid.grid[1], 2, "two blocks of columns");
+        let grid = rows_by_column_groups(s.rows(), width);
+        assert_eq!(grid.grid[1] as usize, 1 + usize::from(width > 2048));
         let mut args = vec![input(&product), input(&bias), output(&mut heads_out)];
         args.extend(shape_args());
         launch(&format!("qkv_heads_{suffix}"), grid, args);
@@ -809,8 +828,10 @@ mod tests {
     {
         use super::super::attention_probs::{probs_grad_row, probs_row};
         let to_t = |v: &[f32]| v.iter().map(|&x| T::put(x)).collect::<Vec<T>>();
-        // Keys fewer than a warp, and more than a block's threads.
-        for dims in [(2, 3, 5, 19), (2, 2, 3, 300)] {
+        // Keys fewer than a warp (and 30 rows: a block of eight rows and a ragged last), more
+        // than a block's threads, and more than a warp keeps in registers (read again in each
+        // pass).
+        for dims in [(2, 3, 5, 19), (2, 2, 3, 300), (2, 1, 3, 600)] {
             let (_, h, q, k) = dims;
             let (scores, mask) = attention_problem(dims);
             let scores = to_t(&scores);
@@ -821,12 +842,13 @@ mod tests {
                 let mut dropped = vec![T::default(); len];
                 launch(
                     &format!("attention_probs_{suffix}"),
-                    per_row(len / k, k),
+                    warp_per_row(len / k),
                     vec![
                         input(&scores),
                         input(&mask),
                         output(&mut probs),
                         output(&mut dropped),
+                        int(len / k),
                         int(k),
                         int(h * q),
                         float(scale),
@@ -860,11 +882,12 @@ mod tests {
                 let mut ds = vec![T::default(); len];
                 launch(
                     &format!("attention_probs_grad_{suffix}"),
-                    per_row(len / k, k),
+                    warp_per_row(len / k),
                     vec![
                         input(&probs),
                         input(&grad),
                         output(&mut ds),
+                        int(len / k),
                         int(k),
                         float(scale),
                         float(p),
@@ -1030,7 +1053,7 @@ mod tests {
             let mut y = vec![U::default(); len];
             launch(
                 name,
-                rows_by_columns(len / n, n),
+                rows_by_column_groups(len / n, n),
                 vec![
                     input(product),
                     input(bias),
@@ -1064,7 +1087,7 @@ mod tests {
         let mut dz = vec![T::default(); len];
         launch(
             name,
-            rows_by_columns(len / n, n),
+            rows_by_column_groups(len / n, n),
             vec![
                 input(product),
                 input(bias),
@@ -1086,9 +1109,18 @@ mod tests {
     where
         T: super::super::attention_probs::Elem + Default,
     {
+        // Rows of 300: groups of eight and a ragged last group of four, rows that start on and
+        // off 16-byte boundaries; rows of 2,104: two blocks of groups.
+        for (rows, n) in [(37, 300), (3, 2104)] {
+            dense_epilogue_kernels_match_at::<T>(suffix, tol, rows, n);
+        }
+    }
+
+    fn dense_epilogue_kernels_match_at<T>(suffix: &str, tol: f32, rows: usize, n: usize)
+    where
+        T: super::super::attention_probs::Elem + Default,
+    {
         use super::super::dense_epilogue::dropout_to_from;
-        // Rows of 300: one block of 256 columns and a ragged second; 37 rows.
-        let (rows, n) = (37, 300);
         let len = rows * n;
         let product: Vec<T> = random(len, 2.0, 51).iter().map(|&v| T::put(v)).collect();
         let bias = random(n, 1.0, 52);

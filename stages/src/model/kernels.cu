@@ -21,14 +21,90 @@ __device__ __forceinline__ float load(const bf16_bits *p, size_t i) {
 
 __device__ __forceinline__ void store(float *p, size_t i, float v) { p[i] = v; }
 
-__device__ __forceinline__ void store(bf16_bits *p, size_t i, float v) {
+// v rounded to bf16's bits.
+__device__ __forceinline__ unsigned int bf16_of(float v) {
   unsigned int u = __float_as_uint(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    p[i] = (bf16_bits)((u >> 16) | 0x40u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return u >> 16;
+}
+
+__device__ __forceinline__ void store(bf16_bits *p, size_t i, float v) {
+  p[i] = (bf16_bits)bf16_of(v);
+}
+
+// Groups of eight elements: the kernels over rows and columns give each thread eight adjacent
+// columns (`launch_shapes::GROUP`), so that their index arithmetic is done once per eight and,
+// where the group's address is 16-byte aligned, it moves as one 16-byte access (eight bf16 or
+// two times four f32) instead of eight. Unaligned groups (a tensor that starts inside its
+// storage, a row width that is no multiple of 8) go element by element.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define UNROLL _Pragma("unroll")
+__device__ __forceinline__ uint4 load16(const void *p) { return *(const uint4 *)p; }
+__device__ __forceinline__ void store16(void *p, uint4 v) { *(uint4 *)p = v; }
+#else
+#define UNROLL
+#endif
+
+__device__ __forceinline__ bool aligned16(const void *p) {
+  return ((unsigned long long)p & 15ull) == 0;
+}
+
+__device__ __forceinline__ void load8(const float *p, float *v) {
+  if (aligned16(p)) {
+    const uint4 a = load16(p), b = load16(p + 4);
+    v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y);
+    v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
+    v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y);
+    v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
     return;
   }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  p[i] = (bf16_bits)(u >> 16);
+  UNROLL for (int k = 0; k < 8; k++) v[k] = p[k];
+}
+
+__device__ __forceinline__ void load8(const bf16_bits *p, float *v) {
+  if (aligned16(p)) {
+    const uint4 a = load16(p);
+    const unsigned int w[4] = {a.x, a.y, a.z, a.w};
+    UNROLL for (int k = 0; k < 4; k++) {
+      v[2 * k] = __uint_as_float(w[k] << 16);
+      v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+    return;
+  }
+  UNROLL for (int k = 0; k < 8; k++) v[k] = load(p, k);
+}
+
+__device__ __forceinline__ void store8(float *p, const float *v) {
+  if (aligned16(p)) {
+    uint4 a, b;
+    a.x = __float_as_uint(v[0]), a.y = __float_as_uint(v[1]);
+    a.z = __float_as_uint(v[2]), a.w = __float_as_uint(v[3]);
+    b.x = __float_as_uint(v[4]), b.y = __float_as_uint(v[5]);
+    b.z = __float_as_uint(v[6]), b.w = __float_as_uint(v[7]);
+    store16(p, a);
+    store16(p + 4, b);
+    return;
+  }
+  UNROLL for (int k = 0; k < 8; k++) p[k] = v[k];
+}
+
+__device__ __forceinline__ void store8(bf16_bits *p, const float *v) {
+  if (aligned16(p)) {
+    uint4 a;
+    a.x = bf16_of(v[0]) | (bf16_of(v[1]) << 16);
+    a.y = bf16_of(v[2]) | (bf16_of(v[3]) << 16);
+    a.z = bf16_of(v[4]) | (bf16_of(v[5]) << 16);
+    a.w = bf16_of(v[6]) | (bf16_of(v[7]) << 16);
+    store16(p, a);
+    return;
+  }
+  UNROLL for (int k = 0; k < 8; k++) store(p, k, v[k]);
+}
+
+// The first column of this thread's group in a kernel launched as rows by column groups.
+__device__ __forceinline__ unsigned int group_column() {
+  return (blockIdx.y * blockDim.x + threadIdx.x) * 8u;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -323,9 +399,11 @@ __device__ __forceinline__ float unit_draw(unsigned long long seed, unsigned lon
   return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-// v through inverted dropout at p for element i under seed: v / (1 - p) if kept, else 0.
+// v through inverted dropout at p for element i under seed: v / (1 - p) if kept, else 0. At
+// p = 0 every draw is kept and v / 1 is v: no draw is made.
 __device__ __forceinline__ float dropped(float v, float p, unsigned long long seed,
                                          unsigned long long i) {
+  if (p <= 0.0f) return v;
   return unit_draw(seed, i) < p ? 0.0f : v / (1.0f - p);
 }
 
@@ -340,18 +418,28 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
 // added, then GELU when gelu is set, else inverted dropout at p (`dropout`'s mask over the flat
 // index; none at 0), into y of type U (f32, or bf16 where the next product reads it). One pass
 // where the cast of the product to f32, the bias add and the epilogue were three. Launched as
-// rows by blocks of columns (`launch_shapes::rows_by_columns`): no division per element.
+// rows by groups of eight columns (`launch_shapes::rows_by_column_groups`): no division per
+// element.
 template <typename T, typename U>
 __device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int n, int gelu,
                                  float p, unsigned long long seed) {
-  const unsigned int col = blockIdx.y * blockDim.x + threadIdx.x;
+  const unsigned int col = group_column();
   if (col >= (unsigned int)n) return;
   const size_t i = (size_t)blockIdx.x * n + col;
-  const float z = load(product, i) + bias[col];
-  if (gelu)
-    store(y, i, gelu_of(z));
-  else
-    store(y, i, dropped(z, p, seed, i));
+  if (col + 8 > (unsigned int)n) {
+    for (unsigned int k = 0; col + k < (unsigned int)n; k++) {
+      const float z = load(product, i + k) + bias[col + k];
+      store(y, i + k, gelu ? gelu_of(z) : dropped(z, p, seed, i + k));
+    }
+    return;
+  }
+  float v[8];
+  load8(product + i, v);
+  UNROLL for (int k = 0; k < 8; k++) {
+    const float z = v[k] + bias[col + k];
+    v[k] = gelu ? gelu_of(z) : dropped(z, p, seed, i + k);
+  }
+  store8(y + i, v);
 }
 
 extern "C" __global__ void bias_epilogue_f32(const float *product, const float *bias, float *y,
@@ -378,11 +466,19 @@ extern "C" __global__ void bias_epilogue_bf16_to_bf16(const bf16_bits *product,
 template <typename T, typename G>
 __device__ void bias_gelu_grad_at(const T *product, const float *bias, const G *g, T *dz,
                                   int n) {
-  const unsigned int col = blockIdx.y * blockDim.x + threadIdx.x;
+  const unsigned int col = group_column();
   if (col >= (unsigned int)n) return;
   const size_t i = (size_t)blockIdx.x * n + col;
-  const float z = load(product, i) + bias[col];
-  store(dz, i, load(g, i) * gelu_slope(z));
+  if (col + 8 > (unsigned int)n) {
+    for (unsigned int k = 0; col + k < (unsigned int)n; k++)
+      store(dz, i + k, load(g, i + k) * gelu_slope(load(product, i + k) + bias[col + k]));
+    return;
+  }
+  float z[8], gv[8];
+  load8(product + i, z);
+  load8(g + i, gv);
+  UNROLL for (int k = 0; k < 8; k++) z[k] = gv[k] * gelu_slope(z[k] + bias[col + k]);
+  store8(dz + i, z);
 }
 
 extern "C" __global__ void bias_gelu_grad_f32(const float *product, const float *bias,
@@ -409,26 +505,63 @@ extern "C" __global__ void dropout_to_bf16(const float *g, bf16_bits *y, float p
   if (i < len) store(y, i, dropped(g[i], p, seed, i));
 }
 
-// Attention probabilities from the raw scores of rows of n keys, ordered (batch, head, query),
-// rows_per_batch to a sequence: softmax over scores * scale + key_mask[batch, key] (additive: 0,
-// or a large negative for padding), into probs; and inverted dropout of them at p (`dropout`'s
-// mask over the flat index) into kept, which the context product reads. One pass over the
-// scores where scale, mask, softmax and dropout were four. T is float or bf16 bits.
+// The attention kernels give each row of n keys one warp (`launch_shapes::warp_per_row`: eight
+// rows to a block of 256 threads), lane j holding keys j, j + 32, ...: the row's max and sum are
+// warp shuffles, with no block-wide barrier, and a row of up to 32 x ROW_KEYS keys stays in
+// registers between its passes, so each score is read, exponentiated and drawn for dropout once.
+// Longer rows are read again in each pass. `row` is past the last row for a whole warp at once.
+#define ROW_KEYS 16
+
+__device__ __forceinline__ unsigned int warp_row() {
+  return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+}
+
+// Attention probabilities from the raw scores of `rows` rows of n keys, ordered (batch, head,
+// query), rows_per_batch to a sequence: softmax over scores * scale + key_mask[batch, key]
+// (additive: 0, or a large negative for padding), into probs; and inverted dropout of them at p
+// (`dropout`'s mask over the flat index) into kept, which the context product reads. One pass
+// over the scores where scale, mask, softmax and dropout were four. T is float or bf16 bits.
 template <typename T>
 __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *probs, T *kept,
-                                     int n, int rows_per_batch, float scale, float p,
-                                     unsigned long long seed, float *sh) {
-  const size_t off = (size_t)blockIdx.x * n;
-  const float *mask = key_mask + (size_t)(blockIdx.x / rows_per_batch) * n;
+                                     int rows, int n, int rows_per_batch, float scale, float p,
+                                     unsigned long long seed) {
+  const unsigned int row = warp_row();
+  if (row >= (unsigned int)rows) return;
+  const int lane = threadIdx.x & 31;
+  const size_t off = (size_t)row * n;
+  const float *mask = key_mask + (size_t)(row / (unsigned int)rows_per_batch) * n;
+  if (n <= 32 * ROW_KEYS) {
+    float v[ROW_KEYS];
+    float m = NEG_INF;
+    UNROLL for (int k = 0; k < ROW_KEYS; k++) {
+      const int j = lane + 32 * k;
+      v[k] = j < n ? load(scores, off + j) * scale + mask[j] : NEG_INF;
+      m = fmaxf(m, v[k]);
+    }
+    m = warp_max(m);
+    float s = 0.0f;
+    UNROLL for (int k = 0; k < ROW_KEYS; k++) {
+      v[k] = lane + 32 * k < n ? expf(v[k] - m) : 0.0f;
+      s += v[k];
+    }
+    const float inv = 1.0f / warp_sum(s);
+    UNROLL for (int k = 0; k < ROW_KEYS; k++) {
+      const int j = lane + 32 * k;
+      if (j < n) {
+        const float y = v[k] * inv;
+        store(probs, off + j, y);
+        store(kept, off + j, dropped(y, p, seed, off + j));
+      }
+    }
+    return;
+  }
   float m = NEG_INF;
-  for (int j = threadIdx.x; j < n; j += blockDim.x)
-    m = fmaxf(m, load(scores, off + j) * scale + mask[j]);
-  m = block_max(m, sh);
+  for (int j = lane; j < n; j += 32) m = fmaxf(m, load(scores, off + j) * scale + mask[j]);
+  m = warp_max(m);
   float s = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x)
-    s += expf(load(scores, off + j) * scale + mask[j] - m);
-  const float inv = 1.0f / block_sum(s, sh);
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+  for (int j = lane; j < n; j += 32) s += expf(load(scores, off + j) * scale + mask[j] - m);
+  const float inv = 1.0f / warp_sum(s);
+  for (int j = lane; j < n; j += 32) {
     const float y = expf(load(scores, off + j) * scale + mask[j] - m) * inv;
     store(probs, off + j, y);
     store(kept, off + j, dropped(y, p, seed, off + j));
@@ -436,61 +569,76 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
 }
 
 extern "C" __global__ void attention_probs_f32(const float *scores, const float *key_mask,
-                                               float *probs, float *kept, int n,
+                                               float *probs, float *kept, int rows, int n,
                                                int rows_per_batch, float scale, float p,
                                                unsigned long long seed) {
-  __shared__ float sh[32];
-  attention_probs_rows(scores, key_mask, probs, kept, n, rows_per_batch, scale, p, seed, sh);
+  attention_probs_rows(scores, key_mask, probs, kept, rows, n, rows_per_batch, scale, p, seed);
 }
 
 extern "C" __global__ void attention_probs_bf16(const bf16_bits *scores, const float *key_mask,
-                                                bf16_bits *probs, bf16_bits *kept, int n,
-                                                int rows_per_batch, float scale, float p,
+                                                bf16_bits *probs, bf16_bits *kept, int rows,
+                                                int n, int rows_per_batch, float scale, float p,
                                                 unsigned long long seed) {
-  __shared__ float sh[32];
-  attention_probs_rows(scores, key_mask, probs, kept, n, rows_per_batch, scale, p, seed, sh);
+  attention_probs_rows(scores, key_mask, probs, kept, rows, n, rows_per_batch, scale, p, seed);
 }
 
 // The scores' gradient from the probabilities and the gradient of the dropped probabilities:
 // dropout's backward pass (its mask redrawn), softmax's (y (g - sum(g y))), and the scale, in one
-// pass over rows of n.
+// pass over `rows` rows of n, a warp to a row as in attention_probs_rows.
 template <typename T>
-__device__ void attention_probs_grad_rows(const T *probs, const T *grad, T *dscores, int n,
-                                          float scale, float p, unsigned long long seed,
-                                          float *sh) {
-  const size_t off = (size_t)blockIdx.x * n;
-  float s = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const float g = dropped(load(grad, off + j), p, seed, off + j);
-    s += g * load(probs, off + j);
+__device__ void attention_probs_grad_rows(const T *probs, const T *grad, T *dscores, int rows,
+                                          int n, float scale, float p,
+                                          unsigned long long seed) {
+  const unsigned int row = warp_row();
+  if (row >= (unsigned int)rows) return;
+  const int lane = threadIdx.x & 31;
+  const size_t off = (size_t)row * n;
+  if (n <= 32 * ROW_KEYS) {
+    float y[ROW_KEYS], g[ROW_KEYS];
+    float s = 0.0f;
+    UNROLL for (int k = 0; k < ROW_KEYS; k++) {
+      const int j = lane + 32 * k;
+      y[k] = j < n ? load(probs, off + j) : 0.0f;
+      g[k] = j < n ? dropped(load(grad, off + j), p, seed, off + j) : 0.0f;
+      s += g[k] * y[k];
+    }
+    s = warp_sum(s);
+    UNROLL for (int k = 0; k < ROW_KEYS; k++) {
+      const int j = lane + 32 * k;
+      if (j < n) store(dscores, off + j, scale * y[k] * (g[k] - s));
+    }
+    return;
   }
-  s = block_sum(s, sh);
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+  float s = 0.0f;
+  for (int j = lane; j < n; j += 32)
+    s += dropped(load(grad, off + j), p, seed, off + j) * load(probs, off + j);
+  s = warp_sum(s);
+  for (int j = lane; j < n; j += 32) {
     const float g = dropped(load(grad, off + j), p, seed, off + j);
     store(dscores, off + j, scale * load(probs, off + j) * (g - s));
   }
 }
 
 extern "C" __global__ void attention_probs_grad_f32(const float *probs, const float *grad,
-                                                    float *dscores, int n, float scale, float p,
+                                                    float *dscores, int rows, int n,
+                                                    float scale, float p,
                                                     unsigned long long seed) {
-  __shared__ float sh[32];
-  attention_probs_grad_rows(probs, grad, dscores, n, scale, p, seed, sh);
+  attention_probs_grad_rows(probs, grad, dscores, rows, n, scale, p, seed);
 }
 
 extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
                                                      const bf16_bits *grad, bf16_bits *dscores,
-                                                     int n, float scale, float p,
+                                                     int rows, int n, float scale, float p,
                                                      unsigned long long seed) {
-  __shared__ float sh[32];
-  attention_probs_grad_rows(probs, grad, dscores, n, scale, p, seed, sh);
+  attention_probs_grad_rows(probs, grad, dscores, rows, n, scale, p, seed);
 }
 
 // The attention's query, key and value projections taken as one product, x [Wq; Wk; Wv]^T: rows
-// (batch x len) by 3 hidden columns. Launched as one block row per row (blockIdx.x) and blocks of
-// columns (blockIdx.y), so that the index arithmetic is a few 32-bit divisions per element rather
-// than 64-bit ones. The place of element (row, col) in the heads layout (3, batch, heads, len,
-// head_dim) that the score and context products read.
+// (batch x len) by 3 hidden columns. Launched as one block row per row (blockIdx.x) and groups
+// of eight columns (blockIdx.y), so that the index arithmetic is a few 32-bit divisions per
+// group rather than 64-bit ones per element. The place of element (row, col) in the heads
+// layout (3, batch, heads, len, head_dim) that the score and context products read; where
+// head_dim is a multiple of 8, a group's eight columns are adjacent there too.
 __device__ __forceinline__ size_t heads_place(unsigned int row, unsigned int col, int len,
                                               int heads, int head_dim, int rows) {
   const unsigned int hidden = (unsigned int)(heads * head_dim);
@@ -506,11 +654,20 @@ __device__ __forceinline__ size_t heads_place(unsigned int row, unsigned int col
 template <typename T>
 __device__ void qkv_heads_at(const T *product, const float *bias, T *heads_out, int len,
                              int heads, int head_dim, int rows) {
-  const unsigned int row = blockIdx.x, col = blockIdx.y * blockDim.x + threadIdx.x;
+  const unsigned int row = blockIdx.x, col = group_column();
   const unsigned int width = 3u * heads * head_dim;
   if (col >= width) return;
-  const size_t at = heads_place(row, col, len, heads, head_dim, rows);
-  store(heads_out, at, load(product, (size_t)row * width + col) + bias[col]);
+  const size_t from = (size_t)row * width + col;
+  if (head_dim % 8 != 0 || col + 8 > width) {
+    for (unsigned int k = 0; k < 8 && col + k < width; k++)
+      store(heads_out, heads_place(row, col + k, len, heads, head_dim, rows),
+            load(product, from + k) + bias[col + k]);
+    return;
+  }
+  float v[8];
+  load8(product + from, v);
+  UNROLL for (int k = 0; k < 8; k++) v[k] += bias[col + k];
+  store8(heads_out + heads_place(row, col, len, heads, head_dim, rows), v);
 }
 
 extern "C" __global__ void qkv_heads_f32(const float *product, const float *bias,
@@ -531,14 +688,23 @@ extern "C" __global__ void qkv_heads_bf16(const bf16_bits *product, const float 
 template <typename T>
 __device__ void qkv_merge_at(const T *dq, const T *dk, const T *dv, T *out, int len, int heads,
                              int head_dim, int rows) {
-  const unsigned int row = blockIdx.x, col = blockIdx.y * blockDim.x + threadIdx.x;
+  const unsigned int row = blockIdx.x, col = group_column();
   const unsigned int hidden = heads * head_dim, width = 3u * hidden;
   if (col >= width) return;
-  const size_t per = (size_t)rows * hidden;
+  const size_t per = (size_t)rows * hidden, to = (size_t)row * width + col;
+  if (head_dim % 8 != 0 || col + 8 > width) {
+    for (unsigned int c = col; c < col + 8 && c < width; c++) {
+      const unsigned int which = c / hidden;
+      const T *src = which == 0 ? dq : (which == 1 ? dk : dv);
+      out[to + (c - col)] = src[heads_place(row, c, len, heads, head_dim, rows) - which * per];
+    }
+    return;
+  }
   const unsigned int which = col / hidden;
-  const size_t at = heads_place(row, col, len, heads, head_dim, rows) - which * per;
   const T *src = which == 0 ? dq : (which == 1 ? dk : dv);
-  out[(size_t)row * width + col] = src[at];
+  float v[8];
+  load8(src + (heads_place(row, col, len, heads, head_dim, rows) - which * per), v);
+  store8(out + to, v);
 }
 
 extern "C" __global__ void qkv_merge_f32(const float *dq, const float *dk, const float *dv,

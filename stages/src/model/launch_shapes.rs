@@ -40,6 +40,24 @@ pub fn rows_by_columns(rows: usize, width: usize) -> LaunchShape {
     }
 }
 
+/// Adjacent columns per thread of the kernels launched by [`rows_by_column_groups`].
+pub const GROUP: usize = 8;
+
+/// One row of blocks per row of a (rows, width) matrix (blockIdx.x), each thread [`GROUP`]
+/// adjacent columns, blocks of 256 threads across the row (blockIdx.y): element kernels that
+/// move eight elements at a time.
+pub fn rows_by_column_groups(rows: usize, width: usize) -> LaunchShape {
+    rows_by_columns(rows, width.div_ceil(GROUP))
+}
+
+/// One warp per row of `rows`: eight rows to a block of 256 threads.
+pub fn warp_per_row(rows: usize) -> LaunchShape {
+    LaunchShape {
+        grid: [(rows as u32).div_ceil(BLOCK / 32).max(1), 1, 1],
+        block: [BLOCK, 1, 1],
+    }
+}
+
 /// Rows per chunk of the two-stage column sums, and the number of chunks, for `rows`.
 pub fn chunks(rows: usize) -> (usize, usize) {
     let per = rows.div_ceil(512).max(64);

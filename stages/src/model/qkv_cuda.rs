@@ -8,7 +8,7 @@ use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 use half::bf16;
 
 use super::gpu_kernels::{config, launch, suffix, typed, uninit, view};
-use super::launch_shapes::rows_by_columns;
+use super::launch_shapes::rows_by_column_groups;
 use super::qkv::Heads;
 
 /// q, k and v packed as (3, batch, heads, len, head_dim) from the projections' product and bias.
@@ -42,7 +42,7 @@ fn heads_typed<T: CudaDType + DeviceRepr>(
     launch!(
         dev,
         &name,
-        config(rows_by_columns(shape.rows(), 3 * shape.hidden())),
+        config(rows_by_column_groups(shape.rows(), 3 * shape.hidden())),
         &product,
         &bias,
         &mut out,
@@ -85,7 +85,7 @@ fn merge_typed<T: CudaDType + DeviceRepr>(
     launch!(
         dev,
         &name,
-        config(rows_by_columns(shape.rows(), 3 * shape.hidden())),
+        config(rows_by_column_groups(shape.rows(), 3 * shape.hidden())),
         &dq,
         &dk,
         &dv,
