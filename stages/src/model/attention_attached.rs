@@ -22,6 +22,7 @@ use super::attached::attach3;
 use super::attention_probs::{attention_probs, attention_probs_grad};
 use super::dense_attached::Backward3;
 use super::layers::{contiguous_in, product};
+use super::qkv::{merge_heads, split_heads};
 use super::step_profile::{backward_region, mirror};
 
 /// Attention of `q`, `k` and `v` (batch, len, hidden) over `heads` heads with the additive key
@@ -82,6 +83,9 @@ pub(crate) fn attention_forward(
 
 /// (batch, len, hidden) into (batch, heads, len, head) in `dtype`, in one copy.
 pub(crate) fn split(t: &Tensor, heads: usize, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        return split_heads(t, heads);
+    }
     let (bsz, len, hidden) = t.dims3()?;
     contiguous_in(
         &t.reshape((bsz, len, heads, hidden / heads))?
@@ -93,6 +97,9 @@ pub(crate) fn split(t: &Tensor, heads: usize, dtype: DType) -> Result<Tensor> {
 /// (batch, heads, len, head) into (batch, len, heads x head) in `dtype`, in one copy: [`split`]
 /// undone.
 fn merge(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        return merge_heads(t);
+    }
     let (bsz, heads, len, hd) = t.dims4()?;
     contiguous_in(&t.transpose(1, 2)?, dtype)?.reshape((bsz, len, heads * hd))
 }

@@ -696,13 +696,28 @@ mod tests {
     }
 
     fn qkv_kernels_match_at<T: Elem + Default>(suffix: &str, s: super::super::qkv::Heads) {
-        use super::super::qkv::{qkv_heads_cpu, qkv_merge_cpu};
+        use super::super::qkv::{heads_layout_cpu, qkv_heads_cpu, qkv_merge_cpu};
+        // The context's heads layout, both ways.
+        let n = s.rows() * s.hidden();
+        let x: Vec<T> = random(n, 1.0, 60).iter().map(|&v| T::put(v)).collect();
+        let shape_args = || [int(s.len), int(s.heads), int(s.head_dim), int(s.rows())];
+        for (way, to_heads) in [("split", true), ("merge", false)] {
+            let mut y = vec![T::default(); n];
+            let mut args = vec![input(&x), output(&mut y)];
+            args.extend(shape_args());
+            let name = format!("heads_{way}_{suffix}");
+            launch(&name, rows_by_column_groups(s.rows(), s.hidden()), args);
+            assert_eq!(
+                widen(&y),
+                widen(&heads_layout_cpu(&x, s, to_heads)),
+                "{name}"
+            );
+        }
         let width = 3 * s.hidden();
         let total = s.rows() * width;
         let product: Vec<T> = random(total, 1.0, 61).iter().map(|&v| T::put(v)).collect();
         let bias = random(width, 1.0, 62);
         let mut heads_out = vec![T::default(); total];
-        let shape_args = || [int(s.len), int(s.heads), int(s.head_dim), int(s.rows())];
         let grid = rows_by_column_groups(s.rows(), width);
         assert_eq!(grid.grid[1] as usize, 1 + usize::from(width > 2048));
         let mut args = vec![input(&product), input(&bias), output(&mut heads_out)];
@@ -723,7 +738,8 @@ mod tests {
 
     #[test]
     fn the_projections_heads_and_their_merge_match_the_cpu() {
-        // "qkv_heads_f32", "qkv_merge_f32", "qkv_heads_bf16", "qkv_merge_bf16",
+        // "qkv_heads_f32", "qkv_merge_f32", "qkv_heads_bf16", "qkv_merge_bf16", "heads_split_f32",
+        // "heads_merge_f32", "heads_split_bf16", "heads_merge_bf16",
         qkv_kernels_match::<f32>("f32");
         qkv_kernels_match::<half::bf16>("bf16");
     }

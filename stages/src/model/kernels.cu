@@ -719,6 +719,52 @@ extern "C" __global__ void qkv_merge_bf16(const bf16_bits *dq, const bf16_bits *
   qkv_merge_at(dq, dk, dv, out, len, heads, head_dim, rows);
 }
 
+// The attention's context out of heads, (batch, heads, len, head_dim) into (batch, len, heads x
+// head_dim), and its gradient back into them: where candle's strided copy took one thread per
+// element and a division per dimension. Launched as qkv_heads is, over the hidden columns.
+template <typename T>
+__device__ void heads_layout_at(const T *x, T *y, int len, int heads, int head_dim, int rows,
+                                bool to_heads) {
+  const unsigned int row = blockIdx.x, col = group_column();
+  const unsigned int hidden = heads * head_dim;
+  if (col >= hidden) return;
+  const size_t flat = (size_t)row * hidden + col;
+  if (head_dim % 8 != 0 || col + 8 > hidden) {
+    for (unsigned int k = 0; k < 8 && col + k < hidden; k++) {
+      const size_t h = heads_place(row, col + k, len, heads, head_dim, rows);
+      if (to_heads)
+        y[h] = x[flat + k];
+      else
+        y[flat + k] = x[h];
+    }
+    return;
+  }
+  const size_t h = heads_place(row, col, len, heads, head_dim, rows);
+  float v[8];
+  load8(x + (to_heads ? flat : h), v);
+  store8(y + (to_heads ? h : flat), v);
+}
+
+extern "C" __global__ void heads_merge_f32(const float *x, float *y, int len, int heads,
+                                           int head_dim, int rows) {
+  heads_layout_at(x, y, len, heads, head_dim, rows, false);
+}
+
+extern "C" __global__ void heads_merge_bf16(const bf16_bits *x, bf16_bits *y, int len, int heads,
+                                            int head_dim, int rows) {
+  heads_layout_at(x, y, len, heads, head_dim, rows, false);
+}
+
+extern "C" __global__ void heads_split_f32(const float *x, float *y, int len, int heads,
+                                           int head_dim, int rows) {
+  heads_layout_at(x, y, len, heads, head_dim, rows, true);
+}
+
+extern "C" __global__ void heads_split_bf16(const bf16_bits *x, bf16_bits *y, int len, int heads,
+                                            int head_dim, int rows) {
+  heads_layout_at(x, y, len, heads, head_dim, rows, true);
+}
+
 // LAMB's update direction for one element: the bias-corrected Adam step plus decoupled weight
 // decay (`Lamb::update_on_cpu`'s `direction`).
 __device__ __forceinline__ float lamb_direction(float m, float v, float w, float c1, float c2,

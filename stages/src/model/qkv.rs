@@ -12,7 +12,9 @@
 //! the CPU their twins below, which the kernel emulator's tests compare them with.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -151,6 +153,125 @@ pub fn qkv_merge(dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<Tensor> {
     };
     dq.contiguous()?
         .apply_op3_no_bwd(&dk.contiguous()?, &dv.contiguous()?, &QkvMerge(shape))
+}
+
+/// `heads_layout_at` (kernels.cu): `x` (batch, len, hidden) into heads (batch, heads, len,
+/// head_dim) when `to_heads`, else `x` in heads back into (batch, len, hidden).
+pub(crate) fn heads_layout_cpu<T: Copy>(x: &[T], s: Heads, to_heads: bool) -> Vec<T> {
+    let (hidden, hd) = (s.hidden(), s.head_dim);
+    let mut y = x.to_vec();
+    for row in 0..s.rows() {
+        let (b, t) = (row / s.len, row % s.len);
+        for c in 0..hidden {
+            let flat = row * hidden + c;
+            let h = ((b * s.heads + c / hd) * s.len + t) * hd + c % hd;
+            if to_heads {
+                y[h] = x[flat];
+            } else {
+                y[flat] = x[h];
+            }
+        }
+    }
+    y
+}
+
+/// The attention's context (batch, heads, len, head_dim) as (batch, len, heads x head_dim), in one
+/// copy: on a CUDA GPU `kernels.cu`'s `heads_merge_*`, elsewhere candle's transposed copy.
+pub fn merge_heads(t: &Tensor) -> Result<Tensor> {
+    let (batch, heads, len, head_dim) = t.dims4()?;
+    if !t.device().is_cuda() {
+        return t
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((batch, len, heads * head_dim));
+    }
+    let shape = Heads {
+        batch,
+        len,
+        heads,
+        head_dim,
+    };
+    t.contiguous()?.apply_op1_no_bwd(&HeadsLayout {
+        shape,
+        to_heads: false,
+    })
+}
+
+/// (batch, len, hidden) split into `heads` heads, (batch, heads, len, hidden / heads), in one
+/// copy: [`merge_heads`] undone (`heads_split_*` on a CUDA GPU).
+pub fn split_heads(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let (batch, len, hidden) = t.dims3()?;
+    if heads == 0 || hidden % heads != 0 {
+        candle_core::bail!("flora-heads-split: {hidden} features are not {heads} heads");
+    }
+    let head_dim = hidden / heads;
+    if !t.device().is_cuda() {
+        return t
+            .reshape((batch, len, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous();
+    }
+    let shape = Heads {
+        batch,
+        len,
+        heads,
+        head_dim,
+    };
+    t.contiguous()?.apply_op1_no_bwd(&HeadsLayout {
+        shape,
+        to_heads: true,
+    })
+}
+
+/// [`merge_heads`] and [`split_heads`] as one op: into heads when `to_heads`.
+struct HeadsLayout {
+    shape: Heads,
+    to_heads: bool,
+}
+
+impl HeadsLayout {
+    fn out_shape(&self) -> Shape {
+        let s = self.shape;
+        if self.to_heads {
+            Shape::from(s.dims())
+        } else {
+            Shape::from((s.batch, s.len, s.hidden()))
+        }
+    }
+}
+
+impl CustomOp1 for HeadsLayout {
+    fn name(&self) -> &'static str {
+        "flora-heads-layout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (shape, to) = (self.shape, self.to_heads);
+        let storage = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(heads_layout_cpu(
+                elems::<f32>(s, l, self.name())?,
+                shape,
+                to,
+            )),
+            CpuStorage::BF16(_) => CpuStorage::BF16(heads_layout_cpu(
+                elems::<bf16>(s, l, self.name())?,
+                shape,
+                to,
+            )),
+            s => candle_core::bail!("{}: values of {:?}", self.name(), s.dtype()),
+        };
+        Ok((storage, self.out_shape()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let storage = super::qkv_cuda::heads_layout((s, l), self.shape, self.to_heads)?;
+        Ok((storage, self.out_shape()))
+    }
 }
 
 /// The gradients of the projections' input and parameters from those of q, k and v: (dx (batch,
@@ -374,6 +495,44 @@ mod tests {
                 assert!(d < tol, "{compute:?}: db {i} differs by {d}");
             }
         }
+    }
+
+    #[test]
+    fn the_heads_layout_twin_is_candles_transposed_copy() {
+        let s = Heads {
+            batch: 2,
+            len: 5,
+            heads: 3,
+            head_dim: 4,
+        };
+        let x = random_var(&[2, 5, 12], 1.0, 8).as_tensor().detach();
+        let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let split = split_heads(&x, 3).unwrap();
+        assert_eq!(split.dims(), &[2, 3, 5, 4]);
+        let want = split.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(heads_layout_cpu(&flat, s, true), want);
+        assert_eq!(heads_layout_cpu(&want, s, false), flat);
+        let merged = merge_heads(&split).unwrap();
+        assert_eq!(merged.dims(), &[2, 5, 12]);
+        assert_eq!(
+            merged.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            flat
+        );
+        // The op itself, as the GPU runs it, on the CPU's storage.
+        let op = |t: &Tensor, to_heads| {
+            t.apply_op1_no_bwd(&HeadsLayout { shape: s, to_heads })
+                .unwrap()
+        };
+        assert_eq!(op(&x, true).dims(), &[2, 3, 5, 4]);
+        assert_eq!(
+            op(&split, false)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            flat
+        );
+        assert!(split_heads(&x, 5).is_err());
     }
 
     #[test]

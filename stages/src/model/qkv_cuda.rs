@@ -97,3 +97,43 @@ fn merge_typed<T: CudaDType + DeviceRepr>(
     )?;
     Ok(T::wrap_cuda_slice(out, dev.clone()))
 }
+
+/// `x` (batch, len, hidden) into heads when `to_heads`, else out of them (`heads_split_*`,
+/// `heads_merge_*`).
+pub fn heads_layout(
+    (xs, xl): (&CudaStorage, &Layout),
+    shape: Heads,
+    to_heads: bool,
+) -> Result<CudaStorage> {
+    match xs.dtype() {
+        DType::BF16 => layout_typed::<bf16>((xs, xl), shape, to_heads),
+        _ => layout_typed::<f32>((xs, xl), shape, to_heads),
+    }
+}
+
+fn layout_typed<T: CudaDType + DeviceRepr>(
+    (xs, xl): (&CudaStorage, &Layout),
+    shape: Heads,
+    to_heads: bool,
+) -> Result<CudaStorage> {
+    const OP: &str = "flora-heads-layout";
+    let way = if to_heads { "split" } else { "merge" };
+    let name = format!("heads_{way}_{}", suffix(xs.dtype(), OP)?);
+    let dev = xs.device();
+    let x = typed::<T>(xs, xl, OP)?;
+    let mut out = uninit::<T>(dev, shape.rows() * shape.hidden())?;
+    let (len, heads, head_dim) = (shape.len as i32, shape.heads as i32, shape.head_dim as i32);
+    let rows = shape.rows() as i32;
+    launch!(
+        dev,
+        &name,
+        config(rows_by_column_groups(shape.rows(), shape.hidden())),
+        &x,
+        &mut out,
+        &len,
+        &heads,
+        &head_dim,
+        &rows
+    )?;
+    Ok(T::wrap_cuda_slice(out, dev.clone()))
+}
