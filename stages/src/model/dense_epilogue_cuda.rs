@@ -10,10 +10,9 @@ use half::bf16;
 use super::dense::Epilogue;
 use super::fused::last_dim;
 use super::gpu_kernels::{
-    chunks, column_chunks, config, elementwise, launch, output, result, sum_chunks, typed, uninit,
-    view,
+    chunks, column_chunks, config, launch, output, result, sum_chunks, typed, uninit, view,
 };
-use super::launch_shapes::rows_by_column_groups;
+use super::launch_shapes::{element_groups, rows_by_column_groups};
 
 /// The bias and the epilogue after a product, into `out` (f32, or bf16 from a bf16 product).
 pub fn bias_epilogue(
@@ -132,7 +131,7 @@ pub fn dropout_to_bf16(
     launch!(
         dev,
         "dropout_to_bf16",
-        elementwise(len),
+        config(element_groups(len)),
         &g,
         &mut y,
         &p,

@@ -28,6 +28,7 @@ use super::dense::Epilogue;
 use super::dense_attached::{dense_forward, Backward3};
 use super::encoder_layer::LayerDropout;
 use super::fused::{layer_norm_backward, layer_norm_backward_plus};
+use super::gpu_ops::add_in_f32;
 use super::qkv::qkv_forward;
 use super::residual_norm::residual_layer_norm;
 use super::roberta::{Config, Params};
@@ -180,7 +181,7 @@ pub fn encoder_layer_attached(
         for ((role, dw), db) in QKV.into_iter().zip(dws).zip(dbs) {
             hand_in(role, [dw, db])?;
         }
-        Ok([Some((dr1 + dx.to_dtype(F32)?)?), None, None])
+        Ok([Some(add_in_f32(&dr1, &dx)?), None, None])
     })
 }
 

@@ -10,7 +10,7 @@ use super::gpu_kernels::{
     chunks, column_chunks, column_sums, config, elementwise, launch, output, per_row, result,
     sum_chunks, typed, view,
 };
-use super::launch_shapes::rows_by_columns;
+use super::launch_shapes::{element_groups, rows_by_columns};
 
 /// GELU (erf form).
 pub fn gelu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -294,6 +294,30 @@ pub fn dropout(s: &CudaStorage, l: &Layout, p: f32, seed: u64) -> Result<(CudaSt
         &len_u
     )?;
     Ok(result(dev, y, l.shape().clone()))
+}
+
+/// `a` (f32) plus `b` (bf16) into f32, in one pass.
+pub fn add_bf16_to_f32(
+    (a_s, a_l): (&CudaStorage, &Layout),
+    (b_s, b_l): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-add-bf16-to-f32";
+    let dev = a_s.device();
+    let a = view(a_s, a_l, OP)?;
+    let b = typed::<half::bf16>(b_s, b_l, OP)?;
+    let len = a_l.shape().elem_count();
+    let mut y = output(dev, len)?;
+    let len_u = len as u64;
+    launch!(
+        dev,
+        "add_bf16_to_f32",
+        config(element_groups(len)),
+        &a,
+        &b,
+        &mut y,
+        &len_u
+    )?;
+    Ok(result(dev, y, a_l.shape().clone()))
 }
 
 /// The kernels against their CPU twins, forward and backward, on the first CUDA GPU; skipped

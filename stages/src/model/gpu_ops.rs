@@ -293,6 +293,57 @@ impl CustomOp1 for Dropout {
     }
 }
 
+/// `a` (f32) plus `b` (f32 or bf16, of `a`'s shape) in f32: on a CUDA GPU with `b` in bf16 one
+/// pass (`add_bf16_to_f32`), elsewhere a cast and candle's add. Records no gradient on the GPU's
+/// path: for backward passes that add gradients.
+pub fn add_in_f32(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let fused = a.device().is_cuda()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::BF16
+        && a.dims() == b.dims();
+    if !fused {
+        return a.add(&b.to_dtype(DType::F32)?);
+    }
+    a.contiguous()?
+        .apply_op2_no_bwd(&b.contiguous()?, &AddBf16ToF32)
+}
+
+/// [`add_in_f32`]'s one pass.
+struct AddBf16ToF32;
+
+impl CustomOp2 for AddBf16ToF32 {
+    fn name(&self) -> &'static str {
+        "flora-add-bf16-to-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = data(s1, l1, self.name())?;
+        let b = super::fused::elems::<half::bf16>(s2, l2, self.name())?;
+        if a.len() != b.len() {
+            candle_core::bail!("{}: {} and {} elements", self.name(), a.len(), b.len());
+        }
+        let y = a.iter().zip(b).map(|(x, y)| x + y.to_f32()).collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::add_bf16_to_f32((s1, l1), (s2, l2))
+    }
+}
+
 /// Rows of `table` (rows, n) picked by `ids` (u32, one dimension): (ids, n).
 pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     table
@@ -315,6 +366,23 @@ mod tests {
     use super::*;
     use crate::testing::{max_abs_diff, random_var};
     use candle_core::Device;
+
+    /// The fused add of a bf16 gradient to an f32 one is a cast and an add, on the CPU's side of
+    /// the op as through `add_in_f32`'s fallback.
+    #[test]
+    fn adding_bf16_to_f32_is_a_cast_and_an_add() {
+        let a = Tensor::new(&[[1.5f32, -2.0, 0.25], [3.0, 0.0, -1.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[0.5f32, 1.0, -0.25], [2.0, -3.0, 7.0]], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let want = [[2.0f32, -1.0, 0.0], [5.0, -3.0, 6.0]];
+        let op = a.apply_op2_no_bwd(&b, &AddBf16ToF32).unwrap();
+        assert_eq!(op.to_vec2::<f32>().unwrap(), want);
+        assert_eq!(add_in_f32(&a, &b).unwrap().to_vec2::<f32>().unwrap(), want);
+        let short = b.narrow(1, 0, 2).unwrap();
+        assert!(a.apply_op2_no_bwd(&short, &AddBf16ToF32).is_err());
+    }
 
     #[test]
     fn gather_rows_matches_index_select_forward_and_backward() {

@@ -399,8 +399,8 @@ mod tests {
     };
     use super::super::gpu_ops::keep;
     use super::super::launch_shapes::{
-        chunks, column_chunks, elementwise, per_row, rows_by_column_groups, rows_by_columns,
-        warp_per_row,
+        chunks, column_chunks, element_groups, elementwise, per_row, rows_by_column_groups,
+        rows_by_columns, warp_per_row,
     };
     use super::super::layers::normal;
     use super::*;
@@ -1166,7 +1166,7 @@ mod tests {
             let mut y = vec![T::default(); len];
             launch(
                 "dropout_to_bf16",
-                elementwise(len),
+                element_groups(len),
                 vec![
                     input(&g),
                     output(&mut y),
@@ -1184,6 +1184,15 @@ mod tests {
                 1e-7,
             );
         }
+        // A layer's input gradient: f32 plus bf16 into f32.
+        let mut sum = vec![f32::NAN; len];
+        launch(
+            "add_bf16_to_f32",
+            element_groups(len),
+            vec![input(&g), input(&dz), output(&mut sum), ulong(len as u64)],
+        );
+        let want: Vec<f32> = g.iter().zip(&dz).map(|(a, b)| a + b.get()).collect();
+        assert_eq!(sum, want, "add_bf16_to_f32");
         let (per, count) = chunks(rows);
         let mut partial = vec![f32::NAN; count * n];
         launch(
@@ -1215,6 +1224,7 @@ mod tests {
     #[test]
     fn the_dense_epilogues_and_their_backward_match_the_cpu_in_bf16() {
         // "bias_epilogue_bf16", "bias_gelu_grad_bf16", "dropout_to_bf16", "col_sum_chunks_bf16",
+        // "add_bf16_to_f32",
         // "bias_epilogue_bf16_to_bf16", "bias_gelu_grad_bf16_from_bf16",
         dense_epilogue_kernels_match::<half::bf16>("bf16", 8e-3);
     }

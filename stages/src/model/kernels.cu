@@ -497,12 +497,45 @@ extern "C" __global__ void bias_gelu_grad_bf16_from_bf16(const bf16_bits *produc
   bias_gelu_grad_at(product, bias, g, dz, n);
 }
 
+// The first of this thread's eight elements in a kernel launched by element groups
+// (`launch_shapes::element_groups`).
+__device__ __forceinline__ size_t group_element() {
+  return ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+}
+
 // The gradient before a dense layer's dropout (its mask redrawn; none at p = 0), cast to bf16 for
-// the products of the backward pass. (In f32, `dropout` is the same pass.)
+// the products of the backward pass, eight elements per thread. (In f32, `dropout` is the same
+// pass.)
 extern "C" __global__ void dropout_to_bf16(const float *g, bf16_bits *y, float p,
                                            unsigned long long seed, unsigned long long len) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) store(y, i, dropped(g[i], p, seed, i));
+  const size_t i = group_element();
+  if (i >= len) return;
+  if (i + 8 > len) {
+    for (size_t k = i; k < len; k++) store(y, k, dropped(g[k], p, seed, k));
+    return;
+  }
+  float v[8];
+  load8(g + i, v);
+  UNROLL for (int k = 0; k < 8; k++) v[k] = dropped(v[k], p, seed, i + k);
+  store8(y + i, v);
+}
+
+// a + b, b in bf16, into f32, eight elements per thread: a layer's input gradient, the residual
+// stream's (f32) plus the one through q, k and v (in the products' type), in one pass where a
+// cast and an add were two.
+extern "C" __global__ void add_bf16_to_f32(const float *a, const bf16_bits *b, float *y,
+                                           unsigned long long len) {
+  const size_t i = group_element();
+  if (i >= len) return;
+  if (i + 8 > len) {
+    for (size_t k = i; k < len; k++) y[k] = a[k] + load(b, k);
+    return;
+  }
+  float u[8], v[8];
+  load8(a + i, u);
+  load8(b + i, v);
+  UNROLL for (int k = 0; k < 8; k++) u[k] += v[k];
+  store8(y + i, u);
 }
 
 // The attention kernels give each row of n keys one warp (`launch_shapes::warp_per_row`: eight

@@ -50,6 +50,11 @@ pub fn rows_by_column_groups(rows: usize, width: usize) -> LaunchShape {
     rows_by_columns(rows, width.div_ceil(GROUP))
 }
 
+/// One thread per [`GROUP`] adjacent elements of `len`.
+pub fn element_groups(len: usize) -> LaunchShape {
+    elementwise(len.div_ceil(GROUP))
+}
+
 /// One warp per row of `rows`: eight rows to a block of 256 threads.
 pub fn warp_per_row(rows: usize) -> LaunchShape {
     LaunchShape {
