@@ -185,16 +185,7 @@ pub fn merge_heads(t: &Tensor) -> Result<Tensor> {
             .contiguous()?
             .reshape((batch, len, heads * head_dim));
     }
-    let shape = Heads {
-        batch,
-        len,
-        heads,
-        head_dim,
-    };
-    t.contiguous()?.apply_op1_no_bwd(&HeadsLayout {
-        shape,
-        to_heads: false,
-    })
+    HeadsLayout::run(t, (batch, len, heads, head_dim), false)
 }
 
 /// (batch, len, hidden) split into `heads` heads, (batch, heads, len, hidden / heads), in one
@@ -211,16 +202,7 @@ pub fn split_heads(t: &Tensor, heads: usize) -> Result<Tensor> {
             .transpose(1, 2)?
             .contiguous();
     }
-    let shape = Heads {
-        batch,
-        len,
-        heads,
-        head_dim,
-    };
-    t.contiguous()?.apply_op1_no_bwd(&HeadsLayout {
-        shape,
-        to_heads: true,
-    })
+    HeadsLayout::run(t, (batch, len, heads, head_dim), true)
 }
 
 /// [`merge_heads`] and [`split_heads`] as one op: into heads when `to_heads`.
@@ -230,6 +212,22 @@ struct HeadsLayout {
 }
 
 impl HeadsLayout {
+    /// `t` into or out of the heads layout of (batch, len, heads, head_dim).
+    fn run(
+        t: &Tensor,
+        (batch, len, heads, head_dim): (usize, usize, usize, usize),
+        to_heads: bool,
+    ) -> Result<Tensor> {
+        let shape = Heads {
+            batch,
+            len,
+            heads,
+            head_dim,
+        };
+        t.contiguous()?
+            .apply_op1_no_bwd(&HeadsLayout { shape, to_heads })
+    }
+
     fn out_shape(&self) -> Shape {
         let s = self.shape;
         if self.to_heads {
