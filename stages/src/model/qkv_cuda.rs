@@ -11,6 +11,11 @@ use super::gpu_kernels::{config, launch, suffix, typed, uninit, view};
 use super::launch_shapes::rows_by_column_groups;
 use super::qkv::Heads;
 
+/// The heads layout as the kernels take it: (len, heads, head_dim, rows), each an `int`.
+fn kernel_dims(shape: Heads) -> [i32; 4] {
+    [shape.len, shape.heads, shape.head_dim, shape.rows()].map(|d| d as i32)
+}
+
 /// q, k and v packed as (3, batch, heads, len, head_dim) from the projections' product and bias.
 pub fn qkv_heads(
     (ps, pl): (&CudaStorage, &Layout),
@@ -37,8 +42,7 @@ fn heads_typed<T: CudaDType + DeviceRepr>(
     let bias = view(bs, bl, OP)?;
     let total = pl.shape().elem_count();
     let mut out = uninit::<T>(dev, total)?;
-    let (len, heads, head_dim) = (shape.len as i32, shape.heads as i32, shape.head_dim as i32);
-    let rows = shape.rows() as i32;
+    let [len, heads, head_dim, rows] = kernel_dims(shape);
     launch!(
         dev,
         &name,
@@ -80,8 +84,7 @@ fn merge_typed<T: CudaDType + DeviceRepr>(
     );
     let total = 3 * shape.rows() * shape.hidden();
     let mut out = uninit::<T>(dev, total)?;
-    let (len, heads, head_dim) = (shape.len as i32, shape.heads as i32, shape.head_dim as i32);
-    let rows = shape.rows() as i32;
+    let [len, heads, head_dim, rows] = kernel_dims(shape);
     launch!(
         dev,
         &name,
@@ -122,8 +125,7 @@ fn layout_typed<T: CudaDType + DeviceRepr>(
     let dev = xs.device();
     let x = typed::<T>(xs, xl, OP)?;
     let mut out = uninit::<T>(dev, shape.rows() * shape.hidden())?;
-    let (len, heads, head_dim) = (shape.len as i32, shape.heads as i32, shape.head_dim as i32);
-    let rows = shape.rows() as i32;
+    let [len, heads, head_dim, rows] = kernel_dims(shape);
     launch!(
         dev,
         &name,
