@@ -327,7 +327,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use crate::model::roberta::{encode, mlm_loss, Config, Params, Positions};
-    use crate::model::{fused, gpu_ops};
+    use crate::model::{fused, gpu_ops, mlm_loss};
     use crate::testing::{max_abs_diff, random_var, skipped};
 
     fn gpu(test: &str) -> Option<Device> {
@@ -435,6 +435,25 @@ mod tests {
         let inputs = [random_var(&[100_003], 1.0, 9)];
         let f = |t: &[Tensor]| gpu_ops::dropout(&t[0], 0.1, 7).unwrap();
         same_on_both("dropout", &f, &inputs, &[100_003], 1e-6);
+    }
+
+    #[test]
+    fn gpu_mlm_loss_matches_the_cpu() {
+        // A vocabulary of 5,005 in rows padded to 5,008, as the paper's model has on a GPU;
+        // f32 logits and bf16 ones (their gradient in bf16, cast back through the f32 input).
+        let inputs = [
+            random_var(&[300, 5008], 4.0, 10),
+            random_var(&[5005], 1.0, 11),
+        ];
+        let targets: Vec<u32> = (0..300u32).map(|i| i * 7919 % 5005).collect();
+        for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+            let f = |t: &[Tensor]| {
+                let z = t[0].to_dtype(dtype).unwrap();
+                let (loss, _) = mlm_loss::cross_entropy(&z, &t[1], &targets).unwrap();
+                loss.reshape(1).unwrap()
+            };
+            same_on_both(&format!("mlm loss {dtype:?}"), &f, &inputs, &[1], 1e-4);
+        }
     }
 
     #[test]

@@ -1229,6 +1229,99 @@ mod tests {
         dense_epilogue_kernels_match::<half::bf16>("bf16", 8e-3);
     }
 
+    /// The MLM loss's two kernels against `mlm_loss.rs`'s twins, for logits of `T`: rows of a
+    /// vocabulary of n in rows of `stride` (padded to a multiple of 8, or not: rows that start
+    /// off 16-byte boundaries and a ragged last group), with a tie for the argmax at a target.
+    fn mlm_loss_kernels_match<T>(suffix: &str, tol: f32)
+    where
+        T: super::super::attention_probs::Elem + Default,
+    {
+        use super::super::mlm_loss::{row_grad, row_loss};
+        // Rows of 300 in 304 and in 300; rows of 2,101 in 2,104: more groups than threads.
+        for (rows, n, stride) in [(13, 300, 304), (7, 300, 300), (3, 2101, 2104)] {
+            let mut z = random(rows * stride, 3.0, 61);
+            let targets: Vec<u32> = (0..rows).map(|r| (r * 37 % n) as u32).collect();
+            // Rows 0 to 2 tie for their largest logit between the target and another column
+            // that another thread (rows 0 and 1) or warp (row 2) scans: the first counts.
+            let mut bias = random(n, 1.0, 62);
+            let ties = [(0, 8, 1.0), (1, 5, 0.0), (2, 260, 1.0)];
+            for (r, other, _) in ties {
+                for c in [targets[r] as usize, other] {
+                    z[r * stride + c] = 40.0;
+                    bias[c] = 0.0;
+                }
+            }
+            let logits: Vec<T> = z.iter().map(|&v| T::put(v)).collect();
+            let mut out = vec![f32::NAN; rows * 4];
+            launch(
+                &format!("mlm_xent_rows_{suffix}"),
+                per_row(rows, n.div_ceil(8)),
+                vec![
+                    input(&logits),
+                    input(&bias),
+                    input(&targets),
+                    output(&mut out),
+                    int(n),
+                    int(stride),
+                ],
+            );
+            let want: Vec<f32> = (0..rows)
+                .flat_map(|r| {
+                    let row = &logits[r * stride..r * stride + n];
+                    row_loss(row, &bias, targets[r])
+                })
+                .collect();
+            assert_close(&format!("mlm_xent_rows_{suffix} {n}"), &out, &want, 1e-5);
+            for (r, other, correct) in ties {
+                assert_eq!(
+                    out[4 * r + 3],
+                    correct,
+                    "row {r}: a tie with column {other}"
+                );
+            }
+            let info: Vec<f32> = (0..rows)
+                .flat_map(|r| [0.5 + r as f32, out[4 * r + 1], out[4 * r + 2]])
+                .collect();
+            let mut dz = vec![T::put(f32::NAN); rows * stride];
+            launch(
+                &format!("mlm_xent_grad_{suffix}"),
+                rows_by_column_groups(rows, stride),
+                vec![
+                    input(&logits),
+                    input(&bias),
+                    input(&info),
+                    output(&mut dz),
+                    int(n),
+                    int(stride),
+                ],
+            );
+            let mut want = vec![T::default(); rows * stride];
+            for r in 0..rows {
+                let span = r * stride..(r + 1) * stride;
+                let i = [info[3 * r], info[3 * r + 1], info[3 * r + 2]];
+                row_grad(&logits[span.clone()], &bias, i, &mut want[span]);
+            }
+            assert_close(
+                &format!("mlm_xent_grad_{suffix} {n}"),
+                &widen(&dz),
+                &widen(&want),
+                tol,
+            );
+        }
+    }
+
+    #[test]
+    fn the_mlm_loss_and_its_gradient_match_the_cpu_in_f32() {
+        // "mlm_xent_rows_f32", "mlm_xent_grad_f32",
+        mlm_loss_kernels_match::<f32>("f32", 1e-5);
+    }
+
+    #[test]
+    fn the_mlm_loss_and_its_gradient_match_the_cpu_in_bf16() {
+        // "mlm_xent_rows_bf16", "mlm_xent_grad_bf16",
+        mlm_loss_kernels_match::<half::bf16>("bf16", 8e-3);
+    }
+
     /// LAMB's five multi-tensor kernels, launched through a table of the tensors' addresses as
     /// `lamb_cuda.rs` launches them, against the CPU's fused loops over three steps: one plain,
     /// one with a scale and a clipping norm that bites, one with a clipping norm that does not.

@@ -939,3 +939,157 @@ extern "C" __global__ void lamb_apply(const LambTensor *table, int count, int ch
   for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
     w[i] -= step * lamb_direction(m[i], v[i], w[i], c1, c2, eps, wd);
 }
+
+// The MLM loss over a vocabulary (`mlm_loss.rs`). The logits are rows of `stride` columns in the
+// decoder product's type, the first n of them the vocabulary and the rest padding (a vocabulary
+// padded to a multiple of 8 gives the product aligned rows, which cuBLAS runs on its fast
+// kernels); the decoder's bias (n, f32) is added as each logit is read. The forward pass reads
+// each logit once, where log-softmax, the target's pick and the argmax were ten candle passes
+// over an f32 copy; the backward pass writes the logits' gradient in one.
+
+// A running scan of a row: m the largest logit seen, s the sum of exp(x - m) over the logits
+// seen, a the first column holding m.
+struct RowScan {
+  float m, s;
+  int a;
+};
+
+__device__ __forceinline__ RowScan row_scan_start() {
+  RowScan r;
+  r.m = NEG_INF, r.s = 0.0f, r.a = 0x7fffffff;
+  return r;
+}
+
+// Takes logit x of column c into r. An -inf logit adds nothing; a NaN makes the sum NaN.
+__device__ __forceinline__ void row_scan_take(RowScan &r, float x, int c) {
+  if (x > r.m) {
+    r.s = r.s * expf(r.m - x) + 1.0f;
+    r.m = x, r.a = c;
+  } else {
+    r.s += x == NEG_INF ? 0.0f : expf(x - r.m);
+  }
+}
+
+// s, a sum of exponentials against `from`, against `to` (>= from) instead. A scan that has seen
+// only -inf (and NaN) sums to 0 (or NaN) against anything.
+__device__ __forceinline__ float rescaled(float s, float from, float to) {
+  return from == NEG_INF ? s : s * expf(from - to);
+}
+
+// Two scans of one row's disjoint columns as one.
+__device__ __forceinline__ RowScan row_scan_merge(RowScan p, RowScan q) {
+  RowScan r;
+  r.m = fmaxf(p.m, q.m);
+  r.s = rescaled(p.s, p.m, r.m) + rescaled(q.s, q.m, r.m);
+  r.a = (q.m > p.m || (q.m == p.m && q.a < p.a)) ? q.a : p.a;
+  return r;
+}
+
+__device__ RowScan warp_row_scan(RowScan r) {
+  for (int o = 16; o > 0; o >>= 1) {
+    RowScan q;
+    q.m = __shfl_xor_sync(FULL_MASK, r.m, o);
+    q.s = __shfl_xor_sync(FULL_MASK, r.s, o);
+    q.a = __shfl_xor_sync(FULL_MASK, r.a, o);
+    r = row_scan_merge(r, q);
+  }
+  return r;
+}
+
+// Eight logits of a row from column j on, bias added, -inf past the vocabulary.
+template <typename T>
+__device__ __forceinline__ void logits8(const T *z, const float *bias, unsigned int j, int n,
+                                        int stride, float *v) {
+  if (j + 8 <= (unsigned int)stride) {
+    load8(z + j, v);
+  } else {
+    UNROLL for (int k = 0; k < 8; k++) v[k] = j + k < (unsigned int)stride ? load(z, j + k) : 0.0f;
+  }
+  UNROLL for (int k = 0; k < 8; k++) v[k] = j + k < (unsigned int)n ? v[k] + bias[j + k] : NEG_INF;
+}
+
+// One block per row (`launch_shapes::per_row` over the row's groups of eight), each thread
+// scanning groups of eight columns: out[row] = (loss, lse, target, correct) with
+// lse = log sum_j exp(z_j + b_j), loss = lse - (z_t + b_t) and correct = 1 where the first
+// largest logit is the target's. A target past the vocabulary gives NaN.
+template <typename T>
+__device__ void mlm_xent_rows_at(const T *logits, const float *bias, const unsigned int *targets,
+                                 float *out, int n, int stride) {
+  __shared__ float sh_m[32], sh_s[32];
+  __shared__ int sh_a[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const size_t row = blockIdx.x;
+  const T *z = logits + row * stride;
+  RowScan r = row_scan_start();
+  for (unsigned int j = threadIdx.x * 8; j < (unsigned int)n; j += blockDim.x * 8) {
+    float v[8];
+    logits8(z, bias, j, n, stride, v);
+    UNROLL for (int k = 0; k < 8; k++) row_scan_take(r, v[k], j + k);
+  }
+  r = warp_row_scan(r);
+  if (lane == 0) {
+    sh_m[warp] = r.m, sh_s[warp] = r.s, sh_a[warp] = r.a;
+  }
+  __syncthreads();
+  r = row_scan_start();
+  if (lane < warps) {
+    r.m = sh_m[lane], r.s = sh_s[lane], r.a = sh_a[lane];
+  }
+  r = warp_row_scan(r);
+  if (threadIdx.x != 0) return;
+  const unsigned int t = targets[row];
+  const float nan = __int_as_float(0x7fc00000);
+  const float lse = r.m + logf(r.s);
+  const float zt = t < (unsigned int)n ? load(z, t) + bias[t] : nan;
+  float *o = out + 4 * row;
+  o[0] = lse - zt, o[1] = lse, o[2] = (float)t, o[3] = r.a == (int)t ? 1.0f : 0.0f;
+}
+
+extern "C" __global__ void mlm_xent_rows_f32(const float *logits, const float *bias,
+                                             const unsigned int *targets, float *out, int n,
+                                             int stride) {
+  mlm_xent_rows_at(logits, bias, targets, out, n, stride);
+}
+
+extern "C" __global__ void mlm_xent_rows_bf16(const bf16_bits *logits, const float *bias,
+                                              const unsigned int *targets, float *out, int n,
+                                              int stride) {
+  mlm_xent_rows_at(logits, bias, targets, out, n, stride);
+}
+
+// The logits' gradient, eight columns per thread (`launch_shapes::rows_by_column_groups` over
+// rows of `stride`): (exp(z_j + b_j - lse) - [j = target]) * g for the vocabulary, 0 for the
+// padding, from each row's info = (g, lse, target), g the gradient of its loss.
+template <typename T>
+__device__ void mlm_xent_grad_at(const T *logits, const float *bias, const float *info, T *dz,
+                                 int n, int stride) {
+  const unsigned int j = group_column();
+  if (j >= (unsigned int)stride) return;
+  const size_t row = blockIdx.x;
+  const float g = info[3 * row], lse = info[3 * row + 1];
+  const unsigned int t = (unsigned int)info[3 * row + 2];
+  const T *z = logits + row * stride;
+  T *d = dz + row * stride;
+  float v[8];
+  logits8(z, bias, j, n, stride, v);
+  UNROLL for (int k = 0; k < 8; k++) {
+    const float hit = j + k == t ? 1.0f : 0.0f;
+    v[k] = j + k < (unsigned int)n ? (expf(v[k] - lse) - hit) * g : 0.0f;
+  }
+  if (j + 8 <= (unsigned int)stride) {
+    store8(d + j, v);
+  } else {
+    for (unsigned int k = 0; j + k < (unsigned int)stride; k++) store(d, j + k, v[k]);
+  }
+}
+
+extern "C" __global__ void mlm_xent_grad_f32(const float *logits, const float *bias,
+                                             const float *info, float *dz, int n, int stride) {
+  mlm_xent_grad_at(logits, bias, info, dz, n, stride);
+}
+
+extern "C" __global__ void mlm_xent_grad_bf16(const bf16_bits *logits, const float *bias,
+                                              const float *info, bf16_bits *dz, int n,
+                                              int stride) {
+  mlm_xent_grad_at(logits, bias, info, dz, n, stride);
+}

@@ -33,6 +33,9 @@ mod lamb_cuda;
 #[cfg(any(feature = "cuda", test))]
 mod launch_shapes;
 pub mod layers;
+pub mod mlm_loss;
+#[cfg(feature = "cuda")]
+mod mlm_loss_cuda;
 pub mod mutagenesis;
 pub mod predictor;
 pub mod pretrain;

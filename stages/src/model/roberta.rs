@@ -17,12 +17,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::dense::Epilogue;
 use super::encoder_layer::{encoder_layer, LayerDropout};
-use super::layers::{bias_add, dropout, gather_rows, gelu, layer_norm, matmul, randn, seed_device};
+use super::layers::{
+    bias_add, dropout, gather_rows, layer_norm, matmul, product, randn, seed_device,
+};
 use super::step_profile::{self, region};
 use crate::rng::Rng;
 
@@ -572,10 +574,15 @@ pub(crate) fn encode_with(
     Ok(x)
 }
 
+/// The MLM head's transform of hidden states (..., hidden): dense, GELU, LayerNorm.
+fn mlm_transform(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
+    let h = linear_then(p, "lm_head.dense", hidden, Epilogue::Gelu)?;
+    ln(p, "lm_head.layer_norm", &h, cfg.layer_norm_eps)
+}
+
 /// MLM logits (batch, len, vocab) from hidden states.
 pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
-    let h = gelu(&linear(p, "lm_head.dense", hidden)?)?;
-    let h = ln(p, "lm_head.layer_norm", &h, cfg.layer_norm_eps)?;
+    let h = mlm_transform(p, cfg, hidden)?;
     let (bsz, len, hs) = h.dims3()?;
     let emb = p.get("roberta.embeddings.word_embeddings.weight");
     bias_add(
@@ -590,7 +597,8 @@ pub fn mlm_logits(p: &Params, cfg: &Config, hidden: &Tensor) -> Result<Tensor> {
 /// pass, so that a GPU step does not wait on it halfway); and how many positions were labelled.
 /// `labels` has one entry per position (batch * len). The head runs on those positions alone (15%
 /// of the tokens in pretraining), which gives the loss of running it on every position and keeping
-/// those, for less work.
+/// those, for less work. The decoder's product stays in the products' type, and the loss reads it
+/// with the bias in one op (`mlm_loss.rs`).
 pub fn mlm_loss(
     p: &Params,
     cfg: &Config,
@@ -615,14 +623,16 @@ pub fn mlm_loss(
         &Tensor::from_vec(picked, n, device)?,
     )?
     .reshape((1, n, hs))?;
-    let logits = mlm_logits(p, cfg, &rows)?.reshape((n, cfg.vocab_size))?;
-    let logp = super::layers::log_softmax(&logits)?;
-    let tgt = Tensor::from_vec(targets.clone(), (n, 1), device)?;
-    let nll = logp.gather(&tgt, D::Minus1)?.neg()?.mean_all()?;
-    let correct = logits
-        .argmax_keepdim(D::Minus1)?
-        .eq(&tgt)?
-        .to_dtype(DType::F32)?
-        .sum_all()?;
-    Ok((nll, correct, n))
+    let h = mlm_transform(p, cfg, &rows)?.reshape((n, hs))?;
+    let emb = p.get("roberta.embeddings.word_embeddings.weight");
+    let decoder = super::mlm_loss::decoder_weight(&emb, p.compute)?;
+    let logits = region(
+        || step_profile::MLM_DECODER.to_string(),
+        || product(&h.to_dtype(p.compute)?, &decoder.t()?),
+    )?;
+    let (loss, correct) = region(
+        || step_profile::MLM_LOSS.to_string(),
+        || super::mlm_loss::cross_entropy(&logits, &p.get("lm_head.bias"), &targets),
+    )?;
+    Ok((loss, correct, n))
 }

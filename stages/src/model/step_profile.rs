@@ -99,6 +99,12 @@ pub const ATTENTION: &str = "forward: self-attention";
 /// The forward region of a residual add and the LayerNorm after it.
 pub const RESIDUAL_LAYER_NORM: &str = "forward: residual add + LayerNorm";
 
+/// The forward region of the MLM head's decoder product (tied to the word embeddings).
+pub const MLM_DECODER: &str = "forward: MLM decoder product";
+
+/// The forward region of the MLM loss over the decoder's logits.
+pub const MLM_LOSS: &str = "forward: MLM loss";
+
 /// The label of time before the first phase, outside any region.
 const OUTSIDE: &str = "outside any phase";
 
