@@ -10,7 +10,7 @@ use super::gpu_kernels::{
     chunks, column_chunks, column_sums, config, elementwise, launch, output, per_row, result,
     sum_chunks, typed, view,
 };
-use super::launch_shapes::{element_groups, rows_by_columns};
+use super::launch_shapes::{element_groups, rows_by_column_groups, rows_by_columns};
 
 /// GELU (erf form).
 pub fn gelu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -320,6 +320,36 @@ pub fn add_bf16_to_f32(
     Ok(result(dev, y, a_l.shape().clone()))
 }
 
+/// The embeddings' sum: rows of the word table and of the position (plus token type) table,
+/// picked by the ids and the positions that `ids2` (2, tokens) holds.
+pub fn embed_sum(
+    (ws, wl): (&CudaStorage, &Layout),
+    (ps, pl): (&CudaStorage, &Layout),
+    (is, il): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-embed-sum";
+    let dev = ws.device();
+    let word = view(ws, wl, OP)?;
+    let pos_type = view(ps, pl, OP)?;
+    let ids2 = typed::<u32>(is, il, OP)?;
+    let n = last_dim(wl);
+    let tokens = il.shape().elem_count() / 2;
+    let mut x = output(dev, tokens * n)?;
+    let (n_i, tokens_i) = (n as i32, tokens as i32);
+    launch!(
+        dev,
+        "embed_sum",
+        config(rows_by_column_groups(tokens, n)),
+        &word,
+        &pos_type,
+        &ids2,
+        &mut x,
+        &n_i,
+        &tokens_i
+    )?;
+    Ok(result(dev, x, Shape::from((tokens, n))))
+}
+
 /// The kernels against their CPU twins, forward and backward, on the first CUDA GPU; skipped
 /// (loudly) where there is none. Run on the device machine with the `cuda` test binary.
 #[cfg(test)]
@@ -327,7 +357,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use crate::model::roberta::{encode, mlm_loss, Config, Params, Positions};
-    use crate::model::{fused, gpu_ops, mlm_loss};
+    use crate::model::{embeddings, fused, gpu_ops, mlm_loss};
     use crate::testing::{max_abs_diff, random_var, skipped};
 
     fn gpu(test: &str) -> Option<Device> {
@@ -428,6 +458,35 @@ mod tests {
             gpu_ops::gather_rows(&t[0], &ids).unwrap()
         };
         same_on_both("gather_rows", &f, &inputs, &[5000, 40], 1e-4);
+    }
+
+    #[test]
+    fn gpu_embeddings_match_the_cpu() {
+        // The paper's tables at a small width: 5,005 words, 514 positions; a batch of 600
+        // tokens with repeated ids, through the sum, LayerNorm and dropout, and back.
+        let cfg = Config::new(5005, 1, 40, 2, 80, 512, 0.1, Positions::Roberta);
+        let ids: Vec<u32> = (0..600u32).map(|i| i * 7919 % 5005).collect();
+        let positions: Vec<u32> = (0..600u32).map(|i| 2 + i % 512).collect();
+        let Some(dev) = gpu("embeddings") else { return };
+        let run = |dev: &Device| {
+            let p = Params::init(&cfg, 5, dev).unwrap();
+            let x = embeddings::embeddings(&p, &cfg, &ids, &positions, Some((0.1, 9))).unwrap();
+            let w = random_var(&[600, 40], 1.0, 12)
+                .as_tensor()
+                .to_device(dev)
+                .unwrap();
+            let loss = (&x * &w).unwrap().sum_all().unwrap();
+            let grads = p.grads(&loss.backward().unwrap());
+            (x.to_device(&Device::Cpu).unwrap(), grads)
+        };
+        let (cx, cg) = run(&Device::Cpu);
+        let (gx, gg) = run(&dev);
+        assert!(max_abs_diff(&cx, &gx) < 1e-4, "embeddings differ");
+        assert_eq!(cg.len(), 5, "{:?}", cg.keys());
+        for (name, c) in &cg {
+            let d = max_abs_diff(c, &gg[name].to_device(&Device::Cpu).unwrap());
+            assert!(d < 1e-4, "{name}: gradients differ by {d}");
+        }
     }
 
     #[test]

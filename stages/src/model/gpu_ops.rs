@@ -78,11 +78,7 @@ impl CustomOp2 for GatherRows {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let rows = table.dim(0)?;
-        let dt = grad
-            .contiguous()?
-            .apply_op2_no_bwd(ids, &ScatterRows { rows })?;
-        Ok((Some(dt), None))
+        Ok((Some(scatter_rows(grad, ids, table.dim(0)?)?), None))
     }
 }
 
@@ -349,6 +345,13 @@ pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     table
         .contiguous()?
         .apply_op2(&ids.contiguous()?, GatherRows)
+}
+
+/// The gradient of a (rows, n) table from the gradient `grad` (ids, n) of the rows that `ids`
+/// picked: each id's rows summed. Records nothing for autograd.
+pub fn scatter_rows(grad: &Tensor, ids: &Tensor, rows: usize) -> Result<Tensor> {
+    grad.contiguous()?
+        .apply_op2_no_bwd(&ids.contiguous()?, &ScatterRows { rows })
 }
 
 /// `x` (rows, n) + `bias` (n).

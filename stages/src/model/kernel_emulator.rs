@@ -1008,6 +1008,42 @@ mod tests {
     }
 
     #[test]
+    fn the_embeddings_sum_matches_the_cpu() {
+        // "embed_sum",
+        // Rows of 301 (off 16-byte boundaries, a ragged last group) and of 2,104 (two blocks
+        // of groups); ids and positions that repeat.
+        for n in [301, 2104] {
+            let (vocab, places, tokens) = (40, 12, 50);
+            let word = random(vocab * n, 1.0, 13);
+            let pos_type = random(places * n, 1.0, 14);
+            let ids: Vec<u32> = (0..tokens as u32).map(|i| i * 7 % vocab as u32).collect();
+            let positions: Vec<u32> = (0..tokens as u32).map(|i| i % places as u32).collect();
+            let ids2 = [ids.clone(), positions.clone()].concat();
+            let mut x = vec![f32::NAN; tokens * n];
+            launch(
+                "embed_sum",
+                rows_by_column_groups(tokens, n),
+                vec![
+                    input(&word),
+                    input(&pos_type),
+                    input(&ids2),
+                    output(&mut x),
+                    int(n),
+                    int(tokens),
+                ],
+            );
+            let want: Vec<f32> = (0..tokens)
+                .flat_map(|t| {
+                    let (a, b) = (ids[t] as usize * n, positions[t] as usize * n);
+                    (0..n).map(move |j| (a + j, b + j))
+                })
+                .map(|(a, b)| word[a] + pos_type[b])
+                .collect();
+            assert_eq!(x, want, "embed_sum of rows of {n}");
+        }
+    }
+
+    #[test]
     fn bias_add_and_column_sums_match_the_cpu() {
         let (rows, n) = (200, 270);
         let x = random(rows * n, 1.0, 13);

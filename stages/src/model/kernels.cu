@@ -1093,3 +1093,26 @@ extern "C" __global__ void mlm_xent_grad_bf16(const bf16_bits *logits, const flo
                                               int stride) {
   mlm_xent_grad_at(logits, bias, info, dz, n, stride);
 }
+
+// The embeddings' sum (`embeddings.rs`): x[i] = word[ids[i]] + pos_type[positions[i]] over rows
+// of n, eight columns per thread (`launch_shapes::rows_by_column_groups` over (tokens, n)).
+// `ids2` holds the tokens' ids, then their positions; `pos_type` is the position table with the
+// token-type row added. One pass where two gathers and two adds (one broadcast) were four.
+extern "C" __global__ void embed_sum(const float *word, const float *pos_type,
+                                     const unsigned int *ids2, float *x, int n, int tokens) {
+  const unsigned int j = group_column();
+  if (j >= (unsigned int)n) return;
+  const size_t i = blockIdx.x;
+  const float *a = word + (size_t)ids2[i] * n + j;
+  const float *b = pos_type + (size_t)ids2[tokens + i] * n + j;
+  float *y = x + i * n + j;
+  if (j + 8 > (unsigned int)n) {
+    for (unsigned int k = 0; j + k < (unsigned int)n; k++) y[k] = a[k] + b[k];
+    return;
+  }
+  float u[8], v[8];
+  load8(a, u);
+  load8(b, v);
+  UNROLL for (int k = 0; k < 8; k++) u[k] += v[k];
+  store8(y, u);
+}

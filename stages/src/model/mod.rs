@@ -14,6 +14,7 @@ pub mod dense_epilogue;
 #[cfg(feature = "cuda")]
 mod dense_epilogue_cuda;
 pub mod device;
+pub mod embeddings;
 pub mod encoder_layer;
 pub mod encoder_layer_attached;
 pub mod examples;

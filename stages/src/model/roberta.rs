@@ -478,11 +478,17 @@ pub(crate) fn encode_with(
         .iter()
         .map(|&t| if t == cfg.pad_token_id { 0.0 } else { 1.0 })
         .collect();
-    let ids_t = Tensor::from_vec(flat, bsz * len, device)?;
-    let pos_t = Tensor::from_vec(position_ids(ids, cfg), bsz * len, device)?;
+    let positions = position_ids(ids, cfg);
     let mut x = region(
         || "forward: embeddings (gathers, sum, LayerNorm, dropout)".to_string(),
         || {
+            if ops != LayerOps::Pieces {
+                let dropout = draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut());
+                return super::embeddings::embeddings(p, cfg, &flat, &positions, dropout)?
+                    .reshape((bsz, len, cfg.hidden_size));
+            }
+            let ids_t = Tensor::from_slice(&flat, bsz * len, device)?;
+            let pos_t = Tensor::from_slice(&positions, bsz * len, device)?;
             let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
             let posv = gather_rows(
                 &p.get("roberta.embeddings.position_embeddings.weight"),
