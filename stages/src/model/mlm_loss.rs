@@ -39,7 +39,7 @@ pub fn decoder_weight(emb: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 /// `w` (rows, n) with zero rows added up to a multiple of `multiple` rows.
-fn padded_rows(w: &Tensor, multiple: usize) -> Result<Tensor> {
+pub(crate) fn padded_rows(w: &Tensor, multiple: usize) -> Result<Tensor> {
     let (rows, n) = w.dims2()?;
     let padded = rows.next_multiple_of(multiple);
     if padded == rows {

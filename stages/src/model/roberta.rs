@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::dense::Epilogue;
 use super::encoder_layer::{encoder_layer, LayerDropout};
 use super::layers::{
-    bias_add, dropout, gather_rows, layer_norm, matmul, product, randn, seed_device,
+    bias_add, dropout_with_seed, gather_rows, layer_norm, matmul, product, randn, seed_device,
 };
 use super::step_profile::{self, region};
 use crate::rng::Rng;
@@ -435,6 +435,39 @@ pub fn position_ids(ids: &[Vec<u32>], cfg: &Config) -> Vec<u32> {
     out
 }
 
+/// The embeddings (tokens, hidden) of `ids` at `positions` composed of recorded ops (row
+/// gathers, adds, LayerNorm, dropout at `dropout`'s rate and seed): what
+/// [`embeddings`](super::embeddings::embeddings) computes as one node, for the tests and
+/// `flora bench --ops` to compare it with.
+pub(crate) fn embeddings_composed(
+    p: &Params,
+    cfg: &Config,
+    ids: &[u32],
+    positions: &[u32],
+    dropout: Option<(f32, u64)>,
+) -> Result<Tensor> {
+    let device = p
+        .get("roberta.embeddings.word_embeddings.weight")
+        .device()
+        .clone();
+    let ids_t = Tensor::from_slice(ids, ids.len(), &device)?;
+    let pos_t = Tensor::from_slice(positions, positions.len(), &device)?;
+    let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
+    let posv = gather_rows(
+        &p.get("roberta.embeddings.position_embeddings.weight"),
+        &pos_t,
+    )?;
+    let tt = p
+        .get("roberta.embeddings.token_type_embeddings.weight")
+        .get(0)?;
+    let x = word.add(&posv)?.broadcast_add(&tt)?;
+    let x = ln(p, "roberta.embeddings.LayerNorm", &x, cfg.layer_norm_eps)?;
+    match dropout {
+        Some((rate, seed)) => dropout_with_seed(&x, rate, seed),
+        None => Ok(x),
+    }
+}
+
 /// The encoder's final hidden states (batch, len, hidden) for `ids` (rows of equal length);
 /// `rng` turns dropout on. For f32 on the CPU each layer is one op (`encoder_layer.rs`).
 pub fn encode(
@@ -482,27 +515,13 @@ pub(crate) fn encode_with(
     let mut x = region(
         || "forward: embeddings (gathers, sum, LayerNorm, dropout)".to_string(),
         || {
-            if ops != LayerOps::Pieces {
-                let dropout = draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut());
-                return super::embeddings::embeddings(p, cfg, &flat, &positions, dropout)?
-                    .reshape((bsz, len, cfg.hidden_size));
-            }
-            let ids_t = Tensor::from_slice(&flat, bsz * len, device)?;
-            let pos_t = Tensor::from_slice(&positions, bsz * len, device)?;
-            let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
-            let posv = gather_rows(
-                &p.get("roberta.embeddings.position_embeddings.weight"),
-                &pos_t,
-            )?;
-            let tt = p
-                .get("roberta.embeddings.token_type_embeddings.weight")
-                .get(0)?;
-            let x = word
-                .add(&posv)?
-                .broadcast_add(&tt)?
-                .reshape((bsz, len, cfg.hidden_size))?;
-            let x = ln(p, "roberta.embeddings.LayerNorm", &x, cfg.layer_norm_eps)?;
-            dropout(&x, cfg.hidden_dropout_prob, rng.as_deref_mut())
+            let dropout = draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut());
+            let x = if ops == LayerOps::Pieces {
+                embeddings_composed(p, cfg, &flat, &positions, dropout)?
+            } else {
+                super::embeddings::embeddings(p, cfg, &flat, &positions, dropout)?
+            };
+            x.reshape((bsz, len, cfg.hidden_size))
         },
     )?;
     // Additive attention mask over keys: 0 for real tokens, a large negative for padding.

@@ -314,6 +314,83 @@ pub fn profile_ops(
             .backward()
             .map(|_| ())
     })?;
+    // The embeddings as recorded ops and as one attached node (what training runs), each with
+    // its backward pass and the gradients collected.
+    let pe = Params::init(cfg, 1, device)?;
+    let positions: Vec<u32> = (0..batch * len).map(|k| 2 + (k % len) as u32).collect();
+    let embeddings_step = |x: Tensor| -> Result<()> {
+        pe.grads(&sum_of_squares(&x)?.backward()?);
+        Ok(())
+    };
+    time(
+        "embeddings (gathers, adds, LayerNorm, dropout), recorded ops + backward",
+        None,
+        &mut || {
+            let dropout = Some((0.1, 7));
+            embeddings_step(roberta::embeddings_composed(
+                &pe, cfg, &ids, &positions, dropout,
+            )?)
+        },
+    )?;
+    time(
+        "embeddings (sum, LayerNorm, dropout), one attached node + backward",
+        None,
+        &mut || {
+            let dropout = Some((0.1, 7));
+            embeddings_step(super::embeddings::embeddings(
+                &pe, cfg, &ids, &positions, dropout,
+            )?)
+        },
+    )?;
+    // The MLM head's decoder and loss on the masked 15% of the tokens: the product with the
+    // vocabulary as it is and padded to a multiple of 8 (what a GPU runs), and the loss composed
+    // of candle's ops (the product cast to f32, the bias, log-softmax, the targets' pick, the
+    // argmax) against the fused op, each with its backward pass.
+    let masked = (batch * len * 15).div_ceil(100);
+    let h_dt = var(&[masked, h])?.as_tensor().to_dtype(dt)?;
+    let emb_dt = emb.as_tensor().to_dtype(dt)?;
+    let decoder_flops = Some(2.0 * (masked * h * cfg.vocab_size) as f64);
+    let padded = super::mlm_loss::padded_rows(&emb_dt, super::mlm_loss::ALIGN)?;
+    for (label, wd) in [
+        ("as it is", &emb_dt),
+        ("padded to a multiple of 8", &padded),
+    ] {
+        time(
+            &format!(
+                "decoder product (masked, hidden) x (vocabulary {label}, hidden)^T, {dt:?} (forward)"
+            ),
+            decoder_flops,
+            &mut || h_dt.matmul(&wd.t()?).map(|_| ()),
+        )?;
+    }
+    let logits = var(&[masked, cfg.vocab_size])?;
+    let dec_bias = var(&[cfg.vocab_size])?;
+    let targets: Vec<u32> = ids[..masked].to_vec();
+    let targets_t = Tensor::from_slice(&targets, (masked, 1), device)?;
+    time(
+        "MLM loss over (masked, vocabulary), candle's ops + backward",
+        None,
+        &mut || {
+            let z = logits.as_tensor().to_dtype(dt)?.to_dtype(DType::F32)?;
+            let z = layers::bias_add(&z, dec_bias.as_tensor())?;
+            let nll = layers::log_softmax(&z)?
+                .gather(&targets_t, candle_core::D::Minus1)?
+                .neg()?
+                .mean_all()?;
+            let correct = z.argmax_keepdim(candle_core::D::Minus1)?.eq(&targets_t)?;
+            correct.to_dtype(DType::F32)?.sum_all()?;
+            nll.backward().map(|_| ())
+        },
+    )?;
+    time(
+        "MLM loss over (masked, vocabulary), one fused op + backward",
+        None,
+        &mut || {
+            let z = logits.as_tensor().to_dtype(dt)?;
+            let (loss, _) = super::mlm_loss::cross_entropy(&z, dec_bias.as_tensor(), &targets)?;
+            loss.backward().map(|_| ())
+        },
+    )?;
     if dt == DType::F32 && super::dense::applies(x.as_tensor(), w_in.as_tensor()) {
         // The CPU's f32 path: one op per dense layer and one for attention.
         let (qkv, mask) = (var(&[batch, len, h])?, vec![0f32; batch * len]);
