@@ -1,4 +1,4 @@
-//! A whole RoBERTa encoder layer as one node of the autograd graph where it is not one op
+//! The RoBERTa encoder's layers as one node of the autograd graph where a layer is not one op
 //! (`encoder_layer.rs` is, for f32 on the CPU): on GPUs, and in mixed precision.
 //!
 //! candle's backward pass gives every input of every node a freshly zeroed gradient and adds the
@@ -6,10 +6,11 @@
 //! `attention_attached.rs`), a layer still had fifteen activation-sized gradient edges (the
 //! residual adds', the LayerNorms', the feed-forward's 4x-wide one), each a zeroing and an
 //! addition over the activations. Here the pieces run on inputs that record nothing, each
-//! returning its backward pass as a function, and the layer is one node whose only input in the
-//! graph is its hidden states: its backward pass calls the pieces' in reverse, adds the residual
-//! gradients itself, and hands the sixteen parameters' gradients to the model's
-//! [`GradSink`](super::roberta::GradSink), as the CPU's whole-layer op does.
+//! returning its backward pass as a function; a layer's backward pass calls the pieces' in
+//! reverse, adds the residual gradients itself, and hands the sixteen parameters' gradients to
+//! the model's [`GradSink`](super::roberta::GradSink), as the CPU's whole-layer op does. The
+//! stack of layers is one node whose only input in the graph is the embeddings' output: its
+//! backward pass runs the layers' in reverse, handing each one's input gradient to the next.
 //!
 //! Being one node also lets the pieces hand each other what they make in the form the next one
 //! reads: q, k and v come from one product written straight into heads (`qkv.rs`); the context
@@ -63,18 +64,53 @@ fn piece(
     })
 }
 
-/// Encoder layer `layer` of `p` over hidden states `x` (batch, len, hidden), with the additive
-/// key mask `key_mask` (batch, 1, 1, len) and the dropouts' seeds, as one node whose backward
-/// pass hands the layer's parameters' gradients to `p.sink`; for frozen weights (inference), the
-/// same forward pass recording nothing.
-pub fn encoder_layer_attached(
+/// A layer's backward pass: its input's gradient from its output's, handing the layer's
+/// parameters' gradients to the model's sink on the way.
+type LayerBackward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// The encoder's layers over hidden states `x` (batch, len, hidden), with the additive key mask
+/// `key_mask` (batch, 1, 1, len) and each layer's dropouts, as one node of the autograd graph
+/// whose backward pass runs the layers' backward passes in reverse, handing their parameters'
+/// gradients to `p.sink`; for frozen weights (inference), the same forward pass recording
+/// nothing. One node for the stack rather than one per layer spares each layer boundary
+/// candle's zeroed gradient, its addition and the copy of the node's output.
+pub fn encoder_attached(
+    p: &Params,
+    cfg: &Config,
+    x: &Tensor,
+    key_mask: &Tensor,
+    dropouts: &[LayerDropout],
+) -> Result<Tensor> {
+    let mut h = x.detach();
+    let mut backwards = Vec::with_capacity(dropouts.len());
+    for (layer, &dropout) in dropouts.iter().enumerate() {
+        let (y, backward) = encoder_layer_forward(p, cfg, layer, &h, key_mask, dropout)?;
+        h = y;
+        backwards.extend(backward);
+    }
+    if p.frozen {
+        return Ok(h);
+    }
+    attach3([x, x, x], h, move |grad: &Tensor| {
+        let mut g = grad.clone();
+        for backward in backwards.iter().rev() {
+            g = backward(&g)?;
+        }
+        Ok([Some(g), None, None])
+    })
+}
+
+/// Encoder layer `layer` of `p` over detached hidden states `x` (batch, len, hidden), with the
+/// additive key mask `key_mask` (batch, 1, 1, len) and the dropouts' seeds: its output, recording
+/// nothing, and its backward pass (none for frozen weights).
+fn encoder_layer_forward(
     p: &Params,
     cfg: &Config,
     layer: usize,
-    x: &Tensor,
+    xd: &Tensor,
     key_mask: &Tensor,
     dropout: LayerDropout,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<LayerBackward>)> {
     let prefix = format!("roberta.encoder.layer.{layer}");
     let param = |n: &str| -> Result<Tensor> {
         let name = format!("{prefix}.{n}");
@@ -84,7 +120,6 @@ pub fn encoder_layer_attached(
     };
     let compute = p.compute;
     let eps = cfg.layer_norm_eps;
-    let xd = x.detach();
     let dense = |role: &'static str, input: &Tensor, epilogue: Epilogue, out: DType| {
         let w = param(&format!("{role}.weight"))?;
         let b = param(&format!("{role}.bias"))?;
@@ -108,7 +143,7 @@ pub fn encoder_layer_attached(
         || {
             let heads = cfg.num_attention_heads;
             let (qkv, backward) =
-                qkv_forward(&xd, [&wq, &wk, &wv], [&bq, &bk, &bv], heads, compute)?;
+                qkv_forward(xd, [&wq, &wk, &wv], [&bq, &bk, &bv], heads, compute)?;
             Ok((qkv, backward, mirror()))
         },
     )?;
@@ -138,7 +173,7 @@ pub fn encoder_layer_attached(
             },
         )
     };
-    let (r1, x1, ln1_label) = residual_ln(&a, &xd, &ln1w, &ln1b)?;
+    let (r1, x1, ln1_label) = residual_ln(&a, xd, &ln1w, &ln1b)?;
     drop(a);
     // The feed-forward's intermediate activation is read only by the next product: it stays in
     // the compute type (bf16 in mixed precision), and so does its gradient.
@@ -152,10 +187,10 @@ pub fn encoder_layer_attached(
     let (r2, y, ln2_label) = residual_ln(&o, &x1, &ln2w, &ln2b)?;
     if p.frozen {
         // Nothing will ask for gradients: the pieces' backward passes, and what they keep, go.
-        return Ok(y);
+        return Ok((y, None));
     }
     let sink = p.sink.clone();
-    attach3([x, x, x], y, move |grad: &Tensor| {
+    let backward = move |grad: &Tensor| {
         let named = |n: &str| format!("{prefix}.{n}");
         let hand_in = |role: &str, [dw, db]: [Tensor; 2]| -> Result<()> {
             sink.add(&named(&format!("{role}.weight")), dw)?;
@@ -181,8 +216,9 @@ pub fn encoder_layer_attached(
         for ((role, dw), db) in QKV.into_iter().zip(dws).zip(dbs) {
             hand_in(role, [dw, db])?;
         }
-        Ok([Some(add_in_f32(&dr1, &dx)?), None, None])
-    })
+        add_in_f32(&dr1, &dx)
+    };
+    Ok((y, Some(Box::new(backward))))
 }
 
 /// The attention's projections, by their names within a layer.

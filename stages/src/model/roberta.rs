@@ -528,6 +528,23 @@ pub(crate) fn encode_with(
     let key_mask_rows: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
     let key_mask = Tensor::from_vec(key_mask_rows.clone(), (bsz, 1, 1, len), device)?;
     let heads = cfg.num_attention_heads;
+    let attached = match ops {
+        LayerOps::Fastest => {
+            !super::encoder_layer::applies(&x, p) && super::encoder_layer_attached::applies(&x, p)
+        }
+        LayerOps::Attached => true,
+        LayerOps::Pieces => false,
+    };
+    if attached {
+        let dropouts: Vec<LayerDropout> = (0..cfg.num_hidden_layers)
+            .map(|_| LayerDropout {
+                attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
+                attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+                output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+            })
+            .collect();
+        return super::encoder_layer_attached::encoder_attached(p, cfg, &x, &key_mask, &dropouts);
+    }
     for l in 0..cfg.num_hidden_layers {
         if ops == LayerOps::Fastest && super::encoder_layer::applies(&x, p) {
             let dropout = LayerDropout {
@@ -538,22 +555,6 @@ pub(crate) fn encode_with(
             x = region(
                 || "forward: encoder layer (one op)".to_string(),
                 || encoder_layer(p, cfg, l, &x, &key_mask_rows, dropout),
-            )?;
-            continue;
-        }
-        let attached = match ops {
-            LayerOps::Fastest => super::encoder_layer_attached::applies(&x, p),
-            LayerOps::Attached => true,
-            LayerOps::Pieces => false,
-        };
-        if attached {
-            let dropout = LayerDropout {
-                attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
-                attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
-                output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
-            };
-            x = super::encoder_layer_attached::encoder_layer_attached(
-                p, cfg, l, &x, &key_mask, dropout,
             )?;
             continue;
         }
