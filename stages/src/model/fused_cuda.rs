@@ -10,7 +10,7 @@ use super::gpu_kernels::{
     chunks, column_chunks, column_sums, config, elementwise, launch, output, per_row, result,
     sum_chunks, typed, view,
 };
-use super::launch_shapes::{element_groups, rows_by_column_groups, rows_by_columns};
+use super::launch_shapes::{element_groups, rows_by_column_groups, rows_by_columns, warp_per_row};
 
 /// GELU (erf form).
 pub fn gelu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -84,16 +84,18 @@ pub fn layer_norm(inputs: [(&CudaStorage, &Layout); 3], eps: f64) -> Result<(Cud
     let w = view(ws, wl, "flora-layer-norm")?;
     let b = view(bs, bl, "flora-layer-norm")?;
     let (len, n) = (xl.shape().elem_count(), last_dim(xl));
+    let rows = len / n;
     let mut y = output(dev, len)?;
-    let (n_i, eps) = (n as i32, eps as f32);
+    let (rows_i, n_i, eps) = (rows as i32, n as i32, eps as f32);
     launch!(
         dev,
         "ln_fwd",
-        per_row(len / n, n),
+        config(warp_per_row(rows)),
         &x,
         &w,
         &b,
         &mut y,
+        &rows_i,
         &n_i,
         &eps
     )?;
@@ -121,12 +123,13 @@ pub fn layer_norm_grad(
     let (per, count) = chunks(rows);
     let mut partial = output(dev, count * 2 * n)?;
     let per_i = per as i32;
-    let (row_cfg, col_cfg) = (per_row(rows, n), column_chunks(n, count));
+    let (row_cfg, col_cfg) = (config(warp_per_row(rows)), column_chunks(n, count));
     // The same two launches with and without the second gradient, which follows g.
     macro_rules! launch_both {
         ($rows:expr, $cols:expr $(, $extra:expr)?) => {{
             launch!(
-                dev, $rows, row_cfg, &x, &w, &g, $($extra,)? &mut packed, &mut stats, &n_i, &eps
+                dev, $rows, row_cfg, &x, &w, &g, $($extra,)? &mut packed, &mut stats, &rows_i,
+                &n_i, &eps
             )?;
             launch!(
                 dev, $cols, col_cfg, &x, &g, $($extra,)? &stats, &mut partial, &rows_i, &n_i,
@@ -168,17 +171,19 @@ pub fn residual_layer_norm(
     let (len, n) = (yl.shape().elem_count(), last_dim(yl));
     let mut packed = output(dev, 2 * len)?;
     let (mut sum, mut out) = packed.split_at_mut(len);
-    let (n_i, eps) = (n as i32, eps as f32);
+    let rows = len / n;
+    let (rows_i, n_i, eps) = (rows as i32, n as i32, eps as f32);
     launch!(
         dev,
         "add_ln_fwd",
-        per_row(len / n, n),
+        config(warp_per_row(rows)),
         &y,
         &r,
         &w,
         &b,
         &mut sum,
         &mut out,
+        &rows_i,
         &n_i,
         &eps
     )?;

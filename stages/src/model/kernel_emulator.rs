@@ -535,19 +535,21 @@ mod tests {
 
     #[test]
     fn layer_norm_matches_the_cpu() {
-        // A row narrower than a warp's multiple, one as wide as a block, one wider.
-        for (rows, n) in [(5, 50), (3, 256), (4, 300)] {
+        // Rows narrower than a warp's multiple, as wide as the paper's model's (768), and wider
+        // than a warp keeps in registers (1,100); a last block of rows that is not full.
+        for (rows, n) in [(5, 50), (3, 256), (4, 300), (11, 768), (9, 1100)] {
             let x = random(rows * n, 1.5, 1);
             let (w, b) = (random(n, 1.0, 2), random(n, 1.0, 3));
             let mut y = vec![0f32; rows * n];
             launch(
                 "ln_fwd",
-                per_row(rows, n),
+                warp_per_row(rows),
                 vec![
                     input(&x),
                     input(&w),
                     input(&b),
                     output(&mut y),
+                    int(rows),
                     int(n),
                     float(1e-5),
                 ],
@@ -559,9 +561,9 @@ mod tests {
     /// `ln_bwd_rows` and `ln_bwd_cols` (with `plus`, their `_plus_{suffix}` twins, which add a
     /// second gradient `extra` as they read g), then `sum_chunks`, against the CPU's backward pass
     /// of the summed gradient.
-    fn check_layer_norm_backward<E: Elem>(plus: Option<(&str, &[E])>) {
+    fn check_layer_norm_backward<E: Elem>(plus: Option<(&str, &[E])>, n: usize) {
         // 150 rows: three chunks of the column sums, the last one short.
-        let (rows, n) = (150, 70);
+        let rows = 150;
         let x = random(rows * n, 1.5, 4);
         let w = random(n, 1.0, 5);
         let g = random(rows * n, 1.0, 6);
@@ -578,8 +580,14 @@ mod tests {
         let mut stats = vec![f32::NAN; 2 * rows];
         let mut args = vec![input(&x), input(&w), input(&g)];
         args.extend(extra.map(input));
-        args.extend([output(&mut packed), output(&mut stats), int(n), float(1e-5)]);
-        launch(&rows_kernel, per_row(rows, n), args);
+        args.extend([
+            output(&mut packed),
+            output(&mut stats),
+            int(rows),
+            int(n),
+            float(1e-5),
+        ]);
+        launch(&rows_kernel, warp_per_row(rows), args);
         let (per, count) = chunks(rows);
         assert_eq!(count, 3);
         let mut partial = vec![f32::NAN; count * 2 * n];
@@ -623,28 +631,33 @@ mod tests {
     #[test]
     fn layer_norm_backward_matches_the_cpu() {
         // "ln_bwd_rows", "ln_bwd_cols", "sum_chunks",
-        check_layer_norm_backward::<f32>(None);
+        // Rows that a warp keeps in registers, and rows longer than that.
+        for n in [70, 1100] {
+            check_layer_norm_backward::<f32>(None, n);
+        }
     }
 
     #[test]
     fn layer_norm_backward_adds_a_second_gradient_in_f32_and_bf16() {
         // "ln_bwd_rows_plus_f32", "ln_bwd_cols_plus_f32",
         // "ln_bwd_rows_plus_bf16", "ln_bwd_cols_plus_bf16",
-        let extra = random(150 * 70, 1.0, 7);
-        check_layer_norm_backward(Some(("f32", &extra)));
-        let extra: Vec<half::bf16> = extra.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        check_layer_norm_backward(Some(("bf16", &extra)));
+        for n in [70, 1100] {
+            let extra = random(150 * n, 1.0, 7);
+            check_layer_norm_backward(Some(("f32", &extra)), n);
+            let extra: Vec<half::bf16> = extra.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            check_layer_norm_backward(Some(("bf16", &extra)), n);
+        }
     }
 
     #[test]
     fn the_residual_add_and_layer_norm_match_the_cpu() {
-        for (rows, n) in [(5, 50), (4, 300)] {
+        for (rows, n) in [(5, 50), (4, 300), (9, 1100)] {
             let (y, r) = (random(rows * n, 1.0, 11), random(rows * n, 2.0, 12));
             let (w, b) = (random(n, 1.0, 13), random(n, 1.0, 14));
             let (mut sum, mut out) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
             launch(
                 "add_ln_fwd",
-                per_row(rows, n),
+                warp_per_row(rows),
                 vec![
                     input(&y),
                     input(&r),
@@ -652,6 +665,7 @@ mod tests {
                     input(&b),
                     output(&mut sum),
                     output(&mut out),
+                    int(rows),
                     int(n),
                     float(1e-5),
                 ],

@@ -2,7 +2,8 @@
 //
 // Each replaces a chain of generic candle kernels in a training step (a composite LayerNorm and
 // its backward are about 34 of them, each a full pass over the activations) by one pass per
-// direction. Row kernels take one block per row; element kernels one thread per element.
+// direction. Row kernels take a warp or a block per row; element kernels a thread per element or
+// per group of eight.
 // Every kernel has a CPU twin in `fused.rs` or `gpu_ops.rs` that the tests compare it with.
 
 #define FULL_MASK 0xffffffffu
@@ -117,6 +118,11 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The row of a kernel launched with a warp per row (`launch_shapes::warp_per_row`).
+__device__ __forceinline__ unsigned int warp_row() {
+  return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+}
+
 // The sum of `v` over the block (blockDim.x a multiple of 32), returned to every thread. `sh`
 // holds 32 floats; the first barrier lets a previous call's readers finish with it.
 __device__ float block_sum(float v, float *sh) {
@@ -137,42 +143,84 @@ __device__ float block_max(float v, float *sh) {
   return warp_max(lane < warps ? sh[lane] : NEG_INF);
 }
 
-// The mean and 1 / sqrt(variance + eps) of a row of n, computed by the whole block.
-__device__ float2 row_moments(const float *xr, int n, float eps, float *sh) {
-  float s = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) s += xr[j];
-  const float mean = block_sum(s, sh) / n;
-  float v = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const float d = xr[j] - mean;
-    v += d * d;
+// The LayerNorm row kernels give each row a warp (`launch_shapes::warp_per_row`: eight rows to a
+// block of 256 threads), lane l holding columns l, l + 32, ...: the row's sums are warp
+// shuffles, with no block-wide barrier, and a row of up to 32 x LN_VALUES columns stays in
+// registers between the passes over it (768, the paper's width, at LN_VALUES 24; more would cost
+// registers that the warps in flight need). Longer rows are read again in each pass. `row` is past
+// the last row for a whole warp at once.
+#define LN_VALUES 24
+
+// The lane's first LN_VALUES columns of row xr of n (0 past the row).
+__device__ __forceinline__ void lane_values(const float *xr, int n, float *v) {
+  const int lane = threadIdx.x & 31;
+  UNROLL for (int k = 0; k < LN_VALUES; k++) {
+    const int j = lane + 32 * k;
+    v[k] = j < n ? xr[j] : 0.0f;
   }
-  return make_float2(mean, rsqrtf(block_sum(v, sh) / n + eps));
 }
 
-// LayerNorm over rows of n: y = (x - mean) * rstd * w + b.
-extern "C" __global__ void ln_fwd(const float *x, const float *w, const float *b, float *y, int n,
-                                  float eps) {
-  __shared__ float sh[32];
-  const float *xr = x + (size_t)blockIdx.x * n;
-  float *yr = y + (size_t)blockIdx.x * n;
-  const float2 m = row_moments(xr, n, eps, sh);
-  const float mean = m.x, rstd = m.y;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+// The mean and 1 / sqrt(variance + eps) of row xr of n, by its warp, from the lane's values v
+// (`lane_values`) and the columns past them in memory.
+__device__ float2 warp_moments(const float *v, const float *xr, int n, float eps) {
+  const int lane = threadIdx.x & 31;
+  float s = 0.0f;
+  UNROLL for (int k = 0; k < LN_VALUES; k++) s += v[k];
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) s += xr[j];
+  const float mean = warp_sum(s) / n;
+  float q = 0.0f;
+  UNROLL for (int k = 0; k < LN_VALUES; k++) {
+    const float d = lane + 32 * k < n ? v[k] - mean : 0.0f;
+    q += d * d;
+  }
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) {
+    const float d = xr[j] - mean;
+    q += d * d;
+  }
+  return make_float2(mean, rsqrtf(warp_sum(q) / n + eps));
+}
+
+// Row xr's LayerNorm into yr: (x - mean) * rstd * w + b, from the lane's values v.
+__device__ __forceinline__ void ln_row_out(const float *v, const float *xr, const float *w,
+                                           const float *b, float *yr, int n, float2 m) {
+  const int lane = threadIdx.x & 31;
+  UNROLL for (int k = 0; k < LN_VALUES; k++) {
+    const int j = lane + 32 * k;
+    if (j < n) yr[j] = (v[k] - m.x) * m.y * w[j] + b[j];
+  }
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) yr[j] = (xr[j] - m.x) * m.y * w[j] + b[j];
+}
+
+// LayerNorm over `rows` rows of n: y = (x - mean) * rstd * w + b.
+extern "C" __global__ void ln_fwd(const float *x, const float *w, const float *b, float *y,
+                                  int rows, int n, float eps) {
+  const unsigned int row = warp_row();
+  if (row >= (unsigned int)rows) return;
+  const float *xr = x + (size_t)row * n;
+  float v[LN_VALUES];
+  lane_values(xr, n, v);
+  ln_row_out(v, xr, w, b, y + (size_t)row * n, n, warp_moments(v, xr, n, eps));
 }
 
 // LayerNorm of the residual sum y + r over rows of n: the sum into sum (the backward pass's
 // input) and its LayerNorm into out, in one pass where the residual add and LayerNorm were two.
-// Each thread reads back only the sums it wrote.
+// Each lane reads back only the sums it wrote.
 extern "C" __global__ void add_ln_fwd(const float *y, const float *r, const float *w,
-                                      const float *b, float *sum, float *out, int n, float eps) {
-  __shared__ float sh[32];
-  const size_t off = (size_t)blockIdx.x * n;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) sum[off + j] = y[off + j] + r[off + j];
-  const float2 m = row_moments(sum + off, n, eps, sh);
-  const float mean = m.x, rstd = m.y;
-  for (int j = threadIdx.x; j < n; j += blockDim.x)
-    out[off + j] = (sum[off + j] - mean) * rstd * w[j] + b[j];
+                                      const float *b, float *sum, float *out, int rows, int n,
+                                      float eps) {
+  const unsigned int row = warp_row();
+  if (row >= (unsigned int)rows) return;
+  const int lane = threadIdx.x & 31;
+  const size_t off = (size_t)row * n;
+  float v[LN_VALUES];
+  UNROLL for (int k = 0; k < LN_VALUES; k++) {
+    const int j = lane + 32 * k;
+    v[k] = j < n ? y[off + j] + r[off + j] : 0.0f;
+    if (j < n) sum[off + j] = v[k];
+  }
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) sum[off + j] = y[off + j] + r[off + j];
+  const float2 m = warp_moments(v, sum + off, n, eps);
+  ln_row_out(v, sum + off, w, b, out + off, n, m);
 }
 
 // LayerNorm's output gradient: g, plus a second gradient `extra` of the same output where there
@@ -182,50 +230,64 @@ __device__ __forceinline__ float grad_plus(const float *g, const E *extra, size_
   return extra ? g[i] + load(extra, i) : g[i];
 }
 
-// LayerNorm's input gradient, one block per row, into dx; the row's mean and rstd into
+// LayerNorm's input gradient, a warp per row, into dx; the row's mean and rstd into
 // stats[2 row], stats[2 row + 1] for `ln_bwd_cols_at`.
 template <typename E>
 __device__ void ln_bwd_rows_at(const float *x, const float *w, const float *g, const E *extra,
-                               float *dx, float *stats, int n, float eps) {
-  __shared__ float sh[32];
-  const size_t row = blockIdx.x, off = row * n;
+                               float *dx, float *stats, int rows, int n, float eps) {
+  const unsigned int row = warp_row();
+  if (row >= (unsigned int)rows) return;
+  const int lane = threadIdx.x & 31;
+  const size_t off = (size_t)row * n;
   const float *xr = x + off;
   float *dr = dx + off;
-  const float2 m = row_moments(xr, n, eps, sh);
+  float v[LN_VALUES], gw[LN_VALUES];
+  lane_values(xr, n, v);
+  const float2 m = warp_moments(v, xr, n, eps);
   const float mean = m.x, rstd = m.y;
   float sgw = 0.0f, sgwx = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const float gw = grad_plus(g, extra, off + j) * w[j];
-    sgw += gw;
-    sgwx += gw * (xr[j] - mean) * rstd;
+  UNROLL for (int k = 0; k < LN_VALUES; k++) {
+    const int j = lane + 32 * k;
+    gw[k] = j < n ? grad_plus(g, extra, off + j) * w[j] : 0.0f;
+    sgw += gw[k];
+    sgwx += gw[k] * (v[k] - mean) * rstd;
   }
-  const float m1 = block_sum(sgw, sh) / n;
-  const float m2 = block_sum(sgwx, sh) / n;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) {
+    const float gwj = grad_plus(g, extra, off + j) * w[j];
+    sgw += gwj;
+    sgwx += gwj * (xr[j] - mean) * rstd;
+  }
+  const float m1 = warp_sum(sgw) / n;
+  const float m2 = warp_sum(sgwx) / n;
+  UNROLL for (int k = 0; k < LN_VALUES; k++) {
+    const int j = lane + 32 * k;
+    if (j < n) dr[j] = rstd * (gw[k] - m1 - (v[k] - mean) * rstd * m2);
+  }
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) {
     const float xhat = (xr[j] - mean) * rstd;
     dr[j] = rstd * (grad_plus(g, extra, off + j) * w[j] - m1 - xhat * m2);
   }
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     stats[2 * row] = mean;
     stats[2 * row + 1] = rstd;
   }
 }
 
 extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const float *g, float *dx,
-                                       float *stats, int n, float eps) {
-  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, n, eps);
+                                       float *stats, int rows, int n, float eps) {
+  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, rows, n, eps);
 }
 
 extern "C" __global__ void ln_bwd_rows_plus_f32(const float *x, const float *w, const float *g,
                                                 const float *extra, float *dx, float *stats,
-                                                int n, float eps) {
-  ln_bwd_rows_at(x, w, g, extra, dx, stats, n, eps);
+                                                int rows, int n, float eps) {
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, rows, n, eps);
 }
 
 extern "C" __global__ void ln_bwd_rows_plus_bf16(const float *x, const float *w, const float *g,
                                                  const bf16_bits *extra, float *dx,
-                                                 float *stats, int n, float eps) {
-  ln_bwd_rows_at(x, w, g, extra, dx, stats, n, eps);
+                                                 float *stats, int rows, int n, float eps) {
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, rows, n, eps);
 }
 
 // Per chunk of rows (blockIdx.y), partial sums over its rows of g * xhat (dw) and g (db) for 32
@@ -545,9 +607,6 @@ extern "C" __global__ void add_bf16_to_f32(const float *a, const bf16_bits *b, f
 // Longer rows are read again in each pass. `row` is past the last row for a whole warp at once.
 #define ROW_KEYS 16
 
-__device__ __forceinline__ unsigned int warp_row() {
-  return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-}
 
 // Attention probabilities from the raw scores of `rows` rows of n keys, ordered (batch, head,
 // query), rows_per_batch to a sequence: softmax over scores * scale + key_mask[batch, key]
