@@ -1059,7 +1059,8 @@ mod tests {
 
     #[test]
     fn bias_add_and_column_sums_match_the_cpu() {
-        let (rows, n) = (200, 270);
+        // 704 rows: eleven chunks, one group of eight and three more for sum_chunks.
+        let (rows, n) = (704, 270);
         let x = random(rows * n, 1.0, 13);
         let b = random(n, 1.0, 14);
         let mut y = vec![0f32; rows * n];
@@ -1098,6 +1099,12 @@ mod tests {
             .map(|j| (0..rows).map(|r| x[r * n + j] as f64).sum::<f64>() as f32)
             .collect();
         assert_close("column sums", &sums[3..], &want, 1e-5);
+        // The chunks are added in order, whatever the grouping of their loads.
+        let in_order: Vec<f32> = (0..n)
+            .map(|j| (0..count).fold(0f32, |s, c| s + partial[c * n + j]))
+            .collect();
+        assert_eq!(count, 11);
+        assert_eq!(sums[3..], in_order[..], "sum_chunks adds in chunk order");
     }
 
     /// Epilogue kernel `name` on a product of `T` into an output of `U`, with each epilogue,

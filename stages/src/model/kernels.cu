@@ -103,6 +103,40 @@ __device__ __forceinline__ void store8(bf16_bits *p, const float *v) {
   UNROLL for (int k = 0; k < 8; k++) store(p, k, v[k]);
 }
 
+// Four f32 from or to a 16-byte aligned address, as one access.
+__device__ __forceinline__ void load4(const float *p, float *v) {
+  const uint4 a = load16(p);
+  v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y);
+  v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
+}
+
+__device__ __forceinline__ void store4(float *p, const float *v) {
+  uint4 a;
+  a.x = __float_as_uint(v[0]), a.y = __float_as_uint(v[1]);
+  a.z = __float_as_uint(v[2]), a.w = __float_as_uint(v[3]);
+  store16(p, a);
+}
+
+// Up to four elements of p from i on, `count` of them (1 to 4): as one access where there are
+// four and `whole` (the group's addresses aligned), else one by one; the rest 0.
+__device__ __forceinline__ void load_up_to4(const float *p, size_t i, int count, bool whole,
+                                            float *v) {
+  if (whole) {
+    load4(p + i, v);
+    return;
+  }
+  UNROLL for (int k = 0; k < 4; k++) v[k] = k < count ? p[i + k] : 0.0f;
+}
+
+__device__ __forceinline__ void store_up_to4(float *p, size_t i, int count, bool whole,
+                                             const float *v) {
+  if (whole) {
+    store4(p + i, v);
+    return;
+  }
+  for (int k = 0; k < count; k++) p[i + k] = v[k];
+}
+
 // The first column of this thread's group in a kernel launched as rows by column groups.
 __device__ __forceinline__ unsigned int group_column() {
   return (blockIdx.y * blockDim.x + threadIdx.x) * 8u;
@@ -373,12 +407,20 @@ extern "C" __global__ void col_sum_chunks_bf16(const bf16_bits *g, float *partia
 
 // out[offset + j] = sum over chunks of partial[chunk * width + j], in chunk order (so the result
 // does not depend on scheduling).
+// Eight chunks' loads are issued before their adds, which stay in order: at the paper's size a
+// column has 336 chunks, and one load at a time waited on each.
 extern "C" __global__ void sum_chunks(const float *partial, float *out, unsigned long long offset,
                                       int width, int chunks) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= width) return;
   float s = 0.0f;
-  for (int c = 0; c < chunks; c++) s += partial[(size_t)c * width + j];
+  int c = 0;
+  for (; c + 8 <= chunks; c += 8) {
+    float v[8];
+    UNROLL for (int k = 0; k < 8; k++) v[k] = partial[(size_t)(c + k) * width + j];
+    UNROLL for (int k = 0; k < 8; k++) s += v[k];
+  }
+  for (; c < chunks; c++) s += partial[(size_t)c * width + j];
   out[offset + j] = s;
 }
 
@@ -865,7 +907,8 @@ __device__ __forceinline__ float lamb_direction(float m, float v, float w, float
 }
 
 // LAMB over every parameter tensor at once: each kernel below is one launch for the whole model,
-// its blocks taking one chunk of `chunk` elements of one tensor each, the tensors found through a
+// its blocks taking one chunk of `chunk` elements of one tensor each (four adjacent elements to
+// a thread at a time, moved as 16-byte accesses where aligned), the tensors found through a
 // table that `lamb_cuda.rs` uploads every step (seven 64-bit words per tensor). Nothing is read
 // back to the host: the gradient clipping's scale and each tensor's trust ratio are computed on
 // the device, every sum in a fixed order.
@@ -922,8 +965,14 @@ extern "C" __global__ void lamb_grad_squares(const LambTensor *table, int count,
                                              float *partial) {
   __shared__ float sh[32];
   const LambChunk c = lamb_chunk(table, count, chunk);
+  const float *g = c.t->g;
   float s = 0.0f;
-  for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) s += c.t->g[i] * c.t->g[i];
+  for (size_t i = c.begin + 4 * threadIdx.x; i < c.end; i += 4 * blockDim.x) {
+    const int count = c.end - i < 4 ? (int)(c.end - i) : 4;
+    float gv[4];
+    load_up_to4(g, i, count, count == 4 && aligned16(g + i), gv);
+    UNROLL for (int k = 0; k < 4; k++) s += gv[k] * gv[k];
+  }
   s = block_sum(s, sh);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -952,15 +1001,26 @@ extern "C" __global__ void lamb_moments(const LambTensor *table, int count, int 
   float *m = c.t->m, *v = c.t->v;
   const float *w = c.t->w, *g = c.t->g;
   float wn = 0.0f, un = 0.0f;
-  for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
-    const float gi = g[i] * k;
-    const float mi = m[i] * b1 + gi * (1.0f - b1);
-    const float vi = v[i] * b2 + gi * gi * (1.0f - b2);
-    m[i] = mi;
-    v[i] = vi;
-    const float u = lamb_direction(mi, vi, w[i], c1, c2, eps, wd);
-    wn += w[i] * w[i];
-    un += u * u;
+  for (size_t i = c.begin + 4 * threadIdx.x; i < c.end; i += 4 * blockDim.x) {
+    const int count = c.end - i < 4 ? (int)(c.end - i) : 4;
+    const bool whole = count == 4 && aligned16(g + i) && aligned16(m + i) && aligned16(v + i) &&
+                       aligned16(w + i);
+    float gv[4], mv[4], vv[4], wv[4];
+    load_up_to4(g, i, count, whole, gv);
+    load_up_to4(m, i, count, whole, mv);
+    load_up_to4(v, i, count, whole, vv);
+    load_up_to4(w, i, count, whole, wv);
+    UNROLL for (int e = 0; e < 4; e++) {
+      if (e >= count) break;
+      const float gi = gv[e] * k;
+      mv[e] = mv[e] * b1 + gi * (1.0f - b1);
+      vv[e] = vv[e] * b2 + gi * gi * (1.0f - b2);
+      const float u = lamb_direction(mv[e], vv[e], wv[e], c1, c2, eps, wd);
+      wn += wv[e] * wv[e];
+      un += u * u;
+    }
+    store_up_to4(m, i, count, whole, mv);
+    store_up_to4(v, i, count, whole, vv);
   }
   wn = block_sum(wn, sh);
   un = block_sum(un, sh);
@@ -995,8 +1055,16 @@ extern "C" __global__ void lamb_apply(const LambTensor *table, int count, int ch
   const float step = steps[c.t - table], wd = c.t->decay;
   float *w = c.t->w;
   const float *m = c.t->m, *v = c.t->v;
-  for (size_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
-    w[i] -= step * lamb_direction(m[i], v[i], w[i], c1, c2, eps, wd);
+  for (size_t i = c.begin + 4 * threadIdx.x; i < c.end; i += 4 * blockDim.x) {
+    const int count = c.end - i < 4 ? (int)(c.end - i) : 4;
+    const bool whole = count == 4 && aligned16(m + i) && aligned16(v + i) && aligned16(w + i);
+    float mv[4], vv[4], wv[4];
+    load_up_to4(m, i, count, whole, mv);
+    load_up_to4(v, i, count, whole, vv);
+    load_up_to4(w, i, count, whole, wv);
+    UNROLL for (int e = 0; e < 4; e++) wv[e] -= step * lamb_direction(mv[e], vv[e], wv[e], c1, c2, eps, wd);
+    store_up_to4(w, i, count, whole, wv);
+  }
 }
 
 // The MLM loss over a vocabulary (`mlm_loss.rs`). The logits are rows of `stride` columns in the
