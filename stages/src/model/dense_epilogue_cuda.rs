@@ -9,10 +9,8 @@ use half::bf16;
 
 use super::dense::Epilogue;
 use super::fused::last_dim;
-use super::gpu_kernels::{
-    chunks, column_chunks, config, launch, output, result, sum_chunks, typed, uninit, view,
-};
-use super::launch_shapes::{element_groups, rows_by_column_groups};
+use super::gpu_kernels::{chunks, config, launch, output, result, sum_chunks, typed, uninit, view};
+use super::launch_shapes::{column_group_chunks, element_groups, rows_by_column_groups};
 
 /// The bias and the epilogue after a product, into `out` (f32, or bf16 from a bf16 product).
 pub fn bias_epilogue(
@@ -154,7 +152,7 @@ pub fn col_sum_bf16(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)>
     launch!(
         dev,
         "col_sum_chunks_bf16",
-        column_chunks(n, count),
+        config(column_group_chunks(n, count)),
         &g,
         &mut partial,
         &rows_i,

@@ -399,8 +399,8 @@ mod tests {
     };
     use super::super::gpu_ops::keep;
     use super::super::launch_shapes::{
-        chunks, column_chunks, element_groups, elementwise, per_row, rows_by_column_groups,
-        rows_by_columns, warp_per_row,
+        chunks, column_chunks, column_group_chunks, element_groups, elementwise, per_row,
+        rows_by_column_groups, rows_by_columns, warp_per_row,
     };
     use super::super::layers::normal;
     use super::*;
@@ -1254,7 +1254,7 @@ mod tests {
         let mut partial = vec![f32::NAN; count * n];
         launch(
             "col_sum_chunks_bf16",
-            column_chunks(n, count),
+            column_group_chunks(n, count),
             vec![
                 input(&dz),
                 output(&mut partial),

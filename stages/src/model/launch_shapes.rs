@@ -77,6 +77,12 @@ pub fn column_chunks(n: usize, chunks: usize) -> LaunchShape {
     }
 }
 
+/// Blocks of (32, 8) threads over 256 columns, a thread to [`GROUP`] adjacent columns, by chunks
+/// of rows.
+pub fn column_group_chunks(n: usize, chunks: usize) -> LaunchShape {
+    column_chunks(n.div_ceil(GROUP), chunks)
+}
+
 /// Elements of a parameter tensor per block of LAMB's multi-tensor kernels: 64 per thread.
 pub const LAMB_CHUNK: usize = 64 * BLOCK as usize;
 
