@@ -291,7 +291,7 @@ pub fn dropout(s: &CudaStorage, l: &Layout, p: f32, seed: u64) -> Result<(CudaSt
     launch!(
         dev,
         "dropout",
-        elementwise(len),
+        config(element_groups(len)),
         &x,
         &mut y,
         &p,

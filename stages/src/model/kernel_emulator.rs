@@ -1598,13 +1598,14 @@ mod tests {
 
     #[test]
     fn dropout_draws_the_cpu_mask() {
-        let len = 3000;
+        // Groups of eight and a ragged last one of four.
+        let len = 3004;
         let x = random(len, 1.0, 15);
         let mut y = vec![0f32; len];
         let (p, seed) = (0.1f32, 77u64);
         launch(
             "dropout",
-            elementwise(len),
+            element_groups(len),
             vec![
                 input(&x),
                 output(&mut y),

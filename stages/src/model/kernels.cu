@@ -540,10 +540,19 @@ __device__ __forceinline__ float dropped(float v, float p, unsigned long long se
 }
 
 // Inverted dropout: x / (1 - p) where the draw is at least p, else 0. Its own backward pass.
+// Eight elements per thread (`launch_shapes::element_groups`).
 extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned long long seed,
                                    unsigned long long len) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) y[i] = dropped(x[i], p, seed, i);
+  const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (i >= len) return;
+  if (i + 8 > len) {
+    for (size_t k = i; k < len; k++) y[k] = dropped(x[k], p, seed, k);
+    return;
+  }
+  float v[8];
+  load8(x + i, v);
+  UNROLL for (int k = 0; k < 8; k++) v[k] = dropped(v[k], p, seed, i + k);
+  store8(y + i, v);
 }
 
 // A dense layer's epilogue after its product (rows of n, in the products' type T): the bias
