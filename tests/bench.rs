@@ -61,6 +61,12 @@ fn bench_times_training_steps_in_both_precisions() {
         "layer_norm",
         "dense",
         "self-attention",
+        "embeddings (gathers, adds, LayerNorm, dropout), recorded ops + backward",
+        "embeddings (sum, LayerNorm, dropout), one attached node + backward",
+        "decoder product (masked, hidden) x (vocabulary as it is, hidden)^T",
+        "(vocabulary padded to a multiple of 8, hidden)^T",
+        "MLM loss over (masked, vocabulary), candle's ops + backward",
+        "MLM loss over (masked, vocabulary), one fused op + backward",
         "LAMB update",
         "s per step",
     ] {
@@ -125,9 +131,11 @@ fn bench_profiles_where_a_steps_time_goes() {
     assert_eq!(laps("forward: residual add + LayerNorm"), 4);
     assert_eq!(laps("backward: residual add + LayerNorm"), 4);
     for label in [
-        "forward: embeddings (gathers, sum, LayerNorm, dropout)",
+        "forward: embeddings (sum, LayerNorm, dropout)",
         "forward: MLM head + loss",
-        "forward: lm_head.dense 32 -> 32",
+        "forward: lm_head.dense 32 -> 32, GELU",
+        "forward: MLM decoder product",
+        "forward: MLM loss",
         "backward: candle's recorded ops and gradient sums",
         "gradient clipping and LAMB update",
     ] {

@@ -513,7 +513,7 @@ pub(crate) fn encode_with(
         .collect();
     let positions = position_ids(ids, cfg);
     let mut x = region(
-        || "forward: embeddings (gathers, sum, LayerNorm, dropout)".to_string(),
+        || "forward: embeddings (sum, LayerNorm, dropout)".to_string(),
         || {
             let dropout = draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut());
             let x = if ops == LayerOps::Pieces {
