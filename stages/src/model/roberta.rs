@@ -446,13 +446,10 @@ pub(crate) fn embeddings_composed(
     positions: &[u32],
     dropout: Option<(f32, u64)>,
 ) -> Result<Tensor> {
-    let device = p
-        .get("roberta.embeddings.word_embeddings.weight")
-        .device()
-        .clone();
-    let ids_t = Tensor::from_slice(ids, ids.len(), &device)?;
-    let pos_t = Tensor::from_slice(positions, positions.len(), &device)?;
-    let word = gather_rows(&p.get("roberta.embeddings.word_embeddings.weight"), &ids_t)?;
+    let table = p.get("roberta.embeddings.word_embeddings.weight");
+    let ids_t = Tensor::from_slice(ids, ids.len(), table.device())?;
+    let pos_t = Tensor::from_slice(positions, positions.len(), table.device())?;
+    let word = gather_rows(&table, &ids_t)?;
     let posv = gather_rows(
         &p.get("roberta.embeddings.position_embeddings.weight"),
         &pos_t,
