@@ -3,7 +3,8 @@
 //! `fused.rs` and `gpu_ops.rs`. Compiling at run time keeps the build free of a second nvcc pass
 //! and targets whichever card the program finds.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
@@ -15,18 +16,38 @@ pub use super::launch_shapes::chunks;
 
 const SOURCE: &str = include_str!("kernels.cu");
 
-/// The PTX of `kernels.cu`, or NVRTC's log when it did not compile.
-pub fn ptx() -> Result<&'static str> {
-    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    let compiled = PTX.get_or_init(|| {
-        cudarc::nvrtc::compile_ptx_with_opts(SOURCE, Default::default())
-            .map(|p| p.to_src())
+/// The PTX of `kernels.cu` for `dev`'s compute capability, or NVRTC's log when it did not
+/// compile. The flash attention kernels need the architecture: their tensor-core instructions
+/// (bf16 `mma`) exist from sm_80, and NVRTC's default target is older.
+pub fn ptx(dev: &CudaDevice) -> Result<&'static str> {
+    type Compiled = std::result::Result<&'static str, String>;
+    static PTX: OnceLock<Mutex<HashMap<(i32, i32), Compiled>>> = OnceLock::new();
+    let capability = compute_capability(dev)?;
+    let mut compiled = PTX
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("flora's CUDA kernels: a compile panicked".into()))?;
+    let ptx = compiled.entry(capability).or_insert_with(|| {
+        let (major, minor) = capability;
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let options = cudarc::nvrtc::CompileOptions {
+            arch: Some(arch),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options)
+            .map(|p| &*Box::leak(p.to_src().into_boxed_str()))
             .map_err(|e| format!("{e:?}"))
     });
-    match compiled {
-        Ok(p) => Ok(p),
+    match ptx {
+        Ok(p) => Ok(*p),
         Err(e) => candle_core::bail!("flora's CUDA kernels did not compile: {e}"),
     }
+}
+
+/// `dev`'s compute capability (major, minor).
+pub fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
+    use candle_core::cuda_backend::WrapErr as _;
+    dev.cuda_stream().context().compute_capability().w()
 }
 
 /// Launches kernel `$name` of `kernels.cu` on `$dev`'s stream with `$cfg` and the arguments, each
@@ -38,7 +59,7 @@ macro_rules! launch {
         let func = $dev.get_or_load_custom_func(
             $name,
             "flora_kernels",
-            $crate::model::gpu_kernels::ptx()?,
+            $crate::model::gpu_kernels::ptx($dev)?,
         )?;
         let mut args = func.builder();
         $( args.arg($arg); )+

@@ -148,8 +148,9 @@ inline void fiber_entry() {
   // uc_link returns to the scheduler.
 }
 
+// `v` from lane `src` of the warp (CUDA's `__shfl_sync` over the whole warp).
 template <class T>
-T shuffle_xor(T v, int mask, int line) {
+T shuffle_from(T v, int src, int line) {
   static_assert(sizeof(T) <= 8, "a shuffled value fits in 8 bytes");
   Launch &l = *active;
   const int t = linear_thread();
@@ -159,10 +160,16 @@ T shuffle_xor(T v, int mask, int line) {
   const int row = w.barrier.phase & 1;
   w.slots[row][t % 32] = bits;
   wait_at(w.barrier, "warp shuffle", line);
-  const uint64_t theirs = w.slots[row][(t % 32) ^ mask];
+  const uint64_t theirs = w.slots[row][src & 31];
   T out;
   memcpy(&out, &theirs, sizeof(T));
   return out;
+}
+
+// `v` from lane `lane ^ mask` (CUDA's `__shfl_xor_sync` over the whole warp).
+template <class T>
+T shuffle_xor(T v, int mask, int line) {
+  return shuffle_from(v, (linear_thread() % 32) ^ mask, line);
 }
 
 // Runs `body(closure)` as every thread of every block of `grid` x `block`. Returns 0, or 1 with
@@ -286,6 +293,8 @@ int launch(void (*k)(A...), const char *name, const unsigned *g, const unsigned 
 // their line.
 #define __syncthreads() flora_emu::wait_at(flora_emu::active->block, "__syncthreads", __LINE__)
 #define __shfl_xor_sync(mask, v, lane_mask) flora_emu::shuffle_xor((v), (lane_mask), __LINE__)
+#define __shfl_sync(mask, v, src) flora_emu::shuffle_from((v), (src), __LINE__)
+#define __align__(n) __attribute__((aligned(n)))
 inline float atomicAdd(float *p, float v) {
   const float old = *p;
   *p = old + v;

@@ -394,6 +394,7 @@ pub fn launch(name: &str, shape: LaunchShape, args: Vec<Arg<'_>>) {
 #[cfg(test)]
 mod tests {
     use super::super::attention_probs::Elem;
+    use super::super::flash_attention::Dims;
     use super::super::fused::{
         gelu_and_slope, layer_norm_rows, layer_norm_rows_backward, softmax_in_place,
     };
@@ -1626,5 +1627,139 @@ mod tests {
         assert_close("dropout", &y, &want, 1e-6);
         let dropped = y.iter().filter(|&&v| v == 0.0).count();
         assert!((200..400).contains(&dropped), "{dropped} of {len} dropped");
+    }
+
+    /// `flash_attention_fwd_bf16`, `flash_attention_dq_bf16` and `flash_attention_dkv_bf16`
+    /// against their CPU twins in `flash_attention.rs`: the context and log-sum-exps, then dq,
+    /// dk and dv from the kernel's own forward result.
+    fn flash_attention_kernels_match(dims: Dims, dropout: Option<(f32, u64)>, masked_out: bool) {
+        use super::super::flash_attention::{backward_cpu, forward_cpu};
+        use super::super::launch_shapes::flash_tiles;
+        use half::bf16;
+        let n = dims.elements();
+        let hidden = dims.heads * dims.head_dim;
+        let to_bf16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
+        let (q, k, v) = (
+            to_bf16(random(n, 1.0, 51)),
+            to_bf16(random(n, 1.0, 52)),
+            to_bf16(random(n, 1.0, 53)),
+        );
+        let dcontext = to_bf16(random(n, 1.0, 54));
+        // The second sequence's last three keys are padding; with `masked_out`, every key of the
+        // last sequence is -inf (its context and gradients must be 0, not NaN).
+        let len = dims.len;
+        let mask: Vec<f32> = (0..dims.batch * len)
+            .map(|i| match (i / len, i % len) {
+                (b, _) if masked_out && b == dims.batch - 1 => f32::NEG_INFINITY,
+                (1, j) if j >= len - 3 => -1e9,
+                _ => 0.0,
+            })
+            .collect();
+        let scale = 1.0 / (dims.head_dim as f32).sqrt();
+        let (p, seed) = dropout.unwrap_or((0.0, 0));
+        let shape = flash_tiles(len, dims.batch * dims.heads);
+        let scalars = || {
+            vec![
+                int(dims.heads),
+                int(len),
+                int(dims.head_dim),
+                float(scale),
+                float(p),
+                ulong(seed),
+            ]
+        };
+        let mut saved = vec![bf16::ZERO; dims.packed()];
+        let mut args = vec![
+            input(&q),
+            input(&k),
+            input(&v),
+            input(&mask),
+            output(&mut saved),
+        ];
+        args.extend(scalars());
+        launch("flash_attention_fwd_bf16", shape, args);
+        let want = forward_cpu([&q, &k, &v], &mask, dims, scale, dropout);
+        let what = format!("flash attention {dims:?} {dropout:?}");
+        assert_close(
+            &format!("{what}: context"),
+            &widen(&saved[..n]),
+            &widen(&want[..n]),
+            2e-2,
+        );
+        let lse = |x: &[bf16]| -> Vec<f32> {
+            x[n..]
+                .chunks(2)
+                .map(|w| f32::from_bits(w[0].to_bits() as u32 | (w[1].to_bits() as u32) << 16))
+                .collect()
+        };
+        let (got_lse, want_lse) = (lse(&saved), lse(&want));
+        for (i, (a, b)) in got_lse.iter().zip(&want_lse).enumerate() {
+            let same = a == b || (a - b).abs() < 1e-4 * b.abs().max(1.0);
+            assert!(same, "{what}: log-sum-exp of row {i}: {a} against {b}");
+        }
+        if masked_out {
+            let last = (dims.batch - 1) * len * hidden;
+            assert!(
+                saved[last..n].iter().all(|x| x.to_f32() == 0.0),
+                "{what}: masked rows"
+            );
+            assert!(got_lse[got_lse.len() - 1].is_infinite());
+        }
+
+        let mut delta = vec![0f32; dims.rows()];
+        let mut grads = vec![bf16::ZERO; 3 * n];
+        let mut args = vec![
+            input(&q),
+            input(&k),
+            input(&v),
+            input(&saved),
+            input(&dcontext),
+            input(&mask),
+            output(&mut delta),
+            output(&mut grads),
+        ];
+        args.extend(scalars());
+        launch("flash_attention_dq_bf16", shape, args);
+        let mut args = vec![
+            input(&q),
+            input(&k),
+            input(&v),
+            input(&saved),
+            input(&dcontext),
+            input(&mask),
+            input(&delta),
+            output(&mut grads),
+        ];
+        args.extend(scalars());
+        launch("flash_attention_dkv_bf16", shape, args);
+        let want = backward_cpu([&q, &k, &v], &saved, &dcontext, &mask, dims, scale, dropout);
+        for (which, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let range = which * n..(which + 1) * n;
+            let (got, want) = (widen(&grads[range.clone()]), widen(&want[range]));
+            assert!(
+                got.iter().all(|x| x.is_finite()),
+                "{what}: {name} is not finite"
+            );
+            assert_close(&format!("{what}: {name}"), &got, &want, 2e-2);
+        }
+    }
+
+    #[test]
+    fn flash_attention_and_its_backward_match_the_cpu() {
+        // Names for `every_kernel_has_an_emulated_test`: "flash_attention_fwd_bf16",
+        // "flash_attention_dq_bf16", "flash_attention_dkv_bf16",
+        // One ragged tile of queries and keys, two sequences of two heads.
+        let dims = |batch, heads, len, head_dim| Dims {
+            batch,
+            heads,
+            len,
+            head_dim,
+        };
+        flash_attention_kernels_match(dims(2, 2, 37, 32), None, false);
+        // Two key tiles and three query tiles of the dk and dv kernel, dropout, and a sequence
+        // with every key masked out.
+        flash_attention_kernels_match(dims(3, 1, 70, 16), Some((0.2, 11)), true);
+        // The paper's head size.
+        flash_attention_kernels_match(dims(2, 1, 20, 128), Some((0.1, 5)), false);
     }
 }

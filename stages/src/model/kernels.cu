@@ -43,8 +43,22 @@ __device__ __forceinline__ void store(bf16_bits *p, size_t i, float v) {
 #define UNROLL _Pragma("unroll")
 __device__ __forceinline__ uint4 load16(const void *p) { return *(const uint4 *)p; }
 __device__ __forceinline__ void store16(void *p, uint4 v) { *(uint4 *)p = v; }
+__device__ __forceinline__ unsigned int load_pair(const bf16_bits *p) {
+  return *(const unsigned int *)p;
+}
+__device__ __forceinline__ void store_pair(bf16_bits *p, unsigned int v) {
+  *(unsigned int *)p = v;
+}
 #else
 #define UNROLL
+// Two adjacent bf16 as one 32-bit word (4-byte aligned; the low half first), copied as the
+// emulation's load16 is.
+inline unsigned int load_pair(const bf16_bits *p) {
+  unsigned int v;
+  memcpy(&v, p, 4);
+  return v;
+}
+inline void store_pair(bf16_bits *p, unsigned int v) { memcpy(p, &v, 4); }
 #endif
 
 __device__ __forceinline__ bool aligned16(const void *p) {
@@ -802,6 +816,439 @@ extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
                                                      int rows, int n, float scale, float p,
                                                      unsigned long long seed) {
   attention_probs_grad_rows(probs, grad, dscores, rows, n, scale, p, seed);
+}
+
+// Flash attention in bf16 on tensor cores: the scores, probabilities and their gradients never
+// leave the chip, where the attached attention (attention_probs_* between four cuBLAS products)
+// writes and reads the (batch, heads, len, len) scores and probabilities in memory. Each warp
+// multiplies 16 x 16 by 16 x 8 tiles with PTX's `mma.m16n8k16` (bf16 in, f32 accumulators). The
+// fragment layouts are PTX's: in a warp, lane = 4 g + t holds A (16 x 16, row-major) rows g and
+// g + 8 at columns 2t, 2t + 1 and 2t + 8, 2t + 9; B (16 x 8) column g at rows 2t, 2t + 1 and
+// 2t + 8, 2t + 9; C (16 x 8) rows g and g + 8 at columns 2t and 2t + 1. A pair of bf16 shares a
+// 32-bit register, the lower column or row in the low half.
+//
+// q, k and v are (batch, heads, len, head_dim); the context and its gradient are (batch, len,
+// heads x head_dim), as the output dense layer reads and writes them. head_dim is a multiple of
+// 16 up to FLASH_DMAX and every buffer starts 16-byte aligned (`flash_attention.rs` checks). The
+// dropout mask is `dropped`'s over the flat index of (batch, heads, query, key), the one that
+// attention_probs_* draw, so the two paths drop the same probabilities.
+//
+// Three kernels, each a block of FLASH_WARPS warps over (a tile of rows, batch x head):
+// - flash_attention_fwd_bf16: 16 queries a warp; over key tiles of FLASH_KEYS, the scores, an
+//   online softmax (running max and sum, the context rescaled as the max grows), dropout, and
+//   the context's product. Writes the context and each query's log-sum-exp.
+// - flash_attention_dq_bf16: 16 queries a warp; each query's delta = sum(dcontext x context)
+//   (softmax's backward term), then over key tiles the probabilities again from the
+//   log-sum-exp, dP = dcontext v^T, dS, and dq += dS k.
+// - flash_attention_dkv_bf16: 16 keys a warp; over query tiles of FLASH_QUERIES, the same
+//   recomputed transposed (keys as rows), dv += dropped(P)^T dcontext and dk += dS^T q.
+// Two backward kernels rather than one with atomic adds into dq keep the gradients
+// deterministic. Shared tiles' rows are padded by FLASH_PAD elements (16 bytes), so that a
+// warp's 32-bit fragment loads fall in 32 different banks.
+#define FLASH_WARPS 4
+#define FLASH_KEYS 64
+#define FLASH_QUERIES 32
+#define FLASH_DMAX 128
+#define FLASH_PAD 8
+#define FLASH_STRIDE (FLASH_DMAX + FLASH_PAD)
+
+// Two floats rounded to bf16 in one register, the first in the low half.
+__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
+  return bf16_of(lo) | (bf16_of(hi) << 16);
+}
+
+__device__ __forceinline__ float pair_lo(unsigned int u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float pair_hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }
+
+// Two bf16 down a column of a row-major tile (stride apart), as one register.
+__device__ __forceinline__ unsigned int column_pair(const bf16_bits *p, int stride) {
+  return (unsigned int)p[0] | ((unsigned int)p[stride] << 16);
+}
+
+// c (16 x 8, f32) += a (16 x 16, bf16) b (16 x 8, bf16), by the whole warp. The emulator has no
+// tensor cores: there every lane gathers its rows of a and columns of b by shuffles.
+__device__ __forceinline__ void mma_bf16(float *c, const unsigned int *a, const unsigned int *b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  // Before sm_80 there is no bf16 mma; `flash_attention.rs` launches none there.
+  __trap();
+#else
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  UNROLL for (int s = 0; s < 4; s++) {
+    // Lane 4 g + s holds rows g and g + 8 at columns 2s, 2s + 1 and 2s + 8, 2s + 9.
+    const unsigned int row_lo = __shfl_sync(FULL_MASK, a[0], 4 * g + s);
+    const unsigned int row8_lo = __shfl_sync(FULL_MASK, a[1], 4 * g + s);
+    const unsigned int row_hi = __shfl_sync(FULL_MASK, a[2], 4 * g + s);
+    const unsigned int row8_hi = __shfl_sync(FULL_MASK, a[3], 4 * g + s);
+    UNROLL for (int n = 0; n < 2; n++) {
+      // Lane 4 (2t + n) + s holds column 2t + n at rows 2s, 2s + 1 and 2s + 8, 2s + 9.
+      const unsigned int col_lo = __shfl_sync(FULL_MASK, b[0], 4 * (2 * t + n) + s);
+      const unsigned int col_hi = __shfl_sync(FULL_MASK, b[1], 4 * (2 * t + n) + s);
+      c[n] += pair_lo(row_lo) * pair_lo(col_lo) + pair_hi(row_lo) * pair_hi(col_lo) +
+              pair_lo(row_hi) * pair_lo(col_hi) + pair_hi(row_hi) * pair_hi(col_hi);
+      c[2 + n] += pair_lo(row8_lo) * pair_lo(col_lo) + pair_hi(row8_lo) * pair_hi(col_lo) +
+                  pair_lo(row8_hi) * pair_lo(col_hi) + pair_hi(row8_hi) * pair_hi(col_hi);
+    }
+  }
+#endif
+}
+
+// The A fragments of a warp's 16 rows of x from row `row0` (rows of `stride` elements; rows at or
+// past `rows` read as 0), column blocks of 16 up to `dim`.
+__device__ __forceinline__ void rows_as_a(const bf16_bits *x, int row0, int rows, int stride,
+                                          int dim, unsigned int a[FLASH_DMAX / 16][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = row0 + g, r1 = row0 + g + 8;
+  UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+    if (16 * kk >= dim) break;
+    const int c = 16 * kk + 2 * t;
+    a[kk][0] = r0 < rows ? load_pair(x + (size_t)r0 * stride + c) : 0u;
+    a[kk][1] = r1 < rows ? load_pair(x + (size_t)r1 * stride + c) : 0u;
+    a[kk][2] = r0 < rows ? load_pair(x + (size_t)r0 * stride + c + 8) : 0u;
+    a[kk][3] = r1 < rows ? load_pair(x + (size_t)r1 * stride + c + 8) : 0u;
+  }
+}
+
+// Rows [row0, row0 + count) of x (rows of `stride` elements, `dim` of them wanted) into the
+// shared tile `tile` (rows of FLASH_STRIDE), 16 bytes a thread at a time; rows at or past `rows`
+// as 0.
+__device__ __forceinline__ void tile_in(bf16_bits (*tile)[FLASH_STRIDE], const bf16_bits *x,
+                                        int row0, int count, int rows, int stride, int dim) {
+  const int groups = dim / 8;
+  for (int i = threadIdx.x; i < count * groups; i += blockDim.x) {
+    const int r = i / groups, c = (i % groups) * 8;
+    uint4 v = {0u, 0u, 0u, 0u};
+    if (row0 + r < rows) v = load16(x + (size_t)(row0 + r) * stride + c);
+    store16(&tile[r][c], v);
+  }
+}
+
+// The B fragment of keys (or queries) n0 .. n0 + 7 at columns 16 kk of a row-major shared tile:
+// the product's second operand transposed (scores = q k^T reads k's rows so).
+__device__ __forceinline__ void rows_as_b(const bf16_bits (*tile)[FLASH_STRIDE], int n0, int kk,
+                                          unsigned int b[2]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  b[0] = load_pair(&tile[n0 + g][16 * kk + 2 * t]);
+  b[1] = load_pair(&tile[n0 + g][16 * kk + 2 * t + 8]);
+}
+
+// The B fragment of rows k0 .. k0 + 15 at columns n0 .. n0 + 7 of a row-major shared tile: the
+// product's second operand as it is (context = P v reads v so).
+__device__ __forceinline__ void columns_as_b(const bf16_bits (*tile)[FLASH_STRIDE], int k0, int n0,
+                                             unsigned int b[2]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  b[0] = column_pair(&tile[k0 + 2 * t][n0 + g], FLASH_STRIDE);
+  b[1] = column_pair(&tile[k0 + 2 * t + 8][n0 + g], FLASH_STRIDE);
+}
+
+// The sum of v over the four lanes of a quad (the lanes that share a fragment row).
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(FULL_MASK, v, 1);
+  return v + __shfl_xor_sync(FULL_MASK, v, 2);
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 1));
+  return fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 2));
+}
+
+// Query `row`'s log-sum-exp, stored by the forward kernel after the context as its f32 bits in
+// two bf16 words: +inf past the last query (every probability recomputed from it is then 0).
+__device__ __forceinline__ float lse_at(const bf16_bits *tail, size_t bh_row, int row, int len) {
+  if (row >= len) return __int_as_float(0x7f800000);
+  return __uint_as_float((unsigned int)tail[2 * bh_row] | ((unsigned int)tail[2 * bh_row + 1] << 16));
+}
+
+extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf16_bits *k,
+                                                    const bf16_bits *v, const float *key_mask,
+                                                    bf16_bits *out, int heads, int len,
+                                                    int head_dim, float scale, float p,
+                                                    unsigned long long seed) {
+  __shared__ __align__(16) bf16_bits ks[FLASH_KEYS][FLASH_STRIDE];
+  __shared__ __align__(16) bf16_bits vs[FLASH_KEYS][FLASH_STRIDE];
+  __shared__ float ms[FLASH_KEYS];
+  const int bh = blockIdx.y, b = bh / heads, h = bh % heads;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int q0 = blockIdx.x * (16 * FLASH_WARPS) + 16 * (threadIdx.x >> 5);
+  const int r0 = q0 + g, r1 = q0 + g + 8;
+  const size_t head = (size_t)bh * len * head_dim;
+  unsigned int qa[FLASH_DMAX / 16][4];
+  rows_as_a(q + head, q0, len, head_dim, head_dim, qa);
+  float o[FLASH_DMAX / 8][4];
+  UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  // Rows g and g + 8: the running max (the shift of the exponentials) and this lane's share of
+  // the sum of exponentials.
+  float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+  const size_t flat0 = ((size_t)bh * len + r0) * len, flat1 = ((size_t)bh * len + r1) * len;
+  for (int k0 = 0; k0 < len; k0 += FLASH_KEYS) {
+    __syncthreads();
+    tile_in(ks, k + head, k0, FLASH_KEYS, len, head_dim, head_dim);
+    tile_in(vs, v + head, k0, FLASH_KEYS, len, head_dim, head_dim);
+    for (int j = threadIdx.x; j < FLASH_KEYS; j += blockDim.x)
+      ms[j] = k0 + j < len ? key_mask[(size_t)b * len + k0 + j] : NEG_INF;
+    __syncthreads();
+    float s[FLASH_KEYS / 8][4];
+    float x0 = m0, x1 = m1;
+    UNROLL for (int nt = 0; nt < FLASH_KEYS / 8; nt++) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+        if (16 * kk >= head_dim) break;
+        unsigned int kb[2];
+        rows_as_b(ks, 8 * nt, kk, kb);
+        mma_bf16(s[nt], qa[kk], kb);
+      }
+      UNROLL for (int e = 0; e < 4; e++) {
+        s[nt][e] = s[nt][e] * scale + ms[8 * nt + 2 * t + (e & 1)];
+        if (e < 2) x0 = fmaxf(x0, s[nt][e]);
+        else x1 = fmaxf(x1, s[nt][e]);
+      }
+    }
+    x0 = quad_max(x0), x1 = quad_max(x1);
+    // While every key so far is masked out (-inf) the shift is 0 and every exponential 0.
+    const float sh0 = x0 == NEG_INF ? 0.0f : x0, sh1 = x1 == NEG_INF ? 0.0f : x1;
+    const float a0 = expf(m0 - sh0), a1 = expf(m1 - sh1);
+    m0 = x0, m1 = x1;
+    l0 *= a0, l1 *= a1;
+    UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+      o[dt][0] *= a0, o[dt][1] *= a0, o[dt][2] *= a1, o[dt][3] *= a1;
+    }
+    UNROLL for (int kb = 0; kb < FLASH_KEYS / 16; kb++) {
+      unsigned int pa[4];
+      UNROLL for (int half = 0; half < 2; half++) {
+        const int nt = 2 * kb + half, key = k0 + 8 * nt + 2 * t;
+        const float e0 = expf(s[nt][0] - sh0), e1 = expf(s[nt][1] - sh0);
+        const float e2 = expf(s[nt][2] - sh1), e3 = expf(s[nt][3] - sh1);
+        l0 += e0 + e1, l1 += e2 + e3;
+        pa[2 * half] = bf16_pair(dropped(e0, p, seed, flat0 + key), dropped(e1, p, seed, flat0 + key + 1));
+        pa[2 * half + 1] = bf16_pair(dropped(e2, p, seed, flat1 + key), dropped(e3, p, seed, flat1 + key + 1));
+      }
+      UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+        if (8 * dt >= head_dim) break;
+        unsigned int vb[2];
+        columns_as_b(vs, 16 * kb, 8 * dt, vb);
+        mma_bf16(o[dt], pa, vb);
+      }
+    }
+  }
+  l0 = quad_sum(l0), l1 = quad_sum(l1);
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  const int hidden = heads * head_dim;
+  const size_t base0 = ((size_t)b * len + r0) * hidden + h * head_dim + 2 * t;
+  const size_t base1 = ((size_t)b * len + r1) * hidden + h * head_dim + 2 * t;
+  UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+    if (8 * dt >= head_dim) break;
+    if (r0 < len) store_pair(out + base0 + 8 * dt, bf16_pair(o[dt][0] * inv0, o[dt][1] * inv0));
+    if (r1 < len) store_pair(out + base1 + 8 * dt, bf16_pair(o[dt][2] * inv1, o[dt][3] * inv1));
+  }
+  if (t == 0) {
+    bf16_bits *tail = out + (size_t)gridDim.y * len * head_dim;
+    const int rows[2] = {r0, r1};
+    const float shifts[2] = {m0 == NEG_INF ? 0.0f : m0, m1 == NEG_INF ? 0.0f : m1};
+    const float sums[2] = {l0, l1};
+    UNROLL for (int i = 0; i < 2; i++) {
+      if (rows[i] >= len) continue;
+      // No key at all: +inf, so that the backward pass recomputes probabilities of 0.
+      const float lse = sums[i] > 0.0f ? shifts[i] + logf(sums[i]) : __int_as_float(0x7f800000);
+      const unsigned int u = __float_as_uint(lse);
+      const size_t at = (size_t)bh * len + rows[i];
+      tail[2 * at] = (bf16_bits)(u & 0xffffu);
+      tail[2 * at + 1] = (bf16_bits)(u >> 16);
+    }
+  }
+}
+
+extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf16_bits *k,
+                                                   const bf16_bits *v, const bf16_bits *fwd,
+                                                   const bf16_bits *dout, const float *key_mask,
+                                                   float *delta, bf16_bits *grads, int heads,
+                                                   int len, int head_dim, float scale, float p,
+                                                   unsigned long long seed) {
+  __shared__ __align__(16) bf16_bits ks[FLASH_KEYS][FLASH_STRIDE];
+  __shared__ __align__(16) bf16_bits vs[FLASH_KEYS][FLASH_STRIDE];
+  __shared__ float ms[FLASH_KEYS];
+  const int bh = blockIdx.y, b = bh / heads, h = bh % heads;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int q0 = blockIdx.x * (16 * FLASH_WARPS) + 16 * (threadIdx.x >> 5);
+  const int r0 = q0 + g, r1 = q0 + g + 8;
+  const int hidden = heads * head_dim;
+  const size_t head = (size_t)bh * len * head_dim;
+  // The context's rows of this head in (batch, len, hidden): rows of `hidden` from its first.
+  const size_t context = (size_t)b * len * hidden + h * head_dim;
+  unsigned int qa[FLASH_DMAX / 16][4], ga[FLASH_DMAX / 16][4];
+  rows_as_a(q + head, q0, len, head_dim, head_dim, qa);
+  rows_as_a(dout + context, q0, len, hidden, head_dim, ga);
+  // delta = sum(dcontext x context) over each row, from the same fragment places of both.
+  float d0 = 0.0f, d1 = 0.0f;
+  {
+    unsigned int oa[FLASH_DMAX / 16][4];
+    rows_as_a(fwd + context, q0, len, hidden, head_dim, oa);
+    UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+      if (16 * kk >= head_dim) break;
+      UNROLL for (int i = 0; i < 4; i++) {
+        const float s = pair_lo(ga[kk][i]) * pair_lo(oa[kk][i]) + pair_hi(ga[kk][i]) * pair_hi(oa[kk][i]);
+        if (i & 1) d1 += s;
+        else d0 += s;
+      }
+    }
+  }
+  d0 = quad_sum(d0), d1 = quad_sum(d1);
+  const bf16_bits *tail = fwd + (size_t)gridDim.y * len * head_dim;
+  const float lse0 = lse_at(tail, (size_t)bh * len + r0, r0, len);
+  const float lse1 = lse_at(tail, (size_t)bh * len + r1, r1, len);
+  if (t == 0 && r0 < len) delta[(size_t)bh * len + r0] = d0;
+  if (t == 0 && r1 < len) delta[(size_t)bh * len + r1] = d1;
+  float dq[FLASH_DMAX / 8][4];
+  UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
+  const size_t flat0 = ((size_t)bh * len + r0) * len, flat1 = ((size_t)bh * len + r1) * len;
+  for (int k0 = 0; k0 < len; k0 += FLASH_KEYS) {
+    __syncthreads();
+    tile_in(ks, k + head, k0, FLASH_KEYS, len, head_dim, head_dim);
+    tile_in(vs, v + head, k0, FLASH_KEYS, len, head_dim, head_dim);
+    for (int j = threadIdx.x; j < FLASH_KEYS; j += blockDim.x)
+      ms[j] = k0 + j < len ? key_mask[(size_t)b * len + k0 + j] : NEG_INF;
+    __syncthreads();
+    UNROLL for (int kb = 0; kb < FLASH_KEYS / 16; kb++) {
+      // dS for keys 16 kb .. 16 kb + 15 of the tile, as an A fragment.
+      unsigned int da[4];
+      UNROLL for (int half = 0; half < 2; half++) {
+        const int nt = 2 * kb + half;
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+          if (16 * kk >= head_dim) break;
+          unsigned int kf[2], vf[2];
+          rows_as_b(ks, 8 * nt, kk, kf);
+          rows_as_b(vs, 8 * nt, kk, vf);
+          mma_bf16(s, qa[kk], kf);
+          mma_bf16(dp, ga[kk], vf);
+        }
+        float ds[4];
+        UNROLL for (int e = 0; e < 4; e++) {
+          const int j = 8 * nt + 2 * t + (e & 1);
+          const size_t at = (e < 2 ? flat0 : flat1) + k0 + j;
+          const float y = expf(s[e] * scale + ms[j] - (e < 2 ? lse0 : lse1));
+          ds[e] = scale * y * (dropped(dp[e], p, seed, at) - (e < 2 ? d0 : d1));
+        }
+        da[2 * half] = bf16_pair(ds[0], ds[1]);
+        da[2 * half + 1] = bf16_pair(ds[2], ds[3]);
+      }
+      UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+        if (8 * dt >= head_dim) break;
+        unsigned int kf[2];
+        columns_as_b(ks, 16 * kb, 8 * dt, kf);
+        mma_bf16(dq[dt], da, kf);
+      }
+    }
+  }
+  const size_t base0 = head + (size_t)r0 * head_dim + 2 * t;
+  const size_t base1 = head + (size_t)r1 * head_dim + 2 * t;
+  UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+    if (8 * dt >= head_dim) break;
+    if (r0 < len) store_pair(grads + base0 + 8 * dt, bf16_pair(dq[dt][0], dq[dt][1]));
+    if (r1 < len) store_pair(grads + base1 + 8 * dt, bf16_pair(dq[dt][2], dq[dt][3]));
+  }
+}
+
+extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf16_bits *k,
+                                                    const bf16_bits *v, const bf16_bits *fwd,
+                                                    const bf16_bits *dout, const float *key_mask,
+                                                    const float *delta, bf16_bits *grads,
+                                                    int heads, int len, int head_dim,
+                                                    float scale, float p,
+                                                    unsigned long long seed) {
+  __shared__ __align__(16) bf16_bits vs[16 * FLASH_WARPS][FLASH_STRIDE];
+  __shared__ __align__(16) bf16_bits qs[FLASH_QUERIES][FLASH_STRIDE];
+  __shared__ __align__(16) bf16_bits gs[FLASH_QUERIES][FLASH_STRIDE];
+  __shared__ float lses[FLASH_QUERIES], deltas[FLASH_QUERIES];
+  const int bh = blockIdx.y, b = bh / heads, h = bh % heads;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int kblock = blockIdx.x * (16 * FLASH_WARPS), kw = kblock + 16 * warp;
+  const int c0 = kw + g, c1 = kw + g + 8;
+  const int hidden = heads * head_dim;
+  const size_t head = (size_t)bh * len * head_dim;
+  const size_t context = (size_t)b * len * hidden + h * head_dim;
+  const size_t n = (size_t)gridDim.y * len * head_dim;
+  const bf16_bits *tail = fwd + n;
+  unsigned int ka[FLASH_DMAX / 16][4];
+  rows_as_a(k + head, kw, len, head_dim, head_dim, ka);
+  tile_in(vs, v + head, kblock, 16 * FLASH_WARPS, len, head_dim, head_dim);
+  // The keys' mask (rows g and g + 8 of the warp's 16); -inf past the last key.
+  const float mk0 = c0 < len ? key_mask[(size_t)b * len + c0] : NEG_INF;
+  const float mk1 = c1 < len ? key_mask[(size_t)b * len + c1] : NEG_INF;
+  float dk[FLASH_DMAX / 8][4], dv[FLASH_DMAX / 8][4];
+  UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+    dk[dt][0] = dk[dt][1] = dk[dt][2] = dk[dt][3] = 0.0f;
+    dv[dt][0] = dv[dt][1] = dv[dt][2] = dv[dt][3] = 0.0f;
+  }
+  for (int j0 = 0; j0 < len; j0 += FLASH_QUERIES) {
+    __syncthreads();
+    tile_in(qs, q + head, j0, FLASH_QUERIES, len, head_dim, head_dim);
+    tile_in(gs, dout + context, j0, FLASH_QUERIES, len, hidden, head_dim);
+    for (int j = threadIdx.x; j < FLASH_QUERIES; j += blockDim.x) {
+      const size_t at = (size_t)bh * len + j0 + j;
+      lses[j] = lse_at(tail, at, j0 + j, len);
+      deltas[j] = j0 + j < len ? delta[at] : 0.0f;
+    }
+    __syncthreads();
+    UNROLL for (int jb = 0; jb < FLASH_QUERIES / 16; jb++) {
+      // P^T and dS^T for queries 16 jb .. 16 jb + 15 of the tile, as A fragments.
+      unsigned int pa[4], da[4];
+      UNROLL for (int half = 0; half < 2; half++) {
+        const int nt = 2 * jb + half;
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+          if (16 * kk >= head_dim) break;
+          unsigned int qf[2], gf[2], va[4];
+          rows_as_b(qs, 8 * nt, kk, qf);
+          rows_as_b(gs, 8 * nt, kk, gf);
+          va[0] = load_pair(&vs[16 * warp + g][16 * kk + 2 * t]);
+          va[1] = load_pair(&vs[16 * warp + g + 8][16 * kk + 2 * t]);
+          va[2] = load_pair(&vs[16 * warp + g][16 * kk + 2 * t + 8]);
+          va[3] = load_pair(&vs[16 * warp + g + 8][16 * kk + 2 * t + 8]);
+          mma_bf16(s, ka[kk], qf);
+          mma_bf16(dp, va, gf);
+        }
+        float y[4], ds[4];
+        UNROLL for (int e = 0; e < 4; e++) {
+          const int j = 8 * nt + 2 * t + (e & 1);
+          const int key = e < 2 ? c0 : c1;
+          const size_t at = ((size_t)bh * len + j0 + j) * len + key;
+          const float prob = expf(s[e] * scale + (e < 2 ? mk0 : mk1) - lses[j]);
+          y[e] = dropped(prob, p, seed, at);
+          ds[e] = scale * prob * (dropped(dp[e], p, seed, at) - deltas[j]);
+        }
+        pa[2 * half] = bf16_pair(y[0], y[1]);
+        pa[2 * half + 1] = bf16_pair(y[2], y[3]);
+        da[2 * half] = bf16_pair(ds[0], ds[1]);
+        da[2 * half + 1] = bf16_pair(ds[2], ds[3]);
+      }
+      UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+        if (8 * dt >= head_dim) break;
+        unsigned int gf[2], qf[2];
+        columns_as_b(gs, 16 * jb, 8 * dt, gf);
+        columns_as_b(qs, 16 * jb, 8 * dt, qf);
+        mma_bf16(dv[dt], pa, gf);
+        mma_bf16(dk[dt], da, qf);
+      }
+    }
+  }
+  const size_t base0 = head + (size_t)c0 * head_dim + 2 * t;
+  const size_t base1 = head + (size_t)c1 * head_dim + 2 * t;
+  UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
+    if (8 * dt >= head_dim) break;
+    if (c0 < len) {
+      store_pair(grads + n + base0 + 8 * dt, bf16_pair(dk[dt][0], dk[dt][1]));
+      store_pair(grads + 2 * n + base0 + 8 * dt, bf16_pair(dv[dt][0], dv[dt][1]));
+    }
+    if (c1 < len) {
+      store_pair(grads + n + base1 + 8 * dt, bf16_pair(dk[dt][2], dk[dt][3]));
+      store_pair(grads + 2 * n + base1 + 8 * dt, bf16_pair(dv[dt][2], dv[dt][3]));
+    }
+  }
 }
 
 // The attention's query, key and value projections taken as one product, x [Wq; Wk; Wv]^T: rows

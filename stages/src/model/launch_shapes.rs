@@ -99,3 +99,20 @@ pub fn blocks_of_256(count: usize) -> LaunchShape {
         block: [BLOCK, 1, 1],
     }
 }
+
+/// Warps per block of the flash attention kernels (`FLASH_WARPS` in kernels.cu), each over 16
+/// queries (or keys).
+pub const FLASH_WARPS: u32 = 4;
+
+/// The flash attention kernels' grid: tiles of 16 x [`FLASH_WARPS`] queries (or keys) of `len`
+/// (blockIdx.x) by `batch_heads` heads (blockIdx.y).
+pub fn flash_tiles(len: usize, batch_heads: usize) -> LaunchShape {
+    LaunchShape {
+        grid: [
+            (len as u32).div_ceil(16 * FLASH_WARPS).max(1),
+            batch_heads as u32,
+            1,
+        ],
+        block: [32 * FLASH_WARPS, 1, 1],
+    }
+}

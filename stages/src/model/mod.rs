@@ -19,6 +19,9 @@ pub mod encoder_layer;
 pub mod encoder_layer_attached;
 pub mod examples;
 pub mod finetune;
+pub mod flash_attention;
+#[cfg(feature = "cuda")]
+mod flash_attention_cuda;
 pub mod fused;
 #[cfg(feature = "cuda")]
 mod fused_cuda;

@@ -1,0 +1,136 @@
+//! The CUDA side of `flash_attention.rs`: `kernels.cu`'s `flash_attention_fwd_bf16`, then
+//! `flash_attention_dq_bf16` and `flash_attention_dkv_bf16` backwards.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CudaStorage, Layout, Result, Shape, Tensor};
+use half::bf16;
+
+use super::flash_attention::Dims;
+use super::gpu_kernels::{config, launch, output, typed, uninit, view};
+use super::launch_shapes::flash_tiles;
+
+/// A storage and its layout.
+type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+/// The CUDA storage of a tensor that an op holds, and its layout.
+fn held<'a>(
+    guard: &'a (impl std::ops::Deref<Target = candle_core::Storage> + 'a),
+    op: &str,
+) -> Result<&'a CudaStorage> {
+    match &**guard {
+        candle_core::Storage::Cuda(s) => Ok(s),
+        _ => candle_core::bail!("{op}: an input is not on the GPU"),
+    }
+}
+
+/// The packed context and log-sum-exps of q, k and v.
+pub fn forward(
+    [(qs, ql), (ks, kl), (vs, vl)]: [Input<'_>; 3],
+    key_mask: &Tensor,
+    d: Dims,
+    scale: f32,
+    dropout: Option<(f32, u64)>,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-flash-attention";
+    let dev = qs.device();
+    let (q, k, v) = (
+        typed::<bf16>(qs, ql, OP)?,
+        typed::<bf16>(ks, kl, OP)?,
+        typed::<bf16>(vs, vl, OP)?,
+    );
+    let (mask_guard, mask_layout) = key_mask.storage_and_layout();
+    let mask = view(held(&mask_guard, OP)?, mask_layout, OP)?;
+    let mut out = uninit::<bf16>(dev, d.packed())?;
+    let (p, seed) = dropout.unwrap_or((0.0, 0));
+    let (heads, len, hd) = (d.heads as i32, d.len as i32, d.head_dim as i32);
+    launch!(
+        dev,
+        "flash_attention_fwd_bf16",
+        config(flash_tiles(d.len, d.batch * d.heads)),
+        &q,
+        &k,
+        &v,
+        &mask,
+        &mut out,
+        &heads,
+        &len,
+        &hd,
+        &scale,
+        &p,
+        &seed
+    )?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(d.packed()),
+    ))
+}
+
+/// dq, dk and dv as one (3, batch, heads, len, head_dim) bf16 tensor, from q, k, v and the
+/// held tensors: the forward pass's packed result, the context's gradient and the key mask.
+pub fn backward(
+    [(qs, ql), (ks, kl), (vs, vl)]: [Input<'_>; 3],
+    [saved, dcontext, key_mask]: [&Tensor; 3],
+    d: Dims,
+    scale: f32,
+    dropout: Option<(f32, u64)>,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "flora-flash-attention-grad";
+    let dev = qs.device();
+    let (q, k, v) = (
+        typed::<bf16>(qs, ql, OP)?,
+        typed::<bf16>(ks, kl, OP)?,
+        typed::<bf16>(vs, vl, OP)?,
+    );
+    let (saved_guard, saved_layout) = saved.storage_and_layout();
+    let fwd = typed::<bf16>(held(&saved_guard, OP)?, saved_layout, OP)?;
+    let (grad_guard, grad_layout) = dcontext.storage_and_layout();
+    let dout = typed::<bf16>(held(&grad_guard, OP)?, grad_layout, OP)?;
+    let (mask_guard, mask_layout) = key_mask.storage_and_layout();
+    let mask = view(held(&mask_guard, OP)?, mask_layout, OP)?;
+    // Each query's delta, written by the dq kernel for the dk and dv kernel.
+    let mut delta = output(dev, d.rows())?;
+    let mut grads = uninit::<bf16>(dev, 3 * d.elements())?;
+    let (p, seed) = dropout.unwrap_or((0.0, 0));
+    let (heads, len, hd) = (d.heads as i32, d.len as i32, d.head_dim as i32);
+    let shape = config(flash_tiles(d.len, d.batch * d.heads));
+    launch!(
+        dev,
+        "flash_attention_dq_bf16",
+        shape,
+        &q,
+        &k,
+        &v,
+        &fwd,
+        &dout,
+        &mask,
+        &mut delta,
+        &mut grads,
+        &heads,
+        &len,
+        &hd,
+        &scale,
+        &p,
+        &seed
+    )?;
+    launch!(
+        dev,
+        "flash_attention_dkv_bf16",
+        shape,
+        &q,
+        &k,
+        &v,
+        &fwd,
+        &dout,
+        &mask,
+        &delta,
+        &mut grads,
+        &heads,
+        &len,
+        &hd,
+        &scale,
+        &p,
+        &seed
+    )?;
+    let shape = Shape::from((3, d.batch, d.heads, d.len, d.head_dim));
+    Ok((CudaStorage::wrap_cuda_slice(grads, dev.clone()), shape))
+}
