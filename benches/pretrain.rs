@@ -17,7 +17,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use candle_core::Device;
-use flora_stages::model::roberta::{Config, Positions, Precision};
+use flora_stages::model::roberta::{Attention, Config, Positions, Precision};
 use flora_stages::model::throughput::time_steps;
 
 fn peak_rss_mib() -> f64 {
@@ -133,7 +133,15 @@ fn main() {
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut versions = String::new();
     for round in 1..=rounds {
-        let t = time_steps(&cfg, batch, len, steps, Precision::F32, &Device::Cpu).unwrap();
+        let t = time_steps(
+            &cfg,
+            batch,
+            len,
+            steps,
+            (Precision::F32, Attention::Products),
+            &Device::Cpu,
+        )
+        .unwrap();
         println!(
             "round {round}/{rounds}: flora (candle, f32, CPU) {:.2} s per step (median of {steps}), {:.0} tokens/s",
             t.seconds_per_step, t.tokens_per_second

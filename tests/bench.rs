@@ -85,10 +85,40 @@ fn bench_times_training_steps_in_both_precisions() {
         "dense hidden -> feed-forward with GELU, one attached node",
         "self-attention, all heads with dropout, recorded ops",
         "self-attention, all heads with dropout, one attached node",
+        "attention of split heads with dropout, products + backward",
+        "attention of split heads with dropout, flash + backward",
         "s per step",
     ] {
         assert!(out.contains(piece), "{piece} missing:\n{out}");
     }
+}
+
+#[test]
+fn bench_trains_with_flash_attention_in_bf16_and_refuses_it_elsewhere() {
+    let p = Project::new();
+    let flash = [("--precision", "bf16"), ("--attention", "flash")];
+    let out = p.ok(&refs(&tiny(&flash)));
+    assert!(
+        out.contains("cpu Bf16, flash attention: 4 x 32 tokens"),
+        "{out}"
+    );
+    let mut json = flash.to_vec();
+    json.push(("--json", ""));
+    let v: serde_json::Value = serde_json::from_str(p.ok(&refs(&tiny(&json))).trim()).unwrap();
+    assert_eq!(v["attention"], "flash");
+    let loss = v["last_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{v}");
+    // f32 products, and heads of 8 elements, are not flash attention's.
+    let e = p.fails(&refs(&tiny(&[("--attention", "flash")])), 2);
+    assert!(e.contains("flash attention needs precision bf16"), "{e}");
+    assert!(
+        e.contains("this run has f32 products and heads of 16 on cpu"),
+        "{e}"
+    );
+    let mut narrow = flash.to_vec();
+    narrow.push(("--heads", "4"));
+    let e = p.fails(&refs(&tiny(&narrow)), 2);
+    assert!(e.contains("heads of 8 on cpu"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use flora_stages::model::device;
-use flora_stages::model::roberta::{Config, Positions, Precision};
+use flora_stages::model::roberta::{Attention, Config, Positions, Precision};
 use flora_stages::model::throughput;
 
 /// Matrix-product precision, as on the command line.
@@ -14,6 +14,15 @@ pub enum PrecisionArg {
     Bf16,
 }
 
+/// The attention's kernels, as on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AttentionArg {
+    /// Matrix products around one pass for the softmax and dropout.
+    Products,
+    /// Flash attention (bf16, heads of a multiple of 16 up to 128 elements).
+    Flash,
+}
+
 /// `flora bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -23,6 +32,9 @@ pub struct BenchArgs {
     /// Precision of the matrix products.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+    /// The attention's kernels.
+    #[arg(long, value_enum, default_value = "products")]
+    pub attention: AttentionArg,
     /// Sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -90,6 +102,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::Bf16 => Precision::Bf16,
     };
+    let attention = match args.attention {
+        AttentionArg::Products => Attention::Products,
+        AttentionArg::Flash => Attention::Flash,
+    };
+    let head_dim = args.hidden / args.heads.max(1);
+    if let Err(e) = attention.check(precision.dtype(), head_dim, &dev) {
+        anyhow::bail!("--attention flash: {e}");
+    }
+    let run = (precision, attention);
     let cfg = Config::new(
         args.vocab,
         args.layers,
@@ -115,22 +136,25 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.profile {
-        let prof =
-            throughput::profile_steps(&cfg, args.batch, args.len, args.steps, precision, &dev)?;
+        let prof = throughput::profile_steps(&cfg, args.batch, args.len, args.steps, run, &dev)?;
         if args.json {
             outln!("{}", serde_json::to_string(&prof)?);
         } else {
             print_profile(&prof)?;
         }
     }
-    let t = throughput::time_steps(&cfg, args.batch, args.len, args.steps, precision, &dev)?;
+    let t = throughput::time_steps(&cfg, args.batch, args.len, args.steps, run, &dev)?;
     if args.json {
         outln!("{}", serde_json::to_string(&t)?);
     } else {
         outln!(
-            "{} {:?}: {} x {} tokens, {} layers x {}: {:.4} s per step (median of {}; {:.4}-{:.4}), {:.0} tokens/s, {:.2} TFLOP/s (model FLOPs), loss {:.3}",
+            "{} {:?}{}: {} x {} tokens, {} layers x {}: {:.4} s per step (median of {}; {:.4}-{:.4}), {:.0} tokens/s, {:.2} TFLOP/s (model FLOPs), loss {:.3}",
             t.device,
             t.precision,
+            match t.attention {
+                Attention::Products => "",
+                Attention::Flash => ", flash attention",
+            },
             t.batch,
             t.len,
             args.layers,

@@ -21,8 +21,10 @@ use candle_core::{DType, Result, Tensor};
 use super::attached::attach3;
 use super::attention_probs::{attention_probs, attention_probs_grad};
 use super::dense_attached::Backward3;
+use super::flash_attention::{flash_attention_backward, flash_attention_forward, FlashForward};
 use super::layers::{contiguous_in, product};
 use super::qkv::{merge_heads, split_heads};
+use super::roberta::Attention;
 use super::step_profile::{backward_region, mirror};
 
 /// Attention of `q`, `k` and `v` (batch, len, hidden) over `heads` heads with the additive key
@@ -68,8 +70,13 @@ pub(crate) fn attention_forward(
         split(k, heads, compute)?,
         split(v, heads, compute)?,
     );
-    let (context, backward) =
-        attention_heads_forward([&qh, &kh, &vh], key_mask, dropout, DType::F32)?;
+    let (context, backward) = attention_heads_forward(
+        [&qh, &kh, &vh],
+        key_mask,
+        dropout,
+        DType::F32,
+        Attention::Products,
+    )?;
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
         let [dq, dk, dv] = backward(grad)?;
         Ok([
@@ -109,17 +116,22 @@ fn merge(t: &Tensor, dtype: DType) -> Result<Tensor> {
 /// (rate, seed) on the probabilities: the context (batch, len, hidden) in `out` (f32, or the
 /// products' type for a dense layer's product to read), and the function that gives the
 /// gradients of q, k and v, in the heads layout and the products' type, from the context's
-/// (of either type).
+/// (of either type). With `kernel` [`Attention::Flash`], flash attention
+/// (`flash_attention.rs`) computes both, which the caller has checked it takes.
 pub(crate) fn attention_heads_forward(
     [qh, kh, vh]: [&Tensor; 3],
     key_mask: &Tensor,
     dropout: Option<(f32, u64)>,
     out: DType,
+    kernel: Attention,
 ) -> Result<(Tensor, Backward3)> {
     let heads = qh.dim(1)?;
     let hd = qh.dim(3)?;
     let compute = qh.dtype();
     let scale = 1.0 / (hd as f32).sqrt();
+    if kernel == Attention::Flash {
+        return flash_heads_forward([qh, kh, vh], key_mask, dropout, out, scale);
+    }
     let (qh, kh, vh) = (qh.clone(), kh.clone(), vh.clone());
     let scores = product(&qh, &kh.t()?)?;
     let (probs, dropped) = attention_probs(&scores, key_mask, scale, dropout)?;
@@ -133,6 +145,24 @@ pub(crate) fn attention_heads_forward(
         let dq = product(&ds, &kh)?;
         let dk = product(&ds.t()?, &qh)?;
         Ok([dq, dk, dv])
+    };
+    Ok((context, Box::new(backward)))
+}
+
+/// [`attention_heads_forward`] by flash attention.
+fn flash_heads_forward(
+    [qh, kh, vh]: [&Tensor; 3],
+    key_mask: &Tensor,
+    dropout: Option<(f32, u64)>,
+    out: DType,
+    scale: f32,
+) -> Result<(Tensor, Backward3)> {
+    let FlashForward { context, saved } =
+        flash_attention_forward(qh, kh, vh, key_mask, scale, dropout)?;
+    let context = context.to_dtype(out)?;
+    let (qh, kh, vh, key_mask) = (qh.clone(), kh.clone(), vh.clone(), key_mask.clone());
+    let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
+        flash_attention_backward(&qh, &kh, &vh, &saved, grad, &key_mask, scale, dropout)
     };
     Ok((context, Box::new(backward)))
 }

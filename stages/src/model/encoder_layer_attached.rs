@@ -150,7 +150,10 @@ fn encoder_layer_forward(
     // The context stays in the compute type: only the output dense layer's product reads it.
     let (ctx, att_step) = piece(
         || ATTENTION.to_string(),
-        || attention_heads_forward([&qh, &kh, &vh], key_mask, dropout.attention, compute),
+        || {
+            let qkv = [&qh, &kh, &vh];
+            attention_heads_forward(qkv, key_mask, dropout.attention, compute, p.attention)
+        },
     )?;
     drop((qh, kh, vh));
     let (a, ao_step) = dense(
@@ -236,7 +239,9 @@ pub fn applies(x: &Tensor, p: &Params) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::roberta::{encode_with, mlm_loss, Config, LayerOps, Params, Positions};
+    use crate::model::roberta::{
+        encode_with, mlm_loss, Attention, Config, LayerOps, Params, Positions,
+    };
     use crate::rng::Rng;
     use crate::testing::max_abs_diff;
     use candle_core::{DType, Device};
@@ -298,6 +303,65 @@ mod tests {
             }
             eprintln!("{compute:?}: largest difference {worst:.2e} of a gradient's scale");
         }
+    }
+
+    /// A bf16 training step with flash attention in the attached layers: the loss and every
+    /// gradient of the products path, up to bf16 rounding (flash attention keeps the scores in
+    /// f32 where the products round them to bf16), with dropout on the probabilities.
+    #[test]
+    fn flash_attention_trains_as_the_products_do() {
+        let cfg = Config::new(60, 2, 32, 2, 64, 24, 0.1, Positions::Tss);
+        let ids: Vec<Vec<u32>> = (0..3u32)
+            .map(|b| {
+                (0..20u32)
+                    .map(|t| {
+                        if b == 1 && t >= 15 {
+                            1
+                        } else {
+                            5 + (b * 17 + t * 11) % 55
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<i64> = (0..60).map(|i| if i % 4 == 0 { 7 } else { -1 }).collect();
+        let mut p = Params::init(&cfg, 2, &Device::Cpu).unwrap();
+        p.compute = DType::BF16;
+        let mut run = |attention: Attention| {
+            p.attention = attention;
+            let mut drng = Rng::new(11);
+            let h = encode_with(
+                &p,
+                &cfg,
+                &ids,
+                Some(&mut drng),
+                &Device::Cpu,
+                LayerOps::Attached,
+            )
+            .unwrap();
+            let (loss, _, _) = mlm_loss(&p, &cfg, &h, &labels).unwrap();
+            let store = loss.backward().unwrap();
+            (loss.to_scalar::<f32>().unwrap(), p.grads(&store))
+        };
+        let (l_products, g_products) = run(Attention::Products);
+        let (l_flash, g_flash) = run(Attention::Flash);
+        assert!(
+            (l_flash - l_products).abs() < 1e-2,
+            "losses {l_flash} (flash) and {l_products} (products)"
+        );
+        assert_eq!(
+            g_flash.len(),
+            g_products.len(),
+            "a parameter lost its gradient"
+        );
+        let mut worst = 0f64;
+        for (name, g) in &g_products {
+            let scale = max_abs_diff(g, &g.zeros_like().unwrap()).max(1e-3);
+            let d = max_abs_diff(&g_flash[name], g) / scale;
+            worst = worst.max(d);
+            assert!(d < 5e-2, "{name}: gradients differ by {d} of their scale");
+        }
+        eprintln!("flash against products: losses {l_flash} and {l_products}, largest gradient difference {worst:.2e} of a gradient's scale");
     }
 
     /// Frozen weights (inference) run the attached layer's forward pass alone: the hidden states

@@ -29,7 +29,7 @@ use super::head::{self, HeadConfig, Transform};
 use super::lamb::Lamb;
 use super::predictor::{self, trim_padding};
 use super::pretrain::{load_model, Schedule};
-use super::roberta::{self, Config, Params as Weights, Precision};
+use super::roberta::{self, Attention, Config, Params as Weights, Precision};
 use super::tokenizer;
 use crate::analysis::metrics::Metrics;
 use crate::analysis::predictions;
@@ -73,6 +73,9 @@ pub struct Params {
     /// Matrix products in `f32`, or `bf16` mixed precision (f32 master weights and optimizer
     /// state) (default f32).
     pub precision: Precision,
+    /// The attention's kernels: `products`, or `flash` (bf16, heads of a multiple of 16 up to
+    /// 128 elements) (default products).
+    pub attention: Attention,
 }
 
 impl Default for Params {
@@ -93,6 +96,7 @@ impl Default for Params {
             seed: 0,
             max_steps: None,
             precision: Precision::F32,
+            attention: Attention::Products,
         }
     }
 }
@@ -154,6 +158,10 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         tokenizer::load(&model_dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?;
     head::init(&mut w, &cfg, data.targets.len(), p.seed, &dev).map_err(|e| fail(e.to_string()))?;
     w.compute = p.precision.dtype();
+    p.attention
+        .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)
+        .map_err(fail)?;
+    w.attention = p.attention;
     let max_len = cfg.max_position_embeddings - 3;
 
     let mut summary = Summary {

@@ -58,9 +58,8 @@ impl Dims {
 /// that is a multiple of 16 up to [`MAX_HEAD_DIM`], and the CPU or a CUDA GPU with bf16 tensor
 /// cores (sm_80 and later).
 pub fn supports(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    let shape =
-        dtype == DType::BF16 && head_dim % 16 == 0 && (16..=MAX_HEAD_DIM).contains(&head_dim);
-    shape
+    dtype == DType::BF16
+        && takes_heads_of(head_dim)
         && match device {
             Device::Cpu => true,
             #[cfg(feature = "cuda")]
@@ -69,6 +68,12 @@ pub fn supports(device: &Device, dtype: DType, head_dim: usize) -> bool {
                 .unwrap_or(false),
             _ => false,
         }
+}
+
+/// Whether the kernels take heads of `head_dim` elements: a multiple of 16 up to
+/// [`MAX_HEAD_DIM`].
+fn takes_heads_of(head_dim: usize) -> bool {
+    head_dim.is_multiple_of(16) && (16..=MAX_HEAD_DIM).contains(&head_dim)
 }
 
 /// The forward pass's results.
@@ -165,7 +170,7 @@ fn checked_dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> 
             v.dtype()
         );
     }
-    if head_dim % 16 != 0 || !(16..=MAX_HEAD_DIM).contains(&head_dim) {
+    if !takes_heads_of(head_dim) {
         candle_core::bail!(
             "{op}: heads of {head_dim} elements; flash attention takes multiples of 16 up to \
              {MAX_HEAD_DIM}"
@@ -185,7 +190,7 @@ fn checked_dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> 
 /// 16-byte loads need: `t` itself where it is, else a copy.
 fn aligned(t: &Tensor) -> Result<Tensor> {
     let start = t.layout().start_offset();
-    if t.is_contiguous() && start % 8 == 0 {
+    if t.is_contiguous() && start.is_multiple_of(8) {
         Ok(t.clone())
     } else {
         t.contiguous()?.copy()
@@ -491,6 +496,7 @@ impl CustomOp3 for Backward {
 mod tests {
     use super::*;
     use crate::model::attention_attached::attention_heads_forward;
+    use crate::model::roberta::Attention;
     use crate::testing::max_rel_diff;
 
     fn heads(dims: Dims, seed: u64) -> Tensor {
@@ -535,8 +541,10 @@ mod tests {
         let scale = 1.0 / (dims.head_dim as f32).sqrt();
         for dropout in [None, Some((0.2, 9))] {
             let ours = flash_attention_forward(&q, &k, &v, &mask, scale, dropout).unwrap();
+            let qkv = [&q, &k, &v];
             let (theirs, backward) =
-                attention_heads_forward([&q, &k, &v], &mask, dropout, DType::BF16).unwrap();
+                attention_heads_forward(qkv, &mask, dropout, DType::BF16, Attention::Products)
+                    .unwrap();
             let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let d = max_rel_diff(&f32_of(&ours.context), &f32_of(&theirs));
             assert!(d < 2e-2, "{dropout:?}: contexts differ by {d}");

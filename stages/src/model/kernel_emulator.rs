@@ -1412,6 +1412,7 @@ mod tests {
             frozen: false,
             compute: DType::F32,
             sink: Default::default(),
+            attention: Default::default(),
         };
         let mut lamb = Lamb::new(0.01);
         let mut w: Vec<Vec<f32>> = (0..sizes.len())

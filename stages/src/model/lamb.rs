@@ -395,6 +395,7 @@ mod tests {
             frozen: false,
             compute: candle_core::DType::F32,
             sink: Default::default(),
+            attention: Default::default(),
         };
         let grads = HashMap::from([(
             "x.weight".to_string(),
@@ -430,6 +431,7 @@ mod tests {
             frozen: false,
             compute: candle_core::DType::F32,
             sink: Default::default(),
+            attention: Default::default(),
         };
         let grads =
             |g: [f32; 3]| HashMap::from([("x.weight".to_string(), Tensor::new(&g, &dev).unwrap())]);
@@ -485,6 +487,7 @@ mod tests {
             frozen: false,
             compute: candle_core::DType::F32,
             sink: Default::default(),
+            attention: Default::default(),
         };
         let (fast, slow) = (vars(&init), vars(&init));
         let (mut of, mut os) = (Lamb::new(0.01), Lamb::new(0.01));

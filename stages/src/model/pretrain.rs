@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lamb::Lamb;
 use super::predictor::{leading_padding, trimmed};
-use super::roberta::{self, Config, Params as Weights, Positions, Precision};
+use super::roberta::{self, Attention, Config, Params as Weights, Positions, Precision};
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
 use crate::rng::Rng;
 use crate::Context;
@@ -102,6 +102,9 @@ pub struct Params {
     /// Matrix products in `f32`, or `bf16` mixed precision (f32 master weights and optimizer
     /// state; for GPUs, whose matrix units run bf16 many times faster) (default f32).
     pub precision: Precision,
+    /// The attention's kernels: `products`, or `flash` (bf16, heads of a multiple of 16 up to
+    /// 128 elements; see `flash_attention.rs`) (default products).
+    pub attention: Attention,
 }
 
 /// Pretraining's default global gradient-norm clip (the benches clip as pretraining does).
@@ -133,6 +136,7 @@ impl Default for Params {
             max_steps: None,
             group_by_length: false,
             precision: Precision::F32,
+            attention: Attention::Products,
         }
     }
 }
@@ -689,6 +693,9 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         }
     };
     w.compute = p.precision.dtype();
+    p.attention
+        .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)?;
+    w.attention = p.attention;
     let resumed_from = step;
     let mut summary = Summary {
         resumed_from,

@@ -60,6 +60,44 @@ impl Precision {
     }
 }
 
+/// How the attention of training's attached layers is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    /// Four matrix products (cuBLAS on a GPU) around one pass for the softmax and dropout, with
+    /// the (batch, heads, len, len) scores and probabilities in memory.
+    #[default]
+    Products,
+    /// Flash attention (`flash_attention.rs`): bf16 only, heads of a multiple of 16 up to 128
+    /// elements, on the CPU or a GPU of sm_80 or later; nothing of len x len in memory.
+    Flash,
+}
+
+impl Attention {
+    /// Whether this attention runs with products in `compute`, heads of `head_dim` elements, on
+    /// `device`; else why not.
+    pub fn check(
+        self,
+        compute: DType,
+        head_dim: usize,
+        device: &Device,
+    ) -> std::result::Result<(), String> {
+        if self == Attention::Products
+            || super::flash_attention::supports(device, compute, head_dim)
+        {
+            return Ok(());
+        }
+        let products = format!("{compute:?}").to_lowercase();
+        Err(format!(
+            "flash attention needs precision bf16, heads of a multiple of 16 up to {} elements \
+             and the CPU or a GPU of compute capability 8.0 or later; this run has {products} \
+             products and heads of {head_dim} on {}",
+            super::flash_attention::MAX_HEAD_DIM,
+            super::device::name(device)
+        ))
+    }
+}
+
 fn default_positions() -> Positions {
     Positions::Tss
 }
@@ -231,6 +269,8 @@ pub struct Params {
     pub compute: DType,
     /// Gradients computed by ops outside candle's graph, collected by [`Params::grads`].
     pub sink: Arc<GradSink>,
+    /// How the attached layers compute attention.
+    pub attention: Attention,
 }
 
 impl Params {
@@ -272,6 +312,7 @@ impl Params {
             frozen: false,
             compute: DType::F32,
             sink: Arc::default(),
+            attention: Attention::Products,
         })
     }
 
@@ -299,6 +340,7 @@ impl Params {
             frozen: false,
             compute: DType::F32,
             sink: Arc::default(),
+            attention: Attention::Products,
         })
     }
 

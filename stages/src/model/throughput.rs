@@ -9,9 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Serialize;
 
+use super::attention_attached::attention_heads_forward;
 use super::lamb::{sum_of_squares, Lamb};
 use super::pretrain::DEFAULT_CLIP_NORM;
-use super::roberta::{self, Config, Params, Precision};
+use super::roberta::{self, Attention, Config, Params, Precision};
 use super::step_profile::{self, RegionTime};
 use crate::rng::Rng;
 
@@ -22,6 +23,8 @@ pub struct StepTiming {
     pub device: String,
     /// Matrix-product precision.
     pub precision: Precision,
+    /// The attention's kernels.
+    pub attention: Attention,
     /// Sequences per step.
     pub batch: usize,
     /// Tokens per sequence.
@@ -79,11 +82,16 @@ impl<'a> BenchTrainer<'a> {
         cfg: &'a Config,
         batch: usize,
         len: usize,
-        precision: Precision,
+        (precision, attention): (Precision, Attention),
         device: &'a Device,
     ) -> Result<Self> {
         let mut w = Params::init(cfg, 0, device)?;
         w.compute = precision.dtype();
+        let head_dim = cfg.hidden_size / cfg.num_attention_heads;
+        attention
+            .check(w.compute, head_dim, device)
+            .map_err(candle_core::Error::Msg)?;
+        w.attention = attention;
         let mut rng = Rng::new(1);
         let specials = 5;
         let rows: Vec<Vec<u32>> =
@@ -139,10 +147,10 @@ pub fn time_steps(
     batch: usize,
     len: usize,
     steps: usize,
-    precision: Precision,
+    (precision, attention): (Precision, Attention),
     device: &Device,
 ) -> Result<StepTiming> {
-    let mut trainer = BenchTrainer::new(cfg, batch, len, precision, device)?;
+    let mut trainer = BenchTrainer::new(cfg, batch, len, (precision, attention), device)?;
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = f64::NAN;
     for s in 0..=steps {
@@ -161,6 +169,7 @@ pub fn time_steps(
     Ok(StepTiming {
         device: super::device::name(device),
         precision,
+        attention,
         batch,
         len,
         steps,
@@ -181,6 +190,8 @@ pub struct StepProfile {
     pub device: String,
     /// Matrix-product precision.
     pub precision: Precision,
+    /// The attention's kernels.
+    pub attention: Attention,
     /// Profiled steps.
     pub steps: usize,
     /// Seconds per profiled step, all labels together.
@@ -197,10 +208,10 @@ pub fn profile_steps(
     batch: usize,
     len: usize,
     steps: usize,
-    precision: Precision,
+    (precision, attention): (Precision, Attention),
     device: &Device,
 ) -> Result<StepProfile> {
-    let mut trainer = BenchTrainer::new(cfg, batch, len, precision, device)?;
+    let mut trainer = BenchTrainer::new(cfg, batch, len, (precision, attention), device)?;
     trainer.step(0)?;
     let mut regions: Vec<RegionTime> = Vec::new();
     for s in 1..=steps {
@@ -218,6 +229,7 @@ pub fn profile_steps(
     Ok(StepProfile {
         device: super::device::name(device),
         precision,
+        attention,
         steps,
         seconds_per_step: regions.iter().map(|r| r.seconds).sum(),
         host_seconds_per_step: regions.iter().map(|r| r.host_seconds).sum(),
@@ -554,6 +566,27 @@ pub fn profile_ops(
                 .map(|_| ())
             },
         )?;
+        // Inside the attached layers, the attention of split heads by its two kernels.
+        if Attention::Flash.check(dt, h / heads, device).is_ok() {
+            let qh = q.as_tensor().to_dtype(dt)?;
+            for (kernel, name) in [
+                (Attention::Products, "products"),
+                (Attention::Flash, "flash"),
+            ] {
+                time(
+                    &format!("attention of split heads with dropout, {name} + backward"),
+                    None,
+                    &mut || {
+                        let qkv = [&qh, &qh, &qh];
+                        let dropout = Some((0.1, 7));
+                        let (context, backward) =
+                            attention_heads_forward(qkv, &mask, dropout, dt, kernel)?;
+                        // The context as its own gradient.
+                        backward(&context).map(|_| ())
+                    },
+                )?;
+            }
+        }
         time(
             "split heads: reshape, transpose, contiguous + backward",
             None,
@@ -621,7 +654,8 @@ mod tests {
     fn a_tiny_model_trains_in_both_precisions() {
         let cfg = Config::new(64, 2, 32, 2, 64, 16, 0.1, Positions::Tss);
         for precision in [Precision::F32, Precision::Bf16] {
-            let t = time_steps(&cfg, 4, 16, 2, precision, &Device::Cpu).unwrap();
+            let run = (precision, Attention::Products);
+            let t = time_steps(&cfg, 4, 16, 2, run, &Device::Cpu).unwrap();
             assert!(t.last_loss.is_finite() && t.last_loss > 0.0, "{t:?}");
             assert!(t.seconds_per_step > 0.0 && t.tokens_per_second > 0.0);
             assert_eq!(t.device, "cpu");

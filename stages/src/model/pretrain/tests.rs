@@ -563,6 +563,37 @@ fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
     assert!(saved.values().all(|t| t.dtype() == candle_core::DType::F32));
 }
 
+/// `attention: flash` pretrains in bf16 (its loss falls as the products' does), and a run it
+/// cannot take (f32 products) fails before training, saying why.
+#[test]
+fn flash_attention_pretrains_in_bf16_and_is_refused_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = Params {
+        epochs: 10,
+        dropout: 0.1,
+        lr: 1e-2,
+        checkpoint_every: Some(1000),
+        precision: Precision::Bf16,
+        attention: Attention::Flash,
+        ..tiny()
+    };
+    let cx = ctx(dir.path(), "flash", &c, &t);
+    train(&p, &cx, None).unwrap();
+    let (first, last) = first_and_last_losses(&cx.out);
+    assert!(last < first - 0.5, "flash loss {first:.3} -> {last:.3}");
+
+    let f32_run = Params {
+        precision: Precision::F32,
+        ..p
+    };
+    let cx = ctx(dir.path(), "flash-f32", &c, &t);
+    let e = train(&f32_run, &cx, None).unwrap_err().to_string();
+    assert!(e.contains("flash attention needs precision bf16"), "{e}");
+    assert!(!cx.out.join("model.safetensors").exists());
+}
+
 /// A batch cut to its longest sequence masks the same tokens and gives the same loss as the batch
 /// padded to `max_len`: the padding columns it leaves out did no work that counted.
 #[test]
