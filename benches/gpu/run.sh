@@ -4,7 +4,8 @@
 # run this from the repository root (benches/gpu/session.sh runs the GPU tests first, then
 # this). It measures, side by side:
 #   1. the card's bf16 matrix-product rate (PyTorch, 8192^3): the ceiling for FLOP utilisation;
-#   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16 (and in
+#   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16, bf16 with
+#      flash attention (`--attention flash`) beside the products (and in
 #      bf16 at 195 tokens, real promoters grouped by length, beside PyTorch's at 195), and
 #      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt);
 #   3. PyTorch + transformers RobertaForMaskedLM, same config and batch, f32 and bf16 autocast;
@@ -64,6 +65,8 @@ for p in f32 bf16; do
   measured "flora $p" "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps "$steps" --json
 done
 measured "flora bf16 no dropout" "$bin" bench --gpu 0 --precision bf16 --dropout 0 --batch 84 --len 256 --steps "$steps" --json
+# Flash attention (`--attention flash`) against the products above, same card, same call.
+measured "flora bf16, flash attention" "$bin" bench --gpu 0 --precision bf16 --attention flash --batch 84 --len 256 --steps "$steps" --json
 # Where a step's time goes, region by region (CUDA events on the stream, read after each step).
 for p in bf16 f32; do
   timeout "$limit" "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps 3 --profile 2>>"$out/stderr.log" |
@@ -75,6 +78,7 @@ done
 # Real promoters grouped by length: 195 positions per sequence (1 kb A. thaliana promoters with
 # the published 5,005-token tokenizer, README's Performance), the paper's pretraining as run.
 measured "flora bf16, 195 tokens" "$bin" bench --gpu 0 --precision bf16 --batch 84 --len 195 --steps "$steps" --json
+measured "flora bf16 flash, 195 tokens" "$bin" bench --gpu 0 --precision bf16 --attention flash --batch 84 --len 195 --steps "$steps" --json
 measured "torch bf16 sdpa, 195 tokens" python3 benches/torch_step.py --precision bf16 --attn sdpa --len 195 --steps "$steps"
 [ "${GPU_QUICK:-0}" = 1 ] || measured "torch bf16 eager" python3 benches/torch_step.py --precision bf16 --attn eager --steps "$steps"
 

@@ -59,7 +59,7 @@ macro_rules! launch {
         let func = $dev.get_or_load_custom_func(
             $name,
             "flora_kernels",
-            $crate::model::gpu_kernels::ptx($dev)?,
+            $crate::model::gpu_kernels::ptx(&$dev)?,
         )?;
         let mut args = func.builder();
         $( args.arg($arg); )+

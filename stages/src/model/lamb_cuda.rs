@@ -233,6 +233,7 @@ mod tests {
             frozen: false,
             compute: DType::F32,
             sink: Default::default(),
+            attention: Default::default(),
         };
         let (cpu, gpu) = (params(&Device::Cpu), params(&dev));
         let (mut oc, mut og) = (Lamb::new(0.01), Lamb::new(0.01));
