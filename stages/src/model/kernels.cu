@@ -860,11 +860,6 @@ __device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
 __device__ __forceinline__ float pair_lo(unsigned int u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float pair_hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }
 
-// Two bf16 down a column of a row-major tile (stride apart), as one register.
-__device__ __forceinline__ unsigned int column_pair(const bf16_bits *p, int stride) {
-  return (unsigned int)p[0] | ((unsigned int)p[stride] << 16);
-}
-
 // c (16 x 8, f32) += a (16 x 16, bf16) b (16 x 8, bf16), by the whole warp. The emulator has no
 // tensor cores: there every lane gathers its rows of a and columns of b by shuffles.
 __device__ __forceinline__ void mma_bf16(float *c, const unsigned int *a, const unsigned int *b) {
@@ -928,22 +923,82 @@ __device__ __forceinline__ void tile_in(bf16_bits (*tile)[FLASH_STRIDE], const b
   }
 }
 
-// The B fragment of keys (or queries) n0 .. n0 + 7 at columns 16 kk of a row-major shared tile:
-// the product's second operand transposed (scores = q k^T reads k's rows so).
-__device__ __forceinline__ void rows_as_b(const bf16_bits (*tile)[FLASH_STRIDE], int n0, int kk,
-                                          unsigned int b[2]) {
+// Four 8 x 8 bf16 matrices from shared memory, by the whole warp (PTX's `ldmatrix .x4`): lane
+// 8 m + r gives the address of row r of matrix m (16 bytes, 16-byte aligned), and lane 4 g + t
+// receives row g's elements 2t and 2t + 1 of matrix m in x[m]; with `.trans` (ldmatrix4_t) the
+// matrix's column g at rows 2t and 2t + 1 instead. The emulator gathers the rows by shuffles.
+__device__ __forceinline__ void ldmatrix4(unsigned int *x, const bf16_bits *row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned int at;
+  asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(at) : "l"(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+               : "r"(at));
+#elif defined(__CUDA_ARCH__)
+  // Only flash attention loads so; `flash_attention.rs` launches none before sm_80.
+  __trap();
+#else
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  b[0] = load_pair(&tile[n0 + g][16 * kk + 2 * t]);
-  b[1] = load_pair(&tile[n0 + g][16 * kk + 2 * t + 8]);
+  UNROLL for (int m = 0; m < 4; m++) {
+    const bf16_bits *r = __shfl_sync(FULL_MASK, row, 8 * m + g);
+    x[m] = load_pair(r + 2 * t);
+  }
+#endif
 }
 
-// The B fragment of rows k0 .. k0 + 15 at columns n0 .. n0 + 7 of a row-major shared tile: the
-// product's second operand as it is (context = P v reads v so).
-__device__ __forceinline__ void columns_as_b(const bf16_bits (*tile)[FLASH_STRIDE], int k0, int n0,
-                                             unsigned int b[2]) {
+__device__ __forceinline__ void ldmatrix4_t(unsigned int *x, const bf16_bits *row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned int at;
+  asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(at) : "l"(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+               : "r"(at));
+#elif defined(__CUDA_ARCH__)
+  // Only flash attention loads so; `flash_attention.rs` launches none before sm_80.
+  __trap();
+#else
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  b[0] = column_pair(&tile[k0 + 2 * t][n0 + g], FLASH_STRIDE);
-  b[1] = column_pair(&tile[k0 + 2 * t + 8][n0 + g], FLASH_STRIDE);
+  UNROLL for (int m = 0; m < 4; m++) {
+    const bf16_bits *r0 = __shfl_sync(FULL_MASK, row, 8 * m + 2 * t);
+    const bf16_bits *r1 = __shfl_sync(FULL_MASK, row, 8 * m + 2 * t + 1);
+    x[m] = (unsigned int)r0[g] | ((unsigned int)r1[g] << 16);
+  }
+#endif
+}
+
+// The A fragment of rows row0 .. row0 + 15 at columns 16 kk of a row-major shared tile.
+__device__ __forceinline__ void tile_as_a(const bf16_bits (*tile)[FLASH_STRIDE], int row0, int kk,
+                                          unsigned int a[4]) {
+  const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
+  ldmatrix4(a, &tile[row0 + 8 * (m & 1) + r][16 * kk + 8 * (m >> 1)]);
+}
+
+// The B fragments of rows n0 .. n0 + 7 (b[0]) and n0 + 8 .. n0 + 15 (b[1]) at columns 16 kk of a
+// row-major shared tile: the product's second operand transposed (scores = q k^T reads k's rows
+// so).
+__device__ __forceinline__ void rows_as_b(const bf16_bits (*tile)[FLASH_STRIDE], int n0, int kk,
+                                          unsigned int b[2][2]) {
+  const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
+  unsigned int x[4];
+  ldmatrix4(x, &tile[n0 + 8 * (m >> 1) + r][16 * kk + 8 * (m & 1)]);
+  b[0][0] = x[0], b[0][1] = x[1], b[1][0] = x[2], b[1][1] = x[3];
+}
+
+// The B fragments of rows k0 .. k0 + 15 at columns n0 .. n0 + 7 (b[0]) and n0 + 8 .. n0 + 15
+// (b[1]) of a row-major shared tile: the product's second operand as it is (context = P v reads
+// v so).
+__device__ __forceinline__ void columns_as_b(const bf16_bits (*tile)[FLASH_STRIDE], int k0, int n0,
+                                             unsigned int b[2][2]) {
+  const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
+  unsigned int x[4];
+  ldmatrix4_t(x, &tile[k0 + 8 * (m & 1) + r][n0 + 8 * (m >> 1)]);
+  b[0][0] = x[0], b[0][1] = x[1], b[1][0] = x[2], b[1][1] = x[3];
+}
+
+// Whether dropout at p keeps element i under seed (`dropped`'s draw, made once for the values
+// that share it).
+__device__ __forceinline__ bool kept(float p, unsigned long long seed, unsigned long long i) {
+  return p <= 0.0f || unit_draw(seed, i) >= p;
 }
 
 // The sum of v over the four lanes of a quad (the lanes that share a fragment row).
@@ -994,14 +1049,17 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
     __syncthreads();
     float s[FLASH_KEYS / 8][4];
     float x0 = m0, x1 = m1;
-    UNROLL for (int nt = 0; nt < FLASH_KEYS / 8; nt++) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    UNROLL for (int nt = 0; nt < FLASH_KEYS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    UNROLL for (int np = 0; np < FLASH_KEYS / 16; np++) {
       UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
         if (16 * kk >= head_dim) break;
-        unsigned int kb[2];
-        rows_as_b(ks, 8 * nt, kk, kb);
-        mma_bf16(s[nt], qa[kk], kb);
+        unsigned int kb[2][2];
+        rows_as_b(ks, 16 * np, kk, kb);
+        mma_bf16(s[2 * np], qa[kk], kb[0]);
+        mma_bf16(s[2 * np + 1], qa[kk], kb[1]);
       }
+    }
+    UNROLL for (int nt = 0; nt < FLASH_KEYS / 8; nt++) {
       UNROLL for (int e = 0; e < 4; e++) {
         s[nt][e] = s[nt][e] * scale + ms[8 * nt + 2 * t + (e & 1)];
         if (e < 2) x0 = fmaxf(x0, s[nt][e]);
@@ -1027,11 +1085,12 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
         pa[2 * half] = bf16_pair(dropped(e0, p, seed, flat0 + key), dropped(e1, p, seed, flat0 + key + 1));
         pa[2 * half + 1] = bf16_pair(dropped(e2, p, seed, flat1 + key), dropped(e3, p, seed, flat1 + key + 1));
       }
-      UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
-        if (8 * dt >= head_dim) break;
-        unsigned int vb[2];
-        columns_as_b(vs, 16 * kb, 8 * dt, vb);
-        mma_bf16(o[dt], pa, vb);
+      UNROLL for (int dp = 0; dp < FLASH_DMAX / 16; dp++) {
+        if (16 * dp >= head_dim) break;
+        unsigned int vb[2][2];
+        columns_as_b(vs, 16 * kb, 16 * dp, vb);
+        mma_bf16(o[2 * dp], pa, vb[0]);
+        mma_bf16(o[2 * dp + 1], pa, vb[1]);
       }
     }
   }
@@ -1113,34 +1172,37 @@ extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf1
       ms[j] = k0 + j < len ? key_mask[(size_t)b * len + k0 + j] : NEG_INF;
     __syncthreads();
     UNROLL for (int kb = 0; kb < FLASH_KEYS / 16; kb++) {
-      // dS for keys 16 kb .. 16 kb + 15 of the tile, as an A fragment.
+      // The scores and dP for keys 16 kb .. 16 kb + 15 of the tile (two tiles of 8 keys).
+      float s[2][4] = {}, dp[2][4] = {};
+      UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+        if (16 * kk >= head_dim) break;
+        unsigned int kf[2][2], vf[2][2];
+        rows_as_b(ks, 16 * kb, kk, kf);
+        rows_as_b(vs, 16 * kb, kk, vf);
+        UNROLL for (int half = 0; half < 2; half++) {
+          mma_bf16(s[half], qa[kk], kf[half]);
+          mma_bf16(dp[half], ga[kk], vf[half]);
+        }
+      }
+      // dS, as an A fragment.
       unsigned int da[4];
       UNROLL for (int half = 0; half < 2; half++) {
-        const int nt = 2 * kb + half;
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
-          if (16 * kk >= head_dim) break;
-          unsigned int kf[2], vf[2];
-          rows_as_b(ks, 8 * nt, kk, kf);
-          rows_as_b(vs, 8 * nt, kk, vf);
-          mma_bf16(s, qa[kk], kf);
-          mma_bf16(dp, ga[kk], vf);
-        }
         float ds[4];
         UNROLL for (int e = 0; e < 4; e++) {
-          const int j = 8 * nt + 2 * t + (e & 1);
+          const int j = 16 * kb + 8 * half + 2 * t + (e & 1);
           const size_t at = (e < 2 ? flat0 : flat1) + k0 + j;
-          const float y = expf(s[e] * scale + ms[j] - (e < 2 ? lse0 : lse1));
-          ds[e] = scale * y * (dropped(dp[e], p, seed, at) - (e < 2 ? d0 : d1));
+          const float y = expf(s[half][e] * scale + ms[j] - (e < 2 ? lse0 : lse1));
+          ds[e] = scale * y * (dropped(dp[half][e], p, seed, at) - (e < 2 ? d0 : d1));
         }
         da[2 * half] = bf16_pair(ds[0], ds[1]);
         da[2 * half + 1] = bf16_pair(ds[2], ds[3]);
       }
-      UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
-        if (8 * dt >= head_dim) break;
-        unsigned int kf[2];
-        columns_as_b(ks, 16 * kb, 8 * dt, kf);
-        mma_bf16(dq[dt], da, kf);
+      UNROLL for (int dp2 = 0; dp2 < FLASH_DMAX / 16; dp2++) {
+        if (16 * dp2 >= head_dim) break;
+        unsigned int kf[2][2];
+        columns_as_b(ks, 16 * kb, 16 * dp2, kf);
+        mma_bf16(dq[2 * dp2], da, kf[0]);
+        mma_bf16(dq[2 * dp2 + 1], da, kf[1]);
       }
     }
   }
@@ -1195,44 +1257,48 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
     }
     __syncthreads();
     UNROLL for (int jb = 0; jb < FLASH_QUERIES / 16; jb++) {
-      // P^T and dS^T for queries 16 jb .. 16 jb + 15 of the tile, as A fragments.
+      // S^T and dP^T for queries 16 jb .. 16 jb + 15 of the tile (two tiles of 8 queries).
+      float s[2][4] = {}, dp[2][4] = {};
+      UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
+        if (16 * kk >= head_dim) break;
+        unsigned int qf[2][2], gf[2][2], va[4];
+        rows_as_b(qs, 16 * jb, kk, qf);
+        rows_as_b(gs, 16 * jb, kk, gf);
+        tile_as_a(vs, 16 * warp, kk, va);
+        UNROLL for (int half = 0; half < 2; half++) {
+          mma_bf16(s[half], ka[kk], qf[half]);
+          mma_bf16(dp[half], va, gf[half]);
+        }
+      }
+      // P^T (dropped out) and dS^T, as A fragments.
       unsigned int pa[4], da[4];
       UNROLL for (int half = 0; half < 2; half++) {
-        const int nt = 2 * jb + half;
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        UNROLL for (int kk = 0; kk < FLASH_DMAX / 16; kk++) {
-          if (16 * kk >= head_dim) break;
-          unsigned int qf[2], gf[2], va[4];
-          rows_as_b(qs, 8 * nt, kk, qf);
-          rows_as_b(gs, 8 * nt, kk, gf);
-          va[0] = load_pair(&vs[16 * warp + g][16 * kk + 2 * t]);
-          va[1] = load_pair(&vs[16 * warp + g + 8][16 * kk + 2 * t]);
-          va[2] = load_pair(&vs[16 * warp + g][16 * kk + 2 * t + 8]);
-          va[3] = load_pair(&vs[16 * warp + g + 8][16 * kk + 2 * t + 8]);
-          mma_bf16(s, ka[kk], qf);
-          mma_bf16(dp, va, gf);
-        }
         float y[4], ds[4];
         UNROLL for (int e = 0; e < 4; e++) {
-          const int j = 8 * nt + 2 * t + (e & 1);
+          const int j = 16 * jb + 8 * half + 2 * t + (e & 1);
           const int key = e < 2 ? c0 : c1;
           const size_t at = ((size_t)bh * len + j0 + j) * len + key;
-          const float prob = expf(s[e] * scale + (e < 2 ? mk0 : mk1) - lses[j]);
-          y[e] = dropped(prob, p, seed, at);
-          ds[e] = scale * prob * (dropped(dp[e], p, seed, at) - deltas[j]);
+          const float prob = expf(s[half][e] * scale + (e < 2 ? mk0 : mk1) - lses[j]);
+          // One draw for both: `dropped`'s mask on the probability and on its gradient.
+          const bool keep = kept(p, seed, at);
+          y[e] = keep ? prob / (1.0f - p) : 0.0f;
+          const float g = keep ? dp[half][e] / (1.0f - p) : 0.0f;
+          ds[e] = scale * prob * (g - deltas[j]);
         }
         pa[2 * half] = bf16_pair(y[0], y[1]);
         pa[2 * half + 1] = bf16_pair(y[2], y[3]);
         da[2 * half] = bf16_pair(ds[0], ds[1]);
         da[2 * half + 1] = bf16_pair(ds[2], ds[3]);
       }
-      UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
-        if (8 * dt >= head_dim) break;
-        unsigned int gf[2], qf[2];
-        columns_as_b(gs, 16 * jb, 8 * dt, gf);
-        columns_as_b(qs, 16 * jb, 8 * dt, qf);
-        mma_bf16(dv[dt], pa, gf);
-        mma_bf16(dk[dt], da, qf);
+      UNROLL for (int dp2 = 0; dp2 < FLASH_DMAX / 16; dp2++) {
+        if (16 * dp2 >= head_dim) break;
+        unsigned int gf[2][2], qf[2][2];
+        columns_as_b(gs, 16 * jb, 16 * dp2, gf);
+        columns_as_b(qs, 16 * jb, 16 * dp2, qf);
+        UNROLL for (int half = 0; half < 2; half++) {
+          mma_bf16(dv[2 * dp2 + half], pa, gf[half]);
+          mma_bf16(dk[2 * dp2 + half], da, qf[half]);
+        }
       }
     }
   }
