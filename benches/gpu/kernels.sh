@@ -4,7 +4,8 @@
 # GPU, after benches/gpu/prepare.sh:
 #
 #   OUT=... bash benches/gpu/kernels.sh     # there: flora-kernels.csv, torch-kernels.csv
-#                                           # (KERNELS_TORCH=0: flora's alone)
+#                                           # (KERNELS_TORCH=0: flora's alone;
+#                                           # ATTENTION=flash: flash attention's step)
 #   python3 benches/gpu/kernels.py DIR      # here: each step's time by kernel
 #
 # flora runs a warm-up step and one more, PyTorch one warm-up and one timed step; kernels.py takes
@@ -28,7 +29,8 @@ profile() {
     --csv --page raw "$@" >"$out/$name-kernels.csv" 2>>"$out/kernels.log"
   echo "kernels.sh: $name exit status $?, $(wc -l <"$out/$name-kernels.csv") lines" | tee -a "$out/kernels.log"
 }
-profile flora "$bin" bench --gpu 0 --precision "${PRECISION:-bf16}" --batch 84 --len "${LEN:-256}" --steps 1
+profile flora "$bin" bench --gpu 0 --precision "${PRECISION:-bf16}" --attention "${ATTENTION:-products}" \
+  --batch 84 --len "${LEN:-256}" --steps 1
 [ "${KERNELS_TORCH:-1}" = 1 ] || exit 0
 profile torch python3 benches/torch_step.py --precision "${PRECISION:-bf16}" --attn sdpa --len "${LEN:-256}" \
   --warmup 1 --steps 1

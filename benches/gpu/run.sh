@@ -7,7 +7,8 @@
 #   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16, bf16 with
 #      flash attention (`--attention flash`) beside the products (and in
 #      bf16 at 195 tokens, real promoters grouped by length, beside PyTorch's at 195), and
-#      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt);
+#      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt,
+#      profile-bf16-flash.txt);
 #   3. PyTorch + transformers RobertaForMaskedLM, same config and batch, f32 and bf16 autocast;
 #   4. small models on the CPU and the GPU (benches/gpu/small.sh): a pretraining's validation loss
 #      (and, on the CPU, another seed's, for the seed-to-seed spread), fine-tuning in f32 and bf16,
@@ -72,6 +73,8 @@ for p in bf16 f32; do
   timeout "$limit" "$bin" bench --gpu 0 --precision "$p" --batch 84 --len 256 --steps 3 --profile 2>>"$out/stderr.log" |
     tee "$out/profile-$p.txt"
 done
+timeout "$limit" "$bin" bench --gpu 0 --precision bf16 --attention flash --batch 84 --len 256 --steps 3 --profile 2>>"$out/stderr.log" |
+  tee "$out/profile-bf16-flash.txt"
 for p in f32 bf16; do
   measured "torch $p sdpa" python3 benches/torch_step.py --precision "$p" --attn sdpa --steps "$steps"
 done

@@ -170,6 +170,12 @@ fn checked_dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> 
             v.dtype()
         );
     }
+    if batch * heads > u16::MAX as usize {
+        candle_core::bail!(
+            "{op}: {batch} sequences of {heads} heads; the kernels take at most {} in one call",
+            u16::MAX
+        );
+    }
     if !takes_heads_of(head_dim) {
         candle_core::bail!(
             "{op}: heads of {head_dim} elements; flash attention takes multiples of 16 up to \

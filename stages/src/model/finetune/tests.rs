@@ -345,3 +345,34 @@ fn from_promoters_expression_and_split_with_the_log_default() {
     let observed: f64 = first[2].parse().unwrap();
     assert!((observed - (row.targets[k].exp() + 0.001).ln()).abs() < 1e-4);
 }
+
+/// `attention: flash` fine-tunes in bf16, and fails before training, saying why, with f32
+/// products.
+#[test]
+fn flash_attention_fine_tunes_in_bf16_and_is_refused_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(200, 150, 5);
+    let table = dir.path().join("table.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    let model = tiny_model(dir.path(), &rows);
+    let flash = Params {
+        epochs: 2,
+        max_steps: Some(6),
+        precision: Precision::Bf16,
+        attention: Attention::Flash,
+        ..quick()
+    };
+    let ctx = context(&dir.path().join("bf16"), &model, &table);
+    let summary = run(&flash, &ctx).unwrap();
+    assert!(summary.best_val_loss.is_finite(), "{summary:?}");
+    assert!(ctx.out.join("model.safetensors").exists());
+
+    let refused = Params {
+        precision: Precision::F32,
+        ..flash
+    };
+    let ctx = context(&dir.path().join("f32"), &model, &table);
+    let e = run(&refused, &ctx).unwrap_err().to_string();
+    assert!(e.contains("flash attention needs precision bf16"), "{e}");
+    assert!(!ctx.out.join("model.safetensors").exists());
+}
