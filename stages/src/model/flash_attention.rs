@@ -498,6 +498,26 @@ impl CustomOp3 for Backward {
     }
 }
 
+/// The inputs of `kernels.cu`'s `mma_fragments_probe` and the product it must give: a and b
+/// (16 x 16, row-major), b transposed, and a b, of small multiples of 1/4 whose sums f32 holds
+/// exactly.
+#[cfg(test)]
+pub(crate) fn mma_probe_inputs() -> (Vec<bf16>, Vec<bf16>, Vec<bf16>, Vec<f32>) {
+    let value = |i: usize, salt: usize| ((i * 7 + salt * 13) % 9) as f32 / 4.0 - 1.0;
+    let a: Vec<f32> = (0..256).map(|i| value(i, 1)).collect();
+    let b: Vec<f32> = (0..256).map(|i| value(i, 2)).collect();
+    let bt: Vec<f32> = (0..256).map(|i| b[(i % 16) * 16 + i / 16]).collect();
+    let c: Vec<f32> = (0..256)
+        .map(|i| {
+            (0..16)
+                .map(|k| a[(i / 16) * 16 + k] * b[k * 16 + i % 16])
+                .sum()
+        })
+        .collect();
+    let to = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+    (to(&a), to(&b), to(&bt), c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,3 +134,30 @@ pub fn backward(
     let shape = Shape::from((3, d.batch, d.heads, d.len, d.head_dim));
     Ok((CudaStorage::wrap_cuda_slice(grads, dev.clone()), shape))
 }
+
+/// `mma_fragments_probe` on `dev`: a (16 x 16) times b (16 x 16, and transposed as bt) three ways,
+/// each 16 x 16 f32 (see the kernel).
+#[cfg(test)]
+pub(crate) fn probe_fragments(
+    dev: &candle_core::CudaDevice,
+    a: &[bf16],
+    b: &[bf16],
+    bt: &[bf16],
+) -> Result<Vec<f32>> {
+    let (a, b, bt) = (dev.clone_htod(a)?, dev.clone_htod(b)?, dev.clone_htod(bt)?);
+    let mut c = output(dev, 3 * 256)?;
+    let shape = super::launch_shapes::LaunchShape {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+    };
+    launch!(
+        dev,
+        "mma_fragments_probe",
+        config(shape),
+        &a,
+        &b,
+        &bt,
+        &mut c
+    )?;
+    dev.clone_dtoh(&c)
+}

@@ -679,4 +679,20 @@ mod tests {
             assert!(d < 5e-2, "{name}: gradients differ by {d} of their scale");
         }
     }
+
+    #[test]
+    fn gpu_tensor_core_fragments_follow_ptx_layouts() {
+        // flash attention's conventions alone: if this fails, the flash kernels cannot pass.
+        let Some(Device::Cuda(dev)) = gpu("tensor core fragments") else {
+            return;
+        };
+        let (a, b, bt, want) = crate::model::flash_attention::mma_probe_inputs();
+        let c = crate::model::flash_attention_cuda::probe_fragments(&dev, &a, &b, &bt).unwrap();
+        for (way, got) in ["PTX's layouts", "ldmatrix", "ldmatrix of b^T"]
+            .iter()
+            .zip(c.chunks(256))
+        {
+            assert_eq!(got, &want[..], "{way}");
+        }
+    }
 }

@@ -1763,4 +1763,28 @@ mod tests {
         // The paper's head size.
         flash_attention_kernels_match(dims(2, 1, 20, 128), Some((0.1, 5)), false);
     }
+
+    #[test]
+    fn tensor_core_fragments_follow_ptx_layouts() {
+        // "mma_fragments_probe",
+        // Exactly the product, read directly in PTX's fragment layouts, through ldmatrix and
+        // ldmatrix.trans, and through ldmatrix of b transposed.
+        let (a, b, bt, want) = super::super::flash_attention::mma_probe_inputs();
+        let mut c = vec![0f32; 3 * 256];
+        let shape = LaunchShape {
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+        };
+        launch(
+            "mma_fragments_probe",
+            shape,
+            vec![input(&a), input(&b), input(&bt), output(&mut c)],
+        );
+        for (way, got) in ["PTX's layouts", "ldmatrix", "ldmatrix of b^T"]
+            .iter()
+            .zip(c.chunks(256))
+        {
+            assert_eq!(got, &want[..], "{way}");
+        }
+    }
 }

@@ -1019,6 +1019,53 @@ __device__ __forceinline__ float lse_at(const bf16_bits *tail, size_t bh_row, in
   return __uint_as_float((unsigned int)tail[2 * bh_row] | ((unsigned int)tail[2 * bh_row + 1] << 16));
 }
 
+// The tensor cores' conventions that flash attention builds on, alone, for a card's tests to
+// check before the attention kernels (`gpu_tensor_core_fragments_follow_ptx_layouts`): one warp
+// multiplies a (16 x 16, row-major) by b (16 x 16, row-major [k][n]) three ways, each into c
+// (3 x 16 x 16, f32, row-major): its fragments read from global memory in PTX's documented
+// layouts; through shared memory with ldmatrix (a) and ldmatrix.trans (b); and with b given
+// transposed (bt, [n][k]) through plain ldmatrix. Launched as one block of 32 threads.
+extern "C" __global__ void mma_fragments_probe(const bf16_bits *a, const bf16_bits *b,
+                                               const bf16_bits *bt, float *c) {
+  __shared__ __align__(16) bf16_bits as[16][FLASH_STRIDE];
+  __shared__ __align__(16) bf16_bits bs[16][FLASH_STRIDE];
+  __shared__ __align__(16) bf16_bits bts[16][FLASH_STRIDE];
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  for (int i = lane; i < 16 * 16; i += 32) {
+    as[i / 16][i % 16] = a[i];
+    bs[i / 16][i % 16] = b[i];
+    bts[i / 16][i % 16] = bt[i];
+  }
+  __syncthreads();
+  unsigned int fa[4], fb[2][2];
+  float acc[3][2][4] = {};
+  // 1. PTX's layouts, read element by element.
+  fa[0] = (unsigned int)a[16 * g + 2 * t] | ((unsigned int)a[16 * g + 2 * t + 1] << 16);
+  fa[1] = (unsigned int)a[16 * (g + 8) + 2 * t] | ((unsigned int)a[16 * (g + 8) + 2 * t + 1] << 16);
+  fa[2] = (unsigned int)a[16 * g + 2 * t + 8] | ((unsigned int)a[16 * g + 2 * t + 9] << 16);
+  fa[3] = (unsigned int)a[16 * (g + 8) + 2 * t + 8] | ((unsigned int)a[16 * (g + 8) + 2 * t + 9] << 16);
+  UNROLL for (int n = 0; n < 2; n++) {
+    const int col = 8 * n + g;
+    fb[n][0] = (unsigned int)b[16 * (2 * t) + col] | ((unsigned int)b[16 * (2 * t + 1) + col] << 16);
+    fb[n][1] = (unsigned int)b[16 * (2 * t + 8) + col] | ((unsigned int)b[16 * (2 * t + 9) + col] << 16);
+    mma_bf16(acc[0][n], fa, fb[n]);
+  }
+  // 2. ldmatrix for a, ldmatrix.trans for b.
+  tile_as_a(as, 0, 0, fa);
+  columns_as_b(bs, 0, 0, fb);
+  UNROLL for (int n = 0; n < 2; n++) mma_bf16(acc[1][n], fa, fb[n]);
+  // 3. b transposed, through plain ldmatrix.
+  rows_as_b(bts, 0, 0, fb);
+  UNROLL for (int n = 0; n < 2; n++) mma_bf16(acc[2][n], fa, fb[n]);
+  UNROLL for (int w = 0; w < 3; w++) {
+    UNROLL for (int n = 0; n < 2; n++) {
+      float *cw = c + 256 * w + 8 * n + 2 * t;
+      cw[16 * g] = acc[w][n][0], cw[16 * g + 1] = acc[w][n][1];
+      cw[16 * (g + 8)] = acc[w][n][2], cw[16 * (g + 8) + 1] = acc[w][n][3];
+    }
+  }
+}
+
 extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf16_bits *k,
                                                     const bf16_bits *v, const float *key_mask,
                                                     bf16_bits *out, int heads, int len,
