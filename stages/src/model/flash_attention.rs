@@ -404,6 +404,18 @@ fn held<T: candle_core::WithDType>(t: &Tensor, op: &str) -> Result<Vec<T>> {
     Ok(elems::<T>(s, layout, op)?.to_vec())
 }
 
+/// q, k and v's elements on the CPU.
+fn bf16_inputs<'a>(
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&'a CpuStorage, &Layout); 3],
+    op: &str,
+) -> Result<[&'a [bf16]; 3]> {
+    Ok([
+        elems::<bf16>(s1, l1, op)?,
+        elems::<bf16>(s2, l2, op)?,
+        elems::<bf16>(s3, l3, op)?,
+    ])
+}
+
 impl CustomOp3 for Forward {
     fn name(&self) -> &'static str {
         "flora-flash-attention"
@@ -419,11 +431,7 @@ impl CustomOp3 for Forward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let qkv = [
-            elems::<bf16>(s1, l1, op)?,
-            elems::<bf16>(s2, l2, op)?,
-            elems::<bf16>(s3, l3, op)?,
-        ];
+        let qkv = bf16_inputs([(s1, l1), (s2, l2), (s3, l3)], op)?;
         let mask = held::<f32>(&self.key_mask, op)?;
         let packed = forward_cpu(qkv, &mask, self.dims, self.scale, self.dropout);
         Ok((CpuStorage::BF16(packed), Shape::from(self.dims.packed())))
@@ -464,11 +472,7 @@ impl CustomOp3 for Backward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let qkv = [
-            elems::<bf16>(s1, l1, op)?,
-            elems::<bf16>(s2, l2, op)?,
-            elems::<bf16>(s3, l3, op)?,
-        ];
+        let qkv = bf16_inputs([(s1, l1), (s2, l2), (s3, l3)], op)?;
         let saved = held::<bf16>(&self.saved, op)?;
         let dcontext = held::<bf16>(&self.dcontext, op)?;
         let mask = held::<f32>(&self.key_mask, op)?;

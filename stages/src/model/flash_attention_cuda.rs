@@ -2,6 +2,7 @@
 //! `flash_attention_dq_bf16` and `flash_attention_dkv_bf16` backwards.
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::CudaView;
 use candle_core::{CudaStorage, Layout, Result, Shape, Tensor};
 use half::bf16;
 
@@ -23,6 +24,18 @@ fn held<'a>(
     }
 }
 
+/// q, k and v as bf16 views.
+fn bf16_views<'a>(
+    [(qs, ql), (ks, kl), (vs, vl)]: [Input<'a>; 3],
+    op: &str,
+) -> Result<[CudaView<'a, bf16>; 3]> {
+    Ok([
+        typed::<bf16>(qs, ql, op)?,
+        typed::<bf16>(ks, kl, op)?,
+        typed::<bf16>(vs, vl, op)?,
+    ])
+}
+
 /// The packed context and log-sum-exps of q, k and v.
 pub fn forward(
     [(qs, ql), (ks, kl), (vs, vl)]: [Input<'_>; 3],
@@ -33,11 +46,7 @@ pub fn forward(
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "flora-flash-attention";
     let dev = qs.device();
-    let (q, k, v) = (
-        typed::<bf16>(qs, ql, OP)?,
-        typed::<bf16>(ks, kl, OP)?,
-        typed::<bf16>(vs, vl, OP)?,
-    );
+    let [q, k, v] = bf16_views([(qs, ql), (ks, kl), (vs, vl)], OP)?;
     let (mask_guard, mask_layout) = key_mask.storage_and_layout();
     let mask = view(held(&mask_guard, OP)?, mask_layout, OP)?;
     let mut out = uninit::<bf16>(dev, d.packed())?;
@@ -76,11 +85,7 @@ pub fn backward(
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "flora-flash-attention-grad";
     let dev = qs.device();
-    let (q, k, v) = (
-        typed::<bf16>(qs, ql, OP)?,
-        typed::<bf16>(ks, kl, OP)?,
-        typed::<bf16>(vs, vl, OP)?,
-    );
+    let [q, k, v] = bf16_views([(qs, ql), (ks, kl), (vs, vl)], OP)?;
     let (saved_guard, saved_layout) = saved.storage_and_layout();
     let fwd = typed::<bf16>(held(&saved_guard, OP)?, saved_layout, OP)?;
     let (grad_guard, grad_layout) = dcontext.storage_and_layout();

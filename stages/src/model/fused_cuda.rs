@@ -520,13 +520,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gpu_training_step_matches_the_cpu() {
-        let Some(dev) = gpu("training step") else {
-            return;
-        };
-        let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.0, Positions::Roberta);
-        let ids: Vec<Vec<u32>> = (0..6u32)
+    /// Six sequences of 40 tokens, the last 10 to 5 of them padding, and every seventh token's
+    /// label.
+    fn padded_batch() -> (Vec<Vec<u32>>, Vec<i64>) {
+        let ids = (0..6u32)
             .map(|r| {
                 (0..40u32)
                     .map(|i| {
@@ -539,9 +536,19 @@ mod tests {
                     .collect()
             })
             .collect();
-        let labels: Vec<i64> = (0..240i64)
+        let labels = (0..240i64)
             .map(|i| if i % 7 == 0 { 4 + i % 50 } else { -1 })
             .collect();
+        (ids, labels)
+    }
+
+    #[test]
+    fn gpu_training_step_matches_the_cpu() {
+        let Some(dev) = gpu("training step") else {
+            return;
+        };
+        let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.0, Positions::Roberta);
+        let (ids, labels) = padded_batch();
         let step = |dev: &Device| {
             let p = Params::init(&cfg, 3, dev).unwrap();
             let hidden = encode(&p, &cfg, &ids, None, dev).unwrap();
@@ -637,22 +644,7 @@ mod tests {
             return;
         };
         let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.1, Positions::Roberta);
-        let ids: Vec<Vec<u32>> = (0..6u32)
-            .map(|r| {
-                (0..40u32)
-                    .map(|i| {
-                        if i >= 30 + r {
-                            1
-                        } else {
-                            4 + (r * 13 + i * 7) % 56
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let labels: Vec<i64> = (0..240i64)
-            .map(|i| if i % 7 == 0 { 4 + i % 50 } else { -1 })
-            .collect();
+        let (ids, labels) = padded_batch();
         let step = |dev: &Device| {
             let mut p = Params::init(&cfg, 3, dev).unwrap();
             p.compute = candle_core::DType::BF16;

@@ -927,10 +927,18 @@ __device__ __forceinline__ void tile_in(bf16_bits (*tile)[FLASH_STRIDE], const b
 // 8 m + r gives the address of row r of matrix m (16 bytes, 16-byte aligned), and lane 4 g + t
 // receives row g's elements 2t and 2t + 1 of matrix m in x[m]; with `.trans` (ldmatrix4_t) the
 // matrix's column g at rows 2t and 2t + 1 instead. The emulator gathers the rows by shuffles.
+#if defined(__CUDA_ARCH__)
+// A generic address of shared memory as the 32-bit address that `ldmatrix` takes.
+__device__ __forceinline__ unsigned int shared_address(const void *p) {
+  unsigned int at;
+  asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(at) : "l"(p));
+  return at;
+}
+#endif
+
 __device__ __forceinline__ void ldmatrix4(unsigned int *x, const bf16_bits *row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  unsigned int at;
-  asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(at) : "l"(row));
+  const unsigned int at = shared_address(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
                : "r"(at));
@@ -948,8 +956,7 @@ __device__ __forceinline__ void ldmatrix4(unsigned int *x, const bf16_bits *row)
 
 __device__ __forceinline__ void ldmatrix4_t(unsigned int *x, const bf16_bits *row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  unsigned int at;
-  asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(at) : "l"(row));
+  const unsigned int at = shared_address(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
                : "r"(at));
