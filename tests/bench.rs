@@ -102,6 +102,13 @@ fn bench_trains_with_flash_attention_in_bf16_and_refuses_it_elsewhere() {
         out.contains("cpu Bf16, flash attention: 4 x 32 tokens"),
         "{out}"
     );
+    let mut profiled = flash.to_vec();
+    profiled.push(("--profile", ""));
+    let out = p.ok(&refs(&tiny(&profiled)));
+    assert!(
+        out.contains("cpu Bf16, flash attention: where a step's time goes"),
+        "{out}"
+    );
     let mut json = flash.to_vec();
     json.push(("--json", ""));
     let v: serde_json::Value = serde_json::from_str(p.ok(&refs(&tiny(&json))).trim()).unwrap();

@@ -151,10 +151,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "{} {:?}{}: {} x {} tokens, {} layers x {}: {:.4} s per step (median of {}; {:.4}-{:.4}), {:.0} tokens/s, {:.2} TFLOP/s (model FLOPs), loss {:.3}",
             t.device,
             t.precision,
-            match t.attention {
-                Attention::Products => "",
-                Attention::Flash => ", flash attention",
-            },
+            attention_label(t.attention),
             t.batch,
             t.len,
             args.layers,
@@ -171,14 +168,23 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the text output adds after the precision for `attention`: nothing for the default.
+fn attention_label(attention: Attention) -> &'static str {
+    match attention {
+        Attention::Products => "",
+        Attention::Flash => ", flash attention",
+    }
+}
+
 /// The profile as a table: milliseconds per step on the device and on the host, share of the
 /// step, laps per step, label.
 fn print_profile(prof: &throughput::StepProfile) -> anyhow::Result<()> {
     outln!(
-        "{} {:?}: where a step's time goes (mean of {} profiled steps, {:.4} s per step; the host \
-         issued it in {:.4} s)",
+        "{} {:?}{}: where a step's time goes (mean of {} profiled steps, {:.4} s per step; the \
+         host issued it in {:.4} s)",
         prof.device,
         prof.precision,
+        attention_label(prof.attention),
         prof.steps,
         prof.seconds_per_step,
         prof.host_seconds_per_step

@@ -64,8 +64,9 @@ impl Precision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attention {
-    /// Four matrix products (cuBLAS on a GPU) around one pass for the softmax and dropout, with
-    /// the (batch, heads, len, len) scores and probabilities in memory.
+    /// Matrix products (cuBLAS on a GPU: q k^T and P v, four more backwards) around one pass for
+    /// the softmax and dropout, with the (batch, heads, len, len) scores and probabilities in
+    /// memory.
     #[default]
     Products,
     /// Flash attention (`flash_attention.rs`): bf16 only, heads of a multiple of 16 up to 128
