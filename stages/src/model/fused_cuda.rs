@@ -542,23 +542,34 @@ mod tests {
         (ids, labels)
     }
 
+    /// A training step's loss and gradients of a fresh model `cfg` (`setup` applied to its
+    /// weights) on [`padded_batch`], with dropout drawn from seed 8: on the CPU, then on `dev`.
+    fn step_on_both(
+        dev: &Device,
+        cfg: &Config,
+        setup: &dyn Fn(&mut Params),
+    ) -> [(f32, std::collections::HashMap<String, Tensor>); 2] {
+        let (ids, labels) = padded_batch();
+        let step = |dev: &Device| {
+            let mut p = Params::init(cfg, 3, dev).unwrap();
+            setup(&mut p);
+            let mut rng = crate::rng::Rng::new(8);
+            let hidden = encode(&p, cfg, &ids, Some(&mut rng), dev).unwrap();
+            let (loss, _, _) = mlm_loss(&p, cfg, &hidden, &labels).unwrap();
+            let grads = p.grads(&loss.backward().unwrap());
+            let loss: f32 = loss.to_device(&Device::Cpu).unwrap().to_scalar().unwrap();
+            (loss, grads)
+        };
+        [step(&Device::Cpu), step(dev)]
+    }
+
     #[test]
     fn gpu_training_step_matches_the_cpu() {
         let Some(dev) = gpu("training step") else {
             return;
         };
         let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.0, Positions::Roberta);
-        let (ids, labels) = padded_batch();
-        let step = |dev: &Device| {
-            let p = Params::init(&cfg, 3, dev).unwrap();
-            let hidden = encode(&p, &cfg, &ids, None, dev).unwrap();
-            let (loss, _, _) = mlm_loss(&p, &cfg, &hidden, &labels).unwrap();
-            let grads = p.grads(&loss.backward().unwrap());
-            let loss: f32 = loss.to_device(&Device::Cpu).unwrap().to_scalar().unwrap();
-            (loss, grads)
-        };
-        let (cl, cg) = step(&Device::Cpu);
-        let (gl, gg) = step(&dev);
+        let [(cl, cg), (gl, gg)] = step_on_both(&dev, &cfg, &|_| {});
         assert!(
             (cl - gl).abs() < 1e-4,
             "loss {cl} on the CPU, {gl} on the GPU"
@@ -644,21 +655,10 @@ mod tests {
             return;
         };
         let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.1, Positions::Roberta);
-        let (ids, labels) = padded_batch();
-        let step = |dev: &Device| {
-            let mut p = Params::init(&cfg, 3, dev).unwrap();
+        let [(cl, cg), (gl, gg)] = step_on_both(&dev, &cfg, &|p| {
             p.compute = candle_core::DType::BF16;
             p.attention = crate::model::roberta::Attention::Flash;
-            let mut rng = crate::rng::Rng::new(8);
-            let hidden =
-                crate::model::roberta::encode(&p, &cfg, &ids, Some(&mut rng), dev).unwrap();
-            let (loss, _, _) = mlm_loss(&p, &cfg, &hidden, &labels).unwrap();
-            let grads = p.grads(&loss.backward().unwrap());
-            let loss: f32 = loss.to_device(&Device::Cpu).unwrap().to_scalar().unwrap();
-            (loss, grads)
-        };
-        let (cl, cg) = step(&Device::Cpu);
-        let (gl, gg) = step(&dev);
+        });
         assert!(
             (cl - gl).abs() < 2e-2,
             "loss {cl} on the CPU, {gl} on the GPU"
