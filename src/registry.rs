@@ -336,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn the_attention_kernel_is_a_keyed_param_of_both_trainings() {
+        for kind in ["pretrain", "finetune"] {
+            let stage = lookup(kind).unwrap();
+            let flash = (stage.check)(&yaml("{attention: flash, precision: bf16}")).unwrap();
+            let products = (stage.check)(&yaml("{precision: bf16}")).unwrap();
+            assert_eq!(flash["attention"], "flash", "{kind}");
+            assert_eq!(products["attention"], "products", "{kind}");
+            // A changed kernel re-runs the training: its numbers differ by bf16 rounding.
+            assert_ne!(stage.keyed_params(&flash), stage.keyed_params(&products));
+            let e = (stage.check)(&yaml("{attention: fast}")).unwrap_err();
+            assert_eq!(e.path, vec![Seg::key("attention")], "{kind}");
+            assert!(
+                e.message.contains("expected `products` or `flash`"),
+                "{kind}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
     fn exec_params_are_checked_and_canonical() {
         let exec = lookup("exec").unwrap();
         let ok = (exec.check)(&yaml("{argv: [echo, hi]}")).unwrap();
