@@ -18,8 +18,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use half::bf16;
 use rayon::prelude::*;
 
+use super::attention_probs::through_dropout;
 use super::fused::elems;
-use super::gpu_ops::dropped;
 
 /// The largest head size the kernels take (their registers are sized for it).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -245,11 +245,6 @@ fn draw(d: Dims, bh: usize, i: usize, j: usize) -> u64 {
     ((bh * d.len + i) * d.len + j) as u64
 }
 
-/// The value of a probability (or its gradient) `v` through dropout, or `v` without.
-fn through(v: f32, dropout: Option<(f32, u64)>, i: u64) -> f32 {
-    dropout.map_or(v, |(p, seed)| dropped(v, p, seed, i))
-}
-
 /// `flash_attention_fwd_bf16`'s CPU twin: the packed context and log-sum-exps.
 pub(crate) fn forward_cpu(
     [q, k, v]: [&[bf16]; 3],
@@ -273,7 +268,8 @@ pub(crate) fn forward_cpu(
                 let sum: f32 = e.iter().sum();
                 let oi = &mut out[i * hd..(i + 1) * hd];
                 for (j, (ej, vj)) in e.iter().zip(h.v.chunks(hd)).enumerate() {
-                    let kept = bf16::from_f32(through(*ej, dropout, draw(d, bh, i, j))).to_f32();
+                    let kept =
+                        bf16::from_f32(through_dropout(*ej, draw(d, bh, i, j), dropout)).to_f32();
                     oi.iter_mut().zip(vj).for_each(|(o, x)| *o += kept * x);
                 }
                 let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
@@ -350,9 +346,9 @@ pub(crate) fn backward_cpu(
                     let dp: f32 = gi.iter().zip(vj).map(|(a, b)| a * b).sum();
                     let y = (s[j] - lse).exp();
                     let at = draw(d, bh, i, j);
-                    let ds =
-                        bf16::from_f32(scale * y * (through(dp, dropout, at) - delta)).to_f32();
-                    let kept = bf16::from_f32(through(y, dropout, at)).to_f32();
+                    let ds = bf16::from_f32(scale * y * (through_dropout(dp, at, dropout) - delta))
+                        .to_f32();
+                    let kept = bf16::from_f32(through_dropout(y, at, dropout)).to_f32();
                     for c in 0..hd {
                         dq[i * hd + c] += ds * h.k[j * hd + c];
                         dk[j * hd + c] += ds * h.q[i * hd + c];

@@ -545,12 +545,18 @@ __device__ __forceinline__ float unit_draw(unsigned long long seed, unsigned lon
   return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
+// Whether dropout at p keeps element i under seed (`dropped`'s draw; flash attention makes it once
+// for the values that share it).
+__device__ __forceinline__ bool kept(float p, unsigned long long seed, unsigned long long i) {
+  return p <= 0.0f || unit_draw(seed, i) >= p;
+}
+
 // v through inverted dropout at p for element i under seed: v / (1 - p) if kept, else 0. At
 // p = 0 every draw is kept and v / 1 is v: no draw is made.
 __device__ __forceinline__ float dropped(float v, float p, unsigned long long seed,
                                          unsigned long long i) {
   if (p <= 0.0f) return v;
-  return unit_draw(seed, i) < p ? 0.0f : v / (1.0f - p);
+  return kept(p, seed, i) ? v / (1.0f - p) : 0.0f;
 }
 
 // Inverted dropout: x / (1 - p) where the draw is at least p, else 0. Its own backward pass.
@@ -1000,12 +1006,6 @@ __device__ __forceinline__ void columns_as_b(const bf16_bits (*tile)[FLASH_STRID
   unsigned int x[4];
   ldmatrix4_t(x, &tile[k0 + 8 * (m & 1) + r][n0 + 8 * (m >> 1)]);
   b[0][0] = x[0], b[0][1] = x[1], b[1][0] = x[2], b[1][1] = x[3];
-}
-
-// Whether dropout at p keeps element i under seed (`dropped`'s draw, made once for the values
-// that share it).
-__device__ __forceinline__ bool kept(float p, unsigned long long seed, unsigned long long i) {
-  return p <= 0.0f || unit_draw(seed, i) >= p;
 }
 
 // The sum of v over the four lanes of a quad (the lanes that share a fragment row).
