@@ -8,7 +8,8 @@
 //! each head's matrices are read in place with a leading dimension of `hidden`, and each head's
 //! context is written in place the same way. The attention probabilities are kept for the backward
 //! pass; the dropout mask is recomputed from its seed (`gpu_ops::keep`, the same mask as the
-//! dropout op's on any device).
+//! dropout op's on any device) once, into the dropped-out probabilities that dV needs, and the
+//! probabilities' gradient reads it from them.
 
 use std::sync::Mutex;
 
@@ -19,7 +20,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
 use super::fused::{data, hold, softmax_in_place};
-use super::gpu_ops::dropout_from;
+use super::gpu_ops::{dropout_from, kept_grad};
 
 /// Whether [`attention`] applies: f32 tensors on the CPU.
 pub fn applies(q: &Tensor) -> bool {
@@ -282,10 +283,12 @@ pub(crate) fn backward(
                     1.0,
                     Par::Seq,
                 );
-                // Through dropout (the same mask, the same scale) and softmax:
-                // dS = P (dP - sum(dP P)).
-                if let Some((rate, seed)) = problem.dropout {
-                    dropout_from(dp, rate, seed, (pair * len * len) as u64);
+                // Through dropout (the mask read from the dropped-out copy: exact, since where
+                // P is 0 dS is too) and softmax: dS = P (dP - sum(dP P)).
+                if let Some((rate, _)) = problem.dropout {
+                    dp.iter_mut()
+                        .zip(dropped.iter())
+                        .for_each(|(g, &kept)| *g = kept_grad(*g, kept, rate));
                 }
                 for (g, p) in dp.chunks_mut(len).zip(p.chunks(len)) {
                     let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();

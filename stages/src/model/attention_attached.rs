@@ -134,14 +134,16 @@ pub(crate) fn attention_heads_forward(
     }
     let (qh, kh, vh) = (qh.clone(), kh.clone(), vh.clone());
     let scores = product(&qh, &kh.t()?)?;
-    let (probs, dropped) = attention_probs(&scores, key_mask, scale, dropout)?;
+    let probs = attention_probs(&scores, key_mask, scale, dropout)?;
+    let dropped = probs.dropped()?;
     drop(scores);
     let context = merge(&product(&dropped, &vh)?, out)?;
     let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
         let g = split(grad, heads, compute)?;
         let dv = product(&dropped.t()?, &g)?;
         let dp = product(&g, &vh.t()?)?;
-        let ds = attention_probs_grad(&probs, &dp, scale, dropout)?;
+        let rate = dropout.map_or(0.0, |(p, _)| p);
+        let ds = attention_probs_grad(&probs, &dp, scale, rate)?;
         let dq = product(&ds, &kh)?;
         let dk = product(&ds.t()?, &qh)?;
         Ok([dq, dk, dv])

@@ -15,7 +15,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::fused::elems;
-use super::gpu_ops::dropped;
+use super::gpu_ops::{dropped, kept_grad};
 
 /// An element type of the scores: f32, or bf16 widened to f32 for the arithmetic.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
@@ -74,32 +74,53 @@ pub(crate) fn probs_row<T: Elem>(
 }
 
 /// One row of `attention_probs_grad_rows` (kernels.cu): the scores' gradient from the
-/// probabilities and the gradient of their dropped-out copy.
+/// probabilities and the gradient of their dropped-out copy `kept`, whose zeros are dropout's
+/// mask at `rate` (where the probability is 0 too the mask makes no difference: the gradient is
+/// multiplied by it).
 pub(crate) fn probs_grad_row<T: Elem>(
     probs: &[T],
+    kept: &[T],
     grad: &[T],
     scale: f32,
-    dropout: Option<(f32, u64)>,
-    first: u64,
+    rate: f32,
     dscores: &mut [T],
 ) {
-    let g = |j: usize| through_dropout(grad[j].get(), first + j as u64, dropout);
+    let g = |j: usize| kept_grad(grad[j].get(), kept[j].get(), rate);
     let s: f32 = (0..probs.len()).map(|j| g(j) * probs[j].get()).sum();
     for (j, d) in dscores.iter_mut().enumerate() {
         *d = T::put(scale * probs[j].get() * (g(j) - s));
     }
 }
 
+/// The probabilities of [`attention_probs`] and their dropped-out copy, packed as (2, the scores'
+/// shape): one tensor, so that the backward pass takes both as one input.
+#[derive(Debug)]
+pub struct Probabilities {
+    packed: Tensor,
+}
+
+impl Probabilities {
+    /// The probabilities.
+    pub fn probs(&self) -> Result<Tensor> {
+        self.packed.get(0)
+    }
+
+    /// The probabilities through dropout: what the context product reads.
+    pub fn dropped(&self) -> Result<Tensor> {
+        self.packed.get(1)
+    }
+}
+
 /// Softmax over the keys of `scores` (batch, heads, queries, keys; f32 or bf16, as the products
 /// made them) times `scale` plus the additive `key_mask` (batch x keys elements, f32: 0, or a
 /// large negative for padding); and inverted dropout of the result at `dropout`'s (rate, seed).
-/// (probabilities, dropped-out probabilities), both of the scores' type. Records no gradient.
+/// The probabilities and their dropped-out copy, both of the scores' type. Records no gradient.
 pub fn attention_probs(
     scores: &Tensor,
     key_mask: &Tensor,
     scale: f32,
     dropout: Option<(f32, u64)>,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<Probabilities> {
     let (batch, _, _, keys) = scores.dims4()?;
     if key_mask.elem_count() != batch * keys || key_mask.dtype() != DType::F32 {
         candle_core::bail!(
@@ -115,32 +136,33 @@ pub fn attention_probs(
             dropout: dropout.filter(|&(p, _)| p > 0.0),
         },
     )?;
-    Ok((packed.get(0)?, packed.get(1)?))
+    Ok(Probabilities { packed })
 }
 
-/// The gradient of [`attention_probs`]' scores from its probabilities `probs` and the gradient
-/// `grad` of its dropped-out probabilities (same shape and type), with the same `scale` and
-/// `dropout`. Records no gradient.
+/// The gradient of [`attention_probs`]' scores from its result `probs` and the gradient `grad`
+/// of the dropped-out probabilities (of their shape and type), with the same `scale` and dropout
+/// `rate`. Dropout's mask is read from the dropped-out copy, not drawn again. Records no gradient.
 pub fn attention_probs_grad(
-    probs: &Tensor,
+    probs: &Probabilities,
     grad: &Tensor,
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    rate: f32,
 ) -> Result<Tensor> {
-    if probs.dims() != grad.dims() || probs.dtype() != grad.dtype() {
+    let packed = &probs.packed;
+    if packed.dims()[1..] != *grad.dims() || packed.dtype() != grad.dtype() {
         candle_core::bail!(
             "flora-attention-probs-grad: probabilities {:?} {:?} and gradient {:?} {:?} differ",
-            probs.dims(),
-            probs.dtype(),
+            &packed.dims()[1..],
+            packed.dtype(),
             grad.dims(),
             grad.dtype()
         );
     }
-    probs.contiguous()?.apply_op2_no_bwd(
+    packed.contiguous()?.apply_op2_no_bwd(
         &grad.contiguous()?,
         &AttentionProbsGrad {
             scale,
-            dropout: dropout.filter(|&(p, _)| p > 0.0),
+            rate: rate.max(0.0),
         },
     )
 }
@@ -223,20 +245,23 @@ impl CustomOp2 for AttentionProbs {
 
 struct AttentionProbsGrad {
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    rate: f32,
 }
 
 impl AttentionProbsGrad {
-    fn cpu<T: Elem + candle_core::WithDType>(&self, probs: &[T], grad: &[T], n: usize) -> Vec<T> {
-        let mut ds = vec![T::put(0.0); probs.len()];
+    /// The scores' gradient from `packed` (the probabilities, then their dropped-out copy) and
+    /// `grad`, rows of `n`.
+    fn cpu<T: Elem + candle_core::WithDType>(&self, packed: &[T], grad: &[T], n: usize) -> Vec<T> {
+        let (probs, kept) = packed.split_at(grad.len());
+        let mut ds = vec![T::put(0.0); grad.len()];
         ds.par_chunks_mut(n).enumerate().for_each(|(r, d)| {
-            let first = r * n;
+            let row = r * n..(r + 1) * n;
             probs_grad_row(
-                &probs[first..first + n],
-                &grad[first..first + n],
+                &probs[row.clone()],
+                &kept[row.clone()],
+                &grad[row],
                 self.scale,
-                self.dropout,
-                first as u64,
+                self.rate,
                 d,
             );
         });
@@ -270,7 +295,7 @@ impl CustomOp2 for AttentionProbsGrad {
             )),
             (a, _) => candle_core::bail!("{}: probabilities of {:?}", self.name(), a.dtype()),
         };
-        Ok((storage, l1.shape().clone()))
+        Ok((storage, l2.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -281,12 +306,7 @@ impl CustomOp2 for AttentionProbsGrad {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::attention_probs_cuda::attention_probs_grad(
-            (s1, l1),
-            (s2, l2),
-            self.scale,
-            self.dropout,
-        )
+        super::attention_probs_cuda::attention_probs_grad((s1, l1), (s2, l2), self.scale, self.rate)
     }
 }
 
@@ -333,7 +353,8 @@ mod tests {
         for dt in [DType::F32, DType::BF16] {
             let s = scores.to_dtype(dt).unwrap();
             for dropout in [None, Some((0.3, 7))] {
-                let (probs, dropped) = attention_probs(&s, &mask, 0.25, dropout).unwrap();
+                let result = attention_probs(&s, &mask, 0.25, dropout).unwrap();
+                let (probs, dropped) = (result.probs().unwrap(), result.dropped().unwrap());
                 assert_eq!((probs.dtype(), probs.dims()), (dt, &[b, h, q, k][..]));
                 assert_eq!((dropped.dtype(), dropped.dims()), (dt, &[b, h, q, k][..]));
                 let want_p = composed(&s, &mask, 0.25, None);
@@ -380,13 +401,18 @@ mod tests {
                 .backward()
                 .unwrap();
             let want = grads.get(scores.as_tensor()).unwrap();
-            let (probs, _) =
-                attention_probs(&scores.as_tensor().detach(), &mask, 0.5, dropout).unwrap();
-            let got = attention_probs_grad(&probs, &upstream, 0.5, dropout).unwrap();
+            // Dropout's mask is read from the dropped-out copy here, drawn in `composed`: they
+            // must agree, the padding keys' (probability 0, so a copy of 0 either way) included.
+            let probs = attention_probs(&scores.as_tensor().detach(), &mask, 0.5, dropout).unwrap();
+            let rate = dropout.map_or(0.0, |(p, _)| p);
+            let got = attention_probs_grad(&probs, &upstream, 0.5, rate).unwrap();
             assert!(max_rel_diff(&got, want) < 1e-5, "{dropout:?}");
             // In bf16, the same from rounded probabilities and gradient, rounded once more.
             let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
-            let got = attention_probs_grad(&bf(&probs), &bf(&upstream), 0.5, dropout).unwrap();
+            let rounded = Probabilities {
+                packed: bf(&probs.packed),
+            };
+            let got = attention_probs_grad(&rounded, &bf(&upstream), 0.5, rate).unwrap();
             assert_eq!(got.dtype(), DType::BF16);
             let d = max_rel_diff(&got.to_dtype(DType::F32).unwrap(), want);
             assert!(d < 2e-2, "bf16 {dropout:?}: {d}");
@@ -400,7 +426,17 @@ mod tests {
         let e = attention_probs(&scores, &mask, 1.0, None).unwrap_err();
         assert!(e.to_string().contains("not 2 x 4 f32"), "{e}");
         let g = Tensor::zeros((2, 1, 3, 4), DType::BF16, &Device::Cpu).unwrap();
-        let e = attention_probs_grad(&scores, &g, 1.0, None).unwrap_err();
+        let probs = Probabilities {
+            packed: Tensor::zeros((2, 2, 1, 3, 4), DType::F32, &Device::Cpu).unwrap(),
+        };
+        let e = attention_probs_grad(&probs, &g, 1.0, 0.1).unwrap_err();
         assert!(e.to_string().contains("differ"), "{e}");
+        let g = Tensor::zeros((2, 1, 3, 5), DType::F32, &Device::Cpu).unwrap();
+        let e = attention_probs_grad(&probs, &g, 1.0, 0.1).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[2, 1, 3, 4] F32 and gradient [2, 1, 3, 5]"),
+            "{e}"
+        );
     }
 }

@@ -62,35 +62,36 @@ fn probs_typed<T: CudaDType + DeviceRepr>(
     Ok(T::wrap_cuda_slice(packed, dev.clone()))
 }
 
-/// The scores' gradient from the probabilities and the gradient of the dropped-out copy.
+/// The scores' gradient from the packed probabilities and dropped-out copy (2, the scores'
+/// shape) and the gradient of the dropped-out copy.
 pub fn attention_probs_grad(
     (ps, pl): (&CudaStorage, &Layout),
     (gs, gl): (&CudaStorage, &Layout),
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    rate: f32,
 ) -> Result<(CudaStorage, Shape)> {
     let storage = match ps.dtype() {
-        DType::BF16 => grad_typed::<bf16>((ps, pl), (gs, gl), scale, dropout)?,
-        _ => grad_typed::<f32>((ps, pl), (gs, gl), scale, dropout)?,
+        DType::BF16 => grad_typed::<bf16>((ps, pl), (gs, gl), scale, rate)?,
+        _ => grad_typed::<f32>((ps, pl), (gs, gl), scale, rate)?,
     };
-    Ok((storage, pl.shape().clone()))
+    Ok((storage, gl.shape().clone()))
 }
 
 fn grad_typed<T: CudaDType + DeviceRepr>(
     (ps, pl): (&CudaStorage, &Layout),
     (gs, gl): (&CudaStorage, &Layout),
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    rate: f32,
 ) -> Result<CudaStorage> {
     const OP: &str = "flora-attention-probs-grad";
     let name = format!("attention_probs_grad_{}", suffix(ps.dtype(), OP)?);
     let dev = ps.device();
-    let probs = typed::<T>(ps, pl, OP)?;
+    let packed = typed::<T>(ps, pl, OP)?;
     let grad = typed::<T>(gs, gl, OP)?;
-    let n = super::fused::last_dim(pl);
-    let len = pl.shape().elem_count();
+    let n = super::fused::last_dim(gl);
+    let len = gl.shape().elem_count();
+    let (probs, kept) = packed.split_at(len);
     let mut ds = uninit::<T>(dev, len)?;
-    let (p, seed) = dropout.unwrap_or((0.0, 0));
     let rows = len / n.max(1);
     let (rows_i, n_i) = (rows as i32, n as i32);
     launch!(
@@ -98,13 +99,13 @@ fn grad_typed<T: CudaDType + DeviceRepr>(
         &name,
         config(warp_per_row(rows)),
         &probs,
+        &kept,
         &grad,
         &mut ds,
         &rows_i,
         &n_i,
         &scale,
-        &p,
-        &seed
+        &rate
     )?;
     Ok(T::wrap_cuda_slice(ds, dev.clone()))
 }

@@ -244,6 +244,21 @@ pub(crate) fn dropped(v: f32, p: f32, seed: u64, i: u64) -> f32 {
     }
 }
 
+/// Dropout's backward pass for the gradient `g` of an element whose dropped-out value was
+/// `kept`: `g / (1 - p)` where that value is not 0, else 0 (`g` itself at p = 0). Where the
+/// value before dropout was 0 the mask it reads may be wrong, so use it only where `g` is then
+/// multiplied by that 0, as softmax's backward pass does (the CPU twin of `kernels.cu`'s
+/// `kept_grad`).
+pub(crate) fn kept_grad(g: f32, kept: f32, p: f32) -> f32 {
+    if p <= 0.0 {
+        g
+    } else if kept != 0.0 {
+        g / (1.0 - p)
+    } else {
+        0.0
+    }
+}
+
 /// Inverted dropout of `y` in place, in parallel: element i is kept, divided by 1 - `p`, where
 /// `keep(seed, i, p)`, and zeroed otherwise.
 pub(crate) fn dropout_in_place(y: &mut [f32], p: f32, seed: u64) {

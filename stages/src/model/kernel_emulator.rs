@@ -916,25 +916,24 @@ mod tests {
                     warp_per_row(len / k),
                     vec![
                         input(&probs),
+                        input(&dropped),
                         input(&grad),
                         output(&mut ds),
                         int(len / k),
                         int(k),
                         float(scale),
                         float(p),
-                        ulong(seed),
                     ],
                 );
                 let mut want = vec![T::default(); len];
                 for (r, w) in want.chunks_mut(k).enumerate() {
                     let rows = r * k..(r + 1) * k;
-                    let first = (r * k) as u64;
                     probs_grad_row(
                         &probs[rows.clone()],
+                        &dropped[rows.clone()],
                         &grad[rows],
                         scale,
-                        Some((p, seed)),
-                        first,
+                        p,
                         w,
                     );
                 }

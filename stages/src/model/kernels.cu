@@ -774,23 +774,33 @@ extern "C" __global__ void attention_probs_bf16(const bf16_bits *scores, const f
 }
 
 // The scores' gradient from the probabilities and the gradient of the dropped probabilities:
-// dropout's backward pass (its mask redrawn), softmax's (y (g - sum(g y))), and the scale, in one
-// pass over `rows` rows of n, a warp to a row as in attention_probs_rows.
+// dropout's backward pass, softmax's (y (g - sum(g y))), and the scale, in one pass over `rows`
+// rows of n, a warp to a row as in attention_probs_rows. Dropout's mask is read from `kept`, the
+// forward pass's dropped-out copy, rather than drawn again: an element is kept where that copy is
+// not 0 (y / (1 - p) is not 0 where y is not), and where y is 0 the gradient is multiplied by 0
+// whatever the mask, so this is the drawn mask's result exactly, for a 2-byte read in place of a
+// 64-bit hash per element. At p = 0, kept is not read.
+__device__ __forceinline__ float kept_grad(float g, float kept_value, float p) {
+  if (p <= 0.0f) return g;
+  return kept_value != 0.0f ? g / (1.0f - p) : 0.0f;
+}
+
 template <typename T>
-__device__ void attention_probs_grad_rows(const T *probs, const T *grad, T *dscores, int rows,
-                                          int n, float scale, float p,
-                                          unsigned long long seed) {
+__device__ void attention_probs_grad_rows(const T *probs, const T *kept, const T *grad,
+                                          T *dscores, int rows, int n, float scale, float p) {
   const unsigned int row = warp_row();
   if (row >= (unsigned int)rows) return;
   const int lane = threadIdx.x & 31;
   const size_t off = (size_t)row * n;
+  // The kept copy's value at j, read only when there is dropout.
+  auto kept_at = [&](size_t j) { return p > 0.0f ? load(kept, j) : 1.0f; };
   if (n <= 32 * ROW_KEYS) {
     float y[ROW_KEYS], g[ROW_KEYS];
     float s = 0.0f;
     UNROLL for (int k = 0; k < ROW_KEYS; k++) {
       const int j = lane + 32 * k;
       y[k] = j < n ? load(probs, off + j) : 0.0f;
-      g[k] = j < n ? dropped(load(grad, off + j), p, seed, off + j) : 0.0f;
+      g[k] = j < n ? kept_grad(load(grad, off + j), kept_at(off + j), p) : 0.0f;
       s += g[k] * y[k];
     }
     s = warp_sum(s);
@@ -802,26 +812,25 @@ __device__ void attention_probs_grad_rows(const T *probs, const T *grad, T *dsco
   }
   float s = 0.0f;
   for (int j = lane; j < n; j += 32)
-    s += dropped(load(grad, off + j), p, seed, off + j) * load(probs, off + j);
+    s += kept_grad(load(grad, off + j), kept_at(off + j), p) * load(probs, off + j);
   s = warp_sum(s);
   for (int j = lane; j < n; j += 32) {
-    const float g = dropped(load(grad, off + j), p, seed, off + j);
+    const float g = kept_grad(load(grad, off + j), kept_at(off + j), p);
     store(dscores, off + j, scale * load(probs, off + j) * (g - s));
   }
 }
 
-extern "C" __global__ void attention_probs_grad_f32(const float *probs, const float *grad,
-                                                    float *dscores, int rows, int n,
-                                                    float scale, float p,
-                                                    unsigned long long seed) {
-  attention_probs_grad_rows(probs, grad, dscores, rows, n, scale, p, seed);
+extern "C" __global__ void attention_probs_grad_f32(const float *probs, const float *kept,
+                                                    const float *grad, float *dscores, int rows,
+                                                    int n, float scale, float p) {
+  attention_probs_grad_rows(probs, kept, grad, dscores, rows, n, scale, p);
 }
 
 extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
+                                                     const bf16_bits *kept,
                                                      const bf16_bits *grad, bf16_bits *dscores,
-                                                     int rows, int n, float scale, float p,
-                                                     unsigned long long seed) {
-  attention_probs_grad_rows(probs, grad, dscores, rows, n, scale, p, seed);
+                                                     int rows, int n, float scale, float p) {
+  attention_probs_grad_rows(probs, kept, grad, dscores, rows, n, scale, p);
 }
 
 // Flash attention in bf16 on tensor cores: the scores, probabilities and their gradients never
