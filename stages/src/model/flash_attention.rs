@@ -10,9 +10,10 @@
 //! rounding: that path rounds the scores to bf16 before the softmax, this one keeps them in f32.
 //!
 //! One op each way, each with one result, so the forward pass packs the context (batch, len,
-//! heads x head_dim) with each query's log-sum-exp after it (its f32 bits as two bf16 words), and
-//! the backward pass writes dq, dk and dv as one (3, batch, heads, len, head_dim) tensor, the
-//! heads layout that `qkv::qkv_merge` reads.
+//! heads x head_dim) with each query's log-sum-exp after it (its f32 bits as two bf16 words) and,
+//! with dropout, the mask it drew (a bit per probability, which the backward pass reads rather
+//! than drawing it again); the backward pass writes dq, dk and dv as one (3, batch, heads, len,
+//! head_dim) tensor, the heads layout that `qkv::qkv_merge` reads.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -20,6 +21,7 @@ use rayon::prelude::*;
 
 use super::attention_probs::through_dropout;
 use super::fused::elems;
+use super::gpu_ops::keep;
 
 /// The largest head size the kernels take (their registers are sized for it).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -48,10 +50,41 @@ impl Dims {
         self.batch * self.heads * self.len
     }
 
-    /// Elements of the forward pass's packed result: the context, then two words per row.
-    pub fn packed(&self) -> usize {
-        self.elements() + 2 * self.rows()
+    /// Tiles of [`KEY_TILE`] keys in a row.
+    pub fn key_tiles(&self) -> usize {
+        self.len.div_ceil(KEY_TILE)
     }
+
+    /// Where the dropout mask's words start in the packed result, in bf16 words: after the
+    /// log-sum-exps, at the next multiple of four (8 bytes).
+    pub fn keep_offset(&self) -> usize {
+        (self.elements() + 2 * self.rows()).next_multiple_of(4)
+    }
+
+    /// 16-bit words of the dropout mask: four per row and tile of keys.
+    pub fn keep_words(&self) -> usize {
+        4 * self.rows() * self.key_tiles()
+    }
+
+    /// Elements of the forward pass's packed result: the context, then two words per row, then
+    /// with `dropout` one 64-bit mask word (four bf16 words) per row and tile of keys.
+    pub fn packed(&self, dropout: bool) -> usize {
+        if dropout {
+            self.keep_offset() + self.keep_words()
+        } else {
+            self.elements() + 2 * self.rows()
+        }
+    }
+}
+
+/// Keys per tile of the dropout mask (four 16-bit words): `kernels.cu`'s FLASH_KEYS.
+pub const KEY_TILE: usize = 64;
+
+/// Where key `j` of a tile is in its four mask words taken as one 64-bit word: `kernels.cu`'s
+/// `keep_bit`, the order in which the kernels' lanes hold the keys (word t has bit 2 n + e for key
+/// 8 n + 2 t + e).
+fn keep_bit(j: usize) -> usize {
+    16 * ((j % 8) / 2) + 2 * (j / 8) + j % 2
 }
 
 /// Whether flash attention takes heads of `head_dim` in `dtype` on `device`: bf16, a head size
@@ -101,7 +134,7 @@ pub fn flash_attention_forward(
         dims,
         key_mask: key_mask.flatten_all()?.contiguous()?,
         scale,
-        dropout: dropout.filter(|(p, _)| *p > 0.0),
+        dropout: active(dropout),
     };
     let saved = aligned(q)?.apply_op3_no_bwd(&aligned(k)?, &aligned(v)?, &op)?;
     let hidden = dims.heads * dims.head_dim;
@@ -128,7 +161,9 @@ pub fn flash_attention_backward(
     const OP: &str = "flora-flash-attention-grad";
     let dims = checked_dims(OP, q, k, v, key_mask)?;
     let hidden = dims.heads * dims.head_dim;
-    if dcontext.dims() != [dims.batch, dims.len, hidden] || saved.dims() != [dims.packed()] {
+    let dropout = active(dropout);
+    let packed = dims.packed(dropout.is_some());
+    if dcontext.dims() != [dims.batch, dims.len, hidden] || saved.dims() != [packed] {
         candle_core::bail!(
             "{OP}: a context gradient of {:?} and a saved forward pass of {:?} for {dims:?}",
             dcontext.dims(),
@@ -141,10 +176,15 @@ pub fn flash_attention_backward(
         dcontext: aligned(&dcontext.to_dtype(DType::BF16)?)?,
         key_mask: key_mask.flatten_all()?.contiguous()?,
         scale,
-        dropout: dropout.filter(|(p, _)| *p > 0.0),
+        rate: dropout.map_or(0.0, |(p, _)| p),
     };
     let grads = aligned(q)?.apply_op3_no_bwd(&aligned(k)?, &aligned(v)?, &op)?;
     Ok([grads.get(0)?, grads.get(1)?, grads.get(2)?])
+}
+
+/// Dropout at a rate above 0, else none.
+fn active(dropout: Option<(f32, u64)>) -> Option<(f32, u64)> {
+    dropout.filter(|(p, _)| *p > 0.0)
 }
 
 /// The sizes of q, k and v, which must agree, be bf16 and have a head size the kernels take,
@@ -245,7 +285,8 @@ fn draw(d: Dims, bh: usize, i: usize, j: usize) -> u64 {
     ((bh * d.len + i) * d.len + j) as u64
 }
 
-/// `flash_attention_fwd_bf16`'s CPU twin: the packed context and log-sum-exps.
+/// `flash_attention_fwd_bf16`'s CPU twin: the packed context, log-sum-exps and, with dropout, the
+/// mask's words.
 pub(crate) fn forward_cpu(
     [q, k, v]: [&[bf16]; 3],
     mask: &[f32],
@@ -283,7 +324,7 @@ pub(crate) fn forward_cpu(
             (out, lse)
         })
         .collect();
-    let mut packed = vec![bf16::ZERO; d.packed()];
+    let mut packed = vec![bf16::ZERO; d.packed(dropout.is_some())];
     let hidden = d.heads * hd;
     for (bh, (out, lse)) in heads.iter().enumerate() {
         let (b, h) = (bh / d.heads, bh % d.heads);
@@ -298,7 +339,33 @@ pub(crate) fn forward_cpu(
             packed[d.elements() + 2 * row + 1] = bf16::from_bits((bits >> 16) as u16);
         }
     }
+    if let Some((p, seed)) = dropout {
+        for row in 0..d.rows() {
+            let (bh, i) = (row / d.len, row % d.len);
+            for tile in 0..d.key_tiles() {
+                let keys = tile * KEY_TILE..((tile + 1) * KEY_TILE).min(d.len);
+                let word = keys
+                    .filter(|&j| keep(seed, draw(d, bh, i, j), p))
+                    .fold(0u64, |w, j| w | 1 << keep_bit(j % KEY_TILE));
+                let at = d.keep_offset() + 4 * (row * d.key_tiles() + tile);
+                for (x, part) in packed[at..at + 4].iter_mut().zip(0..) {
+                    *x = bf16::from_bits((word >> (16 * part)) as u16);
+                }
+            }
+        }
+    }
     packed
+}
+
+/// Whether the forward pass kept the probability of key `j` for query `row` (of all heads' rows):
+/// its bit of the mask in the packed result `saved`; every one without dropout.
+fn kept_in(saved: &[bf16], d: Dims, row: usize, j: usize, dropout: bool) -> bool {
+    if !dropout {
+        return true;
+    }
+    let at = d.keep_offset() + 4 * (row * d.key_tiles() + j / KEY_TILE);
+    let bit = keep_bit(j % KEY_TILE);
+    saved[at + bit / 16].to_bits() >> (bit % 16) & 1 == 1
 }
 
 /// Query `row`'s log-sum-exp (of all heads' rows) from the forward pass's packed result.
@@ -309,8 +376,8 @@ fn lse_of(saved: &[bf16], d: Dims, row: usize) -> f32 {
 }
 
 /// `flash_attention_dq_bf16`'s and `flash_attention_dkv_bf16`'s CPU twin: dq, dk and dv, one
-/// after another in the heads layout, from the packed forward result and the context's gradient
-/// (batch, len, hidden).
+/// after another in the heads layout, from the packed forward result (with dropout at `rate`, its
+/// mask) and the context's gradient (batch, len, hidden).
 pub(crate) fn backward_cpu(
     [q, k, v]: [&[bf16]; 3],
     saved: &[bf16],
@@ -318,7 +385,7 @@ pub(crate) fn backward_cpu(
     mask: &[f32],
     d: Dims,
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    rate: f32,
 ) -> Vec<bf16> {
     let (hd, len) = (d.head_dim, d.len);
     let hidden = d.heads * hd;
@@ -345,10 +412,10 @@ pub(crate) fn backward_cpu(
                     let vj = &h.v[j * hd..(j + 1) * hd];
                     let dp: f32 = gi.iter().zip(vj).map(|(a, b)| a * b).sum();
                     let y = (s[j] - lse).exp();
-                    let at = draw(d, bh, i, j);
-                    let ds = bf16::from_f32(scale * y * (through_dropout(dp, at, dropout) - delta))
-                        .to_f32();
-                    let kept = bf16::from_f32(through_dropout(y, at, dropout)).to_f32();
+                    let keep = kept_in(saved, d, bh * len + i, j, rate > 0.0);
+                    let through = |x: f32| if keep { x / (1.0 - rate) } else { 0.0 };
+                    let ds = bf16::from_f32(scale * y * (through(dp) - delta)).to_f32();
+                    let kept = bf16::from_f32(through(y)).to_f32();
                     for c in 0..hd {
                         dq[i * hd + c] += ds * h.k[j * hd + c];
                         dk[j * hd + c] += ds * h.q[i * hd + c];
@@ -388,7 +455,8 @@ struct Backward {
     dcontext: Tensor,
     key_mask: Tensor,
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    /// Dropout's rate (0: none); its mask is in `saved`.
+    rate: f32,
 }
 
 /// The elements of a tensor held by an op, on the CPU, as `T`.
@@ -430,7 +498,8 @@ impl CustomOp3 for Forward {
         let qkv = bf16_inputs([(s1, l1), (s2, l2), (s3, l3)], op)?;
         let mask = held::<f32>(&self.key_mask, op)?;
         let packed = forward_cpu(qkv, &mask, self.dims, self.scale, self.dropout);
-        Ok((CpuStorage::BF16(packed), Shape::from(self.dims.packed())))
+        let shape = Shape::from(self.dims.packed(self.dropout.is_some()));
+        Ok((CpuStorage::BF16(packed), shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -473,7 +542,7 @@ impl CustomOp3 for Backward {
         let dcontext = held::<bf16>(&self.dcontext, op)?;
         let mask = held::<f32>(&self.key_mask, op)?;
         let d = self.dims;
-        let grads = backward_cpu(qkv, &saved, &dcontext, &mask, d, self.scale, self.dropout);
+        let grads = backward_cpu(qkv, &saved, &dcontext, &mask, d, self.scale, self.rate);
         let shape = Shape::from((3, d.batch, d.heads, d.len, d.head_dim));
         Ok((CpuStorage::BF16(grads), shape))
     }
@@ -493,7 +562,7 @@ impl CustomOp3 for Backward {
             [&self.saved, &self.dcontext, &self.key_mask],
             self.dims,
             self.scale,
-            self.dropout,
+            self.rate,
         )
     }
 }

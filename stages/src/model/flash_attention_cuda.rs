@@ -1,5 +1,6 @@
-//! The CUDA side of `flash_attention.rs`: `kernels.cu`'s `flash_attention_fwd_bf16`, then
-//! `flash_attention_dq_bf16` and `flash_attention_dkv_bf16` backwards.
+//! The CUDA side of `flash_attention.rs`: `kernels.cu`'s `flash_dropout_mask` (with dropout) and
+//! `flash_attention_fwd_bf16`, then `flash_attention_dq_bf16` and `flash_attention_dkv_bf16`
+//! backwards.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::CudaView;
@@ -8,7 +9,7 @@ use half::bf16;
 
 use super::flash_attention::Dims;
 use super::gpu_kernels::{config, launch, output, typed, uninit, view};
-use super::launch_shapes::flash_tiles;
+use super::launch_shapes::{elementwise, flash_tiles};
 
 /// A storage and its layout.
 type Input<'a> = (&'a CudaStorage, &'a Layout);
@@ -49,9 +50,24 @@ pub fn forward(
     let [q, k, v] = bf16_views([(qs, ql), (ks, kl), (vs, vl)], OP)?;
     let (mask_guard, mask_layout) = key_mask.storage_and_layout();
     let mask = view(held(&mask_guard, OP)?, mask_layout, OP)?;
-    let mut out = uninit::<bf16>(dev, d.packed())?;
+    let mut out = uninit::<bf16>(dev, d.packed(dropout.is_some()))?;
     let (p, seed) = dropout.unwrap_or((0.0, 0));
     let (heads, len, hd) = (d.heads as i32, d.len as i32, d.head_dim as i32);
+    if dropout.is_some() {
+        // Dropout's mask first, into the packed result, for all three kernels to read.
+        let bhs = (d.batch * d.heads) as i32;
+        launch!(
+            dev,
+            "flash_dropout_mask",
+            config(elementwise(d.keep_words())),
+            &mut out,
+            &bhs,
+            &len,
+            &hd,
+            &p,
+            &seed
+        )?;
+    }
     launch!(
         dev,
         "flash_attention_fwd_bf16",
@@ -65,23 +81,23 @@ pub fn forward(
         &len,
         &hd,
         &scale,
-        &p,
-        &seed
+        &p
     )?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from(d.packed()),
+        Shape::from(d.packed(dropout.is_some())),
     ))
 }
 
 /// dq, dk and dv as one (3, batch, heads, len, head_dim) bf16 tensor, from q, k, v and the
-/// held tensors: the forward pass's packed result, the context's gradient and the key mask.
+/// held tensors: the forward pass's packed result (with dropout at `rate`, its mask), the
+/// context's gradient and the key mask.
 pub fn backward(
     [(qs, ql), (ks, kl), (vs, vl)]: [Input<'_>; 3],
     [saved, dcontext, key_mask]: [&Tensor; 3],
     d: Dims,
     scale: f32,
-    dropout: Option<(f32, u64)>,
+    rate: f32,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "flora-flash-attention-grad";
     let dev = qs.device();
@@ -95,7 +111,6 @@ pub fn backward(
     // Each query's delta, written by the dq kernel for the dk and dv kernel.
     let mut delta = output(dev, d.rows())?;
     let mut grads = uninit::<bf16>(dev, 3 * d.elements())?;
-    let (p, seed) = dropout.unwrap_or((0.0, 0));
     let (heads, len, hd) = (d.heads as i32, d.len as i32, d.head_dim as i32);
     let shape = config(flash_tiles(d.len, d.batch * d.heads));
     launch!(
@@ -114,8 +129,7 @@ pub fn backward(
         &len,
         &hd,
         &scale,
-        &p,
-        &seed
+        &rate
     )?;
     launch!(
         dev,
@@ -133,8 +147,7 @@ pub fn backward(
         &len,
         &hd,
         &scale,
-        &p,
-        &seed
+        &rate
     )?;
     let shape = Shape::from((3, d.batch, d.heads, d.len, d.head_dim));
     Ok((CudaStorage::wrap_cuda_slice(grads, dev.clone()), shape))

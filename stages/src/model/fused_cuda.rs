@@ -617,6 +617,12 @@ mod tests {
                 .collect();
             let mask = Tensor::from_vec(mask, (batch, 1, 1, len), &Device::Cpu).unwrap();
             let scale = 1.0 / (hd as f32).sqrt();
+            let dims = crate::model::flash_attention::Dims {
+                batch,
+                heads,
+                len,
+                head_dim: hd,
+            };
             let run = |dev: &Device| {
                 let on = |t: &Tensor| t.to_device(dev).unwrap();
                 let (q, k, v, mask, grad) = (on(&q), on(&k), on(&v), on(&mask), on(&grad));
@@ -632,9 +638,26 @@ mod tests {
                 };
                 let mut all = vec![back(&out.context)];
                 all.extend(grads.iter().map(back));
-                all
+                // The dropout mask the forward pass kept, as its bits.
+                let words = out.saved.dim(0).unwrap();
+                let from = words.min(dims.keep_offset());
+                let keeps: Vec<u16> = out
+                    .saved
+                    .narrow(0, from, words - from)
+                    .and_then(|t| t.to_device(&Device::Cpu))
+                    .and_then(|t| t.to_vec1::<half::bf16>())
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.to_bits())
+                    .collect();
+                (all, keeps)
             };
-            let (cpu, gpu) = (run(&Device::Cpu), run(&dev));
+            let ((cpu, cpu_keeps), (gpu, gpu_keeps)) = (run(&Device::Cpu), run(&dev));
+            assert_eq!(dropout.is_some(), !cpu_keeps.is_empty());
+            assert!(
+                cpu_keeps == gpu_keeps,
+                "{batch}x{heads}x{len}x{hd}: the dropout masks differ"
+            );
             for (name, (c, g)) in ["context", "dq", "dk", "dv"]
                 .iter()
                 .zip(cpu.iter().zip(&gpu))

@@ -1665,10 +1665,24 @@ mod tests {
                 int(dims.head_dim),
                 float(scale),
                 float(p),
-                ulong(seed),
             ]
         };
-        let mut saved = vec![bf16::ZERO; dims.packed()];
+        let mut saved = vec![bf16::ZERO; dims.packed(dropout.is_some())];
+        if dropout.is_some() {
+            let bhs = dims.batch * dims.heads;
+            launch(
+                "flash_dropout_mask",
+                super::super::launch_shapes::elementwise(dims.keep_words()),
+                vec![
+                    output(&mut saved),
+                    int(bhs),
+                    int(len),
+                    int(dims.head_dim),
+                    float(p),
+                    ulong(seed),
+                ],
+            );
+        }
         let mut args = vec![
             input(&q),
             input(&k),
@@ -1687,7 +1701,7 @@ mod tests {
             2e-2,
         );
         let lse = |x: &[bf16]| -> Vec<f32> {
-            x[n..]
+            x[n..n + 2 * dims.rows()]
                 .chunks(2)
                 .map(|w| f32::from_bits(w[0].to_bits() as u32 | (w[1].to_bits() as u32) << 16))
                 .collect()
@@ -1696,6 +1710,22 @@ mod tests {
         for (i, (a, b)) in got_lse.iter().zip(&want_lse).enumerate() {
             let same = a == b || (a - b).abs() < 1e-4 * b.abs().max(1.0);
             assert!(same, "{what}: log-sum-exp of row {i}: {a} against {b}");
+        }
+        // The dropout mask's words, bit for bit.
+        if dropout.is_some() {
+            let bits = |x: &[bf16]| -> Vec<u16> {
+                x[dims.keep_offset()..]
+                    .iter()
+                    .map(|w| w.to_bits())
+                    .collect()
+            };
+            let (got, want) = (bits(&saved), bits(&want));
+            let first = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert!(
+                first.is_none(),
+                "{what}: the dropout mask's word {first:?} of {} differs",
+                want.len()
+            );
         }
         if masked_out {
             let last = (dims.batch - 1) * len * hidden;
@@ -1732,7 +1762,7 @@ mod tests {
         ];
         args.extend(scalars());
         launch("flash_attention_dkv_bf16", shape, args);
-        let want = backward_cpu([&q, &k, &v], &saved, &dcontext, &mask, dims, scale, dropout);
+        let want = backward_cpu([&q, &k, &v], &saved, &dcontext, &mask, dims, scale, p);
         for (which, name) in ["dq", "dk", "dv"].iter().enumerate() {
             let range = which * n..(which + 1) * n;
             let (got, want) = (widen(&grads[range.clone()]), widen(&want[range]));
@@ -1747,7 +1777,7 @@ mod tests {
     #[test]
     fn flash_attention_and_its_backward_match_the_cpu() {
         // Names for `every_kernel_has_an_emulated_test`: "flash_attention_fwd_bf16",
-        // "flash_attention_dq_bf16", "flash_attention_dkv_bf16",
+        // "flash_attention_dq_bf16", "flash_attention_dkv_bf16", "flash_dropout_mask",
         // One ragged tile of queries and keys, two sequences of two heads.
         let dims = |batch, heads, len, head_dim| Dims {
             batch,

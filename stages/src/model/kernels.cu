@@ -858,14 +858,76 @@ extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
 // - flash_attention_dkv_bf16: 16 keys a warp; over query tiles of FLASH_QUERIES, the same
 //   recomputed transposed (keys as rows), dv += dropped(P)^T dcontext and dk += dS^T q.
 // Two backward kernels rather than one with atomic adds into dq keep the gradients
-// deterministic. Shared tiles' rows are padded by FLASH_PAD elements (16 bytes), so that a
-// warp's 32-bit fragment loads fall in 32 different banks.
+// deterministic. With dropout, flash_dropout_mask draws the mask first, a bit per probability
+// (4 MB a layer at 84 x 6 heads x 256^2), and all three read it rather than each drawing it: one
+// hash per probability where there were three, and none in the kernels' registers. Shared tiles' rows are padded by FLASH_PAD elements (16 bytes), so
+// that a warp's 32-bit fragment loads fall in 32 different banks.
 #define FLASH_WARPS 4
 #define FLASH_KEYS 64
 #define FLASH_QUERIES 32
 #define FLASH_DMAX 128
 #define FLASH_PAD 8
 #define FLASH_STRIDE (FLASH_DMAX + FLASH_PAD)
+// The dk and dv kernel's block of keys is one tile of the kept mask's words.
+static_assert(FLASH_KEYS == 16 * FLASH_WARPS, "a block of keys is one tile of mask words");
+
+// Tiles of FLASH_KEYS keys in a row of len.
+__device__ __forceinline__ int key_tiles(int len) { return (len + FLASH_KEYS - 1) / FLASH_KEYS; }
+
+// Dropout's mask in the forward pass's packed result, after the log-sum-exps at the next multiple
+// of four bf16 words (`Dims::keep_offset`): four 16-bit words per query row (of all `bhs`
+// sequences x heads) and tile of keys, in the order the forward and dq kernels' lanes hold them:
+// word t has bit 2 n + e set where key 8 n + 2 t + e of the tile (n < 8, e < 2) is kept, so that
+// each lane reads one word.
+__device__ __forceinline__ bf16_bits *keep_words(const bf16_bits *packed, size_t bhs, int len,
+                                                 int head_dim) {
+  const size_t rows = bhs * len;
+  return (bf16_bits *)packed + ((rows * head_dim + 2 * rows + 3) & ~(size_t)3);
+}
+
+// Where query `row`'s mask words over tile `tile` of keys are.
+__device__ __forceinline__ size_t keep_at(size_t bh, int row, int tile, int len) {
+  return (((size_t)bh * len + row) * key_tiles(len) + tile) * 4;
+}
+
+// Query `row`'s four mask words over tile `tile` of keys as one, word t in bits 16 t ..: every
+// key kept without dropout.
+__device__ __forceinline__ unsigned long long keep_row(const bf16_bits *keeps, size_t bh, int row,
+                                                       int tile, int len, float p) {
+  if (p <= 0.0f || row >= len) return ~0ull;
+  return *(const unsigned long long *)(keeps + keep_at(bh, row, tile, len));
+}
+
+// Lane t's mask word of query `row` over tile `tile` of keys: every key kept without dropout.
+__device__ __forceinline__ unsigned int keep_part(const bf16_bits *keeps, size_t bh, int row,
+                                                  int tile, int t, int len, float p) {
+  if (p <= 0.0f || row >= len) return 0xffffu;
+  return keeps[keep_at(bh, row, tile, len) + t];
+}
+
+// Where key j (< FLASH_KEYS) of a tile is in keep_row's 64 bits.
+__device__ __forceinline__ int keep_bit(int j) { return 16 * ((j & 7) >> 1) + 2 * (j >> 3) + (j & 1); }
+
+// Dropout's mask at p for flash attention over `bhs` sequences x heads of len queries and keys,
+// into the packed result `out` of the forward kernel that runs next: `dropped`'s draw over the
+// flat (batch, head, query, key) index, one thread per mask word (16 keys); keys past the last
+// are not kept. Launched as a thread per word (`launch_shapes::elementwise`).
+extern "C" __global__ void flash_dropout_mask(bf16_bits *out, int bhs, int len, int head_dim,
+                                              float p, unsigned long long seed) {
+  const int tiles = key_tiles(len);
+  const size_t word = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (word >= (size_t)bhs * len * tiles * 4) return;
+  const int t = word & 3, tile = (word >> 2) % tiles;
+  const size_t row = (word >> 2) / tiles;
+  unsigned int bits = 0u;
+  UNROLL for (int n = 0; n < 8; n++) {
+    UNROLL for (int e = 0; e < 2; e++) {
+      const int key = FLASH_KEYS * tile + 8 * n + 2 * t + e;
+      if (key < len && kept(p, seed, row * len + key)) bits |= 1u << (2 * n + e);
+    }
+  }
+  keep_words(out, bhs, len, head_dim)[word] = (bf16_bits)bits;
+}
 
 // Two floats rounded to bf16 in one register, the first in the low half.
 __device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
@@ -1028,6 +1090,7 @@ __device__ __forceinline__ float quad_max(float v) {
   return fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 2));
 }
 
+
 // Query `row`'s log-sum-exp, stored by the forward kernel after the context as its f32 bits in
 // two bf16 words: +inf past the last query (every probability recomputed from it is then 0).
 __device__ __forceinline__ float lse_at(const bf16_bits *tail, size_t bh_row, int row, int len) {
@@ -1085,8 +1148,7 @@ extern "C" __global__ void mma_fragments_probe(const bf16_bits *a, const bf16_bi
 extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf16_bits *k,
                                                     const bf16_bits *v, const float *key_mask,
                                                     bf16_bits *out, int heads, int len,
-                                                    int head_dim, float scale, float p,
-                                                    unsigned long long seed) {
+                                                    int head_dim, float scale, float p) {
   __shared__ __align__(16) bf16_bits ks[FLASH_KEYS][FLASH_STRIDE];
   __shared__ __align__(16) bf16_bits vs[FLASH_KEYS][FLASH_STRIDE];
   __shared__ float ms[FLASH_KEYS];
@@ -1102,7 +1164,6 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
   // Rows g and g + 8: the running max (the shift of the exponentials) and this lane's share of
   // the sum of exponentials.
   float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
-  const size_t flat0 = ((size_t)bh * len + r0) * len, flat1 = ((size_t)bh * len + r1) * len;
   for (int k0 = 0; k0 < len; k0 += FLASH_KEYS) {
     __syncthreads();
     tile_in(ks, k + head, k0, FLASH_KEYS, len, head_dim, head_dim);
@@ -1138,15 +1199,21 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
     UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
       o[dt][0] *= a0, o[dt][1] *= a0, o[dt][2] *= a1, o[dt][3] *= a1;
     }
+    // Rows g and g + 8: this lane's words of dropout's mask over this tile.
+    const bf16_bits *keeps = keep_words(out, gridDim.y, len, head_dim);
+    const unsigned int kw0 = keep_part(keeps, bh, r0, k0 / FLASH_KEYS, t, len, p);
+    const unsigned int kw1 = keep_part(keeps, bh, r1, k0 / FLASH_KEYS, t, len, p);
     UNROLL for (int kb = 0; kb < FLASH_KEYS / 16; kb++) {
       unsigned int pa[4];
       UNROLL for (int half = 0; half < 2; half++) {
-        const int nt = 2 * kb + half, key = k0 + 8 * nt + 2 * t;
+        const int nt = 2 * kb + half;
         const float e0 = expf(s[nt][0] - sh0), e1 = expf(s[nt][1] - sh0);
         const float e2 = expf(s[nt][2] - sh1), e3 = expf(s[nt][3] - sh1);
         l0 += e0 + e1, l1 += e2 + e3;
-        pa[2 * half] = bf16_pair(dropped(e0, p, seed, flat0 + key), dropped(e1, p, seed, flat0 + key + 1));
-        pa[2 * half + 1] = bf16_pair(dropped(e2, p, seed, flat1 + key), dropped(e3, p, seed, flat1 + key + 1));
+        const bool c0 = (kw0 >> (2 * nt)) & 1u, c1 = (kw0 >> (2 * nt + 1)) & 1u;
+        const bool c2 = (kw1 >> (2 * nt)) & 1u, c3 = (kw1 >> (2 * nt + 1)) & 1u;
+        pa[2 * half] = bf16_pair(c0 ? e0 / (1.0f - p) : 0.0f, c1 ? e1 / (1.0f - p) : 0.0f);
+        pa[2 * half + 1] = bf16_pair(c2 ? e2 / (1.0f - p) : 0.0f, c3 ? e3 / (1.0f - p) : 0.0f);
       }
       UNROLL for (int dp = 0; dp < FLASH_DMAX / 16; dp++) {
         if (16 * dp >= head_dim) break;
@@ -1188,8 +1255,8 @@ extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf1
                                                    const bf16_bits *v, const bf16_bits *fwd,
                                                    const bf16_bits *dout, const float *key_mask,
                                                    float *delta, bf16_bits *grads, int heads,
-                                                   int len, int head_dim, float scale, float p,
-                                                   unsigned long long seed) {
+                                                   int len, int head_dim, float scale,
+                                                   float p) {
   __shared__ __align__(16) bf16_bits ks[FLASH_KEYS][FLASH_STRIDE];
   __shared__ __align__(16) bf16_bits vs[FLASH_KEYS][FLASH_STRIDE];
   __shared__ float ms[FLASH_KEYS];
@@ -1226,13 +1293,17 @@ extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf1
   if (t == 0 && r1 < len) delta[(size_t)bh * len + r1] = d1;
   float dq[FLASH_DMAX / 8][4];
   UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
-  const size_t flat0 = ((size_t)bh * len + r0) * len, flat1 = ((size_t)bh * len + r1) * len;
+  const bf16_bits *keeps = keep_words(fwd, gridDim.y, len, head_dim);
   for (int k0 = 0; k0 < len; k0 += FLASH_KEYS) {
     __syncthreads();
     tile_in(ks, k + head, k0, FLASH_KEYS, len, head_dim, head_dim);
     tile_in(vs, v + head, k0, FLASH_KEYS, len, head_dim, head_dim);
     for (int j = threadIdx.x; j < FLASH_KEYS; j += blockDim.x)
       ms[j] = k0 + j < len ? key_mask[(size_t)b * len + k0 + j] : NEG_INF;
+    // Rows g and g + 8: this lane's words of the forward pass's mask over this tile (its lanes
+    // held the keys that this kernel's lanes hold).
+    const unsigned int kw0 = keep_part(keeps, bh, r0, k0 / FLASH_KEYS, t, len, p);
+    const unsigned int kw1 = keep_part(keeps, bh, r1, k0 / FLASH_KEYS, t, len, p);
     __syncthreads();
     UNROLL for (int kb = 0; kb < FLASH_KEYS / 16; kb++) {
       // The scores and dP for keys 16 kb .. 16 kb + 15 of the tile (two tiles of 8 keys).
@@ -1253,9 +1324,10 @@ extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf1
         float ds[4];
         UNROLL for (int e = 0; e < 4; e++) {
           const int j = 16 * kb + 8 * half + 2 * t + (e & 1);
-          const size_t at = (e < 2 ? flat0 : flat1) + k0 + j;
+          const bool keep = ((e < 2 ? kw0 : kw1) >> (2 * (2 * kb + half) + (e & 1))) & 1u;
           const float y = expf(s[half][e] * scale + ms[j] - (e < 2 ? lse0 : lse1));
-          ds[e] = scale * y * (dropped(dp[half][e], p, seed, at) - (e < 2 ? d0 : d1));
+          const float g = keep ? dp[half][e] / (1.0f - p) : 0.0f;
+          ds[e] = scale * y * (g - (e < 2 ? d0 : d1));
         }
         da[2 * half] = bf16_pair(ds[0], ds[1]);
         da[2 * half + 1] = bf16_pair(ds[2], ds[3]);
@@ -1283,12 +1355,12 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
                                                     const bf16_bits *dout, const float *key_mask,
                                                     const float *delta, bf16_bits *grads,
                                                     int heads, int len, int head_dim,
-                                                    float scale, float p,
-                                                    unsigned long long seed) {
+                                                    float scale, float p) {
   __shared__ __align__(16) bf16_bits vs[16 * FLASH_WARPS][FLASH_STRIDE];
   __shared__ __align__(16) bf16_bits qs[FLASH_QUERIES][FLASH_STRIDE];
   __shared__ __align__(16) bf16_bits gs[FLASH_QUERIES][FLASH_STRIDE];
   __shared__ float lses[FLASH_QUERIES], deltas[FLASH_QUERIES];
+  __shared__ unsigned long long keeps_s[FLASH_QUERIES];
   const int bh = blockIdx.y, b = bh / heads, h = bh % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int kblock = blockIdx.x * (16 * FLASH_WARPS), kw = kblock + 16 * warp;
@@ -1298,6 +1370,7 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
   const size_t context = (size_t)b * len * hidden + h * head_dim;
   const size_t n = (size_t)gridDim.y * len * head_dim;
   const bf16_bits *tail = fwd + n;
+  const bf16_bits *keeps = keep_words(fwd, gridDim.y, len, head_dim);
   unsigned int ka[FLASH_DMAX / 16][4];
   rows_as_a(k + head, kw, len, head_dim, head_dim, ka);
   tile_in(vs, v + head, kblock, 16 * FLASH_WARPS, len, head_dim, head_dim);
@@ -1317,6 +1390,8 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
       const size_t at = (size_t)bh * len + j0 + j;
       lses[j] = lse_at(tail, at, j0 + j, len);
       deltas[j] = j0 + j < len ? delta[at] : 0.0f;
+      // The mask over this block's keys, which are tile blockIdx.x.
+      keeps_s[j] = keep_row(keeps, bh, j0 + j, blockIdx.x, len, p);
     }
     __syncthreads();
     UNROLL for (int jb = 0; jb < FLASH_QUERIES / 16; jb++) {
@@ -1339,11 +1414,10 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
         float y[4], ds[4];
         UNROLL for (int e = 0; e < 4; e++) {
           const int j = 16 * jb + 8 * half + 2 * t + (e & 1);
-          const int key = e < 2 ? c0 : c1;
-          const size_t at = ((size_t)bh * len + j0 + j) * len + key;
+          const int key = (e < 2 ? c0 : c1) - kblock;
           const float prob = expf(s[half][e] * scale + (e < 2 ? mk0 : mk1) - lses[j]);
-          // One draw for both: `dropped`'s mask on the probability and on its gradient.
-          const bool keep = kept(p, seed, at);
+          // The forward pass's mask, on the probability and on its gradient.
+          const bool keep = (keeps_s[j] >> keep_bit(key)) & 1ull;
           y[e] = keep ? prob / (1.0f - p) : 0.0f;
           const float g = keep ? dp[half][e] / (1.0f - p) : 0.0f;
           ds[e] = scale * prob * (g - deltas[j]);
