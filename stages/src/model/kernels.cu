@@ -860,8 +860,9 @@ extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
 // Two backward kernels rather than one with atomic adds into dq keep the gradients
 // deterministic. With dropout, flash_dropout_mask draws the mask first, a bit per probability
 // (4 MB a layer at 84 x 6 heads x 256^2), and all three read it rather than each drawing it: one
-// hash per probability where there were three, and none in the kernels' registers. Shared tiles' rows are padded by FLASH_PAD elements (16 bytes), so
-// that a warp's 32-bit fragment loads fall in 32 different banks.
+// hash per probability where there were three, and none in the kernels' registers. Shared tiles'
+// rows are padded by FLASH_PAD elements (16 bytes), so that a warp's 32-bit fragment loads fall
+// in 32 different banks.
 #define FLASH_WARPS 4
 #define FLASH_KEYS 64
 #define FLASH_QUERIES 32
@@ -906,7 +907,9 @@ __device__ __forceinline__ unsigned int keep_part(const bf16_bits *keeps, size_t
 }
 
 // Where key j (< FLASH_KEYS) of a tile is in keep_row's 64 bits.
-__device__ __forceinline__ int keep_bit(int j) { return 16 * ((j & 7) >> 1) + 2 * (j >> 3) + (j & 1); }
+__device__ __forceinline__ int keep_bit(int j) {
+  return 16 * ((j & 7) >> 1) + 2 * (j >> 3) + (j & 1);
+}
 
 // Dropout's mask at p for flash attention over `bhs` sequences x heads of len queries and keys,
 // into the packed result `out` of the forward kernel that runs next: `dropped`'s draw over the
@@ -1089,7 +1092,6 @@ __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 1));
   return fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 2));
 }
-
 
 // Query `row`'s log-sum-exp, stored by the forward kernel after the context as its f32 bits in
 // two bf16 words: +inf past the last query (every probability recomputed from it is then 0).
