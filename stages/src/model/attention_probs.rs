@@ -53,7 +53,8 @@ pub(crate) fn through_dropout(v: f32, i: u64, dropout: Option<(f32, u64)>) -> f3
 }
 
 /// One row of `attention_probs_rows` (kernels.cu): the probabilities of `scores` times `scale`
-/// plus the additive `mask`, and their dropped-out copy; `first` is the row's flat index.
+/// plus the additive `mask`, and with `dropout` their dropped-out copy (`dropped` is not written
+/// without); `first` is the row's flat index.
 pub(crate) fn probs_row<T: Elem>(
     scores: &[T],
     mask: &[f32],
@@ -69,7 +70,9 @@ pub(crate) fn probs_row<T: Elem>(
     for j in 0..scores.len() {
         let y = (x(j) - m).exp() * inv;
         probs[j] = T::put(y);
-        dropped[j] = T::put(through_dropout(y, first + j as u64, dropout));
+        if dropout.is_some() {
+            dropped[j] = T::put(through_dropout(y, first + j as u64, dropout));
+        }
     }
 }
 
@@ -92,8 +95,9 @@ pub(crate) fn probs_grad_row<T: Elem>(
     }
 }
 
-/// The probabilities of [`attention_probs`] and their dropped-out copy, packed as (2, the scores'
-/// shape): one tensor, so that the backward pass takes both as one input.
+/// The probabilities of [`attention_probs`] and, with dropout, their dropped-out copy, packed as
+/// (2, the scores' shape), else (1, the scores' shape): one tensor, so that the backward pass
+/// takes both as one input.
 #[derive(Debug)]
 pub struct Probabilities {
     packed: Tensor,
@@ -105,9 +109,10 @@ impl Probabilities {
         self.packed.get(0)
     }
 
-    /// The probabilities through dropout: what the context product reads.
+    /// The probabilities through dropout (the probabilities themselves without dropout): what
+    /// the context product reads.
     pub fn dropped(&self) -> Result<Tensor> {
-        self.packed.get(1)
+        self.packed.get(self.packed.dim(0)? - 1)
     }
 }
 
@@ -149,6 +154,11 @@ pub fn attention_probs_grad(
     rate: f32,
 ) -> Result<Tensor> {
     let packed = &probs.packed;
+    if rate > 0.0 && packed.dim(0)? != 2 {
+        candle_core::bail!(
+            "flora-attention-probs-grad: dropout at {rate} but probabilities without dropout"
+        );
+    }
     if packed.dims()[1..] != *grad.dims() || packed.dtype() != grad.dtype() {
         candle_core::bail!(
             "flora-attention-probs-grad: probabilities {:?} {:?} and gradient {:?} {:?} differ",
@@ -181,25 +191,30 @@ impl AttentionProbs {
     ) -> Result<(Vec<T>, Shape)> {
         let (_, heads, queries, keys) = l.shape().dims4()?;
         let len = scores.len();
-        let mut packed = vec![T::put(0.0); 2 * len];
+        // The dropped-out copy only with dropout: without, the context product reads probs.
+        let copies = 1 + usize::from(self.dropout.is_some());
+        let mut packed = vec![T::put(0.0); copies * len];
         let (probs, dropped) = packed.split_at_mut(len);
-        probs
-            .par_chunks_mut(keys)
-            .zip(dropped.par_chunks_mut(keys))
-            .enumerate()
-            .for_each(|(r, (p, d))| {
-                let b = r / (heads * queries);
-                let first = r * keys;
-                probs_row(
-                    &scores[first..first + keys],
-                    &mask[b * keys..(b + 1) * keys],
-                    self.scale,
-                    self.dropout,
-                    first as u64,
-                    (p, d),
-                );
-            });
-        let mut dims = vec![2];
+        let row = |r: usize, p: &mut [T], d: &mut [T]| {
+            let b = r / (heads * queries);
+            let first = r * keys;
+            probs_row(
+                &scores[first..first + keys],
+                &mask[b * keys..(b + 1) * keys],
+                self.scale,
+                self.dropout,
+                first as u64,
+                (p, d),
+            );
+        };
+        if dropped.is_empty() {
+            let rows = probs.par_chunks_mut(keys).enumerate();
+            rows.for_each(|(r, p)| row(r, p, &mut []));
+        } else {
+            let rows = probs.par_chunks_mut(keys).zip(dropped.par_chunks_mut(keys));
+            rows.enumerate().for_each(|(r, (p, d))| row(r, p, d));
+        }
+        let mut dims = vec![copies];
         dims.extend_from_slice(l.dims());
         Ok((packed, Shape::from(dims)))
     }
@@ -253,6 +268,8 @@ impl AttentionProbsGrad {
     /// `grad`, rows of `n`.
     fn cpu<T: Elem + candle_core::WithDType>(&self, packed: &[T], grad: &[T], n: usize) -> Vec<T> {
         let (probs, kept) = packed.split_at(grad.len());
+        // Without dropout there is no copy, and the rate of 0 reads none.
+        let kept = if kept.is_empty() { probs } else { kept };
         let mut ds = vec![T::put(0.0); grad.len()];
         ds.par_chunks_mut(n).enumerate().for_each(|(r, d)| {
             let row = r * n..(r + 1) * n;
@@ -354,6 +371,9 @@ mod tests {
             let s = scores.to_dtype(dt).unwrap();
             for dropout in [None, Some((0.3, 7))] {
                 let result = attention_probs(&s, &mask, 0.25, dropout).unwrap();
+                // The dropped-out copy is made only with dropout.
+                let copies = if dropout.is_some() { 2 } else { 1 };
+                assert_eq!(result.packed.dim(0).unwrap(), copies, "{dt:?} {dropout:?}");
                 let (probs, dropped) = (result.probs().unwrap(), result.dropped().unwrap());
                 assert_eq!((probs.dtype(), probs.dims()), (dt, &[b, h, q, k][..]));
                 assert_eq!((dropped.dtype(), dropped.dims()), (dt, &[b, h, q, k][..]));
@@ -436,6 +456,14 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("[2, 1, 3, 4] F32 and gradient [2, 1, 3, 5]"),
+            "{e}"
+        );
+        let no_keys_masked = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let without = attention_probs(&scores, &no_keys_masked, 1.0, None).unwrap();
+        let g = Tensor::zeros((2, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let e = attention_probs_grad(&without, &g, 1.0, 0.1).unwrap_err();
+        assert!(
+            e.to_string().contains("probabilities without dropout"),
             "{e}"
         );
     }

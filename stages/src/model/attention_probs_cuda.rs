@@ -10,14 +10,15 @@ use half::bf16;
 use super::gpu_kernels::{config, launch, suffix, typed, uninit, view};
 use super::launch_shapes::warp_per_row;
 
-/// The probabilities and their dropped-out copy, packed as (2, the scores' shape).
+/// The probabilities and, with dropout, their dropped-out copy, packed as (2, the scores' shape),
+/// else (1, the scores' shape).
 pub fn attention_probs(
     (ss, sl): (&CudaStorage, &Layout),
     (ms, ml): (&CudaStorage, &Layout),
     scale: f32,
     dropout: Option<(f32, u64)>,
 ) -> Result<(CudaStorage, Shape)> {
-    let mut dims = vec![2];
+    let mut dims = vec![1 + usize::from(dropout.is_some())];
     dims.extend_from_slice(sl.dims());
     let storage = match ss.dtype() {
         DType::BF16 => probs_typed::<bf16>((ss, sl), (ms, ml), scale, dropout)?,
@@ -39,7 +40,9 @@ fn probs_typed<T: CudaDType + DeviceRepr>(
     let mask = view(ms, ml, OP)?;
     let (_, heads, queries, keys) = sl.shape().dims4()?;
     let len = sl.shape().elem_count();
-    let mut packed = uninit::<T>(dev, 2 * len)?;
+    // The dropped-out copy only with dropout (the kernel writes none at p = 0).
+    let copies = 1 + usize::from(dropout.is_some());
+    let mut packed = uninit::<T>(dev, copies * len)?;
     let (mut probs, mut dropped) = packed.split_at_mut(len);
     let (p, seed) = dropout.unwrap_or((0.0, 0));
     let rows = len / keys.max(1);
@@ -91,6 +94,12 @@ fn grad_typed<T: CudaDType + DeviceRepr>(
     let n = super::fused::last_dim(gl);
     let len = gl.shape().elem_count();
     let (probs, kept) = packed.split_at(len);
+    // Without dropout there is no copy, and the rate of 0 reads none.
+    let kept = if kept.is_empty() {
+        packed.split_at(len).0
+    } else {
+        kept
+    };
     let mut ds = uninit::<T>(dev, len)?;
     let rows = len / n.max(1);
     let (rows_i, n_i) = (rows as i32, n as i32);

@@ -710,8 +710,9 @@ extern "C" __global__ void add_bf16_to_f32(const float *a, const bf16_bits *b, f
 // Attention probabilities from the raw scores of `rows` rows of n keys, ordered (batch, head,
 // query), rows_per_batch to a sequence: softmax over scores * scale + key_mask[batch, key]
 // (additive: 0, or a large negative for padding), into probs; and inverted dropout of them at p
-// (`dropout`'s mask over the flat index) into kept, which the context product reads. One pass
-// over the scores where scale, mask, softmax and dropout were four. T is float or bf16 bits.
+// (`dropout`'s mask over the flat index) into kept, which the context product reads; at p = 0
+// kept is not written (the context product reads probs). One pass over the scores where scale,
+// mask, softmax and dropout were four. T is float or bf16 bits.
 template <typename T>
 __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *probs, T *kept,
                                      int rows, int n, int rows_per_batch, float scale, float p,
@@ -741,7 +742,7 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
       if (j < n) {
         const float y = v[k] * inv;
         store(probs, off + j, y);
-        store(kept, off + j, dropped(y, p, seed, off + j));
+        if (p > 0.0f) store(kept, off + j, dropped(y, p, seed, off + j));
       }
     }
     return;
@@ -755,7 +756,7 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
   for (int j = lane; j < n; j += 32) {
     const float y = expf(load(scores, off + j) * scale + mask[j] - m) * inv;
     store(probs, off + j, y);
-    store(kept, off + j, dropped(y, p, seed, off + j));
+    if (p > 0.0f) store(kept, off + j, dropped(y, p, seed, off + j));
   }
 }
 
