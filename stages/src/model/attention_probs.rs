@@ -119,7 +119,8 @@ impl Probabilities {
 /// Softmax over the keys of `scores` (batch, heads, queries, keys; f32 or bf16, as the products
 /// made them) times `scale` plus the additive `key_mask` (batch x keys elements, f32: 0, or a
 /// large negative for padding); and inverted dropout of the result at `dropout`'s (rate, seed).
-/// The probabilities and their dropped-out copy, both of the scores' type. Records no gradient.
+/// The probabilities and, with dropout, their dropped-out copy, both of the scores' type.
+/// Records no gradient.
 pub fn attention_probs(
     scores: &Tensor,
     key_mask: &Tensor,
