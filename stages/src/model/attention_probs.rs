@@ -45,7 +45,7 @@ impl Elem for bf16 {
 
 /// The value of a dropped-out element `i` under `dropout`: `v / (1 - p)` if kept, else 0 (the
 /// mask of `gpu_ops::dropout`).
-pub(crate) fn through_dropout(v: f32, i: u64, dropout: Option<(f32, u64)>) -> f32 {
+fn through_dropout(v: f32, i: u64, dropout: Option<(f32, u64)>) -> f32 {
     match dropout {
         Some((p, seed)) => dropped(v, p, seed, i),
         None => v,

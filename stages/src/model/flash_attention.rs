@@ -19,7 +19,6 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use half::bf16;
 use rayon::prelude::*;
 
-use super::attention_probs::through_dropout;
 use super::fused::elems;
 use super::gpu_ops::keep;
 
@@ -295,6 +294,9 @@ pub(crate) fn forward_cpu(
     dropout: Option<(f32, u64)>,
 ) -> Vec<bf16> {
     let hd = d.head_dim;
+    // The mask first, as the kernels draw it, and read as they read it.
+    let keeps = dropout.map(|(p, seed)| mask_words(d, p, seed));
+    let rate = dropout.map_or(0.0, |(p, _)| p);
     let heads: Vec<(Vec<f32>, Vec<f32>)> = (0..d.batch * d.heads)
         .into_par_iter()
         .map(|bh| {
@@ -309,8 +311,8 @@ pub(crate) fn forward_cpu(
                 let sum: f32 = e.iter().sum();
                 let oi = &mut out[i * hd..(i + 1) * hd];
                 for (j, (ej, vj)) in e.iter().zip(h.v.chunks(hd)).enumerate() {
-                    let kept =
-                        bf16::from_f32(through_dropout(*ej, draw(d, bh, i, j), dropout)).to_f32();
+                    let keep = kept_in(keeps.as_deref(), d, bh * d.len + i, j);
+                    let kept = bf16::from_f32(if keep { ej / (1.0 - rate) } else { 0.0 }).to_f32();
                     oi.iter_mut().zip(vj).for_each(|(o, x)| *o += kept * x);
                 }
                 let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
@@ -339,33 +341,38 @@ pub(crate) fn forward_cpu(
             packed[d.elements() + 2 * row + 1] = bf16::from_bits((bits >> 16) as u16);
         }
     }
-    if let Some((p, seed)) = dropout {
-        for row in 0..d.rows() {
-            let (bh, i) = (row / d.len, row % d.len);
-            for tile in 0..d.key_tiles() {
-                let keys = tile * KEY_TILE..((tile + 1) * KEY_TILE).min(d.len);
-                let word = keys
-                    .filter(|&j| keep(seed, draw(d, bh, i, j), p))
-                    .fold(0u64, |w, j| w | 1 << keep_bit(j % KEY_TILE));
-                let at = d.keep_offset() + 4 * (row * d.key_tiles() + tile);
-                for (x, part) in packed[at..at + 4].iter_mut().zip(0..) {
-                    *x = bf16::from_bits((word >> (16 * part)) as u16);
-                }
-            }
-        }
+    if let Some(keeps) = keeps {
+        packed[d.keep_offset()..].copy_from_slice(&keeps);
     }
     packed
 }
 
-/// Whether the forward pass kept the probability of key `j` for query `row` (of all heads' rows):
-/// its bit of the mask in the packed result `saved`; every one without dropout.
-fn kept_in(saved: &[bf16], d: Dims, row: usize, j: usize, dropout: bool) -> bool {
-    if !dropout {
-        return true;
+/// `flash_dropout_mask`'s CPU twin: dropout's mask at `p` under `seed`, [`Dims::keep_words`]
+/// words of the packed result's layout (keys past the last not kept).
+fn mask_words(d: Dims, p: f32, seed: u64) -> Vec<bf16> {
+    let mut words = vec![bf16::ZERO; d.keep_words()];
+    for (row, tiles) in words.chunks_mut(4 * d.key_tiles()).enumerate() {
+        let (bh, i) = (row / d.len, row % d.len);
+        for (tile, parts) in tiles.chunks_mut(4).enumerate() {
+            let keys = tile * KEY_TILE..((tile + 1) * KEY_TILE).min(d.len);
+            let word = keys
+                .filter(|&j| keep(seed, draw(d, bh, i, j), p))
+                .fold(0u64, |w, j| w | 1 << keep_bit(j % KEY_TILE));
+            for (x, part) in parts.iter_mut().zip(0..) {
+                *x = bf16::from_bits((word >> (16 * part)) as u16);
+            }
+        }
     }
-    let at = d.keep_offset() + 4 * (row * d.key_tiles() + j / KEY_TILE);
+    words
+}
+
+/// Whether dropout kept the probability of key `j` for query `row` (of all heads' rows): its bit
+/// of the mask words `keeps`; every one without dropout (`None`).
+fn kept_in(keeps: Option<&[bf16]>, d: Dims, row: usize, j: usize) -> bool {
+    let Some(keeps) = keeps else { return true };
+    let at = 4 * (row * d.key_tiles() + j / KEY_TILE);
     let bit = keep_bit(j % KEY_TILE);
-    saved[at + bit / 16].to_bits() >> (bit % 16) & 1 == 1
+    keeps[at + bit / 16].to_bits() >> (bit % 16) & 1 == 1
 }
 
 /// Query `row`'s log-sum-exp (of all heads' rows) from the forward pass's packed result.
@@ -389,6 +396,7 @@ pub(crate) fn backward_cpu(
 ) -> Vec<bf16> {
     let (hd, len) = (d.head_dim, d.len);
     let hidden = d.heads * hd;
+    let keeps = (rate > 0.0).then(|| &saved[d.keep_offset()..]);
     let grads: Vec<[Vec<f32>; 3]> = (0..d.batch * d.heads)
         .into_par_iter()
         .map(|bh| {
@@ -412,7 +420,7 @@ pub(crate) fn backward_cpu(
                     let vj = &h.v[j * hd..(j + 1) * hd];
                     let dp: f32 = gi.iter().zip(vj).map(|(a, b)| a * b).sum();
                     let y = (s[j] - lse).exp();
-                    let keep = kept_in(saved, d, bh * len + i, j, rate > 0.0);
+                    let keep = kept_in(keeps, d, bh * len + i, j);
                     let through = |x: f32| if keep { x / (1.0 - rate) } else { 0.0 };
                     let ds = bf16::from_f32(scale * y * (through(dp) - delta)).to_f32();
                     let kept = bf16::from_f32(through(y)).to_f32();
