@@ -11,9 +11,12 @@
 // (undefined in CUDA: a hang or a silent mix-up on the card) are reported as errors: threads of
 // one phase waiting at different source lines, or waiting for threads that never come.
 //
-// What it cannot find: races between threads that a barrier does not order (a fiber runs until
-// it waits, so such a race resolves the same benign way every time), out-of-bounds reads that
-// happen to land in mapped memory, and anything about speed.
+// Races between threads that no barrier orders: a fiber runs until it waits, so such a race
+// resolves the same way in every run of one schedule. `schedule` runs the block's threads (and
+// the grid's blocks) in reverse order instead, which reverses the order of every two threads
+// between two barriers; `kernel_emulator.rs` runs each launch both ways and reports a result that
+// differs. What it cannot find: out-of-bounds reads that happen to land in mapped memory, races
+// whose two orders give the same bytes, and anything about speed.
 #pragma once
 
 #include <math.h>
@@ -91,6 +94,15 @@ struct Launch {
 };
 
 inline Launch *active = nullptr;
+
+// The order fibers run in: the block's threads in reverse with `kReverseThreads`, the grid's
+// blocks in reverse with `kReverseBlocks`, both in index order without.
+constexpr unsigned kReverseThreads = 1, kReverseBlocks = 2;
+inline unsigned schedule = 0;
+
+// Whether the launch made an atomic add: across blocks, those run in an order that the card
+// does not fix either.
+inline bool atomics = false;
 
 // Bytes of stack per thread.
 constexpr size_t kStack = 64 * 1024;
@@ -191,56 +203,60 @@ inline int run(dim3 grid, dim3 block, void (*body)(void *), void *closure, char 
   gridDim = grid;
   blockDim = block;
   int status = 0;
-  for (unsigned bz = 0; bz < grid.z && status == 0; bz++)
-    for (unsigned by = 0; by < grid.y && status == 0; by++)
-      for (unsigned bx = 0; bx < grid.x && status == 0; bx++) {
-        l.block = Barrier{threads, 0, 0};
-        for (int w = 0; w < warps; w++) {
-          const int lanes = threads - 32 * w < 32 ? threads - 32 * w : 32;
-          l.warps[w].barrier = Barrier{lanes, 0, 0};
-        }
-        for (int t = 0; t < threads; t++) {
-          Fiber &f = l.fibers[t];
-          f.done = false;
-          f.waiting = nullptr;
-          f.index = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.get();
-          f.context.uc_stack.ss_size = kStack;
-          f.context.uc_link = &l.scheduler;
-          makecontext(&f.context, fiber_entry, 0);
-        }
-        int running = threads;
-        while (running > 0) {
-          bool progressed = false;
-          for (int t = 0; t < threads; t++) {
-            Fiber &f = l.fibers[t];
-            if (f.done) continue;
-            if (f.waiting && f.waiting->phase == f.wait_phase) continue;
-            f.waiting = nullptr;
-            l.current = t;
-            threadIdx = f.index;
-            blockIdx = {bx, by, bz};
-            swapcontext(&l.scheduler, &f.context);
-            progressed = true;
-            if (f.done) running--;
-          }
-          if (!progressed) {
-            int stuck = 0;
-            for (auto &f : l.fibers) stuck += !f.done;
-            snprintf(err, err_len,
-                     "block (%u, %u, %u): %d of %d threads wait at a barrier that the others "
-                     "never reach",
-                     bx, by, bz, stuck, threads);
-            status = 1;
-            break;
-          }
-        }
-        if (status == 0 && !l.divergence.empty()) {
-          snprintf(err, err_len, "%s", l.divergence.c_str());
-          status = 1;
-        }
+  atomics = false;
+  const size_t blocks = (size_t)grid.x * grid.y * grid.z;
+  for (size_t k = 0; k < blocks && status == 0; k++) {
+    const size_t b = schedule & kReverseBlocks ? blocks - 1 - k : k;
+    const unsigned bx = b % grid.x, by = (b / grid.x) % grid.y;
+    const unsigned bz = b / ((size_t)grid.x * grid.y);
+    l.block = Barrier{threads, 0, 0};
+    for (int w = 0; w < warps; w++) {
+      const int lanes = threads - 32 * w < 32 ? threads - 32 * w : 32;
+      l.warps[w].barrier = Barrier{lanes, 0, 0};
+    }
+    for (int t = 0; t < threads; t++) {
+      Fiber &f = l.fibers[t];
+      f.done = false;
+      f.waiting = nullptr;
+      f.index = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack.get();
+      f.context.uc_stack.ss_size = kStack;
+      f.context.uc_link = &l.scheduler;
+      makecontext(&f.context, fiber_entry, 0);
+    }
+    int running = threads;
+    while (running > 0) {
+      bool progressed = false;
+      for (int n = 0; n < threads; n++) {
+        const int t = schedule & kReverseThreads ? threads - 1 - n : n;
+        Fiber &f = l.fibers[t];
+        if (f.done) continue;
+        if (f.waiting && f.waiting->phase == f.wait_phase) continue;
+        f.waiting = nullptr;
+        l.current = t;
+        threadIdx = f.index;
+        blockIdx = {bx, by, bz};
+        swapcontext(&l.scheduler, &f.context);
+        progressed = true;
+        if (f.done) running--;
       }
+      if (!progressed) {
+        int stuck = 0;
+        for (auto &f : l.fibers) stuck += !f.done;
+        snprintf(err, err_len,
+                 "block (%u, %u, %u): %d of %d threads wait at a barrier that the others "
+                 "never reach",
+                 bx, by, bz, stuck, threads);
+        status = 1;
+        break;
+      }
+    }
+    if (status == 0 && !l.divergence.empty()) {
+      snprintf(err, err_len, "%s", l.divergence.c_str());
+      status = 1;
+    }
+  }
   active = outer;
   return status;
 }
@@ -296,6 +312,7 @@ int launch(void (*k)(A...), const char *name, const unsigned *g, const unsigned 
 #define __shfl_sync(mask, v, src) flora_emu::shuffle_from((v), (src), __LINE__)
 #define __align__(n) __attribute__((aligned(n)))
 inline float atomicAdd(float *p, float v) {
+  flora_emu::atomics = true;
   const float old = *p;
   *p = old + v;
   return old;

@@ -5,10 +5,13 @@
 //! system's C++ compiler (`$CXX`, else `c++`) once per test run and loaded as a library.
 //!
 //! The tests launch each kernel with the shapes of `launch_shapes.rs`, as `fused_cuda.rs` does
-//! on a GPU. They check what a kernel computes, including its indexing at ragged edges and its
-//! barriers (a barrier some threads skip is an error here, a hang there), not its speed or its
-//! memory ordering: the GPU tests (`fused_cuda.rs`, `gpu_`) still check the real thing.
+//! on a GPU. They check what a kernel computes, including its indexing at ragged edges, its
+//! barriers (a barrier some threads skip is an error here, a hang there) and races that no
+//! barrier orders (each launch runs with its threads in index order and in reverse, and the two
+//! results must agree), not its speed or the card's memory model: the GPU tests (`fused_cuda.rs`,
+//! `gpu_`) still check the real thing.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
 use std::marker::PhantomData;
 use std::path::Path;
@@ -34,6 +37,19 @@ extern "C" __global__ void emulator_shared(int *y) {
   sh[threadIdx.x] = threadIdx.x + 100 * blockIdx.x;
   __syncthreads();
   y[blockIdx.x * blockDim.x + threadIdx.x] = sh[(threadIdx.x + 1) % blockDim.x];
+}
+
+// emulator_shared without its barrier: a thread may read its neighbour's slot before or after
+// the neighbour writes it.
+extern "C" __global__ void emulator_racy_shared(int *y) {
+  __shared__ int sh[64];
+  sh[threadIdx.x] = threadIdx.x + 100 * blockIdx.x;
+  y[blockIdx.x * blockDim.x + threadIdx.x] = sh[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Every block writes y[0]: which block's value stays depends on the order the blocks run.
+extern "C" __global__ void emulator_racy_blocks(int *y) {
+  if (threadIdx.x == 0) y[0] = blockIdx.x;
 }
 
 // Every thread of the block writes, whatever n: past the end of a buffer of n.
@@ -225,9 +241,11 @@ impl<'a> Referenced<'a> {
 
     fn stage(&mut self, original: *mut u8, len: usize, writable: bool) -> u64 {
         let mut copy = Staged::new(original, len, writable);
-        let address = copy.bytes.as_mut_ptr().wrapping_add(GUARD) as u64;
+        let start = copy.bytes.as_mut_ptr();
+        let label = format!("the buffer at table address {}", self.staged.len());
+        REFERENCED.with(|r| r.borrow_mut().push((start, copy.bytes.len(), label)));
         self.staged.push(copy);
-        address
+        start.wrapping_add(GUARD) as u64
     }
 
     /// Checks every buffer's guard bands and copies the written buffers back: the error names
@@ -241,14 +259,63 @@ impl<'a> Referenced<'a> {
     }
 }
 
-/// The launcher's signature: kernel name, grid, block, argument tags, argument addresses, and
-/// a buffer for the error message.
+impl Drop for Referenced<'_> {
+    /// The copies leave the race check's list with the table.
+    fn drop(&mut self) {
+        let mine: Vec<*mut u8> = self
+            .staged
+            .iter_mut()
+            .map(|s| s.bytes.as_mut_ptr())
+            .collect();
+        REFERENCED.with(|r| r.borrow_mut().retain(|(start, ..)| !mine.contains(start)));
+    }
+}
+
+thread_local! {
+    /// The staged copies of this thread's live [`Referenced`] tables (start, length with the
+    /// guard bands, name): a launch can write them, so the race check compares them too.
+    static REFERENCED: RefCell<Vec<(*mut u8, usize, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The emulator's schedules (`kernel_emulator.hpp`'s `schedule`): the block's threads, and the
+/// grid's blocks, in reverse order.
+const REVERSE_THREADS: u32 = 1;
+const REVERSE_BLOCKS: u32 = 2;
+
+/// Bytes a launch can write: a staged copy with its guard bands, and its name for a message.
+struct Region {
+    start: *mut u8,
+    len: usize,
+    name: String,
+}
+
+impl Region {
+    /// The region's bytes now.
+    fn read(&self) -> Vec<u8> {
+        // SAFETY: `start` is a staged copy of `len` bytes that lives until after the launch,
+        // and no kernel runs while it is read.
+        #[allow(unsafe_code)]
+        unsafe { std::slice::from_raw_parts(self.start, self.len) }.to_vec()
+    }
+
+    /// Puts `bytes` (read from this region) back.
+    fn restore(&self, bytes: &[u8]) {
+        // SAFETY: as in `read`; nothing else holds a reference into the copy.
+        #[allow(unsafe_code)]
+        unsafe { std::slice::from_raw_parts_mut(self.start, self.len) }.copy_from_slice(bytes);
+    }
+}
+
+/// The launcher's signature: kernel name, grid, block, argument tags, argument addresses, the
+/// schedule, whether the launch made atomic adds (written), and a buffer for the error message.
 type LaunchFn = unsafe extern "C" fn(
     *const c_char,
     *const u32,
     *const u32,
     *const c_char,
     *mut *mut c_void,
+    u32,
+    *mut i32,
     *mut c_char,
     usize,
 ) -> i32;
@@ -273,8 +340,8 @@ pub fn kernel_names(source: &str) -> Vec<String> {
 fn launcher_source() -> String {
     let mut src = String::from(
         "#include \"kernel_emulator.hpp\"\n#include \"kernels.cu\"\n#include \"self_test.cu\"\n\n\
-         extern \"C\" int flora_emulated_launch(const char *name, const unsigned *grid,\n\
-         \x20   const unsigned *block, const char *tags, void **args, char *err, size_t err_len) {\n",
+         static int dispatch(const char *name, const unsigned *grid, const unsigned *block,\n\
+         \x20   const char *tags, void **args, char *err, size_t err_len) {\n",
     );
     let names = kernel_names(KERNELS)
         .into_iter()
@@ -286,6 +353,15 @@ fn launcher_source() -> String {
         ));
     }
     src.push_str("  snprintf(err, err_len, \"no kernel named %s\", name);\n  return 2;\n}\n");
+    src.push_str(
+        "\nextern \"C\" int flora_emulated_launch(const char *name, const unsigned *grid,\n\
+         \x20   const unsigned *block, const char *tags, void **args, unsigned schedule,\n\
+         \x20   int *atomics, char *err, size_t err_len) {\n\
+         \x20 flora_emu::schedule = schedule;\n\
+         \x20 const int status = dispatch(name, grid, block, tags, args, err, err_len);\n\
+         \x20 *atomics = flora_emu::atomics;\n\
+         \x20 return status;\n}\n",
+    );
     src
 }
 
@@ -337,10 +413,60 @@ fn emulator() -> &'static Mutex<Emulator> {
     EMULATOR.get_or_init(|| Mutex::new(build().unwrap_or_else(|e| panic!("{e}"))))
 }
 
+impl Emulator {
+    /// Runs kernel `name` once with `schedule`: whether it made atomic adds, or the emulator's
+    /// message.
+    fn run(
+        &self,
+        name: &CString,
+        shape: &LaunchShape,
+        tags: &CString,
+        addresses: &mut [*mut c_void],
+        schedule: u32,
+    ) -> Result<bool, String> {
+        let mut err = vec![0u8; 512];
+        let mut atomics = 0i32;
+        // SAFETY: the symbol is the launcher generated with this signature; every address
+        // points to a value in the caller's arguments, each buffer address into a staged copy
+        // that lives until after the call, and the launcher checks the values' types against
+        // the kernel's parameters before it calls the kernel.
+        #[allow(unsafe_code)]
+        let status = unsafe {
+            let launch: libloading::Symbol<LaunchFn> = self
+                .library
+                .get(b"flora_emulated_launch\0")
+                .map_err(|e| format!("the launcher: {e}"))?;
+            launch(
+                name.as_ptr(),
+                shape.grid.as_ptr(),
+                shape.block.as_ptr(),
+                tags.as_ptr(),
+                addresses.as_mut_ptr(),
+                schedule,
+                &mut atomics,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if status != 0 {
+            let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+            return Err(String::from_utf8_lossy(&err[..end]).into_owned());
+        }
+        Ok(atomics != 0)
+    }
+}
+
 /// Launches kernel `name` with `shape` and `args` on the CPU and waits for it; the emulator's
 /// message when the kernel is unknown, its arguments do not match, a barrier is reached
-/// divergently, or the kernel writes outside its output buffers. Each buffer is copied between
-/// guard bands for the launch, and the written ones copied back.
+/// divergently, the kernel writes outside its output buffers, or its result depends on the order
+/// its threads run. Each buffer is copied between guard bands for the launch, and the written
+/// ones copied back.
+///
+/// The race check: the kernel runs twice from the same bytes, its threads (and blocks) in index
+/// order and then in reverse, which reverses the order of every two threads between two
+/// barriers. Results that differ are a race that no barrier orders, which on a card gives one
+/// result or the other by timing. Blocks keep their order in the second run when the kernel made
+/// atomic adds: the order of those across blocks is not fixed on a card either.
 pub fn try_launch(name: &str, shape: LaunchShape, mut args: Vec<Arg<'_>>) -> Result<(), String> {
     let emulator = emulator().lock().unwrap_or_else(|e| e.into_inner());
     let mut staged: Vec<(usize, Staged)> = Vec::new();
@@ -351,33 +477,51 @@ pub fn try_launch(name: &str, shape: LaunchShape, mut args: Vec<Arg<'_>>) -> Res
             staged.push((k, copy));
         }
     }
+    let mut regions: Vec<Region> = staged
+        .iter_mut()
+        .map(|(k, copy)| Region {
+            start: copy.bytes.as_mut_ptr(),
+            len: copy.bytes.len(),
+            name: format!("its buffer argument {k}"),
+        })
+        .collect();
+    REFERENCED.with(|r| {
+        regions.extend(r.borrow().iter().map(|(start, len, name)| Region {
+            start: *start,
+            len: *len,
+            name: name.clone(),
+        }))
+    });
     let c_name = CString::new(name).expect("a kernel name");
     let tags = CString::new(args.iter().map(Arg::tag).collect::<Vec<u8>>()).expect("tags");
     let mut addresses: Vec<*mut c_void> = args.iter_mut().map(Arg::address).collect();
-    let mut err = vec![0u8; 512];
-    // SAFETY: the symbol is the launcher generated with this signature; every address points
-    // to a value in `args`, each buffer address into a staged copy that lives until after the
-    // call, and the launcher checks the values' types against the kernel's parameters before it
-    // calls the kernel.
-    #[allow(unsafe_code)]
-    let status = unsafe {
-        let launch: libloading::Symbol<LaunchFn> = emulator
-            .library
-            .get(b"flora_emulated_launch\0")
-            .map_err(|e| format!("the launcher: {e}"))?;
-        launch(
-            c_name.as_ptr(),
-            shape.grid.as_ptr(),
-            shape.block.as_ptr(),
-            tags.as_ptr(),
-            addresses.as_mut_ptr(),
-            err.as_mut_ptr().cast(),
-            err.len(),
+    let before: Vec<Vec<u8>> = regions.iter().map(Region::read).collect();
+    let atomics = emulator.run(&c_name, &shape, &tags, &mut addresses, 0)?;
+    let in_order: Vec<Vec<u8>> = regions.iter().map(Region::read).collect();
+    for (region, bytes) in regions.iter().zip(&before) {
+        region.restore(bytes);
+    }
+    let (reversed, which) = if atomics {
+        (REVERSE_THREADS, "each block's threads in reverse order")
+    } else {
+        (
+            REVERSE_THREADS | REVERSE_BLOCKS,
+            "its threads and blocks in reverse order",
         )
     };
-    if status != 0 {
-        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-        return Err(String::from_utf8_lossy(&err[..end]).into_owned());
+    emulator
+        .run(&c_name, &shape, &tags, &mut addresses, reversed)
+        .map_err(|e| format!("with {which}: {e}"))?;
+    for (region, want) in regions.iter().zip(&in_order) {
+        let got = region.read();
+        if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+            return Err(format!(
+                "its result depends on the order its threads run (a race that no barrier \
+                 orders): {} differs at byte {} between a run in index order and one with {which}",
+                region.name,
+                at as isize - GUARD as isize
+            ));
+        }
     }
     staged
         .iter()
@@ -477,6 +621,46 @@ mod tests {
                 assert_eq!(y[b * 40 + t], ((t + 1) % 40 + 100 * b) as i32);
             }
         }
+    }
+
+    /// Each launch runs twice, in index order and in reverse: a race between threads, or between
+    /// blocks, that no barrier orders gives two results, and the launch fails saying so.
+    #[test]
+    fn the_emulator_finds_a_race_that_no_barrier_orders() {
+        let shape = LaunchShape {
+            grid: [3, 1, 1],
+            block: [40, 1, 1],
+        };
+        let mut y = vec![0i32; 3 * 40];
+        let err = try_launch("emulator_racy_shared", shape, vec![output(&mut y)]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "its result depends on the order its threads run (a race that no barrier \
+                 orders): its buffer argument 0 differs at byte "
+            ) && err.ends_with("and one with its threads and blocks in reverse order"),
+            "{err}"
+        );
+        let mut y = vec![0i32; 1];
+        let err = try_launch("emulator_racy_blocks", shape, vec![output(&mut y)]).unwrap_err();
+        assert!(
+            err.contains("its buffer argument 0 differs at byte 0 "),
+            "{err}"
+        );
+        // Atomic adds across blocks keep their blocks' order in the second run: those sums are
+        // in no fixed order on a card either. Three rows add into row 1 of the table, where
+        // 1 + 1e8 - 1e8 is 0 in f32 and -1e8 + 1e8 + 1 is 1.
+        let g: Vec<f32> = [1f32, 1e8, -1e8].iter().flat_map(|&x| [x; 40]).collect();
+        let ids = [1u32, 1, 1];
+        let mut table = vec![0f32; 2 * 40];
+        launch(
+            "scatter_add_rows",
+            LaunchShape {
+                grid: [3, 1, 1],
+                block: [40, 1, 1],
+            },
+            vec![input(&g), input(&ids), output(&mut table), int(40)],
+        );
+        assert!(table[40..].iter().all(|&x| x == 0.0), "{table:?}");
     }
 
     #[test]
