@@ -14,9 +14,10 @@
 // Races between threads that no barrier orders: a fiber runs until it waits, so such a race
 // resolves the same way in every run of one schedule. `schedule` runs the block's threads (and
 // the grid's blocks) in reverse order instead, which reverses the order of every two threads
-// between two barriers; `kernel_emulator.rs` runs each launch both ways and reports a result that
-// differs. What it cannot find: out-of-bounds reads that happen to land in mapped memory, races
-// whose two orders give the same bytes, and anything about speed.
+// between two barriers, and a warp at a time, which lets a warp run ahead of the others past its
+// shuffles; `kernel_emulator.rs` runs each launch both ways and reports a result that differs.
+// What it cannot find: out-of-bounds reads that happen to land in mapped memory, races whose two
+// orders give the same bytes, and anything about speed.
 #pragma once
 
 #include <math.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <type_traits>
@@ -96,8 +98,10 @@ struct Launch {
 inline Launch *active = nullptr;
 
 // The order fibers run in: the block's threads in reverse with `kReverseThreads`, the grid's
-// blocks in reverse with `kReverseBlocks`, both in index order without.
-constexpr unsigned kReverseThreads = 1, kReverseBlocks = 2;
+// blocks in reverse with `kReverseBlocks`, both in index order without; with `kWarpAtATime`,
+// each warp in turn runs until its lanes wait at a block-wide barrier (or return), through its
+// shuffles, before the next warp runs, as a warp can run ahead of the others on a card.
+constexpr unsigned kReverseThreads = 1, kReverseBlocks = 2, kWarpAtATime = 4;
 inline unsigned schedule = 0;
 
 // Whether the launch made an atomic add: across blocks, those run in an order that the card
@@ -226,20 +230,41 @@ inline int run(dim3 grid, dim3 block, void (*body)(void *), void *closure, char 
       makecontext(&f.context, fiber_entry, 0);
     }
     int running = threads;
+    // Runs thread t until it waits or returns, if it can run: whether it ran.
+    auto resume = [&](int t) {
+      Fiber &f = l.fibers[t];
+      if (f.done) return false;
+      if (f.waiting && f.waiting->phase == f.wait_phase) return false;
+      f.waiting = nullptr;
+      l.current = t;
+      threadIdx = f.index;
+      blockIdx = {bx, by, bz};
+      swapcontext(&l.scheduler, &f.context);
+      if (f.done) running--;
+      return true;
+    };
+    // Threads first..last in order (or in reverse), each until it waits, over and over while
+    // `repeat` and one of them ran: whether one ran.
+    auto pass = [&](int first, int last, bool repeat) {
+      bool ran = false, again = true;
+      while (again) {
+        again = false;
+        for (int n = first; n <= last; n++)
+          again |= resume(schedule & kReverseThreads ? last - (n - first) : n);
+        ran |= again;
+        again &= repeat;
+      }
+      return ran;
+    };
     while (running > 0) {
       bool progressed = false;
-      for (int n = 0; n < threads; n++) {
-        const int t = schedule & kReverseThreads ? threads - 1 - n : n;
-        Fiber &f = l.fibers[t];
-        if (f.done) continue;
-        if (f.waiting && f.waiting->phase == f.wait_phase) continue;
-        f.waiting = nullptr;
-        l.current = t;
-        threadIdx = f.index;
-        blockIdx = {bx, by, bz};
-        swapcontext(&l.scheduler, &f.context);
-        progressed = true;
-        if (f.done) running--;
+      if (schedule & kWarpAtATime) {
+        for (int n = 0; n < warps; n++) {
+          const int w = schedule & kReverseThreads ? warps - 1 - n : n;
+          progressed |= pass(32 * w, std::min(32 * w + 31, threads - 1), true);
+        }
+      } else {
+        progressed = pass(0, threads - 1, false);
       }
       if (!progressed) {
         int stuck = 0;

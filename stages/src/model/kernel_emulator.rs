@@ -278,9 +278,11 @@ thread_local! {
 }
 
 /// The emulator's schedules (`kernel_emulator.hpp`'s `schedule`): the block's threads, and the
-/// grid's blocks, in reverse order.
+/// grid's blocks, in reverse order, and each warp run up to its next block-wide barrier before
+/// the next warp runs.
 const REVERSE_THREADS: u32 = 1;
 const REVERSE_BLOCKS: u32 = 2;
+const WARP_AT_A_TIME: u32 = 4;
 
 /// Bytes a launch can write: a staged copy with its guard bands, and its name for a message.
 struct Region {
@@ -463,10 +465,11 @@ impl Emulator {
 /// ones copied back.
 ///
 /// The race check: the kernel runs twice from the same bytes, its threads (and blocks) in index
-/// order and then in reverse, which reverses the order of every two threads between two
-/// barriers. Results that differ are a race that no barrier orders, which on a card gives one
-/// result or the other by timing. Blocks keep their order in the second run when the kernel made
-/// atomic adds: the order of those across blocks is not fixed on a card either.
+/// order, and then in reverse and a warp at a time. That reverses the order of every two threads
+/// between two barriers, and lets each warp run past its shuffles before the warps after it
+/// start. Results that differ are a race that no barrier orders, which on a card gives one result
+/// or the other by timing. Blocks keep their order in the second run when the kernel made atomic
+/// adds: the order of those across blocks is not fixed on a card either.
 pub fn try_launch(name: &str, shape: LaunchShape, mut args: Vec<Arg<'_>>) -> Result<(), String> {
     let emulator = emulator().lock().unwrap_or_else(|e| e.into_inner());
     let mut staged: Vec<(usize, Staged)> = Vec::new();
@@ -502,11 +505,14 @@ pub fn try_launch(name: &str, shape: LaunchShape, mut args: Vec<Arg<'_>>) -> Res
         region.restore(bytes);
     }
     let (reversed, which) = if atomics {
-        (REVERSE_THREADS, "each block's threads in reverse order")
+        (
+            REVERSE_THREADS | WARP_AT_A_TIME,
+            "each block's threads in reverse order, a warp at a time",
+        )
     } else {
         (
-            REVERSE_THREADS | REVERSE_BLOCKS,
-            "its threads and blocks in reverse order",
+            REVERSE_THREADS | REVERSE_BLOCKS | WARP_AT_A_TIME,
+            "its threads and blocks in reverse order, a warp at a time",
         )
     };
     emulator
@@ -637,7 +643,7 @@ mod tests {
             err.starts_with(
                 "its result depends on the order its threads run (a race that no barrier \
                  orders): its buffer argument 0 differs at byte "
-            ) && err.ends_with("and one with its threads and blocks in reverse order"),
+            ) && err.ends_with("its threads and blocks in reverse order, a warp at a time"),
             "{err}"
         );
         let mut y = vec![0i32; 1];
@@ -1784,6 +1790,50 @@ mod tests {
         );
         launch_with(10, &mut w, &mut m, &mut v, &g).unwrap();
         assert!(w.iter().all(|&x| x < 1.0), "{w:?}");
+    }
+
+    /// The trust ratios' norms add a tensor's chunk sums in a block-wide tree; the tensors of
+    /// `lamb_matches_the_cpu_loops` have a few chunks, the paper's largest 144 of 16,384. Here a
+    /// tensor of 300 chunks (more than the block's 256 threads) beside one of a single chunk.
+    #[test]
+    fn lamb_trust_steps_add_more_chunks_than_threads() {
+        use super::super::launch_shapes::blocks_of_256;
+        let chunk = 16usize;
+        let counts = [300usize, 1];
+        // Only the sizes and first chunks are read; the buffers' addresses stay 0.
+        let table: Vec<u64> = counts
+            .iter()
+            .scan(0usize, |first, &c| {
+                let row = [0, 0, 0, 0, (c * chunk) as u64, *first as u64, 0];
+                *first += c;
+                Some(row)
+            })
+            .flatten()
+            .collect();
+        let chunks: usize = counts.iter().sum();
+        let pairs: Vec<f32> = random(2 * chunks, 1.0, 77).iter().map(|x| x * x).collect();
+        let lr = 0.05;
+        let mut steps = vec![f32::NAN; counts.len()];
+        launch(
+            "lamb_trust_steps",
+            blocks_of_256(counts.len()),
+            vec![
+                input(&table),
+                int(chunk),
+                input(&pairs),
+                double(lr),
+                output(&mut steps),
+            ],
+        );
+        let mut first = 0;
+        for (k, &c) in counts.iter().enumerate() {
+            let part =
+                |o: usize| -> f64 { (first..first + c).map(|j| pairs[2 * j + o] as f64).sum() };
+            let want = lr * part(0).sqrt() / part(1).sqrt();
+            let d = (steps[k] as f64 - want).abs() / want;
+            assert!(d < 1e-6, "tensor {k}: step {} against {want}", steps[k]);
+            first += c;
+        }
     }
 
     #[test]
