@@ -235,7 +235,8 @@ pub fn keep(seed: u64, i: u64, p: f32) -> bool {
 }
 
 /// `v` through inverted dropout at `p` for element `i` under `seed`: `v / (1 - p)` if kept,
-/// else 0 (the CPU twin of `kernels.cu`'s `dropped`).
+/// else 0 (the CPU twin of `kernels.cu`'s `dropped`, which multiplies by `1 / (1 - p)` rounded:
+/// at most a unit in the last place from this quotient).
 pub(crate) fn dropped(v: f32, p: f32, seed: u64, i: u64) -> f32 {
     if keep(seed, i, p) {
         v / (1.0 - p)
@@ -248,7 +249,7 @@ pub(crate) fn dropped(v: f32, p: f32, seed: u64, i: u64) -> f32 {
 /// `kept`: `g / (1 - p)` where that value is not 0, else 0 (`g` itself at p = 0). Where the
 /// value before dropout was 0 the mask it reads may be wrong, so use it only where `g` is then
 /// multiplied by that 0, as softmax's backward pass does (the CPU twin of `kernels.cu`'s
-/// `kept_grad`).
+/// `kept_grad`, which multiplies by `1 / (1 - p)` as `dropped` does).
 pub(crate) fn kept_grad(g: f32, kept: f32, p: f32) -> f32 {
     if p <= 0.0 {
         g

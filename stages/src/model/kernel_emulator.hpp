@@ -363,6 +363,8 @@ inline unsigned int __float_as_uint(float f) {
   return u;
 }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// The card's fast exponential: 2^(x log2 e) by its approximate ex2, here by exp2f.
+inline float __expf(float x) { return exp2f(x * 1.44269504088896341f); }
 // CUDA's 16-byte vector type, and the 16-byte accesses `kernels.cu` makes with it (on the card one
 // instruction, here a copy, which the C++ aliasing rules allow where a cast would not).
 struct alignas(16) uint4 {

@@ -551,12 +551,27 @@ __device__ __forceinline__ bool kept(float p, unsigned long long seed, unsigned 
   return p <= 0.0f || unit_draw(seed, i) >= p;
 }
 
-// v through inverted dropout at p for element i under seed: v / (1 - p) if kept, else 0. At
-// p = 0 every draw is kept and v / 1 is v: no draw is made.
-__device__ __forceinline__ float dropped(float v, float p, unsigned long long seed,
-                                         unsigned long long i) {
-  if (p <= 0.0f) return v;
-  return kept(p, seed, i) ? v / (1.0f - p) : 0.0f;
+// Inverted dropout's scale of a kept element, 1 / (1 - p). Kernels compute it once per thread and
+// multiply by it: a division per element is some ten instructions and a branch to a slow path
+// (the compiler does not share one division between branches), where the attention kernels are
+// bound by instructions.
+__device__ __forceinline__ float keep_scale(float p) { return 1.0f / (1.0f - p); }
+
+// Inverted dropout at rate p under seed, with its scale.
+struct Dropout {
+  float p, scale;
+  unsigned long long seed;
+};
+
+__device__ __forceinline__ Dropout dropout_at(float p, unsigned long long seed) {
+  return Dropout{p, keep_scale(p), seed};
+}
+
+// v through inverted dropout d for element i: v / (1 - p) if kept, else 0. At p = 0 every draw
+// is kept and v / 1 is v: no draw is made.
+__device__ __forceinline__ float dropped(float v, const Dropout &d, unsigned long long i) {
+  if (d.p <= 0.0f) return v;
+  return kept(d.p, d.seed, i) ? v * d.scale : 0.0f;
 }
 
 // Inverted dropout: x / (1 - p) where the draw is at least p, else 0. Its own backward pass.
@@ -565,13 +580,14 @@ extern "C" __global__ void dropout(const float *x, float *y, float p, unsigned l
                                    unsigned long long len) {
   const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (i >= len) return;
+  const Dropout d = dropout_at(p, seed);
   if (i + 8 > len) {
-    for (size_t k = i; k < len; k++) y[k] = dropped(x[k], p, seed, k);
+    for (size_t k = i; k < len; k++) y[k] = dropped(x[k], d, k);
     return;
   }
   float v[8];
   load8(x + i, v);
-  UNROLL for (int k = 0; k < 8; k++) v[k] = dropped(v[k], p, seed, i + k);
+  UNROLL for (int k = 0; k < 8; k++) v[k] = dropped(v[k], d, i + k);
   store8(y + i, v);
 }
 
@@ -587,10 +603,11 @@ __device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int 
   const unsigned int col = group_column();
   if (col >= (unsigned int)n) return;
   const size_t i = (size_t)blockIdx.x * n + col;
+  const Dropout d = dropout_at(p, seed);
   if (col + 8 > (unsigned int)n) {
     for (unsigned int k = 0; col + k < (unsigned int)n; k++) {
       const float z = load(product, i + k) + bias[col + k];
-      store(y, i + k, gelu ? gelu_of(z) : dropped(z, p, seed, i + k));
+      store(y, i + k, gelu ? gelu_of(z) : dropped(z, d, i + k));
     }
     return;
   }
@@ -598,7 +615,7 @@ __device__ void bias_epilogue_at(const T *product, const float *bias, U *y, int 
   load8(product + i, v);
   UNROLL for (int k = 0; k < 8; k++) {
     const float z = v[k] + bias[col + k];
-    v[k] = gelu ? gelu_of(z) : dropped(z, p, seed, i + k);
+    v[k] = gelu ? gelu_of(z) : dropped(z, d, i + k);
   }
   store8(y + i, v);
 }
@@ -671,13 +688,14 @@ extern "C" __global__ void dropout_to_bf16(const float *g, bf16_bits *y, float p
                                            unsigned long long seed, unsigned long long len) {
   const size_t i = group_element();
   if (i >= len) return;
+  const Dropout d = dropout_at(p, seed);
   if (i + 8 > len) {
-    for (size_t k = i; k < len; k++) store(y, k, dropped(g[k], p, seed, k));
+    for (size_t k = i; k < len; k++) store(y, k, dropped(g[k], d, k));
     return;
   }
   float v[8];
   load8(g + i, v);
-  UNROLL for (int k = 0; k < 8; k++) v[k] = dropped(v[k], p, seed, i + k);
+  UNROLL for (int k = 0; k < 8; k++) v[k] = dropped(v[k], d, i + k);
   store8(y + i, v);
 }
 
@@ -712,7 +730,10 @@ extern "C" __global__ void add_bf16_to_f32(const float *a, const bf16_bits *b, f
 // (additive: 0, or a large negative for padding), into probs; and inverted dropout of them at p
 // (`dropout`'s mask over the flat index) into kept, which the context product reads; at p = 0
 // kept is not written (the context product reads probs). One pass over the scores where scale,
-// mask, softmax and dropout were four. T is float or bf16 bits.
+// mask, softmax and dropout were four. The exponentials are the card's fast ones (`__expf`, its
+// approximate ex2 of x log2 e: a few units in the last place from expf, where a probability is
+// rounded to bf16's 8 bits, as in PyTorch's fused attention), since these kernels are bound by
+// instructions rather than memory. T is float or bf16 bits.
 template <typename T>
 __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *probs, T *kept,
                                      int rows, int n, int rows_per_batch, float scale, float p,
@@ -722,6 +743,7 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
   const int lane = threadIdx.x & 31;
   const size_t off = (size_t)row * n;
   const float *mask = key_mask + (size_t)(row / (unsigned int)rows_per_batch) * n;
+  const Dropout d = dropout_at(p, seed);
   if (n <= 32 * ROW_KEYS) {
     float v[ROW_KEYS];
     float m = NEG_INF;
@@ -733,7 +755,7 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
     m = warp_max(m);
     float s = 0.0f;
     UNROLL for (int k = 0; k < ROW_KEYS; k++) {
-      v[k] = lane + 32 * k < n ? expf(v[k] - m) : 0.0f;
+      v[k] = lane + 32 * k < n ? __expf(v[k] - m) : 0.0f;
       s += v[k];
     }
     const float inv = 1.0f / warp_sum(s);
@@ -742,7 +764,7 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
       if (j < n) {
         const float y = v[k] * inv;
         store(probs, off + j, y);
-        if (p > 0.0f) store(kept, off + j, dropped(y, p, seed, off + j));
+        if (p > 0.0f) store(kept, off + j, dropped(y, d, off + j));
       }
     }
     return;
@@ -751,12 +773,12 @@ __device__ void attention_probs_rows(const T *scores, const float *key_mask, T *
   for (int j = lane; j < n; j += 32) m = fmaxf(m, load(scores, off + j) * scale + mask[j]);
   m = warp_max(m);
   float s = 0.0f;
-  for (int j = lane; j < n; j += 32) s += expf(load(scores, off + j) * scale + mask[j] - m);
+  for (int j = lane; j < n; j += 32) s += __expf(load(scores, off + j) * scale + mask[j] - m);
   const float inv = 1.0f / warp_sum(s);
   for (int j = lane; j < n; j += 32) {
-    const float y = expf(load(scores, off + j) * scale + mask[j] - m) * inv;
+    const float y = __expf(load(scores, off + j) * scale + mask[j] - m) * inv;
     store(probs, off + j, y);
-    if (p > 0.0f) store(kept, off + j, dropped(y, p, seed, off + j));
+    if (p > 0.0f) store(kept, off + j, dropped(y, d, off + j));
   }
 }
 
@@ -781,9 +803,9 @@ extern "C" __global__ void attention_probs_bf16(const bf16_bits *scores, const f
 // not 0 (y / (1 - p) is not 0 where y is not), and where y is 0 the gradient is multiplied by 0
 // whatever the mask, so this is the drawn mask's result exactly, for a 2-byte read in place of a
 // 64-bit hash per element. At p = 0, kept is not read.
-__device__ __forceinline__ float kept_grad(float g, float kept_value, float p) {
+__device__ __forceinline__ float kept_grad(float g, float kept_value, float p, float scale) {
   if (p <= 0.0f) return g;
-  return kept_value != 0.0f ? g / (1.0f - p) : 0.0f;
+  return kept_value != 0.0f ? g * scale : 0.0f;
 }
 
 template <typename T>
@@ -795,13 +817,14 @@ __device__ void attention_probs_grad_rows(const T *probs, const T *kept, const T
   const size_t off = (size_t)row * n;
   // The kept copy's value at j, read only when there is dropout.
   auto kept_at = [&](size_t j) { return p > 0.0f ? load(kept, j) : 1.0f; };
+  const float ks = keep_scale(p);
   if (n <= 32 * ROW_KEYS) {
     float y[ROW_KEYS], g[ROW_KEYS];
     float s = 0.0f;
     UNROLL for (int k = 0; k < ROW_KEYS; k++) {
       const int j = lane + 32 * k;
       y[k] = j < n ? load(probs, off + j) : 0.0f;
-      g[k] = j < n ? kept_grad(load(grad, off + j), kept_at(off + j), p) : 0.0f;
+      g[k] = j < n ? kept_grad(load(grad, off + j), kept_at(off + j), p, ks) : 0.0f;
       s += g[k] * y[k];
     }
     s = warp_sum(s);
@@ -813,10 +836,10 @@ __device__ void attention_probs_grad_rows(const T *probs, const T *kept, const T
   }
   float s = 0.0f;
   for (int j = lane; j < n; j += 32)
-    s += kept_grad(load(grad, off + j), kept_at(off + j), p) * load(probs, off + j);
+    s += kept_grad(load(grad, off + j), kept_at(off + j), p, ks) * load(probs, off + j);
   s = warp_sum(s);
   for (int j = lane; j < n; j += 32) {
-    const float g = kept_grad(load(grad, off + j), kept_at(off + j), p);
+    const float g = kept_grad(load(grad, off + j), kept_at(off + j), p, ks);
     store(dscores, off + j, scale * load(probs, off + j) * (g - s));
   }
 }
@@ -847,7 +870,8 @@ extern "C" __global__ void attention_probs_grad_bf16(const bf16_bits *probs,
 // heads x head_dim), as the output dense layer reads and writes them. head_dim is a multiple of
 // 16 up to FLASH_DMAX and every buffer starts 16-byte aligned (`flash_attention.rs` checks). The
 // dropout mask is `dropped`'s over the flat index of (batch, heads, query, key), the one that
-// attention_probs_* draw, so the two paths drop the same probabilities.
+// attention_probs_* draw, so the two paths drop the same probabilities. The exponentials are
+// `__expf`, as in attention_probs_*, and dropout's scale a multiply by `keep_scale`.
 //
 // Three kernels, each a block of FLASH_WARPS warps over (a tile of rows, batch x head):
 // - flash_attention_fwd_bf16: 16 queries a warp; over key tiles of FLASH_KEYS, the scores, an
@@ -1167,6 +1191,7 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
   // Rows g and g + 8: the running max (the shift of the exponentials) and this lane's share of
   // the sum of exponentials.
   float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+  const float kscale = keep_scale(p);
   for (int k0 = 0; k0 < len; k0 += FLASH_KEYS) {
     __syncthreads();
     tile_in(ks, k + head, k0, FLASH_KEYS, len, head_dim, head_dim);
@@ -1196,7 +1221,7 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
     x0 = quad_max(x0), x1 = quad_max(x1);
     // While every key so far is masked out (-inf) the shift is 0 and every exponential 0.
     const float sh0 = x0 == NEG_INF ? 0.0f : x0, sh1 = x1 == NEG_INF ? 0.0f : x1;
-    const float a0 = expf(m0 - sh0), a1 = expf(m1 - sh1);
+    const float a0 = __expf(m0 - sh0), a1 = __expf(m1 - sh1);
     m0 = x0, m1 = x1;
     l0 *= a0, l1 *= a1;
     UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) {
@@ -1210,13 +1235,13 @@ extern "C" __global__ void flash_attention_fwd_bf16(const bf16_bits *q, const bf
       unsigned int pa[4];
       UNROLL for (int half = 0; half < 2; half++) {
         const int nt = 2 * kb + half;
-        const float e0 = expf(s[nt][0] - sh0), e1 = expf(s[nt][1] - sh0);
-        const float e2 = expf(s[nt][2] - sh1), e3 = expf(s[nt][3] - sh1);
+        const float e0 = __expf(s[nt][0] - sh0), e1 = __expf(s[nt][1] - sh0);
+        const float e2 = __expf(s[nt][2] - sh1), e3 = __expf(s[nt][3] - sh1);
         l0 += e0 + e1, l1 += e2 + e3;
         const bool c0 = (kw0 >> (2 * nt)) & 1u, c1 = (kw0 >> (2 * nt + 1)) & 1u;
         const bool c2 = (kw1 >> (2 * nt)) & 1u, c3 = (kw1 >> (2 * nt + 1)) & 1u;
-        pa[2 * half] = bf16_pair(c0 ? e0 / (1.0f - p) : 0.0f, c1 ? e1 / (1.0f - p) : 0.0f);
-        pa[2 * half + 1] = bf16_pair(c2 ? e2 / (1.0f - p) : 0.0f, c3 ? e3 / (1.0f - p) : 0.0f);
+        pa[2 * half] = bf16_pair(c0 ? e0 * kscale : 0.0f, c1 ? e1 * kscale : 0.0f);
+        pa[2 * half + 1] = bf16_pair(c2 ? e2 * kscale : 0.0f, c3 ? e3 * kscale : 0.0f);
       }
       UNROLL for (int dp = 0; dp < FLASH_DMAX / 16; dp++) {
         if (16 * dp >= head_dim) break;
@@ -1297,6 +1322,7 @@ extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf1
   float dq[FLASH_DMAX / 8][4];
   UNROLL for (int dt = 0; dt < FLASH_DMAX / 8; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
   const bf16_bits *keeps = keep_words(fwd, gridDim.y, len, head_dim);
+  const float kscale = keep_scale(p);
   for (int k0 = 0; k0 < len; k0 += FLASH_KEYS) {
     __syncthreads();
     tile_in(ks, k + head, k0, FLASH_KEYS, len, head_dim, head_dim);
@@ -1328,8 +1354,8 @@ extern "C" __global__ void flash_attention_dq_bf16(const bf16_bits *q, const bf1
         UNROLL for (int e = 0; e < 4; e++) {
           const int j = 16 * kb + 8 * half + 2 * t + (e & 1);
           const bool keep = ((e < 2 ? kw0 : kw1) >> (2 * (2 * kb + half) + (e & 1))) & 1u;
-          const float y = expf(s[half][e] * scale + ms[j] - (e < 2 ? lse0 : lse1));
-          const float g = keep ? dp[half][e] / (1.0f - p) : 0.0f;
+          const float y = __expf(s[half][e] * scale + ms[j] - (e < 2 ? lse0 : lse1));
+          const float g = keep ? dp[half][e] * kscale : 0.0f;
           ds[e] = scale * y * (g - (e < 2 ? d0 : d1));
         }
         da[2 * half] = bf16_pair(ds[0], ds[1]);
@@ -1385,6 +1411,7 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
     dk[dt][0] = dk[dt][1] = dk[dt][2] = dk[dt][3] = 0.0f;
     dv[dt][0] = dv[dt][1] = dv[dt][2] = dv[dt][3] = 0.0f;
   }
+  const float kscale = keep_scale(p);
   for (int j0 = 0; j0 < len; j0 += FLASH_QUERIES) {
     __syncthreads();
     tile_in(qs, q + head, j0, FLASH_QUERIES, len, head_dim, head_dim);
@@ -1418,11 +1445,11 @@ extern "C" __global__ void flash_attention_dkv_bf16(const bf16_bits *q, const bf
         UNROLL for (int e = 0; e < 4; e++) {
           const int j = 16 * jb + 8 * half + 2 * t + (e & 1);
           const int key = (e < 2 ? c0 : c1) - kblock;
-          const float prob = expf(s[half][e] * scale + (e < 2 ? mk0 : mk1) - lses[j]);
+          const float prob = __expf(s[half][e] * scale + (e < 2 ? mk0 : mk1) - lses[j]);
           // The forward pass's mask, on the probability and on its gradient.
           const bool keep = (keeps_s[j] >> keep_bit(key)) & 1ull;
-          y[e] = keep ? prob / (1.0f - p) : 0.0f;
-          const float g = keep ? dp[half][e] / (1.0f - p) : 0.0f;
+          y[e] = keep ? prob * kscale : 0.0f;
+          const float g = keep ? dp[half][e] * kscale : 0.0f;
           ds[e] = scale * prob * (g - deltas[j]);
         }
         pa[2 * half] = bf16_pair(y[0], y[1]);
