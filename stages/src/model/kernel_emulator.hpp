@@ -376,6 +376,5 @@ inline uint4 load16(const void *p) {
   return v;
 }
 inline void store16(void *p, uint4 v) { memcpy(p, &v, 16); }
-inline float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
