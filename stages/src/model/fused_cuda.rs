@@ -359,10 +359,10 @@ pub fn embed_sum(
 /// (loudly) where there is none. Run on the device machine with the `cuda` test binary.
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor, Var};
+    use candle_core::{DType, Device, Tensor, Var};
 
     use crate::model::roberta::{encode, mlm_loss, Config, Params, Positions};
-    use crate::model::{embeddings, fused, gpu_ops, mlm_loss};
+    use crate::model::{dense_epilogue, embeddings, fused, gpu_ops, mlm_loss};
     use crate::testing::{max_abs_diff, random_var, skipped};
 
     fn gpu(test: &str) -> Option<Device> {
@@ -491,6 +491,54 @@ mod tests {
         for (name, c) in &cg {
             let d = max_abs_diff(c, &gg[name].to_device(&Device::Cpu).unwrap());
             assert!(d < 1e-4, "{name}: gradients differ by {d}");
+        }
+    }
+
+    /// The card's bf16 stores round as the CPU's `half::bf16::from_f32` does, bit for bit: from
+    /// sm_80 they are `cvt` instructions, whose packed form puts its first operand in the high
+    /// half. Through `dropout_to` at a rate below f32's resolution (its scale is then exactly 1),
+    /// in groups of eight (16-byte stores) and a ragged tail of single stores.
+    #[test]
+    fn gpu_bf16_stores_round_to_nearest_even() {
+        let Some(dev) = gpu("bf16 stores") else {
+            return;
+        };
+        let mut x: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            1.0 + 1.0 / 256.0,        // a tie: stays at the even 1.0
+            1.0 + 3.0 / 256.0,        // a tie: up to the even neighbour
+            1.0 + 1.0 / 256.0 + 1e-7, // just past a tie: up
+            f32::MAX,                 // past bf16's largest: infinity
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40, // subnormal
+            -3.3e-39,
+        ];
+        x.extend(
+            random_var(&[1000], 100.0, 13)
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        let cpu = Tensor::new(x.as_slice(), &Device::Cpu).unwrap();
+        let rounded = |t: &Tensor| {
+            dense_epilogue::dropout_to(t, Some((1e-9, 3)), DType::BF16)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_vec1::<half::bf16>()
+                .unwrap()
+        };
+        let (want, got) = (rounded(&cpu), rounded(&cpu.to_device(&dev).unwrap()));
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                w.to_bits(),
+                g.to_bits(),
+                "element {i}, {}: {w} against {g}",
+                x[i]
+            );
         }
     }
 

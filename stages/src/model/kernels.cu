@@ -22,12 +22,32 @@ __device__ __forceinline__ float load(const bf16_bits *p, size_t i) {
 
 __device__ __forceinline__ void store(float *p, size_t i, float v) { p[i] = v; }
 
-// v rounded to bf16's bits.
+// v rounded to bf16's bits. From sm_80 one `cvt` instruction rounds (to nearest even; a NaN
+// becomes the canonical 0x7fff), where the integer arithmetic of the emulator and older cards
+// takes six.
 __device__ __forceinline__ unsigned int bf16_of(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned short r;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
+  return r;
+#else
   unsigned int u = __float_as_uint(v);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
   u += 0x7fffu + ((u >> 16) & 1u);
   return u >> 16;
+#endif
+}
+
+// Two floats rounded to bf16 in one register, the first in the low half: from sm_80 one `cvt`
+// for both.
+__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned int r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#else
+  return bf16_of(lo) | (bf16_of(hi) << 16);
+#endif
 }
 
 __device__ __forceinline__ void store(bf16_bits *p, size_t i, float v) {
@@ -107,10 +127,10 @@ __device__ __forceinline__ void store8(float *p, const float *v) {
 __device__ __forceinline__ void store8(bf16_bits *p, const float *v) {
   if (aligned16(p)) {
     uint4 a;
-    a.x = bf16_of(v[0]) | (bf16_of(v[1]) << 16);
-    a.y = bf16_of(v[2]) | (bf16_of(v[3]) << 16);
-    a.z = bf16_of(v[4]) | (bf16_of(v[5]) << 16);
-    a.w = bf16_of(v[6]) | (bf16_of(v[7]) << 16);
+    a.x = bf16_pair(v[0], v[1]);
+    a.y = bf16_pair(v[2], v[3]);
+    a.z = bf16_pair(v[4], v[5]);
+    a.w = bf16_pair(v[6], v[7]);
     store16(p, a);
     return;
   }
@@ -964,11 +984,6 @@ extern "C" __global__ void flash_dropout_mask(bf16_bits *out, int bhs, int len, 
     }
   }
   keep_words(out, bhs, len, head_dim)[word] = (bf16_bits)bits;
-}
-
-// Two floats rounded to bf16 in one register, the first in the low half.
-__device__ __forceinline__ unsigned int bf16_pair(float lo, float hi) {
-  return bf16_of(lo) | (bf16_of(hi) << 16);
 }
 
 __device__ __forceinline__ float pair_lo(unsigned int u) { return __uint_as_float(u << 16); }
