@@ -80,6 +80,25 @@ pub fn planted_table(rows: &[Planted]) -> String {
     text
 }
 
+/// Values whose rounding to bf16 is easy to get wrong: ties to even each way, just past a tie,
+/// overflow to infinity, infinities and subnormals (no NaN: the card and the CPU keep different
+/// NaN payloads).
+pub fn bf16_rounding_cases() -> Vec<f32> {
+    vec![
+        0.0,
+        -0.0,
+        1.0,
+        1.0 + 1.0 / 256.0,        // a tie: stays at the even 1.0
+        1.0 + 3.0 / 256.0,        // a tie: up to the even neighbour
+        1.0 + 1.0 / 256.0 + 1e-7, // just past a tie: up
+        f32::MAX,                 // past bf16's largest: infinity
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40, // subnormal
+        -3.3e-39,
+    ]
+}
+
 /// A CPU variable of normal(0, `std`) values drawn from `seed` (for gradient checks).
 pub fn random_var(shape: &[usize], std: f32, seed: u64) -> candle_core::Var {
     let t = crate::model::layers::randn(&mut Rng::new(seed), shape, std, &candle_core::Device::Cpu)

@@ -503,19 +503,7 @@ mod tests {
         let Some(dev) = gpu("bf16 stores") else {
             return;
         };
-        let mut x: Vec<f32> = vec![
-            0.0,
-            -0.0,
-            1.0,
-            1.0 + 1.0 / 256.0,        // a tie: stays at the even 1.0
-            1.0 + 3.0 / 256.0,        // a tie: up to the even neighbour
-            1.0 + 1.0 / 256.0 + 1e-7, // just past a tie: up
-            f32::MAX,                 // past bf16's largest: infinity
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            1e-40, // subnormal
-            -3.3e-39,
-        ];
+        let mut x = crate::testing::bf16_rounding_cases();
         x.extend(
             random_var(&[1000], 100.0, 13)
                 .as_tensor()

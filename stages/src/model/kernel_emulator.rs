@@ -989,21 +989,9 @@ mod tests {
 
     #[test]
     fn bf16_conversions_round_to_nearest_even_as_half_does() {
-        let mut x = vec![
-            0.0,
-            -0.0,
-            1.0,
-            1.0 + 1.0 / 256.0,        // a tie: stays at the even 1.0
-            1.0 + 3.0 / 256.0,        // a tie: up to the even neighbour
-            1.0 + 1.0 / 256.0 + 1e-7, // just past a tie: up
-            f32::MAX,                 // past bf16's largest: infinity
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            f32::from_bits(0x7f80_0001), // a NaN whose payload would round away
-            1e-40,                       // subnormal
-            -3.3e-39,
-        ];
+        let mut x = crate::testing::bf16_rounding_cases();
+        // NaNs, one whose payload would round away.
+        x.extend([f32::NAN, f32::from_bits(0x7f80_0001)]);
         x.extend(random(1000, 100.0, 31));
         let n = x.len();
         let mut y = vec![half::bf16::ZERO; n];
@@ -1696,18 +1684,7 @@ mod tests {
                     output(&mut pairs),
                 ],
             );
-            let mut steps = vec![f32::NAN; sizes.len()];
-            launch(
-                "lamb_trust_steps",
-                blocks_of_256(sizes.len()),
-                vec![
-                    input(&table),
-                    int(chunk),
-                    input(&pairs),
-                    double(lr),
-                    output(&mut steps),
-                ],
-            );
+            let steps = trust_steps(&table, chunk, &pairs, lr, sizes.len());
             launch(
                 "lamb_apply",
                 blocks_of_256(total),
@@ -1792,12 +1769,29 @@ mod tests {
         assert!(w.iter().all(|&x| x < 1.0), "{w:?}");
     }
 
+    /// `lamb_trust_steps` over the `count` tensors of `table`: each tensor's step.
+    fn trust_steps(table: &[u64], chunk: usize, pairs: &[f32], lr: f64, count: usize) -> Vec<f32> {
+        use super::super::launch_shapes::blocks_of_256;
+        let mut steps = vec![f32::NAN; count];
+        launch(
+            "lamb_trust_steps",
+            blocks_of_256(count),
+            vec![
+                input(table),
+                int(chunk),
+                input(pairs),
+                double(lr),
+                output(&mut steps),
+            ],
+        );
+        steps
+    }
+
     /// The trust ratios' norms add a tensor's chunk sums in a block-wide tree; the tensors of
     /// `lamb_matches_the_cpu_loops` have a few chunks, the paper's largest 144 of 16,384. Here a
     /// tensor of 300 chunks (more than the block's 256 threads) beside one of a single chunk.
     #[test]
     fn lamb_trust_steps_add_more_chunks_than_threads() {
-        use super::super::launch_shapes::blocks_of_256;
         let chunk = 16usize;
         let counts = [300usize, 1];
         // Only the sizes and first chunks are read; the buffers' addresses stay 0.
@@ -1813,18 +1807,7 @@ mod tests {
         let chunks: usize = counts.iter().sum();
         let pairs: Vec<f32> = random(2 * chunks, 1.0, 77).iter().map(|x| x * x).collect();
         let lr = 0.05;
-        let mut steps = vec![f32::NAN; counts.len()];
-        launch(
-            "lamb_trust_steps",
-            blocks_of_256(counts.len()),
-            vec![
-                input(&table),
-                int(chunk),
-                input(&pairs),
-                double(lr),
-                output(&mut steps),
-            ],
-        );
+        let steps = trust_steps(&table, chunk, &pairs, lr, counts.len());
         let mut first = 0;
         for (k, &c) in counts.iter().enumerate() {
             let part =
