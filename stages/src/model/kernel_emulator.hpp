@@ -7,7 +7,9 @@
 // barrier, so a run is deterministic and needs no locks. `__syncthreads` waits for every
 // running thread of the block, a warp shuffle for every running lane of the warp (threads that
 // returned stop counting, as on the card). `__shared__` variables are function statics, shared
-// by the threads of the one block that runs. Barriers in code that not all threads reach alike
+// by the threads of the one block that runs, in one section that is poisoned (every byte 0xff)
+// as each block starts, so a read of shared memory that no thread of the block wrote shows.
+// Barriers in code that not all threads reach alike
 // (undefined in CUDA: a hang or a silent mix-up on the card) are reported as errors: threads of
 // one phase waiting at different source lines, or waiting for threads that never come.
 //
@@ -48,7 +50,10 @@ inline float2 make_float2(float x, float y) { return {x, y}; }
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __shared__ static
+// Every `__shared__` variable sits in one section, whose bounds the linker gives, so that each
+// block starts with its shared memory poisoned (see `run`).
+#define __shared__ static __attribute__((section("flora_shared")))
+extern "C" char __start_flora_shared[], __stop_flora_shared[];
 #define __restrict__
 
 namespace flora_emu {
@@ -213,6 +218,11 @@ inline int run(dim3 grid, dim3 block, void (*body)(void *), void *closure, char 
     const size_t b = schedule & kReverseBlocks ? blocks - 1 - k : k;
     const unsigned bx = b % grid.x, by = (b / grid.x) % grid.y;
     const unsigned bz = b / ((size_t)grid.x * grid.y);
+    // A block finds no values in shared memory: on a card it holds what the last block on the
+    // SM left there. Poison (every byte 0xff: NaN as a float, -1 as an integer) makes a read of
+    // an element that no thread of this block wrote visible, and differ between the schedules
+    // where it is a race.
+    memset(__start_flora_shared, 0xff, __stop_flora_shared - __start_flora_shared);
     l.block = Barrier{threads, 0, 0};
     for (int w = 0; w < warps; w++) {
       const int lanes = threads - 32 * w < 32 ? threads - 32 * w : 32;

@@ -6,10 +6,11 @@
 //!
 //! The tests launch each kernel with the shapes of `launch_shapes.rs`, as `fused_cuda.rs` does
 //! on a GPU. They check what a kernel computes, including its indexing at ragged edges, its
-//! barriers (a barrier some threads skip is an error here, a hang there) and races that no
-//! barrier orders (each launch runs with its threads in index order and in reverse, and the two
-//! results must agree), not its speed or the card's memory model: the GPU tests (`fused_cuda.rs`,
-//! `gpu_`) still check the real thing.
+//! barriers (a barrier some threads skip is an error here, a hang there), races that no barrier
+//! orders (each launch runs with its threads in index order and in reverse, and the two results
+//! must agree) and reads of shared memory that the block never wrote (it starts poisoned), not
+//! its speed or the card's memory model: the GPU tests (`fused_cuda.rs`, `gpu_`) still check the
+//! real thing.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
@@ -50,6 +51,25 @@ extern "C" __global__ void emulator_racy_shared(int *y) {
 // Every block writes y[0]: which block's value stays depends on the order the blocks run.
 extern "C" __global__ void emulator_racy_blocks(int *y) {
   if (threadIdx.x == 0) y[0] = blockIdx.x;
+}
+
+// Each block reads shared memory before writing it: poison (-1), whatever earlier blocks left.
+extern "C" __global__ void emulator_fresh_shared(int *y) {
+  __shared__ int sh[32];
+  y[blockIdx.x * blockDim.x + threadIdx.x] = sh[threadIdx.x];
+  __syncthreads();
+  sh[threadIdx.x] = 7;
+}
+
+// Each lane writes the row that the next lane loads, and the warp loads them through ldmatrix
+// with no barrier between: a row is read before or after its write depending on the lanes' order.
+extern "C" __global__ void emulator_racy_ldmatrix(const bf16_bits *src, unsigned int *y) {
+  __shared__ __align__(16) bf16_bits tile[32][8];
+  const int lane = threadIdx.x & 31, next = (lane + 1) & 31;
+  for (int c = 0; c < 8; c++) tile[next][c] = src[8 * next + c];
+  unsigned int x[4];
+  ldmatrix4(x, tile[lane]);
+  for (int m = 0; m < 4; m++) y[4 * lane + m] = x[m];
 }
 
 // Every thread of the block writes, whatever n: past the end of a buffer of n.
@@ -652,6 +672,16 @@ mod tests {
             err.contains("its buffer argument 0 differs at byte 0 "),
             "{err}"
         );
+        // Each lane reads its ldmatrix row as it arrives, not after the warp has gathered.
+        let src: Vec<u16> = (0..256).collect();
+        let mut y = vec![0u32; 128];
+        let one_warp = LaunchShape {
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+        };
+        let args = vec![input(&src), output(&mut y)];
+        let err = try_launch("emulator_racy_ldmatrix", one_warp, args).unwrap_err();
+        assert!(err.contains("its buffer argument 1 differs"), "{err}");
         // Atomic adds across blocks keep their blocks' order in the second run: those sums are
         // in no fixed order on a card either. Three rows add into row 1 of the table, where
         // 1 + 1e8 - 1e8 is 0 in f32 and -1e8 + 1e8 + 1 is 1.
@@ -667,6 +697,19 @@ mod tests {
             vec![input(&g), input(&ids), output(&mut table), int(40)],
         );
         assert!(table[40..].iter().all(|&x| x == 0.0), "{table:?}");
+    }
+
+    /// Shared memory holds no values when a block starts (on a card, what the last block on the
+    /// SM left): the emulator poisons it, so a read of an element no thread wrote shows.
+    #[test]
+    fn each_block_starts_with_poisoned_shared_memory() {
+        let mut y = vec![0i32; 3 * 32];
+        let shape = LaunchShape {
+            grid: [3, 1, 1],
+            block: [32, 1, 1],
+        };
+        launch("emulator_fresh_shared", shape, vec![output(&mut y)]);
+        assert!(y.iter().all(|&v| v == -1), "{y:?}");
     }
 
     #[test]

@@ -1056,6 +1056,17 @@ __device__ __forceinline__ void tile_in(bf16_bits (*tile)[FLASH_STRIDE], const b
 // 8 m + r gives the address of row r of matrix m (16 bytes, 16-byte aligned), and lane 4 g + t
 // receives row g's elements 2t and 2t + 1 of matrix m in x[m]; with `.trans` (ldmatrix4_t) the
 // matrix's column g at rows 2t and 2t + 1 instead. The emulator gathers the rows by shuffles.
+#if !defined(__CUDA_ARCH__) && !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+// The emulator's lane reads its own row as it arrives, before any shuffle waits for the warp: a
+// row that another lane of the warp writes without a barrier first is then read before or after
+// the write depending on the schedule, and the emulator's race check sees the difference (where
+// a card gives no order without __syncwarp). Elements 0-3 in lo, 4-7 in hi, the first lowest.
+inline void emulated_row(const bf16_bits *row, unsigned long long &lo, unsigned long long &hi) {
+  const uint4 v = load16(row);
+  lo = v.x | ((unsigned long long)v.y << 32);
+  hi = v.z | ((unsigned long long)v.w << 32);
+}
+#endif
 #if defined(__CUDA_ARCH__)
 // A generic address of shared memory as the 32-bit address that `ldmatrix` takes.
 __device__ __forceinline__ unsigned int shared_address(const void *p) {
@@ -1076,9 +1087,12 @@ __device__ __forceinline__ void ldmatrix4(unsigned int *x, const bf16_bits *row)
   __trap();
 #else
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  unsigned long long lo, hi;
+  emulated_row(row, lo, hi);
   UNROLL for (int m = 0; m < 4; m++) {
-    const bf16_bits *r = __shfl_sync(FULL_MASK, row, 8 * m + g);
-    x[m] = load_pair(r + 2 * t);
+    const unsigned long long a = __shfl_sync(FULL_MASK, lo, 8 * m + g);
+    const unsigned long long b = __shfl_sync(FULL_MASK, hi, 8 * m + g);
+    x[m] = (unsigned int)((t < 2 ? a : b) >> (32 * (t & 1)));
   }
 #endif
 }
@@ -1094,10 +1108,16 @@ __device__ __forceinline__ void ldmatrix4_t(unsigned int *x, const bf16_bits *ro
   __trap();
 #else
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  unsigned long long lo, hi;
+  emulated_row(row, lo, hi);
   UNROLL for (int m = 0; m < 4; m++) {
-    const bf16_bits *r0 = __shfl_sync(FULL_MASK, row, 8 * m + 2 * t);
-    const bf16_bits *r1 = __shfl_sync(FULL_MASK, row, 8 * m + 2 * t + 1);
-    x[m] = (unsigned int)r0[g] | ((unsigned int)r1[g] << 16);
+    const unsigned long long a0 = __shfl_sync(FULL_MASK, lo, 8 * m + 2 * t);
+    const unsigned long long b0 = __shfl_sync(FULL_MASK, hi, 8 * m + 2 * t);
+    const unsigned long long a1 = __shfl_sync(FULL_MASK, lo, 8 * m + 2 * t + 1);
+    const unsigned long long b1 = __shfl_sync(FULL_MASK, hi, 8 * m + 2 * t + 1);
+    const int at = 16 * (g & 3);
+    x[m] = (unsigned int)(((g < 4 ? a0 : b0) >> at) & 0xffffu) |
+           ((unsigned int)(((g < 4 ? a1 : b1) >> at) & 0xffffu) << 16);
   }
 #endif
 }
