@@ -57,7 +57,7 @@ impl Dims {
     /// Where the dropout mask's words start in the packed result, in bf16 words: after the
     /// log-sum-exps, at the next multiple of four (8 bytes).
     pub fn keep_offset(&self) -> usize {
-        (self.elements() + 2 * self.rows()).next_multiple_of(4)
+        self.packed(false).next_multiple_of(4)
     }
 
     /// 16-bit words of the dropout mask: four per row and tile of keys.
@@ -68,10 +68,11 @@ impl Dims {
     /// Elements of the forward pass's packed result: the context, then two words per row, then
     /// with `dropout` one 64-bit mask word (four bf16 words) per row and tile of keys.
     pub fn packed(&self, dropout: bool) -> usize {
+        let lses_end = self.elements() + 2 * self.rows();
         if dropout {
-            self.keep_offset() + self.keep_words()
+            lses_end.next_multiple_of(4) + self.keep_words()
         } else {
-            self.elements() + 2 * self.rows()
+            lses_end
         }
     }
 }
@@ -279,6 +280,15 @@ impl Head {
     }
 }
 
+/// `x` through inverted dropout at `rate` where the mask `keep`s it, else 0.
+fn through(keep: bool, x: f32, rate: f32) -> f32 {
+    if keep {
+        x / (1.0 - rate)
+    } else {
+        0.0
+    }
+}
+
 /// The flat (batch x heads, query, key) index of the dropout draw of query `i`, key `j`.
 fn draw(d: Dims, bh: usize, i: usize, j: usize) -> u64 {
     ((bh * d.len + i) * d.len + j) as u64
@@ -312,7 +322,7 @@ pub(crate) fn forward_cpu(
                 let oi = &mut out[i * hd..(i + 1) * hd];
                 for (j, (ej, vj)) in e.iter().zip(h.v.chunks(hd)).enumerate() {
                     let keep = kept_in(keeps.as_deref(), d, bh * d.len + i, j);
-                    let kept = bf16::from_f32(if keep { ej / (1.0 - rate) } else { 0.0 }).to_f32();
+                    let kept = bf16::from_f32(through(keep, *ej, rate)).to_f32();
                     oi.iter_mut().zip(vj).for_each(|(o, x)| *o += kept * x);
                 }
                 let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
@@ -421,9 +431,8 @@ pub(crate) fn backward_cpu(
                     let dp: f32 = gi.iter().zip(vj).map(|(a, b)| a * b).sum();
                     let y = (s[j] - lse).exp();
                     let keep = kept_in(keeps, d, bh * len + i, j);
-                    let through = |x: f32| if keep { x / (1.0 - rate) } else { 0.0 };
-                    let ds = bf16::from_f32(scale * y * (through(dp) - delta)).to_f32();
-                    let kept = bf16::from_f32(through(y)).to_f32();
+                    let ds = bf16::from_f32(scale * y * (through(keep, dp, rate) - delta)).to_f32();
+                    let kept = bf16::from_f32(through(keep, y, rate)).to_f32();
                     for c in 0..hd {
                         dq[i * hd + c] += ds * h.k[j * hd + c];
                         dk[j * hd + c] += ds * h.q[i * hd + c];
