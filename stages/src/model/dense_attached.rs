@@ -54,29 +54,42 @@ pub(crate) fn dense_forward(
     compute: DType,
     out_dtype: DType,
 ) -> Result<(Tensor, Backward3)> {
+    let (xw, product_backward) = dense_product(x, w, compute)?;
+    let bd = b.clone();
+    let y = bias_epilogue(&xw, &bd, epilogue, out_dtype)?;
+    // GELU's backward pass recomputes its input from the product; the others need nothing of it.
+    let kept = (epilogue == Epilogue::Gelu).then_some(xw);
+    let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
+        let dz = match (epilogue, &kept) {
+            (Epilogue::Gelu, Some(xw)) => bias_gelu_grad(xw, &bd, &grad.contiguous()?)?,
+            (Epilogue::Dropout { rate, seed }, _) => dropout_to(grad, Some((rate, seed)), compute)?,
+            _ => dropout_to(grad, None, compute)?,
+        };
+        product_backward(&dz)
+    };
+    Ok((y, Box::new(backward)))
+}
+
+/// The product of [`dense_forward`] alone, for a pass that applies the bias and what follows it
+/// itself (`residual_norm.rs`): `x` (batch, len, in) times the transpose of `w` (out, in) in
+/// `compute`, as (batch, len, out); and the function that gives (dx, dW, db) from dz, the
+/// gradient of the product plus the bias, in `compute` (dx (batch, len, in) in `compute`, dW and
+/// db f32).
+pub(crate) fn dense_product(x: &Tensor, w: &Tensor, compute: DType) -> Result<(Tensor, Backward3)> {
     let (bsz, len, inp) = x.dims3()?;
     let out = w.dim(0)?;
     let rows = bsz * len;
     let xc = contiguous_in(&x.reshape((rows, inp))?, compute)?;
     let wc = contiguous_in(w, compute)?;
-    let bd = b.clone();
-    let xw = product(&xc, &wc.t()?)?;
-    let y = bias_epilogue(&xw, &bd, epilogue, out_dtype)?.reshape((bsz, len, out))?;
-    // GELU's backward pass recomputes its input from the product; the others need nothing of it.
-    let kept = (epilogue == Epilogue::Gelu).then_some(xw);
-    let backward = move |grad: &Tensor| -> Result<[Tensor; 3]> {
-        let g = grad.reshape((rows, out))?;
-        let dz = match (epilogue, &kept) {
-            (Epilogue::Gelu, Some(xw)) => bias_gelu_grad(xw, &bd, &g.contiguous()?)?,
-            (Epilogue::Dropout { rate, seed }, _) => dropout_to(&g, Some((rate, seed)), compute)?,
-            _ => dropout_to(&g, None, compute)?,
-        };
+    let xw = product(&xc, &wc.t()?)?.reshape((bsz, len, out))?;
+    let backward = move |dz: &Tensor| -> Result<[Tensor; 3]> {
+        let dz = dz.reshape((rows, out))?;
         let dx = product(&dz, &wc)?.reshape((bsz, len, inp))?;
         let dw = product(&dz.t()?, &xc)?.to_dtype(DType::F32)?;
         let db = super::gpu_ops::column_sums(&dz)?;
         Ok([dx, dw, db])
     };
-    Ok((y, Box::new(backward)))
+    Ok((xw, Box::new(backward)))
 }
 
 #[cfg(test)]

@@ -21,17 +21,16 @@
 //! gradient against the pieces.
 
 use candle_core::{DType, Result, Tensor};
-use DType::F32;
 
 use super::attached::attach3;
 use super::attention_attached::attention_heads_forward;
 use super::dense::Epilogue;
-use super::dense_attached::{dense_forward, Backward3};
+use super::dense_attached::{dense_forward, dense_product, Backward3};
 use super::encoder_layer::LayerDropout;
-use super::fused::{layer_norm_backward, layer_norm_backward_plus};
+use super::fused::{layer_norm_backward_to, GradTo};
 use super::gpu_ops::add_in_f32;
 use super::qkv::qkv_forward;
-use super::residual_norm::residual_layer_norm;
+use super::residual_norm::{residual_layer_norm, DenseOutput};
 use super::roberta::{Config, Params};
 use super::step_profile::{backward_region, mirror, region, ATTENTION, RESIDUAL_LAYER_NORM};
 
@@ -129,10 +128,6 @@ fn encoder_layer_forward(
             dense_forward(input, &w, &b, epilogue, compute, out)
         })
     };
-    let after = |d: Option<(f32, u64)>| match d {
-        Some((rate, seed)) => Epilogue::Dropout { rate, seed },
-        None => Epilogue::None,
-    };
     // q, k and v: one product, written straight into the heads the attention reads.
     let [wq, wk, wv] = QKV.map(|role| param(&format!("{role}.weight")));
     let [bq, bk, bv] = QKV.map(|role| param(&format!("{role}.bias")));
@@ -156,38 +151,57 @@ fn encoder_layer_forward(
         },
     )?;
     drop((qh, kh, vh));
-    let (a, ao_step) = dense(
-        "attention.output.dense",
-        &ctx,
-        after(dropout.attention_output),
-        F32,
-    )?;
+    // The two dense layers before a residual sum leave their bias and dropout to the pass that
+    // adds them to the residual stream and takes the LayerNorm (`residual_norm.rs`); in the
+    // backward pass, that LayerNorm's writes their gradient through the same dropout.
+    let product_piece = |role: &'static str, input: &Tensor| {
+        let w = param(&format!("{role}.weight"))?;
+        let b = param(&format!("{role}.bias"))?;
+        let label = || {
+            let inp = input.dims().last().copied().unwrap_or(0);
+            Epilogue::None.forward_label(role, inp, w.dims()[0])
+        };
+        let (product, step) = piece(label, || dense_product(input, &w, compute))?;
+        Ok::<_, candle_core::Error>((product, b, step))
+    };
+    let residual_ln = |dense: DenseOutput<'_>, r: &Tensor, w: &Tensor, b: &Tensor| {
+        region(
+            || RESIDUAL_LAYER_NORM.to_string(),
+            || {
+                let (sum, out) = residual_layer_norm(dense, r, w, b, eps)?;
+                Ok((sum, out, mirror()))
+            },
+        )
+    };
+    let (a, ao_bias, ao_step) = product_piece("attention.output.dense", &ctx)?;
     drop(ctx);
     let (ln1w, ln1b) = (
         param("attention.output.LayerNorm.weight")?,
         param("attention.output.LayerNorm.bias")?,
     );
-    let residual_ln = |y: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor| {
-        region(
-            || RESIDUAL_LAYER_NORM.to_string(),
-            || {
-                let (sum, out) = residual_layer_norm(y, r, w, b, eps)?;
-                Ok((sum, out, mirror()))
-            },
-        )
+    let ao_out = DenseOutput {
+        product: &a,
+        bias: &ao_bias,
+        dropout: dropout.attention_output,
     };
-    let (r1, x1, ln1_label) = residual_ln(&a, xd, &ln1w, &ln1b)?;
+    let (r1, x1, ln1_label) = residual_ln(ao_out, xd, &ln1w, &ln1b)?;
     drop(a);
     // The feed-forward's intermediate activation is read only by the next product: it stays in
     // the compute type (bf16 in mixed precision), and so does its gradient.
     let (h, i_step) = dense("intermediate.dense", &x1, Epilogue::Gelu, compute)?;
-    let (o, f_step) = dense("output.dense", &h, after(dropout.output), F32)?;
+    let (o, o_bias, f_step) = product_piece("output.dense", &h)?;
     drop(h);
     let (ln2w, ln2b) = (
         param("output.LayerNorm.weight")?,
         param("output.LayerNorm.bias")?,
     );
-    let (r2, y, ln2_label) = residual_ln(&o, &x1, &ln2w, &ln2b)?;
+    let o_out = DenseOutput {
+        product: &o,
+        bias: &o_bias,
+        dropout: dropout.output,
+    };
+    let (r2, y, ln2_label) = residual_ln(o_out, &x1, &ln2w, &ln2b)?;
+    drop(o);
     if p.frozen {
         // Nothing will ask for gradients: the pieces' backward passes, and what they keep, go.
         return Ok((y, None));
@@ -199,20 +213,39 @@ fn encoder_layer_forward(
             sink.add(&named(&format!("{role}.weight")), dw)?;
             sink.add(&named(&format!("{role}.bias")), db)
         };
-        let [dr2, dw, db] =
-            backward_region(&ln2_label, || layer_norm_backward(&r2, &ln2w, grad, eps))?;
+        // Each LayerNorm's backward pass also writes the gradient before the dense layer that
+        // fed its residual sum, through that layer's dropout, in the compute type.
+        let to = |d: Option<(f32, u64)>| {
+            let (p, seed) = d.unwrap_or((0.0, 0));
+            GradTo {
+                p,
+                seed,
+                dtype: compute,
+            }
+        };
+        let ([dr2, dw, db], dz2) = backward_region(&ln2_label, || {
+            layer_norm_backward_to(&r2, &ln2w, grad, None, eps, to(dropout.output))
+        })?;
         hand_in("output.LayerNorm", [dw, db])?;
-        let [dh, dw, db] = f_step.run(&dr2)?;
+        let [dh, dw, db] = f_step.run(&dz2)?;
+        drop(dz2);
         hand_in("output.dense", [dw, db])?;
         let [dx1, dw, db] = i_step.run(&dh)?;
         hand_in("intermediate.dense", [dw, db])?;
         // x1's two gradients, the residual's and the feed-forward's, meet inside LayerNorm's
         // backward pass.
-        let [dr1, dw, db] = backward_region(&ln1_label, || {
-            layer_norm_backward_plus(&r1, &ln1w, &dr2, Some(&dx1), eps)
+        let ([dr1, dw, db], dz1) = backward_region(&ln1_label, || {
+            layer_norm_backward_to(
+                &r1,
+                &ln1w,
+                &dr2,
+                Some(&dx1),
+                eps,
+                to(dropout.attention_output),
+            )
         })?;
         hand_in("attention.output.LayerNorm", [dw, db])?;
-        let [dctx, dw, db] = ao_step.run(&dr1)?;
+        let [dctx, dw, db] = ao_step.run(&dz1)?;
         hand_in("attention.output.dense", [dw, db])?;
         let [dq, dk, dv] = att_step.run(&dctx)?;
         let (dx, dws, dbs) = backward_region(&qkv_label, || qkv_backward([&dq, &dk, &dv]))?;

@@ -11,6 +11,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::second_result::SecondResult;
+
 /// Rows handed to a thread at a time.
 const ROWS_PER_TASK: usize = 32;
 
@@ -481,6 +483,23 @@ impl candle_core::CustomOp3 for LayerNorm {
 struct LayerNormGrad {
     eps: f64,
     extra: Option<Tensor>,
+    /// The dense layer's gradient to write beside dx, if any, and where it is left.
+    to: Option<GradTo>,
+    second: SecondResult,
+}
+
+/// The gradient before a dense layer whose output, through its dropout, a residual sum took
+/// (`residual_norm.rs`), written by the backward pass of that sum's LayerNorm beside its own:
+/// LayerNorm's input gradient through the dropout at `p` under `seed` (none at 0), in `dtype`,
+/// the type the layer's products read (f32 or bf16).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradTo {
+    /// Dropout's rate (0: none).
+    pub p: f32,
+    /// Dropout's seed, the forward pass's.
+    pub seed: u64,
+    /// The products' type.
+    pub dtype: DType,
 }
 
 impl LayerNormGrad {
@@ -537,6 +556,13 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         let (dx, sums) = packed.split_at_mut(len);
         let (dw, db) = sums.split_at_mut(n);
         layer_norm_rows_backward(xs, ws, gs, self.eps, dx, (dw, db));
+        if let Some(to) = self.to {
+            let dz = match to.dtype {
+                DType::BF16 => CpuStorage::BF16(dropped_copy(dx, to)),
+                _ => CpuStorage::F32(dropped_copy(dx, to)),
+            };
+            self.second.put_cpu(dz, l1.shape().clone());
+        }
         Ok((CpuStorage::F32(packed), Shape::from(len + 2 * n)))
     }
 
@@ -551,14 +577,19 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let inputs = [(s1, l1), (s2, l2), (s3, l3)];
-        let Some(extra) = &self.extra else {
-            return super::fused_cuda::layer_norm_grad(inputs, self.eps, None);
+        let guarded = self.extra.as_ref().map(Tensor::storage_and_layout);
+        let extra = match &guarded {
+            None => None,
+            Some((guard, layout)) => match &**guard {
+                candle_core::Storage::Cuda(e) => Some((e, *layout)),
+                _ => candle_core::bail!("{}: the second gradient is not on the GPU", self.name()),
+            },
         };
-        let (guard, layout) = extra.storage_and_layout();
-        let candle_core::Storage::Cuda(e) = &*guard else {
-            candle_core::bail!("{}: the second gradient is not on the GPU", self.name())
-        };
-        super::fused_cuda::layer_norm_grad(inputs, self.eps, Some((e, layout)))
+        let (packed, dz) = super::fused_cuda::layer_norm_grad(inputs, self.eps, extra, self.to)?;
+        if let Some(dz) = dz {
+            self.second.put_cuda(dz, l1.shape().clone());
+        }
+        Ok(packed)
     }
 }
 
@@ -590,6 +621,45 @@ pub fn layer_norm_backward_plus(
     extra: Option<&Tensor>,
     eps: f64,
 ) -> Result<[Tensor; 3]> {
+    Ok(layer_norm_grad(x, w, grad, extra, eps, None)?.0)
+}
+
+/// [`layer_norm_backward_plus`] that also writes the gradient before the dense layer whose
+/// output, through its dropout, went into `x` (see [`GradTo`]), in the pass that writes dx:
+/// ([dx, dw, db], that gradient in `to.dtype`). Where it equals dx (f32, no dropout), dx itself.
+pub fn layer_norm_backward_to(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    extra: Option<&Tensor>,
+    eps: f64,
+    to: GradTo,
+) -> Result<([Tensor; 3], Tensor)> {
+    if !matches!(to.dtype, DType::F32 | DType::BF16) {
+        candle_core::bail!(
+            "flora-layer-norm-grad: a dense layer's gradient in {:?}",
+            to.dtype
+        );
+    }
+    if to.dtype == DType::F32 && to.p <= 0.0 {
+        let grads = layer_norm_backward_plus(x, w, grad, extra, eps)?;
+        let dz = grads[0].clone();
+        return Ok((grads, dz));
+    }
+    let (grads, dz) = layer_norm_grad(x, w, grad, extra, eps, Some(to))?;
+    let dz = dz.ok_or_else(|| candle_core::Error::Msg("flora-layer-norm-grad: no dz".into()))?;
+    Ok((grads, dz))
+}
+
+/// LayerNorm's gradients through [`LayerNormGrad`], with its second result where `to` asks.
+fn layer_norm_grad(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    extra: Option<&Tensor>,
+    eps: f64,
+    to: Option<GradTo>,
+) -> Result<([Tensor; 3], Option<Tensor>)> {
     if let Some(e) = extra {
         if e.dims() != grad.dims() || !matches!(e.dtype(), DType::F32 | DType::BF16) {
             candle_core::bail!(
@@ -604,15 +674,34 @@ pub fn layer_norm_backward_plus(
     let op = LayerNormGrad {
         eps,
         extra: extra.map(Tensor::contiguous).transpose()?,
+        to,
+        second: SecondResult::default(),
     };
     let packed = x
         .contiguous()?
         .apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &op)?;
-    Ok([
+    let dz = match to {
+        Some(_) => Some(op.second.tensor(x)?.reshape(x.shape())?),
+        None => None,
+    };
+    let grads = [
         packed.narrow(0, 0, len)?.reshape(x.shape())?,
         packed.narrow(0, len, n)?.reshape(w.shape())?,
         packed.narrow(0, len + n, n)?.reshape(w.shape())?,
-    ])
+    ];
+    Ok((grads, dz))
+}
+
+/// dx through `to`'s dropout, in `T`: `dense_epilogue::dropout_to`'s arithmetic on the CPU.
+fn dropped_copy<T: super::attention_probs::Elem>(dx: &[f32], to: GradTo) -> Vec<T> {
+    let mut dz = vec![T::put(0.0); dx.len()];
+    dz.par_chunks_mut(4096)
+        .zip(dx.par_chunks(4096))
+        .enumerate()
+        .for_each(|(c, (y, g))| {
+            super::dense_epilogue::dropout_to_from(g, to.p, to.seed, c * 4096, y)
+        });
+    dz
 }
 
 /// Softmax over the last dimension, fused (see [`applies`]).

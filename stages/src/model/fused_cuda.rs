@@ -5,10 +5,10 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
-use super::fused::last_dim;
+use super::fused::{last_dim, GradTo};
 use super::gpu_kernels::{
     chunks, column_chunks, column_sums, config, elementwise, launch, output, per_row, result,
-    sum_chunks, typed, view,
+    sum_chunks, typed, uninit, view,
 };
 use super::launch_shapes::{element_groups, rows_by_column_groups, rows_by_columns, warp_per_row};
 
@@ -103,12 +103,15 @@ pub fn layer_norm(inputs: [(&CudaStorage, &Layout); 3], eps: f64) -> Result<(Cud
 }
 
 /// LayerNorm's gradients packed in one vector: dx (the input's elements), then dw and db; the
-/// output's gradient is g plus `extra` (f32 or bf16) where there is one.
+/// output's gradient is g plus `extra` (f32 or bf16) where there is one. With `to`, also dx
+/// through `to`'s dropout in its type, written by the same pass (`ln_bwd_rows_at`), as a second
+/// storage.
 pub fn layer_norm_grad(
     inputs: [(&CudaStorage, &Layout); 3],
     eps: f64,
     extra: Option<(&CudaStorage, &Layout)>,
-) -> Result<(CudaStorage, Shape)> {
+    to: Option<GradTo>,
+) -> Result<((CudaStorage, Shape), Option<CudaStorage>)> {
     const OP: &str = "flora-layer-norm-grad";
     let [(xs, xl), (ws, wl), (gs, gl)] = inputs;
     let dev = xs.device();
@@ -124,71 +127,150 @@ pub fn layer_norm_grad(
     let mut partial = output(dev, count * 2 * n)?;
     let per_i = per as i32;
     let (row_cfg, col_cfg) = (config(warp_per_row(rows)), column_chunks(n, count));
-    // The same two launches with and without the second gradient, which follows g.
-    macro_rules! launch_both {
-        ($rows:expr, $cols:expr $(, $extra:expr)?) => {{
+    let extra_bf16 = extra.map(|(es, _)| es.dtype() == DType::BF16);
+    if let (Some(to), Some(bf16)) = (to, extra_bf16) {
+        if bf16 != (to.dtype == DType::BF16) {
+            candle_core::bail!(
+                "{OP}: a second gradient of the products' type, {:?}, for the dense layer's",
+                to.dtype
+            );
+        }
+    }
+    let mut dz_f32 = None;
+    let mut dz_bf16 = None;
+    // The rows kernel (with or without the second gradient, which follows g, and the dense
+    // layer's gradient, which follows the stats), then the columns kernel.
+    macro_rules! launch_rows {
+        ($name:expr $(, $extra:expr)?) => {{
             launch!(
-                dev, $rows, row_cfg, &x, &w, &g, $($extra,)? &mut packed, &mut stats, &rows_i,
+                dev, $name, row_cfg, &x, &w, &g, $($extra,)? &mut packed, &mut stats, &rows_i,
                 &n_i, &eps
             )?;
+        }};
+    }
+    macro_rules! launch_rows_to {
+        ($name:expr, $dz:expr, $to:expr $(, $extra:expr)?) => {{
             launch!(
-                dev, $cols, col_cfg, &x, &g, $($extra,)? &stats, &mut partial, &rows_i, &n_i,
+                dev, $name, row_cfg, &x, &w, &g, $($extra,)? &mut packed, &mut stats, $dz,
+                &rows_i, &n_i, &eps, &$to.p, &$to.seed
+            )?;
+        }};
+    }
+    macro_rules! launch_cols {
+        ($name:expr $(, $extra:expr)?) => {{
+            launch!(
+                dev, $name, col_cfg, &x, &g, $($extra,)? &stats, &mut partial, &rows_i, &n_i,
                 &per_i
             )?;
         }};
     }
+    match (extra, to) {
+        (None, None) => launch_rows!("ln_bwd_rows"),
+        (None, Some(to)) if to.dtype == DType::BF16 => {
+            let dz = dz_bf16.insert(uninit::<half::bf16>(dev, len)?);
+            launch_rows_to!("ln_bwd_rows_to_bf16", dz, to)
+        }
+        (None, Some(to)) => {
+            let dz = dz_f32.insert(uninit::<f32>(dev, len)?);
+            launch_rows_to!("ln_bwd_rows_to_f32", dz, to)
+        }
+        (Some((es, el)), to) if es.dtype() == DType::BF16 => {
+            let e = typed::<half::bf16>(es, el, OP)?;
+            match to {
+                None => launch_rows!("ln_bwd_rows_plus_bf16", &e),
+                Some(to) => {
+                    let dz = dz_bf16.insert(uninit::<half::bf16>(dev, len)?);
+                    launch_rows_to!("ln_bwd_rows_plus_to_bf16", dz, to, &e)
+                }
+            }
+        }
+        (Some((es, el)), to) => {
+            let e = view(es, el, OP)?;
+            match to {
+                None => launch_rows!("ln_bwd_rows_plus_f32", &e),
+                Some(to) => {
+                    let dz = dz_f32.insert(uninit::<f32>(dev, len)?);
+                    launch_rows_to!("ln_bwd_rows_plus_to_f32", dz, to, &e)
+                }
+            }
+        }
+    }
     match extra {
-        None => launch_both!("ln_bwd_rows", "ln_bwd_cols"),
-        Some((es, el)) => match es.dtype() {
-            DType::BF16 => {
-                let e = typed::<half::bf16>(es, el, OP)?;
-                launch_both!("ln_bwd_rows_plus_bf16", "ln_bwd_cols_plus_bf16", &e)
-            }
-            _ => {
-                let e = view(es, el, OP)?;
-                launch_both!("ln_bwd_rows_plus_f32", "ln_bwd_cols_plus_f32", &e)
-            }
-        },
+        None => launch_cols!("ln_bwd_cols"),
+        Some((es, el)) if es.dtype() == DType::BF16 => {
+            let e = typed::<half::bf16>(es, el, OP)?;
+            launch_cols!("ln_bwd_cols_plus_bf16", &e)
+        }
+        Some((es, el)) => {
+            let e = view(es, el, OP)?;
+            launch_cols!("ln_bwd_cols_plus_f32", &e)
+        }
     }
     sum_chunks(dev, &partial, &mut packed, len, 2 * n, count)?;
-    Ok(result(dev, packed, Shape::from(len + 2 * n)))
+    let dz = match (dz_f32, dz_bf16) {
+        (Some(dz), _) => Some(CudaStorage::wrap_cuda_slice(dz, dev.clone())),
+        (_, Some(dz)) => Some(CudaStorage::wrap_cuda_slice(dz, dev.clone())),
+        _ => None,
+    };
+    Ok((result(dev, packed, Shape::from(len + 2 * n)), dz))
 }
 
-/// The residual sum y + r and its LayerNorm, packed as (2, y's shape).
+/// A dense layer's `product` (f32 or bf16) plus its bias, through inverted dropout at (p, seed)
+/// (none at p = 0), plus the residual r, and the sum's LayerNorm with w and b: the sum and the
+/// normed rows packed as (2, the product's shape). `inputs` are the bias, r, w and b (f32).
 pub fn residual_layer_norm(
+    (ps, pl): (&CudaStorage, &Layout),
     inputs: [(&CudaStorage, &Layout); 4],
+    (p, seed): (f32, u64),
     eps: f64,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "flora-residual-layer-norm";
-    let [(ys, yl), (rs, rl), (ws, wl), (bs, bl)] = inputs;
-    let dev = ys.device();
-    let (y, r, w, b) = (
-        view(ys, yl, OP)?,
+    let [(cs, cl), (rs, rl), (ws, wl), (bs, bl)] = inputs;
+    let dev = ps.device();
+    let (bias, r, w, b) = (
+        view(cs, cl, OP)?,
         view(rs, rl, OP)?,
         view(ws, wl, OP)?,
         view(bs, bl, OP)?,
     );
-    let (len, n) = (yl.shape().elem_count(), last_dim(yl));
+    let (len, n) = (pl.shape().elem_count(), last_dim(pl));
     let mut packed = output(dev, 2 * len)?;
     let (mut sum, mut out) = packed.split_at_mut(len);
     let rows = len / n;
     let (rows_i, n_i, eps) = (rows as i32, n as i32, eps as f32);
-    launch!(
-        dev,
-        "add_ln_fwd",
-        config(warp_per_row(rows)),
-        &y,
-        &r,
-        &w,
-        &b,
-        &mut sum,
-        &mut out,
-        &rows_i,
-        &n_i,
-        &eps
-    )?;
+    macro_rules! launch_on {
+        ($name:expr, $product:expr) => {
+            launch!(
+                dev,
+                $name,
+                config(warp_per_row(rows)),
+                $product,
+                &bias,
+                &r,
+                &w,
+                &b,
+                &mut sum,
+                &mut out,
+                &rows_i,
+                &n_i,
+                &p,
+                &seed,
+                &eps
+            )
+        };
+    }
+    match ps.dtype() {
+        DType::BF16 => {
+            let product = typed::<half::bf16>(ps, pl, OP)?;
+            launch_on!("bias_dropout_add_ln_bf16", &product)?
+        }
+        _ => {
+            let product = view(ps, pl, OP)?;
+            launch_on!("bias_dropout_add_ln_f32", &product)?
+        }
+    }
     let mut dims = vec![2];
-    dims.extend_from_slice(yl.dims());
+    dims.extend_from_slice(pl.dims());
     Ok(result(dev, packed, Shape::from(dims)))
 }
 
@@ -491,6 +573,71 @@ mod tests {
         for (name, c) in &cg {
             let d = max_abs_diff(c, &gg[name].to_device(&Device::Cpu).unwrap());
             assert!(d < 1e-4, "{name}: gradients differ by {d}");
+        }
+    }
+
+    /// A dense layer's output through its bias and dropout into the residual sum and its
+    /// LayerNorm, and that LayerNorm's backward pass writing the dense layer's gradient beside
+    /// its own (`residual_norm.rs`), on the GPU against the CPU: f32 and bf16 products, with a
+    /// second gradient and dropout, at the paper's width and one wider than a warp's registers.
+    #[test]
+    fn gpu_residual_layer_norm_and_the_dense_gradient_match_the_cpu() {
+        use crate::model::residual_norm::{residual_layer_norm, DenseOutput};
+        let Some(dev) = gpu("residual layer norm") else {
+            return;
+        };
+        for (n, compute) in [(768, DType::BF16), (768, DType::F32), (1100, DType::BF16)] {
+            let t = |dims: &[usize], scale: f32, seed: u64| {
+                random_var(dims, scale, seed).as_tensor().clone()
+            };
+            let (product, r, g) = (
+                t(&[3, 41, n], 1.0, 1),
+                t(&[3, 41, n], 2.0, 2),
+                t(&[3, 41, n], 1.0, 3),
+            );
+            let (dense_bias, w, b) = (t(&[n], 1.0, 4), t(&[n], 1.0, 5), t(&[n], 1.0, 6));
+            let extra = t(&[3, 41, n], 1.0, 7);
+            let on = |dev: &Device| -> Vec<Tensor> {
+                let at = |x: &Tensor| x.to_device(dev).unwrap();
+                let product = at(&product).to_dtype(compute).unwrap();
+                let dense = DenseOutput {
+                    product: &product,
+                    bias: &at(&dense_bias),
+                    dropout: Some((0.1, 31)),
+                };
+                let (sum, normed) =
+                    residual_layer_norm(dense, &at(&r), &at(&w), &at(&b), 1e-5).unwrap();
+                let to = fused::GradTo {
+                    p: 0.1,
+                    seed: 31,
+                    dtype: compute,
+                };
+                let extra = at(&extra).to_dtype(compute).unwrap();
+                let (grads, dz) =
+                    fused::layer_norm_backward_to(&sum, &at(&w), &at(&g), Some(&extra), 1e-5, to)
+                        .unwrap();
+                let [dx, dw, db] = grads;
+                [sum, normed, dx, dw, db, dz.to_dtype(DType::F32).unwrap()]
+                    .iter()
+                    .map(|x| x.to_device(&Device::Cpu).unwrap())
+                    .collect()
+            };
+            let (want, got) = (on(&Device::Cpu), on(&dev));
+            let names = ["sum", "normed", "dx", "dw", "db", "dz"];
+            for ((name, w), g) in names.iter().zip(&want).zip(&got) {
+                let largest = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                let scale = largest.to_scalar::<f32>().unwrap().max(1.0);
+                let d = max_abs_diff(w, g) as f32 / scale;
+                let tol = if *name == "dz" && compute == DType::BF16 {
+                    8e-3
+                } else {
+                    1e-4
+                };
+                assert!(
+                    d < tol,
+                    "{n} {compute:?}: {name} differs by {d} (relative to {scale})"
+                );
+            }
         }
     }
 

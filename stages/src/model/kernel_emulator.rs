@@ -883,35 +883,131 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_residual_add_and_layer_norm_match_the_cpu() {
+    /// `bias_dropout_add_ln_{suffix}` on products of `T`, against its CPU twin (the dense
+    /// epilogue, the sum, LayerNorm): without dropout the sums bit for bit; with it, within the
+    /// kernel's multiplication by 1 / (1 - p) against the CPU's division.
+    fn residual_layer_norm_matches<T: Elem>(suffix: &str) {
+        use super::super::dense::Epilogue;
+        use super::super::dense_epilogue::bias_epilogue_from;
+        let name = format!("bias_dropout_add_ln_{suffix}");
         for (rows, n) in [(5, 50), (4, 300), (9, 1100)] {
-            let (y, r) = (random(rows * n, 1.0, 11), random(rows * n, 2.0, 12));
-            let (w, b) = (random(n, 1.0, 13), random(n, 1.0, 14));
-            let (mut sum, mut out) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
-            launch(
-                "add_ln_fwd",
-                warp_per_row(rows),
-                vec![
-                    input(&y),
-                    input(&r),
-                    input(&w),
-                    input(&b),
-                    output(&mut sum),
-                    output(&mut out),
-                    int(rows),
-                    int(n),
-                    float(1e-5),
-                ],
-            );
-            let want: Vec<f32> = y.iter().zip(&r).map(|(y, r)| y + r).collect();
-            assert_eq!(sum, want, "add_ln_fwd's sums");
-            assert_close(
-                "add_ln_fwd",
-                &out,
-                &layer_norm_rows(&want, &w, &b, 1e-5),
-                1e-5,
-            );
+            let product: Vec<T> = random(rows * n, 1.0, 11)
+                .iter()
+                .map(|&v| T::put(v))
+                .collect();
+            let r = random(rows * n, 2.0, 12);
+            let (w, b, dense_bias) = (random(n, 1.0, 13), random(n, 1.0, 14), random(n, 1.0, 15));
+            for p in [0.0f32, 0.3] {
+                let (mut sum, mut out) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+                launch(
+                    &name,
+                    warp_per_row(rows),
+                    vec![
+                        input(&product),
+                        input(&dense_bias),
+                        input(&r),
+                        input(&w),
+                        input(&b),
+                        output(&mut sum),
+                        output(&mut out),
+                        int(rows),
+                        int(n),
+                        float(p),
+                        ulong(23),
+                        float(1e-5),
+                    ],
+                );
+                let epilogue = match p {
+                    0.0 => Epilogue::None,
+                    rate => Epilogue::Dropout { rate, seed: 23 },
+                };
+                let mut want = vec![0f32; rows * n];
+                bias_epilogue_from(&product, &dense_bias, epilogue, 0, &mut want);
+                want.iter_mut().zip(&r).for_each(|(y, r)| *y += r);
+                if p == 0.0 {
+                    assert_eq!(sum, want, "{name}'s sums");
+                }
+                assert_close(&format!("{name} p {p} sums"), &sum, &want, 1e-6);
+                let normed = layer_norm_rows(&sum, &w, &b, 1e-5);
+                assert_close(&format!("{name} p {p}"), &out, &normed, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn the_dense_output_residual_add_and_layer_norm_match_the_cpu() {
+        // "bias_dropout_add_ln_f32", "bias_dropout_add_ln_bf16",
+        residual_layer_norm_matches::<f32>("f32");
+        residual_layer_norm_matches::<half::bf16>("bf16");
+    }
+
+    /// `ln_bwd_rows_to_{suffix}` (with `extra`, `ln_bwd_rows_plus_to_{suffix}`, whose second
+    /// gradient is of `U` too): dx as `ln_bwd_rows` writes it, and beside it dx through dropout
+    /// at p in `U`, against the CPU's backward pass then `dropout_to_from`.
+    fn check_layer_norm_backward_to<U: Elem>(suffix: &str, extra: Option<&[U]>, p: f32, n: usize) {
+        use super::super::dense_epilogue::dropout_to_from;
+        let rows = 37;
+        let len = rows * n;
+        let x = random(len, 1.5, 4);
+        let w = random(n, 1.0, 5);
+        let g = random(len, 1.0, 6);
+        let name = match extra {
+            Some(_) => format!("ln_bwd_rows_plus_to_{suffix}"),
+            None => format!("ln_bwd_rows_to_{suffix}"),
+        };
+        let mut dx = vec![f32::NAN; len];
+        let mut stats = vec![f32::NAN; 2 * rows];
+        let mut dz = vec![U::put(f32::NAN); len];
+        let mut args = vec![input(&x), input(&w), input(&g)];
+        args.extend(extra.map(input));
+        args.extend([
+            output(&mut dx),
+            output(&mut stats),
+            output(&mut dz),
+            int(rows),
+            int(n),
+            float(1e-5),
+            float(p),
+            ulong(29),
+        ]);
+        launch(&name, warp_per_row(rows), args);
+        let total: Vec<f32> = match extra {
+            Some(e) => g.iter().zip(e).map(|(g, e)| g + e.get()).collect(),
+            None => g.clone(),
+        };
+        let (mut want, mut dw, mut db) = (vec![0f32; len], vec![0f32; n], vec![0f32; n]);
+        layer_norm_rows_backward(&x, &w, &total, 1e-5, &mut want, (&mut dw, &mut db));
+        assert_close(&format!("{name} p {p} dx"), &dx, &want, 1e-4);
+        // dz from the kernel's own dx: the mask and the rounding, exactly but for 1 / (1 - p).
+        let mut want_dz = vec![U::put(0.0); len];
+        dropout_to_from(&dx, p, 29, 0, &mut want_dz);
+        let (got, want_dz) = (widen(&dz), widen(&want_dz));
+        if p == 0.0 {
+            assert_eq!(got, want_dz, "{name} p {p} dz");
+        }
+        assert_close(&format!("{name} p {p} dz"), &got, &want_dz, 1e-5);
+        let zeros = got.iter().filter(|&&v| v == 0.0).count();
+        assert_eq!(
+            zeros,
+            want_dz.iter().filter(|&&v| v == 0.0).count(),
+            "{name}: the mask"
+        );
+    }
+
+    #[test]
+    fn layer_norm_backward_writes_the_dense_layers_gradient_in_f32_and_bf16() {
+        // "ln_bwd_rows_to_f32", "ln_bwd_rows_plus_to_f32",
+        // "ln_bwd_rows_to_bf16", "ln_bwd_rows_plus_to_bf16",
+        for n in [70, 1100] {
+            for p in [0.0, 0.25] {
+                let extra = random(37 * n, 1.0, 7);
+                check_layer_norm_backward_to::<f32>("f32", None, p, n);
+                check_layer_norm_backward_to::<f32>("f32", Some(&extra), p, n);
+                let extra: Vec<half::bf16> =
+                    extra.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                check_layer_norm_backward_to::<half::bf16>("bf16", None, p, n);
+                check_layer_norm_backward_to::<half::bf16>("bf16", Some(&extra), p, n);
+            }
         }
     }
 

@@ -211,6 +211,45 @@ __device__ float block_max(float v, float *sh) {
   return warp_max(lane < warps ? sh[lane] : NEG_INF);
 }
 
+// A uniform draw in [0, 1) for element i under `seed` (SplitMix64's finaliser: counter-based, so
+// a mask needs no state and its backward pass redraws it). `gpu_ops::keep` is its CPU twin.
+__device__ __forceinline__ float unit_draw(unsigned long long seed, unsigned long long i) {
+  unsigned long long z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+// Whether dropout at p keeps element i under seed (`dropped`'s draw; flash attention makes it once
+// for the values that share it).
+__device__ __forceinline__ bool kept(float p, unsigned long long seed, unsigned long long i) {
+  return p <= 0.0f || unit_draw(seed, i) >= p;
+}
+
+// Inverted dropout's scale of a kept element, 1 / (1 - p). Kernels compute it once per thread and
+// multiply by it: a division per element is some ten instructions and a branch to a slow path
+// (the compiler does not share one division between branches), where the attention kernels are
+// bound by instructions.
+__device__ __forceinline__ float keep_scale(float p) { return 1.0f / (1.0f - p); }
+
+// Inverted dropout at rate p under seed, with its scale.
+struct Dropout {
+  float p, scale;
+  unsigned long long seed;
+};
+
+__device__ __forceinline__ Dropout dropout_at(float p, unsigned long long seed) {
+  return Dropout{p, keep_scale(p), seed};
+}
+
+// v through inverted dropout d for element i: v / (1 - p) if kept, else 0. At p = 0 every draw
+// is kept and v / 1 is v: no draw is made.
+__device__ __forceinline__ float dropped(float v, const Dropout &d, unsigned long long i) {
+  if (d.p <= 0.0f) return v;
+  return kept(d.p, d.seed, i) ? v * d.scale : 0.0f;
+}
+
 // The LayerNorm row kernels give each row a warp (`launch_shapes::warp_per_row`: eight rows to a
 // block of 256 threads), lane l holding columns l, l + 32, ...: the row's sums are warp
 // shuffles, with no block-wide barrier, and a row of up to 32 x LN_VALUES columns stays in
@@ -270,25 +309,47 @@ extern "C" __global__ void ln_fwd(const float *x, const float *w, const float *b
   ln_row_out(v, xr, w, b, y + (size_t)row * n, n, warp_moments(v, xr, n, eps));
 }
 
-// LayerNorm of the residual sum y + r over rows of n: the sum into sum (the backward pass's
-// input) and its LayerNorm into out, in one pass where the residual add and LayerNorm were two.
-// Each lane reads back only the sums it wrote.
-extern "C" __global__ void add_ln_fwd(const float *y, const float *r, const float *w,
-                                      const float *b, float *sum, float *out, int rows, int n,
-                                      float eps) {
+// A dense layer's output added to the residual stream, and the sum's LayerNorm, in one pass where
+// the layer's epilogue (bias and dropout) and the residual add with its LayerNorm were two: over
+// rows of n, z = product + bias (product in T, the dense layer's: f32 or bf16) through inverted
+// dropout at p (`bias_epilogue_at`'s mask over the flat index; none at 0), plus r, into sum (the
+// backward pass's input), and its LayerNorm into out. Each lane reads back only the sums it wrote.
+template <typename T>
+__device__ void bias_dropout_add_ln_at(const T *product, const float *bias, const float *r,
+                                       const float *w, const float *b, float *sum, float *out,
+                                       int rows, int n, float p, unsigned long long seed,
+                                       float eps) {
   const unsigned int row = warp_row();
   if (row >= (unsigned int)rows) return;
   const int lane = threadIdx.x & 31;
   const size_t off = (size_t)row * n;
+  const Dropout d = dropout_at(p, seed);
   float v[LN_VALUES];
   UNROLL for (int k = 0; k < LN_VALUES; k++) {
     const int j = lane + 32 * k;
-    v[k] = j < n ? y[off + j] + r[off + j] : 0.0f;
+    v[k] = j < n ? dropped(load(product, off + j) + bias[j], d, off + j) + r[off + j] : 0.0f;
     if (j < n) sum[off + j] = v[k];
   }
-  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) sum[off + j] = y[off + j] + r[off + j];
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32)
+    sum[off + j] = dropped(load(product, off + j) + bias[j], d, off + j) + r[off + j];
   const float2 m = warp_moments(v, sum + off, n, eps);
   ln_row_out(v, sum + off, w, b, out + off, n, m);
+}
+
+extern "C" __global__ void bias_dropout_add_ln_f32(const float *product, const float *bias,
+                                                   const float *r, const float *w,
+                                                   const float *b, float *sum, float *out,
+                                                   int rows, int n, float p,
+                                                   unsigned long long seed, float eps) {
+  bias_dropout_add_ln_at(product, bias, r, w, b, sum, out, rows, n, p, seed, eps);
+}
+
+extern "C" __global__ void bias_dropout_add_ln_bf16(const bf16_bits *product, const float *bias,
+                                                    const float *r, const float *w,
+                                                    const float *b, float *sum, float *out,
+                                                    int rows, int n, float p,
+                                                    unsigned long long seed, float eps) {
+  bias_dropout_add_ln_at(product, bias, r, w, b, sum, out, rows, n, p, seed, eps);
 }
 
 // LayerNorm's output gradient: g, plus a second gradient `extra` of the same output where there
@@ -299,10 +360,14 @@ __device__ __forceinline__ float grad_plus(const float *g, const E *extra, size_
 }
 
 // LayerNorm's input gradient, a warp per row, into dx; the row's mean and rstd into
-// stats[2 row], stats[2 row + 1] for `ln_bwd_cols_at`.
-template <typename E>
+// stats[2 row], stats[2 row + 1] for `ln_bwd_cols_at`. Where dz is not null, dx through the
+// inverted dropout d too, in U, into dz: the gradient before the dense layer whose output (through
+// that dropout) this LayerNorm's residual sum took (`bias_dropout_add_ln_at`), which its products
+// read, in the pass that writes dx instead of one that reads it back (`dropout_to_bf16`).
+template <typename E, typename U>
 __device__ void ln_bwd_rows_at(const float *x, const float *w, const float *g, const E *extra,
-                               float *dx, float *stats, int rows, int n, float eps) {
+                               float *dx, float *stats, U *dz, const Dropout &d, int rows, int n,
+                               float eps) {
   const unsigned int row = warp_row();
   if (row >= (unsigned int)rows) return;
   const int lane = threadIdx.x & 31;
@@ -329,11 +394,16 @@ __device__ void ln_bwd_rows_at(const float *x, const float *w, const float *g, c
   const float m2 = warp_sum(sgwx) / n;
   UNROLL for (int k = 0; k < LN_VALUES; k++) {
     const int j = lane + 32 * k;
-    if (j < n) dr[j] = rstd * (gw[k] - m1 - (v[k] - mean) * rstd * m2);
+    if (j >= n) continue;
+    const float dxj = rstd * (gw[k] - m1 - (v[k] - mean) * rstd * m2);
+    dr[j] = dxj;
+    if (dz) store(dz, off + j, dropped(dxj, d, off + j));
   }
   for (int j = lane + 32 * LN_VALUES; j < n; j += 32) {
     const float xhat = (xr[j] - mean) * rstd;
-    dr[j] = rstd * (grad_plus(g, extra, off + j) * w[j] - m1 - xhat * m2);
+    const float dxj = rstd * (grad_plus(g, extra, off + j) * w[j] - m1 - xhat * m2);
+    dr[j] = dxj;
+    if (dz) store(dz, off + j, dropped(dxj, d, off + j));
   }
   if (lane == 0) {
     stats[2 * row] = mean;
@@ -343,19 +413,52 @@ __device__ void ln_bwd_rows_at(const float *x, const float *w, const float *g, c
 
 extern "C" __global__ void ln_bwd_rows(const float *x, const float *w, const float *g, float *dx,
                                        float *stats, int rows, int n, float eps) {
-  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, rows, n, eps);
+  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, (float *)0, dropout_at(0.0f, 0), rows, n,
+                 eps);
 }
 
 extern "C" __global__ void ln_bwd_rows_plus_f32(const float *x, const float *w, const float *g,
                                                 const float *extra, float *dx, float *stats,
                                                 int rows, int n, float eps) {
-  ln_bwd_rows_at(x, w, g, extra, dx, stats, rows, n, eps);
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, (float *)0, dropout_at(0.0f, 0), rows, n, eps);
 }
 
 extern "C" __global__ void ln_bwd_rows_plus_bf16(const float *x, const float *w, const float *g,
                                                  const bf16_bits *extra, float *dx,
                                                  float *stats, int rows, int n, float eps) {
-  ln_bwd_rows_at(x, w, g, extra, dx, stats, rows, n, eps);
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, (float *)0, dropout_at(0.0f, 0), rows, n, eps);
+}
+
+// `ln_bwd_rows` and `ln_bwd_rows_plus_*` that also write the dense layer's dropped gradient dz
+// (see `ln_bwd_rows_at`) in the products' type: f32, or bf16 (whose second gradient, the
+// feed-forward's, is bf16 too).
+extern "C" __global__ void ln_bwd_rows_to_f32(const float *x, const float *w, const float *g,
+                                              float *dx, float *stats, float *dz, int rows,
+                                              int n, float eps, float p,
+                                              unsigned long long seed) {
+  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, dz, dropout_at(p, seed), rows, n, eps);
+}
+
+extern "C" __global__ void ln_bwd_rows_to_bf16(const float *x, const float *w, const float *g,
+                                               float *dx, float *stats, bf16_bits *dz, int rows,
+                                               int n, float eps, float p,
+                                               unsigned long long seed) {
+  ln_bwd_rows_at(x, w, g, (const float *)0, dx, stats, dz, dropout_at(p, seed), rows, n, eps);
+}
+
+extern "C" __global__ void ln_bwd_rows_plus_to_f32(const float *x, const float *w, const float *g,
+                                                   const float *extra, float *dx, float *stats,
+                                                   float *dz, int rows, int n, float eps,
+                                                   float p, unsigned long long seed) {
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, dz, dropout_at(p, seed), rows, n, eps);
+}
+
+extern "C" __global__ void ln_bwd_rows_plus_to_bf16(const float *x, const float *w,
+                                                    const float *g, const bf16_bits *extra,
+                                                    float *dx, float *stats, bf16_bits *dz,
+                                                    int rows, int n, float eps, float p,
+                                                    unsigned long long seed) {
+  ln_bwd_rows_at(x, w, g, extra, dx, stats, dz, dropout_at(p, seed), rows, n, eps);
 }
 
 // Per chunk of rows (blockIdx.y), partial sums over its rows of g * xhat (dw) and g (db) for 32
@@ -562,45 +665,6 @@ extern "C" __global__ void bias_add(const float *x, const float *b, float *y, in
   const unsigned int j = blockIdx.y * blockDim.x + threadIdx.x;
   const size_t i = (size_t)blockIdx.x * n + j;
   if (j < (unsigned int)n) y[i] = x[i] + b[j];
-}
-
-// A uniform draw in [0, 1) for element i under `seed` (SplitMix64's finaliser: counter-based, so
-// a mask needs no state and its backward pass redraws it). `gpu_ops::keep` is its CPU twin.
-__device__ __forceinline__ float unit_draw(unsigned long long seed, unsigned long long i) {
-  unsigned long long z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return (float)(z >> 40) * (1.0f / 16777216.0f);
-}
-
-// Whether dropout at p keeps element i under seed (`dropped`'s draw; flash attention makes it once
-// for the values that share it).
-__device__ __forceinline__ bool kept(float p, unsigned long long seed, unsigned long long i) {
-  return p <= 0.0f || unit_draw(seed, i) >= p;
-}
-
-// Inverted dropout's scale of a kept element, 1 / (1 - p). Kernels compute it once per thread and
-// multiply by it: a division per element is some ten instructions and a branch to a slow path
-// (the compiler does not share one division between branches), where the attention kernels are
-// bound by instructions.
-__device__ __forceinline__ float keep_scale(float p) { return 1.0f / (1.0f - p); }
-
-// Inverted dropout at rate p under seed, with its scale.
-struct Dropout {
-  float p, scale;
-  unsigned long long seed;
-};
-
-__device__ __forceinline__ Dropout dropout_at(float p, unsigned long long seed) {
-  return Dropout{p, keep_scale(p), seed};
-}
-
-// v through inverted dropout d for element i: v / (1 - p) if kept, else 0. At p = 0 every draw
-// is kept and v / 1 is v: no draw is made.
-__device__ __forceinline__ float dropped(float v, const Dropout &d, unsigned long long i) {
-  if (d.p <= 0.0f) return v;
-  return kept(d.p, d.seed, i) ? v * d.scale : 0.0f;
 }
 
 // Inverted dropout: x / (1 - p) where the draw is at least p, else 0. Its own backward pass.

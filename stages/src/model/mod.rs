@@ -48,6 +48,7 @@ pub mod qkv;
 mod qkv_cuda;
 pub mod residual_norm;
 pub mod roberta;
+mod second_result;
 pub mod step_profile;
 pub mod throughput;
 pub mod tokenizer;
