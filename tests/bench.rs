@@ -154,7 +154,9 @@ fn bench_profiles_where_a_steps_time_goes() {
     assert_eq!(laps("backward: self-attention"), 2);
     assert_eq!(laps("forward: intermediate.dense 32 -> 64, GELU"), 2);
     assert_eq!(laps("backward: intermediate.dense 32 -> 64, GELU"), 2);
-    assert_eq!(laps("forward: output.dense 64 -> 32, dropout"), 2);
+    // The output dense layers' bias and dropout run in the pass that adds them to the residual.
+    assert_eq!(laps("forward: output.dense 64 -> 32, product"), 2);
+    assert_eq!(laps("forward: attention.output.dense 32 -> 32, product"), 2);
     // q, k and v are one product.
     assert_eq!(
         laps("forward: attention.self.query, key, value 32 -> 3 x 32"),
@@ -165,8 +167,8 @@ fn bench_profiles_where_a_steps_time_goes() {
         2
     );
     // Two per layer; the LayerNorms' backward passes are reported beside them.
-    assert_eq!(laps("forward: residual add + LayerNorm"), 4);
-    assert_eq!(laps("backward: residual add + LayerNorm"), 4);
+    assert_eq!(laps("forward: bias, dropout, residual add + LayerNorm"), 4);
+    assert_eq!(laps("backward: bias, dropout, residual add + LayerNorm"), 4);
     for label in [
         "forward: embeddings (sum, LayerNorm, dropout)",
         "forward: MLM head + loss",

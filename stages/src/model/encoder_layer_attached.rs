@@ -32,7 +32,7 @@ use super::gpu_ops::add_in_f32;
 use super::qkv::qkv_forward;
 use super::residual_norm::{residual_layer_norm, DenseOutput};
 use super::roberta::{Config, Params};
-use super::step_profile::{backward_region, mirror, region, ATTENTION, RESIDUAL_LAYER_NORM};
+use super::step_profile::{backward_region, mirror, region, ATTENTION, DENSE_RESIDUAL_LAYER_NORM};
 
 /// A piece's backward pass and the step profile's label for it.
 struct Step {
@@ -159,14 +159,17 @@ fn encoder_layer_forward(
         let b = param(&format!("{role}.bias"))?;
         let label = || {
             let inp = input.dims().last().copied().unwrap_or(0);
-            Epilogue::None.forward_label(role, inp, w.dims()[0])
+            format!(
+                "{}, product",
+                Epilogue::None.forward_label(role, inp, w.dims()[0])
+            )
         };
         let (product, step) = piece(label, || dense_product(input, &w, compute))?;
         Ok::<_, candle_core::Error>((product, b, step))
     };
     let residual_ln = |dense: DenseOutput<'_>, r: &Tensor, w: &Tensor, b: &Tensor| {
         region(
-            || RESIDUAL_LAYER_NORM.to_string(),
+            || DENSE_RESIDUAL_LAYER_NORM.to_string(),
             || {
                 let (sum, out) = residual_layer_norm(dense, r, w, b, eps)?;
                 Ok((sum, out, mirror()))

@@ -99,6 +99,10 @@ pub const ATTENTION: &str = "forward: self-attention";
 /// The forward region of a residual add and the LayerNorm after it.
 pub const RESIDUAL_LAYER_NORM: &str = "forward: residual add + LayerNorm";
 
+/// The forward region of a dense layer's bias and dropout, the residual add and the LayerNorm
+/// after it, as one pass (`residual_norm.rs`).
+pub const DENSE_RESIDUAL_LAYER_NORM: &str = "forward: bias, dropout, residual add + LayerNorm";
+
 /// The forward region of the MLM head's decoder product (tied to the word embeddings).
 pub const MLM_DECODER: &str = "forward: MLM decoder product";
 
