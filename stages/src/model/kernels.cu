@@ -324,14 +324,17 @@ __device__ void bias_dropout_add_ln_at(const T *product, const float *bias, cons
   const int lane = threadIdx.x & 31;
   const size_t off = (size_t)row * n;
   const Dropout d = dropout_at(p, seed);
+  // Column j's sum: the dense layer's output through its dropout, plus the residual stream.
+  const auto summed = [&](int j) {
+    return dropped(load(product, off + j) + bias[j], d, off + j) + r[off + j];
+  };
   float v[LN_VALUES];
   UNROLL for (int k = 0; k < LN_VALUES; k++) {
     const int j = lane + 32 * k;
-    v[k] = j < n ? dropped(load(product, off + j) + bias[j], d, off + j) + r[off + j] : 0.0f;
+    v[k] = j < n ? summed(j) : 0.0f;
     if (j < n) sum[off + j] = v[k];
   }
-  for (int j = lane + 32 * LN_VALUES; j < n; j += 32)
-    sum[off + j] = dropped(load(product, off + j) + bias[j], d, off + j) + r[off + j];
+  for (int j = lane + 32 * LN_VALUES; j < n; j += 32) sum[off + j] = summed(j);
   const float2 m = warp_moments(v, sum + off, n, eps);
   ln_row_out(v, sum + off, w, b, out + off, n, m);
 }
