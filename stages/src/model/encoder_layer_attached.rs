@@ -15,8 +15,11 @@
 //! Being one node also lets the pieces hand each other what they make in the form the next one
 //! reads: q, k and v come from one product written straight into heads (`qkv.rs`); the context
 //! and the gradients between products stay in the compute type; each residual add is one pass
-//! with its LayerNorm (`residual_norm.rs`), and the residual stream's two gradients meet inside
-//! LayerNorm's backward pass. The arithmetic is the pieces' but for the grouping of sums and, in
+//! with the bias and dropout of the dense layer before it and with its LayerNorm
+//! (`residual_norm.rs`), whose backward pass writes that dense layer's gradient; and the residual
+//! stream's two gradients meet inside LayerNorm's backward pass, within a layer and across the
+//! boundary between layers (a layer's input gradient is handed down in its two parts). The
+//! arithmetic is the pieces' but for the grouping of sums and, in
 //! bf16, where the input gradient of q, k and v is rounded; a test checks the values and every
 //! gradient against the pieces.
 
@@ -65,7 +68,26 @@ fn piece(
 
 /// A layer's backward pass: its input's gradient from its output's, handing the layer's
 /// parameters' gradients to the model's sink on the way.
-type LayerBackward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+type LayerBackward = Box<dyn Fn(&LayerGrad) -> Result<LayerGrad> + Send + Sync>;
+
+/// The gradient of a layer's output (or input) in two parts that the next pass to read it adds
+/// as it reads them (the LayerNorm's backward pass below it, `grad_plus` in `kernels.cu`),
+/// rather than in a pass of their own: the residual stream's (f32) and, where there is one, the
+/// one through q, k and v (in the compute type).
+struct LayerGrad {
+    residual: Tensor,
+    through_qkv: Option<Tensor>,
+}
+
+impl LayerGrad {
+    /// The two parts as one f32 tensor.
+    fn total(self) -> Result<Tensor> {
+        match self.through_qkv {
+            Some(dx) => add_in_f32(&self.residual, &dx),
+            None => Ok(self.residual),
+        }
+    }
+}
 
 /// The encoder's layers over hidden states `x` (batch, len, hidden), with the additive key mask
 /// `key_mask` (batch, 1, 1, len) and each layer's dropouts, as one node of the autograd graph
@@ -91,11 +113,14 @@ pub fn encoder_attached(
         return Ok(h);
     }
     attach3([x, x, x], h, move |grad: &Tensor| {
-        let mut g = grad.clone();
+        let mut g = LayerGrad {
+            residual: grad.clone(),
+            through_qkv: None,
+        };
         for backward in backwards.iter().rev() {
             g = backward(&g)?;
         }
-        Ok([Some(g), None, None])
+        Ok([Some(g.total()?), None, None])
     })
 }
 
@@ -210,7 +235,7 @@ fn encoder_layer_forward(
         return Ok((y, None));
     }
     let sink = p.sink.clone();
-    let backward = move |grad: &Tensor| {
+    let backward = move |grad: &LayerGrad| {
         let named = |n: &str| format!("{prefix}.{n}");
         let hand_in = |role: &str, [dw, db]: [Tensor; 2]| -> Result<()> {
             sink.add(&named(&format!("{role}.weight")), dw)?;
@@ -227,7 +252,8 @@ fn encoder_layer_forward(
             }
         };
         let ([dr2, dw, db], dz2) = backward_region(&ln2_label, || {
-            layer_norm_backward_to(&r2, &ln2w, grad, None, eps, to(dropout.output))
+            let (g, through_qkv) = (&grad.residual, grad.through_qkv.as_ref());
+            layer_norm_backward_to(&r2, &ln2w, g, through_qkv, eps, to(dropout.output))
         })?;
         hand_in("output.LayerNorm", [dw, db])?;
         let [dh, dw, db] = f_step.run(&dz2)?;
@@ -255,7 +281,11 @@ fn encoder_layer_forward(
         for ((role, dw), db) in QKV.into_iter().zip(dws).zip(dbs) {
             hand_in(role, [dw, db])?;
         }
-        add_in_f32(&dr1, &dx)
+        // The layer's input gradient stays in two parts for the LayerNorm below to add.
+        Ok(LayerGrad {
+            residual: dr1,
+            through_qkv: Some(dx),
+        })
     };
     Ok((y, Some(Box::new(backward))))
 }
