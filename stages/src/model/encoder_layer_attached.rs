@@ -19,9 +19,8 @@
 //! (`residual_norm.rs`), whose backward pass writes that dense layer's gradient; and the residual
 //! stream's two gradients meet inside LayerNorm's backward pass, within a layer and across the
 //! boundary between layers (a layer's input gradient is handed down in its two parts). The
-//! arithmetic is the pieces' but for the grouping of sums and, in
-//! bf16, where the input gradient of q, k and v is rounded; a test checks the values and every
-//! gradient against the pieces.
+//! arithmetic is the pieces' but for the grouping of sums and, in bf16, where the input gradient
+//! of q, k and v is rounded; a test checks the values and every gradient against the pieces.
 
 use candle_core::{DType, Result, Tensor};
 

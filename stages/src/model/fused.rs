@@ -646,9 +646,10 @@ pub fn layer_norm_backward_to(
         let dz = grads[0].clone();
         return Ok((grads, dz));
     }
-    let (grads, dz) = layer_norm_grad(x, w, grad, extra, eps, Some(to))?;
-    let dz = dz.ok_or_else(|| candle_core::Error::Msg("flora-layer-norm-grad: no dz".into()))?;
-    Ok((grads, dz))
+    match layer_norm_grad(x, w, grad, extra, eps, Some(to))? {
+        (grads, Some(dz)) => Ok((grads, dz)),
+        _ => candle_core::bail!("flora-layer-norm-grad: the pass left no dense layer's gradient"),
+    }
 }
 
 /// LayerNorm's gradients through [`LayerNormGrad`], with its second result where `to` asks.
@@ -694,12 +695,14 @@ fn layer_norm_grad(
 
 /// dx through `to`'s dropout, in `T`: `dense_epilogue::dropout_to`'s arithmetic on the CPU.
 fn dropped_copy<T: super::attention_probs::Elem>(dx: &[f32], to: GradTo) -> Vec<T> {
+    /// Elements handed to a thread at a time.
+    const CHUNK: usize = 4096;
     let mut dz = vec![T::put(0.0); dx.len()];
-    dz.par_chunks_mut(4096)
-        .zip(dx.par_chunks(4096))
+    dz.par_chunks_mut(CHUNK)
+        .zip(dx.par_chunks(CHUNK))
         .enumerate()
         .for_each(|(c, (y, g))| {
-            super::dense_epilogue::dropout_to_from(g, to.p, to.seed, c * 4096, y)
+            super::dense_epilogue::dropout_to_from(g, to.p, to.seed, c * CHUNK, y)
         });
     dz
 }
