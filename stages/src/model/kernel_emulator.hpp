@@ -9,9 +9,9 @@
 // returned stop counting, as on the card). `__shared__` variables are function statics, shared
 // by the threads of the one block that runs, in one section that is poisoned (every byte 0xff)
 // as each block starts, so a read of shared memory that no thread of the block wrote shows.
-// Barriers in code that not all threads reach alike
-// (undefined in CUDA: a hang or a silent mix-up on the card) are reported as errors: threads of
-// one phase waiting at different source lines, or waiting for threads that never come.
+// Barriers in code that not all threads reach alike (undefined in CUDA: a hang or a silent
+// mix-up on the card) are reported as errors: threads of one phase waiting at different source
+// lines, or waiting for threads that never come.
 //
 // Races between threads that no barrier orders: a fiber runs until it waits, so such a race
 // resolves the same way in every run of one schedule. `schedule` runs the block's threads (and

@@ -578,6 +578,14 @@ mod tests {
     use crate::rng::Rng;
     use std::collections::HashMap;
 
+    /// A launch of `blocks` blocks of `threads` threads, both along x.
+    fn line(blocks: u32, threads: u32) -> LaunchShape {
+        LaunchShape {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+        }
+    }
+
     fn random(len: usize, scale: f32, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);
         (0..len).map(|_| normal(&mut rng) * scale).collect()
@@ -620,10 +628,7 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
         for mask in [1, 4, 16] {
             let mut y = vec![0f32; 64];
-            let shape = LaunchShape {
-                grid: [1, 1, 1],
-                block: [64, 1, 1],
-            };
+            let shape = line(1, 64);
             launch(
                 "emulator_shuffle",
                 shape,
@@ -637,10 +642,7 @@ mod tests {
     #[test]
     fn the_emulator_shares_memory_within_a_block_after_a_barrier() {
         let mut y = vec![0i32; 3 * 40];
-        let shape = LaunchShape {
-            grid: [3, 1, 1],
-            block: [40, 1, 1],
-        };
+        let shape = line(3, 40);
         launch("emulator_shared", shape, vec![output(&mut y)]);
         for b in 0..3 {
             for t in 0..40 {
@@ -653,10 +655,7 @@ mod tests {
     /// blocks, that no barrier orders gives two results, and the launch fails saying so.
     #[test]
     fn the_emulator_finds_a_race_that_no_barrier_orders() {
-        let shape = LaunchShape {
-            grid: [3, 1, 1],
-            block: [40, 1, 1],
-        };
+        let shape = line(3, 40);
         let mut y = vec![0i32; 3 * 40];
         let err = try_launch("emulator_racy_shared", shape, vec![output(&mut y)]).unwrap_err();
         assert!(
@@ -675,10 +674,7 @@ mod tests {
         // Each lane reads its ldmatrix row as it arrives, not after the warp has gathered.
         let src: Vec<u16> = (0..256).collect();
         let mut y = vec![0u32; 128];
-        let one_warp = LaunchShape {
-            grid: [1, 1, 1],
-            block: [32, 1, 1],
-        };
+        let one_warp = line(1, 32);
         let args = vec![input(&src), output(&mut y)];
         let err = try_launch("emulator_racy_ldmatrix", one_warp, args).unwrap_err();
         assert!(err.contains("its buffer argument 1 differs"), "{err}");
@@ -690,10 +686,7 @@ mod tests {
         let mut table = vec![0f32; 2 * 40];
         launch(
             "scatter_add_rows",
-            LaunchShape {
-                grid: [3, 1, 1],
-                block: [40, 1, 1],
-            },
+            line(3, 40),
             vec![input(&g), input(&ids), output(&mut table), int(40)],
         );
         assert!(table[40..].iter().all(|&x| x == 0.0), "{table:?}");
@@ -704,20 +697,14 @@ mod tests {
     #[test]
     fn each_block_starts_with_poisoned_shared_memory() {
         let mut y = vec![0i32; 3 * 32];
-        let shape = LaunchShape {
-            grid: [3, 1, 1],
-            block: [32, 1, 1],
-        };
+        let shape = line(3, 32);
         launch("emulator_fresh_shared", shape, vec![output(&mut y)]);
         assert!(y.iter().all(|&v| v == -1), "{y:?}");
     }
 
     #[test]
     fn the_emulator_reports_a_barrier_that_some_threads_skip() {
-        let shape = LaunchShape {
-            grid: [2, 1, 1],
-            block: [64, 1, 1],
-        };
+        let shape = line(2, 64);
         let err = try_launch("emulator_divergent_barrier", shape, vec![int(32)]).unwrap_err();
         assert!(
             err.contains("waits at the __syncthreads on line")
@@ -731,10 +718,7 @@ mod tests {
     #[test]
     fn the_emulator_catches_writes_outside_a_buffer() {
         let mut y = vec![0f32; 40];
-        let shape = LaunchShape {
-            grid: [1, 1, 1],
-            block: [64, 1, 1],
-        };
+        let shape = line(1, 64);
         let err = try_launch("emulator_unguarded", shape, vec![output(&mut y), int(40)]);
         assert_eq!(
             err.unwrap_err(),
@@ -1880,10 +1864,7 @@ mod tests {
             let steps = [0.1f32];
             try_launch(
                 "lamb_apply",
-                LaunchShape {
-                    grid: [1, 1, 1],
-                    block: [32, 1, 1],
-                },
+                line(1, 32),
                 vec![
                     input(&table),
                     int(1),
@@ -2161,10 +2142,7 @@ mod tests {
         // ldmatrix.trans, and through ldmatrix of b transposed.
         let (a, b, bt, want) = super::super::flash_attention::mma_probe_inputs();
         let mut c = vec![0f32; 3 * 256];
-        let shape = LaunchShape {
-            grid: [1, 1, 1],
-            block: [32, 1, 1],
-        };
+        let shape = line(1, 32);
         launch(
             "mma_fragments_probe",
             shape,

@@ -109,14 +109,14 @@ impl CustomOp3 for ResidualLayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = match s1 {
+        let mut sum = match s1 {
             CpuStorage::BF16(_) => self.dense_output::<half::bf16>(s1, l1)?,
             _ => self.dense_output::<f32>(s1, l1)?,
         };
         let r = data(s2, l2, self.name())?;
         let w = data(s3, l3, self.name())?;
         let bias = hold(&self.bias, self.name())?;
-        let sum: Vec<f32> = y.iter().zip(r).map(|(y, r)| y + r).collect();
+        sum.iter_mut().zip(r).for_each(|(y, r)| *y += r);
         let normed = layer_norm_rows(&sum, w, bias.slice(), self.eps);
         let mut packed = sum;
         packed.extend_from_slice(&normed);
