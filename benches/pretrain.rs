@@ -17,8 +17,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use candle_core::Device;
-use flora_stages::model::roberta::{Attention, Config, Positions, Precision};
-use flora_stages::model::throughput::time_steps;
+use flora_stages::model::roberta::{Config, Positions, Precision};
+use flora_stages::model::throughput::{time_steps, StepKernels};
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -138,7 +138,7 @@ fn main() {
             batch,
             len,
             steps,
-            (Precision::F32, Attention::Products),
+            StepKernels::new(Precision::F32),
             &Device::Cpu,
         )
         .unwrap();

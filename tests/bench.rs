@@ -93,6 +93,42 @@ fn bench_times_training_steps_in_both_precisions() {
     }
 }
 
+/// Without dropout, the last layer at the masked positions (the default) and at every position
+/// (`--every-position`) give the same loss: the rows the loss reads are the same.
+#[test]
+fn bench_runs_the_last_layer_at_the_masked_positions_or_at_every_one() {
+    let p = Project::new();
+    for precision in ["f32", "bf16"] {
+        let run = |every: bool| {
+            let mut set = vec![
+                ("--precision", precision),
+                ("--dropout", "0"),
+                ("--json", ""),
+            ];
+            if every {
+                set.push(("--every-position", ""));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(p.ok(&refs(&tiny(&set))).trim()).unwrap();
+            (v["last_layer"].clone(), v["last_loss"].as_f64().unwrap())
+        };
+        let ((masked, l_masked), (every, l_every)) = (run(false), run(true));
+        assert_eq!(
+            (masked.as_str(), every.as_str()),
+            (Some("masked"), Some("every"))
+        );
+        assert!(
+            (l_masked - l_every).abs() < 1e-5,
+            "{precision}: loss {l_masked} at the masked positions, {l_every} at every one"
+        );
+    }
+    let out = p.ok(&refs(&tiny(&[("--every-position", "")])));
+    assert!(
+        out.contains("cpu F32, last layer at every position: 4 x 32 tokens"),
+        "{out}"
+    );
+}
+
 #[test]
 fn bench_trains_with_flash_attention_in_bf16_and_refuses_it_elsewhere() {
     let p = Project::new();

@@ -6,7 +6,8 @@
 #   1. the card's bf16 matrix-product rate (PyTorch, 8192^3): the ceiling for FLOP utilisation;
 #   2. flora's training step of the paper's model (6 x 768, batch 84 x 256) in f32 and bf16, bf16 with
 #      flash attention (`--attention flash`) beside the products (and in
-#      bf16 at 195 tokens, real promoters grouped by length, beside PyTorch's at 195), and
+#      bf16 at 195 tokens, real promoters grouped by length, beside PyTorch's at 195, with the
+#      last layer at the masked positions and, as PyTorch runs it, at every position), and
 #      where its time goes (`flora bench --profile`: profile-bf16.txt, profile-f32.txt,
 #      profile-bf16-flash.txt);
 #   3. PyTorch + transformers RobertaForMaskedLM, same config and batch, f32 and bf16 autocast;
@@ -81,6 +82,9 @@ done
 # Real promoters grouped by length: 195 positions per sequence (1 kb A. thaliana promoters with
 # the published 5,005-token tokenizer, README's Performance), the paper's pretraining as run.
 measured "flora bf16, 195 tokens" "$bin" bench --gpu 0 --precision bf16 --batch 84 --len 195 --steps "$steps" --json
+# The last layer at every position, as PyTorch runs it: what running it at the masked positions
+# alone (pretraining's way, the rows above) saves on the card.
+measured "flora bf16 every position, 195 tokens" "$bin" bench --gpu 0 --precision bf16 --every-position --batch 84 --len 195 --steps "$steps" --json
 measured "flora bf16 flash, 195 tokens" "$bin" bench --gpu 0 --precision bf16 --attention flash --batch 84 --len 195 --steps "$steps" --json
 measured "torch bf16 sdpa, 195 tokens" python3 benches/torch_step.py --precision bf16 --attn sdpa --len 195 --steps "$steps"
 [ "${GPU_QUICK:-0}" = 1 ] || measured "torch bf16 eager" python3 benches/torch_step.py --precision bf16 --attn eager --steps "$steps"

@@ -3,7 +3,7 @@
 use clap::{Args, ValueEnum};
 use flora_stages::model::device;
 use flora_stages::model::roberta::{Attention, Config, Positions, Precision};
-use flora_stages::model::throughput;
+use flora_stages::model::throughput::{self, LastLayer, StepKernels};
 
 /// Matrix-product precision, as on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// The attention's kernels.
     #[arg(long, value_enum, default_value = "products")]
     pub attention: AttentionArg,
+    /// Run the last encoder layer at every position, as HuggingFace's RobertaForMaskedLM does,
+    /// rather than at the masked positions' queries alone, as pretraining does: for comparison.
+    #[arg(long)]
+    pub every_position: bool,
     /// Sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -110,7 +114,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Err(e) = attention.check(precision.dtype(), head_dim, &dev) {
         anyhow::bail!("--attention flash: {e}");
     }
-    let run = (precision, attention);
+    let run = StepKernels {
+        precision,
+        attention,
+        last_layer: if args.every_position {
+            LastLayer::Every
+        } else {
+            LastLayer::Masked
+        },
+    };
     let cfg = Config::new(
         args.vocab,
         args.layers,
@@ -148,10 +160,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         outln!("{}", serde_json::to_string(&t)?);
     } else {
         outln!(
-            "{} {:?}{}: {} x {} tokens, {} layers x {}: {:.4} s per step (median of {}; {:.4}-{:.4}), {:.0} tokens/s, {:.2} TFLOP/s (model FLOPs), loss {:.3}",
+            "{} {:?}{}{}: {} x {} tokens, {} layers x {}: {:.4} s per step (median of {}; {:.4}-{:.4}), {:.0} tokens/s, {:.2} TFLOP/s (model FLOPs), loss {:.3}",
             t.device,
             t.precision,
             attention_label(t.attention),
+            match t.last_layer {
+                LastLayer::Masked => "",
+                LastLayer::Every => ", last layer at every position",
+            },
             t.batch,
             t.len,
             args.layers,

@@ -31,9 +31,10 @@ use super::dense_attached::{dense_forward, dense_product, Backward3};
 use super::encoder_layer::LayerDropout;
 use super::fused::{layer_norm_backward_to, GradTo};
 use super::gpu_ops::add_in_f32;
+use super::mlm_positions::SlotIndex;
 use super::qkv::qkv_forward;
 use super::residual_norm::{residual_layer_norm, DenseOutput};
-use super::roberta::{Config, Params};
+use super::roberta::{Attention, Config, Params};
 use super::step_profile::{backward_region, mirror, region, ATTENTION, DENSE_RESIDUAL_LAYER_NORM};
 
 /// A piece's backward pass and the step profile's label for it.
@@ -94,17 +95,25 @@ impl LayerGrad {
 /// gradients to `p.sink`; for frozen weights (inference), the same forward pass recording
 /// nothing. One node for the stack rather than one per layer spares each layer boundary
 /// candle's zeroed gradient, its addition and the copy of the node's output.
-pub fn encoder_attached(
+///
+/// The layers are `first`, `first + 1`, ... (one per entry of `dropouts`). With `at`, the last of
+/// them runs its queries and everything after its attention at those slots alone
+/// (`mlm_positions.rs`), and the output is (batch, slots, hidden).
+pub(crate) fn encoder_attached(
     p: &Params,
     cfg: &Config,
     x: &Tensor,
     key_mask: &Tensor,
     dropouts: &[LayerDropout],
+    first: usize,
+    at: Option<&SlotIndex>,
 ) -> Result<Tensor> {
     let mut h = x.detach();
     let mut backwards = Vec::with_capacity(dropouts.len());
-    for (layer, &dropout) in dropouts.iter().enumerate() {
-        let (y, backward) = encoder_layer_forward(p, cfg, layer, &h, key_mask, dropout)?;
+    for (i, &dropout) in dropouts.iter().enumerate() {
+        let queries = at.filter(|_| i + 1 == dropouts.len());
+        let layer = first + i;
+        let (y, backward) = encoder_layer_forward(p, cfg, layer, &h, key_mask, dropout, queries)?;
         h = y;
         backwards.extend(backward);
     }
@@ -125,7 +134,9 @@ pub fn encoder_attached(
 
 /// Encoder layer `layer` of `p` over detached hidden states `x` (batch, len, hidden), with the
 /// additive key mask `key_mask` (batch, 1, 1, len) and the dropouts' seeds: its output, recording
-/// nothing, and its backward pass (none for frozen weights).
+/// nothing, and its backward pass (none for frozen weights). With `queries`, every position
+/// gives its key and value but only the slots a query, and the output is theirs (batch, slots,
+/// hidden).
 fn encoder_layer_forward(
     p: &Params,
     cfg: &Config,
@@ -133,6 +144,7 @@ fn encoder_layer_forward(
     xd: &Tensor,
     key_mask: &Tensor,
     dropout: LayerDropout,
+    queries: Option<&SlotIndex>,
 ) -> Result<(Tensor, Option<LayerBackward>)> {
     let prefix = format!("roberta.encoder.layer.{layer}");
     let param = |n: &str| -> Result<Tensor> {
@@ -166,12 +178,22 @@ fn encoder_layer_forward(
             Ok((qkv, backward, mirror()))
         },
     )?;
+    // At the slots alone: their queries, and their rows of the residual stream.
+    let (qh, residual) = match queries {
+        Some(at) => (at.gather_heads(&qh)?, at.gather(xd)?),
+        None => (qh, xd.clone()),
+    };
+    // Flash attention's kernels take as many queries as keys; the products take any.
+    let attention = match queries {
+        Some(_) => Attention::Products,
+        None => p.attention,
+    };
     // The context stays in the compute type: only the output dense layer's product reads it.
     let (ctx, att_step) = piece(
         || ATTENTION.to_string(),
         || {
             let qkv = [&qh, &kh, &vh];
-            attention_heads_forward(qkv, key_mask, dropout.attention, compute, p.attention)
+            attention_heads_forward(qkv, key_mask, dropout.attention, compute, attention)
         },
     )?;
     drop((qh, kh, vh));
@@ -211,7 +233,8 @@ fn encoder_layer_forward(
         bias: &ao_bias,
         dropout: dropout.attention_output,
     };
-    let (r1, x1, ln1_label) = residual_ln(ao_out, xd, &ln1w, &ln1b)?;
+    let (r1, x1, ln1_label) = residual_ln(ao_out, &residual, &ln1w, &ln1b)?;
+    drop(residual);
     drop(a);
     // The feed-forward's intermediate activation is read only by the next product: it stays in
     // the compute type (bf16 in mixed precision), and so does its gradient.
@@ -234,6 +257,7 @@ fn encoder_layer_forward(
         return Ok((y, None));
     }
     let sink = p.sink.clone();
+    let scatter = queries.cloned();
     let backward = move |grad: &LayerGrad| {
         let named = |n: &str| format!("{prefix}.{n}");
         let hand_in = |role: &str, [dw, db]: [Tensor; 2]| -> Result<()> {
@@ -276,6 +300,11 @@ fn encoder_layer_forward(
         let [dctx, dw, db] = ao_step.run(&dz1)?;
         hand_in("attention.output.dense", [dw, db])?;
         let [dq, dk, dv] = att_step.run(&dctx)?;
+        // From the slots back to every position: zero where no slot was.
+        let (dq, dr1) = match &scatter {
+            Some(at) => (at.scatter_heads(&dq)?, at.scatter(&dr1)?),
+            None => (dq, dr1),
+        };
         let (dx, dws, dbs) = backward_region(&qkv_label, || qkv_backward([&dq, &dk, &dv]))?;
         for ((role, dw), db) in QKV.into_iter().zip(dws).zip(dbs) {
             hand_in(role, [dw, db])?;
@@ -304,8 +333,10 @@ pub fn applies(x: &Tensor, p: &Params) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::model::mlm_positions::MlmPositions;
     use crate::model::roberta::{
-        encode_with, mlm_loss, Attention, Config, LayerOps, Params, Positions,
+        encode_at, encode_at_with, encode_with, mlm_loss, Attention, Config, LayerOps, Params,
+        Positions,
     };
     use crate::rng::Rng;
     use crate::testing::max_abs_diff;
@@ -427,6 +458,146 @@ mod tests {
             assert!(d < 5e-2, "{name}: gradients differ by {d} of their scale");
         }
         eprintln!("flash against products: losses {l_flash} and {l_products}, largest gradient difference {worst:.2e} of a gradient's scale");
+    }
+
+    /// The last layer run at the labelled positions gives the loss and every gradient of the
+    /// whole last layer (without dropout), however the layers run: attached in f32 and bf16, and
+    /// the CPU's one-op layers with the last one attached. The sequences have different numbers
+    /// of labels (padding slots), one has padding tokens and one has no label at all.
+    #[test]
+    fn the_last_layer_at_the_masked_positions_gives_the_whole_layers_loss_and_gradients() {
+        let cfg = Config::new(60, 3, 32, 4, 64, 24, 0.0, Positions::Tss);
+        let (batch, len) = (4, 20);
+        let ids: Vec<Vec<u32>> = (0..batch as u32)
+            .map(|b| {
+                (0..len as u32)
+                    .map(|t| {
+                        if b == 1 && t >= 15 {
+                            1
+                        } else {
+                            5 + (b * 19 + t * 7) % 55
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let picked: [&[usize]; 4] = [&[1, 4, 9], &[2], &[], &[3, 5, 7, 11, 19]];
+        let mut labels = vec![-1i64; batch * len];
+        for (b, positions) in picked.iter().enumerate() {
+            for &t in *positions {
+                labels[b * len + t] = 5 + (t as i64 * 3) % 50;
+            }
+        }
+        let at = MlmPositions::from_labels(&labels, batch, len).unwrap();
+        assert_eq!(at.slots(), 5);
+        for (compute, ops) in [
+            (DType::F32, LayerOps::Attached),
+            (DType::BF16, LayerOps::Attached),
+            (DType::F32, LayerOps::Fastest),
+        ] {
+            let mut p = Params::init(&cfg, 5, &Device::Cpu).unwrap();
+            p.compute = compute;
+            sharpen_attention(&p);
+            let run = |masked: bool| {
+                let mut drng = Rng::new(11);
+                let dev = &Device::Cpu;
+                let (h, labels) = if masked {
+                    let h = encode_at_with(&p, &cfg, &ids, &at, Some(&mut drng), dev, ops);
+                    (h.unwrap(), at.labels())
+                } else {
+                    let h = encode_with(&p, &cfg, &ids, Some(&mut drng), dev, ops);
+                    (h.unwrap(), &labels[..])
+                };
+                let (loss, correct, n) = mlm_loss(&p, &cfg, &h, labels).unwrap();
+                let store = loss.backward().unwrap();
+                let correct = correct.to_scalar::<f32>().unwrap();
+                (
+                    loss.to_scalar::<f32>().unwrap(),
+                    correct,
+                    n,
+                    p.grads(&store),
+                )
+            };
+            let (l_at, c_at, n_at, g_at) = run(true);
+            let (l_all, c_all, n_all, g_all) = run(false);
+            let case = format!("{compute:?} {ops:?}");
+            assert_eq!((n_at, c_at), (n_all, c_all), "{case}: labelled, correct");
+            assert!(
+                (l_at - l_all).abs() < 1e-5,
+                "{case}: loss {l_at} vs {l_all}"
+            );
+            assert_eq!(
+                g_at.len(),
+                g_all.len(),
+                "{case}: a parameter lost its gradient"
+            );
+            let tol = if compute == DType::F32 { 1e-5 } else { 1e-3 };
+            let mut worst = 0f64;
+            for (name, g) in &g_all {
+                let scale = max_abs_diff(g, &g.zeros_like().unwrap()).max(1e-3);
+                let d = max_abs_diff(&g_at[name], g) / scale;
+                worst = worst.max(d);
+                assert!(
+                    d < tol,
+                    "{case} {name}: gradients differ by {d} of their scale"
+                );
+            }
+            eprintln!("{case}: largest difference {worst:.2e} of a gradient's scale");
+        }
+        // Frozen weights: the slots' rows of the whole encoder's hidden states.
+        let mut p = Params::init(&cfg, 5, &Device::Cpu).unwrap();
+        p.frozen = true;
+        sharpen_attention(&p);
+        let dev = &Device::Cpu;
+        let ours = encode_at_with(&p, &cfg, &ids, &at, None, dev, LayerOps::Fastest).unwrap();
+        let all = encode_with(&p, &cfg, &ids, None, dev, LayerOps::Fastest).unwrap();
+        let theirs = at.index(4, dev).unwrap().gather(&all).unwrap();
+        assert!(!ours.track_op(), "inference recorded a graph");
+        let d = max_abs_diff(&ours, &theirs);
+        assert!(d < 1e-5, "frozen: hidden states differ by {d}");
+    }
+
+    /// Scales the query and key weights of `p` up, so that attention at initialisation is no
+    /// longer nearly uniform over the keys and a query at a wrong position shows in the loss.
+    fn sharpen_attention(p: &Params) {
+        for (name, var) in &p.vars {
+            if name.ends_with("query.weight") || name.ends_with("key.weight") {
+                var.set(&(var.as_tensor() * 12.0).unwrap()).unwrap();
+            }
+        }
+    }
+
+    /// With dropout, the last layer at the labelled positions draws its masks over its own
+    /// shapes: another draw, so another loss, but every parameter's gradient, finite.
+    #[test]
+    fn the_last_layer_at_the_masked_positions_trains_with_dropout() {
+        let cfg = Config::new(60, 2, 32, 4, 64, 24, 0.1, Positions::Tss);
+        let ids: Vec<Vec<u32>> = (0..3u32)
+            .map(|b| (0..16u32).map(|t| 5 + (b * 11 + t * 5) % 55).collect())
+            .collect();
+        let labels: Vec<i64> = (0..48).map(|i| if i % 5 == 1 { 9 } else { -1 }).collect();
+        let at = MlmPositions::from_labels(&labels, 3, 16).unwrap();
+        for compute in [DType::F32, DType::BF16] {
+            let mut p = Params::init(&cfg, 6, &Device::Cpu).unwrap();
+            p.compute = compute;
+            let mut drng = Rng::new(2);
+            let h = encode_at(&p, &cfg, &ids, &at, Some(&mut drng), &Device::Cpu).unwrap();
+            let (loss, _, n) = mlm_loss(&p, &cfg, &h, at.labels()).unwrap();
+            assert_eq!(n, 10);
+            let grads = p.grads(&loss.backward().unwrap());
+            assert_eq!(grads.len(), cfg.parameters().len(), "{compute:?}");
+            for (name, g) in &grads {
+                let sum = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(sum.is_finite(), "{compute:?} {name}: {sum}");
+            }
+            assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+        }
     }
 
     /// Frozen weights (inference) run the attached layer's forward pass alone: the hidden states

@@ -443,7 +443,8 @@ pub fn embed_sum(
 mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
-    use crate::model::roberta::{encode, mlm_loss, Config, Params, Positions};
+    use crate::model::mlm_positions::MlmPositions;
+    use crate::model::roberta::{encode, encode_at, mlm_loss, Config, Params, Positions};
     use crate::model::{dense_epilogue, embeddings, fused, gpu_ops, mlm_loss};
     use crate::testing::{max_abs_diff, random_var, skipped};
 
@@ -727,18 +728,29 @@ mod tests {
 
     /// A training step's loss and gradients of a fresh model `cfg` (`setup` applied to its
     /// weights) on [`padded_batch`], with dropout drawn from seed 8: on the CPU, then on `dev`.
+    /// With `masked`, the last layer runs at the labelled positions, as pretraining runs it.
     fn step_on_both(
         dev: &Device,
         cfg: &Config,
         setup: &dyn Fn(&mut Params),
+        masked: bool,
     ) -> [(f32, std::collections::HashMap<String, Tensor>); 2] {
         let (ids, labels) = padded_batch();
+        let at = MlmPositions::from_labels(&labels, ids.len(), ids[0].len()).unwrap();
         let step = |dev: &Device| {
             let mut p = Params::init(cfg, 3, dev).unwrap();
             setup(&mut p);
             let mut rng = crate::rng::Rng::new(8);
-            let hidden = encode(&p, cfg, &ids, Some(&mut rng), dev).unwrap();
-            let (loss, _, _) = mlm_loss(&p, cfg, &hidden, &labels).unwrap();
+            let (hidden, labels) = if masked {
+                let h = encode_at(&p, cfg, &ids, &at, Some(&mut rng), dev).unwrap();
+                (h, at.labels())
+            } else {
+                (
+                    encode(&p, cfg, &ids, Some(&mut rng), dev).unwrap(),
+                    &labels[..],
+                )
+            };
+            let (loss, _, _) = mlm_loss(&p, cfg, &hidden, labels).unwrap();
             let grads = p.grads(&loss.backward().unwrap());
             let loss: f32 = loss.to_device(&Device::Cpu).unwrap().to_scalar().unwrap();
             (loss, grads)
@@ -752,16 +764,18 @@ mod tests {
             return;
         };
         let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.0, Positions::Roberta);
-        let [(cl, cg), (gl, gg)] = step_on_both(&dev, &cfg, &|_| {});
-        assert!(
-            (cl - gl).abs() < 1e-4,
-            "loss {cl} on the CPU, {gl} on the GPU"
-        );
-        assert_eq!(cg.len(), gg.len());
-        for (name, c) in &cg {
-            let g = gg[name].to_device(&Device::Cpu).unwrap();
-            let d = max_abs_diff(c, &g);
-            assert!(d < 1e-4, "{name}: gradients differ by {d}");
+        for masked in [false, true] {
+            let [(cl, cg), (gl, gg)] = step_on_both(&dev, &cfg, &|_| {}, masked);
+            assert!(
+                (cl - gl).abs() < 1e-4,
+                "masked {masked}: loss {cl} on the CPU, {gl} on the GPU"
+            );
+            assert_eq!(cg.len(), gg.len());
+            for (name, c) in &cg {
+                let g = gg[name].to_device(&Device::Cpu).unwrap();
+                let d = max_abs_diff(c, &g);
+                assert!(d < 1e-4, "masked {masked}: {name}: gradients differ by {d}");
+            }
         }
     }
 
@@ -861,20 +875,27 @@ mod tests {
             return;
         };
         let cfg = Config::new(60, 2, 64, 4, 128, 40, 0.1, Positions::Roberta);
-        let [(cl, cg), (gl, gg)] = step_on_both(&dev, &cfg, &|p| {
+        let setup = |p: &mut Params| {
             p.compute = candle_core::DType::BF16;
             p.attention = crate::model::roberta::Attention::Flash;
-        });
-        assert!(
-            (cl - gl).abs() < 2e-2,
-            "loss {cl} on the CPU, {gl} on the GPU"
-        );
-        assert_eq!(cg.len(), gg.len());
-        for (name, c) in &cg {
-            let g = gg[name].to_device(&Device::Cpu).unwrap();
-            let scale = max_abs_diff(c, &c.zeros_like().unwrap()).max(1e-3);
-            let d = max_abs_diff(c, &g) / scale;
-            assert!(d < 5e-2, "{name}: gradients differ by {d} of their scale");
+        };
+        // Masked: flash attention but in the last layer, which runs the products at the slots.
+        for masked in [false, true] {
+            let [(cl, cg), (gl, gg)] = step_on_both(&dev, &cfg, &setup, masked);
+            assert!(
+                (cl - gl).abs() < 2e-2,
+                "masked {masked}: loss {cl} on the CPU, {gl} on the GPU"
+            );
+            assert_eq!(cg.len(), gg.len());
+            for (name, c) in &cg {
+                let g = gg[name].to_device(&Device::Cpu).unwrap();
+                let scale = max_abs_diff(c, &c.zeros_like().unwrap()).max(1e-3);
+                let d = max_abs_diff(c, &g) / scale;
+                assert!(
+                    d < 5e-2,
+                    "masked {masked}: {name}: gradients differ by {d} of their scale"
+                );
+            }
         }
     }
 

@@ -40,6 +40,7 @@ pub mod layers;
 pub mod mlm_loss;
 #[cfg(feature = "cuda")]
 mod mlm_loss_cuda;
+pub mod mlm_positions;
 pub mod mutagenesis;
 pub mod predictor;
 pub mod pretrain;

@@ -30,6 +30,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::lamb::Lamb;
+use super::mlm_positions::MlmPositions;
 use super::predictor::{leading_padding, trimmed};
 use super::roberta::{self, Attention, Config, Params as Weights, Positions, Precision};
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
@@ -218,9 +219,10 @@ fn micro_step(
 ) -> candle_core::Result<(f64, usize, usize, HashMap<String, Tensor>)> {
     let mut mrng = step_rng(p.seed, step, micro, 1);
     let (inputs, labels) = mask_batch(&trimmed(rows), cfg.vocab_size, p.mask_prob, &mut mrng);
+    let at = MlmPositions::from_labels(&labels, inputs.len(), width(&inputs))?;
     let mut drng = step_rng(p.seed, step, micro, 2);
-    let hidden = roberta::encode(w, cfg, &inputs, Some(&mut drng), dev)?;
-    let (loss, correct, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
+    let hidden = roberta::encode_at(w, cfg, &inputs, &at, Some(&mut drng), dev)?;
+    let (loss, correct, n) = roberta::mlm_loss(w, cfg, &hidden, at.labels())?;
     // The backward pass is issued before anything is read back: a GPU runs the whole step
     // without stopping for the host.
     let grads = if n > 0 {
@@ -230,6 +232,11 @@ fn micro_step(
     };
     let value = loss.to_scalar::<f32>()? as f64;
     Ok((value, read_count(&correct)?, n, grads))
+}
+
+/// Tokens per row of a batch of rows of one length (0 for no rows).
+fn width(rows: &[Vec<u32>]) -> usize {
+    rows.first().map_or(0, Vec::len)
 }
 
 /// A count held as a scalar f32 tensor (exact below 2^24).
@@ -249,8 +256,9 @@ pub fn evaluate(
     for (i, chunk) in rows.chunks(p.batch_size.max(1)).enumerate() {
         let mut rng = step_rng(p.seed, u64::MAX, i as u64, 3);
         let (inputs, labels) = mask_batch(&trimmed(chunk), cfg.vocab_size, p.mask_prob, &mut rng);
-        let hidden = roberta::encode(w, cfg, &inputs, None, dev)?;
-        let (loss, c, n) = roberta::mlm_loss(w, cfg, &hidden, &labels)?;
+        let at = MlmPositions::from_labels(&labels, inputs.len(), width(&inputs))?;
+        let hidden = roberta::encode_at(w, cfg, &inputs, &at, None, dev)?;
+        let (loss, c, n) = roberta::mlm_loss(w, cfg, &hidden, at.labels())?;
         total += loss.to_scalar::<f32>()? as f64 * n as f64;
         count += n;
         correct += read_count(&c)?;

@@ -22,9 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use super::dense::Epilogue;
 use super::encoder_layer::{encoder_layer, LayerDropout};
+use super::encoder_layer_attached::encoder_attached;
 use super::layers::{
     bias_add, dropout_with_seed, gather_rows, layer_norm, matmul, product, randn, seed_device,
 };
+use super::mlm_positions::MlmPositions;
 use super::step_profile::{self, region};
 use crate::rng::Rng;
 
@@ -535,14 +537,59 @@ pub(crate) enum LayerOps {
     Pieces,
 }
 
+/// The encoder's final hidden states at the labelled positions `at` of `ids` (batch, slots,
+/// hidden; `at` groups them by sequence): the last layer runs its queries and all that follows
+/// its attention at those positions alone (`mlm_positions.rs`), which gives their rows of
+/// [`encode`]'s result for less work. `rng` turns dropout on; the last layer's dropout masks are
+/// drawn over its smaller shapes, so with dropout its values are another draw of the same
+/// distribution.
+pub fn encode_at(
+    p: &Params,
+    cfg: &Config,
+    ids: &[Vec<u32>],
+    at: &MlmPositions,
+    rng: Option<&mut Rng>,
+    device: &Device,
+) -> Result<Tensor> {
+    encode_layers(p, cfg, ids, rng, device, LayerOps::Fastest, Some(at))
+}
+
 /// [`encode`], with each layer's ops chosen by `ops`.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn encode_with(
+    p: &Params,
+    cfg: &Config,
+    ids: &[Vec<u32>],
+    rng: Option<&mut Rng>,
+    device: &Device,
+    ops: LayerOps,
+) -> Result<Tensor> {
+    encode_layers(p, cfg, ids, rng, device, ops, None)
+}
+
+/// [`encode_at`], with each layer's ops chosen by `ops`.
+#[cfg(test)]
+pub(crate) fn encode_at_with(
+    p: &Params,
+    cfg: &Config,
+    ids: &[Vec<u32>],
+    at: &MlmPositions,
+    rng: Option<&mut Rng>,
+    device: &Device,
+    ops: LayerOps,
+) -> Result<Tensor> {
+    encode_layers(p, cfg, ids, rng, device, ops, Some(at))
+}
+
+/// [`encode`] (`at` none) or [`encode_at`], each layer's ops chosen by `ops`.
+fn encode_layers(
     p: &Params,
     cfg: &Config,
     ids: &[Vec<u32>],
     mut rng: Option<&mut Rng>,
     device: &Device,
     ops: LayerOps,
+    at: Option<&MlmPositions>,
 ) -> Result<Tensor> {
     let (bsz, len) = (ids.len(), ids[0].len());
     seed_device(device, rng.as_deref_mut())?;
@@ -568,6 +615,13 @@ pub(crate) fn encode_with(
     let key_mask_rows: Vec<f32> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
     let key_mask = Tensor::from_vec(key_mask_rows.clone(), (bsz, 1, 1, len), device)?;
     let heads = cfg.num_attention_heads;
+    let index = at.map(|at| at.index(heads, device)).transpose()?;
+    let layers = cfg.num_hidden_layers;
+    let draw_layer = |rng: &mut Option<&mut Rng>| LayerDropout {
+        attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
+        attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+        output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
+    };
     let attached = match ops {
         LayerOps::Fastest => {
             !super::encoder_layer::applies(&x, p) && super::encoder_layer_attached::applies(&x, p)
@@ -576,22 +630,17 @@ pub(crate) fn encode_with(
         LayerOps::Pieces => false,
     };
     if attached {
-        let dropouts: Vec<LayerDropout> = (0..cfg.num_hidden_layers)
-            .map(|_| LayerDropout {
-                attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
-                attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
-                output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
-            })
-            .collect();
-        return super::encoder_layer_attached::encoder_attached(p, cfg, &x, &key_mask, &dropouts);
+        let dropouts: Vec<LayerDropout> = (0..layers).map(|_| draw_layer(&mut rng)).collect();
+        return encoder_attached(p, cfg, &x, &key_mask, &dropouts, 0, index.as_ref());
     }
-    for l in 0..cfg.num_hidden_layers {
+    for l in 0..layers {
         if ops == LayerOps::Fastest && super::encoder_layer::applies(&x, p) {
-            let dropout = LayerDropout {
-                attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
-                attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
-                output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
-            };
+            let dropout = draw_layer(&mut rng);
+            if l + 1 == layers && index.is_some() {
+                // The CPU's whole-layer op runs every position; the attached layer runs the last
+                // one at the slots.
+                return encoder_attached(p, cfg, &x, &key_mask, &[dropout], l, index.as_ref());
+            }
             x = region(
                 || "forward: encoder layer (one op)".to_string(),
                 || encoder_layer(p, cfg, l, &x, &key_mask_rows, dropout),
@@ -637,7 +686,12 @@ pub(crate) fn encode_with(
         )?;
         x = residual_ln(p, &format!("{pre}.output.LayerNorm"), &out, &x1, cfg)?;
     }
-    Ok(x)
+    match index {
+        // Separate pieces run every position, and then keep the slots' rows (what the tests
+        // compare the other paths with).
+        Some(index) => index.gather(&x),
+        None => Ok(x),
+    }
 }
 
 /// The MLM head's transform of hidden states (..., hidden): dense, GELU, LayerNorm.

@@ -11,10 +11,46 @@ use serde::Serialize;
 
 use super::attention_attached::attention_heads_forward;
 use super::lamb::{sum_of_squares, Lamb};
+use super::mlm_positions::MlmPositions;
 use super::pretrain::DEFAULT_CLIP_NORM;
 use super::roberta::{self, Attention, Config, Params, Precision};
 use super::step_profile::{self, RegionTime};
 use crate::rng::Rng;
+
+/// Where a bench step runs its last encoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LastLayer {
+    /// At the masked positions' queries alone, as pretraining runs it (`mlm_positions.rs`).
+    #[default]
+    Masked,
+    /// At every position, as HuggingFace's RobertaForMaskedLM runs it: for comparison.
+    Every,
+}
+
+/// How a bench step computes: the products' precision, the attention's kernels and where the last
+/// layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepKernels {
+    /// Matrix-product precision.
+    pub precision: Precision,
+    /// The attention's kernels.
+    pub attention: Attention,
+    /// Where the last encoder layer runs.
+    pub last_layer: LastLayer,
+}
+
+impl StepKernels {
+    /// `precision` with the products path of attention and the last layer at the masked
+    /// positions: pretraining's defaults.
+    pub fn new(precision: Precision) -> StepKernels {
+        StepKernels {
+            precision,
+            attention: Attention::Products,
+            last_layer: LastLayer::Masked,
+        }
+    }
+}
 
 /// What a timing run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +61,8 @@ pub struct StepTiming {
     pub precision: Precision,
     /// The attention's kernels.
     pub attention: Attention,
+    /// Where the last encoder layer ran.
+    pub last_layer: LastLayer,
     /// Sequences per step.
     pub batch: usize,
     /// Tokens per sequence.
@@ -75,6 +113,7 @@ struct BenchTrainer<'a> {
     opt: Lamb,
     rows: Vec<Vec<u32>>,
     labels: Vec<i64>,
+    at: Option<MlmPositions>,
 }
 
 impl<'a> BenchTrainer<'a> {
@@ -82,9 +121,14 @@ impl<'a> BenchTrainer<'a> {
         cfg: &'a Config,
         batch: usize,
         len: usize,
-        (precision, attention): (Precision, Attention),
+        kernels: StepKernels,
         device: &'a Device,
     ) -> Result<Self> {
+        let StepKernels {
+            precision,
+            attention,
+            last_layer,
+        } = kernels;
         let mut w = Params::init(cfg, 0, device)?;
         w.compute = precision.dtype();
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
@@ -110,6 +154,10 @@ impl<'a> BenchTrainer<'a> {
             .flatten()
             .map(|&t| if rng.below(100) < 15 { t as i64 } else { -1 })
             .collect();
+        let at = match last_layer {
+            LastLayer::Masked => Some(MlmPositions::from_labels(&labels, batch, len)?),
+            LastLayer::Every => None,
+        };
         Ok(BenchTrainer {
             cfg,
             device,
@@ -117,6 +165,7 @@ impl<'a> BenchTrainer<'a> {
             opt: Lamb::new(0.01),
             rows,
             labels,
+            at,
         })
     }
 
@@ -124,10 +173,20 @@ impl<'a> BenchTrainer<'a> {
     fn step(&mut self, s: usize) -> Result<f64> {
         let mut drng = Rng::new(s as u64);
         step_profile::phase("forward: other")?;
-        let hidden = roberta::encode(&self.w, self.cfg, &self.rows, Some(&mut drng), self.device)?;
+        let (w, cfg, rows, dev) = (&self.w, self.cfg, &self.rows, self.device);
+        let (hidden, labels) = match &self.at {
+            Some(at) => (
+                roberta::encode_at(w, cfg, rows, at, Some(&mut drng), dev)?,
+                at.labels(),
+            ),
+            None => (
+                roberta::encode(w, cfg, rows, Some(&mut drng), dev)?,
+                &self.labels[..],
+            ),
+        };
         let (loss, _, _) = step_profile::region(
             || "forward: MLM head + loss".to_string(),
-            || roberta::mlm_loss(&self.w, self.cfg, &hidden, &self.labels),
+            || roberta::mlm_loss(w, cfg, &hidden, labels),
         )?;
         step_profile::phase("backward: candle's recorded ops and gradient sums")?;
         let store = loss.backward()?;
@@ -147,10 +206,10 @@ pub fn time_steps(
     batch: usize,
     len: usize,
     steps: usize,
-    (precision, attention): (Precision, Attention),
+    kernels: StepKernels,
     device: &Device,
 ) -> Result<StepTiming> {
-    let mut trainer = BenchTrainer::new(cfg, batch, len, (precision, attention), device)?;
+    let mut trainer = BenchTrainer::new(cfg, batch, len, kernels, device)?;
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = f64::NAN;
     for s in 0..=steps {
@@ -168,8 +227,9 @@ pub fn time_steps(
     let flops = train_flops(cfg, batch, len);
     Ok(StepTiming {
         device: super::device::name(device),
-        precision,
-        attention,
+        precision: kernels.precision,
+        attention: kernels.attention,
+        last_layer: kernels.last_layer,
         batch,
         len,
         steps,
@@ -208,10 +268,10 @@ pub fn profile_steps(
     batch: usize,
     len: usize,
     steps: usize,
-    (precision, attention): (Precision, Attention),
+    kernels: StepKernels,
     device: &Device,
 ) -> Result<StepProfile> {
-    let mut trainer = BenchTrainer::new(cfg, batch, len, (precision, attention), device)?;
+    let mut trainer = BenchTrainer::new(cfg, batch, len, kernels, device)?;
     trainer.step(0)?;
     let mut regions: Vec<RegionTime> = Vec::new();
     for s in 1..=steps {
@@ -228,8 +288,8 @@ pub fn profile_steps(
     }
     Ok(StepProfile {
         device: super::device::name(device),
-        precision,
-        attention,
+        precision: kernels.precision,
+        attention: kernels.attention,
         steps,
         seconds_per_step: regions.iter().map(|r| r.seconds).sum(),
         host_seconds_per_step: regions.iter().map(|r| r.host_seconds).sum(),
@@ -654,8 +714,7 @@ mod tests {
     fn a_tiny_model_trains_in_both_precisions() {
         let cfg = Config::new(64, 2, 32, 2, 64, 16, 0.1, Positions::Tss);
         for precision in [Precision::F32, Precision::Bf16] {
-            let run = (precision, Attention::Products);
-            let t = time_steps(&cfg, 4, 16, 2, run, &Device::Cpu).unwrap();
+            let t = time_steps(&cfg, 4, 16, 2, StepKernels::new(precision), &Device::Cpu).unwrap();
             assert!(t.last_loss.is_finite() && t.last_loss > 0.0, "{t:?}");
             assert!(t.seconds_per_step > 0.0 && t.tokens_per_second > 0.0);
             assert_eq!(t.device, "cpu");
