@@ -5,13 +5,15 @@
 #   scripts/cuda.sh cargo check --features cuda          # what CI does
 #   scripts/cuda.sh cargo build --release --features cuda
 #   scripts/cuda.sh nvcc -cubin -arch=sm_90 stages/src/model/kernels.cu   # flora's own kernels
+#   scripts/cuda.sh scripts/nvrtc_check.sh           # the same through NVRTC, as a GPU run compiles them
 #
 # Installs (once) into $FLORA_CUDA_HOME (default ~/.cache/flora/cuda-$FLORA_CUDA_VERSION): nvcc and
-# the headers candle's kernels compile with (about 100 MB of wheels) and, unless the command is a
-# `cargo check`, `cargo clippy` or `nvcc`, the cuBLAS, cuRAND, NVRTC and runtime libraries a
-# binary links against (about 600 MB more) and a link-time stand-in for the driver's libcuda.so.1 (the real one
-# comes with the NVIDIA driver where the binary runs). Versions are pinned as one set: a newer nvcc than the
-# driver where the program runs emits PTX that driver cannot load, cudarc 0.19 rejects CUDA 13.5,
+# the headers candle's kernels compile with (about 100 MB of wheels); for
+# `scripts/nvrtc_check.sh`, NVRTC too; and unless the command is a `cargo check`, `cargo clippy`,
+# `nvcc` or that check, the cuBLAS, cuRAND, NVRTC and runtime libraries a binary links against
+# (about 600 MB more) and a link-time stand-in for the driver's libcuda.so.1 (the real one comes
+# with the NVIDIA driver where the binary runs). Versions are pinned as one set: a newer nvcc than
+# the driver where the program runs emits PTX that driver cannot load, cudarc 0.19 rejects CUDA 13.5,
 # and unpinned packages mix nvcc and nvvm releases. 13.0 matches driver 580, the H100/H200
 # machines' driver; set FLORA_CUDA_VERSION=13.4 for a newer driver.
 set -euo pipefail
@@ -68,8 +70,13 @@ fetch compile "${compile[@]}"
 chmod +x "$root"/bin/* "$root"/nvvm/bin/*
 case " $* " in
 *" check "* | *" clippy "* | " nvcc "*) linking=no ;;
+" scripts/nvrtc_check.sh "*) linking=nvrtc ;;
 *) linking=yes ;;
 esac
+if [ $linking = nvrtc ]; then
+  # NVRTC alone (its wheel is the first of the link set), for the kernels' run-time compile.
+  fetch nvrtc "${link[0]}"
+fi
 if [ $linking = yes ]; then
   fetch link "${link[@]}"
   # Unversioned names for the linker.

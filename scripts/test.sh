@@ -79,3 +79,6 @@ scripts/cuda.sh nvcc -cubin -arch=sm_90 -Xptxas --warn-on-spills --Werror all-wa
     -o "$kernels_cubin" stages/src/model/kernels.cu
 rm -f "$kernels_cubin"
 echo "flora's CUDA kernels compile for sm_90"
+# The same kernels the way a GPU run compiles them: NVRTC (whose front end has no host headers and
+# its own built-ins) for compute_90, 80 and 75, each PTX assembled by ptxas for its card.
+scripts/cuda.sh scripts/nvrtc_check.sh
