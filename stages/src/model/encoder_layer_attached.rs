@@ -557,6 +557,37 @@ mod tests {
         assert!(d < 1e-5, "frozen: hidden states differ by {d}");
     }
 
+    /// A model without encoder layers has no last layer to run at the slots: the loss reads the
+    /// embeddings' rows there, the loss of every position's; and labels that do not match the
+    /// hidden states are refused rather than read at the wrong rows.
+    #[test]
+    fn a_model_without_layers_reads_the_embeddings_at_the_masked_positions() {
+        let cfg = Config::new(60, 0, 32, 4, 64, 24, 0.0, Positions::Tss);
+        let ids: Vec<Vec<u32>> = (0..2u32)
+            .map(|b| (0..10u32).map(|t| 5 + (b * 7 + t * 3) % 55).collect())
+            .collect();
+        let labels: Vec<i64> = (0..20).map(|i| if i % 3 == 1 { 8 } else { -1 }).collect();
+        let at = MlmPositions::from_labels(&labels, 2, 10).unwrap();
+        let p = Params::init(&cfg, 7, &Device::Cpu).unwrap();
+        let dev = &Device::Cpu;
+        let h_at = encode_at(&p, &cfg, &ids, &at, None, dev).unwrap();
+        let h_all = encode_with(&p, &cfg, &ids, None, dev, LayerOps::Fastest).unwrap();
+        let (l_at, _, n_at) = mlm_loss(&p, &cfg, &h_at, at.labels()).unwrap();
+        let (l_all, _, n_all) = mlm_loss(&p, &cfg, &h_all, &labels).unwrap();
+        assert_eq!((n_at, n_all), (7, 7));
+        let (l_at, l_all) = (
+            l_at.to_scalar::<f32>().unwrap(),
+            l_all.to_scalar::<f32>().unwrap(),
+        );
+        assert!((l_at - l_all).abs() < 1e-6, "loss {l_at} vs {l_all}");
+        let e = mlm_loss(&p, &cfg, &h_all, at.labels()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("8 labels for hidden states of 2 x 10 positions"),
+            "{e}"
+        );
+    }
+
     /// Scales the query and key weights of `p` up, so that attention at initialisation is no
     /// longer nearly uniform over the keys and a query at a wrong position shows in the loss.
     fn sharpen_attention(p: &Params) {

@@ -617,6 +617,13 @@ fn encode_layers(
     let heads = cfg.num_attention_heads;
     let index = at.map(|at| at.index(heads, device)).transpose()?;
     let layers = cfg.num_hidden_layers;
+    if layers == 0 {
+        // No layer to run at the slots: the embeddings' rows there.
+        return match index {
+            Some(index) => index.gather(&x),
+            None => Ok(x),
+        };
+    }
     let draw_layer = |rng: &mut Option<&mut Rng>| LayerDropout {
         attention: draw_dropout(cfg.attention_probs_dropout_prob, rng.as_deref_mut()),
         attention_output: draw_dropout(cfg.hidden_dropout_prob, rng.as_deref_mut()),
@@ -726,6 +733,12 @@ pub fn mlm_loss(
     labels: &[i64],
 ) -> Result<(Tensor, Tensor, usize)> {
     let (bsz, len, hs) = hidden.dims3()?;
+    if labels.len() != bsz * len {
+        candle_core::bail!(
+            "flora-mlm-loss: {} labels for hidden states of {bsz} x {len} positions",
+            labels.len()
+        );
+    }
     let device = hidden.device();
     let (picked, targets): (Vec<u32>, Vec<u32>) = labels
         .iter()
