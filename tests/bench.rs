@@ -122,7 +122,11 @@ fn bench_runs_the_last_layer_at_the_masked_positions_or_at_every_one() {
             "{precision}: loss {l_masked} at the masked positions, {l_every} at every one"
         );
     }
-    let out = p.ok(&refs(&tiny(&[("--every-position", "")])));
+    let out = p.ok(&refs(&tiny(&[("--every-position", ""), ("--profile", "")])));
+    assert!(
+        out.contains("cpu F32, last layer at every position: where a step's time goes"),
+        "{out}"
+    );
     assert!(
         out.contains("cpu F32, last layer at every position: 4 x 32 tokens"),
         "{out}"

@@ -164,10 +164,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             t.device,
             t.precision,
             attention_label(t.attention),
-            match t.last_layer {
-                LastLayer::Masked => "",
-                LastLayer::Every => ", last layer at every position",
-            },
+            last_layer_label(t.last_layer),
             t.batch,
             t.len,
             args.layers,
@@ -192,15 +189,24 @@ fn attention_label(attention: Attention) -> &'static str {
     }
 }
 
+/// What the text output adds after the attention for `last_layer`: nothing for the default.
+fn last_layer_label(last_layer: LastLayer) -> &'static str {
+    match last_layer {
+        LastLayer::Masked => "",
+        LastLayer::Every => ", last layer at every position",
+    }
+}
+
 /// The profile as a table: milliseconds per step on the device and on the host, share of the
 /// step, laps per step, label.
 fn print_profile(prof: &throughput::StepProfile) -> anyhow::Result<()> {
     outln!(
-        "{} {:?}{}: where a step's time goes (mean of {} profiled steps, {:.4} s per step; the \
+        "{} {:?}{}{}: where a step's time goes (mean of {} profiled steps, {:.4} s per step; the \
          host issued it in {:.4} s)",
         prof.device,
         prof.precision,
         attention_label(prof.attention),
+        last_layer_label(prof.last_layer),
         prof.steps,
         prof.seconds_per_step,
         prof.host_seconds_per_step

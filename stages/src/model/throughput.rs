@@ -252,6 +252,8 @@ pub struct StepProfile {
     pub precision: Precision,
     /// The attention's kernels.
     pub attention: Attention,
+    /// Where the last encoder layer ran.
+    pub last_layer: LastLayer,
     /// Profiled steps.
     pub steps: usize,
     /// Seconds per profiled step, all labels together.
@@ -290,6 +292,7 @@ pub fn profile_steps(
         device: super::device::name(device),
         precision: kernels.precision,
         attention: kernels.attention,
+        last_layer: kernels.last_layer,
         steps,
         seconds_per_step: regions.iter().map(|r| r.seconds).sum(),
         host_seconds_per_step: regions.iter().map(|r| r.host_seconds).sum(),
