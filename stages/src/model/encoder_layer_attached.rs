@@ -213,44 +213,46 @@ fn encoder_layer_forward(
         let (product, step) = piece(label, || dense_product(input, &w, compute))?;
         Ok::<_, candle_core::Error>((product, b, step))
     };
-    let residual_ln = |dense: DenseOutput<'_>, r: &Tensor, w: &Tensor, b: &Tensor| {
-        region(
+    // Adds a dense layer's product (its bias and dropout applied in the same pass) to the
+    // residual stream `r` and takes LayerNorm `ln`: the sum, the output, the profile's label and
+    // the LayerNorm's weight, which its backward pass reads.
+    let residual_ln = |ln: &str, product: &Tensor, bias: &Tensor, dense_dropout, r: &Tensor| {
+        let (w, b) = (
+            param(&format!("{ln}.weight"))?,
+            param(&format!("{ln}.bias"))?,
+        );
+        let dense = DenseOutput {
+            product,
+            bias,
+            dropout: dense_dropout,
+        };
+        let (sum, out, label) = region(
             || DENSE_RESIDUAL_LAYER_NORM.to_string(),
             || {
-                let (sum, out) = residual_layer_norm(dense, r, w, b, eps)?;
+                let (sum, out) = residual_layer_norm(dense, r, &w, &b, eps)?;
                 Ok((sum, out, mirror()))
             },
-        )
+        )?;
+        Ok::<_, candle_core::Error>((sum, out, label, w))
     };
     let (a, ao_bias, ao_step) = product_piece("attention.output.dense", &ctx)?;
     drop(ctx);
-    let (ln1w, ln1b) = (
-        param("attention.output.LayerNorm.weight")?,
-        param("attention.output.LayerNorm.bias")?,
-    );
-    let ao_out = DenseOutput {
-        product: &a,
-        bias: &ao_bias,
-        dropout: dropout.attention_output,
-    };
-    let (r1, x1, ln1_label) = residual_ln(ao_out, &residual, &ln1w, &ln1b)?;
-    drop(residual);
-    drop(a);
+    let ao_dropout = dropout.attention_output;
+    let (r1, x1, ln1_label, ln1w) = residual_ln(
+        "attention.output.LayerNorm",
+        &a,
+        &ao_bias,
+        ao_dropout,
+        &residual,
+    )?;
+    drop((residual, a));
     // The feed-forward's intermediate activation is read only by the next product: it stays in
     // the compute type (bf16 in mixed precision), and so does its gradient.
     let (h, i_step) = dense("intermediate.dense", &x1, Epilogue::Gelu, compute)?;
     let (o, o_bias, f_step) = product_piece("output.dense", &h)?;
     drop(h);
-    let (ln2w, ln2b) = (
-        param("output.LayerNorm.weight")?,
-        param("output.LayerNorm.bias")?,
-    );
-    let o_out = DenseOutput {
-        product: &o,
-        bias: &o_bias,
-        dropout: dropout.output,
-    };
-    let (r2, y, ln2_label) = residual_ln(o_out, &x1, &ln2w, &ln2b)?;
+    let (r2, y, ln2_label, ln2w) =
+        residual_ln("output.LayerNorm", &o, &o_bias, dropout.output, &x1)?;
     drop(o);
     if p.frozen {
         // Nothing will ask for gradients: the pieces' backward passes, and what they keep, go.
@@ -333,9 +335,10 @@ pub fn applies(x: &Tensor, p: &Params) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::model::lamb::sum_of_squares;
     use crate::model::mlm_positions::MlmPositions;
     use crate::model::roberta::{
-        encode_at, encode_at_with, encode_with, mlm_loss, Attention, Config, LayerOps, Params,
+        encode_at, encode_layers, encode_with, mlm_loss, Attention, Config, LayerOps, Params,
         Positions,
     };
     use crate::rng::Rng;
@@ -502,7 +505,7 @@ mod tests {
                 let mut drng = Rng::new(11);
                 let dev = &Device::Cpu;
                 let (h, labels) = if masked {
-                    let h = encode_at_with(&p, &cfg, &ids, &at, Some(&mut drng), dev, ops);
+                    let h = encode_layers(&p, &cfg, &ids, Some(&mut drng), dev, ops, Some(&at));
                     (h.unwrap(), at.labels())
                 } else {
                     let h = encode_with(&p, &cfg, &ids, Some(&mut drng), dev, ops);
@@ -549,7 +552,7 @@ mod tests {
         p.frozen = true;
         sharpen_attention(&p);
         let dev = &Device::Cpu;
-        let ours = encode_at_with(&p, &cfg, &ids, &at, None, dev, LayerOps::Fastest).unwrap();
+        let ours = encode_layers(&p, &cfg, &ids, None, dev, LayerOps::Fastest, Some(&at)).unwrap();
         let all = encode_with(&p, &cfg, &ids, None, dev, LayerOps::Fastest).unwrap();
         let theirs = at.index(4, dev).unwrap().gather(&all).unwrap();
         assert!(!ours.track_op(), "inference recorded a graph");
@@ -618,13 +621,7 @@ mod tests {
             let grads = p.grads(&loss.backward().unwrap());
             assert_eq!(grads.len(), cfg.parameters().len(), "{compute:?}");
             for (name, g) in &grads {
-                let sum = g
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let sum = sum_of_squares(g).unwrap().to_scalar::<f32>().unwrap();
                 assert!(sum.is_finite(), "{compute:?} {name}: {sum}");
             }
             assert!(loss.to_scalar::<f32>().unwrap().is_finite());

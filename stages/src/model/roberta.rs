@@ -555,7 +555,6 @@ pub fn encode_at(
 }
 
 /// [`encode`], with each layer's ops chosen by `ops`.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn encode_with(
     p: &Params,
     cfg: &Config,
@@ -567,22 +566,8 @@ pub(crate) fn encode_with(
     encode_layers(p, cfg, ids, rng, device, ops, None)
 }
 
-/// [`encode_at`], with each layer's ops chosen by `ops`.
-#[cfg(test)]
-pub(crate) fn encode_at_with(
-    p: &Params,
-    cfg: &Config,
-    ids: &[Vec<u32>],
-    at: &MlmPositions,
-    rng: Option<&mut Rng>,
-    device: &Device,
-    ops: LayerOps,
-) -> Result<Tensor> {
-    encode_layers(p, cfg, ids, rng, device, ops, Some(at))
-}
-
 /// [`encode`] (`at` none) or [`encode_at`], each layer's ops chosen by `ops`.
-fn encode_layers(
+pub(crate) fn encode_layers(
     p: &Params,
     cfg: &Config,
     ids: &[Vec<u32>],
