@@ -39,6 +39,17 @@ fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// A batch too small to draw a masked token (one sequence of one ordinary token) still times a
+/// real step: the MLM head and a backward pass, with a loss near ln(vocabulary).
+#[test]
+fn bench_steps_always_have_a_masked_token() {
+    let p = Project::new();
+    let args = tiny(&[("--batch", "1"), ("--len", "3"), ("--json", "")]);
+    let v: serde_json::Value = serde_json::from_str(p.ok(&refs(&args)).trim()).unwrap();
+    let loss = v["last_loss"].as_f64().unwrap();
+    assert!((loss - 300f64.ln()).abs() < 1.0, "{v}");
+}
+
 #[test]
 fn bench_times_training_steps_in_both_precisions() {
     let p = Project::new();
@@ -257,6 +268,18 @@ fn bench_rejects_impossible_sizes() {
     assert!(e.contains("--dropout 1.5 is not in [0, 1)"), "{e}");
     let e = p.fails(&refs(&tiny(&[("--vocab", "4")])), 2);
     assert!(e.contains("more than the 5 special tokens"), "{e}");
+    // 8 x 6 heads x 100,000² attention probabilities: refused, not an allocation that aborts.
+    if flora_stages::memory::available().is_some() {
+        let huge = [("--hidden", "768"), ("--heads", "6"), ("--len", "100000")];
+        let e = p.fails(&refs(&tiny(&huge)), 2);
+        assert!(
+            e.contains("--batch 4 --len 100000: a training step needs at least"),
+            "{e}"
+        );
+        assert!(e.contains("attention probabilities"), "{e}");
+    } else {
+        eprintln!("SKIPPED: the memory check (this machine does not say what is available)");
+    }
     if !cfg!(feature = "cuda") {
         let e = p.fails(&refs(&tiny(&[("--gpu", "0")])), 2);
         assert!(e.contains("built without CUDA"), "{e}");

@@ -203,6 +203,118 @@ fn model_commands_refuse_bad_input_clearly() {
 
 /// A genome with one gene on each strand and the activating motif just upstream of both TSSs.
 /// Two TSV tables with the same header and ids whose numbers agree within `tol`.
+/// A model of 64 one-element heads on 4,096-token sequences: each layer's attention
+/// probabilities of one 64-sequence batch alone are 16 GiB in f32.
+const HUGE_ATTENTION: [&str; 10] = [
+    "layers=3",
+    "hidden=64",
+    "heads=64",
+    "intermediate=64",
+    "max_len=4096",
+    "epochs=1",
+    "batch_size=64",
+    "checkpoint_every=1000",
+    "validation=0.05",
+    "seed=1",
+];
+
+fn with_sets(args: &[&str], sets: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    for s in sets {
+        v.push("--set".into());
+        v.push(s.to_string());
+    }
+    v
+}
+
+/// A batch whose training step cannot fit in this machine's memory is refused before any step,
+/// naming the sizes, where it would abort or be killed; nothing is published.
+#[test]
+fn model_stages_refuse_a_step_that_cannot_fit_in_memory() {
+    let Some(free) = flora_stages::memory::available() else {
+        eprintln!("SKIPPED: this machine does not say how much memory it has available");
+        return;
+    };
+    if free > 100 << 30 {
+        eprintln!(
+            "SKIPPED: {} available, more than the 100 GiB this test's steps need",
+            flora_stages::memory::human(free)
+        );
+        return;
+    }
+    let p = Project::new();
+    // 16 kb promoters: about 4,000 tokens of a 300-token vocabulary, cut to 4,096.
+    let long = planted(70, 16_000, 8);
+    let fasta: String = long
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("corpus.fa", &fasta);
+    p.bpe(300, "tok");
+    let pretrain = [
+        "stage",
+        "pretrain",
+        "--input",
+        "corpus=corpus.fa",
+        "--input",
+        "tokenizer=tok",
+    ];
+    let mut args = with_sets(&pretrain, &HUGE_ATTENTION);
+    args.extend(["--out".into(), "pre".into()]);
+    let e = p.fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 1);
+    assert!(
+        e.contains("pretrain: batch_size 64 of sequences up to 4096 tokens: a training step needs at least"),
+        "{e}"
+    );
+    assert!(e.contains("is available; lower batch_size"), "{e}");
+    assert!(
+        !p.path("pre").exists(),
+        "a refused stage published its output"
+    );
+
+    // The same model pretrained on short sequences, then fine-tuned on the long ones.
+    let short: String = planted(40, 150, 9)
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("short.fa", &short);
+    let mut args = with_sets(
+        &[
+            "stage",
+            "pretrain",
+            "--input",
+            "corpus=short.fa",
+            "--input",
+            "tokenizer=tok",
+        ],
+        &HUGE_ATTENTION,
+    );
+    args.extend(["--out".into(), "pre".into()]);
+    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    p.write("table.tsv", &planted_table(&long));
+    let finetune = [
+        "stage",
+        "finetune",
+        "--input",
+        "model=pre",
+        "--input",
+        "table=table.tsv",
+        "--set",
+        "batch_size=64",
+        "--out",
+        "ft",
+    ];
+    let e = p.fails(&finetune, 1);
+    assert!(
+        e.contains("finetune: batch_size 64 of sequences up to 4096 tokens: a training step needs at least"),
+        "{e}"
+    );
+    assert!(
+        !p.path("ft").exists(),
+        "a refused stage published its output"
+    );
+}
+
 fn assert_same_table(a: &str, b: &str, tol: f64) {
     assert_eq!(a.lines().count(), b.lines().count(), "{a}\n---\n{b}");
     for (la, lb) in a.lines().zip(b.lines()) {

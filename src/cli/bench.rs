@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 use flora_stages::model::device;
 use flora_stages::model::roberta::{Attention, Config, Positions, Precision};
+use flora_stages::model::step_memory::StepFloor;
 use flora_stages::model::throughput::{self, LastLayer, StepKernels};
 
 /// Matrix-product precision, as on the command line.
@@ -133,6 +134,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.dropout,
         Positions::Tss,
     );
+    StepFloor::of(&cfg, args.batch, args.len, precision, attention)
+        .check(&dev)
+        .map_err(|e| anyhow::anyhow!("--batch {} --len {}: {e}", args.batch, args.len))?;
     if args.ops {
         for op in throughput::profile_ops(&cfg, args.batch, args.len, precision, &dev, args.steps)?
         {

@@ -9,6 +9,7 @@ use super::run::{load_graph, open_cache};
 use super::{CacheCommand, Cli, GcArgs, WorkflowArgs};
 use crate::hash::Digest;
 use crate::plan::{self, Freshness};
+use flora_stages::memory::human;
 
 /// Damaged artifacts were found; the binary exits with status 1.
 #[derive(Debug, thiserror::Error)]
@@ -21,21 +22,6 @@ pub fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<()> {
         CacheCommand::Ls => ls(cli),
         CacheCommand::Gc(args) => gc(cli, args),
         CacheCommand::Verify { remove } => verify(cli, *remove),
-    }
-}
-
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
     }
 }
 

@@ -28,6 +28,7 @@ pub mod download;
 pub mod exec;
 pub mod genomics;
 pub mod linalg;
+pub mod memory;
 pub mod model;
 pub mod report;
 pub mod rng;

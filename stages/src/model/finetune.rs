@@ -30,6 +30,7 @@ use super::lamb::Lamb;
 use super::predictor::{self, trim_padding};
 use super::pretrain::{load_model, Schedule};
 use super::roberta::{self, Attention, Config, Params as Weights, Precision};
+use super::step_memory::StepFloor;
 use super::tokenizer;
 use crate::analysis::metrics::Metrics;
 use crate::analysis::predictions;
@@ -213,6 +214,27 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         test.len(),
         data.targets.len()
     );
+    let longest = train
+        .iter()
+        .map(|r| r.ids.len() - predictor::leading_padding(&r.ids))
+        .max()
+        .unwrap_or(0);
+    let floor = StepFloor {
+        logits: 0,
+        ..StepFloor::of(
+            &cfg,
+            p.batch_size.min(train.len().max(1)),
+            longest,
+            p.precision,
+            p.attention,
+        )
+    };
+    floor.check(&dev).map_err(|e| {
+        fail(format!(
+            "batch_size {} of sequences up to {longest} tokens: {e}; lower batch_size",
+            p.batch_size
+        ))
+    })?;
 
     let steps_per_epoch = train.len().div_ceil(p.batch_size) as u64;
     let total = p

@@ -50,6 +50,7 @@ mod qkv_cuda;
 pub mod residual_norm;
 pub mod roberta;
 mod second_result;
+pub mod step_memory;
 pub mod step_profile;
 pub mod throughput;
 pub mod tokenizer;

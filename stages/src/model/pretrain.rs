@@ -33,6 +33,7 @@ use super::lamb::Lamb;
 use super::mlm_positions::MlmPositions;
 use super::predictor::{leading_padding, trimmed};
 use super::roberta::{self, Attention, Config, Params as Weights, Positions, Precision};
+use super::step_memory::StepFloor;
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
 use crate::rng::Rng;
 use crate::Context;
@@ -679,6 +680,21 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     let n_val = ((corpus.len() as f64) * p.validation).round() as usize;
     let n_val = n_val.min(corpus.len().saturating_sub(1));
     let (val_idx, train_idx) = order.split_at(n_val);
+    let longest = (0..corpus.len())
+        .map(|i| corpus.length(i))
+        .max()
+        .unwrap_or(0);
+    // A step's batch is at most the training sequences.
+    let batch = p.batch_size.clamp(1, train_idx.len().max(1));
+    StepFloor::of(&cfg, batch, longest, p.precision, p.attention)
+        .check(&dev)
+        .map_err(|e| {
+            format!(
+                "pretrain: batch_size {} of sequences up to {longest} tokens: {e}; lower \
+                 batch_size (grad_accum keeps the optimizer's step as large)",
+                p.batch_size
+            )
+        })?;
     let per_step = p.batch_size.max(1) * p.grad_accum.max(1);
     let steps_per_epoch = train_idx.len().div_ceil(per_step) as u64;
     let total = p

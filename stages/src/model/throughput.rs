@@ -12,9 +12,10 @@ use serde::Serialize;
 use super::attention_attached::attention_heads_forward;
 use super::lamb::{sum_of_squares, Lamb};
 use super::mlm_positions::MlmPositions;
-use super::pretrain::DEFAULT_CLIP_NORM;
+use super::pretrain::{mask_batch, DEFAULT_CLIP_NORM};
 use super::roberta::{self, Attention, Config, Params, Precision};
 use super::step_profile::{self, RegionTime};
+use super::tokenizer;
 use crate::rng::Rng;
 
 /// Where a bench step runs its last encoder layer.
@@ -104,6 +105,31 @@ pub fn train_flops(cfg: &Config, batch: usize, len: usize) -> f64 {
     3.0 * (cfg.num_hidden_layers as f64 * per_layer + head)
 }
 
+/// `batch` sequences of `len` tokens (`<s>`, random ordinary tokens, `</s>`) masked as pretraining
+/// masks them ([`mask_batch`]: 15% of the ordinary tokens, 80% of those made `<mask>`): the
+/// inputs and their labels. A batch so small that no token was chosen (a few short sequences)
+/// would time neither the MLM head nor a backward pass, so its first ordinary token is then
+/// chosen.
+fn masked_random_batch(vocab: usize, batch: usize, len: usize) -> (Vec<Vec<u32>>, Vec<i64>) {
+    let mut rng = Rng::new(1);
+    let specials = 5;
+    let rows: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            std::iter::once(tokenizer::BOS)
+                .chain((0..len - 2).map(|_| specials + rng.below(vocab - specials as usize) as u32))
+                .chain([tokenizer::EOS])
+                .collect()
+        })
+        .collect();
+    let views: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+    let (mut inputs, mut labels) = mask_batch(&views, vocab, MASKED_SHARE, &mut rng);
+    if labels.iter().all(|&l| l < 0) {
+        labels[1] = rows[0][1] as i64;
+        inputs[0][1] = tokenizer::MASK;
+    }
+    (inputs, labels)
+}
+
 /// A fresh model `cfg` training on `batch` random sequences of `len` tokens, 15% of them masked:
 /// what `flora bench` times and profiles.
 struct BenchTrainer<'a> {
@@ -136,24 +162,7 @@ impl<'a> BenchTrainer<'a> {
             .check(w.compute, head_dim, device)
             .map_err(candle_core::Error::Msg)?;
         w.attention = attention;
-        let mut rng = Rng::new(1);
-        let specials = 5;
-        let rows: Vec<Vec<u32>> =
-            (0..batch)
-                .map(|_| {
-                    std::iter::once(super::tokenizer::BOS)
-                        .chain((0..len - 2).map(|_| {
-                            specials + rng.below(cfg.vocab_size - specials as usize) as u32
-                        }))
-                        .chain([super::tokenizer::EOS])
-                        .collect()
-                })
-                .collect();
-        let labels: Vec<i64> = rows
-            .iter()
-            .flatten()
-            .map(|&t| if rng.below(100) < 15 { t as i64 } else { -1 })
-            .collect();
+        let (rows, labels) = masked_random_batch(cfg.vocab_size, batch, len);
         let at = match last_layer {
             LastLayer::Masked => Some(MlmPositions::from_labels(&labels, batch, len)?),
             LastLayer::Every => None,
@@ -701,6 +710,44 @@ pub fn profile_ops(
 mod tests {
     use super::*;
     use crate::model::roberta::Positions;
+
+    #[test]
+    fn bench_batches_are_masked_as_pretraining_masks_and_never_without_a_label() {
+        let (inputs, labels) = masked_random_batch(300, 64, 128);
+        assert_eq!((inputs.len(), labels.len()), (64, 64 * 128));
+        let mut chosen = 0;
+        for (r, row) in inputs.iter().enumerate() {
+            assert_eq!((row[0], row[127]), (tokenizer::BOS, tokenizer::EOS));
+            for (i, &t) in row.iter().enumerate() {
+                let label = labels[r * 128 + i];
+                if i == 0 || i == 127 {
+                    assert_eq!(label, -1, "a special token got a label");
+                } else if label >= 0 {
+                    chosen += 1;
+                    assert!((5..300).contains(&label));
+                } else {
+                    assert!((5..300).contains(&(t as i64)), "row {r} position {i}: {t}");
+                }
+            }
+        }
+        // 15% of 64 x 126 ordinary tokens: 1,209.6, binomial sd 32.
+        assert!((1_080..1_340).contains(&chosen), "{chosen} chosen");
+        let masks = inputs
+            .iter()
+            .flatten()
+            .filter(|&&t| t == tokenizer::MASK)
+            .count();
+        assert!(
+            (masks as f64 / chosen as f64 - 0.8).abs() < 0.06,
+            "{masks} of {chosen}"
+        );
+        // One sequence of one ordinary token: chosen whatever the draw.
+        for len in [3, 4, 8] {
+            let (inputs, labels) = masked_random_batch(300, 1, len);
+            assert!(labels.iter().any(|&l| l >= 0), "len {len}: {labels:?}");
+            assert_eq!(inputs[0].len(), len);
+        }
+    }
 
     #[test]
     fn flops_of_the_papers_model_match_a_hand_count() {
