@@ -340,6 +340,10 @@ pub fn run(
     Ok(reports)
 }
 
+/// Checks, before any job starts, that each selected stage asking for GPUs can have them: on this
+/// machine, from `--gpus` (enough of them, and a CUDA build for flora's own GPU stages) or, with
+/// `--require-gpu`, at all; on a cluster, from a build that can use them. Where a stage would
+/// fall back to the CPU, it warns.
 fn check_gpus(
     graph: &JobGraph,
     opts: &RunOptions,
@@ -378,6 +382,14 @@ fn check_gpus(
                 "warning: stage `{}` asks for {want} GPU(s) but no --gpus was given: it runs on the CPU",
                 stage.name
             ));
+        } else if cluster_gpus(&graph.jobs[j]) == 0 {
+            anyhow::bail!(
+                "stage `{}` would run on GPU {}, but this flora was built without CUDA: build it \
+                 with `scripts/cuda.sh cargo build --release --features cuda`, or run without \
+                 --gpus (the stage then runs on the CPU)",
+                stage.name,
+                opts.gpus[0]
+            );
         } else if want > opts.gpus.len() {
             anyhow::bail!(
                 "stage `{}` needs {want} GPUs but --gpus names only {}",
@@ -420,8 +432,8 @@ struct Slot<'a> {
     cluster: bool,
 }
 
-/// The GPUs a job asks a cluster for: its stage's, unless it is a built-in kind and this flora
-/// has no CUDA (it would run on the CPU and hold the GPUs idle).
+/// The GPUs a job can use, and so asks a cluster for: its stage's, unless it is a built-in kind
+/// and this flora has no CUDA (it would run on the CPU and hold the GPUs idle).
 fn cluster_gpus(job: &crate::dag::Job) -> usize {
     if job.kind.name == "exec" || cfg!(feature = "cuda") {
         job.resources.gpus

@@ -322,9 +322,10 @@ fn a_model_stage_given_a_gpu_without_the_cuda_build_fails_and_publishes_nothing(
         "--out",
         "pre",
     ];
-    let e = p.fails(&args, 1);
+    // Refused before the job starts, with what to do.
+    let e = p.fails(&args, 2);
     assert!(
-        e.contains("pretrain: GPU 0: this flora was built without CUDA"),
+        e.contains("stage `pretrain` would run on GPU 0, but this flora was built without CUDA"),
         "{e}"
     );
     assert!(!p.path("pre/model.safetensors").exists());

@@ -166,6 +166,31 @@ fn gpu_stages_get_devices_or_fall_back_to_the_cpu() {
     );
 }
 
+/// `--gpus` with a flora built without CUDA is refused before any job runs when one of flora's
+/// own GPU stages would get a GPU (it could only fail there, after the jobs before it); exec
+/// stages, whose programs use the GPU themselves, still get theirs.
+#[test]
+fn gpus_for_flora_stages_need_a_cuda_build() {
+    if cfg!(feature = "cuda") {
+        eprintln!("SKIPPED: this flora is built with CUDA");
+        return;
+    }
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  prep: {kind: exec, params: {argv: [sh, -c, \"echo x > $FLORA_OUT/x\"]}}\n  pre:\n    kind: pretrain\n    inputs: {corpus: prep, tokenizer: prep}\n    resources: {gpus: 1}\n",
+    );
+    let e = p.fails(&["run", "wf.yaml", "--gpus", "0"], 2);
+    assert!(
+        e.contains("stage `pre` would run on GPU 0, but this flora was built without CUDA"),
+        "{e}"
+    );
+    assert!(!p.path("results/wf/prep").exists(), "a job ran: {e}");
+    // Without the pretraining stage, the exec stage runs.
+    p.ok(&["run", "wf.yaml", "--gpus", "0", "--until", "prep"]);
+    assert!(p.path("results/wf/prep/x").is_file());
+}
+
 #[test]
 fn a_missing_program_fails_the_job_clearly() {
     let p = Project::new();
