@@ -15,6 +15,7 @@ use flora_stages::analysis::table as analysis;
 use flora_stages::baselines::stage as baselines;
 use flora_stages::download;
 use flora_stages::genomics::promoters;
+use flora_stages::model::param_checks::BadParam;
 use flora_stages::model::tokenizer as bpe;
 use flora_stages::model::{finetune, pretrain};
 use flora_stages::report;
@@ -34,6 +35,28 @@ pub struct ParamError {
     pub at_key: bool,
     /// What is wrong.
     pub message: String,
+}
+
+/// A check's message about the params as a whole.
+impl From<String> for ParamError {
+    fn from(message: String) -> ParamError {
+        ParamError {
+            path: Vec::new(),
+            at_key: false,
+            message,
+        }
+    }
+}
+
+/// A training stage's bad param: the error points at its value.
+impl From<BadParam> for ParamError {
+    fn from(bad: BadParam) -> ParamError {
+        ParamError {
+            path: vec![Seg::Key(bad.param.to_string())],
+            at_key: false,
+            message: bad.message,
+        }
+    }
 }
 
 /// One stage kind.
@@ -82,7 +105,7 @@ static KINDS: &[Kind] = &[
         summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<exec::Params>(v, |p| exec::validate(p).map_err(|e| e.to_string())),
+        check: |v| check(v, |p: &exec::Params| exec::validate(p).map_err(|e| e.to_string())),
         run: run_exec,
     },
     Kind {
@@ -91,7 +114,7 @@ static KINDS: &[Kind] = &[
         summary: "plant-like genomes along a phylogeny (FASTA + GFF3), planted cis-elements, paralogs, maize lines and expression in 9 tissues, with the truth",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<simulate::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<simulate::Params>),
         run: |p, ctx| run_typed(p, ctx, simulate::run),
     },
     Kind {
@@ -100,7 +123,7 @@ static KINDS: &[Kind] = &[
         summary: "a genome FASTA + GFF3 from URLs, paths, Ensembl Plants, RefSeq or MaizeGDB; checksummed, bgzip-indexed",
         provenance: false,
         unkeyed: &["retries", "timeout_s", "backoff_s"],
-        check: |v| check::<download::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<download::Params>),
         run: |p, ctx| run_typed(p, ctx, download::run),
     },
     Kind {
@@ -109,7 +132,7 @@ static KINDS: &[Kind] = &[
         summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<promoters::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<promoters::Params>),
         run: |p, ctx| run_typed(p, ctx, promoters::run),
     },
     Kind {
@@ -118,7 +141,7 @@ static KINDS: &[Kind] = &[
         summary: "expression tables (genes x samples, NAM runs x genes, or ready id/sequence/targets) to genes x tissues",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<expression::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<expression::Params>),
         run: |p, ctx| run_typed(p, ctx, expression::run),
     },
     Kind {
@@ -127,7 +150,7 @@ static KINDS: &[Kind] = &[
         summary: "paralog groups from a syntenic/paralog table (union-find) or promoter similarity (MinHash)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<paralogs::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<paralogs::Params>),
         run: |p, ctx| run_typed(p, ctx, paralogs::run),
     },
     Kind {
@@ -136,7 +159,7 @@ static KINDS: &[Kind] = &[
         summary: "whole paralog groups to train/validation/test from a seed (default 70/30, 10% validation)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<split::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<split::Params>),
         run: |p, ctx| run_typed(p, ctx, split::run),
     },
     Kind {
@@ -145,7 +168,7 @@ static KINDS: &[Kind] = &[
         summary: "pretraining corpus with every held-out (test) promoter, and any identical sequence, removed",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<corpus::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<corpus::Params>),
         run: |p, ctx| run_typed(p, ctx, corpus::run),
     },
     Kind {
@@ -154,7 +177,7 @@ static KINDS: &[Kind] = &[
         summary: "byte-level BPE tokenizer (vocab 5,000 + <s> </s> <pad> <unk> <mask>) trained on a promoter corpus",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<bpe::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<bpe::Params>),
         run: |p, ctx| run_typed(p, ctx, bpe::run),
     },
     Kind {
@@ -163,7 +186,7 @@ static KINDS: &[Kind] = &[
         summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
         provenance: false,
         unkeyed: &["checkpoint_every", "checkpoint_minutes"],
-        check: |v| check::<pretrain::Params>(v, |_| Ok(())),
+        check: |v| check(v, pretrain::Params::check),
         run: |p, ctx| run_typed(p, ctx, pretrain::run),
     },
     Kind {
@@ -172,7 +195,7 @@ static KINDS: &[Kind] = &[
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<finetune::Params>(v, |_| Ok(())),
+        check: |v| check(v, finetune::Params::check),
         run: |p, ctx| run_typed(p, ctx, finetune::run),
     },
     Kind {
@@ -181,7 +204,7 @@ static KINDS: &[Kind] = &[
         summary: "each tissue's training mean (`constant`) and a bag-of-k-mers linear (ridge) regression per k (`bow2`..`bow5`), scored on the test rows (inputs as finetune, without a model)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<baselines::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<baselines::Params>),
         run: |p, ctx| run_typed(p, ctx, baselines::run),
     },
     Kind {
@@ -190,7 +213,7 @@ static KINDS: &[Kind] = &[
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<analysis::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<analysis::Params>),
         run: |p, ctx| run_typed(p, ctx, analysis::run),
     },
     Kind {
@@ -199,7 +222,7 @@ static KINDS: &[Kind] = &[
         summary: "positional importance (the paper's Figure 2): mean |change in prediction| when a random k-mer at a given distance from the TSS is replaced, k = 1..6, as TSV and heat map (inputs: model, promoters)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<importance::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<importance::Params>),
         run: |p, ctx| run_typed(p, ctx, importance::run),
     },
     Kind {
@@ -208,7 +231,7 @@ static KINDS: &[Kind] = &[
         summary: "species embeddings: each species' mean promoter embedding and its base composition, PCA scatters coloured by a workflow attribute (inputs: model, promoter sets)",
         provenance: false,
         unkeyed: &[],
-        check: |v| check::<embeddings::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<embeddings::Params>),
         run: |p, ctx| run_typed(p, ctx, embeddings::run),
     },
     Kind {
@@ -217,7 +240,7 @@ static KINDS: &[Kind] = &[
         summary: "one self-contained HTML page: Table 1, every figure, training curves, stage summaries and the provenance of every upstream job (inputs: any stage outputs)",
         provenance: true,
         unkeyed: &[],
-        check: |v| check::<report::Params>(v, |_| Ok(())),
+        check: |v| check(v, no_check::<report::Params>),
         run: |p, ctx| run_typed(p, ctx, report::run),
     },
 ];
@@ -234,21 +257,22 @@ pub fn lookup(name: &str) -> Option<&'static Kind> {
 
 /// Deserializes `P` from YAML with the path of any error, runs `extra`, and returns canonical JSON
 /// (keys sorted, defaults filled in).
-fn check<P: DeserializeOwned + Serialize>(
+fn check<P: DeserializeOwned + Serialize, E: Into<ParamError>>(
     value: &Value,
-    extra: fn(&P) -> Result<(), String>,
+    extra: fn(&P) -> Result<(), E>,
 ) -> Result<serde_json::Value, ParamError> {
     let params: P = serde_path_to_error::deserialize(value.clone()).map_err(param_error)?;
-    extra(&params).map_err(|message| ParamError {
-        path: Vec::new(),
-        at_key: false,
-        message,
-    })?;
+    extra(&params).map_err(Into::into)?;
     serde_json::to_value(&params).map_err(|e| ParamError {
         path: Vec::new(),
         at_key: false,
         message: format!("params cannot be written as JSON: {e}"),
     })
+}
+
+/// No check beyond the params' types.
+fn no_check<P>(_: &P) -> Result<(), String> {
+    Ok(())
 }
 
 /// A deserialization error as a [`ParamError`]: the path of the offending param, and whether the

@@ -492,8 +492,9 @@ fn stage_pretrain_writes_a_huggingface_model_folder_and_continues_from_init() {
             "--out",
             "bad",
         ],
-        1,
+        2,
     );
+    // Refused with the params, before the job starts.
     assert!(
         err.contains("hidden 30 is not a multiple of heads 4"),
         "{err}"

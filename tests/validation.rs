@@ -47,6 +47,38 @@ fn unknown_and_mistyped_params() {
     assert_has(&out, "error: wf.yaml:9:20: stage `b`: invalid type: string \"echo\", expected a sequence (kind `exec`)");
 }
 
+/// Training params no run can take are refused where they are written, before anything runs:
+/// each would have panicked in a tensor op, or trained nothing and published the untrained model.
+#[test]
+fn training_params_out_of_range() {
+    let out = problems(
+        "stages:\n  pre:\n    kind: pretrain\n    params:\n      epochs: 0\n  pre2:\n    kind: pretrain\n    params: {lr: -1, layers: 2}\n  pre3:\n    kind: pretrain\n    params: {max_len: 2}\n  pre4:\n    kind: pretrain\n    params: {mask_prob: 1.5}\n  ft:\n    kind: finetune\n    params: {head_dropout: 1.0}\n  ft2:\n    kind: finetune\n    params: {lr: 0}\n",
+        &[],
+    );
+    assert_has(
+        &out,
+        "error: wf.yaml:5:15: stage `pre`: epochs 0 must be at least 1 (kind `pretrain`)",
+    );
+    assert_has(
+        &out,
+        "error: wf.yaml:8:18: stage `pre2`: lr -1 must be a number above 0 (kind `pretrain`)",
+    );
+    assert_has(
+        &out,
+        "stage `pre3`: max_len 2 must be at least 3 (<s>, a token and </s>)",
+    );
+    assert_has(&out, "stage `pre4`: mask_prob 1.5 is not a share in (0, 1]");
+    assert_has(&out, "stage `ft`: head_dropout 1 is not a share in [0, 1)");
+    assert_has(&out, "stage `ft2`: lr 0 must be a number above 0");
+    // The same check for one stage run alone, its value given by --set.
+    let p = Project::new();
+    let e = p.fails(
+        &["stage", "pretrain", "--set", "grad_accum=0", "--out", "x"],
+        2,
+    );
+    assert_has(&e, "stage `pretrain`: grad_accum 0 must be at least 1");
+}
+
 #[test]
 fn missing_required_param() {
     let out = problems("stages:\n  a: {kind: exec}\n", &[]);

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::examples::{self, Example, Split};
 use super::head::{self, HeadConfig, Transform};
 use super::lamb::Lamb;
+use super::param_checks::*;
 use super::predictor::{self, trim_padding};
 use super::pretrain::{load_model, Schedule};
 use super::roberta::{self, Attention, Config, Params as Weights, Precision};
@@ -102,6 +103,19 @@ impl Default for Params {
     }
 }
 
+impl Params {
+    /// Refuses a value no fine-tuning can take, naming it.
+    pub fn check(&self) -> Result<(), BadParam> {
+        at_least_one("epochs", self.epochs)?;
+        at_least_one("batch_size", self.batch_size)?;
+        positive("lr", self.lr)?;
+        share_below_one("warmup", self.warmup)?;
+        non_negative("weight_decay", self.weight_decay)?;
+        non_negative("clip_norm", self.clip_norm)?;
+        share_below_one("head_dropout", self.head_dropout as f64)
+    }
+}
+
 /// What fine-tuning did and how well the model does on the test rows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
@@ -137,15 +151,7 @@ struct Row<'a> {
 /// Trains, writes the artifact, and returns the summary.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let fail = |e: String| format!("finetune: {e}");
-    if p.batch_size == 0 || p.epochs == 0 {
-        return Err(fail("batch_size and epochs must be at least 1".into()));
-    }
-    if !(0.0..1.0).contains(&p.warmup) {
-        return Err(fail(format!(
-            "warmup {} is not a share in [0, 1)",
-            p.warmup
-        )));
-    }
+    p.check().map_err(|e| fail(e.message))?;
     let dev = super::device::for_job(&ctx.gpus, "finetune")?;
     let model_dir = ctx
         .inputs

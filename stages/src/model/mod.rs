@@ -42,6 +42,7 @@ pub mod mlm_loss;
 mod mlm_loss_cuda;
 pub mod mlm_positions;
 pub mod mutagenesis;
+pub mod param_checks;
 pub mod predictor;
 pub mod pretrain;
 pub mod qkv;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lamb::Lamb;
 use super::mlm_positions::MlmPositions;
+use super::param_checks::*;
 use super::predictor::{leading_padding, trimmed};
 use super::roberta::{self, Attention, Config, Params as Weights, Positions, Precision};
 use super::step_memory::StepFloor;
@@ -94,7 +95,8 @@ pub struct Params {
     /// checkpoint of the paper's model (weights and LAMB's two moments) is about 570 MB: every
     /// 100 steps would be every few seconds on a GPU.
     pub checkpoint_minutes: f64,
-    /// Stop after this many optimizer steps (default: all epochs).
+    /// Stop after this many optimizer steps (default: all epochs; 0 writes the initial model, a
+    /// baseline that learned nothing).
     pub max_steps: Option<u64>,
     /// Put sequences of similar length in the same step (HuggingFace's `group_by_length`): each
     /// epoch's shuffled order is cut into blocks of 50 steps' sequences, each sorted longest
@@ -111,6 +113,45 @@ pub struct Params {
 
 /// Pretraining's default global gradient-norm clip (the benches clip as pretraining does).
 pub const DEFAULT_CLIP_NORM: f64 = 1.0;
+
+impl Params {
+    /// Refuses a value no training can take, naming it. The model's sizes are checked even where
+    /// an `init` model brings its own and they are not used.
+    pub fn check(&self) -> Result<(), BadParam> {
+        at_least_one("hidden", self.hidden)?;
+        at_least_one("heads", self.heads)?;
+        if !self.hidden.is_multiple_of(self.heads) {
+            return Err(bad(
+                "hidden",
+                format!(
+                    "hidden {} is not a multiple of heads {}",
+                    self.hidden, self.heads
+                ),
+            ));
+        }
+        at_least_one("intermediate", self.intermediate)?;
+        if self.max_len < 3 {
+            return Err(bad(
+                "max_len",
+                format!(
+                    "max_len {} must be at least 3 (<s>, a token and </s>)",
+                    self.max_len
+                ),
+            ));
+        }
+        share_below_one("dropout", self.dropout as f64)?;
+        share_above_zero("mask_prob", self.mask_prob)?;
+        positive("lr", self.lr)?;
+        non_negative("weight_decay", self.weight_decay)?;
+        non_negative("clip_norm", self.clip_norm)?;
+        at_least_one("epochs", self.epochs)?;
+        at_least_one("batch_size", self.batch_size)?;
+        at_least_one("grad_accum", self.grad_accum)?;
+        share_below_one("validation", self.validation)?;
+        optional_at_least_one("checkpoint_every", self.checkpoint_every)?;
+        non_negative("checkpoint_minutes", self.checkpoint_minutes)
+    }
+}
 
 impl Default for Params {
     fn default() -> Self {
@@ -612,6 +653,7 @@ pub struct Summary {
 
 /// Trains; `halt_after` stops after that step as if killed (for tests of resuming).
 pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summary, String> {
+    p.check().map_err(|e| format!("pretrain: {e}"))?;
     let dev = super::device::for_job(&ctx.gpus, "pretrain")?;
     let corpus_in = ctx
         .inputs
@@ -628,12 +670,6 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
             (cfg, Some(w))
         }
         None => {
-            if p.heads == 0 || !p.hidden.is_multiple_of(p.heads) {
-                return Err(format!(
-                    "pretrain: hidden {} is not a multiple of heads {}",
-                    p.hidden, p.heads
-                ));
-            }
             let vocab = tok.get_vocab_size(true);
             (
                 Config::new(

@@ -307,13 +307,13 @@ fn a_loss_that_turns_infinite_stops_the_run_and_names_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let c = corpus(dir.path());
     let t = tokenizer(dir.path(), &c);
-    // An infinite learning rate makes the weights infinite at the first update.
+    // A learning rate of 1e38 makes the weights overflow at the first update.
     for (every, kept) in [
         (Some(1), "the last good checkpoint (step 1) is kept in"),
         (Some(100), "no checkpoint was written before it"),
     ] {
         let p = Params {
-            lr: f64::INFINITY,
+            lr: 1e38,
             checkpoint_every: every,
             ..tiny()
         };
@@ -708,4 +708,136 @@ fn grouping_by_length_cuts_the_padding_trained_on() {
     };
     let s = train(&none, &run, None).unwrap();
     assert_eq!((s.steps, s.positions, s.padding), (0, 0, 0.0));
+}
+
+#[test]
+fn params_no_training_can_take_are_named() {
+    assert_eq!(Params::default().check(), Ok(()));
+    // No step at all writes the initial model (a baseline); checkpoints by time may come every step.
+    let initial = Params {
+        max_steps: Some(0),
+        checkpoint_minutes: 0.0,
+        ..Params::default()
+    };
+    assert_eq!(initial.check(), Ok(()));
+    let bad: Vec<(Params, &str)> = vec![
+        (
+            Params {
+                hidden: 0,
+                ..Params::default()
+            },
+            "hidden",
+        ),
+        (
+            Params {
+                heads: 0,
+                ..Params::default()
+            },
+            "heads",
+        ),
+        (
+            Params {
+                hidden: 30,
+                heads: 4,
+                ..Params::default()
+            },
+            "hidden",
+        ),
+        (
+            Params {
+                intermediate: 0,
+                ..Params::default()
+            },
+            "intermediate",
+        ),
+        (
+            Params {
+                max_len: 2,
+                ..Params::default()
+            },
+            "max_len",
+        ),
+        (
+            Params {
+                dropout: 1.0,
+                ..Params::default()
+            },
+            "dropout",
+        ),
+        (
+            Params {
+                mask_prob: 0.0,
+                ..Params::default()
+            },
+            "mask_prob",
+        ),
+        (
+            Params {
+                lr: f64::NAN,
+                ..Params::default()
+            },
+            "lr",
+        ),
+        (
+            Params {
+                weight_decay: -0.1,
+                ..Params::default()
+            },
+            "weight_decay",
+        ),
+        (
+            Params {
+                clip_norm: -1.0,
+                ..Params::default()
+            },
+            "clip_norm",
+        ),
+        (
+            Params {
+                epochs: 0,
+                ..Params::default()
+            },
+            "epochs",
+        ),
+        (
+            Params {
+                batch_size: 0,
+                ..Params::default()
+            },
+            "batch_size",
+        ),
+        (
+            Params {
+                grad_accum: 0,
+                ..Params::default()
+            },
+            "grad_accum",
+        ),
+        (
+            Params {
+                validation: 1.0,
+                ..Params::default()
+            },
+            "validation",
+        ),
+        (
+            Params {
+                checkpoint_every: Some(0),
+                ..Params::default()
+            },
+            "checkpoint_every",
+        ),
+        (
+            Params {
+                checkpoint_minutes: -1.0,
+                ..Params::default()
+            },
+            "checkpoint_minutes",
+        ),
+    ];
+    for (p, param) in bad {
+        let e = p.check().unwrap_err();
+        assert_eq!(e.param, param, "{e}");
+        assert!(e.message.starts_with(param), "{e}");
+    }
 }
