@@ -218,13 +218,16 @@ const HUGE_ATTENTION: [&str; 10] = [
     "seed=1",
 ];
 
-fn with_sets(args: &[&str], sets: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    for s in sets {
-        v.push("--set".into());
-        v.push(s.to_string());
+/// `flora stage pretrain` of the [`HUGE_ATTENTION`] model on `corpus` with tokenizer `tok`, into
+/// `pre`.
+fn huge_pretrain(corpus: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["stage", "pretrain", "--input"].map(String::from).to_vec();
+    args.push(format!("corpus={corpus}"));
+    args.extend(["--input", "tokenizer=tok", "--out", "pre"].map(String::from));
+    for set in HUGE_ATTENTION {
+        args.extend(["--set".to_string(), set.to_string()]);
     }
-    v
+    args
 }
 
 /// A batch whose training step cannot fit in this machine's memory is refused before any step,
@@ -244,23 +247,9 @@ fn model_stages_refuse_a_step_that_cannot_fit_in_memory() {
     }
     let p = Project::new();
     // 16 kb promoters: about 4,000 tokens of a 300-token vocabulary, cut to 4,096.
-    let long = planted(70, 16_000, 8);
-    let fasta: String = long
-        .iter()
-        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
-        .collect();
-    p.write("corpus.fa", &fasta);
+    p.write_planted_fasta("corpus.fa", 70, 16_000, 8);
     p.bpe(300, "tok");
-    let pretrain = [
-        "stage",
-        "pretrain",
-        "--input",
-        "corpus=corpus.fa",
-        "--input",
-        "tokenizer=tok",
-    ];
-    let mut args = with_sets(&pretrain, &HUGE_ATTENTION);
-    args.extend(["--out".into(), "pre".into()]);
+    let args = huge_pretrain("corpus.fa");
     let e = p.fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 1);
     assert!(
         e.contains("pretrain: batch_size 64 of sequences up to 4096 tokens: a training step needs at least"),
@@ -273,25 +262,10 @@ fn model_stages_refuse_a_step_that_cannot_fit_in_memory() {
     );
 
     // The same model pretrained on short sequences, then fine-tuned on the long ones.
-    let short: String = planted(40, 150, 9)
-        .iter()
-        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
-        .collect();
-    p.write("short.fa", &short);
-    let mut args = with_sets(
-        &[
-            "stage",
-            "pretrain",
-            "--input",
-            "corpus=short.fa",
-            "--input",
-            "tokenizer=tok",
-        ],
-        &HUGE_ATTENTION,
-    );
-    args.extend(["--out".into(), "pre".into()]);
+    p.write_planted_fasta("short.fa", 40, 150, 9);
+    let args = huge_pretrain("short.fa");
     p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    p.write("table.tsv", &planted_table(&long));
+    p.write("table.tsv", &planted_table(&planted(70, 16_000, 8)));
     let finetune = [
         "stage",
         "finetune",
