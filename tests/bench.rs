@@ -264,6 +264,10 @@ fn bench_rejects_impossible_sizes() {
         e.contains("--hidden 32 is not a multiple of --heads 3"),
         "{e}"
     );
+    for flag in ["--hidden", "--intermediate"] {
+        let e = p.fails(&refs(&tiny(&[(flag, "0"), ("--heads", "1")])), 2);
+        assert!(e.contains(&format!("{flag} 0 must be at least 1")), "{e}");
+    }
     let e = p.fails(&refs(&tiny(&[("--dropout", "1.5")])), 2);
     assert!(e.contains("--dropout 1.5 is not in [0, 1)"), "{e}");
     let e = p.fails(&refs(&tiny(&[("--vocab", "4")])), 2);

@@ -1,10 +1,10 @@
 //! `flora bench`: timed training steps of a RoBERTa of a given size, on the CPU or a GPU.
 
 use clap::{Args, ValueEnum};
-use flora_stages::model::device;
 use flora_stages::model::roberta::{Attention, Config, Positions, Precision};
 use flora_stages::model::step_memory::StepFloor;
 use flora_stages::model::throughput::{self, LastLayer, StepKernels};
+use flora_stages::model::{device, param_checks};
 
 /// Matrix-product precision, as on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -85,6 +85,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     crate::executor::rerun_tuned()?;
     if args.batch == 0 || args.len < 3 || args.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1 and --len at least 3");
+    }
+    for (flag, value) in [
+        ("--hidden", args.hidden),
+        ("--intermediate", args.intermediate),
+    ] {
+        param_checks::at_least_one(flag, value)?;
     }
     if args.heads == 0 || !args.hidden.is_multiple_of(args.heads) {
         anyhow::bail!(

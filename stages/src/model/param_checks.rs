@@ -18,6 +18,8 @@ impl std::fmt::Display for BadParam {
     }
 }
 
+impl std::error::Error for BadParam {}
+
 /// A [`BadParam`] for `param`.
 pub fn bad(param: &'static str, message: String) -> BadParam {
     BadParam { param, message }
