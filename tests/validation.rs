@@ -52,7 +52,7 @@ fn unknown_and_mistyped_params() {
 #[test]
 fn training_params_out_of_range() {
     let out = problems(
-        "stages:\n  pre:\n    kind: pretrain\n    params:\n      epochs: 0\n  pre2:\n    kind: pretrain\n    params: {lr: -1, layers: 2}\n  pre3:\n    kind: pretrain\n    params: {max_len: 2}\n  pre4:\n    kind: pretrain\n    params: {mask_prob: 1.5}\n  ft:\n    kind: finetune\n    params: {head_dropout: 1.0}\n  ft2:\n    kind: finetune\n    params: {lr: 0}\n",
+        "stages:\n  pre:\n    kind: pretrain\n    params:\n      epochs: 0\n  pre2:\n    kind: pretrain\n    params: {lr: -1, layers: 2}\n  pre3:\n    kind: pretrain\n    params: {max_len: 2}\n  pre4:\n    kind: pretrain\n    params: {mask_prob: 1.5}\n  ft:\n    kind: finetune\n    params: {head_dropout: 1.0}\n  ft2:\n    kind: finetune\n    params: {lr: 0}\n  ft3:\n    kind: finetune\n    params: {attention: flash}\n",
         &[],
     );
     assert_has(
@@ -70,6 +70,10 @@ fn training_params_out_of_range() {
     assert_has(&out, "stage `pre4`: mask_prob 1.5 is not a share in (0, 1]");
     assert_has(&out, "stage `ft`: head_dropout 1 is not a share in [0, 1)");
     assert_has(&out, "stage `ft2`: lr 0 must be a number above 0");
+    assert_has(
+        &out,
+        "stage `ft3`: attention flash: flash attention needs precision bf16",
+    );
     // The same check for one stage run alone, its value given by --set.
     let p = Project::new();
     let e = p.fails(

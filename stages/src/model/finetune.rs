@@ -112,7 +112,8 @@ impl Params {
         share_below_one("warmup", self.warmup)?;
         non_negative("weight_decay", self.weight_decay)?;
         non_negative("clip_norm", self.clip_norm)?;
-        share_below_one("head_dropout", self.head_dropout as f64)
+        share_below_one("head_dropout", self.head_dropout as f64)?;
+        flash_needs_bf16(self.attention, self.precision)
     }
 }
 

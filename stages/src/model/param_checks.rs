@@ -88,6 +88,23 @@ pub fn optional_at_least_one(name: &'static str, value: Option<u64>) -> Result<(
     }
 }
 
+/// Flash attention runs in bf16 only: `attention: flash` needs `precision: bf16`.
+pub fn flash_needs_bf16(
+    attention: super::roberta::Attention,
+    precision: super::roberta::Precision,
+) -> Result<(), BadParam> {
+    use super::roberta::{Attention, Precision};
+    if attention == Attention::Flash && precision != Precision::Bf16 {
+        return Err(bad(
+            "attention",
+            "attention flash: flash attention needs precision bf16 (its kernels run bf16 \
+             tensor-core products)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +138,10 @@ mod tests {
         assert!(optional_at_least_one("max_steps", Some(0)).is_err());
         assert!(optional_at_least_one("max_steps", None).is_ok());
         assert!(optional_at_least_one("max_steps", Some(3)).is_ok());
+        use crate::model::roberta::{Attention, Precision};
+        let e = flash_needs_bf16(Attention::Flash, Precision::F32).unwrap_err();
+        assert_eq!(e.param, "attention");
+        assert!(flash_needs_bf16(Attention::Flash, Precision::Bf16).is_ok());
+        assert!(flash_needs_bf16(Attention::Products, Precision::F32).is_ok());
     }
 }

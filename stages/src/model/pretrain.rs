@@ -149,7 +149,8 @@ impl Params {
         at_least_one("grad_accum", self.grad_accum)?;
         share_below_one("validation", self.validation)?;
         optional_at_least_one("checkpoint_every", self.checkpoint_every)?;
-        non_negative("checkpoint_minutes", self.checkpoint_minutes)
+        non_negative("checkpoint_minutes", self.checkpoint_minutes)?;
+        flash_needs_bf16(self.attention, self.precision)
     }
 }
 
