@@ -20,7 +20,8 @@ pub struct StepFloor {
     /// The f32 gradients of the weights and the optimizer's two moments: 12 bytes a parameter
     /// (the weights themselves may be loaded already, and so counted out of what is available).
     pub parameters: u64,
-    /// Every layer's attention probabilities, kept for the backward pass (products attention).
+    /// The attention probabilities of every layer but the last (which may run at the masked
+    /// positions alone), kept for the backward pass; none with flash attention.
     pub attention: u64,
     /// Every layer's other activations kept for the backward pass: the feed-forward's input to
     /// GELU and the layer's f32 output.
