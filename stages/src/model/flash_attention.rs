@@ -91,7 +91,7 @@ fn keep_bit(j: usize) -> usize {
 /// that is a multiple of 16 up to [`MAX_HEAD_DIM`], and the CPU or a CUDA GPU with bf16 tensor
 /// cores (sm_80 and later).
 pub fn supports(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    dtype == DType::BF16
+    takes_dtype(dtype)
         && takes_heads_of(head_dim)
         && match device {
             Device::Cpu => true,
@@ -101,6 +101,11 @@ pub fn supports(device: &Device, dtype: DType, head_dim: usize) -> bool {
                 .unwrap_or(false),
             _ => false,
         }
+}
+
+/// Whether the kernels take operands of `dtype`: bf16 alone (tensor-core products).
+pub fn takes_dtype(dtype: DType) -> bool {
+    dtype == DType::BF16
 }
 
 /// Whether the kernels take heads of `head_dim` elements: a multiple of 16 up to

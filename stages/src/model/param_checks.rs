@@ -93,8 +93,8 @@ pub fn flash_needs_bf16(
     attention: super::roberta::Attention,
     precision: super::roberta::Precision,
 ) -> Result<(), BadParam> {
-    use super::roberta::{Attention, Precision};
-    if attention == Attention::Flash && precision != Precision::Bf16 {
+    use super::flash_attention::takes_dtype;
+    if attention == super::roberta::Attention::Flash && !takes_dtype(precision.dtype()) {
         return Err(bad(
             "attention",
             "attention flash: flash attention needs precision bf16 (its kernels run bf16 \

@@ -720,122 +720,29 @@ fn params_no_training_can_take_are_named() {
         ..Params::default()
     };
     assert_eq!(initial.check(), Ok(()));
-    let bad: Vec<(Params, &str)> = vec![
-        (
-            Params {
-                hidden: 0,
-                ..Params::default()
-            },
-            "hidden",
-        ),
-        (
-            Params {
-                heads: 0,
-                ..Params::default()
-            },
-            "heads",
-        ),
-        (
-            Params {
-                hidden: 30,
-                heads: 4,
-                ..Params::default()
-            },
-            "hidden",
-        ),
-        (
-            Params {
-                intermediate: 0,
-                ..Params::default()
-            },
-            "intermediate",
-        ),
-        (
-            Params {
-                max_len: 2,
-                ..Params::default()
-            },
-            "max_len",
-        ),
-        (
-            Params {
-                dropout: 1.0,
-                ..Params::default()
-            },
-            "dropout",
-        ),
-        (
-            Params {
-                mask_prob: 0.0,
-                ..Params::default()
-            },
-            "mask_prob",
-        ),
-        (
-            Params {
-                lr: f64::NAN,
-                ..Params::default()
-            },
-            "lr",
-        ),
-        (
-            Params {
-                weight_decay: -0.1,
-                ..Params::default()
-            },
-            "weight_decay",
-        ),
-        (
-            Params {
-                clip_norm: -1.0,
-                ..Params::default()
-            },
-            "clip_norm",
-        ),
-        (
-            Params {
-                epochs: 0,
-                ..Params::default()
-            },
-            "epochs",
-        ),
-        (
-            Params {
-                batch_size: 0,
-                ..Params::default()
-            },
-            "batch_size",
-        ),
-        (
-            Params {
-                grad_accum: 0,
-                ..Params::default()
-            },
-            "grad_accum",
-        ),
-        (
-            Params {
-                validation: 1.0,
-                ..Params::default()
-            },
-            "validation",
-        ),
-        (
-            Params {
-                checkpoint_every: Some(0),
-                ..Params::default()
-            },
-            "checkpoint_every",
-        ),
-        (
-            Params {
-                checkpoint_minutes: -1.0,
-                ..Params::default()
-            },
-            "checkpoint_minutes",
-        ),
+    // Each case changes one param of the defaults.
+    type Change = fn(&mut Params);
+    let bad: [(Change, &str); 16] = [
+        (|p| p.hidden = 0, "hidden"),
+        (|p| p.heads = 0, "heads"),
+        (|p| (p.hidden, p.heads) = (30, 4), "hidden"),
+        (|p| p.intermediate = 0, "intermediate"),
+        (|p| p.max_len = 2, "max_len"),
+        (|p| p.dropout = 1.0, "dropout"),
+        (|p| p.mask_prob = 0.0, "mask_prob"),
+        (|p| p.lr = f64::NAN, "lr"),
+        (|p| p.weight_decay = -0.1, "weight_decay"),
+        (|p| p.clip_norm = -1.0, "clip_norm"),
+        (|p| p.epochs = 0, "epochs"),
+        (|p| p.batch_size = 0, "batch_size"),
+        (|p| p.grad_accum = 0, "grad_accum"),
+        (|p| p.validation = 1.0, "validation"),
+        (|p| p.checkpoint_every = Some(0), "checkpoint_every"),
+        (|p| p.checkpoint_minutes = -1.0, "checkpoint_minutes"),
     ];
-    for (p, param) in bad {
+    for (change, param) in bad {
+        let mut p = Params::default();
+        change(&mut p);
         let e = p.check().unwrap_err();
         assert_eq!(e.param, param, "{e}");
         assert!(e.message.starts_with(param), "{e}");
