@@ -190,6 +190,24 @@ fn model_commands_refuse_bad_input_clearly() {
     assert!(e.contains("without an expression head"), "{e}");
     let e = p.fails(&["predict", "--model", "nowhere", "--fasta", "two.fa"], 2);
     assert!(e.contains("nowhere"), "{e}");
+    for command in ["predict", "mutagenesis"] {
+        let e = p.fails(
+            &[
+                command,
+                "--model",
+                "ft",
+                "--fasta",
+                "two.fa",
+                "--batch-size",
+                "0",
+            ],
+            2,
+        );
+        assert!(
+            e.contains("invalid value '0' for '--batch-size <N>': must be at least 1"),
+            "{e}"
+        );
+    }
     if !cfg!(feature = "cuda") {
         let e = p.fails(
             &[
@@ -198,6 +216,82 @@ fn model_commands_refuse_bad_input_clearly() {
             2,
         );
         assert!(e.contains("built without CUDA"), "{e}");
+    }
+}
+
+/// A model folder whose files do not agree (a config edited by hand, weights or a tokenizer from
+/// another model) is refused by file before any prediction, rather than panicking in a tensor op
+/// or predicting from part of the model.
+#[test]
+fn a_model_folder_whose_files_disagree_is_refused_by_file() {
+    let p = finetuned();
+    p.write("two.fa", ">a\nACGTACGTAC\n>b\nGGCCGGCCTT\n");
+    let config = p.read("ft/config.json");
+    let broken = |name: &str, edit: &dyn Fn(&Project)| {
+        std::fs::create_dir_all(p.path(name)).unwrap();
+        for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(
+                p.path(&format!("ft/{file}")),
+                p.path(&format!("{name}/{file}")),
+            )
+            .unwrap();
+        }
+        edit(&p);
+        p.fails(&["predict", "--model", name, "--fasta", "two.fa"], 2)
+    };
+    let heads = broken("heads", &|p| {
+        p.write(
+            "heads/config.json",
+            &config.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 3"),
+        );
+    });
+    assert!(
+        heads.contains(
+            "heads/config.json: hidden_size 32 is not a multiple of num_attention_heads 3"
+        ),
+        "{heads}"
+    );
+    let layers = broken("layers", &|p| {
+        p.write(
+            "layers/config.json",
+            &config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+        );
+    });
+    assert!(
+        layers.contains("layers/model.safetensors: the weights hold `roberta.encoder.layer.1."),
+        "{layers}"
+    );
+    assert!(
+        layers.contains("num_hidden_layers 1 does not have"),
+        "{layers}"
+    );
+    let act = broken("act", &|p| {
+        p.write(
+            "act/config.json",
+            &config.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu_new\""),
+        );
+    });
+    assert!(
+        act.contains("act/config.json: hidden_act `gelu_new`"),
+        "{act}"
+    );
+    let tokenizer = broken("tokenizer", &|p| {
+        p.bpe(400, "tok400");
+        std::fs::copy(
+            p.path("tok400/tokenizer.json"),
+            p.path("tokenizer/tokenizer.json"),
+        )
+        .unwrap();
+    });
+    assert!(
+        tokenizer.contains(
+            "tokenizer/tokenizer.json: the tokenizer has 405 tokens, more than the \
+                            model's vocab_size 305"
+        ),
+        "{tokenizer}"
+    );
+    for out in [&heads, &layers, &act, &tokenizer] {
+        assert!(!out.contains("panicked"), "{out}");
     }
 }
 

@@ -41,6 +41,7 @@ pub mod mlm_loss;
 #[cfg(feature = "cuda")]
 mod mlm_loss_cuda;
 pub mod mlm_positions;
+pub mod model_config;
 pub mod mutagenesis;
 pub mod param_checks;
 pub mod predictor;

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use super::head::{self, HeadConfig};
+use super::model_config;
 use super::roberta::{self, Config, Params as Weights};
 use super::tokenizer::{self, PAD};
 
@@ -45,11 +46,7 @@ impl Predictor {
     /// `config.json` and `model.safetensors` are each read once.
     pub fn load(dir: &Path, device: Device) -> Result<Predictor, String> {
         let config = dir.join("config.json");
-        let text = std::fs::read(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-        let cfg: Config = serde_json::from_value(value.clone())
-            .map_err(|e| format!("{}: {e}", config.display()))?;
+        let (cfg, value) = model_config::read(dir)?;
         let head: Option<HeadConfig> = match value.get("flora_head") {
             Some(v) => Some(
                 serde_json::from_value(v.clone())
@@ -81,7 +78,10 @@ impl Predictor {
             .map_err(|e| format!("{}: {e}", weights_file.display()))?;
         weights.vars.extend(head_vars);
         weights.frozen = true;
-        let tokenizer = tokenizer::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
+        let tokenizer_file = dir.join("tokenizer.json");
+        let tokenizer = tokenizer::load(&tokenizer_file).map_err(|e| e.to_string())?;
+        model_config::check_tokenizer(&cfg, &tokenizer)
+            .map_err(|e| format!("{}: {e}", tokenizer_file.display()))?;
         Ok(Predictor {
             cfg,
             head,

@@ -604,14 +604,12 @@ fn load_checkpoint(work: &Path, cfg: &Config, dev: &Device) -> Result<Option<Res
 
 /// Loads a model folder: its config and weights.
 pub fn load_model(dir: &Path, dev: &Device) -> Result<(Config, Weights), String> {
-    let cfg: Config = serde_json::from_slice(
-        &std::fs::read(dir.join("config.json"))
-            .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?,
-    )
-    .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
-        .map_err(|e| format!("{}: {e}", dir.join("model.safetensors").display()))?;
-    let w = Weights::from_tensors(&cfg, tensors)?;
+    let (cfg, _) = super::model_config::read(dir)?;
+    let weights_file = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights_file, dev)
+        .map_err(|e| format!("{}: {e}", weights_file.display()))?;
+    let w = Weights::from_tensors(&cfg, tensors)
+        .map_err(|e| format!("{}: {e}", weights_file.display()))?;
     Ok((cfg, w))
 }
 
@@ -688,13 +686,7 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         }
     };
     let max_len = cfg.max_position_embeddings - 3;
-    if tok.get_vocab_size(true) > cfg.vocab_size {
-        return Err(format!(
-            "pretrain: the tokenizer has {} tokens, the model {}",
-            tok.get_vocab_size(true),
-            cfg.vocab_size
-        ));
-    }
+    super::model_config::check_tokenizer(&cfg, &tok).map_err(|e| format!("pretrain: {e}"))?;
     std::fs::create_dir_all(&ctx.work).map_err(|e| e.to_string())?;
     // Tokenized once per job key; a resumed run reads the stored ids.
     let stored = ctx.work.join("corpus.tokens");

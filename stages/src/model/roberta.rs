@@ -338,6 +338,17 @@ impl Params {
             let t = t.to_dtype(DType::F32).map_err(|e| e.to_string())?;
             vars.insert(name, Var::from_tensor(&t).map_err(|e| e.to_string())?);
         }
+        // A layer the config does not count would be left out of every forward pass unsaid.
+        if let Some(extra) = tensors
+            .keys()
+            .filter(|n| n.starts_with("roberta.encoder."))
+            .min()
+        {
+            return Err(format!(
+                "the weights hold `{extra}`, which a model of num_hidden_layers {} does not have",
+                cfg.num_hidden_layers
+            ));
+        }
         Ok(Params {
             vars,
             frozen: false,
