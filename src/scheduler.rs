@@ -350,6 +350,13 @@ fn check_gpus(
     cluster: bool,
     progress: &Progress,
 ) -> anyhow::Result<()> {
+    // A GPU named twice would be handed to two jobs at once.
+    for (i, g) in opts.gpus.iter().enumerate() {
+        anyhow::ensure!(
+            !opts.gpus[..i].contains(g),
+            "--gpus names GPU {g} twice; name each GPU once"
+        );
+    }
     for stage in &graph.stages {
         let Some(&j) = stage.jobs.iter().find(|&&j| opts.selected[j]) else {
             continue;

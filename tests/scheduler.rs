@@ -191,6 +191,26 @@ fn gpus_for_flora_stages_need_a_cuda_build() {
     assert!(p.path("results/wf/prep/x").is_file());
 }
 
+/// A GPU named twice in `--gpus` would be handed to two jobs at once; it is refused before any
+/// job runs, as is `--jobs 0`.
+#[test]
+fn gpus_named_twice_and_no_job_slots_are_refused() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  g: {kind: exec, foreach: [a, b], resources: {gpus: 1}, params: {argv: [sh, -c, \"echo $CUDA_VISIBLE_DEVICES > $FLORA_OUT/d\"]}}\n",
+    );
+    let e = p.fails(&["run", "wf.yaml", "--gpus", "1,0,1"], 2);
+    assert!(e.contains("--gpus names GPU 1 twice"), "{e}");
+    assert!(!p.path("results/wf/g").exists(), "a job ran: {e}");
+    let e = p.fails(&["run", "wf.yaml", "-j", "0"], 2);
+    assert!(
+        e.contains("invalid value '0' for '--jobs <N>': must be at least 1"),
+        "{e}"
+    );
+    p.ok(&["run", "wf.yaml", "--gpus", "1,0"]);
+}
+
 #[test]
 fn a_missing_program_fails_the_job_clearly() {
     let p = Project::new();

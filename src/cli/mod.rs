@@ -173,7 +173,7 @@ pub struct RunArgs {
     #[allow(missing_docs)]
     pub select: SelectArgs,
     /// At most N jobs at once (default: the number of cores).
-    #[arg(short, long, value_name = "N")]
+    #[arg(short, long, value_name = "N", value_parser = count)]
     pub jobs: Option<usize>,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -321,6 +321,16 @@ pub struct GcArgs {
     /// Say what would be removed, and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// A count that must be at least 1 (`--jobs`, `--batch-size`): 0 is refused by name rather than
+/// quietly read as 1.
+fn count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Parses the command line.

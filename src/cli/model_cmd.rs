@@ -21,7 +21,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// Sequences per forward pass.
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = super::count)]
     pub batch_size: usize,
     /// Run on this CUDA device (needs a flora built with `--features cuda`).
     #[arg(long, value_name = "INDEX")]
@@ -114,7 +114,7 @@ fn load(args: &ModelArgs) -> anyhow::Result<Predictor> {
         }
     };
     let mut model = Predictor::load(&args.model, device).map_err(anyhow::Error::msg)?;
-    model.batch_size = args.batch_size.max(1);
+    model.batch_size = args.batch_size;
     Ok(model)
 }
 

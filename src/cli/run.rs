@@ -128,7 +128,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         cpus
     };
     let opts = RunOptions {
-        jobs: args.jobs.unwrap_or(default_jobs).max(1),
+        jobs: args.jobs.unwrap_or(default_jobs),
         cpus,
         gpus: args.devices.gpus.clone(),
         require_gpu: args.devices.require_gpu,

@@ -8,7 +8,8 @@ pub fn cuda(index: usize) -> Result<Device, String> {
     if !cfg!(feature = "cuda") {
         return Err(format!(
             "GPU {index}: this flora was built without CUDA; build it with \
-             `scripts/cuda.sh cargo build --release --features cuda`, or run without --gpus"
+             `scripts/cuda.sh cargo build --release --features cuda`, or leave out --gpus (--gpu) to \
+             run on the CPU"
         ));
     }
     let dev = Device::new_cuda(index).map_err(|e| format!("GPU {index}: {e}"))?;
