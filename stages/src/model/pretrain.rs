@@ -528,80 +528,6 @@ impl Checkpoints {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct CheckpointState {
-    step: u64,
-    lamb_step: u64,
-    log: Vec<String>,
-}
-
-fn save_checkpoint(
-    work: &Path,
-    w: &Weights,
-    opt: &Lamb,
-    step: u64,
-    log: &[String],
-) -> Result<(), String> {
-    let mut tensors: HashMap<String, Tensor> = w.tensors();
-    for (k, v) in &opt.m {
-        tensors.insert(format!("lamb.m.{k}"), v.clone());
-    }
-    for (k, v) in &opt.v {
-        tensors.insert(format!("lamb.v.{k}"), v.clone());
-    }
-    let tmp = work.join("checkpoint.tmp.safetensors");
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| e.to_string())?;
-    let state = CheckpointState {
-        step,
-        lamb_step: opt.step,
-        log: log.to_vec(),
-    };
-    std::fs::write(
-        work.join("checkpoint.tmp.json"),
-        serde_json::to_vec(&state).expect("serializes"),
-    )
-    .map_err(|e| e.to_string())?;
-    // Weights first, state last: a state file always describes complete weights.
-    std::fs::rename(&tmp, work.join("checkpoint.safetensors")).map_err(|e| e.to_string())?;
-    std::fs::rename(
-        work.join("checkpoint.tmp.json"),
-        work.join("checkpoint.json"),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// Weights, optimizer, step and log rows restored from a checkpoint.
-type Restored = (Weights, Lamb, u64, Vec<String>);
-
-fn load_checkpoint(work: &Path, cfg: &Config, dev: &Device) -> Result<Option<Restored>, String> {
-    let (st, js) = (
-        work.join("checkpoint.safetensors"),
-        work.join("checkpoint.json"),
-    );
-    if !st.is_file() || !js.is_file() {
-        return Ok(None);
-    }
-    let state: CheckpointState =
-        serde_json::from_slice(&std::fs::read(&js).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let mut tensors = candle_core::safetensors::load(&st, dev).map_err(|e| e.to_string())?;
-    let mut opt = Lamb::new(0.0);
-    opt.step = state.lamb_step;
-    let keys: Vec<String> = tensors.keys().cloned().collect();
-    for k in keys {
-        if let Some(name) = k.strip_prefix("lamb.m.") {
-            opt.m
-                .insert(name.to_string(), tensors.remove(&k).expect("listed"));
-        } else if let Some(name) = k.strip_prefix("lamb.v.") {
-            opt.v
-                .insert(name.to_string(), tensors.remove(&k).expect("listed"));
-        }
-    }
-    let w = Weights::from_tensors(cfg, tensors)?;
-    Ok(Some((w, opt, state.step, state.log)))
-}
-
 /// Loads a model folder: its config and weights.
 pub fn load_model(dir: &Path, dev: &Device) -> Result<(Config, Weights), String> {
     let (cfg, _) = super::model_config::read(dir)?;
@@ -731,11 +657,12 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         .unwrap_or(steps_per_epoch * p.epochs as u64)
         .min(steps_per_epoch * p.epochs as u64);
     std::fs::create_dir_all(&ctx.work).map_err(|e| e.to_string())?;
-    let (mut w, mut opt, mut step, mut log) = match load_checkpoint(&ctx.work, &cfg, &dev)? {
-        Some((w, mut opt, step, log)) => {
-            eprintln!("pretrain: resuming from the checkpoint at step {step}");
+    let (mut w, mut opt, mut step, mut log) = match checkpoint::load(&ctx.work, &cfg, &dev) {
+        Some(r) => {
+            eprintln!("pretrain: resuming from the checkpoint at step {}", r.step);
+            let mut opt = r.optimizer;
             opt.weight_decay = p.weight_decay;
-            (w, opt, step, log)
+            (r.weights, opt, r.step, r.log)
         }
         None => {
             let w = match init {
@@ -842,7 +769,7 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         ));
         summary.final_loss = loss;
         if step < total && checkpoints.due(step) {
-            save_checkpoint(&ctx.work, &w, &opt, step, &log)?;
+            checkpoint::save(&ctx.work, &w, &opt, step, &log)?;
             checkpoints.written(step);
         }
         if halt_after == Some(step) {
@@ -874,9 +801,8 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         serde_json::to_string_pretty(&summary).expect("serializes"),
     )
     .map_err(|e| e.to_string())?;
-    for name in ["checkpoint.safetensors", "checkpoint.json", "corpus.tokens"] {
-        let _ = std::fs::remove_file(ctx.work.join(name));
-    }
+    checkpoint::remove(&ctx.work);
+    let _ = std::fs::remove_file(ctx.work.join("corpus.tokens"));
     Ok(summary)
 }
 
@@ -885,5 +811,6 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     train(p, ctx, None)
 }
 
+mod checkpoint;
 #[cfg(test)]
 mod tests;

@@ -253,23 +253,82 @@ fn a_resumed_run_ends_with_the_same_weights() {
     let broken = ctx(dir.path(), "broken", &c, &t);
     let err = train(&p, &broken, Some(6)).unwrap_err();
     assert!(err.contains("halted after step 6"));
-    assert!(broken.work.join("checkpoint.safetensors").is_file());
+    assert!(checkpoint::exists(&broken.work));
     let s = train(&p, &broken, None).unwrap();
     assert_eq!(s.resumed_from, 4, "the checkpoint every 4 steps");
-    let a =
-        candle_core::safetensors::load(whole.out.join("model.safetensors"), &Device::Cpu).unwrap();
-    let b =
-        candle_core::safetensors::load(broken.out.join("model.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(a.len(), b.len());
-    for (name, ta) in &a {
-        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let vb = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(va, vb, "{name} differs after resuming");
+    assert_same_model(&whole, &broken);
+}
+
+/// The same weights and training log in two runs' outputs.
+fn assert_same_model(a: &Context, b: &Context) {
+    let load = |c: &Context| {
+        candle_core::safetensors::load(c.out.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (ta, tb) = (load(a), load(b));
+    assert_eq!(ta.len(), tb.len());
+    for (name, x) in &ta {
+        let va = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = tb[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(va, vb, "{name} differs");
     }
     assert_eq!(
-        std::fs::read_to_string(whole.out.join("train_log.tsv")).unwrap(),
-        std::fs::read_to_string(broken.out.join("train_log.tsv")).unwrap()
+        std::fs::read_to_string(a.out.join("train_log.tsv")).unwrap(),
+        std::fs::read_to_string(b.out.join("train_log.tsv")).unwrap()
     );
+}
+
+/// The files in a work folder whose names start with `checkpoint`, sorted.
+fn checkpoint_files(work: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A checkpoint is one state file naming one complete weights file. A save killed before its
+/// state was renamed leaves the checkpoint before it in force; one that cannot be read is
+/// reported and training starts over. Either way the run ends with the weights of a run never
+/// stopped, and leaves no checkpoint file behind.
+#[test]
+fn a_checkpoint_cut_short_or_damaged_never_stops_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = tiny();
+    let whole = ctx(dir.path(), "whole", &c, &t);
+    train(&p, &whole, None).unwrap();
+
+    let killed = ctx(dir.path(), "killed", &c, &t);
+    train(&p, &killed, Some(10)).unwrap_err();
+    // Checkpoints at steps 4 and 8: only the last one's weights are kept.
+    assert_eq!(
+        checkpoint_files(&killed.work),
+        ["checkpoint-8.safetensors", "checkpoint.json"]
+    );
+    // The save after step 12, killed between its weights and its state.
+    std::fs::copy(
+        killed.work.join("checkpoint-8.safetensors"),
+        killed.work.join("checkpoint-12.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(killed.work.join("checkpoint.json.tmp"), "{\"step\": 1").unwrap();
+    let s = train(&p, &killed, None).unwrap();
+    assert_eq!(s.resumed_from, 8);
+    assert_same_model(&whole, &killed);
+    assert_eq!(checkpoint_files(&killed.work), Vec::<String>::new());
+
+    let damaged = ctx(dir.path(), "damaged", &c, &t);
+    train(&p, &damaged, Some(6)).unwrap_err();
+    let weights = damaged.work.join("checkpoint-4.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let s = train(&p, &damaged, None).unwrap();
+    assert_eq!(s.resumed_from, 0, "started over");
+    assert_same_model(&whole, &damaged);
+    assert_eq!(checkpoint_files(&damaged.work), Vec::<String>::new());
 }
 
 /// Without `checkpoint_every`, checkpoints follow the clock: at 0 minutes one after every step
@@ -289,8 +348,11 @@ fn checkpoints_by_time_follow_checkpoint_minutes() {
         let run = ctx(dir.path(), &format!("by-time-{minutes}"), &c, &t);
         let err = train(&p, &run, Some(5)).unwrap_err();
         assert!(err.contains("halted after step 5"), "{err}");
-        let checkpoint = run.work.join("checkpoint.safetensors");
-        assert_eq!(checkpoint.is_file(), resumed_from > 0, "{minutes} minutes");
+        assert_eq!(
+            checkpoint::exists(&run.work),
+            resumed_from > 0,
+            "{minutes} minutes"
+        );
         let s = train(&p, &run, None).unwrap();
         assert_eq!(
             (s.resumed_from, s.steps),
@@ -321,7 +383,7 @@ fn a_loss_that_turns_infinite_stops_the_run_and_names_the_last_checkpoint() {
         let err = train(&p, &run, None).unwrap_err();
         assert!(err.contains("the loss became NaN at step 2"), "{err}");
         assert!(err.contains(kept), "{err}");
-        assert_eq!(run.work.join("checkpoint.json").is_file(), every == Some(1));
+        assert_eq!(checkpoint::exists(&run.work), every == Some(1));
     }
 }
 
