@@ -357,6 +357,10 @@ fn check_gpus(
             "--gpus names GPU {g} twice; name each GPU once"
         );
     }
+    if !cluster {
+        flora_stages::model::device::check_indices(&opts.gpus)
+            .map_err(|e| anyhow::anyhow!("--gpus: {e}"))?;
+    }
     for stage in &graph.stages {
         let Some(&j) = stage.jobs.iter().find(|&&j| opts.selected[j]) else {
             continue;

@@ -12,10 +12,62 @@ pub fn cuda(index: usize) -> Result<Device, String> {
              run on the CPU"
         ));
     }
+    check_indices(&[index])?;
     let dev = Device::new_cuda(index).map_err(|e| format!("GPU {index}: {e}"))?;
     keep_freed_memory(&dev).map_err(|e| format!("GPU {index}: {e}"))?;
     no_stream_events(&dev);
     Ok(dev)
+}
+
+/// Refuses GPU indices this machine does not have, naming the ones it has. Only a CUDA build can
+/// count its GPUs (through the driver, as `CUDA_VISIBLE_DEVICES` shows them); without one there
+/// is nothing to check.
+pub fn check_indices(gpus: &[usize]) -> Result<(), String> {
+    match count() {
+        Some(Ok(n)) => match gpus.iter().find(|&&g| g >= n) {
+            Some(&g) => Err(missing(
+                g,
+                n,
+                std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+            )),
+            None => Ok(()),
+        },
+        Some(Err(e)) => Err(format!("GPU {}: {e}", gpus.first().copied().unwrap_or(0))),
+        None => Ok(()),
+    }
+}
+
+/// The message for GPU `index` on a machine that shows `count` of them, through
+/// `CUDA_VISIBLE_DEVICES` where that is set.
+fn missing(index: usize, count: usize, visible: Option<&str>) -> String {
+    let visible = visible
+        .map(|v| format!(" (CUDA_VISIBLE_DEVICES={v})"))
+        .unwrap_or_default();
+    match count {
+        0 => format!("GPU {index}: this machine shows no CUDA device{visible}"),
+        1 => format!("GPU {index}: this machine shows 1 CUDA device, GPU 0{visible}"),
+        n => format!(
+            "GPU {index}: this machine shows {n} CUDA devices, GPUs 0 to {}{visible}",
+            n - 1
+        ),
+    }
+}
+
+/// How many CUDA devices the driver shows this process, or why it cannot say; `None` in a build
+/// without CUDA.
+#[cfg(feature = "cuda")]
+fn count() -> Option<Result<usize, String>> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    Some(
+        CudaContext::device_count()
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(|e| format!("the CUDA driver cannot count the GPUs: {e}")),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+fn count() -> Option<Result<usize, String>> {
+    None
 }
 
 /// Tells the device's memory pool to keep freed memory for reuse instead of handing it back to
@@ -103,6 +155,22 @@ mod tests {
     #[test]
     fn no_gpus_means_the_cpu() {
         assert!(for_job(&[], "pretrain").unwrap().is_cpu());
+    }
+
+    #[test]
+    fn a_gpu_the_machine_lacks_is_named_with_those_it_has() {
+        assert_eq!(
+            missing(2, 0, None),
+            "GPU 2: this machine shows no CUDA device"
+        );
+        assert_eq!(
+            missing(1, 1, Some("3")),
+            "GPU 1: this machine shows 1 CUDA device, GPU 0 (CUDA_VISIBLE_DEVICES=3)"
+        );
+        assert_eq!(
+            missing(7, 4, None),
+            "GPU 7: this machine shows 4 CUDA devices, GPUs 0 to 3"
+        );
     }
 
     #[cfg(not(feature = "cuda"))]
