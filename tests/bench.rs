@@ -264,7 +264,7 @@ fn bench_rejects_impossible_sizes() {
         e.contains("--hidden 32 is not a multiple of --heads 3"),
         "{e}"
     );
-    for flag in ["--hidden", "--intermediate"] {
+    for flag in ["--layers", "--hidden", "--intermediate"] {
         let e = p.fails(&refs(&tiny(&[(flag, "0"), ("--heads", "1")])), 2);
         assert!(e.contains(&format!("{flag} 0 must be at least 1")), "{e}");
     }

@@ -87,6 +87,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--batch and --steps must be at least 1 and --len at least 3");
     }
     for (flag, value) in [
+        ("--layers", args.layers),
         ("--hidden", args.hidden),
         ("--intermediate", args.intermediate),
     ] {
