@@ -190,6 +190,26 @@ fn model_commands_refuse_bad_input_clearly() {
     assert!(e.contains("without an expression head"), "{e}");
     let e = p.fails(&["predict", "--model", "nowhere", "--fasta", "two.fa"], 2);
     assert!(e.contains("nowhere"), "{e}");
+    // A protein FASTA given by mistake is refused, not predicted from unknown tokens.
+    p.write("protein.fa", ">ok\nACGTNRY\n>p1 kinase\nMKTAYIAKQR\n");
+    for command in ["predict", "embed"] {
+        let e = p.fails(
+            &[
+                command,
+                "--model",
+                "ft",
+                "--fasta",
+                "protein.fa",
+                "-o",
+                "x.tsv",
+            ],
+            2,
+        );
+        assert!(
+            e.contains("protein.fa: record p1 has `I` at position 6, which is not a nucleotide"),
+            "{e}"
+        );
+    }
     for command in ["predict", "mutagenesis"] {
         let e = p.fails(
             &[

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use flora_stages::genomics::fasta::Genome;
 use flora_stages::genomics::promoters;
 use flora_stages::genomics::records::{self, FastaRecord};
+use flora_stages::genomics::seq;
 use flora_stages::model::predictor::Predictor;
 use flora_stages::model::{mutagenesis, variants};
 
@@ -125,6 +126,18 @@ fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
     }
     if let Some(r) = recs.iter().find(|r| r.seq.is_empty()) {
         bail!("{}: record {} has no sequence", path.display(), r.id);
+    }
+    for r in &recs {
+        if let Some(at) = seq::first_non_nucleotide(&r.seq) {
+            bail!(
+                "{}: record {} has `{}` at position {}, which is not a nucleotide code (A, C, G, \
+                 T, N or another IUPAC code): flora's models read DNA",
+                path.display(),
+                r.id,
+                char::from(r.seq[at]).escape_default(),
+                at + 1
+            );
+        }
     }
     Ok(recs)
 }

@@ -60,6 +60,19 @@ pub fn reverse_complement_in_place(s: &mut [u8]) {
     }
 }
 
+/// Where `s` first holds a byte that is no IUPAC nucleotide code (A, C, G, T, U, N, the ambiguity
+/// codes, either case): a protein or a corrupted record, not DNA.
+///
+/// ```
+/// use flora_stages::genomics::seq::first_non_nucleotide;
+/// assert_eq!(first_non_nucleotide(b"ACGTNRYacgtn"), None);
+/// assert_eq!(first_non_nucleotide(b"ACGEL"), Some(3));
+/// ```
+pub fn first_non_nucleotide(s: &[u8]) -> Option<usize> {
+    s.iter()
+        .position(|&b| COMPLEMENT[b as usize] == b'N' && !matches!(b | 0x20, b'n'))
+}
+
 /// The share of bases that are not A, C, G or T (N and other IUPAC ambiguity codes).
 pub fn ambiguous_fraction(s: &[u8]) -> f64 {
     if s.is_empty() {
