@@ -915,3 +915,88 @@ fn embeddings_compare_species_of_a_pretrained_model() {
     );
     assert!(e.contains("per_species"), "{e}");
 }
+
+/// Soft-masked (lower-case) bases are the same bases to every stage (FASTA records are read
+/// upper-cased), so a soft-masked corpus trains the tokenizer and the model its upper-case copy
+/// trains. A record that is not DNA is refused by file, record and position.
+#[test]
+fn soft_masked_corpora_train_as_upper_case_and_proteins_are_refused() {
+    let p = Project::new();
+    let rows = planted(60, 150, 5);
+    let fasta = |lower: bool| -> String {
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let seq = if lower && i % 2 == 0 {
+                    r.seq.to_ascii_lowercase()
+                } else {
+                    r.seq.clone()
+                };
+                format!(">{}\n{seq}\n", r.id)
+            })
+            .collect()
+    };
+    let pretrain = |out: &str, tok: &str| {
+        let tokenizer = format!("tokenizer={tok}");
+        p.ok(&[
+            "stage",
+            "pretrain",
+            "--input",
+            "corpus=corpus.fa",
+            "--input",
+            &tokenizer,
+            "--set",
+            "layers=1",
+            "--set",
+            "hidden=32",
+            "--set",
+            "heads=2",
+            "--set",
+            "intermediate=32",
+            "--set",
+            "max_len=64",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "batch_size=8",
+            "--out",
+            out,
+        ]);
+    };
+    p.write("corpus.fa", &fasta(false));
+    p.bpe(300, "tok_upper");
+    pretrain("pre_upper", "tok_upper");
+    p.write("corpus.fa", &fasta(true));
+    p.bpe(300, "tok_soft");
+    pretrain("pre_soft", "tok_upper");
+    let bytes = |f: &str| std::fs::read(p.path(f)).unwrap();
+    assert!(
+        bytes("tok_upper/tokenizer.json") == bytes("tok_soft/tokenizer.json"),
+        "the soft-masked corpus trained another tokenizer"
+    );
+    assert!(
+        bytes("pre_upper/model.safetensors") == bytes("pre_soft/model.safetensors"),
+        "the soft-masked corpus pretrained other weights"
+    );
+
+    p.write("corpus.fa", ">ok\nACGTACGTAC\n>p1 kinase\nMKTAYIAKQR\n");
+    for kind in ["bpe", "pretrain"] {
+        let e = p.fails(
+            &[
+                "stage",
+                kind,
+                "--input",
+                "corpus=corpus.fa",
+                "--input",
+                "tokenizer=tok_upper",
+                "--out",
+                &format!("refused_{kind}"),
+            ],
+            1,
+        );
+        assert!(
+            e.contains("corpus.fa: record p1 has `I` at position 6, which is not a nucleotide"),
+            "{kind}: {e}"
+        );
+    }
+}

@@ -128,15 +128,8 @@ fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
         bail!("{}: record {} has no sequence", path.display(), r.id);
     }
     for r in &recs {
-        if let Some(at) = seq::first_non_nucleotide(&r.seq) {
-            bail!(
-                "{}: record {} has `{}` at position {}, which is not a nucleotide code (A, C, G, \
-                 T, N or another IUPAC code): flora's models read DNA",
-                path.display(),
-                r.id,
-                char::from(r.seq[at]).escape_default(),
-                at + 1
-            );
+        if let Err(e) = seq::upper_dna(&r.seq) {
+            bail!("{}: record {} {e}", path.display(), r.id);
         }
     }
     Ok(recs)

@@ -60,17 +60,48 @@ pub fn reverse_complement_in_place(s: &mut [u8]) {
     }
 }
 
-/// Where `s` first holds a byte that is no IUPAC nucleotide code (A, C, G, T, U, N, the ambiguity
-/// codes, either case): a protein or a corrupted record, not DNA.
+/// A byte that is no IUPAC nucleotide code, and its 1-based position: a protein or a corrupted
+/// record, not DNA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotNucleotide {
+    /// The byte.
+    pub byte: u8,
+    /// Where it is, from 1.
+    pub position: usize,
+}
+
+impl std::fmt::Display for NotNucleotide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "has `{}` at position {}, which is not a nucleotide code (A, C, G, T, N or another \
+             IUPAC code)",
+            char::from(self.byte).escape_default(),
+            self.position
+        )
+    }
+}
+
+/// `s` upper-cased, as the models read it, or the first byte in it that is no nucleotide code
+/// (A, C, G, T, U, N and the ambiguity codes, in either case).
 ///
 /// ```
-/// use flora_stages::genomics::seq::first_non_nucleotide;
-/// assert_eq!(first_non_nucleotide(b"ACGTNRYacgtn"), None);
-/// assert_eq!(first_non_nucleotide(b"ACGEL"), Some(3));
+/// use flora_stages::genomics::seq::upper_dna;
+/// assert_eq!(upper_dna(b"acgtNRY").unwrap(), "ACGTNRY");
+/// assert_eq!(upper_dna(b"ACGEL").unwrap_err().position, 4);
 /// ```
-pub fn first_non_nucleotide(s: &[u8]) -> Option<usize> {
-    s.iter()
-        .position(|&b| COMPLEMENT[b as usize] == b'N' && !matches!(b | 0x20, b'n'))
+pub fn upper_dna(s: &[u8]) -> Result<String, NotNucleotide> {
+    match s
+        .iter()
+        .position(|&b| COMPLEMENT[b as usize] == b'N' && b | 0x20 != b'n')
+    {
+        Some(at) => Err(NotNucleotide {
+            byte: s[at],
+            position: at + 1,
+        }),
+        // Every byte is an ASCII letter.
+        None => Ok(String::from_utf8(s.to_ascii_uppercase()).expect("ASCII")),
+    }
 }
 
 /// The share of bases that are not A, C, G or T (N and other IUPAC ambiguity codes).

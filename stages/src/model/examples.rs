@@ -184,7 +184,9 @@ pub fn from_table(path: &Path, seed: u64) -> Result<Examples, String> {
                 .or_default() += 1;
             continue;
         }
-        let seq = cell(seq_col).as_bytes().to_ascii_uppercase();
+        let seq = crate::genomics::seq::upper_dna(cell(seq_col).as_bytes())
+            .map_err(|e| format!("{shown}: line {line}: the sequence {e}"))?
+            .into_bytes();
         if seq.is_empty() {
             *out.dropped.entry("empty sequence".into()).or_default() += 1;
             continue;
@@ -331,9 +333,11 @@ pub fn from_parts(
                 },
                 None => Split::Train,
             };
+            let seq = crate::genomics::seq::upper_dna(&rec.seq)
+                .map_err(|e| format!("{}: record {id} {e}", file.display()))?;
             out.rows.push(Example {
                 id,
-                seq: rec.seq.to_ascii_uppercase(),
+                seq: seq.into_bytes(),
                 targets: targets.clone(),
                 split,
             });
@@ -405,6 +409,26 @@ mod tests {
             .contains("line 2: split \"holdout\""));
         std::fs::write(&p, "").unwrap();
         assert!(from_table(&p, 0).unwrap_err().contains("empty"));
+        std::fs::write(&p, "id\tsequence\tleaf\na\tacgtn\t1\nb\tMKELV\t2\n").unwrap();
+        let e = from_table(&p, 0).unwrap_err();
+        assert!(
+            e.contains("bad.tsv: line 3: the sequence has `E` at position 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn promoters_that_are_not_dna_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fa = dir.path().join("p.fa");
+        std::fs::write(&fa, ">g1 sp\nacgt\n>g2 sp\nPEPTIDE\n").unwrap();
+        let ex = dir.path().join("expression.tsv");
+        std::fs::write(&ex, "gene_id\tleaf\ng1\t1\ng2\t3\n").unwrap();
+        let e = from_parts(&fa, &ex, None, 0).unwrap_err();
+        assert!(
+            e.contains("p.fa: record g2 has `P` at position 1, which is not a nucleotide"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -211,7 +211,9 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let mut seqs: Vec<String> = Vec::new();
     for f in crate::splits::corpus::fasta_files(corpus)? {
         for r in crate::genomics::records::read_all(&f)? {
-            seqs.push(String::from_utf8_lossy(&r.seq).into_owned());
+            let dna = crate::genomics::seq::upper_dna(&r.seq)
+                .map_err(|e| format!("bpe: {}: record {} {e}", f.display(), r.id))?;
+            seqs.push(dna);
         }
     }
     if seqs.is_empty() {
