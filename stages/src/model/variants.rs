@@ -73,7 +73,6 @@ pub fn score(
     let shown = vcf.display().to_string();
     let mut reader =
         bcf::Reader::from_path(vcf).map_err(|e| format!("{shown}: cannot read as VCF/BCF: {e}"))?;
-    let header = reader.header().clone();
     let mut by_chrom: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, w) in windows.iter().enumerate() {
         by_chrom.entry(w.chrom.as_str()).or_default().push(i);
@@ -93,8 +92,15 @@ pub fn score(
     for (n, rec) in reader.records().enumerate() {
         let rec = rec.map_err(|e| format!("{shown}: record {}: {e}", n + 1))?;
         records += 1;
-        let chrom = match rec.rid().map(|rid| header.rid2name(rid)) {
-            Some(Ok(name)) => String::from_utf8_lossy(name).into_owned(),
+        // The record's own header is the reader's live one, to which htslib adds a contig the
+        // header did not declare when a record names it; `rid2name` of rust-htslib 1.0 lets one
+        // id past the end through (and reads past its table), so the bound is checked here.
+        let live = rec.header();
+        let chrom = match rec.rid() {
+            Some(rid) if rid < live.contig_count() => match live.rid2name(rid) {
+                Ok(name) => String::from_utf8_lossy(name).into_owned(),
+                Err(e) => return Err(format!("{shown}: record {}: {e}", n + 1)),
+            },
             _ => return Err(format!("{shown}: record {}: no contig", n + 1)),
         };
         let alleles: Vec<Vec<u8>> = rec

@@ -164,3 +164,40 @@ fn saturation_mutagenesis_finds_the_planted_motif() {
     );
     assert!(saturate(&model, b"").is_err());
 }
+
+/// A VCF without `##contig` lines, or naming a contig its header does not declare (htslib adds
+/// it as it reads), is read like any other: it crashed flora with a segmentation fault, as the
+/// name was looked up in a copy of the header taken before the contig was added.
+#[test]
+fn contigs_the_header_does_not_declare_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, gff, bases) = genome(dir.path());
+    let (g, w) = windows(dir.path(), &fa, &gff);
+    let model = Predictor::load(&trained().out, candle_core::Device::Cpu).unwrap();
+    let alt = if bases[471] == b'A' { 'C' } else { 'A' };
+    let body = format!(
+        "chrY\t5\t.\tA\tC\t.\t.\t.\nchr1\t472\t.\t{}\t{alt}\t.\t.\t.\nchrX\t9\t.\tG\tT\t.\t.\t.\n",
+        bases[471] as char
+    );
+    let calls = dir.path().join("bare.vcf");
+    std::fs::write(
+        &calls,
+        format!("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n{body}"),
+    )
+    .unwrap();
+    let report = score(&model, &g, &w, &calls).unwrap();
+    assert_eq!(report.effects.len(), 1, "{report:?}");
+    assert_eq!(report.effects[0].gene_id, "plus");
+    assert_eq!(report.skipped["contig not in the genome"], 2);
+    let e = score(
+        &model,
+        &g,
+        &w,
+        &vcf(dir.path(), "chrQ\t5\t.\tA\tC\t.\t.\t.\n"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("none of its contigs (chrQ) is in the genome"),
+        "{e}"
+    );
+}
