@@ -104,6 +104,55 @@ fn stage_promoters_writes_the_contract_files() {
     assert_eq!(summary["dropped"]["window past contig end"], 2, "{summary}");
 }
 
+/// A genome whose lines differ in length within a record (concatenated pieces), which htslib's
+/// faidx cannot index, gives the promoters of its evenly wrapped copy; the log says why it was
+/// re-wrapped.
+#[test]
+fn a_genome_with_ragged_lines_gives_the_same_promoters() {
+    let p = Project::new();
+    fixture(&p);
+    let even = p.read("genome/toy.fa");
+    let mut ragged = String::new();
+    for record in even.split_inclusive('>').filter(|r| *r != ">") {
+        let (header, seq) = record.split_once('\n').unwrap();
+        let seq: String = seq.chars().filter(|c| c.is_ascii_alphabetic()).collect();
+        ragged.push_str(&format!(">{header}\n"));
+        let mut at = 0;
+        for width in [70, 13, 200].iter().cycle() {
+            if at >= seq.len() {
+                break;
+            }
+            let end = (at + width).min(seq.len());
+            ragged.push_str(&format!("{}\n", &seq[at..end]));
+            at = end;
+        }
+    }
+    p.write("genome/ragged.fa", &ragged.replacen(">>", ">", 1));
+    for (fasta, out) in [("genome/toy.fa", "even"), ("genome/ragged.fa", "ragged")] {
+        p.ok(&[
+            "stage",
+            "promoters",
+            "--input",
+            &format!("fasta={fasta}"),
+            "--input",
+            "gff=genome/toy.gff3",
+            "--out",
+            out,
+        ]);
+    }
+    let promoters = |out: &str| read_gz(&p.path(&format!("{out}/promoters.fa.gz")));
+    assert!(promoters("even").contains(">G1 "), "{}", promoters("even"));
+    assert_eq!(
+        promoters("even").replace(" toy ", " "),
+        promoters("ragged").replace(" ragged ", " ")
+    );
+    assert_eq!(
+        p.logs_containing("its lines differ in length within a record")
+            .len(),
+        1
+    );
+}
+
 #[test]
 fn promoters_in_a_workflow_with_bad_params_and_inputs() {
     let p = Project::new();

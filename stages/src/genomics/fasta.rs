@@ -23,7 +23,7 @@ pub enum FastaError {
         message: String,
     },
     /// htslib could not index the file.
-    #[error("{path}: cannot index this FASTA (htslib's faidx refused it: is it FASTA, with lines of equal length within each record?)")]
+    #[error("{path}: cannot index this FASTA (htslib's faidx refused it, re-wrapped or not: is it FASTA?)")]
     Index {
         /// The file.
         path: PathBuf,
@@ -195,8 +195,28 @@ impl Genome {
                 std::os::unix::fs::symlink(abs, &local).map_err(|e| io_err(&local, e))?;
             }
         }
-        build_index(&local)?;
-        Ok(local)
+        match build_index(&local) {
+            Err(FastaError::Index { .. }) => {}
+            other => return other.map(|()| local),
+        }
+        // faidx needs lines of one length within each record: a ragged file is re-wrapped.
+        let rewrapped = work.join("genome.rewrapped.fa");
+        let _ = std::fs::remove_file(with_ext(&rewrapped, ".fai"));
+        super::rewrap::rewrap(input, &rewrapped)?;
+        build_index(&rewrapped).map_err(|e| match e {
+            FastaError::Index { .. } => FastaError::Index {
+                path: input.to_path_buf(),
+            },
+            other => other,
+        })?;
+        eprintln!(
+            "{}: its lines differ in length within a record, which htslib cannot index; \
+             re-wrapped to {} bases a line in {}",
+            input.display(),
+            super::rewrap::WIDTH,
+            rewrapped.display()
+        );
+        Ok(rewrapped)
     }
 
     /// Opens a FASTA that [`Genome::prepare`] returned (or any plain/bgzip FASTA with its index).
@@ -368,17 +388,28 @@ mod tests {
         assert_eq!(Genome::prepare(&bgz, &dir.path().join("w3")).unwrap(), bgz);
     }
 
+    /// An empty file and one that is not FASTA are refused by name; a FASTA whose lines differ
+    /// in length within a record (which faidx cannot index) is re-wrapped and reads back whole.
     #[test]
-    fn refuses_empty_and_ragged_files() {
+    fn refuses_empty_and_garbled_files_and_rewraps_ragged_ones() {
         let dir = tempfile::tempdir().unwrap();
         let empty = write(dir.path(), "e.fa", "");
         assert!(Genome::prepare(&empty, &dir.path().join("w"))
             .unwrap_err()
             .to_string()
             .contains("empty"));
-        let ragged = write(dir.path(), "r.fa", ">a\nACGT\nAC\nACGT\n");
-        let err = Genome::prepare(&ragged, &dir.path().join("w2")).unwrap_err();
+        let ragged = write(dir.path(), "r.fa", ">a\nACGTA\nAC\nACGTT\n>b\nGG\nGGGC\n");
+        let prepared = Genome::prepare(&ragged, &dir.path().join("w2")).unwrap();
+        let g = Genome::open(&prepared).unwrap();
+        assert_eq!(g.fetch_all("a").unwrap(), b"ACGTAACACGTT");
+        assert_eq!(g.fetch("b", 2, 6).unwrap(), b"GGGC");
+        let garbled = write(dir.path(), "g.fa", "\u{1}\u{2}binary\n>x\n");
+        let err = Genome::prepare(&garbled, &dir.path().join("w3")).unwrap_err();
         assert!(matches!(err, FastaError::Index { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with(&garbled.display().to_string()),
+            "{err}"
+        );
     }
 }
 

@@ -8,4 +8,5 @@ pub mod huffman;
 pub mod io;
 pub mod promoters;
 pub mod records;
+pub mod rewrap;
 pub mod seq;
