@@ -259,42 +259,36 @@ fn a_model_folder_whose_files_disagree_is_refused_by_file() {
         edit(&p);
         p.fails(&["predict", "--model", name, "--fasta", "two.fa"], 2)
     };
-    let heads = broken("heads", &|p| {
-        p.write(
-            "heads/config.json",
-            &config.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 3"),
-        );
-    });
-    assert!(
-        heads.contains(
-            "heads/config.json: hidden_size 32 is not a multiple of num_attention_heads 3"
+    // Configs edited by hand: (folder, from, to, the error).
+    let edits = [
+        (
+            "heads",
+            "\"num_attention_heads\": 2",
+            "\"num_attention_heads\": 3",
+            "heads/config.json: hidden_size 32 is not a multiple of num_attention_heads 3",
         ),
-        "{heads}"
-    );
-    let layers = broken("layers", &|p| {
-        p.write(
-            "layers/config.json",
-            &config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
-        );
-    });
-    assert!(
-        layers.contains("layers/model.safetensors: the weights hold `roberta.encoder.layer.1."),
-        "{layers}"
-    );
-    assert!(
-        layers.contains("num_hidden_layers 1 does not have"),
-        "{layers}"
-    );
-    let act = broken("act", &|p| {
-        p.write(
-            "act/config.json",
-            &config.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu_new\""),
-        );
-    });
-    assert!(
-        act.contains("act/config.json: hidden_act `gelu_new`"),
-        "{act}"
-    );
+        (
+            "layers",
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 1",
+            "layers/model.safetensors: the weights hold `roberta.encoder.layer.1.",
+        ),
+        (
+            "act",
+            "\"hidden_act\": \"gelu\"",
+            "\"hidden_act\": \"gelu_new\"",
+            "act/config.json: hidden_act `gelu_new`",
+        ),
+    ];
+    let mut outputs = Vec::new();
+    for (name, from, to, want) in edits {
+        let out = broken(name, &|p| {
+            p.write(&format!("{name}/config.json"), &config.replace(from, to));
+        });
+        assert!(out.contains(want), "{out}");
+        outputs.push(out);
+    }
+    assert!(outputs[1].contains("num_hidden_layers 1 does not have"));
     let tokenizer = broken("tokenizer", &|p| {
         p.bpe(400, "tok400");
         std::fs::copy(
@@ -310,7 +304,8 @@ fn a_model_folder_whose_files_disagree_is_refused_by_file() {
         ),
         "{tokenizer}"
     );
-    for out in [&heads, &layers, &act, &tokenizer] {
+    outputs.push(tokenizer);
+    for out in outputs {
         assert!(!out.contains("panicked"), "{out}");
     }
 }

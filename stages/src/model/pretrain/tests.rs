@@ -242,6 +242,10 @@ fn lamb_on_mlm_drives_the_loss_down_and_beats_unigram_guessing() {
     assert_eq!(cfg.architectures, ["RobertaForMaskedLM"]);
 }
 
+/// A run stopped after step 6 resumes from its checkpoint at step 4 and ends with the weights of
+/// a run never stopped. So does one killed while writing a checkpoint (between its weights and
+/// its state, which leaves the checkpoint before it in force), and one whose checkpoint cannot be
+/// read (reported; training starts over). None leaves a checkpoint file behind.
 #[test]
 fn a_resumed_run_ends_with_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,49 +261,6 @@ fn a_resumed_run_ends_with_the_same_weights() {
     let s = train(&p, &broken, None).unwrap();
     assert_eq!(s.resumed_from, 4, "the checkpoint every 4 steps");
     assert_same_model(&whole, &broken);
-}
-
-/// The same weights and training log in two runs' outputs.
-fn assert_same_model(a: &Context, b: &Context) {
-    let load = |c: &Context| {
-        candle_core::safetensors::load(c.out.join("model.safetensors"), &Device::Cpu).unwrap()
-    };
-    let (ta, tb) = (load(a), load(b));
-    assert_eq!(ta.len(), tb.len());
-    for (name, x) in &ta {
-        let va = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let vb = tb[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(va, vb, "{name} differs");
-    }
-    assert_eq!(
-        std::fs::read_to_string(a.out.join("train_log.tsv")).unwrap(),
-        std::fs::read_to_string(b.out.join("train_log.tsv")).unwrap()
-    );
-}
-
-/// The files in a work folder whose names start with `checkpoint`, sorted.
-fn checkpoint_files(work: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("checkpoint"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// A checkpoint is one state file naming one complete weights file. A save killed before its
-/// state was renamed leaves the checkpoint before it in force; one that cannot be read is
-/// reported and training starts over. Either way the run ends with the weights of a run never
-/// stopped, and leaves no checkpoint file behind.
-#[test]
-fn a_checkpoint_cut_short_or_damaged_never_stops_training() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = corpus(dir.path());
-    let t = tokenizer(dir.path(), &c);
-    let p = tiny();
-    let whole = ctx(dir.path(), "whole", &c, &t);
-    train(&p, &whole, None).unwrap();
 
     let killed = ctx(dir.path(), "killed", &c, &t);
     train(&p, &killed, Some(10)).unwrap_err();
@@ -329,6 +290,35 @@ fn a_checkpoint_cut_short_or_damaged_never_stops_training() {
     assert_eq!(s.resumed_from, 0, "started over");
     assert_same_model(&whole, &damaged);
     assert_eq!(checkpoint_files(&damaged.work), Vec::<String>::new());
+}
+
+/// The same weights and training log in two runs' outputs.
+fn assert_same_model(a: &Context, b: &Context) {
+    let load = |c: &Context| {
+        candle_core::safetensors::load(c.out.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (ta, tb) = (load(a), load(b));
+    assert_eq!(ta.len(), tb.len());
+    for (name, x) in &ta {
+        let va = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = tb[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(va, vb, "{name} differs");
+    }
+    assert_eq!(
+        std::fs::read_to_string(a.out.join("train_log.tsv")).unwrap(),
+        std::fs::read_to_string(b.out.join("train_log.tsv")).unwrap()
+    );
+}
+
+/// The files in a work folder whose names start with `checkpoint`, sorted.
+fn checkpoint_files(work: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint"))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Without `checkpoint_every`, checkpoints follow the clock: at 0 minutes one after every step
