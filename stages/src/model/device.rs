@@ -23,6 +23,10 @@ pub fn cuda(index: usize) -> Result<Device, String> {
 /// count its GPUs (through the driver, as `CUDA_VISIBLE_DEVICES` shows them); without one there
 /// is nothing to check.
 pub fn check_indices(gpus: &[usize]) -> Result<(), String> {
+    // Without GPUs named, the driver is not asked (a CUDA build may run where there is none).
+    if gpus.is_empty() {
+        return Ok(());
+    }
     match count() {
         Some(Ok(n)) => match gpus.iter().find(|&&g| g >= n) {
             Some(&g) => Err(missing(
@@ -32,7 +36,7 @@ pub fn check_indices(gpus: &[usize]) -> Result<(), String> {
             )),
             None => Ok(()),
         },
-        Some(Err(e)) => Err(format!("GPU {}: {e}", gpus.first().copied().unwrap_or(0))),
+        Some(Err(e)) => Err(format!("GPU {}: {e}", gpus[0])),
         None => Ok(()),
     }
 }
