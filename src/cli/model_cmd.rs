@@ -11,7 +11,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use flora_stages::genomics::fasta::Genome;
 use flora_stages::genomics::promoters;
 use flora_stages::genomics::records::{self, FastaRecord};
-use flora_stages::genomics::seq;
 use flora_stages::model::predictor::Predictor;
 use flora_stages::model::{mutagenesis, variants};
 
@@ -126,11 +125,6 @@ fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
     }
     if let Some(r) = recs.iter().find(|r| r.seq.is_empty()) {
         bail!("{}: record {} has no sequence", path.display(), r.id);
-    }
-    for r in &recs {
-        if let Err(e) = seq::upper_dna(&r.seq) {
-            bail!("{}: record {} {e}", path.display(), r.id);
-        }
     }
     Ok(recs)
 }

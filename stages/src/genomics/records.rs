@@ -1,5 +1,6 @@
 //! Streaming FASTA records (header and sequence) from plain, gzip or bgzip files, for promoter
-//! sets and corpora (no index needed).
+//! sets and corpora (no index needed). Sequences are upper-cased, and a record with a byte that
+//! is no nucleotide code (a protein FASTA given by mistake) is refused by id and position.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -45,6 +46,11 @@ pub fn read_from(input: impl BufRead) -> Result<Vec<FastaRecord>, String> {
                     i + 1
                 )
             })?;
+            super::seq::check_dna(line).map_err(|e| {
+                let position = rec.seq.len() + e.position;
+                let e = super::seq::NotNucleotide { position, ..e };
+                format!("record {} {e}", rec.id)
+            })?;
             rec.seq.extend(line.iter().map(u8::to_ascii_uppercase));
         }
     }
@@ -68,6 +74,12 @@ mod tests {
         assert!(read_from(&b"ACGT\n"[..])
             .unwrap_err()
             .contains("line 1: sequence before"));
+        // The position counts from the record's first base, across its lines.
+        assert_eq!(
+            read_from(&b">ok\nACGT\n>p1 kinase\nMKTA\nYIAK\n"[..]).unwrap_err(),
+            "record p1 has `I` at position 6, which is not a nucleotide code (A, C, G, T, N or \
+             another IUPAC code)"
+        );
         assert!(read_from(&b">\nA\n"[..])
             .unwrap_err()
             .contains("line 1: a header with no id"));

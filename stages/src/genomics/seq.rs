@@ -82,15 +82,15 @@ impl std::fmt::Display for NotNucleotide {
     }
 }
 
-/// `s` upper-cased, as the models read it, or the first byte in it that is no nucleotide code
-/// (A, C, G, T, U, N and the ambiguity codes, in either case).
+/// The first byte of `s` that is no nucleotide code (A, C, G, T, U, N and the ambiguity codes,
+/// in either case), if there is one.
 ///
 /// ```
-/// use flora_stages::genomics::seq::upper_dna;
-/// assert_eq!(upper_dna(b"acgtNRY").unwrap(), "ACGTNRY");
-/// assert_eq!(upper_dna(b"ACGEL").unwrap_err().position, 4);
+/// use flora_stages::genomics::seq::check_dna;
+/// assert!(check_dna(b"acgtNRY").is_ok());
+/// assert_eq!(check_dna(b"ACGEL").unwrap_err().position, 4);
 /// ```
-pub fn upper_dna(s: &[u8]) -> Result<String, NotNucleotide> {
+pub fn check_dna(s: &[u8]) -> Result<(), NotNucleotide> {
     match s
         .iter()
         .position(|&b| COMPLEMENT[b as usize] == b'N' && b | 0x20 != b'n')
@@ -99,9 +99,20 @@ pub fn upper_dna(s: &[u8]) -> Result<String, NotNucleotide> {
             byte: s[at],
             position: at + 1,
         }),
-        // Every byte is an ASCII letter.
-        None => Ok(String::from_utf8(s.to_ascii_uppercase()).expect("ASCII")),
+        None => Ok(()),
     }
+}
+
+/// `s` upper-cased, as the models read it, once [`check_dna`] passes.
+///
+/// ```
+/// use flora_stages::genomics::seq::upper_dna;
+/// assert_eq!(upper_dna(b"acgtNRY").unwrap(), "ACGTNRY");
+/// ```
+pub fn upper_dna(s: &[u8]) -> Result<String, NotNucleotide> {
+    check_dna(s)?;
+    // Every byte is an ASCII letter.
+    Ok(String::from_utf8(s.to_ascii_uppercase()).expect("ASCII"))
 }
 
 /// The share of bases that are not A, C, G or T (N and other IUPAC ambiguity codes).

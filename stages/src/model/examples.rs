@@ -333,11 +333,9 @@ pub fn from_parts(
                 },
                 None => Split::Train,
             };
-            let seq = crate::genomics::seq::upper_dna(&rec.seq)
-                .map_err(|e| format!("{}: record {id} {e}", file.display()))?;
             out.rows.push(Example {
                 id,
-                seq: seq.into_bytes(),
+                seq: rec.seq,
                 targets: targets.clone(),
                 split,
             });

@@ -162,14 +162,10 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let t = p.transform.resolve(data.from_table);
     data.check_transform(t, p.offset).map_err(fail)?;
     let (cfg, mut w) = load_model(model_dir, &dev).map_err(|e| fail(format!("model: {e}")))?;
-    let tok =
-        tokenizer::load(&model_dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?;
-    super::model_config::check_tokenizer(&cfg, &tok).map_err(|e| {
-        fail(format!(
-            "{}: {e}",
-            model_dir.join("tokenizer.json").display()
-        ))
-    })?;
+    let tok_file = model_dir.join("tokenizer.json");
+    let tok = tokenizer::load(&tok_file).map_err(|e| fail(e.to_string()))?;
+    super::model_config::check_tokenizer(&cfg, &tok)
+        .map_err(|e| fail(format!("{}: {e}", tok_file.display())))?;
     head::init(&mut w, &cfg, data.targets.len(), p.seed, &dev).map_err(|e| fail(e.to_string()))?;
     w.compute = p.precision.dtype();
     p.attention

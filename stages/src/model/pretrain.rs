@@ -364,9 +364,7 @@ pub fn tokenize(
         let framed: Vec<(Vec<u32>, usize)> = records
             .par_iter()
             .map(|r| {
-                let dna = crate::genomics::seq::upper_dna(&r.seq)
-                    .map_err(|e| format!("pretrain: {}: record {} {e}", f.display(), r.id))?;
-                let t = tokenizer::tokens(tok, &dna)
+                let t = tokenizer::tokens(tok, &String::from_utf8_lossy(&r.seq))
                     .map_err(|e| format!("{}: record {}: {e}", f.display(), r.id))?;
                 Ok(tokenizer::frame(&t, max_len))
             })

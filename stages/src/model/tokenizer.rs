@@ -211,9 +211,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let mut seqs: Vec<String> = Vec::new();
     for f in crate::splits::corpus::fasta_files(corpus)? {
         for r in crate::genomics::records::read_all(&f)? {
-            let dna = crate::genomics::seq::upper_dna(&r.seq)
-                .map_err(|e| format!("bpe: {}: record {} {e}", f.display(), r.id))?;
-            seqs.push(dna);
+            seqs.push(String::from_utf8_lossy(&r.seq).into_owned());
         }
     }
     if seqs.is_empty() {
