@@ -344,7 +344,6 @@ type LaunchFn = unsafe extern "C" fn(
 
 /// The compiled kernels, loaded.
 struct Emulator {
-    _dir: tempfile::TempDir,
     library: libloading::Library,
 }
 
@@ -387,7 +386,9 @@ fn launcher_source() -> String {
     src
 }
 
-/// Writes the sources into a fresh directory and compiles them into a library.
+/// Writes the sources into a fresh directory and compiles them into a library. The directory
+/// goes when this returns: the loaded library stays mapped, and the emulator lives in a static,
+/// which is never dropped.
 fn build() -> Result<Emulator, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let write = |name: &str, text: &str| {
@@ -403,7 +404,7 @@ fn build() -> Result<Emulator, String> {
     #[allow(unsafe_code)]
     let library = unsafe { libloading::Library::new(&library) }
         .map_err(|e| format!("loading the emulated kernels: {e}"))?;
-    Ok(Emulator { _dir: dir, library })
+    Ok(Emulator { library })
 }
 
 /// Runs the C++ compiler on `dir`'s launcher.

@@ -60,7 +60,6 @@ pub(crate) fn quick() -> Params {
 
 /// A tiny model fine-tuned on 800 planted rows, trained once and shared by the tests here.
 pub(crate) struct Trained {
-    _dir: tempfile::TempDir,
     /// The fine-tuned model folder.
     pub out: PathBuf,
     /// What training reported.
@@ -69,19 +68,33 @@ pub(crate) struct Trained {
     pub rows: Vec<Planted>,
 }
 
+/// The folder [`trained`] works in. A `TempDir` in a static is never dropped, so the folder is
+/// removed when the test process exits, passed or failed.
+static TRAINED_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+extern "C" fn remove_trained_dir() {
+    if let Some(dir) = TRAINED_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 pub(crate) fn trained() -> &'static Trained {
     static TRAINED: std::sync::OnceLock<Trained> = std::sync::OnceLock::new();
     TRAINED.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = TRAINED_DIR.get_or_init(|| tempfile::tempdir().unwrap().keep());
+        // SAFETY: `remove_trained_dir` only reads a static that is set above and never changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(remove_trained_dir)
+        };
         let rows = planted(800, 150, 11);
-        let table = dir.path().join("table.tsv");
+        let table = dir.join("table.tsv");
         std::fs::write(&table, planted_table(&rows)).unwrap();
-        let model = tiny_model(dir.path(), &rows);
-        let ctx = context(dir.path(), &model, &table);
+        let model = tiny_model(dir, &rows);
+        let ctx = context(dir, &model, &table);
         let summary = run(&quick(), &ctx).unwrap();
         Trained {
             out: ctx.out.clone(),
-            _dir: dir,
             summary,
             rows,
         }
