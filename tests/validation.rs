@@ -29,6 +29,26 @@ fn yaml_syntax_error() {
 }
 
 #[test]
+fn keys_written_twice_are_named_where_each_is() {
+    let out = problems(
+        "name: a\nstages:\n  s:\n    kind: exec\n    params: {argv: [true], argv: [false]}\n  s:\n    kind: exec\nname: b\n",
+        &[],
+    );
+    assert_has(
+        &out,
+        "error: wf.yaml:6:3: YAML syntax: `s` is written twice in `stages` (first at line 3); a key may appear once per mapping",
+    );
+    assert_has(
+        &out,
+        "error: wf.yaml:5:28: YAML syntax: `argv` is written twice in `stages.s.params` (first at line 5)",
+    );
+    assert_has(
+        &out,
+        "error: wf.yaml:8:1: YAML syntax: `name` is written twice (first at line 1)",
+    );
+}
+
+#[test]
 fn unknown_kind() {
     let out = problems("stages:\n  a:\n    kind: exce\n", &[]);
     assert_has(

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 pub use diag::{Diagnostic, Diagnostics, Origin};
-use spans::{Seg, SpanIndex};
+use spans::{dotted, Seg, SpanIndex};
 use subst::key_text;
 
 /// A parsed workflow file.
@@ -171,11 +171,29 @@ impl Workflow {
         let doc: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                let (line, col) = e
-                    .location()
-                    .map(|l| (l.line(), l.column()))
-                    .unwrap_or((1, 1));
-                errs.push(wf.origin_at(line, col), None, format!("YAML syntax: {e}"));
+                // serde_yaml names only the mapping of a key written twice: name both places.
+                for dup in SpanIndex::build(text).duplicate_keys() {
+                    let within = match dup.mapping.as_slice() {
+                        [] => String::new(),
+                        path => format!(" in `{}`", dotted(path)),
+                    };
+                    errs.push(
+                        wf.origin_at(dup.again.line, dup.again.col),
+                        None,
+                        format!(
+                            "YAML syntax: `{}` is written twice{within} (first at line {}); \
+                             a key may appear once per mapping",
+                            dup.key, dup.first.line
+                        ),
+                    );
+                }
+                if errs.is_empty() {
+                    let (line, col) = e
+                        .location()
+                        .map(|l| (l.line(), l.column()))
+                        .unwrap_or((1, 1));
+                    errs.push(wf.origin_at(line, col), None, format!("YAML syntax: {e}"));
+                }
                 return Err(errs);
             }
         };

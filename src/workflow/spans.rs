@@ -23,6 +23,22 @@ impl Seg {
     }
 }
 
+/// A path as written in messages: keys joined by `.`, indices as `[i]` (`stages.a.params`).
+pub fn dotted(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) if out.is_empty() => out.push_str(k),
+            Seg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
 /// A line and a column, both 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pos {
@@ -38,10 +54,24 @@ struct Entry {
     value: Pos,
 }
 
+/// A key written twice in one mapping (serde_yaml refuses it, but names only the mapping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// The mapping's path from the document root.
+    pub mapping: Vec<Seg>,
+    /// The key.
+    pub key: String,
+    /// Where it is first written.
+    pub first: Pos,
+    /// Where it is written again.
+    pub again: Pos,
+}
+
 /// Positions of every key and value in a document.
 #[derive(Debug, Default, Clone)]
 pub struct SpanIndex {
     entries: HashMap<Vec<Seg>, Entry>,
+    duplicates: Vec<DuplicateKey>,
 }
 
 impl SpanIndex {
@@ -55,7 +85,13 @@ impl SpanIndex {
         }
         SpanIndex {
             entries: builder.entries,
+            duplicates: builder.duplicates,
         }
+    }
+
+    /// Every key written a second (or later) time in its mapping, in document order.
+    pub fn duplicate_keys(&self) -> &[DuplicateKey] {
+        &self.duplicates
     }
 
     /// Where the value at `path` is, or of its nearest ancestor that exists.
@@ -86,6 +122,7 @@ enum Frame {
     Map {
         path: Vec<Seg>,
         key: Option<(String, Pos)>,
+        seen: HashMap<String, Pos>,
     },
     Seq {
         path: Vec<Seg>,
@@ -97,6 +134,7 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     entries: HashMap<Vec<Seg>, Entry>,
+    duplicates: Vec<DuplicateKey>,
     done: bool,
 }
 
@@ -119,7 +157,7 @@ impl Builder {
                 *next += 1;
                 Some((p, None))
             }
-            Some(Frame::Map { path, key }) => match key.take() {
+            Some(Frame::Map { path, key, seen }) => match key.take() {
                 Some((k, kpos)) => {
                     let mut p = path.clone();
                     p.push(Seg::Key(k));
@@ -127,6 +165,18 @@ impl Builder {
                 }
                 None => {
                     // This node is a key. Complex (non-scalar) keys get a placeholder name.
+                    if let Some(k) = scalar_key {
+                        if let Some(&first) = seen.get(k) {
+                            self.duplicates.push(DuplicateKey {
+                                mapping: path.clone(),
+                                key: k.to_string(),
+                                first,
+                                again: at,
+                            });
+                        } else {
+                            seen.insert(k.to_string(), at);
+                        }
+                    }
                     *key = Some((scalar_key.unwrap_or("?").to_string(), at));
                     None
                 }
@@ -161,7 +211,11 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.entries.insert(path.clone(), Entry { key, value: at });
                 self.stack.push(if is_map {
-                    Frame::Map { path, key: None }
+                    Frame::Map {
+                        path,
+                        key: None,
+                        seen: HashMap::new(),
+                    }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });
@@ -196,6 +250,31 @@ mod tests {
         assert_eq!(
             idx.key(&p(&["stages", "hello", "params", "nope"])),
             Pos { line: 4, col: 5 }
+        );
+        assert!(idx.duplicate_keys().is_empty());
+    }
+
+    #[test]
+    fn finds_keys_written_twice_in_block_and_flow_mappings() {
+        let src = "stages:\n  a:\n    kind: exec\n  b: {kind: x, kind: y}\n  a:\n    kind: exec\n";
+        let idx = SpanIndex::build(src);
+        let stages = vec![Seg::key("stages")];
+        assert_eq!(
+            idx.duplicate_keys(),
+            [
+                DuplicateKey {
+                    mapping: vec![Seg::key("stages"), Seg::key("b")],
+                    key: "kind".into(),
+                    first: Pos { line: 4, col: 7 },
+                    again: Pos { line: 4, col: 16 },
+                },
+                DuplicateKey {
+                    mapping: stages,
+                    key: "a".into(),
+                    first: Pos { line: 2, col: 3 },
+                    again: Pos { line: 5, col: 3 },
+                },
+            ]
         );
     }
 }
