@@ -174,6 +174,73 @@ fn help_has_examples() {
     assert!(!help.contains("__job"), "the job subcommand is hidden");
 }
 
+/// Splits a shell line into words, honouring single and double quotes (enough for examples).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut open) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => (quote, open) = (Some(c), true),
+            (None, c) if c.is_whitespace() => {
+                if open || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                open = false;
+            }
+            (None, c) => word.push(c),
+        }
+    }
+    if open || !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Every example in the README and in `--help` that works on the demo workflow names stages,
+/// jobs, params and vars the demo has: each one's `--set`, `--until` and `--force` (and the
+/// stage or job of `show` and `log`) is planned against `workflows/demo.yaml`.
+#[test]
+fn examples_for_the_demo_name_what_it_has() {
+    let p = Project::new();
+    let readme = include_str!("../README.md");
+    let mut lines: Vec<String> = readme.lines().map(str::to_string).collect();
+    for cmd in ["run", "plan", "dag", "show", "log", "check", "cache"] {
+        lines.extend(p.ok(&[cmd, "--help"]).lines().map(str::to_string));
+    }
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/demo.yaml");
+    let mut checked = 0;
+    for line in &lines {
+        let line = line.trim().trim_start_matches('`');
+        if !line.starts_with("flora ") || !line.contains("workflows/demo.yaml") {
+            continue;
+        }
+        let words = shell_words(line.split(" |").next().unwrap().split(" #").next().unwrap());
+        let mut args = vec!["plan".to_string(), demo.to_string(), "--cache".into()];
+        args.push(p.path("cache").to_string_lossy().into_owned());
+        match words[1].as_str() {
+            "show" | "log" => args.extend(["--until".into(), words[3].clone()]),
+            "run" | "plan" | "check" => {
+                for pair in words.windows(2) {
+                    if ["--set", "--until", "--force"].contains(&pair[0].as_str()) {
+                        args.extend(pair.iter().cloned());
+                    }
+                }
+            }
+            _ => continue,
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = p.output(&args);
+        assert!(
+            out.status.success(),
+            "the example `{line}` does not fit the demo:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} examples found");
+}
+
 #[test]
 fn a_closed_stdout_is_not_a_crash() {
     let p = Project::new();

@@ -221,6 +221,15 @@ fn bad_set_flags() {
     assert_has(&out, "error: --set nostage.x=1: no stage named `nostage`");
     let out = problems(wf, &["--set", "hello"]);
     assert_has(&out, "error: --set hello: expected STAGE.PARAM=VALUE");
+    // A var must be declared to be set: a misspelt one would leave every job cached, silently.
+    let out = problems(wf, &["--set", "vars.genes=500"]);
+    assert_has(&out, "error: --set vars.genes=500: the workflow has no var `genes` (it declares none); `--set vars.NAME` sets one its `vars:` block declares");
+    let with_vars = format!("vars: {{families: 1, seed: 2}}\n{wf}");
+    let out = problems(&with_vars, &["--set", "vars.famlies=200"]);
+    assert_has(
+        &out,
+        "error: --set vars.famlies=200: the workflow has no var `famlies` (vars: families, seed)",
+    );
     let out = problems(wf, &["--set", "hello.env=[unclosed"]);
     assert_has(&out, "is not valid YAML");
 }

@@ -118,7 +118,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  flora show workflows/demo.yaml finetune")]
     Show(ShowArgs),
     /// Print a stage's log (of the run that made its current artifact, or its last run).
-    #[command(after_help = "Example:\n  flora log workflows/demo.yaml 'download[athaliana]'")]
+    #[command(after_help = "Example:\n  flora log workflows/demo.yaml 'genome[athaliana]'")]
     Log(ShowArgs),
     /// Run one stage kind outside a workflow (still cached), or list the kinds.
     #[command(after_help = "Examples:
@@ -143,7 +143,7 @@ pub enum Command {
     Variants(model_cmd::VariantsArgs),
     /// In-silico saturation mutagenesis of one promoter: every base changed to each other base.
     #[command(after_help = "Example:
-  flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv --figure map.svg --target leaf")]
+  flora mutagenesis --model results/demo/finetune --fasta one.fa -o map.tsv --figure map.svg --target root")]
     Mutagenesis(model_cmd::MutagenesisArgs),
     /// Compare a workflow's key figures with its expected-results file, within tolerances.
     #[command(after_help = "Examples:

@@ -380,7 +380,22 @@ impl Workflow {
     }
 
     fn apply(&mut self, o: Override, errs: &mut Diagnostics) {
-        let target = if o.stage == "vars" {
+        let declared = |name: &String| self.vars.contains_key(Value::String(name.clone()));
+        let target = if o.stage == "vars" && !o.path.first().is_some_and(declared) {
+            // A var nothing declares is read by nothing: most likely a typo, which would
+            // otherwise leave every job cached and say nothing.
+            let known: Vec<String> = self.vars.keys().map(key_text).collect();
+            Err(format!(
+                "the workflow has no var `{}` ({}); `--set vars.NAME` sets one its `vars:` \
+                 block declares",
+                o.path.first().map(String::as_str).unwrap_or(""),
+                if known.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    format!("vars: {}", known.join(", "))
+                }
+            ))
+        } else if o.stage == "vars" {
             let mut vars = Value::Mapping(std::mem::take(&mut self.vars));
             let r = set_path(&mut vars, &o.path, o.value.clone());
             if let Value::Mapping(m) = vars {
