@@ -44,6 +44,17 @@ impl JobSpec {
             .with_context(|| format!("this flora has no stage kind `{}`", self.kind))?;
         std::fs::create_dir_all(&self.context.out)?;
         std::fs::create_dir_all(&self.context.work)?;
+        tracing::debug!(
+            "job {} (kind {}): output {}, work folder {}, GPUs {:?}",
+            self.job,
+            self.kind,
+            self.context.out.display(),
+            self.context.work.display(),
+            self.context.gpus
+        );
+        for (name, path) in &self.context.inputs {
+            tracing::debug!("input {name}: {}", path.display());
+        }
         // A built-in kind's pools, as the executor's environment sized them (an `exec` job's
         // program gets `FLORA_THREADS` and keeps to it itself).
         if self.kind != "exec" {

@@ -6,6 +6,7 @@
 
 use flora::{cli, jobspec, workflow};
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use cli::{Cli, Command};
@@ -70,9 +71,13 @@ fn init_tracing(verbose: u8) {
         1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
+    // Colour only on a terminal: a job's stderr is its log file, and users redirect theirs.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }

@@ -152,8 +152,17 @@ pub fn run(
             };
             let key = key_of(job, &inputs);
             reports[j].key = Some(key);
+            tracing::debug!(
+                "{}: key {} (kind {} v{}; inputs: {})",
+                job.id,
+                key.short(),
+                job.kind.name,
+                job.kind.version,
+                describe_inputs(&inputs)
+            );
             if !opts.forced[j] {
                 if let Some(rec) = cache.lookup(&key) {
+                    tracing::debug!("{}: cached, artifact {}", job.id, rec.artifact.short());
                     ready.pop();
                     artifacts[j] = Some(rec.artifact);
                     reports[j].state = JobState::Cached;
@@ -170,6 +179,7 @@ pub fn run(
                 }
             }
             if running_keys.contains(&key) {
+                tracing::debug!("{}: waits for the running job with the same key", job.id);
                 ready.pop();
                 twins.entry(key).or_default().push(j);
                 continue;
@@ -188,6 +198,12 @@ pub fn run(
                 || (!cluster && executor.running() > 0 && threads > free_cpus)
                 || (!cluster && want_gpus > free_gpus.len())
             {
+                tracing::trace!(
+                    "{} waits: {} running, {} free CPU threads, free GPUs {free_gpus:?}",
+                    job.id,
+                    executor.running(),
+                    free_cpus
+                );
                 break;
             }
             ready.pop();
@@ -209,6 +225,11 @@ pub fn run(
                 graph, j, key, &artifacts, &reports, &started, cache, &host, executor,
             ) {
                 Ok(r) => {
+                    tracing::debug!(
+                        "{}: started with {threads} threads and GPUs {gpus:?}; log {}",
+                        job.id,
+                        cache.log_path(&key).display()
+                    );
                     reports[j].log = Some(cache.log_path(&key));
                     running_keys.insert(key);
                     progress.started(&job.id);
@@ -245,6 +266,10 @@ pub fn run(
         }
         let seconds = r.started.elapsed().as_secs_f64();
         reports[j].seconds = seconds;
+        match &outcome {
+            Outcome::Succeeded => tracing::debug!("{}: succeeded in {seconds:.2} s", job.id),
+            Outcome::Failed(why) => tracing::debug!("{}: failed in {seconds:.2} s: {why}", job.id),
+        }
         let _ = std::fs::remove_file(&r.spec);
         // The job's end marker names the machine it ran on (a cluster node, or this one).
         let marker = crate::jobspec::done_marker(&r.spec);
@@ -263,6 +288,7 @@ pub fn run(
         };
         match published {
             Ok(artifact) => {
+                tracing::debug!("{}: published artifact {}", job.id, artifact.short());
                 artifacts[j] = Some(artifact);
                 reports[j].state = JobState::Ran;
                 reports[j].artifact = Some(artifact);
@@ -544,6 +570,18 @@ fn start(
         threads: slot.threads,
         gpus: Vec::new(),
     })
+}
+
+/// A job's input digests for a log line: `name abcd1234, ...`.
+fn describe_inputs(inputs: &[(String, Digest)]) -> String {
+    if inputs.is_empty() {
+        return "none".into();
+    }
+    inputs
+        .iter()
+        .map(|(name, d)| format!("{name} {}", d.short()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn release(

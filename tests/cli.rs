@@ -109,6 +109,55 @@ fn log_prints_what_the_job_wrote() {
     assert_eq!(linked, log);
 }
 
+/// `-v` says what the scheduler does with each job (its key from its inputs, cached or started,
+/// published), and a job started by a verbose run logs at the same level. Output that is not a
+/// terminal has no colour codes, whatever `NO_COLOR` says.
+#[test]
+fn verbose_runs_say_what_each_job_does() {
+    let p = Project::new();
+    p.write("data.txt", "hi\n");
+    p.write(
+        "wf.yaml",
+        "stages:\n  a: {kind: exec, inputs: {data: data.txt}, params: {argv: [sh, -c, \"cp $FLORA_IN_data $FLORA_OUT/x\"]}}\n",
+    );
+    // Older than the clock's granularity, so that its digest is remembered (a trace-level line).
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2020-01-01", "data.txt"])
+        .current_dir(p.root())
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let run = |args: &[&str]| {
+        let out = p.flora(args).env_remove("NO_COLOR").output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let quiet = run(&["run", "wf.yaml", "--force", "a"]);
+    assert!(!quiet.contains("DEBUG"), "{quiet}");
+    let first = run(&["-v", "run", "wf.yaml", "--force", "a"]);
+    for want in [
+        "DEBUG 1 of 1 jobs selected; cache ",
+        "DEBUG a: key ",
+        "(kind exec v1; inputs: data ",
+        "DEBUG a: started with 1 threads and GPUs []; log ",
+        "DEBUG a: succeeded in ",
+        "DEBUG a: published artifact ",
+    ] {
+        assert!(first.contains(want), "{want:?} in:\n{first}");
+    }
+    assert!(!first.contains('\u{1b}'), "colour codes in:\n{first}");
+    let log = p.read("results/wf/a.log");
+    assert!(log.contains("DEBUG job a (kind exec): output "), "{log}");
+    assert!(log.contains("DEBUG input data: "), "{log}");
+    let again = run(&["-v", "run", "wf.yaml"]);
+    assert!(again.contains("DEBUG a: cached, artifact "), "{again}");
+    let traced = run(&["-vv", "run", "wf.yaml"]);
+    assert!(
+        traced.contains("TRACE") && traced.contains("data.txt: unchanged since it was hashed"),
+        "{traced}"
+    );
+}
+
 #[test]
 fn stage_runs_one_kind_outside_a_workflow_and_is_cached() {
     let p = Project::new();

@@ -260,10 +260,19 @@ impl Cache {
             .and_then(|v| parse::<FileMemo>(&v))
         {
             if m.size == meta.len() && m.mtime_ns == mtime_ns && m.ino == meta.ino() {
+                tracing::trace!("{}: unchanged since it was hashed", path.display());
                 return Ok(m.digest);
             }
         }
+        let hashing = std::time::Instant::now();
         let digest = hash::hash_file(path)?;
+        tracing::debug!(
+            "hashed {} ({} bytes) in {:.2?}: {}",
+            path.display(),
+            meta.len(),
+            hashing.elapsed(),
+            digest.short()
+        );
         // A file changed within the clock's granularity of now could change again unseen with the
         // same mtime: do not trust the memo for it yet (git's "racy clean" rule).
         let now_ns = SystemTime::now()

@@ -138,6 +138,15 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     let total = opts.selected.iter().filter(|s| **s).count();
+    tracing::debug!(
+        "{} of {} jobs selected; cache {}; at most {} at once, {} CPU threads, GPUs {:?}",
+        total,
+        graph.jobs.len(),
+        cache.root.display(),
+        opts.jobs,
+        opts.cpus,
+        opts.gpus
+    );
     let mut progress = Progress::new(total);
     let reports = scheduler::run(&graph, &cache, executor.as_mut(), &opts, &mut progress)?;
     progress.finish();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use super::{missing_tuning, thread_env, Executor, Launch, Outcome};
+use super::{missing_tuning, thread_env, verbosity_flag, Executor, Launch, Outcome};
 use crate::progress::Progress;
 
 /// Runs jobs as child processes on this machine.
@@ -36,7 +36,8 @@ impl Executor for Local {
             .append(true)
             .open(&launch.log)?;
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("__job")
+        cmd.args(verbosity_flag())
+            .arg("__job")
             .arg(&launch.spec)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -67,6 +67,17 @@ pub fn rerun_tuned() -> std::io::Result<()> {
     std::process::exit(cmd.status()?.code().unwrap_or(1));
 }
 
+/// The `-v` flags that give a job process this process's log level (its log file then has the
+/// same detail as the driver's output), or none at the default level.
+pub fn verbosity_flag() -> Option<&'static str> {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => Some("-vv"),
+        LevelFilter::DEBUG | LevelFilter::INFO => Some("-v"),
+        _ => None,
+    }
+}
+
 /// A job ready to start.
 #[derive(Debug, Clone)]
 pub struct Launch {

@@ -131,8 +131,11 @@ impl Slurm {
     fn sbatch(&self, launch: &Launch) -> std::io::Result<String> {
         // The job's exit status is flora's; the end marker follows a success only.
         let wrap = format!(
-            "{} __job {} && uname -n > {}",
+            "{}{} __job {} && uname -n > {}",
             shell_quote(&self.exe.to_string_lossy()),
+            super::verbosity_flag()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default(),
             shell_quote(&launch.spec.to_string_lossy()),
             shell_quote(&crate::jobspec::done_marker(&launch.spec).to_string_lossy())
         );

@@ -186,7 +186,6 @@ impl Fetcher {
                 for attempt in 0..=self.retries {
                     if attempt > 0 {
                         let wait = self.backoff * 2u32.saturating_pow(attempt - 1);
-                        tracing::warn!("{url}: {last}; retrying in {wait:?}");
                         eprintln!(
                             "download: {url}: {last}; retry {attempt} of {} in {wait:?}",
                             self.retries
