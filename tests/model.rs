@@ -190,6 +190,55 @@ fn model_commands_refuse_bad_input_clearly() {
     assert!(e.contains("without an expression head"), "{e}");
     let e = p.fails(&["predict", "--model", "nowhere", "--fasta", "two.fa"], 2);
     assert!(e.contains("nowhere"), "{e}");
+    // Where the output cannot go is said before any work, for every command that writes one.
+    let at = |command: &str, flag: &str, path: &str| {
+        let mut args = vec![command, "--model", "ft", "--fasta", "two.fa", flag, path];
+        if command == "mutagenesis" {
+            args.extend(["--id", "a"]);
+        }
+        p.fails(&args, 2)
+    };
+    for command in ["predict", "embed", "mutagenesis"] {
+        let e = at(command, "-o", "no/such/folder/out.tsv");
+        assert!(
+            e.contains("-o no/such/folder/out.tsv: the folder no/such/folder does not exist"),
+            "{command}: {e}"
+        );
+        let e = at(command, "-o", ".");
+        assert!(
+            e.contains("-o .: is a folder; name a file"),
+            "{command}: {e}"
+        );
+    }
+    let e = at("mutagenesis", "--figure", "no/map.svg");
+    assert!(
+        e.contains("--figure no/map.svg: the folder no does not exist"),
+        "{e}"
+    );
+    let e = at("embed", "-o", "e.npz");
+    assert!(
+        e.contains("-o e.npz: embed writes `.tsv` (a table) or `.npy` (float32 rows), not `.npz`"),
+        "{e}"
+    );
+    assert!(!p.path("e.npz").exists());
+    let e = p.fails(
+        &[
+            "mutagenesis",
+            "--model",
+            "ft",
+            "--fasta",
+            "two.fa",
+            "--id",
+            "a",
+            "--target",
+            "root",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("--figure"),
+        "--target draws nothing without --figure: {e}"
+    );
     // A protein FASTA given by mistake is refused, not predicted from unknown tokens.
     p.write("protein.fa", ">ok\nACGTNRY\n>p1 kinase\nMKTAYIAKQR\n");
     for command in ["predict", "embed"] {
@@ -532,6 +581,26 @@ fn variants_through_the_binary() {
     );
     assert!(
         e.contains("none of its contigs (Chr9) is in the genome (chr1)"),
+        "{e}"
+    );
+    let e = p.fails(
+        &[
+            "variants",
+            "--model",
+            "ft",
+            "--genome",
+            "genome.fa",
+            "--gff",
+            "genes.gff3",
+            "--vcf",
+            "calls.vcf",
+            "-o",
+            "out/effects.tsv",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("-o out/effects.tsv: the folder out does not exist"),
         "{e}"
     );
 }

@@ -76,7 +76,7 @@ pub struct MutagenesisArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub figure: Option<PathBuf>,
     /// The tissue the figure shows (default: the first).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", requires = "figure")]
     pub target: Option<String>,
 }
 
@@ -127,6 +127,38 @@ fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
         bail!("{}: record {} has no sequence", path.display(), r.id);
     }
     Ok(recs)
+}
+
+/// Checks, before any work, that `path` (given with `flag`) can be written: its folder exists
+/// and it is not a folder itself. A long run must not end in "no such file or directory".
+fn check_output(flag: &str, path: &Path) -> anyhow::Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        bail!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder; name a file", path.display());
+    }
+    Ok(())
+}
+
+/// Whether `flora embed` writes `path` as `.npy` (else TSV); other formats are refused.
+fn embed_writes_npy(path: &Path) -> anyhow::Result<bool> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => Ok(true),
+        None | Some("tsv" | "txt" | "tab") => Ok(false),
+        Some(other) => bail!(
+            "-o {}: embed writes `.tsv` (a table) or `.npy` (float32 rows), not `.{other}`",
+            path.display()
+        ),
+    }
 }
 
 /// A sink: the file, or stdout.
@@ -193,6 +225,9 @@ fn row(out: &mut dyn Write, first: &str, values: &[f32]) -> std::io::Result<()> 
 
 /// `flora predict`.
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        check_output("-o", out)?;
+    }
     let model = load(&args.model)?;
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let recs = read_fasta(&args.fasta)?;
@@ -218,10 +253,11 @@ fn per_sequence(
 
 /// `flora embed`.
 pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
+    check_output("-o", &args.output)?;
+    let npy = embed_writes_npy(&args.output)?;
     let model = load(&args.model)?;
     let recs = read_fasta(&args.fasta)?;
     let emb = in_blocks(&model, &recs, |m, rows| m.embed(rows))?;
-    let npy = args.output.extension().is_some_and(|e| e == "npy");
     if npy {
         let dims = emb.first().map_or(0, Vec::len);
         let flat: Vec<f32> = emb.iter().flatten().copied().collect();
@@ -241,6 +277,12 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
 
 /// `flora mutagenesis`.
 pub fn mutagenesis(args: &MutagenesisArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        check_output("-o", out)?;
+    }
+    if let Some(figure) = &args.figure {
+        check_output("--figure", figure)?;
+    }
     let model = load(&args.model)?;
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let recs = read_fasta(&args.fasta)?;
@@ -311,6 +353,9 @@ fn fmt_values(names: &[String], values: &[f32]) -> String {
 
 /// `flora variants`.
 pub fn variants(args: &VariantsArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        check_output("-o", out)?;
+    }
     let model = load(&args.model)?;
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let work = tempfile::tempdir()?;
