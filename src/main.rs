@@ -54,6 +54,10 @@ fn report(err: &anyhow::Error) -> ExitCode {
         }
         return ExitCode::from(2);
     }
+    if err.downcast_ref::<cli::run::Interrupted>().is_some() {
+        eprintln!("flora: {err}");
+        return ExitCode::from(130);
+    }
     if err.downcast_ref::<cli::run::JobsFailed>().is_some()
         || err.downcast_ref::<cli::cache_cmd::Damaged>().is_some()
         || err.downcast_ref::<cli::check::ChecksFailed>().is_some()

@@ -130,7 +130,7 @@ pub fn run(
 
     loop {
         // Start (or finish from the cache) every ready job that fits.
-        while !stopping {
+        while !stopping && !executor.interrupted() {
             let Some(&(_, std::cmp::Reverse(j))) = ready.peek() else {
                 break;
             };
@@ -352,6 +352,11 @@ pub fn run(
     cache.flush()?;
     // Say why the jobs that never started did not.
     for j in 0..n {
+        if let JobState::NotRun(why) = &mut reports[j].state {
+            if executor.interrupted() {
+                *why = "the run was interrupted".into();
+            }
+        }
         if let JobState::NotRun(_) = reports[j].state {
             if let Some(&d) = graph.jobs[j]
                 .deps

@@ -87,6 +87,70 @@ stages:
     assert!(verify.contains("0 damaged"), "{verify}");
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM (`timeout`, a cluster ending the driver's allocation) stops the
+/// running jobs, everything they started included, starts no more, publishes nothing and keeps
+/// the work folder; flora exits with 130. Before, SIGTERM ended flora alone and left its job
+/// running, orphaned, writing into the cache.
+#[test]
+fn an_interrupted_run_stops_its_jobs_and_starts_no_more() {
+    for signal in ["INT", "TERM"] {
+        let p = Project::new();
+        p.write(
+            "wf.yaml",
+            r#"
+stages:
+  slow:
+    kind: exec
+    params: {argv: [sh, -c, "echo part > $FLORA_OUT/data; echo ckpt > $FLORA_WORK/ckpt; sleep 60 & echo $! > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; wait"]}
+  other: {kind: exec, params: {argv: [sh, -c, "echo o > $FLORA_OUT/x"]}}
+"#,
+        );
+        let mut child = spawn_flora(&p, &["run", "wf.yaml", "--jobs", "1"]);
+        let marker = p.path("started");
+        wait_for("the job to start", || marker.exists());
+        let sleeper = std::fs::read_to_string(&marker).unwrap().trim().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        wait_for("flora to end", || child.try_wait().unwrap().is_some());
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "SIG{signal}: {stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("interrupted: stopping 1 running job(s)")
+                && stderr.contains("job slow failed: interrupted (killed by signal 15)")
+                && stderr.contains("flora: interrupted: 1 running job(s) stopped"),
+            "SIG{signal}: {stderr}"
+        );
+        assert!(
+            stdout.contains("not run") && stdout.contains("(the run was interrupted)"),
+            "SIG{signal}: {stdout}"
+        );
+        // The job's own child (a grandchild of flora) was stopped with it.
+        wait_for("the job's child to end", || {
+            std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+                .map(|stat| stat.contains(") Z "))
+                .unwrap_or(true)
+        });
+        assert!(files_in(&p.path("cache/artifacts")).is_empty());
+        assert!(files_in(&p.path("cache/scratch")).is_empty());
+        let work: Vec<_> = files_in(&p.path("cache/work"));
+        assert!(
+            work.iter().any(|f| f.ends_with("ckpt")),
+            "SIG{signal}: the work folder stays for the next run: {work:?}"
+        );
+    }
+}
+
 #[test]
 fn a_second_run_on_the_same_cache_waits_or_fails_with_no_wait() {
     let p = Project::new();

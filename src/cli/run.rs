@@ -24,6 +24,16 @@ pub struct JobsFailed {
     pub failed: usize,
 }
 
+/// The run was interrupted (SIGINT or SIGTERM); the binary exits with status 130.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interrupted: {stopped} running job(s) stopped; `flora run` again carries on from the cache"
+)]
+pub struct Interrupted {
+    /// How many jobs were running and were stopped.
+    pub stopped: usize,
+}
+
 /// Reads, checks and expands a workflow.
 pub fn load_graph(args: &WorkflowArgs) -> anyhow::Result<JobGraph> {
     let wf = Workflow::load(&args.workflow, &args.sets)?;
@@ -82,7 +92,7 @@ fn executor(args: &RunArgs) -> anyhow::Result<Box<dyn Executor>> {
             if let Some((_, flag)) = slurm_only.iter().find(|(given, _)| *given) {
                 anyhow::bail!("{flag} is an option of --executor slurm");
             }
-            Ok(Box::new(Local::new(exe)))
+            Ok(Box::new(Local::new(exe)?))
         }
         ExecutorKind::Slurm => {
             anyhow::ensure!(
@@ -175,7 +185,12 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if failed.is_empty() {
+    if executor.interrupted() {
+        Err(Interrupted {
+            stopped: failed.len(),
+        }
+        .into())
+    } else if failed.is_empty() {
         Ok(())
     } else {
         Err(JobsFailed {

@@ -87,7 +87,7 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         forced: vec![false],
         selected: vec![true],
     };
-    let mut executor = Local::new(std::env::current_exe()?);
+    let mut executor = Local::new(std::env::current_exe()?)?;
     let mut progress = Progress::new(1);
     let reports = scheduler::run(&graph, &cache, &mut executor, &opts, &mut progress)?;
     progress.finish();

@@ -1,31 +1,81 @@
 //! The local executor: each job is a child process of this `flora`.
+//!
+//! Each job runs in its own process group, so that everything it starts (an `exec` job's shell
+//! and its children) can be stopped together. The first Ctrl-C (SIGINT) or SIGTERM stops the
+//! run: no job starts any more, every running job's group gets SIGTERM (and SIGKILL after
+//! [`GRACE`]), and their outputs are thrown away while their work folders stay for a retry; a
+//! second signal ends flora at once. A job process also gets SIGTERM should flora die without
+//! stopping it (Linux's parent-death signal), so that no orphan keeps writing to the cache.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{missing_tuning, thread_env, verbosity_flag, Executor, Launch, Outcome};
 use crate::progress::Progress;
+
+/// How long interrupted jobs get to end after SIGTERM before they are killed.
+pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Runs jobs as child processes on this machine.
 pub struct Local {
     exe: PathBuf,
     tx: Sender<(usize, Outcome)>,
     rx: Receiver<(usize, Outcome)>,
-    running: usize,
+    /// The process (and process group) id of each running job, by job index.
+    groups: HashMap<usize, u32>,
+    interrupted: Arc<AtomicBool>,
+    /// When the running jobs were told to stop, and whether they have been killed since.
+    stopping: Option<(Instant, bool)>,
 }
 
 impl Local {
-    /// An executor that starts `exe __job SPEC` for each job.
-    pub fn new(exe: PathBuf) -> Self {
+    /// An executor that starts `exe __job SPEC` for each job. From now on the first SIGINT or
+    /// SIGTERM stops the run's jobs and lets the run end; a second one ends the process at once.
+    pub fn new(exe: PathBuf) -> std::io::Result<Self> {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                130,
+                Arc::clone(&interrupted),
+            )?;
+            signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
+        }
         let (tx, rx) = channel();
-        Local {
+        Ok(Local {
             exe,
             tx,
             rx,
-            running: 0,
+            groups: HashMap::new(),
+            interrupted,
+            stopping: None,
+        })
+    }
+
+    /// Signals every running job's process group.
+    fn signal_jobs(&self, signal: i32) {
+        for &pid in self.groups.values() {
+            signal_group(pid, signal);
         }
+    }
+}
+
+/// Sends `signal` to process group `pgid`, best effort (a group that already ended is fine).
+fn signal_group(pgid: u32, signal: i32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    // SAFETY: killpg takes plain integers and touches no memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::killpg(pgid, signal);
     }
 }
 
@@ -41,13 +91,28 @@ impl Executor for Local {
             .arg(&launch.spec)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log);
+            .stderr(log)
+            .process_group(0);
+        // SAFETY: the hook runs in the child between fork and exec and only calls prctl, which
+        // is async-signal-safe; this thread (the scheduler's) lives as long as the run.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if launch.kind != "exec" {
             cmd.envs(missing_tuning());
             cmd.envs(thread_env(launch.resources.threads));
         }
         let mut child = cmd.spawn()?;
-        self.running += 1;
+        self.groups.insert(launch.job, child.id());
+        if self.stopping.is_some() {
+            signal_group(child.id(), libc::SIGTERM);
+        }
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let outcome = match child.wait() {
@@ -60,14 +125,53 @@ impl Executor for Local {
         Ok(())
     }
 
-    fn wait(&mut self, _progress: &mut Progress) -> (usize, Outcome) {
-        let ended = self.rx.recv().expect("the executor holds a sender");
-        self.running -= 1;
-        ended
+    fn wait(&mut self, progress: &mut Progress) -> (usize, Outcome) {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((job, outcome)) => {
+                    self.groups.remove(&job);
+                    let outcome = match outcome {
+                        Outcome::Failed(why) if self.stopping.is_some() => {
+                            Outcome::Failed(format!("interrupted ({why})"))
+                        }
+                        other => other,
+                    };
+                    return (job, outcome);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the executor holds a sender"),
+            }
+            if !self.interrupted.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.stopping {
+                None => {
+                    progress.println(&format!(
+                        "interrupted: stopping {} running job(s); their work folders stay for the next run",
+                        self.groups.len()
+                    ));
+                    self.signal_jobs(libc::SIGTERM);
+                    self.stopping = Some((Instant::now(), false));
+                }
+                Some((since, false)) if since.elapsed() > GRACE => {
+                    progress.println(&format!(
+                        "interrupted: killing {} job(s) still running after {GRACE:?}",
+                        self.groups.len()
+                    ));
+                    self.signal_jobs(libc::SIGKILL);
+                    self.stopping = Some((since, true));
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     fn running(&self) -> usize {
-        self.running
+        self.groups.len()
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
     }
 }
 

@@ -118,6 +118,10 @@ pub trait Executor {
     fn places_jobs(&self) -> bool {
         false
     }
+    /// Whether the run was interrupted (SIGINT or SIGTERM): no job may start any more.
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// Appends `text` to a job's log, best effort (a log that cannot be written loses the line).

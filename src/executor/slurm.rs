@@ -374,6 +374,10 @@ impl Executor for Slurm {
     fn places_jobs(&self) -> bool {
         true
     }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
 }
 
 /// How a job that left the queue ended.
