@@ -123,4 +123,24 @@ fn the_cache_can_live_anywhere() {
     assert!(!p.path("cache").exists());
     let out = p.ok(&["--cache", elsewhere.to_str().unwrap(), "plan", "wf.yaml"]);
     assert!(out.contains("0 to run, 2 cached"), "{out}");
+    // Commands that only read a cache refuse a folder that holds none (a mistyped --cache)
+    // instead of making an empty cache there and reporting nothing in it.
+    p.write("expected.yaml", "figures: {}\nchecks: []\n");
+    for args in [
+        &["cache", "ls"][..],
+        &["cache", "verify"],
+        &["cache", "gc", "--keep", "wf.yaml"],
+        &["show", "wf.yaml", "hello"],
+        &["log", "wf.yaml", "hello"],
+        &["check", "wf.yaml", "--expected", "expected.yaml"],
+    ] {
+        let mut with_cache = vec!["--cache", "elsewhere/typo"];
+        with_cache.extend_from_slice(args);
+        let e = p.fails(&with_cache, 2);
+        assert!(
+            e.contains("no flora cache at elsewhere/typo: nothing has run with it yet"),
+            "{args:?}: {e}"
+        );
+        assert!(!p.path("elsewhere/typo").exists(), "{args:?} made a cache");
+    }
 }

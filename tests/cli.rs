@@ -61,6 +61,10 @@ fn dag_as_dot_and_mermaid() {
 fn show_gives_the_artifact_and_its_provenance() {
     let p = Project::new();
     p.write("wf.yaml", HELLO);
+    let none = p.fails(&["show", "wf.yaml", "upper"], 2);
+    assert!(none.contains("no flora cache at cache"), "{none}");
+    assert!(!p.path("cache").exists(), "show made a cache");
+    p.ok(&["run", "wf.yaml", "--until", "hello"]);
     let before = p.ok(&["show", "wf.yaml", "upper"]);
     assert!(before.contains("state:     not cached"), "{before}");
     assert!(before.contains("never run with this cache"), "{before}");
@@ -96,6 +100,13 @@ fn show_gives_the_artifact_and_its_provenance() {
 fn log_prints_what_the_job_wrote() {
     let p = Project::new();
     p.write("wf.yaml", "stages:\n  talk: {kind: exec, params: {argv: [sh, -c, \"echo to-stdout; echo to-stderr >&2; touch $FLORA_OUT/x\"]}}\n");
+    let err = p.fails(&["log", "wf.yaml", "talk"], 2);
+    assert!(err.contains("no flora cache at cache"), "{err}");
+    p.write(
+        "other.yaml",
+        "stages:\n  quiet: {kind: exec, params: {argv: [true]}}\n",
+    );
+    p.ok(&["run", "other.yaml"]);
     let err = p.fails(&["log", "wf.yaml", "talk"], 2);
     assert!(err.contains("no log for talk"), "{err}");
     p.ok(&["run", "wf.yaml"]);

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use super::run::{load_graph, open_cache};
+use super::run::{load_graph, open_existing_cache};
 use super::{CacheCommand, Cli, GcArgs, WorkflowArgs};
 use crate::hash::Digest;
 use crate::plan::{self, Freshness};
@@ -26,7 +26,7 @@ pub fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<()> {
 }
 
 fn ls(cli: &Cli) -> anyhow::Result<()> {
-    let cache = open_cache(cli)?;
+    let cache = open_existing_cache(cli)?;
     let mut made_by: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for rec in cache.all_jobs() {
         made_by
@@ -116,7 +116,7 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--keep {}", w.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache = open_cache(cli)?;
+    let cache = open_existing_cache(cli)?;
     let mut keep: HashSet<Digest> = HashSet::new();
     for g in &graphs {
         let n = g.jobs.len();
@@ -145,7 +145,7 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
 }
 
 fn verify(cli: &Cli, remove: bool) -> anyhow::Result<()> {
-    let cache = open_cache(cli)?;
+    let cache = open_existing_cache(cli)?;
     let (checked, problems) = cache.verify()?;
     for p in &problems {
         outln!("DAMAGED {p}");

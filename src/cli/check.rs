@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
-use super::run::{load_graph, open_cache};
+use super::run::{load_graph, open_existing_cache};
 use super::{Cli, WorkflowArgs};
 use crate::plan::{self, Freshness};
 
@@ -221,7 +221,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<()> {
     let expected: Expected = serde_yaml::from_str(&text)
         .with_context(|| format!("{}: not an expected-results file", path.display()))?;
     let graph = load_graph(&args.workflow)?;
-    let cache = open_cache(cli)?;
+    let cache = open_existing_cache(cli)?;
     let n = graph.jobs.len();
     let states = plan::plan(&graph, &cache, &vec![false; n], &vec![true; n])?;
     let mut values: BTreeMap<&str, f64> = BTreeMap::new();

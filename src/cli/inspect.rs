@@ -1,6 +1,6 @@
 //! `flora show` and `flora log`: a stage's artifact, provenance and log.
 
-use super::run::{load_graph, open_cache};
+use super::run::{load_graph, open_existing_cache};
 use super::{Cli, ShowArgs, WorkflowArgs};
 use crate::cache::records::JobRecord;
 use crate::cache::Cache;
@@ -20,7 +20,7 @@ fn find(cli: &Cli, args: &ShowArgs) -> anyhow::Result<(JobGraph, Cache, Vec<Foun
         sets: args.sets.clone(),
     })?;
     let jobs = graph.select(&args.stage).map_err(|e| anyhow::anyhow!(e))?;
-    let cache = open_cache(cli)?;
+    let cache = open_existing_cache(cli)?;
     let n = graph.jobs.len();
     let selected = graph.ancestors(&jobs);
     let states = plan::plan(&graph, &cache, &vec![false; n], &selected)?;

@@ -52,6 +52,20 @@ pub fn open_cache(cli: &Cli) -> anyhow::Result<Cache> {
     )
 }
 
+/// Opens the cache named on the command line for a command that only reads it (`show`, `log`,
+/// `check`, `cache ...`): a folder that holds no cache is refused rather than created, so that
+/// a mistyped `--cache` is not mistaken for an empty cache.
+pub fn open_existing_cache(cli: &Cli) -> anyhow::Result<Cache> {
+    if !cli.cache.join("index").is_dir() {
+        anyhow::bail!(
+            "no flora cache at {}: nothing has run with it yet (`--cache DIR` or FLORA_CACHE \
+             names the cache; `flora run` makes it)",
+            cli.cache.display()
+        );
+    }
+    open_cache(cli)
+}
+
 /// Per-job selection (`--until`) and forcing (`--force`).
 pub fn selection(graph: &JobGraph, select: &SelectArgs) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
     let n = graph.jobs.len();
