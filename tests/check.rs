@@ -28,6 +28,7 @@ checks:
   - {{figure: bow4, expect: {bow4}, tolerance: {tolerance}}}
   - {{figure: best, above: constant, why: k-mers beat the means}}
   - {{figure: test_rows, min: 10}}
+  - {{figure: best, above: constant, factor: 0.5, margin: 0.01}}
 "#
     )
 }
@@ -50,9 +51,26 @@ fn check_passes_within_tolerance_and_fails_outside_it() {
     let r2 = bow4_r2(&p);
     p.write("judged.expected.yaml", &expected(r2, 0.001));
     let out = p.ok(&["check", "judged.yaml"]);
-    assert!(out.contains("all 3 checks passed"), "{out}");
+    assert!(out.contains("all 4 checks passed"), "{out}");
     assert!(
         out.contains("k-mers beat the means") && out.contains(" ok"),
+        "{out}"
+    );
+    // A bound from another figure is shown with how it is made, then its value.
+    let constant: f64 = p
+        .read("R/analysis/table1.tsv")
+        .lines()
+        .find(|l| l.starts_with("constant\tr2\t"))
+        .and_then(|l| l.split('\t').nth(2))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        out.contains(&format!("> constant = {constant:.4}"))
+            && out.contains(&format!(
+                "> 0.5 × constant + 0.01 = {:.4}",
+                0.5 * constant + 0.01
+            )),
         "{out}"
     );
 
@@ -60,7 +78,7 @@ fn check_passes_within_tolerance_and_fails_outside_it() {
     p.write("judged.expected.yaml", &expected(r2 + 0.1, 0.01));
     let out = p.fails(&["check", "judged.yaml"], 1);
     assert!(
-        out.contains("FAILED") && out.contains("1 of 3 checks failed"),
+        out.contains("FAILED") && out.contains("1 of 4 checks failed"),
         "{out}"
     );
 

@@ -242,7 +242,19 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<()> {
         values.insert(name, read_figure(name, fig, &file)?);
     }
     let mut failed = 0;
-    outln!("{:<42} {:>10}  {:<28} result", "check", "value", "expected");
+    let width = expected
+        .checks
+        .iter()
+        .map(|c| c.why.as_ref().unwrap_or(&c.figure).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    outln!(
+        "{:<width$} {:>10}  {:<32} result",
+        "check",
+        "value",
+        "expected"
+    );
     for c in &expected.checks {
         let v = *values.get(c.figure.as_str()).with_context(|| {
             format!(
@@ -276,7 +288,18 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<()> {
             })?;
             let bound = c.factor * o + c.margin;
             ok &= v > bound;
-            wants.push(format!("> {other} ({bound:.4})"));
+            // The bound, and how it comes from the other figure: `> 2 × far + 0.01 = 0.0843`.
+            let scaled = if c.factor == 1.0 {
+                other.clone()
+            } else {
+                format!("{} × {other}", c.factor)
+            };
+            let plus = if c.margin == 0.0 {
+                String::new()
+            } else {
+                format!(" + {}", c.margin)
+            };
+            wants.push(format!("> {scaled}{plus} = {bound:.4}"));
         }
         if wants.is_empty() {
             bail!(
@@ -287,7 +310,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<()> {
         failed += usize::from(!ok);
         let label = c.why.clone().unwrap_or_else(|| c.figure.clone());
         outln!(
-            "{:<42} {:>10.4}  {:<28} {}",
+            "{:<width$} {:>10.4}  {:<32} {}",
             label,
             v,
             wants.join(", "),
