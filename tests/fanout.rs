@@ -93,3 +93,55 @@ fn until_and_force_accept_single_jobs_of_a_fan_out() {
         "same output: early cutoff"
     );
 }
+
+/// Result links replace only what flora made: links, and a folder of links (a stage that no
+/// longer fans out). A file or folder of the user's in the way is refused by name before
+/// anything runs, and kept; it was deleted before.
+#[test]
+fn result_links_never_replace_the_users_files() {
+    let p = Project::new();
+    p.write("wf.yaml", FANOUT);
+    let in_the_way = [
+        ("results/wf/table/notes.txt", "results/wf/table"),
+        ("results/wf/table.log", "results/wf/table.log"),
+        ("results/wf/genome/zma", "results/wf/genome/zma"),
+        (
+            "results/wf/genome/ath.log/mine.txt",
+            "results/wf/genome/ath.log",
+        ),
+    ];
+    for (file, named) in in_the_way {
+        p.write(file, "precious\n");
+        let e = p.fails(&["run", "wf.yaml"], 2);
+        assert!(
+            e.contains(&format!(
+                "{named} is in the way of a result link and flora did not make it"
+            )),
+            "{file}: {e}"
+        );
+        assert_eq!(p.read(file), "precious\n", "{file} was kept");
+        assert!(!p.path("cache/artifacts").exists(), "nothing ran");
+        std::fs::remove_file(p.path(file)).unwrap();
+        let parent = p.path(file).parent().unwrap().to_path_buf();
+        let _ = std::fs::remove_dir(&parent);
+    }
+    std::fs::remove_dir_all(p.path("results")).unwrap();
+    p.write("results/wf", "a file\n");
+    let e = p.fails(&["run", "wf.yaml"], 2);
+    assert!(
+        e.contains("results/wf is where the results are linked, but it is not a folder"),
+        "{e}"
+    );
+    std::fs::remove_file(p.path("results/wf")).unwrap();
+    p.ok(&["run", "wf.yaml"]);
+    // A stage that stops fanning out replaces its folder of links with one link.
+    p.write(
+        "wf.yaml",
+        &FANOUT.replace(
+            "    foreach: [ath, zma]\n    inputs: {g: \"genome[${item}]\"}",
+            "    inputs: {g: \"genome[ath]\"}",
+        ),
+    );
+    p.ok(&["run", "wf.yaml"]);
+    assert_eq!(p.read("results/wf/size/n"), "5\n");
+}

@@ -142,6 +142,11 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let mut executor = executor(args)?;
     let graph = load_graph(&args.workflow)?;
     let (selected, forced) = selection(&graph, &args.select)?;
+    let results_dir = args
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&graph.workflow.name));
+    crate::results::check(&results_dir, &graph).map_err(anyhow::Error::msg)?;
     let cache = open_cache(cli)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -174,10 +179,6 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let mut progress = Progress::new(total);
     let reports = scheduler::run(&graph, &cache, executor.as_mut(), &opts, &mut progress)?;
     progress.finish();
-    let results_dir = args
-        .results
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(&graph.workflow.name));
     crate::results::link(&results_dir, &graph, &reports, &cache.root)
         .with_context(|| format!("cannot link results into {}", results_dir.display()))?;
     // A closed stdout must not hide failures, which go to stderr below.
