@@ -613,6 +613,100 @@ fn gunzip(path: &Path) -> String {
     s
 }
 
+/// FloraBERT's own maize NAM fine-tuning table (`gene_id, gene_id_full, seq, fold, <8 tissues>`,
+/// log2 values) fine-tunes and scores as published: its `fold` column gives the splits, with
+/// `train_4` as the validation rows, and the test rows are exactly those of its `test.tsv`.
+#[test]
+fn florabert_nam_table_trains_on_its_published_folds() {
+    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
+        flora_stages::testing::skipped(
+            "florabert_nam_table_trains_on_its_published_folds: FLORA_SHARED_DATA is not set",
+        );
+        return;
+    };
+    let nam = data.join("maize_nam_expression");
+    let table = nam.join("merged_seq_genex.csv");
+    let table_arg = format!("table={}", table.display());
+    let p = finetuned();
+    let common = ["--set", "validation_fold=train_4"];
+    let mut args = vec![
+        "stage",
+        "finetune",
+        "--input",
+        "model=pre",
+        "--input",
+        &table_arg,
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=64",
+        "--out",
+        "nam_ft",
+    ];
+    args.extend(common);
+    let out = p.output(&args);
+    assert!(out.status.success(), "{out:?}");
+    let mut args = vec![
+        "stage",
+        "baselines",
+        "--input",
+        &table_arg,
+        "--out",
+        "nam_bl",
+    ];
+    args.extend(common);
+    p.ok(&args);
+    for stage in ["nam_ft", "nam_bl"] {
+        let summary: serde_json::Value =
+            serde_json::from_str(&p.read(&format!("{stage}/summary.json"))).unwrap();
+        assert_eq!(
+            summary["rows"],
+            serde_json::json!({"train": 1143, "validation": 261, "test": 453}),
+            "{stage}: the published train.tsv, eval.tsv and test.tsv sizes"
+        );
+        assert_eq!(
+            summary["transform"], "none",
+            "{stage}: the values are log2 already"
+        );
+    }
+    let log = p
+        .logs_containing("finetune: table columns left out")
+        .join("");
+    assert!(
+        log.contains("left out (text, not targets): gene_id_full"),
+        "{log}"
+    );
+    // The test rows are test.tsv's sequences, every tissue scored.
+    let merged = std::fs::read_to_string(&table).unwrap();
+    let sequence_of: std::collections::HashMap<&str, &str> = merged
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells[0], cells[2])
+        })
+        .collect();
+    let published: std::collections::HashSet<String> =
+        std::fs::read_to_string(nam.join("test.tsv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect();
+    let predictions = p.read("nam_ft/predictions.tsv");
+    let rows: Vec<Vec<&str>> = predictions
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 453 * 8);
+    let tested: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|r| sequence_of[r[0]].to_ascii_uppercase())
+        .collect();
+    assert_eq!(tested, published, "the test rows are test.tsv's");
+}
+
 #[test]
 fn real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants() {
     let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {

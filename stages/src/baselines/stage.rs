@@ -40,6 +40,10 @@ pub struct Params {
     pub ridge: Option<f64>,
     /// Seed of a drawn split, when the inputs have none (default 0).
     pub seed: u64,
+    /// A ready table's split (or fold) value whose rows are the validation rows, as `finetune`
+    /// (default none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_fold: Option<String>,
 }
 
 impl Default for Params {
@@ -51,6 +55,7 @@ impl Default for Params {
             counting: Counting::Overlapping,
             ridge: None,
             seed: 0,
+            validation_fold: None,
         }
     }
 }
@@ -99,7 +104,13 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     if p.ridge.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
         return Err(fail("ridge must be a number >= 0".into()));
     }
-    let data = examples::from_context(ctx, p.seed).map_err(fail)?;
+    let data = examples::from_context(ctx, p.seed, p.validation_fold.as_deref()).map_err(fail)?;
+    if !data.left_out.is_empty() {
+        eprintln!(
+            "baselines: table columns left out (text, not targets): {}",
+            data.left_out.join(", ")
+        );
+    }
     let t = p.transform.resolve(data.from_table);
     data.check_transform(t, p.offset).map_err(fail)?;
     let (train, valid, test) = (

@@ -36,8 +36,13 @@ impl TransformParam {
 }
 
 /// Reads the examples named by a stage's inputs: `table`, or `promoters` + `expression`
-/// (+ `split`).
-pub fn from_context(ctx: &Context, seed: u64) -> Result<Examples, String> {
+/// (+ `split`). `validation_fold` names the value of a ready table's split column that marks
+/// its validation rows.
+pub fn from_context(
+    ctx: &Context,
+    seed: u64,
+    validation_fold: Option<&str>,
+) -> Result<Examples, String> {
     match (
         ctx.inputs.get("table"),
         ctx.inputs.get("promoters"),
@@ -45,8 +50,13 @@ pub fn from_context(ctx: &Context, seed: u64) -> Result<Examples, String> {
     ) {
         (Some(table), None, None) => {
             let path = tsv::locate(table, "table.tsv")?;
-            from_table(&path, seed)
+            from_table(&path, seed, validation_fold)
         }
+        (None, Some(_), Some(_)) if validation_fold.is_some() => Err(
+            "validation_fold names a fold of a ready table's `split` or `fold` column; with \
+             promoters + expression the splits come from the `split` input"
+                .into(),
+        ),
         (None, Some(promoters), Some(expression)) => from_parts(
             promoters,
             expression,
@@ -69,11 +79,18 @@ pub enum Split {
 }
 
 impl Split {
-    /// Parses `train`, `valid`/`validation`/`val`, `test`.
+    /// Parses `train`, `valid`/`validation`/`val`/`eval`, `test`, and a numbered training fold
+    /// (`train_0`, `train4`: FloraBERT's tables).
     pub fn parse(s: &str) -> Option<Split> {
-        match s.trim().to_ascii_lowercase().as_str() {
+        let s = s.trim().to_ascii_lowercase();
+        let fold = s
+            .strip_prefix("train")
+            .map(|n| n.strip_prefix('_').unwrap_or(n))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match s.as_str() {
             "train" => Some(Split::Train),
-            "valid" | "validation" | "val" | "dev" => Some(Split::Valid),
+            _ if fold => Some(Split::Train),
+            "valid" | "validation" | "val" | "dev" | "eval" => Some(Split::Valid),
             "test" => Some(Split::Test),
             _ => None,
         }
@@ -104,6 +121,8 @@ pub struct Examples {
     pub from_table: bool,
     /// Rows left out, by reason.
     pub dropped: BTreeMap<String, usize>,
+    /// A ready table's columns that are not targets because they hold text (`gene_id_full`).
+    pub left_out: Vec<String>,
 }
 
 impl Examples {
@@ -130,8 +149,16 @@ impl Examples {
     }
 }
 
-/// Reads a ready table. Without a `split` column, splits are drawn from `seed` ([`draw_splits`]).
-pub fn from_table(path: &Path, seed: u64) -> Result<Examples, String> {
+/// Reads a ready table: an id column (`id` or `gene_id`, else the first), a `sequence` (or
+/// `seq`) column, an optional `split` (or `fold`) column, and one target per other column whose
+/// first value is a number; text columns are left out. Rows whose split is `validation_fold`
+/// are the validation rows. Without a split column, splits are drawn from `seed`
+/// ([`draw_splits`]).
+pub fn from_table(
+    path: &Path,
+    seed: u64,
+    validation_fold: Option<&str>,
+) -> Result<Examples, String> {
     let shown = path.display().to_string();
     let (header, rows) = tsv::read_numbered(path).map_err(|e| format!("{shown}: {e}"))?;
     let find = |names: &[&str]| {
@@ -145,31 +172,47 @@ pub fn from_table(path: &Path, seed: u64) -> Result<Examples, String> {
             header.join(", ")
         )
     })?;
-    let split_col = find(&["split"]);
-    let id_col = 0;
+    let split_col = find(&["split", "fold"]);
+    let id_col = find(&["id", "gene_id"]).unwrap_or(0);
     if seq_col == id_col {
-        return Err(format!("{shown}: the first column must be the id"));
+        return Err(format!(
+            "{shown}: no id column: name one `id` or `gene_id`, or put the ids first"
+        ));
     }
-    let target_cols: Vec<usize> = (0..header.len())
+    if validation_fold.is_some() && split_col.is_none() {
+        return Err(format!(
+            "{shown}: validation_fold needs a `split` or `fold` column (the header is: {})",
+            header.join(", ")
+        ));
+    }
+    let is_missing = |v: &str| matches!(v, "" | "NA" | "NaN" | "nan");
+    // Targets: the other columns whose first value is a number (or missing); text is left out.
+    let first = rows.first().map(|(_, r)| r.as_slice()).unwrap_or_default();
+    let (target_cols, left_out): (Vec<usize>, Vec<usize>) = (0..header.len())
         .filter(|&c| c != id_col && c != seq_col && Some(c) != split_col)
-        .collect();
+        .partition(|&c| {
+            let v = first.get(c).map(String::as_str).unwrap_or("");
+            is_missing(v) || v.parse::<f64>().is_ok()
+        });
     if target_cols.is_empty() {
         return Err(format!(
-            "{shown}: no target columns besides id, sequence and split"
+            "{shown}: no target columns (numbers) besides id, sequence and split"
         ));
     }
     let mut out = Examples {
         targets: target_cols.iter().map(|&c| header[c].clone()).collect(),
         from_table: true,
+        left_out: left_out.iter().map(|&c| header[c].clone()).collect(),
         ..Examples::default()
     };
+    let mut fold_seen = false;
     for (line, row) in rows {
         let cell = |c: usize| row.get(c).map(String::as_str).unwrap_or("");
         let mut targets = Vec::with_capacity(target_cols.len());
         let mut missing = false;
         for &c in &target_cols {
             match cell(c) {
-                "" | "NA" | "NaN" | "nan" => missing = true,
+                v if is_missing(v) => missing = true,
                 v => targets.push(v.parse::<f64>().map_err(|_| {
                     format!(
                         "{shown}: line {line}, column `{}`: {v:?} is not a number",
@@ -192,9 +235,14 @@ pub fn from_table(path: &Path, seed: u64) -> Result<Examples, String> {
             continue;
         }
         let split = match split_col {
+            Some(c) if validation_fold == Some(cell(c).trim()) => {
+                fold_seen = true;
+                Split::Valid
+            }
             Some(c) => Split::parse(cell(c)).ok_or_else(|| {
                 format!(
-                    "{shown}: line {line}: split {:?} is not train, valid or test",
+                    "{shown}: line {line}: split {:?} is not train, valid or test (or a \
+                     training fold, train_<n>, which `validation_fold` can make the validation rows)",
                     cell(c)
                 )
             })?,
@@ -209,6 +257,12 @@ pub fn from_table(path: &Path, seed: u64) -> Result<Examples, String> {
     }
     if out.rows.is_empty() {
         return Err(format!("{shown}: no usable rows ({:?})", out.dropped));
+    }
+    if let Some(fold) = validation_fold.filter(|_| !fold_seen) {
+        return Err(format!(
+            "{shown}: no row's {} is {fold:?} (validation_fold)",
+            header[split_col.unwrap_or(0)]
+        ));
     }
     if split_col.is_none() {
         draw_splits(&mut out.rows, seed);
@@ -367,7 +421,7 @@ mod tests {
             "id\tsequence\tleaf\troot\tsplit\na\tacgt\t1.5\t-2\ttrain\nb\tGGCC\tNA\t1\ttest\nc\tTTAA\t0\t0\tvalidation\n",
         )
         .unwrap();
-        let ex = from_table(&p, 0).unwrap();
+        let ex = from_table(&p, 0, None).unwrap();
         assert_eq!(ex.targets, vec!["leaf", "root"]);
         assert_eq!(ex.rows.len(), 2);
         assert_eq!(ex.rows[0].seq, b"ACGT");
@@ -381,34 +435,79 @@ mod tests {
             text.push_str(&format!("s{i},ACGT,{i}\n"));
         }
         std::fs::write(&q, text).unwrap();
-        let ex = from_table(&q, 3).unwrap();
+        let ex = from_table(&q, 3, None).unwrap();
         assert_eq!(ex.of(Split::Test).len(), 30);
         assert_eq!(ex.of(Split::Valid).len(), 7);
-        assert_eq!(from_table(&q, 3).unwrap(), ex, "seeded");
+        assert_eq!(from_table(&q, 3, None).unwrap(), ex, "seeded");
+    }
+
+    /// FloraBERT's own table: `gene_id`, a text column, `seq`, a `fold` column of `test` and
+    /// training folds `train_0`.. (one of which is its validation set), then the tissues.
+    #[test]
+    fn ready_tables_with_text_columns_and_numbered_folds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nam.csv");
+        std::fs::write(
+            &p,
+            "gene_id,gene_id_full,seq,fold,tassel,root\n\
+             g1,g1::chr1:1-5(+),ACGTA,train_0,-9.9,1.5\n\
+             g2,g2::chr1:9-13(-),GGCCA,train_4,0.5,NA\n\
+             g3,g3::chr2:1-5(+),TTGCA,test,2,3\n\
+             g4,g4::chr2:7-11(+),CCGTA,train_4,1,1\n\
+             g5,g5::chr3:1-5(-),AAGTC,train_1,0,0\n",
+        )
+        .unwrap();
+        let ex = from_table(&p, 0, Some("train_4")).unwrap();
+        assert_eq!(ex.targets, vec!["tassel", "root"]);
+        assert_eq!(ex.left_out, vec!["gene_id_full"]);
+        let ids = |s: Split| ex.of(s).iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(Split::Train), ["g1", "g5"]);
+        assert_eq!(ids(Split::Valid), ["g4"]);
+        assert_eq!(ids(Split::Test), ["g3"]);
+        assert_eq!(ex.dropped["missing target value"], 1);
+        // Without validation_fold every training fold trains.
+        let ex = from_table(&p, 0, None).unwrap();
+        assert_eq!(ex.of(Split::Train).len(), 3);
+        assert!(ex.of(Split::Valid).is_empty());
+        let e = from_table(&p, 0, Some("train_9")).unwrap_err();
+        assert!(
+            e.contains("nam.csv: no row's fold is \"train_9\" (validation_fold)"),
+            "{e}"
+        );
+        let q = dir.path().join("plain.tsv");
+        std::fs::write(&q, "id\tsequence\tleaf\na\tACGT\t1\n").unwrap();
+        let e = from_table(&q, 0, Some("train_4")).unwrap_err();
+        assert!(
+            e.contains("validation_fold needs a `split` or `fold` column"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_tables_name_file_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.tsv");
-        std::fs::write(&p, "id\tsequence\tleaf\na\tACGT\thigh\n").unwrap();
-        let e = from_table(&p, 0).unwrap_err();
+        std::fs::write(&p, "id\tsequence\tleaf\na\tACGT\t1\nb\tACGT\thigh\n").unwrap();
+        let e = from_table(&p, 0, None).unwrap_err();
         assert!(
-            e.contains("bad.tsv: line 2, column `leaf`: \"high\""),
+            e.contains("bad.tsv: line 3, column `leaf`: \"high\""),
             "{e}"
         );
+        std::fs::write(&p, "id\tsequence\tleaf\na\tACGT\thigh\n").unwrap();
+        let e = from_table(&p, 0, None).unwrap_err();
+        assert!(e.contains("no target columns (numbers)"), "{e}");
         std::fs::write(&p, "id\tleaf\na\t1\n").unwrap();
-        assert!(from_table(&p, 0)
+        assert!(from_table(&p, 0, None)
             .unwrap_err()
             .contains("no `sequence` column"));
         std::fs::write(&p, "id\tsequence\tleaf\tsplit\na\tACGT\t1\tholdout\n").unwrap();
-        assert!(from_table(&p, 0)
+        assert!(from_table(&p, 0, None)
             .unwrap_err()
             .contains("line 2: split \"holdout\""));
         std::fs::write(&p, "").unwrap();
-        assert!(from_table(&p, 0).unwrap_err().contains("empty"));
+        assert!(from_table(&p, 0, None).unwrap_err().contains("empty"));
         std::fs::write(&p, "id\tsequence\tleaf\na\tacgtn\t1\nb\tMKELV\t2\n").unwrap();
-        let e = from_table(&p, 0).unwrap_err();
+        let e = from_table(&p, 0, None).unwrap_err();
         assert!(
             e.contains("bad.tsv: line 3: the sequence has `E` at position 3"),
             "{e}"

@@ -70,6 +70,10 @@ pub struct Params {
     pub patience: usize,
     /// Seed of the head's initial weights, shuffles, dropout and drawn splits (default 0).
     pub seed: u64,
+    /// A ready table's split (or fold) value whose rows are the validation rows, e.g. `train_4`
+    /// in FloraBERT's tables (default none: `valid`/`validation` rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_fold: Option<String>,
     /// Stop after this many steps (default: all epochs).
     pub max_steps: Option<u64>,
     /// Matrix products in `f32`, or `bf16` mixed precision (f32 master weights and optimizer
@@ -96,6 +100,7 @@ impl Default for Params {
             freeze_encoder: false,
             patience: 5,
             seed: 0,
+            validation_fold: None,
             max_steps: None,
             precision: Precision::F32,
             attention: Attention::Products,
@@ -158,7 +163,13 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         .inputs
         .get("model")
         .ok_or_else(|| fail("needs an input `model` (a pretrained model folder)".into()))?;
-    let data = examples::from_context(ctx, p.seed).map_err(fail)?;
+    let data = examples::from_context(ctx, p.seed, p.validation_fold.as_deref()).map_err(fail)?;
+    if !data.left_out.is_empty() {
+        eprintln!(
+            "finetune: table columns left out (text, not targets): {}",
+            data.left_out.join(", ")
+        );
+    }
     let t = p.transform.resolve(data.from_table);
     data.check_transform(t, p.offset).map_err(fail)?;
     let (cfg, mut w) = load_model(model_dir, &dev).map_err(|e| fail(format!("model: {e}")))?;

@@ -260,7 +260,7 @@ fn beats_a_bag_of_5mers_ridge_regression_on_the_same_split() {
     } = trained();
     // The split the fine-tuning drew (a ready table without a split column).
     let table = out.parent().unwrap().join("table.tsv");
-    let data = examples::from_table(&table, quick().seed).unwrap();
+    let data = examples::from_table(&table, quick().seed, None).unwrap();
     let xy = |split: Split| {
         let rows = data.of(split);
         let x: Vec<Vec<f64>> = rows
