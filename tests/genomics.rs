@@ -549,3 +549,58 @@ fn stage_pretrain_writes_a_huggingface_model_folder_and_continues_from_init() {
         "{err}"
     );
 }
+
+/// The grass syntenic list (sorghum v3 genes with their maize v4 copies on either subgenome)
+/// groups as paralogs: the sorghum and maize id columns named, every gene once, and each
+/// sorghum gene's maize1 and maize2 copies (the maize homeologs) in one group. Without the
+/// columns, the subgenome label would join everything; that is refused with what to do.
+#[test]
+fn grass_syntenic_list_groups_maize_homeologs() {
+    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(std::path::PathBuf::from) else {
+        flora_stages::testing::skipped(
+            "grass_syntenic_list_groups_maize_homeologs: FLORA_SHARED_DATA is not set",
+        );
+        return;
+    };
+    let list = data.join("grass_syntenic/SbZmPvSynListUsedForDEG.csv");
+    let input = format!("table={}", list.display());
+    let p = Project::new();
+    let e = p.fails(&["stage", "paralogs", "--input", &input, "--out", "all"], 1);
+    assert!(
+        e.contains("is larger than max_group_size 1000")
+            && e.contains("Name the id columns with `columns:`"),
+        "{e}"
+    );
+    p.ok(&[
+        "stage",
+        "paralogs",
+        "--input",
+        &input,
+        "--set",
+        "columns=[sorghum3, maize4]",
+        "--out",
+        "groups",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&p.read("groups/summary.json")).unwrap();
+    // 18,979 sorghum and 22,268 maize genes (SOURCE.txt), each in exactly one group.
+    assert_eq!(summary["genes"], 41_247, "{summary}");
+    let groups = p.read("groups/groups.tsv");
+    let group_of: std::collections::HashMap<&str, &str> = groups
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once('\t').unwrap())
+        .collect();
+    assert_eq!(group_of.len(), 41_247);
+    let text = std::fs::read_to_string(&list).unwrap();
+    let mut copies: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for line in text.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        copies.entry(cells[1]).or_default().push(cells[2]);
+        assert_eq!(group_of[cells[1]], group_of[cells[2]], "{line}");
+    }
+    let homeologs = copies.values().filter(|maize| maize.len() >= 2).count();
+    assert!(
+        homeologs >= 6_030,
+        "{homeologs} sorghum genes with two maize copies"
+    );
+}
