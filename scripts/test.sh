@@ -52,6 +52,14 @@ if [ -d "$FLORA_SHARED_DATA/athaliana_chr1" ]; then
 else
     echo "SKIPPED the Arabidopsis workflow: no real data at FLORA_SHARED_DATA=$FLORA_SHARED_DATA" >&2
 fi
+# FloraBERT's own maize NAM fine-tuning table, on its published folds.
+if [ -f "$FLORA_SHARED_DATA/maize_nam_expression/merged_seq_genex.csv" ]; then
+    $flora --cache "$demo_cache" run workflows/nam.yaml --set "vars.data=$FLORA_SHARED_DATA" \
+        --results "$demo_cache/nam"
+    $flora --cache "$demo_cache" check workflows/nam.yaml --set "vars.data=$FLORA_SHARED_DATA"
+else
+    echo "SKIPPED the NAM workflow: no real data at FLORA_SHARED_DATA=$FLORA_SHARED_DATA" >&2
+fi
 
 # The GPU path must not rot on machines without a GPU: the `cuda` feature compiles, with nvcc and
 # the CUDA headers from PyPI (scripts/cuda.sh). candle's kernels go through nvcc's whole pipeline
