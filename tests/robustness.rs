@@ -109,11 +109,7 @@ stages:
         let marker = p.path("started");
         wait_for("the job to start", || marker.exists());
         let sleeper = std::fs::read_to_string(&marker).unwrap().trim().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        send(&child, signal);
         wait_for("flora to end", || child.try_wait().unwrap().is_some());
         let out = child.wait_with_output().unwrap();
         let (stdout, stderr) = (
@@ -149,6 +145,40 @@ stages:
             "SIG{signal}: the work folder stays for the next run: {work:?}"
         );
     }
+    // `flora stage` stops its job the same way.
+    let p = Project::new();
+    let mut child = spawn_flora(
+        &p,
+        &[
+            "stage",
+            "exec",
+            "--set",
+            "argv=[sh, -c, 'sleep 60 & touch $FLORA_WORK/../../../started; wait']",
+            "--out",
+            "out",
+        ],
+    );
+    wait_for("the stage to start", || p.path("started").exists());
+    send(&child, "TERM");
+    wait_for("flora stage to end", || child.try_wait().unwrap().is_some());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("error: stage exec stopped: interrupted")
+            && stderr.contains("flora: interrupted: 1 running job(s) stopped"),
+        "{stderr}"
+    );
+    assert!(!p.path("out").exists());
+}
+
+/// Sends `signal` (`INT`, `TERM`) to `child`, as `kill` does.
+fn send(child: &std::process::Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
 }
 
 #[test]

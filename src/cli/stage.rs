@@ -92,6 +92,16 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     let reports = scheduler::run(&graph, &cache, &mut executor, &opts, &mut progress)?;
     progress.finish();
     let r = &reports[0];
+    if crate::executor::Executor::interrupted(&executor) {
+        let stopped = match &r.state {
+            JobState::Failed(why) => {
+                eprintln!("error: stage {kind} stopped: {why}");
+                1
+            }
+            _ => 0,
+        };
+        return Err(crate::cli::run::Interrupted { stopped }.into());
+    }
     match (&r.state, r.artifact) {
         (JobState::Ran | JobState::Cached, Some(artifact)) => {
             copy_tree(&cache.artifact_path(&artifact), out)?;
