@@ -256,6 +256,11 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         ))
     })?;
 
+    if valid.is_empty() {
+        eprintln!(
+            "finetune: no validation rows: every epoch runs (no early stopping) and the last is kept"
+        );
+    }
     let steps_per_epoch = train.len().div_ceil(p.batch_size) as u64;
     let total = p
         .max_steps
@@ -303,7 +308,11 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             "{epoch}\t{step}\t{train_loss:.6}\t{val_loss:.6}\t{:.3e}",
             lr_at(step)
         ));
-        eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4}");
+        if valid.is_empty() {
+            eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4}");
+        } else {
+            eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4}");
+        }
         if val_loss.is_finite() {
             if best.as_ref().is_none_or(|(b, _, _)| val_loss < *b) {
                 let snapshot = w
@@ -372,7 +381,12 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         "summary.json",
         &serde_json::to_string_pretty(&summary).expect("serializes"),
     )?;
-    if let Some(m) = &summary.test_all {
+    if let Some(m) = summary.test_all.as_ref().filter(|m| !m.r2.is_finite()) {
+        eprintln!(
+            "finetune: test R2 is not defined over {} values (too few, or all equal)",
+            m.n
+        );
+    } else if let Some(m) = &summary.test_all {
         eprintln!(
             "finetune: test R2 {:.3} (squared Pearson {:.3}) over {} values",
             m.r2, m.pearson_r2, m.n
