@@ -221,9 +221,10 @@ fn ctrl_c_cancels_the_runs_slurm_jobs() {
     }
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(
-        err.contains("interrupted: cancelling the run's Slurm jobs"),
+        err.contains("interrupted: cancelling the run's Slurm jobs")
+            && err.contains("flora: interrupted: 1 running job(s) stopped"),
         "{err}"
     );
     assert!(err.contains(&format!("Slurm job {id} cancelled")), "{err}");
