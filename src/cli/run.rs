@@ -201,10 +201,13 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     if executor.interrupted() {
-        Err(Interrupted {
-            stopped: failed.len(),
-        }
-        .into())
+        let stopped = failed
+            .iter()
+            .filter(|&&j| {
+                matches!(&reports[j].state, JobState::Failed(why) if why.starts_with("interrupted"))
+            })
+            .count();
+        Err(Interrupted { stopped }.into())
     } else if failed.is_empty() {
         Ok(())
     } else {

@@ -8,6 +8,7 @@ use super::run::open_cache;
 use super::{Cli, StageArgs};
 use crate::dag::JobGraph;
 use crate::executor::local::Local;
+use crate::executor::Executor;
 use crate::progress::Progress;
 use crate::registry;
 use crate::scheduler::{self, JobState, RunOptions};
@@ -92,7 +93,7 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     let reports = scheduler::run(&graph, &cache, &mut executor, &opts, &mut progress)?;
     progress.finish();
     let r = &reports[0];
-    if crate::executor::Executor::interrupted(&executor) {
+    if executor.interrupted() {
         let stopped = match &r.state {
             JobState::Failed(why) => {
                 eprintln!("error: stage {kind} stopped: {why}");
