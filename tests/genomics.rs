@@ -206,10 +206,7 @@ fn promoters_in_a_workflow_with_bad_params_and_inputs() {
 /// Real data through the binary: A. thaliana chr1 and A. arenosa chr1-2 (skipped without them).
 #[test]
 fn real_genomes_through_the_binary() {
-    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(std::path::PathBuf::from) else {
-        flora_stages::testing::skipped(
-            "real_genomes_through_the_binary: FLORA_SHARED_DATA is not set",
-        );
+    let Some(data) = flora_stages::testing::shared_data("real_genomes_through_the_binary") else {
         return;
     };
     let ath = data.join("athaliana_chr1");
@@ -556,10 +553,9 @@ fn stage_pretrain_writes_a_huggingface_model_folder_and_continues_from_init() {
 /// columns, the subgenome label would join everything; that is refused with what to do.
 #[test]
 fn grass_syntenic_list_groups_maize_homeologs() {
-    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(std::path::PathBuf::from) else {
-        flora_stages::testing::skipped(
-            "grass_syntenic_list_groups_maize_homeologs: FLORA_SHARED_DATA is not set",
-        );
+    let Some(data) =
+        flora_stages::testing::shared_data("grass_syntenic_list_groups_maize_homeologs")
+    else {
         return;
     };
     let list = data.join("grass_syntenic/SbZmPvSynListUsedForDEG.csv");

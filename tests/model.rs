@@ -3,7 +3,7 @@
 //! on real A. thaliana promoters.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flora_stages::testing::{planted, planted_table, PLANTED_MOTIFS};
 
@@ -526,21 +526,23 @@ fn variants_through_the_binary() {
     let wrong = if &bases[419..420] == "G" { "C" } else { "G" };
     let fixed = fixed.replace("chr1\t420\t.\tG\tC", &format!("chr1\t420\t.\t{wrong}\tA"));
     p.write("calls.vcf", &fixed);
-    let out = p.output(&[
-        "variants",
-        "--model",
-        "ft",
-        "--genome",
-        "genome.fa",
-        "--gff",
-        "genes.gff3",
-        "--vcf",
-        "calls.vcf",
-        "--upstream",
-        "150",
-        "-o",
-        "effects.tsv",
-    ]);
+    // `flora variants` on the small genome with `vcf`, then `more`.
+    let variants = |vcf: &str, more: &[&str]| {
+        let mut args = vec![
+            "variants",
+            "--model",
+            "ft",
+            "--genome",
+            "genome.fa",
+            "--gff",
+            "genes.gff3",
+            "--vcf",
+            vcf,
+        ];
+        args.extend_from_slice(more);
+        p.output(&args)
+    };
+    let out = variants("calls.vcf", &["--upstream", "150", "-o", "effects.tsv"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let effects = p.read("effects.tsv");
@@ -563,42 +565,17 @@ fn variants_through_the_binary() {
     );
 
     p.write("other.vcf", "##fileformat=VCFv4.2\n##contig=<ID=Chr9,length=100>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nChr9\t5\t.\tA\tC\t.\t.\t.\n");
-    let e = p.fails(
-        &[
-            "variants",
-            "--model",
-            "ft",
-            "--genome",
-            "genome.fa",
-            "--gff",
-            "genes.gff3",
-            "--vcf",
-            "other.vcf",
-            "--upstream",
-            "150",
-        ],
-        2,
-    );
+    let fails = |vcf: &str, more: &[&str]| {
+        let out = variants(vcf, more);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let e = fails("other.vcf", &["--upstream", "150"]);
     assert!(
         e.contains("none of its contigs (Chr9) is in the genome (chr1)"),
         "{e}"
     );
-    let e = p.fails(
-        &[
-            "variants",
-            "--model",
-            "ft",
-            "--genome",
-            "genome.fa",
-            "--gff",
-            "genes.gff3",
-            "--vcf",
-            "calls.vcf",
-            "-o",
-            "out/effects.tsv",
-        ],
-        2,
-    );
+    let e = fails("calls.vcf", &["-o", "out/effects.tsv"]);
     assert!(
         e.contains("-o out/effects.tsv: the folder out does not exist"),
         "{e}"
@@ -618,10 +595,9 @@ fn gunzip(path: &Path) -> String {
 /// `train_4` as the validation rows, and the test rows are exactly those of its `test.tsv`.
 #[test]
 fn florabert_nam_table_trains_on_its_published_folds() {
-    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        flora_stages::testing::skipped(
-            "florabert_nam_table_trains_on_its_published_folds: FLORA_SHARED_DATA is not set",
-        );
+    let Some(data) =
+        flora_stages::testing::shared_data("florabert_nam_table_trains_on_its_published_folds")
+    else {
         return;
     };
     let nam = data.join("maize_nam_expression");
@@ -709,10 +685,9 @@ fn florabert_nam_table_trains_on_its_published_folds() {
 
 #[test]
 fn real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants() {
-    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        flora_stages::testing::skipped(
-            "real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants: FLORA_SHARED_DATA is not set",
-        );
+    let Some(data) = flora_stages::testing::shared_data(
+        "real_arabidopsis_promoters_through_predict_embed_mutagenesis_and_variants",
+    ) else {
         return;
     };
     let ath = data.join("athaliana_chr1");

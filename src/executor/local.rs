@@ -39,15 +39,7 @@ impl Local {
     /// An executor that starts `exe __job SPEC` for each job. From now on the first SIGINT or
     /// SIGTERM stops the run's jobs and lets the run end; a second one ends the process at once.
     pub fn new(exe: PathBuf) -> std::io::Result<Self> {
-        let interrupted = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register_conditional_shutdown(
-                signal,
-                130,
-                Arc::clone(&interrupted),
-            )?;
-            signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
-        }
+        let interrupted = super::interrupt_flag()?;
         let (tx, rx) = channel();
         Ok(Local {
             exe,

@@ -67,6 +67,18 @@ pub fn rerun_tuned() -> std::io::Result<()> {
     std::process::exit(cmd.status()?.code().unwrap_or(1));
 }
 
+/// A flag that the first SIGINT (Ctrl-C) or SIGTERM raises, for an executor to stop its jobs
+/// and let the run end; a second one ends the process at once, with status 130.
+pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&interrupted))?;
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
+    }
+    Ok(interrupted)
+}
+
 /// The `-v` flags that give a job process this process's log level (its log file then has the
 /// same detail as the driver's output), or none at the default level.
 pub fn verbosity_flag() -> Option<&'static str> {

@@ -10,6 +10,16 @@ pub fn skipped(message: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
 }
 
+/// The shared real-data folder (`FLORA_SHARED_DATA`), or `None` after saying loudly that `test`
+/// is skipped without it.
+pub fn shared_data(test: &str) -> Option<std::path::PathBuf> {
+    let data = std::env::var_os("FLORA_SHARED_DATA").map(std::path::PathBuf::from);
+    if data.is_none() {
+        skipped(&format!("{test}: FLORA_SHARED_DATA is not set"));
+    }
+    data
+}
+
 /// Motifs planted by [`planted`] and their effect on each of its three targets.
 pub const PLANTED_MOTIFS: [(&str, [f64; 3]); 3] = [
     ("TATAAAT", [2.0, 0.0, 1.0]),

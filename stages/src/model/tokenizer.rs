@@ -308,10 +308,9 @@ mod tests {
     /// The two published FloraBERT tokenizers reproduce their golden encodings exactly.
     #[test]
     fn published_tokenizers_match_their_golden_encodings() {
-        let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-            crate::testing::skipped(
-                "published_tokenizers_match_their_golden_encodings: FLORA_SHARED_DATA is not set",
-            );
+        let Some(data) =
+            crate::testing::shared_data("published_tokenizers_match_their_golden_encodings")
+        else {
             return;
         };
         let dir = data.join("florabert_tokenizers");

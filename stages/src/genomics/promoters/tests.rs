@@ -269,10 +269,8 @@ fn writes_bgzip_fasta_tsv_and_summary() {
 /// Real data: A. thaliana TAIR10 chr1 with its RefSeq GFF3 (skipped, loudly, without it).
 #[test]
 fn athaliana_chr1_promoters_match_the_genome() {
-    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        crate::testing::skipped(
-            "athaliana_chr1_promoters_match_the_genome: FLORA_SHARED_DATA is not set",
-        );
+    let Some(data) = crate::testing::shared_data("athaliana_chr1_promoters_match_the_genome")
+    else {
         return;
     };
     let dir = data.join("athaliana_chr1");

@@ -157,8 +157,7 @@ fn bad_tables_name_file_line_and_column() {
 /// Real data: the A. thaliana leaf table and the maize B73 NAM-layout table.
 #[test]
 fn real_tables() {
-    let Some(data) = std::env::var_os("FLORA_SHARED_DATA").map(PathBuf::from) else {
-        crate::testing::skipped("real_tables: FLORA_SHARED_DATA is not set");
+    let Some(data) = crate::testing::shared_data("real_tables") else {
         return;
     };
     let leaf = data.join("athaliana_leaf_tpm/arabidopsis_leaf_counts.csv");
