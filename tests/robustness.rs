@@ -181,6 +181,37 @@ fn send(child: &std::process::Child, signal: &str) {
     assert!(sent.success());
 }
 
+/// A run waiting for another flora's cache ends at the first Ctrl-C.
+#[test]
+fn ctrl_c_ends_a_wait_for_the_cache() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  hold: {kind: exec, params: {argv: [sh, -c, \"touch $FLORA_WORK/../../../holding; sleep 30\"]}}\n",
+    );
+    p.write(
+        "other.yaml",
+        "stages:\n  quick: {kind: exec, params: {argv: [sh, -c, \"echo q > $FLORA_OUT/x\"]}}\n",
+    );
+    let mut first = spawn_flora(&p, &["run", "wf.yaml"]);
+    wait_for("the first run to hold the cache", || {
+        p.path("holding").exists()
+    });
+    let mut second = spawn_flora(&p, &["run", "other.yaml"]);
+    std::thread::sleep(Duration::from_millis(300));
+    send(&second, "INT");
+    wait_for("the waiting run to end", || {
+        second.try_wait().unwrap().is_some()
+    });
+    assert!(!second.wait().unwrap().success());
+    assert!(!p.path("results/other").exists());
+    send(&first, "INT");
+    wait_for("the first run to end", || {
+        first.try_wait().unwrap().is_some()
+    });
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+}
+
 #[test]
 fn a_second_run_on_the_same_cache_waits_or_fails_with_no_wait() {
     let p = Project::new();

@@ -139,7 +139,6 @@ fn executor(args: &RunArgs) -> anyhow::Result<Box<dyn Executor>> {
 
 /// `flora run`.
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
-    let mut executor = executor(args)?;
     let graph = load_graph(&args.workflow)?;
     let (selected, forced) = selection(&graph, &args.select)?;
     let results_dir = args
@@ -148,6 +147,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("results").join(&graph.workflow.name));
     crate::results::check(&results_dir, &graph).map_err(anyhow::Error::msg)?;
     let cache = open_cache(cli)?;
+    // After the cache's lock: the executor takes over Ctrl-C, which must still end a wait for
+    // another flora at once.
+    let mut executor = executor(args)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
