@@ -26,6 +26,13 @@ fn spawn_flora(p: &Project, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// Whether process `pid` is gone (or a zombie no one has reaped yet).
+fn process_ended(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.contains(") Z "))
+        .unwrap_or(true)
+}
+
 fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -51,20 +58,19 @@ fn a_run_killed_mid_write_leaves_no_artifact_and_the_rerun_completes() {
 stages:
   slow:
     kind: exec
-    params: {argv: [sh, -c, "echo first-half > $FLORA_OUT/data; echo $$ > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; if [ -z \"$FAST\" ]; then sleep 30; fi; echo second-half >> $FLORA_OUT/data"]}
+    params: {argv: [sh, -c, "echo first-half > $FLORA_OUT/data; echo $$ > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; if [ -z \"$FAST\" ]; then sleep 60; fi; echo second-half >> $FLORA_OUT/data"]}
   after: {kind: exec, inputs: {i: slow}, params: {argv: [sh, -c, "cp $FLORA_IN_i/data $FLORA_OUT/"]}}
 "#,
     );
     let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
     let marker = p.path("started");
     wait_for("the job to start writing", || marker.exists());
-    // SIGKILL the driver, then the orphaned job, as a crash or an OOM kill would.
+    // SIGKILL the driver, as a crash or an OOM kill would: its job ends with it (Linux sends the
+    // job's process, here the exec job's shell, SIGTERM).
     child.kill().unwrap();
     child.wait().unwrap();
     let job_pid = std::fs::read_to_string(&marker).unwrap();
-    let _ = Command::new("sh")
-        .args(["-c", &format!("kill -9 {}", job_pid.trim())])
-        .status();
+    wait_for("the orphaned job to end", || process_ended(job_pid.trim()));
 
     let artifacts = files_in(&p.path("cache/artifacts"));
     assert!(artifacts.is_empty(), "a killed job published {artifacts:?}");
@@ -132,11 +138,7 @@ stages:
             "SIG{signal}: {stdout}"
         );
         // The job's own child (a grandchild of flora) was stopped with it.
-        wait_for("the job's child to end", || {
-            std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
-                .map(|stat| stat.contains(") Z "))
-                .unwrap_or(true)
-        });
+        wait_for("the job's child to end", || process_ended(&sleeper));
         assert!(files_in(&p.path("cache/artifacts")).is_empty());
         assert!(files_in(&p.path("cache/scratch")).is_empty());
         let work: Vec<_> = files_in(&p.path("cache/work"));
