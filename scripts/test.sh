@@ -44,22 +44,20 @@ to_run=$($flora --cache "$demo_cache" plan workflows/demo.yaml --set finetune.lr
     { echo "a fine-tuning edit would re-run: $to_run"; exit 1; }
 echo "demo reproduced: figures within tolerance, fully cached re-run, a fine-tuning edit re-runs: $to_run"
 
-# Real data: the Arabidopsis workflow on the shared data, its figures checked the same way.
-if [ -d "$FLORA_SHARED_DATA/athaliana_chr1" ]; then
-    $flora --cache "$demo_cache" run workflows/arabidopsis.yaml --set "vars.data=$FLORA_SHARED_DATA" \
-        --results "$demo_cache/arabidopsis"
-    $flora --cache "$demo_cache" check workflows/arabidopsis.yaml --set "vars.data=$FLORA_SHARED_DATA"
-else
-    echo "SKIPPED the Arabidopsis workflow: no real data at FLORA_SHARED_DATA=$FLORA_SHARED_DATA" >&2
-fi
+# Real data: workflows on the shared data, their figures checked the same way. `real NAME PATH`
+# runs workflows/NAME.yaml when PATH (what it reads, under the data folder) is there.
+real() {
+    if [ -e "$FLORA_SHARED_DATA/$2" ]; then
+        $flora --cache "$demo_cache" run "workflows/$1.yaml" --set "vars.data=$FLORA_SHARED_DATA" \
+            --results "$demo_cache/$1"
+        $flora --cache "$demo_cache" check "workflows/$1.yaml" --set "vars.data=$FLORA_SHARED_DATA"
+    else
+        echo "SKIPPED workflows/$1.yaml: no real data at FLORA_SHARED_DATA=$FLORA_SHARED_DATA" >&2
+    fi
+}
+real arabidopsis athaliana_chr1
 # FloraBERT's own maize NAM fine-tuning table, on its published folds.
-if [ -f "$FLORA_SHARED_DATA/maize_nam_expression/merged_seq_genex.csv" ]; then
-    $flora --cache "$demo_cache" run workflows/nam.yaml --set "vars.data=$FLORA_SHARED_DATA" \
-        --results "$demo_cache/nam"
-    $flora --cache "$demo_cache" check workflows/nam.yaml --set "vars.data=$FLORA_SHARED_DATA"
-else
-    echo "SKIPPED the NAM workflow: no real data at FLORA_SHARED_DATA=$FLORA_SHARED_DATA" >&2
-fi
+real nam maize_nam_expression/merged_seq_genex.csv
 
 # The GPU path must not rot on machines without a GPU: the `cuda` feature compiles, with nvcc and
 # the CUDA headers from PyPI (scripts/cuda.sh). candle's kernels go through nvcc's whole pipeline

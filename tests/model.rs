@@ -171,11 +171,17 @@ fn predict_embed_and_mutagenesis_on_planted_sequences() {
 #[test]
 fn model_commands_refuse_bad_input_clearly() {
     let p = finetuned();
+    // `flora COMMAND --model ft --fasta FASTA MORE...`, expected to fail with status 2.
+    let refused = |command: &str, fasta: &str, more: &[&str]| {
+        let mut args = vec![command, "--model", "ft", "--fasta", fasta];
+        args.extend_from_slice(more);
+        p.fails(&args, 2)
+    };
     p.write("empty.fa", "");
-    let e = p.fails(&["predict", "--model", "ft", "--fasta", "empty.fa"], 2);
+    let e = refused("predict", "empty.fa", &[]);
     assert!(e.contains("empty.fa: holds no sequences"), "{e}");
     p.write("two.fa", ">a\nACGT\n>b\nGGCC\n");
-    let e = p.fails(&["mutagenesis", "--model", "ft", "--fasta", "two.fa"], 2);
+    let e = refused("mutagenesis", "two.fa", &[]);
     assert!(e.contains("holds 2 sequences; name one with --id"), "{e}");
     p.ok(&[
         "mutagenesis",
@@ -192,11 +198,12 @@ fn model_commands_refuse_bad_input_clearly() {
     assert!(e.contains("nowhere"), "{e}");
     // Where the output cannot go is said before any work, for every command that writes one.
     let at = |command: &str, flag: &str, path: &str| {
-        let mut args = vec![command, "--model", "ft", "--fasta", "two.fa", flag, path];
-        if command == "mutagenesis" {
-            args.extend(["--id", "a"]);
-        }
-        p.fails(&args, 2)
+        let id: &[&str] = if command == "mutagenesis" {
+            &["--id", "a"]
+        } else {
+            &[]
+        };
+        refused(command, "two.fa", &[&[flag, path][..], id].concat())
     };
     for command in ["predict", "embed", "mutagenesis"] {
         let e = at(command, "-o", "no/such/folder/out.tsv");
@@ -221,20 +228,7 @@ fn model_commands_refuse_bad_input_clearly() {
         "{e}"
     );
     assert!(!p.path("e.npz").exists());
-    let e = p.fails(
-        &[
-            "mutagenesis",
-            "--model",
-            "ft",
-            "--fasta",
-            "two.fa",
-            "--id",
-            "a",
-            "--target",
-            "root",
-        ],
-        2,
-    );
+    let e = refused("mutagenesis", "two.fa", &["--id", "a", "--target", "root"]);
     assert!(
         e.contains("--figure"),
         "--target draws nothing without --figure: {e}"
@@ -242,48 +236,21 @@ fn model_commands_refuse_bad_input_clearly() {
     // A protein FASTA given by mistake is refused, not predicted from unknown tokens.
     p.write("protein.fa", ">ok\nACGTNRY\n>p1 kinase\nMKTAYIAKQR\n");
     for command in ["predict", "embed"] {
-        let e = p.fails(
-            &[
-                command,
-                "--model",
-                "ft",
-                "--fasta",
-                "protein.fa",
-                "-o",
-                "x.tsv",
-            ],
-            2,
-        );
+        let e = refused(command, "protein.fa", &["-o", "x.tsv"]);
         assert!(
             e.contains("protein.fa: record p1 has `I` at position 6, which is not a nucleotide"),
             "{e}"
         );
     }
     for command in ["predict", "mutagenesis"] {
-        let e = p.fails(
-            &[
-                command,
-                "--model",
-                "ft",
-                "--fasta",
-                "two.fa",
-                "--batch-size",
-                "0",
-            ],
-            2,
-        );
+        let e = refused(command, "two.fa", &["--batch-size", "0"]);
         assert!(
             e.contains("invalid value '0' for '--batch-size <N>': must be at least 1"),
             "{e}"
         );
     }
     if !cfg!(feature = "cuda") {
-        let e = p.fails(
-            &[
-                "predict", "--model", "ft", "--fasta", "two.fa", "--gpu", "0",
-            ],
-            2,
-        );
+        let e = refused("predict", "two.fa", &["--gpu", "0"]);
         assert!(e.contains("built without CUDA"), "{e}");
     }
 }

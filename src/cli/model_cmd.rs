@@ -129,9 +129,12 @@ fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
     Ok(recs)
 }
 
-/// Checks, before any work, that `path` (given with `flag`) can be written: its folder exists
-/// and it is not a folder itself. A long run must not end in "no such file or directory".
-fn check_output(flag: &str, path: &Path) -> anyhow::Result<()> {
+/// Checks, before any work, that `path` (given with `flag`; none: stdout) can be written: its
+/// folder exists and it is not a folder itself. A long run must not end in "no such file".
+fn check_output(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -225,9 +228,7 @@ fn row(out: &mut dyn Write, first: &str, values: &[f32]) -> std::io::Result<()> 
 
 /// `flora predict`.
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
-    if let Some(out) = &args.output {
-        check_output("-o", out)?;
-    }
+    check_output("-o", args.output.as_deref())?;
     let model = load(&args.model)?;
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let recs = read_fasta(&args.fasta)?;
@@ -253,7 +254,7 @@ fn per_sequence(
 
 /// `flora embed`.
 pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
-    check_output("-o", &args.output)?;
+    check_output("-o", Some(&args.output))?;
     let npy = embed_writes_npy(&args.output)?;
     let model = load(&args.model)?;
     let recs = read_fasta(&args.fasta)?;
@@ -277,12 +278,8 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
 
 /// `flora mutagenesis`.
 pub fn mutagenesis(args: &MutagenesisArgs) -> anyhow::Result<()> {
-    if let Some(out) = &args.output {
-        check_output("-o", out)?;
-    }
-    if let Some(figure) = &args.figure {
-        check_output("--figure", figure)?;
-    }
+    check_output("-o", args.output.as_deref())?;
+    check_output("--figure", args.figure.as_deref())?;
     let model = load(&args.model)?;
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let recs = read_fasta(&args.fasta)?;
@@ -353,9 +350,7 @@ fn fmt_values(names: &[String], values: &[f32]) -> String {
 
 /// `flora variants`.
 pub fn variants(args: &VariantsArgs) -> anyhow::Result<()> {
-    if let Some(out) = &args.output {
-        check_output("-o", out)?;
-    }
+    check_output("-o", args.output.as_deref())?;
     let model = load(&args.model)?;
     let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
     let work = tempfile::tempdir()?;

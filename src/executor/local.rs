@@ -104,9 +104,6 @@ impl Executor for Local {
         }
         let mut child = cmd.spawn()?;
         self.groups.insert(launch.job, child.id());
-        if self.stopping.is_some() {
-            signal_group(child.id(), libc::SIGTERM);
-        }
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let outcome = match child.wait() {
