@@ -14,4 +14,5 @@ pub mod provenance;
 pub mod registry;
 pub mod results;
 pub mod scheduler;
+pub mod supervise;
 pub mod workflow;

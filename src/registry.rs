@@ -74,8 +74,8 @@ pub struct Kind {
     pub unkeyed: &'static [&'static str],
     /// Type-checks params and returns them in canonical form, with defaults filled in.
     pub check: fn(&Value) -> Result<serde_json::Value, ParamError>,
-    /// Runs the kind inside a job process. `exec` replaces the process and never returns on
-    /// success.
+    /// Runs the kind inside a job process. `exec` ends the process as its program ends and
+    /// returns only if the program could not start.
     pub run: fn(&serde_json::Value, &Context) -> anyhow::Result<()>,
 }
 
@@ -315,12 +315,10 @@ fn run_typed<P: DeserializeOwned, T, E: std::fmt::Display>(
 }
 
 fn run_exec(params: &serde_json::Value, ctx: &Context) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
     let params: exec::Params = serde_json::from_value(params.clone())?;
-    let mut cmd = exec::command(&params, ctx)?;
-    // Replace this job process with the user's program: its exit status is the job's.
-    let err = cmd.exec();
-    anyhow::bail!("exec: cannot start `{}`: {err}", params.argv[0])
+    let cmd = exec::command(&params, ctx)?;
+    // The job process ends as the user's program ends: its exit status is the job's.
+    crate::supervise::run(cmd, &params.argv[0])
 }
 
 #[cfg(test)]

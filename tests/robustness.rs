@@ -58,7 +58,7 @@ fn a_run_killed_mid_write_leaves_no_artifact_and_the_rerun_completes() {
 stages:
   slow:
     kind: exec
-    params: {argv: [sh, -c, "echo first-half > $FLORA_OUT/data; echo $$ > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; if [ -z \"$FAST\" ]; then sleep 60; fi; echo second-half >> $FLORA_OUT/data"]}
+    params: {argv: [sh, -c, "echo first-half > $FLORA_OUT/data; if [ -z \"$FAST\" ]; then sleep 60 & echo $$ $! > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; wait; fi; echo second-half >> $FLORA_OUT/data"]}
   after: {kind: exec, inputs: {i: slow}, params: {argv: [sh, -c, "cp $FLORA_IN_i/data $FLORA_OUT/"]}}
 "#,
     );
@@ -66,11 +66,16 @@ stages:
     let marker = p.path("started");
     wait_for("the job to start writing", || marker.exists());
     // SIGKILL the driver, as a crash or an OOM kill would: its job ends with it (Linux sends the
-    // job's process, here the exec job's shell, SIGTERM).
+    // job process SIGTERM, which passes it on to the exec job's shell and what the shell
+    // started). Before, the shell ended and its `sleep` lived on, orphaned.
     child.kill().unwrap();
     child.wait().unwrap();
-    let job_pid = std::fs::read_to_string(&marker).unwrap();
-    wait_for("the orphaned job to end", || process_ended(job_pid.trim()));
+    let pids = std::fs::read_to_string(&marker).unwrap();
+    let (shell, sleeper) = pids.trim().split_once(' ').unwrap();
+    wait_for("the orphaned job to end", || process_ended(shell));
+    wait_for("what the orphaned job started to end", || {
+        process_ended(sleeper)
+    });
 
     let artifacts = files_in(&p.path("cache/artifacts"));
     assert!(artifacts.is_empty(), "a killed job published {artifacts:?}");

@@ -237,6 +237,27 @@ fn a_missing_program_fails_the_job_clearly() {
     assert!(!p.path("results/wf/x").exists());
 }
 
+/// The job process runs an exec job's program as its child and ends as it ended: a crash of the
+/// program is the job's, named by its signal; and the program starts with no signal blocked.
+#[test]
+fn a_program_killed_by_a_signal_fails_its_job_with_that_signal() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  crash: {kind: exec, params: {argv: [sh, -c, \"grep SigBlk /proc/self/status; kill -SEGV $$\"]}}\n",
+    );
+    let out = p.fails(&["run", "wf.yaml"], 1);
+    assert!(
+        out.contains("error: job crash failed: killed by signal 11"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| SigBlk:\t0000000000000000"),
+        "the program starts with no signal blocked\n{out}"
+    );
+    assert!(!p.path("results/wf/crash").exists());
+}
+
 #[test]
 fn exec_jobs_get_the_environment_unchanged() {
     let p = Project::new();

@@ -5,9 +5,9 @@
 //! run: no job starts any more, every running job's group gets SIGTERM (and SIGKILL after
 //! [`GRACE`]), and their outputs are thrown away while their work folders stay for a retry; a
 //! second signal ends flora at once. A job process also gets SIGTERM should flora die without
-//! stopping it (Linux's parent-death signal, which an `exec` job's program keeps as it replaces
-//! the job process; what that program starts in turn is not reached), so that no orphan stage
-//! keeps writing to the cache.
+//! stopping it (Linux's parent-death signal; an `exec` job's process passes it on to its
+//! program's group, see [`crate::supervise`]), so that no orphan stage keeps writing to the
+//! cache.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
