@@ -77,6 +77,7 @@ fn model(dir: &Path, seqs: &[String]) -> Predictor {
         offset: 0.001,
         dropout: 0.2,
         pooling: "mean".into(),
+        promoter_window: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     predictor::save(dir, &cfg, &head_cfg, &w, &tok).unwrap();

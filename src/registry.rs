@@ -191,7 +191,7 @@ static KINDS: &[Kind] = &[
     },
     Kind {
         name: "finetune",
-        version: 1,
+        version: 2,
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         provenance: false,
         unkeyed: &[],

@@ -531,6 +531,40 @@ fn variants_through_the_binary() {
         "{stderr}"
     );
 
+    // The window: a model trained from a ready table records none, so the default is said; one
+    // trained on promoters records theirs (`finetune` writes it, a unit test checks) and is
+    // scored with it unless the command line says otherwise, which is warned about.
+    let out = variants("calls.vcf", &["-o", "wide.tsv"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "the model records no promoter window; scoring windows of 1000 bases upstream and 0 \
+             downstream of the TSS (--upstream and --downstream set them)"
+        ),
+        "{out:?}"
+    );
+    let mut config: serde_json::Value = serde_json::from_str(&p.read("ft/config.json")).unwrap();
+    config["flora_head"]["promoter_window"] = serde_json::json!({"upstream": 150, "downstream": 0});
+    p.write("ft/config.json", &config.to_string());
+    let out = variants("calls.vcf", &["-o", "recorded.tsv"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "variants: windows of 150 bases upstream and 0 downstream of the TSS, as the model \
+             was trained on"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(p.read("recorded.tsv"), effects);
+    let out = variants("calls.vcf", &["--upstream", "200", "-o", "asked.tsv"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "variants: warning: the model was trained on promoters cut with 150 bases upstream \
+             and 0 downstream of the TSS; scoring windows of 200 bases upstream and 0 downstream \
+             of the TSS as asked"
+        ),
+        "{out:?}"
+    );
+
     p.write("other.vcf", "##fileformat=VCFv4.2\n##contig=<ID=Chr9,length=100>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nChr9\t5\t.\tA\tC\t.\t.\t.\n");
     let fails = |vcf: &str, more: &[&str]| {
         let out = variants(vcf, more);

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use flora_stages::genomics::fasta::Genome;
 use flora_stages::genomics::promoters;
 use flora_stages::genomics::records::{self, FastaRecord};
+use flora_stages::genomics::window::Window;
 use flora_stages::model::predictor::Predictor;
 use flora_stages::model::{mutagenesis, variants};
 
@@ -95,12 +96,13 @@ pub struct VariantsArgs {
     /// Variant calls (VCF, bgzipped VCF or BCF).
     #[arg(long, value_name = "FILE")]
     pub vcf: PathBuf,
-    /// Promoter window: bases upstream of the TSS (use what the model was trained on).
-    #[arg(long, default_value_t = 1000)]
-    pub upstream: u64,
-    /// Bases downstream of the TSS.
-    #[arg(long, default_value_t = 0)]
-    pub downstream: u64,
+    /// Promoter window: bases upstream of the TSS (default: the window the model records,
+    /// else 1000).
+    #[arg(long, value_name = "N")]
+    pub upstream: Option<u64>,
+    /// Bases downstream of the TSS (default: the model's, else 0).
+    #[arg(long, value_name = "N")]
+    pub downstream: Option<u64>,
     /// Output TSV (default: stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -348,15 +350,47 @@ fn fmt_values(names: &[String], values: &[f32]) -> String {
         .join(" ")
 }
 
+/// The promoter window `flora variants` cuts: what the command line says, else what the model
+/// was trained on, else 1000 bases upstream; stderr says which, and warns when the command line
+/// differs from the model's.
+fn variant_window(args: &VariantsArgs, trained: Option<Window>) -> Window {
+    let fallback = trained.unwrap_or(Window {
+        upstream: 1000,
+        downstream: 0,
+    });
+    let window = Window {
+        upstream: args.upstream.unwrap_or(fallback.upstream),
+        downstream: args.downstream.unwrap_or(fallback.downstream),
+    };
+    match trained {
+        Some(t) if t != window => eprintln!(
+            "variants: warning: the model was trained on promoters cut with {t}; scoring \
+             windows of {window} as asked"
+        ),
+        Some(t) if args.upstream.is_none() || args.downstream.is_none() => {
+            eprintln!("variants: windows of {t}, as the model was trained on")
+        }
+        Some(_) => {}
+        None if args.upstream.is_none() || args.downstream.is_none() => eprintln!(
+            "variants: the model records no promoter window; scoring windows of {window} \
+             (--upstream and --downstream set them)"
+        ),
+        None => {}
+    }
+    window
+}
+
 /// `flora variants`.
 pub fn variants(args: &VariantsArgs) -> anyhow::Result<()> {
     check_output("-o", args.output.as_deref())?;
     let model = load(&args.model)?;
-    let targets = model.head().map_err(anyhow::Error::msg)?.targets.clone();
+    let head = model.head().map_err(anyhow::Error::msg)?;
+    let targets = head.targets.clone();
+    let window = variant_window(args, head.promoter_window);
     let work = tempfile::tempdir()?;
     let params = promoters::Params {
-        upstream: args.upstream,
-        downstream: args.downstream,
+        upstream: window.upstream,
+        downstream: window.downstream,
         edge: promoters::Edge::Keep,
         ..promoters::Params::default()
     };

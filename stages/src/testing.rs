@@ -219,6 +219,7 @@ pub fn tiny_model(dir: &std::path::Path, max_len: usize) -> crate::model::predic
         offset: 0.0,
         dropout: 0.0,
         pooling: "mean".into(),
+        promoter_window: None,
     };
     predictor::save(dir, &cfg, &hc, &w, &tok).expect("saves");
     predictor::Predictor::load(dir, Device::Cpu).expect("loads")

@@ -10,3 +10,4 @@ pub mod promoters;
 pub mod records;
 pub mod rewrap;
 pub mod seq;
+pub mod window;

@@ -154,6 +154,34 @@ struct Row<'a> {
     y: Vec<f32>,
 }
 
+/// The window the `promoters` input was cut with, for the model to record (`flora variants`
+/// cuts the same from a genome); the log says when there is none to record.
+fn promoter_window(ctx: &Context) -> Option<crate::genomics::window::Window> {
+    let Some(promoters) = ctx.inputs.get("promoters") else {
+        eprintln!(
+            "finetune: the model records no promoter window (trained from a ready table): \
+             give `flora variants` the window with --upstream and --downstream"
+        );
+        return None;
+    };
+    let found = crate::splits::corpus::fasta_files(promoters)
+        .map_err(crate::genomics::window::Unknown::Unreadable)
+        .and_then(|fastas| crate::genomics::window::of_promoters(&fastas));
+    match found {
+        Ok(window) => {
+            eprintln!("finetune: promoters cut with {window}, recorded with the model");
+            Some(window)
+        }
+        Err(why) => {
+            eprintln!(
+                "finetune: the model records no promoter window ({why}): give `flora variants` \
+                 the window with --upstream and --downstream"
+            );
+            None
+        }
+    }
+}
+
 /// Trains, writes the artifact, and returns the summary.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let fail = |e: String| format!("finetune: {e}");
@@ -357,6 +385,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         offset: p.offset,
         dropout: p.head_dropout,
         pooling: "mean".into(),
+        promoter_window: promoter_window(ctx),
     };
     predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
     let refs: Vec<&Row> = test.iter().collect();

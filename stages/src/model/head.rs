@@ -46,6 +46,10 @@ pub struct HeadConfig {
     pub dropout: f32,
     /// Always `mean`: mean over real tokens.
     pub pooling: String,
+    /// The promoter window the training sequences were cut with, when their promoters say
+    /// (a ready table does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoter_window: Option<crate::genomics::window::Window>,
 }
 
 /// Names and shapes of the head's parameters.

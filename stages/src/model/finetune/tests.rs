@@ -303,11 +303,36 @@ fn from_promoters_expression_and_split_with_the_log_default() {
     let dir = tempfile::tempdir().unwrap();
     let rows = planted(60, 150, 6);
     let model = tiny_model(dir.path(), &rows);
-    let fasta: String = rows
+    // A `promoters` stage's output: 150 bases upstream of each TSS, on alternating strands.
+    use crate::genomics::{gff::Strand, promoters};
+    let cut: Vec<promoters::Promoter> = rows
         .iter()
-        .map(|r| format!(">{} sp\n{}\n", r.id, r.seq))
+        .enumerate()
+        .map(|(i, r)| {
+            let tss = 1000 * (i as u64 + 1);
+            let (strand, start) = match i % 2 {
+                0 => (Strand::Forward, tss - 150),
+                _ => (Strand::Reverse, tss + 1),
+            };
+            promoters::Promoter {
+                gene_id: r.id.clone(),
+                chrom: "chr1".into(),
+                strand,
+                tss,
+                start,
+                end: start + 149,
+                seq: r.seq.clone().into_bytes(),
+                n_fraction: 0.0,
+            }
+        })
         .collect();
-    std::fs::write(dir.path().join("promoters.fa"), fasta).unwrap();
+    let promoters_dir = dir.path().join("promoters");
+    std::fs::create_dir_all(&promoters_dir).unwrap();
+    let summary = promoters::Summary {
+        species: "sp".into(),
+        ..Default::default()
+    };
+    promoters::write(&promoters_dir, &cut, &summary).unwrap();
     // TPM (positive) for all but the last gene; the split names all but the first.
     let mut expr = String::from("gene_id\tleaf\troot\tseed\n");
     for r in &rows[..59] {
@@ -329,7 +354,7 @@ fn from_promoters_expression_and_split_with_the_log_default() {
     std::fs::create_dir_all(&ctx.out).unwrap();
     for (name, file) in [
         ("model", model),
-        ("promoters", dir.path().join("promoters.fa")),
+        ("promoters", promoters_dir),
         ("expression", dir.path().join("expression.tsv")),
         ("split", dir.path().join("split.tsv")),
     ] {
@@ -347,6 +372,15 @@ fn from_promoters_expression_and_split_with_the_log_default() {
     assert_eq!(s.dropped["no expression values"], 1);
     assert_eq!(s.dropped["not in the split"], 1);
     assert_eq!(s.rows.values().sum::<usize>(), 58);
+    // The model records the window its promoters were cut with.
+    let head = Predictor::load(&ctx.out, Device::Cpu).unwrap();
+    assert_eq!(
+        head.head().unwrap().promoter_window,
+        Some(crate::genomics::window::Window {
+            upstream: 150,
+            downstream: 0
+        })
+    );
     // Observed values are ln(TPM + 0.001), close to the planted targets.
     let pred = std::fs::read_to_string(ctx.out.join("predictions.tsv")).unwrap();
     let first: Vec<&str> = pred.lines().nth(1).unwrap().split('\t').collect();
