@@ -281,9 +281,11 @@ pub fn run(
         let _ = std::fs::remove_file(&marker);
         let log = cache.log_path(&r.key);
         let published = match outcome {
-            Outcome::Succeeded => cache
-                .publish(&r.scratch)
-                .with_context(|| format!("cannot publish the output of {}", job.id)),
+            Outcome::Succeeded => inputs_unchanged(job, cache, &r.inputs).and_then(|()| {
+                cache
+                    .publish(&r.scratch)
+                    .with_context(|| format!("cannot publish the output of {}", job.id))
+            }),
             Outcome::Failed(why) => Err(anyhow::anyhow!("{why}")),
         };
         match published {
@@ -482,6 +484,37 @@ fn cluster_gpus(job: &crate::dag::Job) -> usize {
     } else {
         0
     }
+}
+
+/// Fails when a file or folder input changed, or went away, while the job ran: the job may have
+/// read either content, so its output must not be kept under the key of the content hashed
+/// before it started (a later run with that content would take it from the cache). Unchanged
+/// files cost one `stat` each (the digest memo).
+fn inputs_unchanged(
+    job: &crate::dag::Job,
+    cache: &Cache,
+    used: &[(String, Digest)],
+) -> anyhow::Result<()> {
+    for (input, (_, before)) in job.inputs.iter().zip(used) {
+        let Source::Path(path) = &input.source else {
+            continue;
+        };
+        match cache.input_digest(path) {
+            Ok(now) if now == *before => {}
+            Ok(_) => anyhow::bail!(
+                "input `{}` ({}) changed while the job ran: its output is not kept; run again \
+                 to use the new content",
+                input.name,
+                path.display()
+            ),
+            Err(e) => anyhow::bail!(
+                "input `{}` ({}) cannot be read since the job ran ({e}): its output is not kept",
+                input.name,
+                path.display()
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Starts job `j`; `reports` gives the keys of the jobs upstream (for provenance).

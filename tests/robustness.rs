@@ -280,3 +280,38 @@ stages:
     // After success the work folder is gone.
     assert!(files_in(&p.path("cache/work")).is_empty());
 }
+
+/// A job whose file input changes while it runs fails and publishes nothing. Its output may have
+/// read either content; kept under the key of the content hashed before it started, a later run
+/// on that content would take it from the cache. Before, it was kept.
+#[test]
+fn an_input_changed_while_its_job_ran_fails_the_job_and_is_not_cached() {
+    let p = Project::new();
+    p.write("data.txt", "old\n");
+    // With the `mutate` marker present, the job rewrites its input before reading it (as an
+    // editor saving the file mid-run would).
+    p.write(
+        "wf.yaml",
+        "stages:\n  copy: {kind: exec, inputs: {src: data.txt}, params: {argv: [sh, -c, \"if [ -e $FLORA_WORK/../../../mutate ]; then echo new > $FLORA_IN_src; fi; cat $FLORA_IN_src > $FLORA_OUT/copy\"]}}\n",
+    );
+    p.write("mutate", "");
+    let out = p.fails(&["run", "wf.yaml"], 1);
+    assert!(
+        out.contains("error: job copy failed: input `src` (")
+            && out.contains(
+                "data.txt) changed while the job ran: its output is not kept; run again to use \
+                 the new content"
+            ),
+        "{out}"
+    );
+    assert!(files_in(&p.path("cache/artifacts")).is_empty(), "{out}");
+    assert!(!p.path("results/wf/copy").exists());
+
+    // The first content again, left alone this time: nothing was kept under its key, so the job
+    // runs and copies it.
+    std::fs::remove_file(p.path("mutate")).unwrap();
+    p.write("data.txt", "old\n");
+    let out = p.ok(&["run", "wf.yaml"]);
+    assert_eq!(state_of(&out, "copy"), "ran", "{out}");
+    assert_eq!(p.read("results/wf/copy/copy"), "old\n");
+}
