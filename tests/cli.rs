@@ -325,3 +325,71 @@ fn a_closed_stdout_is_not_a_crash() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// A file that a stage reads without declaring it (a script in `argv`, a local `download`
+/// path) is not hashed, so changing it re-runs nothing: `plan` and `run` say so, once per
+/// stage and file; a declared one is not warned about.
+#[test]
+fn files_a_stage_reads_without_declaring_them_are_warned_about() {
+    let p = Project::new();
+    p.write("fit.sh", "echo fit > $FLORA_OUT/fit\n");
+    p.write("scripts/count.awk", "{ n++ } END { print n }\n");
+    p.write("genome.fa", ">chr1\nACGT\n");
+    p.write(
+        "wf.yaml",
+        r#"
+vars:
+  items: [a, b]
+stages:
+  fit: {kind: exec, foreach: "${vars.items}", params: {argv: [sh, fit.sh]}}
+  count: {kind: exec, params: {argv: [sh, -c, "awk -f scripts/count.awk fit.sh > $FLORA_OUT/n"]}}
+  declared: {kind: exec, inputs: {script: fit.sh}, params: {argv: [sh, fit.sh]}}
+  genome: {kind: download, params: {fasta: genome.fa, gff: "file://genes.gff3"}}
+"#,
+    );
+    let warned = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let plan = p.output(&["plan", "wf.yaml"]);
+    assert!(plan.status.success());
+    let lines = warned(&plan);
+    let root = p.root().canonicalize().unwrap();
+    let expected = [
+        format!(
+            "warning: stage `fit`: its argv names {}/fit.sh, a file that is not one of its inputs",
+            root.display()
+        ),
+        format!(
+            "warning: stage `count`: its argv names {}/scripts/count.awk, a file",
+            root.display()
+        ),
+        format!(
+            "warning: stage `count`: its argv names {}/fit.sh, a file",
+            root.display()
+        ),
+        format!(
+            "warning: stage `genome`: param `fasta` reads {}/genome.fa, a file",
+            root.display()
+        ),
+        format!(
+            "warning: stage `genome`: param `gff` reads {}/genes.gff3, a file",
+            root.display()
+        ),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (line, start) in lines.iter().zip(&expected) {
+        assert!(
+            line.starts_with(start.as_str()),
+            "{line}\nexpected: {start}"
+        );
+    }
+    assert!(lines[0].ends_with(
+        "changing it will not re-run the stage (declare it under `inputs` and use the input's path)"
+    ));
+    let run = p.output(&["run", "wf.yaml", "--until", "count"]);
+    assert_eq!(warned(&run), lines);
+}

@@ -7,6 +7,7 @@
 
 pub mod render;
 pub mod resources;
+pub mod undeclared;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
