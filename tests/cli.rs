@@ -387,9 +387,24 @@ stages:
             "{line}\nexpected: {start}"
         );
     }
-    assert!(lines[0].ends_with(
-        "changing it will not re-run the stage (declare it under `inputs` and use the input's path)"
-    ));
+    assert!(lines[0].ends_with("changing it will not re-run the stage (declare it as an input)"));
     let run = p.output(&["run", "wf.yaml", "--until", "count"]);
     assert_eq!(warned(&run), lines);
+    // `flora stage` too, where `--input` declares.
+    let stage = |more: &[&str]| {
+        let mut args = vec!["stage", "exec", "--set", "argv=[sh, fit.sh]"];
+        args.extend_from_slice(more);
+        let out = p.output(&args);
+        assert!(out.status.success(), "{out:?}");
+        warned(&out)
+    };
+    assert_eq!(
+        stage(&["--out", "o1"]),
+        [format!(
+            "warning: stage `exec`: its argv names {}/fit.sh, a file that is not one of its \
+             inputs: changing it will not re-run the stage (declare it as an input)",
+            root.display()
+        )]
+    );
+    assert!(stage(&["--input", "s=fit.sh", "--out", "o2"]).is_empty());
 }

@@ -78,6 +78,9 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         &sets,
     )?;
     let graph = JobGraph::build(wf)?;
+    for warning in crate::dag::undeclared::warnings(&graph) {
+        eprintln!("{warning}");
+    }
     let cache = open_cache(cli)?;
     let opts = RunOptions {
         jobs: 1,

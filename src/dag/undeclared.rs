@@ -31,8 +31,7 @@ pub fn warnings(graph: &JobGraph) -> Vec<String> {
             }
             out.push(format!(
                 "warning: stage `{stage}`: {how} {}, a file that is not one of its inputs: \
-                 changing it will not re-run the stage (declare it under `inputs` and use the \
-                 input's path)",
+                 changing it will not re-run the stage (declare it as an input)",
                 named.display()
             ));
         }
