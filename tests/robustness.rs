@@ -104,7 +104,7 @@ stages:
 /// running, orphaned, writing into the cache.
 #[test]
 fn an_interrupted_run_stops_its_jobs_and_starts_no_more() {
-    for signal in ["INT", "TERM"] {
+    for signal in ["INT", "TERM", "HUP"] {
         let p = Project::new();
         p.write(
             "wf.yaml",
@@ -179,7 +179,37 @@ stages:
     assert!(!p.path("out").exists());
 }
 
-/// Sends `signal` (`INT`, `TERM`) to `child`, as `kill` does.
+/// Under `nohup` (SIGHUP ignored from the start) a lost terminal does not stop the run.
+#[test]
+fn a_hangup_that_nohup_ignores_does_not_stop_the_run() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  slow: {kind: exec, params: {argv: [sh, -c, \"touch $FLORA_WORK/../../../started; sleep 1; echo done > $FLORA_OUT/x\"]}}\n",
+    );
+    let flora = assert_cmd::cargo::cargo_bin("flora");
+    let child = Command::new("sh")
+        .current_dir(p.root())
+        .args([
+            "-c",
+            &format!("trap '' HUP; exec '{}' run wf.yaml", flora.display()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the job to start", || p.path("started").exists());
+    send(&child, "HUP");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.read("results/wf/slow/x"), "done\n");
+}
+
+/// Sends `signal` (`INT`, `TERM`, `HUP`) to `child`, as `kill` does.
 fn send(child: &std::process::Child, signal: &str) {
     let sent = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])

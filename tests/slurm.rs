@@ -236,6 +236,51 @@ fn ctrl_c_cancels_the_runs_slurm_jobs() {
     assert!(state.contains("JobState=CANCELLED"), "{state}");
 }
 
+/// A driver killed outright (SIGKILL, a login node's process reaper) cannot cancel its jobs; the
+/// next run on the cache does, and waits for them to leave the queue before it starts its own,
+/// which would resume from the same work folders.
+#[test]
+fn jobs_a_killed_driver_left_running_are_cancelled_by_the_next_run() {
+    let Some(_node) = slurm("slurm jobs left behind") else {
+        return;
+    };
+    let p = Project::new();
+    p.write("slow", "");
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  long:\n    kind: exec\n    params: {argv: [sh, -c, \"if [ -e slow ]; then sleep 120; fi; echo done > $FLORA_OUT/x\"]}\n",
+    );
+    let mut child = spawn_run(&p, &[]);
+    let id = wait_for_running("flora:long", Duration::from_secs(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = || {
+        let out = Command::new("scontrol")
+            .args(["show", "job", "-o", &id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(state().contains("JobState=RUNNING"), "{}", state());
+
+    std::fs::remove_file(p.path("slow")).unwrap();
+    let out = p.output(&run_args("wf.yaml", &[]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "flora: cancelling 1 Slurm job(s) that an earlier run on this cache left running \
+             (its driver ended without cancelling them): {id}"
+        )),
+        "{err}"
+    );
+    assert!(state().contains("JobState=CANCELLED"), "{}", state());
+    assert_eq!(p.read("results/wf/long/x"), "done\n");
+    // Nothing is left behind the second time.
+    let out = p.output(&run_args("wf.yaml", &[]));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("cancelling"));
+}
+
 #[test]
 fn a_job_lost_to_a_node_failure_is_submitted_again() {
     let Some(_node) = slurm("slurm node failure") else {

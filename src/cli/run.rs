@@ -93,7 +93,7 @@ pub fn selection(graph: &JobGraph, select: &SelectArgs) -> anyhow::Result<(Vec<b
 const CLUSTER_JOBS: usize = 500;
 
 /// The executor the command line asks for, after checking that its options fit it.
-fn executor(args: &RunArgs) -> anyhow::Result<Box<dyn Executor>> {
+fn executor(args: &RunArgs, cache: &Cache) -> anyhow::Result<Box<dyn Executor>> {
     let exe = std::env::current_exe().context("cannot find the flora executable")?;
     let s = &args.slurm;
     match args.executor {
@@ -130,9 +130,9 @@ fn executor(args: &RunArgs) -> anyhow::Result<Box<dyn Executor>> {
                 poll: std::time::Duration::from_secs_f64(s.slurm_poll),
                 latency: std::time::Duration::from_secs_f64(s.slurm_latency),
             };
-            Ok(Box::new(
-                Slurm::new(exe, opts).context("cannot watch for Ctrl-C")?,
-            ))
+            let slurm = Slurm::new(exe, opts).context("cannot watch for Ctrl-C")?;
+            slurm.cancel_left_behind(&cache.root.join("logs"))?;
+            Ok(Box::new(slurm))
         }
     }
 }
@@ -152,7 +152,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let cache = open_cache(cli)?;
     // After the cache's lock: the executor takes over Ctrl-C, which must still end a wait for
     // another flora at once.
-    let mut executor = executor(args)?;
+    let mut executor = executor(args, &cache)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -67,16 +67,32 @@ pub fn rerun_tuned() -> std::io::Result<()> {
     std::process::exit(cmd.status()?.code().unwrap_or(1));
 }
 
-/// A flag that the first SIGINT (Ctrl-C) or SIGTERM raises, for an executor to stop its jobs
-/// and let the run end; a second one ends the process at once, with status 130.
+/// A flag that the first SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal or SSH session went
+/// away) raises, for an executor to stop its jobs and let the run end; a second one ends the
+/// process at once, with status 130. A SIGHUP that this process started out ignoring (`nohup
+/// flora run ...`) stays ignored.
 pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use std::sync::{atomic::AtomicBool, Arc};
     let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    let hangup = (!ignored(SIGHUP)).then_some(SIGHUP);
+    for signal in [SIGINT, SIGTERM].into_iter().chain(hangup) {
         signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&interrupted))?;
         signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
     }
     Ok(interrupted)
+}
+
+/// Whether `signal` is ignored in this process (as `nohup` leaves SIGHUP).
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`, which
+    // lives on this stack.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut old = std::mem::zeroed::<libc::sigaction>();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// The `-v` flags that give a job process this process's log level (its log file then has the

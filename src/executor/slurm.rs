@@ -24,6 +24,9 @@ use crate::progress::Progress;
 /// Slurm states after which a job is submitted again.
 const RETRIED: [&str; 3] = ["NODE_FAIL", "PREEMPTED", "BOOT_FAIL"];
 
+/// How long cancelled jobs of an earlier run get to leave the queue before the run gives up.
+const LEFT_BEHIND_WAIT: Duration = Duration::from_secs(180);
+
 /// How long `squeue` may keep failing (the controller down, say) before the run's jobs are
 /// given up.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(300);
@@ -79,6 +82,77 @@ impl Slurm {
             interrupted,
             unreachable_since: None,
         })
+    }
+
+    /// Cancels this user's Slurm jobs that an earlier flora run on this cache left running (their
+    /// logs are in `logs`), and waits until they have left the queue. A driver that was killed
+    /// (SIGKILL, a login node's process reaper) could not cancel them, and they would go on
+    /// writing into the work folders that this run's jobs resume from. Returns their ids.
+    pub fn cancel_left_behind(&self, logs: &Path) -> anyhow::Result<Vec<String>> {
+        // SAFETY: getuid takes nothing and cannot fail.
+        #[allow(unsafe_code)]
+        let uid = unsafe { libc::getuid() };
+        let listed = Command::new("squeue")
+            .args(["--noheader", &format!("--user={uid}")])
+            .args(["-O", "JobID:40,StdOut:4096"])
+            .output();
+        let text = match listed {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!(
+                    "warning: cannot list your Slurm jobs (squeue: {why}): jobs that an earlier \
+                     run on this cache left running are not cancelled"
+                );
+                return Ok(Vec::new());
+            }
+        };
+        let ids: Vec<String> = text
+            .lines()
+            .filter_map(|line| {
+                let (id, log) = line.trim().split_once(char::is_whitespace)?;
+                Path::new(log.trim())
+                    .starts_with(logs)
+                    .then(|| id.to_string())
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let list = ids.join(",");
+        eprintln!(
+            "flora: cancelling {} Slurm job(s) that an earlier run on this cache left running \
+             (its driver ended without cancelling them): {list}",
+            ids.len()
+        );
+        let _ = Command::new("scancel").args(&ids).status();
+        let deadline = Instant::now() + LEFT_BEHIND_WAIT;
+        loop {
+            let out = Command::new("squeue")
+                .args(["-h", "-o", "%i", "-j", &list])
+                .output();
+            // squeue fails with "Invalid job id" once none of them is known any more.
+            let gone = match &out {
+                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+                Ok(o) => String::from_utf8_lossy(&o.stderr).contains("Invalid job id"),
+                Err(_) => false,
+            };
+            if gone {
+                return Ok(ids);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "Slurm jobs {list}, left running by an earlier run on this cache, are still \
+                     there {} s after scancel: end them (`scancel {}`) and run again",
+                    LEFT_BEHIND_WAIT.as_secs(),
+                    ids.join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// `sbatch` arguments for `launch` (everything but the command).
