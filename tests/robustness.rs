@@ -16,14 +16,24 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Starts flora with SIGHUP at its default, as from a terminal: a test run in the background
+/// under `nohup` would otherwise hand it SIGHUP ignored, which flora keeps ignoring.
 fn spawn_flora(p: &Project, args: &[&str]) -> std::process::Child {
-    Command::new(assert_cmd::cargo::cargo_bin("flora"))
-        .current_dir(p.root())
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("flora"));
+    cmd.current_dir(p.root())
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec, `signal` is async-signal-safe and touches no memory.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
 }
 
 /// Whether process `pid` is gone (or a zombie no one has reaped yet).
