@@ -345,6 +345,8 @@ stages:
   count: {kind: exec, params: {argv: [sh, -c, "awk -f scripts/count.awk fit.sh > $FLORA_OUT/n"]}}
   declared: {kind: exec, inputs: {script: fit.sh}, params: {argv: [sh, fit.sh]}}
   genome: {kind: download, params: {fasta: genome.fa, gff: "file://genes.gff3"}}
+  tpm: {kind: expression, params: {url: tpm.tsv}}
+  remote: {kind: expression, params: {url: "https://example.org/tpm.tsv"}}
 "#,
     );
     let warned = |out: &std::process::Output| {
@@ -377,6 +379,10 @@ stages:
         ),
         format!(
             "warning: stage `genome`: param `gff` reads {}/genes.gff3, a file",
+            root.display()
+        ),
+        format!(
+            "warning: stage `tpm`: param `url` reads {}/tpm.tsv, a file",
             root.display()
         ),
     ];

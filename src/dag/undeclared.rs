@@ -1,5 +1,5 @@
 //! Files a stage reads without declaring them as inputs: an `exec` job's program or script named
-//! in its `argv`, or a `download` job's local `fasta`/`gff`. flora hashes inputs only, so
+//! in its `argv`, a `download` job's local `fasta`/`gff`, an `expression` job's local `url`. flora hashes inputs only, so
 //! changing such a file re-runs nothing; `plan` and `run` warn about each.
 
 use std::collections::BTreeSet;
@@ -53,20 +53,31 @@ fn named_files(kind: &str, params: &serde_json::Value, dir: &Path) -> Vec<(PathB
             }
         }
         "download" if params["source"] == "url" => {
-            for param in ["fasta", "gff"] {
-                let Some(value) = params[param].as_str() else {
-                    continue;
-                };
-                if value.starts_with("http://") || value.starts_with("https://") {
-                    continue;
-                }
-                let path = dir.join(value.strip_prefix("file://").unwrap_or(value));
-                out.push((path, format!("param `{param}` reads")));
-            }
+            local_params(params, &["fasta", "gff"], dir, &mut out)
         }
+        "expression" => local_params(params, &["url"], dir, &mut out),
         _ => {}
     }
     out
+}
+
+/// The params among `names` that hold a local path or a `file://` URL rather than a remote URL.
+fn local_params(
+    params: &serde_json::Value,
+    names: &[&str],
+    dir: &Path,
+    out: &mut Vec<(PathBuf, String)>,
+) {
+    for param in names {
+        let Some(value) = params[*param].as_str() else {
+            continue;
+        };
+        if value.starts_with("http://") || value.starts_with("https://") {
+            continue;
+        }
+        let path = dir.join(value.strip_prefix("file://").unwrap_or(value));
+        out.push((path, format!("param `{param}` reads")));
+    }
 }
 
 /// The words of an argv element that could be relative paths: split at blanks and shell

@@ -396,10 +396,19 @@ pub fn from_parts(
         }
     }
     if out.rows.is_empty() {
+        let sorted = |ids: Vec<&String>| {
+            let mut ids: Vec<String> = ids.into_iter().cloned().collect();
+            ids.sort();
+            ids
+        };
         return Err(format!(
-            "no promoter id matched a gene of {} (dropped: {:?})",
+            "no promoter id matched a gene of {} (dropped: {:?}). {}",
             expression.display(),
-            out.dropped
+            out.dropped,
+            super::id_match::hint(
+                &sorted(seen.iter().collect()),
+                &sorted(values.keys().collect())
+            )
         ));
     }
     if splits.is_none() {
@@ -439,6 +448,34 @@ mod tests {
         assert_eq!(ex.of(Split::Test).len(), 30);
         assert_eq!(ex.of(Split::Valid).len(), 7);
         assert_eq!(from_table(&q, 3, None).unwrap(), ex, "seeded");
+    }
+
+    /// Promoters and a table that share no gene id: the error shows a few of each and what
+    /// they differ by.
+    #[test]
+    fn ids_that_never_meet_are_shown_with_their_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let fasta = dir.path().join("promoters.fa");
+        let table = dir.path().join("expression.tsv");
+        let mut fa = String::new();
+        let mut tsv = String::from("gene_id\tleaf\n");
+        for i in 0..5 {
+            fa.push_str(&format!(">AT1G0{i}010 ath\nACGTACGT\n"));
+            tsv.push_str(&format!("AT1G0{i}010.1\t{i}\n"));
+        }
+        std::fs::write(&fasta, fa).unwrap();
+        std::fs::write(&table, tsv).unwrap();
+        let e = from_parts(&fasta, &table, None, 0).unwrap_err();
+        assert!(
+            e.contains("no promoter id matched a gene of")
+                && e.contains(
+                    "Promoter ids look like AT1G00010, AT1G01010, AT1G02010; the table's like \
+                     AT1G00010.1, AT1G01010.1, AT1G02010.1. They differ by a version or \
+                     transcript suffix (`.1`, `_T001`, `_P001`): 5 of 5 promoters would match \
+                     without it."
+                ),
+            "{e}"
+        );
     }
 
     /// FloraBERT's own table: `gene_id`, a text column, `seq`, a `fold` column of `test` and

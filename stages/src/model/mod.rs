@@ -29,6 +29,7 @@ mod fused_cuda;
 mod gpu_kernels;
 pub mod gpu_ops;
 pub mod head;
+pub mod id_match;
 #[cfg(test)]
 mod kernel_emulator;
 pub mod lamb;
