@@ -78,10 +78,17 @@ fn gc_keeps_what_workflows_reach_and_removes_the_rest() {
 
     let dry = p.ok(&["cache", "gc", "--keep", "wf.yaml", "--dry-run"]);
     assert!(dry.contains("would remove 1 artifacts"), "{dry}");
+    // Each artifact with its size and the jobs that made it.
+    let line = dry.lines().next().unwrap();
+    assert!(
+        line.starts_with("would remove ") && line.ends_with("4 B  old:gone"),
+        "{dry}"
+    );
     assert_eq!(artifact_dirs(&p).len(), 3);
 
     let out = p.ok(&["cache", "gc", "--keep", "wf.yaml"]);
     assert!(out.contains("removed 1 artifacts"), "{out}");
+    assert!(out.lines().next().unwrap().ends_with("old:gone"), "{out}");
     assert_eq!(artifact_dirs(&p).len(), 2);
     assert!(p.plan(&["wf.yaml"]).iter().all(|r| r.1 == "cached"));
     let plan = p.plan(&["old.yaml"]);

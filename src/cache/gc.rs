@@ -9,8 +9,8 @@ use crate::hash::Digest;
 /// What a collection removed (or, in a dry run, would remove).
 #[derive(Debug, Default)]
 pub struct GcReport {
-    /// Artifacts removed.
-    pub artifacts: Vec<Digest>,
+    /// Artifacts removed, each with its size in bytes.
+    pub artifacts: Vec<(Digest, u64)>,
     /// Bytes freed.
     pub bytes: u64,
     /// Artifacts kept.
@@ -44,17 +44,18 @@ impl Cache {
                 report.kept += 1;
                 continue;
             }
-            report.bytes += meta
+            let size = meta
                 .map(|m| m.size)
                 .unwrap_or_else(|| crate::hash::tree_size(&entry.path()).unwrap_or(0));
-            report.artifacts.push(digest);
+            report.bytes += size;
+            report.artifacts.push((digest, size));
             doomed.insert(digest);
         }
         report.artifacts.sort();
         if dry_run {
             return Ok(report);
         }
-        for digest in &report.artifacts {
+        for (digest, _) in &report.artifacts {
             let path = self.artifact_path(digest);
             make_writable(&path);
             std::fs::remove_dir_all(&path)?;

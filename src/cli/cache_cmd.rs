@@ -25,8 +25,8 @@ pub fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<()> {
     }
 }
 
-fn ls(cli: &Cli) -> anyhow::Result<()> {
-    let cache = open_existing_cache(cli)?;
+/// For each artifact, the jobs that made it (`workflow:job`), sorted and each once.
+fn made_by(cache: &crate::cache::Cache) -> BTreeMap<Digest, Vec<String>> {
     let mut made_by: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for rec in cache.all_jobs() {
         made_by
@@ -34,6 +34,16 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
             .or_default()
             .push(format!("{}:{}", rec.workflow_name, rec.job));
     }
+    for jobs in made_by.values_mut() {
+        jobs.sort();
+        jobs.dedup();
+    }
+    made_by
+}
+
+fn ls(cli: &Cli) -> anyhow::Result<()> {
+    let cache = open_existing_cache(cli)?;
+    let made_by = made_by(&cache);
     let mut rows = Vec::new();
     for e in std::fs::read_dir(cache.root.join("artifacts"))? {
         let Ok(d) = e?.file_name().to_string_lossy().parse::<Digest>() else {
@@ -63,9 +73,7 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
             ),
         };
         total += size;
-        let mut jobs = made_by.get(d).cloned().unwrap_or_default();
-        jobs.sort();
-        jobs.dedup();
+        let jobs = made_by.get(d).cloned().unwrap_or_default();
         outln!(
             "{:<12}  {:>10}  {:<20}  {}",
             d.short(),
@@ -126,14 +134,17 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Who made each artifact, read before a real collection removes their records.
+    let made_by = made_by(&cache);
     let report = cache.gc(&keep, newer, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
     } else {
         "removed"
     };
-    for d in &report.artifacts {
-        outln!("{verb} {}", d.to_hex());
+    for (d, size) in &report.artifacts {
+        let jobs = made_by.get(d).map(|j| j.join(", ")).unwrap_or_default();
+        outln!("{verb} {}  {:>10}  {jobs}", d.short(), human(*size));
     }
     outln!(
         "{verb} {} artifacts ({}); kept {}",
