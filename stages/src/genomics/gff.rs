@@ -93,11 +93,28 @@ fn attribute_spans(column: &str) -> Result<Vec<Pair>, String> {
             continue;
         }
         let Some(eq) = trimmed.find('=') else {
+            if looks_like_gtf(trimmed) {
+                return Err(format!(
+                    "attribute {trimmed:?} is GTF's `key \"value\"`, not GFF3's KEY=VALUE: this \
+                     looks like a GTF file; convert it to GFF3 (e.g. `gffread -E in.gtf -o \
+                     out.gff3`, or AGAT's `agat_convert_sp_gxf2gxf.pl`)"
+                ));
+            }
             return Err(format!("attribute {trimmed:?} is not KEY=VALUE"));
         };
         pairs.push((start..start + eq, start + eq + 1..start + trimmed.len()));
     }
     Ok(pairs)
+}
+
+/// Whether an attribute is GTF's `key "value"` (a word, a blank, a quoted value).
+fn looks_like_gtf(attribute: &str) -> bool {
+    attribute.split_once(' ').is_some_and(|(key, value)| {
+        !key.is_empty()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && value.trim().starts_with('"')
+            && value.trim().ends_with('"')
+    })
 }
 
 /// A problem reading GFF3.
@@ -513,6 +530,12 @@ mod tests {
             ),
             ("chr1\t.\tgene\t1\t2\t.\t*\t.\tID=a", "strand \"*\""),
             ("chr1\t.\tgene\t1\t2\t.\t+\t.\tIDa", "not KEY=VALUE"),
+            (
+                "chr1\t.\tgene\t1\t2\t.\t+\t.\tgene_id \"G1\"; gene_biotype \"protein_coding\";",
+                "attribute \"gene_id \\\"G1\\\"\" is GTF's `key \"value\"`, not GFF3's KEY=VALUE: \
+                 this looks like a GTF file; convert it to GFF3 (e.g. `gffread -E in.gtf -o \
+                 out.gff3`",
+            ),
         ];
         for (line, want) in cases {
             let text = format!("##gff-version 3\n{line}\n");
