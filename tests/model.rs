@@ -583,6 +583,42 @@ fn variants_through_the_binary() {
     );
 }
 
+/// `--fasta` takes a `promoters` output folder as stage inputs do: its `promoters.fa.gz`.
+#[test]
+fn model_commands_read_a_promoters_folder() {
+    let p = finetuned();
+    small_genome(&p);
+    p.ok(&[
+        "stage",
+        "promoters",
+        "--input",
+        "fasta=genome.fa",
+        "--input",
+        "gff=genes.gff3",
+        "--set",
+        "upstream=150",
+        "--out",
+        "prom",
+    ]);
+    let from_folder = p.ok(&["predict", "--model", "ft", "--fasta", "prom"]);
+    let rows: Vec<&str> = from_folder.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{from_folder}");
+    assert!(rows[0].starts_with("plus\t") && rows[1].starts_with("minus\t"));
+    let from_file = p.ok(&[
+        "predict",
+        "--model",
+        "ft",
+        "--fasta",
+        "prom/promoters.fa.gz",
+    ]);
+    assert_eq!(from_folder, from_file);
+    p.write("empty/notes.txt", "");
+    let out = p.output(&["predict", "--model", "ft", "--fasta", "empty"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("empty holds no promoters.fa.gz or sequences.fa.gz or corpus.fa.gz"));
+}
+
 fn gunzip(path: &Path) -> String {
     let mut s = String::new();
     flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())

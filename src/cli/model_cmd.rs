@@ -35,7 +35,7 @@ pub struct PredictArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,
-    /// Promoter sequences (FASTA, plain or gzip/bgzip).
+    /// Promoter sequences: a FASTA (plain or gzip/bgzip), or a `promoters` output folder.
     #[arg(long, value_name = "FILE")]
     pub fasta: PathBuf,
     /// Output TSV (default: stdout).
@@ -49,7 +49,7 @@ pub struct EmbedArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,
-    /// Promoter sequences (FASTA, plain or gzip/bgzip).
+    /// Promoter sequences: a FASTA (plain or gzip/bgzip), or a `promoters` output folder.
     #[arg(long, value_name = "FILE")]
     pub fasta: PathBuf,
     /// Output: `.tsv` (id, then one column per dimension) or `.npy` (float32 rows, with the ids
@@ -64,7 +64,8 @@ pub struct MutagenesisArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,
-    /// A FASTA holding the promoter (its only record, or the one named by --id).
+    /// A FASTA holding the promoter (its only record, or the one named by --id), or a
+    /// `promoters` output folder.
     #[arg(long, value_name = "FILE")]
     pub fasta: PathBuf,
     /// Which record of the FASTA.
@@ -120,8 +121,18 @@ fn load(args: &ModelArgs) -> anyhow::Result<Predictor> {
     Ok(model)
 }
 
+/// The records of a FASTA, or of every promoters FASTA in a stage's output folder (a
+/// `promoters` artifact, or a fan-out of them), as stage inputs are read.
 fn read_fasta(path: &Path) -> anyhow::Result<Vec<FastaRecord>> {
-    let recs = records::read_all(path).map_err(anyhow::Error::msg)?;
+    let files = if path.is_dir() {
+        flora_stages::splits::corpus::fasta_files(path).map_err(anyhow::Error::msg)?
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut recs = Vec::new();
+    for file in &files {
+        recs.extend(records::read_all(file).map_err(anyhow::Error::msg)?);
+    }
     if recs.is_empty() {
         bail!("{}: holds no sequences", path.display());
     }
