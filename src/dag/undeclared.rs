@@ -1,6 +1,7 @@
-//! Files a stage reads without declaring them as inputs: an `exec` job's program or script named
-//! in its `argv`, a `download` job's local `fasta`/`gff`, an `expression` job's local `url`. flora hashes inputs only, so
-//! changing such a file re-runs nothing; `plan` and `run` warn about each.
+//! Files a stage reads without declaring them as inputs: a file that an `exec` job's `argv`
+//! names (its script, a table), or a local path in a param its kind lists in `path_params` (a
+//! `download` job's `fasta`, an `expression` job's `url`). flora hashes inputs only, so changing
+//! such a file re-runs nothing; `plan`, `run` and `stage` warn about each.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub fn warnings(graph: &JobGraph) -> Vec<String> {
             let file = absolute(file);
             declared.iter().any(|d| file.starts_with(d))
         };
-        for (named, how) in named_files(job.kind.name, &job.params, &graph.workflow.dir) {
+        for (named, how) in named_files(job.kind, &job.params, &graph.workflow.dir) {
             if is_declared(&named) || !seen.insert((stage.clone(), named.clone())) {
                 continue;
             }
@@ -40,24 +41,20 @@ pub fn warnings(graph: &JobGraph) -> Vec<String> {
 }
 
 /// The local files that a job's params name, each with where it is named.
-fn named_files(kind: &str, params: &serde_json::Value, dir: &Path) -> Vec<(PathBuf, String)> {
+fn named_files(
+    kind: &crate::registry::Kind,
+    params: &serde_json::Value,
+    dir: &Path,
+) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    match kind {
-        "exec" => {
-            let argv = params["argv"].as_array().into_iter().flatten();
-            for word in argv.filter_map(|a| a.as_str()).flat_map(shell_words) {
-                let path = dir.join(word);
-                if path.is_file() {
-                    out.push((path, "its argv names".to_string()));
-                }
-            }
+    let argv = params["argv"].as_array().into_iter().flatten();
+    for word in argv.filter_map(|a| a.as_str()).flat_map(shell_words) {
+        let path = dir.join(word);
+        if path.is_file() {
+            out.push((path, "its argv names".to_string()));
         }
-        "download" if params["source"] == "url" => {
-            local_params(params, &["fasta", "gff"], dir, &mut out)
-        }
-        "expression" => local_params(params, &["url"], dir, &mut out),
-        _ => {}
     }
+    local_params(params, kind.path_params, dir, &mut out);
     out
 }
 
