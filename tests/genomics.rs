@@ -153,6 +153,71 @@ fn a_genome_with_ragged_lines_gives_the_same_promoters() {
     );
 }
 
+/// The same genes as GTF (Ensembl's, with gene lines, and as assemblers write it, with
+/// transcripts alone) give the same promoters as the GFF3.
+#[test]
+fn a_gtf_gives_the_same_promoters_as_the_gff3() {
+    let p = Project::new();
+    fixture(&p);
+    let mut with_genes = String::new();
+    let mut transcripts_only = String::new();
+    for line in p.read("genome/toy.gff3").lines().skip(1) {
+        let c: Vec<&str> = line.split('\t').collect();
+        let id = c[8]
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("ID=gene:");
+        let biotype = c[8].rsplit("biotype=").next().unwrap();
+        let at = |ty: &str, attrs: &str| {
+            format!(
+                "{}\t{}\t{ty}\t{}\t{}\t.\t{}\t.\t{attrs}\n",
+                c[0], c[1], c[3], c[4], c[6]
+            )
+        };
+        with_genes.push_str(&at(
+            "gene",
+            &format!("gene_id \"{id}\"; gene_biotype \"{biotype}\";"),
+        ));
+        with_genes.push_str(&at(
+            "transcript",
+            &format!("gene_id \"{id}\"; transcript_id \"{id}.1\"; gene_biotype \"{biotype}\";"),
+        ));
+        transcripts_only.push_str(&at(
+            "transcript",
+            &format!("gene_id \"{id}\"; transcript_id \"{id}.1\"; gene_biotype \"{biotype}\";"),
+        ));
+        transcripts_only.push_str(&at(
+            "exon",
+            &format!("gene_id \"{id}\"; transcript_id \"{id}.1\";"),
+        ));
+    }
+    p.write("genome/toy.gtf", &with_genes);
+    p.write("genome/plain.gtf", &transcripts_only);
+    for (gff, out) in [
+        ("genome/toy.gff3", "gff3"),
+        ("genome/toy.gtf", "gtf"),
+        ("genome/plain.gtf", "plain"),
+    ] {
+        p.ok(&[
+            "stage",
+            "promoters",
+            "--input",
+            "fasta=genome/toy.fa",
+            "--input",
+            &format!("gff={gff}"),
+            "--out",
+            out,
+        ]);
+    }
+    let table = |out: &str| p.read(&format!("{out}/promoters.tsv"));
+    assert_eq!(table("gff3").lines().count(), 3, "{}", table("gff3"));
+    assert_eq!(table("gtf"), table("gff3"));
+    assert_eq!(table("plain"), table("gff3"));
+    let fasta = |out: &str| read_gz(&p.path(&format!("{out}/promoters.fa.gz")));
+    assert_eq!(fasta("gtf"), fasta("gff3"));
+}
+
 #[test]
 fn promoters_in_a_workflow_with_bad_params_and_inputs() {
     let p = Project::new();

@@ -6,6 +6,7 @@
 //! | RefSeq | `ID=gene-AT1G01010;locus_tag=AT1G01010` | `gene_biotype=` | (longest) |
 //! | GenBank submitter | `ID=gene-AARE701A_LOCUS1;locus_tag=...` | `gene_biotype=` | (longest) |
 //! | MaizeGDB | `ID=Zm00001eb000010` | `biotype=` (if any) | `canonical_transcript=1` |
+//! | GTF | `gene_id "X"` (or none: made from its transcripts) | `gene_biotype` (if any) | `tag "Ensembl_canonical"` |
 //!
 //! With `id_attribute: auto` the id is `ID` with a `gene:` or `gene-` prefix removed. A gene with
 //! no biotype is taken as `protein_coding` when it has an mRNA. Decisions that drop genes are
@@ -107,7 +108,7 @@ pub enum GenesError {
         source: GffError,
     },
     /// The file has no genes at all.
-    #[error("{path}: no gene features found (is this a GFF3 file?)")]
+    #[error("{path}: no gene features found (is this a GFF3 or GTF file?)")]
     Empty {
         /// The file.
         path: String,
@@ -200,7 +201,19 @@ enum Line {
         end: u64,
         canonical: bool,
         mrna: bool,
+        /// From a GTF line: the gene to make if no gene line named it.
+        gtf_gene: Option<GtfGene>,
     },
+}
+
+/// What a GTF transcript line says about its gene, which GTF files often give no line of its
+/// own: the gene is made from its transcripts.
+struct GtfGene {
+    /// Its gene id per `id_attribute` (`None`: the attribute is missing).
+    id: Option<String>,
+    seqid: String,
+    strand: Strand,
+    biotype: Option<String>,
 }
 
 impl Line {
@@ -227,6 +240,25 @@ impl Line {
             });
         }
         let parents = rec.attr("Parent")?.into_owned();
+        // A GTF `transcript` is an mRNA unless its biotype says otherwise.
+        let gtf_mrna = rec.gtf
+            && rec.ty == "transcript"
+            && rec
+                .attr("biotype")
+                .is_none_or(|b| b == "protein_coding" || b == "mRNA");
+        let gtf_gene = rec.gtf.then(|| GtfGene {
+            id: if id_attribute == "auto" {
+                Some(parents.clone())
+            } else {
+                rec.attr(id_attribute).map(|v| v.into_owned())
+            },
+            seqid: rec.seqid.clone(),
+            strand: rec.strand,
+            biotype: rec
+                .attr("gene_biotype")
+                .or_else(|| rec.attr("gene_type"))
+                .map(|b| b.into_owned()),
+        });
         Some(Line::Transcript {
             canonical: rec
                 .attr("tag")
@@ -234,10 +266,11 @@ impl Line {
                 || rec.attr("canonical_transcript").as_deref() == Some("1")
                 || rec.attr("is_canonical").as_deref() == Some("true"),
             id: rec.attr("ID").map(|v| v.into_owned()),
-            mrna: rec.ty == "mRNA",
+            mrna: rec.ty == "mRNA" || gtf_mrna,
             start: rec.start,
             end: rec.end,
             parents,
+            gtf_gene,
         })
     }
 }
@@ -253,6 +286,10 @@ fn read_genes_impl(
     let mut by_feature_id: FxHashMap<String, usize> = FxHashMap::default();
     let mut transcripts: FxHashMap<String, (usize, usize)> = FxHashMap::default();
     let mut seen_ids: FxHashMap<String, usize> = FxHashMap::default();
+    // Genes made from GTF transcripts (their extent grows with each transcript), and GTF gene
+    // ids that could not make one (counted once).
+    let mut made_from_gtf: rustc_hash::FxHashSet<usize> = Default::default();
+    let mut refused_gtf: rustc_hash::FxHashSet<String> = Default::default();
     // Exons only matter for choosing a transcript by exon length.
     let mut skip = NOT_TRANSCRIPTS.to_vec();
     if !with_exons {
@@ -321,13 +358,52 @@ fn read_genes_impl(
                     end,
                     canonical,
                     mrna,
+                    gtf_gene,
                 } => {
                     // A transcript: any feature whose parent is a gene (mRNA, transcript, ...).
                     for parent in parents.split(',') {
-                        let Some(&g) = by_feature_id.get(parent) else {
-                            continue;
+                        let g = match (by_feature_id.get(parent), &gtf_gene) {
+                            (Some(&g), _) => g,
+                            (None, Some(made)) if !refused_gtf.contains(parent) => {
+                                let refusal = match &made.id {
+                                    None => Some(format!("no {id_attribute} attribute")),
+                                    Some(id) if seen_ids.contains_key(id) => {
+                                        Some("duplicate gene id (first kept)".into())
+                                    }
+                                    Some(_) if made.strand == Strand::Unknown => {
+                                        Some("no strand".into())
+                                    }
+                                    Some(_) => None,
+                                };
+                                if let Some(reason) = refusal {
+                                    *set.dropped.entry(reason).or_default() += 1;
+                                    refused_gtf.insert(parent.to_string());
+                                    continue;
+                                }
+                                let id = made.id.clone().unwrap_or_default();
+                                let g = set.genes.len();
+                                seen_ids.insert(id.clone(), g);
+                                by_feature_id.insert(parent.to_string(), g);
+                                made_from_gtf.insert(g);
+                                set.genes.push(Gene {
+                                    id,
+                                    seqid: made.seqid.clone(),
+                                    start,
+                                    end,
+                                    strand: made.strand,
+                                    biotype: made.biotype.clone(),
+                                    line,
+                                    transcripts: Vec::new(),
+                                });
+                                g
+                            }
+                            (None, _) => continue,
                         };
                         let gene = &mut set.genes[g];
+                        if made_from_gtf.contains(&g) {
+                            gene.start = gene.start.min(start);
+                            gene.end = gene.end.max(end);
+                        }
                         if gene.biotype.is_none() && mrna {
                             gene.biotype = Some("protein_coding".into());
                         }
@@ -389,6 +465,42 @@ NC_1\tRefSeq\tgene\t7000\t7500\t.\t-\t.\tID=gene-AT1G01010;gene_biotype=protein_
             set.genes[0].main_transcript().unwrap().id,
             "transcript:Zm1_T2"
         );
+    }
+
+    #[test]
+    fn gtf_with_and_without_gene_lines() {
+        // Ensembl's GTF: gene lines, biotypes, the canonical tag.
+        let ensembl = "1\tgramene\tgene\t100\t900\t.\t-\t.\tgene_id \"Zm1\"; gene_biotype \"protein_coding\";
+1\tgramene\ttranscript\t100\t900\t.\t-\t.\tgene_id \"Zm1\"; transcript_id \"Zm1_T1\"; gene_biotype \"protein_coding\"; transcript_biotype \"protein_coding\"; tag \"basic\";
+1\tgramene\ttranscript\t150\t800\t.\t-\t.\tgene_id \"Zm1\"; transcript_id \"Zm1_T2\"; tag \"basic\"; tag \"Ensembl_canonical\";
+1\tgramene\texon\t150\t800\t.\t-\t.\tgene_id \"Zm1\"; transcript_id \"Zm1_T2\";
+1\tgramene\tfive_prime_utr\t700\t800\t.\t-\t.\tgene_id \"Zm1\"; transcript_id \"Zm1_T2\";
+";
+        let set = read_genes_from(ensembl.as_bytes(), "auto").unwrap();
+        assert_eq!(set.genes.len(), 1);
+        let gene = &set.genes[0];
+        assert_eq!((gene.id.as_str(), gene.start, gene.end), ("Zm1", 100, 900));
+        assert_eq!(gene.transcripts.len(), 2, "{:?}", gene.transcripts);
+        assert_eq!(gene.main_transcript().unwrap().id, "Zm1_T2");
+        assert_eq!(gene.transcripts[1].exon_length, 651);
+
+        // GTF 2.2 as assemblers write it: no gene lines, no biotypes; each gene is made from its
+        // transcripts (its extent, their union) and is protein-coding by them.
+        let plain = "chr1\tStringTie\ttranscript\t500\t900\t.\t+\t.\tgene_id \"G1\"; transcript_id \"G1.1\";
+chr1\tStringTie\texon\t500\t600\t.\t+\t.\tgene_id \"G1\"; transcript_id \"G1.1\";
+chr1\tStringTie\ttranscript\t450\t700\t.\t+\t.\tgene_id \"G1\"; transcript_id \"G1.2\";
+chr1\tStringTie\ttranscript\t50\t90\t.\t.\t.\tgene_id \"G2\"; transcript_id \"G2.1\";
+chr1\tStringTie\ttranscript\t60\t95\t.\t.\t.\tgene_id \"G2\"; transcript_id \"G2.2\";
+";
+        let set = read_genes_from(plain.as_bytes(), "auto").unwrap();
+        assert_eq!(set.genes.len(), 1);
+        let gene = &set.genes[0];
+        assert_eq!((gene.id.as_str(), gene.start, gene.end), ("G1", 450, 900));
+        assert_eq!(gene.strand, Strand::Forward);
+        assert_eq!(gene.biotype.as_deref(), Some("protein_coding"));
+        assert_eq!(gene.line, 1);
+        assert_eq!(gene.main_transcript().unwrap().id, "G1.1");
+        assert_eq!(set.dropped["no strand"], 1, "counted once per gene");
     }
 
     #[test]

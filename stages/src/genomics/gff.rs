@@ -1,7 +1,8 @@
 //! A streaming GFF3 reader: one [`Record`] per feature line, with errors that name the line.
 //!
 //! Comment and directive lines are skipped, a `##FASTA` section ends the features, CRLF line ends
-//! are accepted, and attribute values are percent-decoded.
+//! are accepted, and attribute values are percent-decoded. A GTF line (`key "value";`
+//! attributes) is read too, its attributes rewritten as GFF3 ([`super::gtf`]).
 
 use std::io::BufRead;
 
@@ -49,6 +50,8 @@ pub struct Record {
     pub attributes: String,
     /// Where each `KEY=VALUE` pair's key and value lie in `attributes`, found once when parsed.
     pairs: Vec<Pair>,
+    /// Read from a GTF line: `attributes` were rewritten as GFF3 ([`super::gtf`]).
+    pub gtf: bool,
 }
 
 impl Record {
@@ -93,28 +96,11 @@ fn attribute_spans(column: &str) -> Result<Vec<Pair>, String> {
             continue;
         }
         let Some(eq) = trimmed.find('=') else {
-            if looks_like_gtf(trimmed) {
-                return Err(format!(
-                    "attribute {trimmed:?} is GTF's `key \"value\"`, not GFF3's KEY=VALUE: this \
-                     looks like a GTF file; convert it to GFF3 (e.g. `gffread -E in.gtf -o \
-                     out.gff3`, or AGAT's `agat_convert_sp_gxf2gxf.pl`)"
-                ));
-            }
             return Err(format!("attribute {trimmed:?} is not KEY=VALUE"));
         };
         pairs.push((start..start + eq, start + eq + 1..start + trimmed.len()));
     }
     Ok(pairs)
-}
-
-/// Whether an attribute is GTF's `key "value"` (a word, a blank, a quoted value).
-fn looks_like_gtf(attribute: &str) -> bool {
-    attribute.split_once(' ').is_some_and(|(key, value)| {
-        !key.is_empty()
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && value.trim().starts_with('"')
-            && value.trim().ends_with('"')
-    })
 }
 
 /// A problem reading GFF3.
@@ -458,11 +444,15 @@ pub fn parse_line(text: &str) -> Result<Record, String> {
         "." | "?" => Strand::Unknown,
         other => return Err(format!("strand {other:?} is not +, - or .")),
     };
-    let (attributes, pairs) = if cols[8] == "." {
-        (String::new(), Vec::new())
+    let gtf = super::gtf::is_gtf(cols[8]);
+    let attributes = if gtf {
+        super::gtf::to_gff3(cols[2], cols[8])?
+    } else if cols[8] == "." {
+        String::new()
     } else {
-        (cols[8].to_string(), attribute_spans(cols[8])?)
+        cols[8].to_string()
     };
+    let pairs = attribute_spans(&attributes)?;
     Ok(Record {
         seqid: decode(cols[0]),
         ty: cols[2].to_string(),
@@ -471,6 +461,7 @@ pub fn parse_line(text: &str) -> Result<Record, String> {
         strand,
         attributes,
         pairs,
+        gtf,
     })
 }
 
@@ -531,10 +522,8 @@ mod tests {
             ("chr1\t.\tgene\t1\t2\t.\t*\t.\tID=a", "strand \"*\""),
             ("chr1\t.\tgene\t1\t2\t.\t+\t.\tIDa", "not KEY=VALUE"),
             (
-                "chr1\t.\tgene\t1\t2\t.\t+\t.\tgene_id \"G1\"; gene_biotype \"protein_coding\";",
-                "attribute \"gene_id \\\"G1\\\"\" is GTF's `key \"value\"`, not GFF3's KEY=VALUE: \
-                 this looks like a GTF file; convert it to GFF3 (e.g. `gffread -E in.gtf -o \
-                 out.gff3`",
+                "chr1\t.\tgene\t1\t2\t.\t+\t.\tgene_id \"G1",
+                "the quoted value never ends",
             ),
         ];
         for (line, want) in cases {

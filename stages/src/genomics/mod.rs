@@ -4,6 +4,7 @@ pub mod bgzf;
 pub mod fasta;
 pub mod genes;
 pub mod gff;
+pub mod gtf;
 pub mod huffman;
 pub mod io;
 pub mod promoters;
