@@ -40,14 +40,15 @@ pub fn run(mut cmd: Command, program: &str) -> anyhow::Result<()> {
     // The local executor makes each job process a group leader: the program stays in its
     // group, so the driver's own SIGTERM and SIGKILL to the group reach it too. Elsewhere (a
     // batch script's group) the program gets a group of its own.
-    let leader = current_group() == std::process::id();
+    let own_group = current_group();
+    let leader = own_group == std::process::id();
     if !leader {
         cmd.process_group(0);
     }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("exec: cannot start `{program}`"))?;
-    let group = if leader { current_group() } else { child.id() };
+    let group = if leader { own_group } else { child.id() };
     std::thread::spawn(move || forward(stop, group));
     let status = child
         .wait()

@@ -16,6 +16,17 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits (as [`wait_for`]) until `child` has ended.
+fn wait_to_end(what: &str, child: &mut std::process::Child) {
+    wait_for(&format!("{what} to end"), || {
+        child.try_wait().unwrap().is_some()
+    });
+}
+
+/// A one-job workflow that ends at once.
+const QUICK: &str =
+    "stages:\n  quick: {kind: exec, params: {argv: [sh, -c, \"echo q > $FLORA_OUT/x\"]}}\n";
+
 /// Starts flora with SIGHUP at its default, as from a terminal: a test run in the background
 /// under `nohup` would otherwise hand it SIGHUP ignored, which flora keeps ignoring.
 fn spawn_flora(p: &Project, args: &[&str]) -> std::process::Child {
@@ -131,7 +142,7 @@ stages:
         wait_for("the job to start", || marker.exists());
         let sleeper = std::fs::read_to_string(&marker).unwrap().trim().to_string();
         send(&child, signal);
-        wait_for("flora to end", || child.try_wait().unwrap().is_some());
+        wait_to_end("flora", &mut child);
         let out = child.wait_with_output().unwrap();
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout),
@@ -177,7 +188,7 @@ stages:
     );
     wait_for("the stage to start", || p.path("started").exists());
     send(&child, "TERM");
-    wait_for("flora stage to end", || child.try_wait().unwrap().is_some());
+    wait_to_end("flora stage", &mut child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
@@ -238,10 +249,7 @@ fn a_signal_ends_a_wait_for_the_cache() {
         "wf.yaml",
         "stages:\n  hold: {kind: exec, params: {argv: [sh, -c, \"touch $FLORA_WORK/../../../holding; sleep 30\"]}}\n",
     );
-    p.write(
-        "other.yaml",
-        "stages:\n  quick: {kind: exec, params: {argv: [sh, -c, \"echo q > $FLORA_OUT/x\"]}}\n",
-    );
+    p.write("other.yaml", QUICK);
     let mut first = spawn_flora(&p, &["run", "wf.yaml"]);
     wait_for("the first run to hold the cache", || {
         p.path("holding").exists()
@@ -249,15 +257,11 @@ fn a_signal_ends_a_wait_for_the_cache() {
     let mut second = spawn_flora(&p, &["run", "other.yaml"]);
     std::thread::sleep(Duration::from_millis(300));
     send(&second, "TERM");
-    wait_for("the waiting run to end", || {
-        second.try_wait().unwrap().is_some()
-    });
+    wait_to_end("the waiting run", &mut second);
     assert!(!second.wait().unwrap().success());
     assert!(!p.path("results/other").exists());
     send(&first, "INT");
-    wait_for("the first run to end", || {
-        first.try_wait().unwrap().is_some()
-    });
+    wait_to_end("the first run", &mut first);
     assert_eq!(first.wait().unwrap().code(), Some(130));
 }
 
@@ -271,10 +275,7 @@ stages:
   hold: {kind: exec, params: {argv: [sh, -c, "touch $FLORA_WORK/../../../holding; sleep 2; echo done > $FLORA_OUT/x"]}}
 "#,
     );
-    p.write(
-        "other.yaml",
-        "stages:\n  quick: {kind: exec, params: {argv: [sh, -c, \"echo q > $FLORA_OUT/x\"]}}\n",
-    );
+    p.write("other.yaml", QUICK);
     let mut first = spawn_flora(&p, &["run", "wf.yaml"]);
     wait_for("the first run to hold the cache", || {
         p.path("holding").exists()

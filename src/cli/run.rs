@@ -140,9 +140,7 @@ fn executor(args: &RunArgs, cache: &Cache) -> anyhow::Result<Box<dyn Executor>> 
 /// `flora run`.
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let graph = load_graph(&args.workflow)?;
-    for warning in crate::dag::undeclared::warnings(&graph) {
-        eprintln!("{warning}");
-    }
+    crate::dag::undeclared::warn(&graph);
     let (selected, forced) = selection(&graph, &args.select)?;
     let results_dir = args
         .results
@@ -237,9 +235,7 @@ pub fn print_log_tail(log: &Path) {
 /// `flora plan`.
 pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
     let graph = load_graph(&args.workflow)?;
-    for warning in crate::dag::undeclared::warnings(&graph) {
-        eprintln!("{warning}");
-    }
+    crate::dag::undeclared::warn(&graph);
     let (selected, forced) = selection(&graph, &args.select)?;
     let cache = open_cache(cli)?;
     let states = plan::plan(&graph, &cache, &forced, &selected)?;

@@ -78,9 +78,7 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         &sets,
     )?;
     let graph = JobGraph::build(wf)?;
-    for warning in crate::dag::undeclared::warnings(&graph) {
-        eprintln!("{warning}");
-    }
+    crate::dag::undeclared::warn(&graph);
     let cache = open_cache(cli)?;
     let opts = RunOptions {
         jobs: 1,

@@ -3,31 +3,36 @@
 //! `download` job's `fasta`, an `expression` job's `url`). flora hashes inputs only, so changing
 //! such a file re-runs nothing; `plan`, `run` and `stage` warn about each.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::{JobGraph, Source};
 
-/// One warning per stage and file, in stage order.
+/// Prints [`warnings`] to stderr (`plan`, `run` and `stage` do, before anything runs).
+pub fn warn(graph: &JobGraph) {
+    for warning in warnings(graph) {
+        eprintln!("{warning}");
+    }
+}
+
+/// One warning per stage and file, in stage order. A fan-out's jobs name the same files over
+/// and over: each path is looked at on disk once.
 pub fn warnings(graph: &JobGraph) -> Vec<String> {
     let mut seen = BTreeSet::new();
+    let mut disk = Disk::default();
     let mut out = Vec::new();
     for job in &graph.jobs {
         let stage = &graph.stages[job.stage].name;
-        let declared: Vec<PathBuf> = job
-            .inputs
-            .iter()
-            .filter_map(|i| match &i.source {
-                Source::Path(p) => Some(absolute(p)),
-                _ => None,
-            })
-            .collect();
-        let is_declared = |file: &Path| {
-            let file = absolute(file);
-            declared.iter().any(|d| file.starts_with(d))
-        };
-        for (named, how) in named_files(job.kind, &job.params, &graph.workflow.dir) {
-            if is_declared(&named) || !seen.insert((stage.clone(), named.clone())) {
+        for (named, how) in named_files(job.kind, &job.params, &graph.workflow.dir, &mut disk) {
+            if seen.contains(&(stage, named.clone())) {
+                continue;
+            }
+            let file = disk.absolute(&named);
+            let declared = job.inputs.iter().any(|i| match &i.source {
+                Source::Path(p) => file.starts_with(disk.absolute(p)),
+                _ => false,
+            });
+            if declared {
                 continue;
             }
             out.push(format!(
@@ -35,9 +40,38 @@ pub fn warnings(graph: &JobGraph) -> Vec<String> {
                  changing it will not re-run the stage (declare it as an input)",
                 named.display()
             ));
+            seen.insert((stage, named));
         }
     }
     out
+}
+
+/// What the disk says of each path, asked once.
+#[derive(Default)]
+struct Disk {
+    is_file: HashMap<PathBuf, bool>,
+    absolute: HashMap<PathBuf, PathBuf>,
+}
+
+impl Disk {
+    /// Whether `p` is a file.
+    fn is_file(&mut self, p: &Path) -> bool {
+        *self
+            .is_file
+            .entry(p.to_path_buf())
+            .or_insert_with(|| p.is_file())
+    }
+
+    /// `p` made absolute against the current folder, with `.` and `..` resolved where it exists.
+    fn absolute(&mut self, p: &Path) -> PathBuf {
+        self.absolute
+            .entry(p.to_path_buf())
+            .or_insert_with(|| {
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| std::path::absolute(p).unwrap_or(p.to_path_buf()))
+            })
+            .clone()
+    }
 }
 
 /// The local files that a job's params name, each with where it is named.
@@ -45,12 +79,13 @@ fn named_files(
     kind: &crate::registry::Kind,
     params: &serde_json::Value,
     dir: &Path,
+    disk: &mut Disk,
 ) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     let argv = params["argv"].as_array().into_iter().flatten();
     for word in argv.filter_map(|a| a.as_str()).flat_map(shell_words) {
         let path = dir.join(word);
-        if path.is_file() {
+        if disk.is_file(&path) {
             out.push((path, "its argv names".to_string()));
         }
     }
@@ -84,11 +119,6 @@ fn shell_words(arg: &str) -> impl Iterator<Item = &str> {
         .filter(|w| {
             !w.is_empty() && !w.starts_with(['-', '/', '~']) && !w.contains(['$', '*', '?', '['])
         })
-}
-
-/// `p` made absolute against the current folder, with `.` and `..` resolved where it exists.
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or(p.to_path_buf()))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! TSS), read back from the `promoters.tsv` beside each `promoters.fa.gz`. A fine-tuned model
 //! records it, so that `flora variants` cuts the same windows from a genome.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -93,17 +92,12 @@ pub fn of_promoters(fastas: &[PathBuf]) -> Result<Window, Unknown> {
 /// The widest window among the rows of one `promoters.tsv` (none if it has no rows).
 pub fn widest(manifest: &Path) -> Result<Option<Window>, String> {
     let shown = manifest.display();
-    let file = std::fs::File::open(manifest).map_err(|e| format!("{shown}: {e}"))?;
-    let mut lines = std::io::BufReader::new(file).lines();
-    let header = match lines.next() {
-        Some(line) => line.map_err(|e| format!("{shown}: {e}"))?,
-        None => return Err(format!("{shown}: the file is empty")),
-    };
-    let names: Vec<&str> = header.split('\t').collect();
+    let (names, rows) =
+        crate::splits::tsv::read_numbered(manifest).map_err(|e| format!("{shown}: {e}"))?;
     let column = |name: &str| {
         names
             .iter()
-            .position(|n| *n == name)
+            .position(|n| n == name)
             .ok_or_else(|| format!("{shown}: line 1: no `{name}` column"))
     };
     let (strand, tss, start, end) = (
@@ -113,22 +107,15 @@ pub fn widest(manifest: &Path) -> Result<Option<Window>, String> {
         column("end")?,
     );
     let mut widest: Option<Window> = None;
-    for (i, line) in lines.enumerate() {
-        let line_no = i + 2;
-        let line = line.map_err(|e| format!("{shown}: line {line_no}: {e}"))?;
-        if line.is_empty() {
-            continue;
-        }
-        let cells: Vec<&str> = line.split('\t').collect();
+    for (line, cells) in rows {
         let number = |c: usize, name: &str| -> Result<u64, String> {
-            let cell = cells.get(c).copied().unwrap_or("");
+            let cell = cells.get(c).map(String::as_str).unwrap_or("");
             cell.parse().map_err(|_| {
-                format!("{shown}: line {line_no}, column `{name}`: {cell:?} is not a position")
+                format!("{shown}: line {line}, column `{name}`: {cell:?} is not a position")
             })
         };
-        let reverse = cells.get(strand) == Some(&"-");
         let w = split_at_tss(
-            reverse,
+            cells.get(strand).is_some_and(|s| s == "-"),
             number(tss, "tss")?,
             number(start, "start")?,
             number(end, "end")?,
