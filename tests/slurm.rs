@@ -248,10 +248,15 @@ fn jobs_a_killed_driver_left_running_are_cancelled_by_the_next_run() {
     p.write("slow", "");
     p.write(
         "wf.yaml",
-        "name: wf\nstages:\n  long:\n    kind: exec\n    params: {argv: [sh, -c, \"if [ -e slow ]; then sleep 120; fi; echo done > $FLORA_OUT/x\"]}\n",
+        "name: wf\nstages:\n  long:\n    kind: exec\n    params: {argv: [sh, -c, \"if [ -e slow ]; then touch sleeping; sleep 120; fi; echo done > $FLORA_OUT/x\"]}\n",
     );
     let mut child = spawn_run(&p, &[]);
     let id = wait_for_running("flora:long", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.path("sleeping").exists() {
+        assert!(Instant::now() < deadline, "the job never started sleeping");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let state = || {
@@ -261,7 +266,16 @@ fn jobs_a_killed_driver_left_running_are_cancelled_by_the_next_run() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(state().contains("JobState=RUNNING"), "{}", state());
+    let log = |state: &str| {
+        let path = state
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("StdOut="))
+            .unwrap_or_default()
+            .to_string();
+        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{path}: {e}"))
+    };
+    let now = state();
+    assert!(now.contains("JobState=RUNNING"), "{now}\n{}", log(&now));
 
     std::fs::remove_file(p.path("slow")).unwrap();
     let out = p.output(&run_args("wf.yaml", &[]));
