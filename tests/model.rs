@@ -583,6 +583,100 @@ fn variants_through_the_binary() {
     );
 }
 
+/// `flora variants` picks genes and their TSS with the `promoters` stage's own params:
+/// `--feature`, `--id-attribute`, `--biotypes` and `--avoid-overlap`.
+#[test]
+fn variants_picks_genes_as_the_promoters_stage_does() {
+    let p = finetuned();
+    small_genome(&p);
+    // The + gene's one transcript starts 50 bases into it; the - gene is a lncRNA.
+    p.write(
+        "genes.gff3",
+        "##gff-version 3\n\
+         chr1\tt\tgene\t501\t900\t.\t+\t.\tID=gene:plus;biotype=protein_coding;locus_tag=LOC_PLUS\n\
+         chr1\tt\tmRNA\t551\t900\t.\t+\t.\tID=transcript:plus_T1;Parent=gene:plus;biotype=protein_coding\n\
+         chr1\tt\tgene\t1201\t1500\t.\t-\t.\tID=gene:minus;biotype=lncRNA;locus_tag=LOC_MINUS\n",
+    );
+    let genome = std::fs::read_to_string(p.path("genome.fa")).unwrap();
+    let bases: Vec<char> = genome.lines().skip(1).flat_map(str::chars).collect();
+    let snv = |pos: usize| {
+        let r = bases[pos - 1];
+        let alt = if r == 'A' { 'C' } else { 'A' };
+        format!("chr1\t{pos}\t.\t{r}\t{alt}\t.\t.\t.\n")
+    };
+    p.write("calls.vcf", &vcf(&format!("{}{}", snv(464), snv(1534))));
+    // Each row's gene_id and distance_to_tss, and stderr.
+    let scored = |more: &[&str]| {
+        let mut args = vec![
+            "variants",
+            "--model",
+            "ft",
+            "--genome",
+            "genome.fa",
+            "--gff",
+            "genes.gff3",
+            "--vcf",
+            "calls.vcf",
+            "--upstream",
+            "150",
+        ];
+        args.extend_from_slice(more);
+        let out = p.output(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{more:?}: {stderr}");
+        let rows: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let cells: Vec<&str> = l.split('\t').collect();
+                (cells[4].to_string(), cells[6].to_string())
+            })
+            .collect();
+        (rows, stderr)
+    };
+    let pair = |id: &str, d: &str| (id.to_string(), d.to_string());
+    // By default: protein-coding genes, the gene's start, ids from `ID`.
+    let (rows, stderr) = scored(&[]);
+    assert_eq!(rows, [pair("plus", "37")], "{stderr}");
+    assert!(
+        stderr.contains("variants: 1 promoter windows of 2 genes (dropped: biotype lncRNA: 1)"),
+        "{stderr}"
+    );
+    let (rows, _) = scored(&["--biotypes", "all", "--id-attribute", "locus_tag"]);
+    assert_eq!(rows, [pair("LOC_PLUS", "37"), pair("LOC_MINUS", "34")]);
+    let (rows, _) = scored(&["--biotypes", "protein_coding,lncRNA"]);
+    assert_eq!(rows, [pair("plus", "37"), pair("minus", "34")]);
+    // The transcript's start is 50 bases further on.
+    let (rows, _) = scored(&["--feature", "transcript"]);
+    assert_eq!(rows, [pair("plus", "87")]);
+
+    let fails = |more: &[&str]| {
+        let mut args = vec![
+            "variants",
+            "--model",
+            "ft",
+            "--genome",
+            "genome.fa",
+            "--gff",
+            "genes.gff3",
+            "--vcf",
+            "calls.vcf",
+        ];
+        args.extend_from_slice(more);
+        let out = p.output(&args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let e = fails(&["--biotypes", "miRNA"]);
+    assert!(
+        e.contains("dropped: biotype lncRNA: 1, biotype protein_coding: 1")
+            && e.contains("`flora variants --biotypes all`"),
+        "{e}"
+    );
+    let e = fails(&["--feature", "exon"]);
+    assert!(e.contains("invalid value 'exon' for '--feature"), "{e}");
+}
+
 /// `--fasta` takes a `promoters` output folder as stage inputs do: its `promoters.fa.gz`.
 #[test]
 fn model_commands_read_a_promoters_folder() {

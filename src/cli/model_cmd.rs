@@ -104,6 +104,28 @@ pub struct VariantsArgs {
     /// Bases downstream of the TSS (default: the model's, else 0).
     #[arg(long, value_name = "N")]
     pub downstream: Option<u64>,
+    /// Where the TSS is: the gene's start, or its canonical (else longest) transcript's (the
+    /// `promoters` param `feature`).
+    #[arg(long, value_name = "gene|transcript", default_value = "gene",
+          value_parser = ["gene", "transcript"])]
+    pub feature: String,
+    /// The GFF3 attribute that names genes: `auto`, `locus_tag`, `Name`, ... (the `promoters`
+    /// param `id_attribute`).
+    #[arg(long, value_name = "NAME", default_value = "auto")]
+    pub id_attribute: String,
+    /// The biotypes of the genes scored, comma-separated, or `all` (the `promoters` param
+    /// `biotypes`).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "protein_coding"
+    )]
+    pub biotypes: Vec<String>,
+    /// Clip each window where it reaches into the neighbouring gene upstream (the `promoters`
+    /// param `avoid_overlap`).
+    #[arg(long)]
+    pub avoid_overlap: bool,
     /// Output TSV (default: stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -403,14 +425,36 @@ pub fn variants(args: &VariantsArgs) -> anyhow::Result<()> {
         upstream: window.upstream,
         downstream: window.downstream,
         edge: promoters::Edge::Keep,
+        feature: if args.feature == "transcript" {
+            promoters::Feature::Transcript
+        } else {
+            promoters::Feature::Gene
+        },
+        id_attribute: args.id_attribute.clone(),
+        biotypes: if args.biotypes.iter().any(|b| b == "all") {
+            Vec::new()
+        } else {
+            args.biotypes.clone()
+        },
+        avoid_overlap: args.avoid_overlap,
         ..promoters::Params::default()
     };
     let (windows, summary) = promoters::extract(&params, &args.genome, &args.gff, work.path())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dropped: Vec<String> = summary
+        .dropped
+        .iter()
+        .map(|(why, n)| format!("{why}: {n}"))
+        .collect();
     eprintln!(
-        "variants: {} promoter windows of {} genes",
+        "variants: {} promoter windows of {} genes{}",
         windows.len(),
-        summary.genes
+        summary.genes,
+        if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" (dropped: {})", dropped.join(", "))
+        }
     );
     let prepared =
         Genome::prepare(&args.genome, work.path()).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -454,7 +454,7 @@ pub fn extract(
         // The biotype filter is the one a user's own annotation most often trips.
         let hint = if summary.dropped.keys().any(|k| k.starts_with("biotype ")) {
             format!(
-                "; `biotypes` keeps {} (a gene with no biotype is `protein_coding` if it has an mRNA, else `unknown`): set `biotypes: []` to keep every gene",
+                "; `biotypes` keeps {} (a gene with no biotype is `protein_coding` if it has an mRNA, else `unknown`): set `biotypes: []` (`flora variants --biotypes all`) to keep every gene",
                 p.biotypes.join(", ")
             )
         } else {
