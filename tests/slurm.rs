@@ -252,13 +252,6 @@ fn jobs_a_killed_driver_left_running_are_cancelled_by_the_next_run() {
     );
     let mut child = spawn_run(&p, &[]);
     let id = wait_for_running("flora:long", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !p.path("sleeping").exists() {
-        assert!(Instant::now() < deadline, "the job never started sleeping");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
     let state = || {
         let out = Command::new("scontrol")
             .args(["show", "job", "-o", &id])
@@ -266,16 +259,34 @@ fn jobs_a_killed_driver_left_running_are_cancelled_by_the_next_run() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let log = |state: &str| {
-        let path = state
+    // What Slurm says of the job, and its log, for a failure's message.
+    let diagnose = || {
+        let now = state();
+        let path = now
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix("StdOut="))
             .unwrap_or_default()
             .to_string();
-        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{path}: {e}"))
+        let log = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{path}: {e}"));
+        format!("{now}\n{log}\n{}", all_jobs())
     };
-    let now = state();
-    assert!(now.contains("JobState=RUNNING"), "{now}\n{}", log(&now));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.path("sleeping").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the job never started sleeping:\n{}",
+            diagnose()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    let first = child.wait_with_output().unwrap();
+    assert!(
+        state().contains("JobState=RUNNING"),
+        "{}\nthe killed driver's stderr:\n{}",
+        diagnose(),
+        String::from_utf8_lossy(&first.stderr)
+    );
 
     std::fs::remove_file(p.path("slow")).unwrap();
     let out = p.output(&run_args("wf.yaml", &[]));
@@ -386,6 +397,15 @@ fn spawn_run(p: &Project, more: &[&str]) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Every job Slurm remembers, one line each, for a failure's message.
+fn all_jobs() -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "jobs", "-o"])
+        .output()
+        .expect("scontrol");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits until Slurm runs a job named `name`; returns its id.
