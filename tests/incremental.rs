@@ -158,6 +158,50 @@ stages:
     assert_eq!(p.read("results/wf/say/x"), "hello plants\n");
 }
 
+/// `--set STAGE.resources.NAME=VALUE` sets a resource for this run; resources never change a
+/// job's key, so a job that ran stays cached with other resources. A bad one is refused at the flag.
+#[test]
+fn resources_can_be_set_from_the_command_line() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  count: {kind: exec, params: {argv: [sh, -c, \"echo $FLORA_THREADS > $FLORA_OUT/threads\"]}, resources: {threads: 1}}\n",
+    );
+    let out = p.ok(&["run", "wf.yaml", "--set", "count.resources.threads=2"]);
+    assert_eq!(state_of(&out, "count"), "ran");
+    assert_eq!(p.read("results/wf/count/threads"), "2\n");
+    let out = p.ok(&[
+        "run",
+        "wf.yaml",
+        "--set",
+        "count.resources={threads: 1, memory: 1G}",
+    ]);
+    assert_eq!(state_of(&out, "count"), "cached");
+    let text = p.fails(&["run", "wf.yaml", "--set", "count.resources.threads=0"], 2);
+    assert!(
+        text.contains(
+            "error: --set count.resources.threads=0: stage `count`: resources: `threads` must be \
+             at least 1"
+        ),
+        "{text}"
+    );
+    let text = p.fails(
+        &["run", "wf.yaml", "--set", "count.resources.memory=lots"],
+        2,
+    );
+    assert!(
+        text.contains("error: --set count.resources.memory=lots: stage `count`: resources:"),
+        "{text}"
+    );
+    let text = p.fails(&["plan", "wf.yaml", "--set", "count.resources.gpu=1"], 2);
+    assert!(
+        text.contains(
+            "error: --set count.resources.gpu=1: stage `count`: resources: unknown field `gpu`"
+        ),
+        "{text}"
+    );
+}
+
 #[test]
 fn params_that_change_no_output_leave_the_job_cached() {
     let p = Project::new();

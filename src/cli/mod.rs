@@ -65,7 +65,7 @@ const EXAMPLES: &str = "Examples:
 pub struct WorkflowArgs {
     /// The workflow file (YAML).
     pub workflow: PathBuf,
-    /// Override a param: STAGE.PARAM=VALUE, VALUE read as YAML; nested with dots; `vars.NAME=...` sets a var.
+    /// Override a param: STAGE.PARAM=VALUE, VALUE read as YAML; nested with dots; `vars.NAME=...` sets a var, `STAGE.resources.NAME=...` a resource.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
 }

@@ -571,10 +571,8 @@ fn build_pending(
             Ok(r) => r,
             Err(e) => {
                 let e = registry::param_error(e);
-                let mut rest = vec![Seg::key("resources")];
-                rest.extend(e.path);
                 errs.push(
-                    wf.at_stage(stage, &rest, e.at_key),
+                    wf.at_resource(stage, &e.path, e.at_key),
                     Some(stage),
                     format!(
                         "resources: {}",
@@ -587,7 +585,7 @@ fn build_pending(
     };
     if resources.threads == 0 {
         errs.push(
-            wf.at_stage(stage, &[Seg::key("resources"), Seg::key("threads")], false),
+            wf.at_resource(stage, &[Seg::key("threads")], false),
             Some(stage),
             "resources: `threads` must be at least 1",
         );

@@ -403,7 +403,17 @@ impl Workflow {
             }
             r
         } else if let Some(stage) = self.stages.iter_mut().find(|s| s.name == o.stage) {
-            set_path(&mut stage.params, &o.path, o.value.clone())
+            // No kind has a param named `resources`: `STAGE.resources.NAME` sets a resource.
+            match o.path.split_first() {
+                Some((first, [])) if first == "resources" => {
+                    stage.resources = o.value.clone();
+                    Ok(())
+                }
+                Some((first, rest)) if first == "resources" => {
+                    set_path(&mut stage.resources, rest, o.value.clone())
+                }
+                _ => set_path(&mut stage.params, &o.path, o.value.clone()),
+            }
         } else {
             let known: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
             Err(format!(
@@ -462,6 +472,17 @@ impl Workflow {
         } else {
             self.at(&p)
         }
+    }
+
+    /// Where a resource of `stage` is (`path` inside `resources:`): the `--set` flag that
+    /// changed it, else its place in the file.
+    pub fn at_resource(&self, stage: &str, path: &[Seg], key: bool) -> Origin {
+        let mut full = vec![Seg::key("resources")];
+        full.extend_from_slice(path);
+        if let Some(o) = self.override_for(stage, &full) {
+            return o.origin();
+        }
+        self.at_stage(stage, &full, key)
     }
 
     /// Where a param of `stage` is: the `--set` flag that changed it, else its place in the file.
@@ -550,6 +571,35 @@ mod tests {
             wf.vars.get("n").unwrap(),
             &serde_yaml::from_str::<Value>("[1, 2]").unwrap()
         );
+    }
+
+    #[test]
+    fn stage_resources_are_set_like_params() {
+        let wf = parse(
+            "stages:\n  a: {kind: exec, params: {argv: [x]}, resources: {threads: 2, memory: 1G}}\n  b: {kind: exec, params: {argv: [x]}}\n",
+            &["a.resources.threads=8", "b.resources={gpus: 1, time: 2h}"],
+        )
+        .unwrap();
+        let yaml = |t: &str| serde_yaml::from_str::<Value>(t).unwrap();
+        assert_eq!(
+            wf.stage("a").unwrap().resources,
+            yaml("{threads: 8, memory: 1G}")
+        );
+        assert_eq!(
+            wf.stage("b").unwrap().resources,
+            yaml("{gpus: 1, time: 2h}")
+        );
+        // Params are untouched, and a resource's place is the flag that set it.
+        assert_eq!(wf.stage("a").unwrap().params, yaml("{argv: [x]}"));
+        assert_eq!(
+            wf.at_resource("a", &[Seg::key("threads")], false)
+                .to_string(),
+            "--set a.resources.threads=8"
+        );
+        assert!(wf
+            .at_resource("a", &[Seg::key("memory")], false)
+            .to_string()
+            .starts_with("wf.yaml:2:"));
     }
 
     #[test]
