@@ -224,7 +224,7 @@ static KINDS: &[Kind] = &[
     },
     Kind {
         name: "analysis",
-        version: 2,
+        version: 3,
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
         provenance: false,
         unkeyed: &[],
@@ -254,7 +254,7 @@ static KINDS: &[Kind] = &[
     },
     Kind {
         name: "report",
-        version: 1,
+        version: 2,
         summary: "one self-contained HTML page: Table 1, every figure, training curves, stage summaries and the provenance of every upstream job (inputs: any stage outputs)",
         provenance: true,
         unkeyed: &[],

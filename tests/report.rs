@@ -65,7 +65,7 @@ fn a_workflow_report_shows_results_and_the_provenance_of_every_job() {
         "analysis/scatter_bow2.svg",
         "Workflow <code>judged</code>",
         "baselines v2",
-        "analysis v2",
+        "analysis v3",
         "--set baselines.seed=4",
         "&quot;seed&quot;: 4",
         "kind: baselines",

@@ -149,7 +149,12 @@ pub fn scatter(panels: &[ScatterPanel], title: &str) -> Result<String, String> {
             );
             let mut chart = ChartBuilder::on(area)
                 .caption(
-                    format!("{} (Pearson r² {:.3})", panel.target, panel.pearson_r2),
+                    if panel.pearson_r2.is_nan() {
+                        // A constant prediction, or too few points.
+                        format!("{} (Pearson r² undefined)", panel.target)
+                    } else {
+                        format!("{} (Pearson r² {:.3})", panel.target, panel.pearson_r2)
+                    },
                     ("sans-serif", 14),
                 )
                 .margin(8)
@@ -397,7 +402,8 @@ mod tests {
             points: vec![],
             pearson_r2: f64::NAN,
         }];
-        assert!(scatter(&empty, "empty").unwrap().starts_with("<svg"));
+        let svg = scatter(&empty, "empty").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("leaf (Pearson r² undefined)"));
     }
 
     #[test]

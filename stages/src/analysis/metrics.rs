@@ -47,7 +47,7 @@ pub fn compare(observed: &[f64], predicted: &[f64]) -> Metrics {
     };
     let mean = mean(observed);
     let ss_tot: f64 = observed.iter().map(|o| (o - mean).powi(2)).sum();
-    let r2 = if n < 2 || ss_tot == 0.0 {
+    let r2 = if n < 2 || ss_tot == 0.0 || !varies(observed) {
         f64::NAN
     } else {
         1.0 - mse * n as f64 / ss_tot
@@ -63,13 +63,20 @@ pub fn compare(observed: &[f64], predicted: &[f64]) -> Metrics {
     }
 }
 
+/// Whether `x` holds two different values. The mean of equal values can differ from them by a
+/// rounding, so sums of squares around it are no test: a constant prediction had a Pearson r of
+/// ±1e-9 where it has none.
+fn varies(x: &[f64]) -> bool {
+    x.iter().any(|v| *v != x[0])
+}
+
 fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len().max(1) as f64
 }
 
 /// Pearson correlation; NaN with fewer than two values or no variance.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    if x.len() < 2 {
+    if x.len() < 2 || !varies(x) || !varies(y) {
         return f64::NAN;
     }
     let (mx, my) = (mean(x), mean(y));
@@ -134,6 +141,18 @@ mod tests {
         let m = compare(&obs, &shifted);
         assert!((m.pearson_r2 - 1.0).abs() < 1e-12);
         assert!(m.r2 < -3.0, "{}", m.r2);
+    }
+
+    #[test]
+    fn a_constant_has_no_correlation_even_where_its_mean_rounds() {
+        // The mean of 1554 copies of 0.1 is not 0.1 in f64, which gave a "variance" of 1e-30.
+        let constant = vec![0.1; 1554];
+        let other: Vec<f64> = (0..1554).map(|i| f64::from(i % 7)).collect();
+        assert_ne!(mean(&constant), 0.1);
+        let m = compare(&other, &constant);
+        assert!(m.pearson_r.is_nan() && m.pearson_r2.is_nan() && m.spearman.is_nan());
+        assert!(compare(&constant, &other).r2.is_nan());
+        assert!(m.r2.is_finite() && m.mse.is_finite());
     }
 
     #[test]

@@ -203,9 +203,15 @@ pub fn tsv(models: &[ModelMetrics]) -> String {
     let mut text = format!("model\tmetric\tAll\t{}\n", tissues.join("\t"));
     for m in models {
         for (metric, get) in METRICS {
-            text.push_str(&format!("{}\t{metric}\t{:.4}", m.model, get(&m.all)));
+            // Counts as whole numbers, the rest to four places.
+            let cell = |v: f64| match metric {
+                "n" => format!("\t{v:.0}"),
+                _ => format!("\t{v:.4}"),
+            };
+            text.push_str(&format!("{}\t{metric}", m.model));
+            text.push_str(&cell(get(&m.all)));
             for (_, t) in &m.tissues {
-                text.push_str(&format!("\t{:.4}", get(t)));
+                text.push_str(&cell(get(t)));
             }
             text.push('\n');
         }
@@ -250,14 +256,22 @@ pub fn markdown(models: &[ModelMetrics]) -> String {
             "| --- | ---: |{}\n",
             " ---: |".repeat(tissues.len())
         ));
+        // An undefined figure (a constant prediction has no correlation) shows as a dash.
+        let cell = |v: f64| match v.is_nan() {
+            true => " – |".to_string(),
+            false => format!(" {v:.3} |"),
+        };
         for m in models {
-            text.push_str(&format!("| {} | {:.3} |", m.model, get(&m.all)));
+            text.push_str(&format!("| {} |{}", m.model, cell(get(&m.all))));
             for (_, t) in &m.tissues {
-                text.push_str(&format!(" {:.3} |", get(t)));
+                text.push_str(&cell(get(t)));
             }
             text.push('\n');
         }
         text.push('\n');
+    }
+    if text.contains(" – |") {
+        text.push_str("–: undefined (a constant prediction has no correlation).\n");
     }
     text
 }
@@ -377,9 +391,29 @@ mod tests {
         let table = tsv(&m);
         assert!(table.starts_with("model\tmetric\tAll\tleaf\troot\n"));
         assert!(table.contains("finetune\tr2\t"));
+        assert!(table.contains("finetune\tn\t6\t3\t3\n"), "{table}");
         let md = markdown(&m);
         assert!(md.contains("squared Pearson correlation (what the FloraBERT paper reported)"));
         assert!(md.contains("| finetune | "));
+        assert!(!md.contains("undefined"), "{md}");
+        // A prediction that is the same for every row has no correlation: a dash, explained.
+        let mut flat = String::from("id\ttarget\tobserved\tpredicted\n");
+        for (id, t, o, _) in rows(0.0) {
+            flat.push_str(&format!("{id}\t{t}\t{o}\t0.1\n"));
+        }
+        std::fs::write(dir.path().join("flat.tsv"), flat).unwrap();
+        let m = score(&BTreeMap::from([(
+            "flat".to_string(),
+            dir.path().join("flat.tsv"),
+        )]))
+        .unwrap();
+        assert!(m[0].all.pearson_r2.is_nan());
+        let md = markdown(&m);
+        assert!(
+            md.contains("| flat | – | – | – |") && md.contains("–: undefined"),
+            "{md}"
+        );
+        assert!(tsv(&m).contains("flat\tpearson_r\tNaN\tNaN\tNaN\n"));
     }
 
     #[test]

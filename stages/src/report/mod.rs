@@ -173,10 +173,14 @@ fn table1(path: &Path) -> Result<String, String> {
                 let mut cells = vec![escape(&r[0])];
                 for (c, top) in best.iter().enumerate() {
                     cells.push(match value(r, c) {
+                        // Undefined (a constant prediction has no correlation).
+                        Some(v) if v.is_nan() => "–".to_string(),
+                        // Four places, as table1.tsv has them: rounding those again to three
+                        // could disagree with table1.md.
                         Some(v) if *top == Some(v) => {
-                            format!("<span class=\"best\">{v:.3}</span>")
+                            format!("<span class=\"best\">{v:.4}</span>")
                         }
-                        Some(v) => format!("{v:.3}"),
+                        Some(v) => format!("{v:.4}"),
                         None => escape(r.get(c + 2).map_or("", String::as_str)),
                     });
                 }
@@ -520,7 +524,7 @@ mod tests {
         let d = dir.path();
         write(
             &d.join("an/table1.tsv"),
-            "model\tmetric\tAll\tleaf\nfinetune\tr2\t0.6\t0.7\nfinetune\tpearson_r2\t0.65\t0.72\nbow5\tr2\t0.4\t0.8\nbow5\tpearson_r2\t0.45\t0.81\n",
+            "model\tmetric\tAll\tleaf\nfinetune\tr2\t0.6\t0.7\nfinetune\tpearson_r2\t0.65\t0.72\nbow5\tr2\t0.4\t0.8\nbow5\tpearson_r2\t0.45\t0.81\nconstant\tr2\t0.1\t-0.0042\nconstant\tpearson_r2\t0.12\tNaN\n",
         );
         let panel = ScatterPanel {
             target: "leaf".into(),
@@ -590,8 +594,12 @@ mod tests {
         // Table 1 twice (one per R²) plus every metric, the provenance's jobs and the inputs.
         assert_eq!(names.iter().filter(|n| *n == "table").count(), 5);
         // The best model of each column is bold: finetune for All, bow5 for leaf.
-        assert!(page.contains("<td>finetune</td><td class=\"num\"><span class=\"best\">0.600</span></td><td class=\"num\">0.700</td>"), "{page}");
-        assert!(page.contains("<span class=\"best\">0.800</span>"));
+        assert!(page.contains("<td>finetune</td><td class=\"num\"><span class=\"best\">0.6000</span></td><td class=\"num\">0.7000</td>"), "{page}");
+        assert!(page.contains("<span class=\"best\">0.8000</span>"));
+        assert!(
+            page.contains("<td>constant</td><td class=\"num\">0.1200</td><td class=\"num\">–</td>"),
+            "{page}"
+        );
         for text in [
             "squared Pearson correlation",
             "finetune: training curve",
