@@ -302,6 +302,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
     let mut since_best = 0;
     let mut epoch = 0;
+    let pace = super::pace::Pace::start(step, total);
     while step < total {
         epoch += 1;
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -336,10 +337,14 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             "{epoch}\t{step}\t{train_loss:.6}\t{val_loss:.6}\t{:.3e}",
             lr_at(step)
         ));
+        // Early stopping can end the run sooner than the time left says.
+        let pace = pace.line(step, None);
         if valid.is_empty() {
-            eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4}");
+            eprintln!(
+                "finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} ({pace})"
+            );
         } else {
-            eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4}");
+            eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4} ({pace})");
         }
         if val_loss.is_finite() {
             if best.as_ref().is_none_or(|(b, _, _)| val_loss < *b) {

@@ -44,6 +44,7 @@ mod mlm_loss_cuda;
 pub mod mlm_positions;
 pub mod model_config;
 pub mod mutagenesis;
+pub mod pace;
 pub mod param_checks;
 pub mod predictor;
 pub mod pretrain;

@@ -694,6 +694,7 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     let mut order = EpochOrder::new(train_idx, p.seed, grouping);
     let (mut positions, mut real) = (0u64, 0u64);
     let mut checkpoints = Checkpoints::new(p, step);
+    let pace = super::pace::Pace::start(step, total);
     while step < total {
         let epoch = (step / steps_per_epoch) as usize;
         let in_epoch = (step % steps_per_epoch) as usize;
@@ -777,7 +778,9 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         }
         if step % 10 == 0 || step == total {
             eprintln!(
-                "pretrain: step {step}/{total} loss {loss:.4} masked acc {acc:.3} lr {lr:.2e}"
+                "pretrain: step {step}/{total} loss {loss:.4} masked acc {acc:.3} lr {lr:.2e} \
+                 ({})",
+                pace.line(step, Some(positions))
             );
         }
     }
