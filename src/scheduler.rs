@@ -231,6 +231,16 @@ pub fn run(
                         cache.log_path(&key).display()
                     );
                     reports[j].log = Some(cache.log_path(&key));
+                    crate::cache::running::mark(
+                        &cache.root,
+                        &key,
+                        &crate::cache::running::RunningJob {
+                            workflow: graph.workflow.path.clone(),
+                            job: job.id.clone(),
+                            log: cache.log_path(&key),
+                            started: humantime::format_rfc3339_seconds(r.started_at).to_string(),
+                        },
+                    );
                     running_keys.insert(key);
                     progress.started(&job.id);
                     running[j] = Some(Running {
@@ -346,6 +356,8 @@ pub fn run(
                 }
             }
         }
+        // After the log's last line (a failure's), so that `flora log --follow` shows it.
+        crate::cache::running::unmark(&cache.root, &r.key);
         if last_flush.elapsed().as_secs_f64() > 1.0 {
             cache.flush()?;
             last_flush = Instant::now();

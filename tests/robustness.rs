@@ -356,3 +356,80 @@ fn an_input_changed_while_its_job_ran_fails_the_job_and_is_not_cached() {
     assert_eq!(state_of(&out, "copy"), "ran", "{out}");
     assert_eq!(p.read("results/wf/copy/copy"), "old\n");
 }
+
+/// While a run holds the cache, `flora log` prints a running job's log so far without waiting
+/// for the run, and `--follow` prints it as it grows until the job ends. Notes of running jobs
+/// that a killed run left are not taken for running jobs.
+#[test]
+fn the_log_of_a_running_job_is_read_during_the_run() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  slow: {kind: exec, params: {argv: [sh, -c, \"echo first; touch started; while [ ! -e go ]; do sleep 0.05; done; echo second; echo x > $FLORA_OUT/x\"]}}\n  other: {kind: exec, params: {argv: [sh, -c, \"echo o > $FLORA_OUT/x\"]}}\n",
+    );
+    let mut run = spawn_flora(&p, &["run", "wf.yaml", "--jobs", "1"]);
+    wait_for("the job to start", || p.path("started").exists());
+    // --no-wait: without the running job's notes, this would wait for the run (and fail here).
+    let out = p.output(&["--no-wait", "log", "wf.yaml", "slow"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("--- flora") && stdout.contains("first\n") && !stdout.contains("second"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("flora: slow is running (started "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("waiting for the cache"), "{stderr}");
+
+    let follow = spawn_flora(&p, &["--no-wait", "log", "wf.yaml", "slow", "--follow"]);
+    std::thread::sleep(Duration::from_millis(500));
+    p.write("go", "");
+    let out = follow.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("first\nsecond\n"), "{stdout}");
+    assert!(
+        stderr.contains("its log follows until it ends") && stderr.contains("flora: slow ended"),
+        "{stderr}"
+    );
+    wait_to_end("the run", &mut run);
+    assert!(run.wait().unwrap().success());
+
+    // After the run: the log from the cache, as always; --follow has nothing to follow.
+    let out = p.ok(&["log", "wf.yaml", "slow"]);
+    assert!(out.contains("first\nsecond\n"), "{out}");
+    let out = p.output(&["log", "wf.yaml", "slow", "-f"]);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("flora: `slow` is not running now; the log of its last run:"));
+    // A note a killed run left behind, with no run holding the cache, is not believed.
+    let a_log = std::fs::read_dir(p.path("cache/logs"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::create_dir_all(p.path("cache/running")).unwrap();
+    std::fs::write(
+        p.path("cache/running/stale.json"),
+        format!(
+            "{{\"workflow\": {:?}, \"job\": \"slow\", \"log\": {:?}, \"started\": \"2026-01-01T00:00:00Z\"}}",
+            std::fs::canonicalize(p.path("wf.yaml")).unwrap(),
+            a_log
+        ),
+    )
+    .unwrap();
+    let out = p.output(&["log", "wf.yaml", "slow"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("is running"),
+        "{stderr}"
+    );
+}

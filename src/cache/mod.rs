@@ -22,6 +22,7 @@
 //! <cache>/work/<key>/           per-key folders for checkpoints; survive a crash, removed on success
 //! <cache>/logs/<key>.log        each job's output
 //! <cache>/collections/<digest>/ one folder per fan-out input: links to its items' artifacts
+//! <cache>/running/<key>.json    the jobs running now, for `flora log` during a run (`running`)
 //! ```
 //!
 //! A job killed mid-write leaves only a scratch folder, which the next run deletes: nothing
@@ -31,6 +32,7 @@ pub mod gc;
 pub mod key;
 pub mod lock;
 pub mod records;
+pub mod running;
 pub mod verify;
 
 use std::io;
@@ -105,6 +107,7 @@ impl Cache {
             scratch_seq: AtomicU64::new(0),
         };
         cache.clean_scratch();
+        running::clear(&cache.root);
         Ok(cache)
     }
 

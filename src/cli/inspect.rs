@@ -1,7 +1,7 @@
 //! `flora show` and `flora log`: a stage's artifact, provenance and log.
 
 use super::run::{load_graph, open_existing_cache};
-use super::{Cli, ShowArgs, WorkflowArgs};
+use super::{live_log, Cli, LogArgs, ShowArgs, WorkflowArgs};
 use crate::cache::records::JobRecord;
 use crate::cache::Cache;
 use crate::dag::JobGraph;
@@ -14,11 +14,18 @@ struct Found {
     current: bool,
 }
 
-fn find(cli: &Cli, args: &ShowArgs) -> anyhow::Result<(JobGraph, Cache, Vec<Found>)> {
-    let graph = load_graph(&WorkflowArgs {
+fn graph_of(args: &ShowArgs) -> anyhow::Result<JobGraph> {
+    load_graph(&WorkflowArgs {
         workflow: args.workflow.clone(),
         sets: args.sets.clone(),
-    })?;
+    })
+}
+
+fn find(
+    cli: &Cli,
+    graph: JobGraph,
+    args: &ShowArgs,
+) -> anyhow::Result<(JobGraph, Cache, Vec<Found>)> {
     let jobs = graph.select(&args.stage).map_err(|e| anyhow::anyhow!(e))?;
     let cache = open_existing_cache(cli)?;
     let n = graph.jobs.len();
@@ -50,7 +57,7 @@ fn find(cli: &Cli, args: &ShowArgs) -> anyhow::Result<(JobGraph, Cache, Vec<Foun
 
 /// `flora show`.
 pub fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
-    let (graph, cache, found) = find(cli, args)?;
+    let (graph, cache, found) = find(cli, graph_of(args)?, args)?;
     for (i, f) in found.iter().enumerate() {
         if i > 0 {
             outln!();
@@ -109,8 +116,37 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
 }
 
 /// `flora log`.
-pub fn log(cli: &Cli, args: &ShowArgs) -> anyhow::Result<()> {
-    let (graph, cache, found) = find(cli, args)?;
+pub fn log(cli: &Cli, log_args: &LogArgs) -> anyhow::Result<()> {
+    let args = &log_args.show;
+    let graph = graph_of(args)?;
+    // While a run holds the cache, its running jobs' logs are read without the index.
+    let ids: Vec<String> = graph
+        .select(&args.stage)
+        .map_err(|e| anyhow::anyhow!(e))?
+        .into_iter()
+        .map(|j| graph.jobs[j].id.clone())
+        .collect();
+    if let Ok(root) = std::fs::canonicalize(&cli.cache) {
+        let live = live_log::running_now(&root, &graph.workflow.path, &ids);
+        if !live.is_empty() {
+            if live.len() < ids.len() {
+                eprintln!(
+                    "flora: {} other job(s) of `{}` are not running now; `flora log` shows \
+                     their logs once the run ends",
+                    ids.len() - live.len(),
+                    args.stage
+                );
+            }
+            return live_log::print(&root, &live, log_args.follow);
+        }
+    }
+    if log_args.follow {
+        eprintln!(
+            "flora: `{}` is not running now; the log of its last run:",
+            args.stage
+        );
+    }
+    let (graph, cache, found) = find(cli, graph, args)?;
     let many = found.len() > 1;
     let mut any = false;
     for f in &found {

@@ -23,6 +23,7 @@ pub mod bench;
 pub mod cache_cmd;
 pub mod check;
 pub mod inspect;
+pub mod live_log;
 pub mod model_cmd;
 pub mod run;
 pub mod stage;
@@ -117,9 +118,12 @@ pub enum Command {
     /// Where a stage's artifact is, and how it was made (provenance).
     #[command(after_help = "Example:\n  flora show workflows/demo.yaml finetune")]
     Show(ShowArgs),
-    /// Print a stage's log (of the run that made its current artifact, or its last run).
-    #[command(after_help = "Example:\n  flora log workflows/demo.yaml 'genome[athaliana]'")]
-    Log(ShowArgs),
+    /// Print a stage's log (of the run that made its current artifact, or its last run; while
+    /// a run runs it, the log so far).
+    #[command(after_help = "Examples:
+  flora log workflows/demo.yaml 'genome[athaliana]'
+  flora log workflows/paper.yaml pretrain --follow     # while a run trains it")]
+    Log(LogArgs),
     /// Run one stage kind outside a workflow (still cached), or list the kinds.
     #[command(after_help = "Examples:
   flora stage --list
@@ -262,6 +266,17 @@ pub struct ShowArgs {
     /// Override a param, as for `flora run`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
+}
+
+/// `flora log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub show: ShowArgs,
+    /// While a run runs the job, print its log as it grows, until the job ends.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// `flora stage`.
