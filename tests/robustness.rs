@@ -386,6 +386,16 @@ fn the_log_of_a_running_job_is_read_during_the_run() {
     );
     assert!(!stderr.contains("waiting for the cache"), "{stderr}");
 
+    // A job the run has not started: what the run is doing, before waiting (here: failing).
+    let out = p.output(&["--no-wait", "log", "wf.yaml", "other"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("the run on this cache is running slow now, not `other`")
+            && stderr.contains("in use by another flora"),
+        "{stderr}"
+    );
+
     let follow = spawn_flora(&p, &["--no-wait", "log", "wf.yaml", "slow", "--follow"]);
     std::thread::sleep(Duration::from_millis(500));
     p.write("go", "");

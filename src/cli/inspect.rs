@@ -127,7 +127,22 @@ pub fn log(cli: &Cli, log_args: &LogArgs) -> anyhow::Result<()> {
         .map(|j| graph.jobs[j].id.clone())
         .collect();
     if let Ok(root) = std::fs::canonicalize(&cli.cache) {
-        let live = live_log::running_now(&root, &graph.workflow.path, &ids);
+        let running = live_log::running_in(&root, &graph.workflow.path);
+        let live: Vec<_> = running
+            .iter()
+            .filter(|j| ids.contains(&j.job))
+            .cloned()
+            .collect();
+        if live.is_empty() && !running.is_empty() {
+            // The run may hold the cache for hours: say what it does before waiting for it.
+            let names: Vec<&str> = running.iter().map(|j| j.job.as_str()).collect();
+            eprintln!(
+                "flora: the run on this cache is running {} now, not `{}`; `flora log` reads a \
+                 running job's log at once, and this one's once the run ends",
+                names.join(", "),
+                args.stage
+            );
+        }
         if !live.is_empty() {
             if live.len() < ids.len() {
                 eprintln!(

@@ -12,12 +12,12 @@ use crate::cache::running::{self, RunningJob};
 /// How often `--follow` looks for more of the log.
 const POLL: Duration = Duration::from_millis(300);
 
-/// The jobs among `ids` of the workflow at `workflow` that a run holding the cache at `root` is
-/// running now (none when no run holds it: notes a killed run left are not trusted).
-pub fn running_now(root: &Path, workflow: &Path, ids: &[String]) -> Vec<RunningJob> {
+/// Every job of the workflow at `workflow` that a run holding the cache at `root` is running
+/// now (none when no run holds it: notes a killed run left are not trusted).
+pub fn running_in(root: &Path, workflow: &Path) -> Vec<RunningJob> {
     let jobs: Vec<RunningJob> = running::list(root)
         .into_iter()
-        .filter(|j| j.workflow == workflow && ids.contains(&j.job))
+        .filter(|j| j.workflow == workflow)
         .collect();
     if jobs.is_empty() || !held(root) {
         return Vec::new();
