@@ -239,6 +239,7 @@ pub fn run(
                             job: job.id.clone(),
                             log: cache.log_path(&key),
                             started: humantime::format_rfc3339_seconds(r.started_at).to_string(),
+                            cluster,
                         },
                     );
                     running_keys.insert(key);

@@ -381,7 +381,7 @@ fn the_log_of_a_running_job_is_read_during_the_run() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("flora: slow is running (started "),
+        stderr.contains("flora: slow is running, started "),
         "{stderr}"
     );
     assert!(!stderr.contains("waiting for the cache"), "{stderr}");

@@ -209,6 +209,15 @@ fn ctrl_c_cancels_the_runs_slurm_jobs() {
     );
     let mut child = spawn_run(&p, &[]);
     let id = wait_for_running("flora:long", Duration::from_secs(30));
+    // Its log, read while the run holds the cache.
+    let log = p.output(&["--no-wait", "log", "wf.yaml", "long"]);
+    let err = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        err.contains("flora: long was submitted to the cluster ")
+            && String::from_utf8_lossy(&log.stdout)
+                .contains(&format!("--- submitted as Slurm job {id}")),
+        "{err}"
+    );
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

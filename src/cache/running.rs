@@ -21,8 +21,11 @@ pub struct RunningJob {
     pub job: String,
     /// Its log.
     pub log: PathBuf,
-    /// When it started (RFC 3339).
+    /// When it started, or was submitted to a cluster (RFC 3339).
     pub started: String,
+    /// Whether a cluster runs it (it may still be queued there).
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 fn file(root: &Path, key: &Digest) -> PathBuf {
@@ -85,6 +88,7 @@ mod tests {
             job: id.into(),
             log: format!("/c/logs/{id}.log").into(),
             started: started.into(),
+            cluster: false,
         };
         mark(root, &key(1), &job("b", "2026-11-29T10:00:01Z"));
         mark(root, &key(2), &job("a", "2026-11-29T10:00:00Z"));

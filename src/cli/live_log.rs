@@ -39,8 +39,12 @@ pub fn print(root: &Path, jobs: &[RunningJob], follow: bool) -> anyhow::Result<(
     let many = jobs.len() > 1;
     let mut open: Vec<(&RunningJob, u64)> = Vec::new();
     for job in jobs {
+        let state = match job.cluster {
+            true => "was submitted to the cluster",
+            false => "is running, started",
+        };
         eprintln!(
-            "flora: {} is running (started {}){}",
+            "flora: {} {state} {}{}",
             job.job,
             job.started,
             if follow {
