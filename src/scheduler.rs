@@ -243,7 +243,7 @@ pub fn run(
                         },
                     );
                     running_keys.insert(key);
-                    progress.started(&job.id);
+                    progress.started(&job.id, &cache.log_path(&key));
                     running[j] = Some(Running {
                         inputs,
                         threads,

@@ -129,7 +129,7 @@ impl Executor for Local {
                     };
                     return (job, outcome);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => progress.tick(),
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the executor holds a sender"),
             }
             if !self.interrupted.load(Ordering::Relaxed) {

@@ -427,6 +427,7 @@ impl Executor for Slurm {
                 continue;
             }
             self.poll(progress);
+            progress.tick();
             if self.ended.is_empty() {
                 sleep_unless_interrupted(self.opts.poll, &self.interrupted);
             }

@@ -341,10 +341,10 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         let pace = pace.line(step, None);
         if valid.is_empty() {
             eprintln!(
-                "finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} ({pace})"
+                "finetune: epoch {epoch} step {step}/{total} ({pace}) train loss {train_loss:.4}"
             );
         } else {
-            eprintln!("finetune: epoch {epoch} step {step}/{total} train loss {train_loss:.4} validation loss {val_loss:.4} ({pace})");
+            eprintln!("finetune: epoch {epoch} step {step}/{total} ({pace}) train loss {train_loss:.4} validation loss {val_loss:.4}");
         }
         if val_loss.is_finite() {
             if best.as_ref().is_none_or(|(b, _, _)| val_loss < *b) {

@@ -21,7 +21,7 @@ impl Pace {
         }
     }
 
-    /// `1,234 tokens/s, 1m 02s so far, about 3m 10s left` after `step`, with `tokens` processed
+    /// `about 3m 10s left, 1m 02s so far, 1,234 tokens/s` after `step`, with `tokens` processed
     /// since the start (none given: no rate of tokens).
     pub fn line(&self, step: u64, tokens: Option<u64>) -> String {
         self.line_after(self.start.elapsed(), step, tokens)
@@ -30,14 +30,15 @@ impl Pace {
     fn line_after(&self, elapsed: Duration, step: u64, tokens: Option<u64>) -> String {
         let done = step.saturating_sub(self.first_step);
         let seconds = elapsed.as_secs_f64();
+        // Time left first: a terminal's progress bar shows the start of the line.
         let mut parts = Vec::new();
-        if let Some(t) = tokens.filter(|_| seconds > 0.0) {
-            parts.push(format!("{} tokens/s", thousands(t as f64 / seconds)));
-        }
-        parts.push(format!("{} so far", clock(seconds)));
         if done > 0 && step < self.total {
             let left = seconds / done as f64 * (self.total - step) as f64;
             parts.push(format!("about {} left", clock(left)));
+        }
+        parts.push(format!("{} so far", clock(seconds)));
+        if let Some(t) = tokens.filter(|_| seconds > 0.0) {
+            parts.push(format!("{} tokens/s", thousands(t as f64 / seconds)));
         }
         parts.join(", ")
     }
@@ -75,7 +76,7 @@ mod tests {
         let pace = Pace::start(100, 700);
         // 200 steps (100 to 300) in 50 s: 400 left take 100 s.
         let line = pace.line_after(Duration::from_secs(50), 300, Some(1_234_567));
-        assert_eq!(line, "24,691 tokens/s, 50s so far, about 1m 40s left");
+        assert_eq!(line, "about 1m 40s left, 50s so far, 24,691 tokens/s");
         assert_eq!(
             pace.line_after(Duration::from_secs(7300), 700, None),
             "2h 01m so far"
@@ -83,7 +84,7 @@ mod tests {
         // Nothing done yet: no estimate.
         assert_eq!(
             pace.line_after(Duration::from_millis(10), 100, Some(0)),
-            "0 tokens/s, 0s so far"
+            "0s so far, 0 tokens/s"
         );
         assert_eq!(thousands(999.4), "999");
         assert_eq!(thousands(1000.0), "1,000");

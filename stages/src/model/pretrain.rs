@@ -778,8 +778,8 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         }
         if step % 10 == 0 || step == total {
             eprintln!(
-                "pretrain: step {step}/{total} loss {loss:.4} masked acc {acc:.3} lr {lr:.2e} \
-                 ({})",
+                "pretrain: step {step}/{total} ({}) loss {loss:.4} masked acc {acc:.3} lr \
+                 {lr:.2e}",
                 pace.line(step, Some(positions))
             );
         }
