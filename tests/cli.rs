@@ -15,6 +15,7 @@ fn plan_json_has_job_stage_state_and_reason() {
     assert_eq!(rows[0]["reason"], "new");
     assert_eq!(rows[0]["reasons"][0]["reason"], "new");
     assert_eq!(rows[1]["reason"], "new; upstream hello will run");
+    assert!(rows[0]["last_seconds"].is_null());
     p.ok(&["run", "wf.yaml"]);
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&p.ok(&["plan", "wf.yaml", "--json"])).unwrap();
@@ -27,9 +28,21 @@ fn plan_json_has_job_stage_state_and_reason() {
     // The human table.
     let table = p.ok(&["plan", "wf.yaml"]);
     assert!(
-        table.starts_with("JOB    STATE   REASON\nhello  cached"),
+        table.starts_with("JOB    STATE    LAST RUN  REASON\nhello  cached          -\n"),
         "{table}"
     );
+    // A job to run again shows how long its last run took, and the total line adds them up.
+    let edited = ["plan", "wf.yaml", "--set", "upper.env.X=1"];
+    let table = p.ok(&edited);
+    let upper = table.lines().find(|l| l.starts_with("upper")).unwrap();
+    assert!(
+        upper.contains(" s  param env: ") && table.contains("1 to run (their last runs took "),
+        "{table}"
+    );
+    let mut json = edited.to_vec();
+    json.push("--json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&p.ok(&json)).unwrap();
+    assert!(rows[1]["last_seconds"].as_f64().unwrap() > 0.0, "{rows:?}");
 }
 
 #[test]

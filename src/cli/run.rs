@@ -239,13 +239,25 @@ pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
     let (selected, forced) = selection(&graph, &args.select)?;
     let cache = open_cache(cli)?;
     let states = plan::plan(&graph, &cache, &forced, &selected)?;
+    // How long each job took the last time it ran with this cache (any key).
+    let last_seconds: Vec<Option<f64>> = graph
+        .jobs
+        .iter()
+        .map(|job| {
+            cache
+                .last_run(&graph.workflow.path, &job.id)
+                .and_then(|l| cache.record_of(&l.key))
+                .map(|r| r.duration_s)
+        })
+        .collect();
     if args.json {
         let rows: Vec<serde_json::Value> = graph
             .jobs
             .iter()
             .zip(&states)
-            .filter(|(_, s)| !matches!(s, Freshness::Skipped))
-            .map(|(job, state)| {
+            .zip(&last_seconds)
+            .filter(|((_, s), _)| !matches!(s, Freshness::Skipped))
+            .map(|((job, state), last)| {
                 let (st, key, artifact, reasons) = match state {
                     Freshness::Cached { key, artifact } => {
                         ("cached", Some(*key), Some(*artifact), Vec::new())
@@ -263,12 +275,13 @@ pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
                     "reasons": reasons,
                     "key": key.map(|k| k.to_hex()),
                     "artifact": artifact.map(|a| cache.artifact_path(&a)),
+                    "last_seconds": last,
                 })
             })
             .collect();
         outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        summary::print_plan(&graph, &states)?;
+        summary::print_plan(&graph, &states, &last_seconds)?;
     }
     Ok(())
 }

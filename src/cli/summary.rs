@@ -99,14 +99,20 @@ pub fn print_run(
     Ok(())
 }
 
-/// The `flora plan` table: job, state, reason.
-pub fn print_plan(graph: &JobGraph, states: &[Freshness]) -> std::io::Result<()> {
+/// The `flora plan` table: job, state, how long the job's last run took (for jobs to run; from
+/// `last_seconds`), reason.
+pub fn print_plan(
+    graph: &JobGraph,
+    states: &[Freshness],
+    last_seconds: &[Option<f64>],
+) -> std::io::Result<()> {
     let shown: Vec<usize> = (0..states.len())
         .filter(|&j| !matches!(states[j], Freshness::Skipped))
         .collect();
     let w = width(shown.iter().map(|&j| graph.jobs[j].id.len()));
-    outln!("{:<w$}  {:<6}  REASON", "JOB", "STATE");
+    outln!("{:<w$}  {:<6}  {:>9}  REASON", "JOB", "STATE", "LAST RUN");
     let mut to_run = 0;
+    let (mut known, mut total) = (0, 0.0);
     for &j in &shown {
         let (state, reason) = match &states[j] {
             Freshness::Cached { .. } => ("cached", String::new()),
@@ -123,12 +129,53 @@ pub fn print_plan(graph: &JobGraph, states: &[Freshness]) -> std::io::Result<()>
             }
             Freshness::Skipped => continue,
         };
-        outln!("{:<w$}  {state:<6}  {reason}", graph.jobs[j].id);
+        let last = match (state, last_seconds[j]) {
+            ("run", Some(t)) => {
+                known += 1;
+                total += t;
+                duration(t)
+            }
+            _ => "-".to_string(),
+        };
+        let line = format!("{:<w$}  {state:<6}  {last:>9}  {reason}", graph.jobs[j].id);
+        outln!("{}", line.trim_end());
     }
+    let took = match known {
+        0 => String::new(),
+        n if n == to_run => format!(" (their last runs took {} in all)", duration(total)),
+        n => format!(
+            " ({n} of them ran before, taking {} in all)",
+            duration(total)
+        ),
+    };
     outln!(
-        "{} jobs: {to_run} to run, {} cached",
+        "{} jobs: {to_run} to run{took}, {} cached",
         shown.len(),
         shown.len() - to_run
     );
     Ok(())
+}
+
+/// `0.52 s`, `12.3 s`, `4m 05s`, `2h 05m`.
+fn duration(seconds: f64) -> String {
+    let whole = seconds.round() as u64;
+    match seconds {
+        s if s < 10.0 => format!("{s:.2} s"),
+        s if s < 60.0 => format!("{s:.1} s"),
+        _ if whole < 3600 => format!("{}m {:02}s", whole / 60, whole % 60),
+        _ => format!("{}h {:02}m", whole / 3600, whole % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration(0.523), "0.52 s");
+        assert_eq!(duration(12.34), "12.3 s");
+        assert_eq!(duration(245.0), "4m 05s");
+        assert_eq!(duration(7500.0), "2h 05m");
+    }
 }
