@@ -58,6 +58,8 @@ impl JobSpec {
         // A built-in kind's pools, as the executor's environment sized them (an `exec` job's
         // program gets `FLORA_THREADS` and keeps to it itself).
         if self.kind != "exec" {
+            // Opened here, so that a missing OpenBLAS fails the job before any work.
+            flora_stages::openblas::load().map_err(anyhow::Error::msg)?;
             eprintln!("flora: CPU threads: {}", flora_stages::threads::in_use());
         }
         (kind.run)(&self.params, &self.context).with_context(|| format!("job {}", self.job))

@@ -30,6 +30,7 @@ pub mod genomics;
 pub mod linalg;
 pub mod memory;
 pub mod model;
+pub mod openblas;
 pub mod report;
 pub mod rng;
 pub mod simulate;

@@ -2,7 +2,7 @@
 //! products already link; multi-threaded): the Gram matrix AᵀA and the product AᵀB of row-major
 //! matrices. The only unsafe code is the two BLAS calls, each after its operands' sizes are checked.
 
-use cblas_sys::{cblas_dgemm, cblas_dsyrk, CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO};
+use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO};
 
 /// A row-major matrix of f64.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,11 +72,12 @@ pub fn gram(a: &Dense, outer: bool) -> Dense {
     } else {
         CBLAS_TRANSPOSE::CblasTrans
     };
+    let blas = crate::openblas::get();
     // SAFETY: `a` holds rows x cols values with leading dimension cols (checked above); `c` holds
     // size x size values with leading dimension size.
     #[allow(unsafe_code)]
     unsafe {
-        cblas_dsyrk(
+        (blas.dsyrk)(
             CBLAS_LAYOUT::CblasRowMajor,
             CBLAS_UPLO::CblasLower,
             trans,
@@ -115,11 +116,12 @@ pub fn at_b(a: &Dense, b: &Dense) -> Dense {
     if a.cols == 0 || b.cols == 0 || a.rows == 0 {
         return c;
     }
+    let blas = crate::openblas::get();
     // SAFETY: the operands hold rows x cols values each with leading dimension cols (checked
     // above); `c` holds p x q values with leading dimension q.
     #[allow(unsafe_code)]
     unsafe {
-        cblas_dgemm(
+        (blas.dgemm)(
             CBLAS_LAYOUT::CblasRowMajor,
             CBLAS_TRANSPOSE::CblasTrans,
             CBLAS_TRANSPOSE::CblasNoTrans,

@@ -7,19 +7,14 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
+use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 
-// The CBLAS symbols come from OpenBLAS (Debian's libopenblas-dev, installed by scripts/setup.sh).
-#[link(name = "openblas")]
-extern "C" {
-    fn openblas_get_num_threads() -> std::ffi::c_int;
-}
-
-/// How many threads OpenBLAS's matrix products use.
+/// How many threads OpenBLAS's matrix products use (opening it, `crate::openblas`).
 pub(crate) fn threads() -> usize {
+    let blas = crate::openblas::get();
     // SAFETY: a plain read of OpenBLAS's setting.
     #[allow(unsafe_code)]
-    let n = unsafe { openblas_get_num_threads() };
+    let n = unsafe { (blas.threads)() };
     usize::try_from(n).unwrap_or(1)
 }
 
@@ -168,11 +163,12 @@ pub(crate) fn gemm(
         i32::try_from(v)
             .map_err(|_| candle_core::Error::Msg(format!("gemm: {v} is too large for BLAS")))
     };
+    let blas = crate::openblas::load().map_err(candle_core::Error::Msg)?;
     // SAFETY: the extents of A, B and C were checked against their slices above, and C is
     // borrowed mutably, so BLAS reads and writes only memory that these slices own.
     #[allow(unsafe_code)]
     unsafe {
-        cblas_sgemm(
+        (blas.sgemm)(
             CBLAS_LAYOUT::CblasRowMajor,
             a.transpose(),
             b.transpose(),
