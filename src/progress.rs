@@ -15,8 +15,9 @@ pub struct Progress {
     /// The running jobs and their logs.
     running: BTreeMap<String, PathBuf>,
     note: String,
-    /// The last line of the one running job's log, and when it was read.
+    /// The last line of the one running job's log, as the bar shows it.
     latest: String,
+    /// When that log was last read.
     read_at: Instant,
 }
 

@@ -605,8 +605,8 @@ fn variants_picks_genes_as_the_promoters_stage_does() {
         format!("chr1\t{pos}\t.\t{r}\t{alt}\t.\t.\t.\n")
     };
     p.write("calls.vcf", &vcf(&format!("{}{}", snv(464), snv(1534))));
-    // Each row's gene_id and distance_to_tss, and stderr.
-    let scored = |more: &[&str]| {
+    // `flora variants` on the small genome, its genes and calls, with `more`.
+    let variants = |more: &[&str]| {
         let mut args = vec![
             "variants",
             "--model",
@@ -617,11 +617,15 @@ fn variants_picks_genes_as_the_promoters_stage_does() {
             "genes.gff3",
             "--vcf",
             "calls.vcf",
-            "--upstream",
-            "150",
         ];
         args.extend_from_slice(more);
-        let out = p.output(&args);
+        p.output(&args)
+    };
+    // Each row's gene_id and distance_to_tss, and stderr.
+    let scored = |more: &[&str]| {
+        let mut args = vec!["--upstream", "150"];
+        args.extend_from_slice(more);
+        let out = variants(&args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{more:?}: {stderr}");
         let rows: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
@@ -651,19 +655,7 @@ fn variants_picks_genes_as_the_promoters_stage_does() {
     assert_eq!(rows, [pair("plus", "87")]);
 
     let fails = |more: &[&str]| {
-        let mut args = vec![
-            "variants",
-            "--model",
-            "ft",
-            "--genome",
-            "genome.fa",
-            "--gff",
-            "genes.gff3",
-            "--vcf",
-            "calls.vcf",
-        ];
-        args.extend_from_slice(more);
-        let out = p.output(&args);
+        let out = variants(more);
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         String::from_utf8(out.stderr).unwrap()
     };
