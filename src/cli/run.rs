@@ -239,15 +239,17 @@ pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
     let (selected, forced) = selection(&graph, &args.select)?;
     let cache = open_cache(cli)?;
     let states = plan::plan(&graph, &cache, &forced, &selected)?;
-    // How long each job took the last time it ran with this cache (any key).
+    // How long each job to run took the last time it ran with this cache (any key).
     let last_seconds: Vec<Option<f64>> = graph
         .jobs
         .iter()
-        .map(|job| {
-            cache
+        .zip(&states)
+        .map(|(job, state)| match state {
+            Freshness::Run { .. } => cache
                 .last_run(&graph.workflow.path, &job.id)
                 .and_then(|l| cache.record_of(&l.key))
-                .map(|r| r.duration_s)
+                .map(|r| r.duration_s),
+            _ => None,
         })
         .collect();
     if args.json {
