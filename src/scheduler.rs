@@ -225,25 +225,26 @@ pub fn run(
                 graph, j, key, &artifacts, &reports, &started, cache, &host, executor,
             ) {
                 Ok(r) => {
+                    let log = cache.log_path(&key);
                     tracing::debug!(
                         "{}: started with {threads} threads and GPUs {gpus:?}; log {}",
                         job.id,
-                        cache.log_path(&key).display()
+                        log.display()
                     );
-                    reports[j].log = Some(cache.log_path(&key));
+                    progress.started(&job.id, &log);
                     crate::cache::running::mark(
                         &cache.root,
                         &key,
                         &crate::cache::running::RunningJob {
                             workflow: graph.workflow.path.clone(),
                             job: job.id.clone(),
-                            log: cache.log_path(&key),
+                            log: log.clone(),
                             started: humantime::format_rfc3339_seconds(r.started_at).to_string(),
                             cluster,
                         },
                     );
+                    reports[j].log = Some(log);
                     running_keys.insert(key);
-                    progress.started(&job.id, &cache.log_path(&key));
                     running[j] = Some(Running {
                         inputs,
                         threads,

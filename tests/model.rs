@@ -464,6 +464,24 @@ fn small_genome(p: &Project) {
     );
 }
 
+/// `flora variants` with the model `ft` on the small genome and its genes, the calls in `vcf`,
+/// then `more`.
+fn variants_on_small_genome(p: &Project, vcf: &str, more: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "variants",
+        "--model",
+        "ft",
+        "--genome",
+        "genome.fa",
+        "--gff",
+        "genes.gff3",
+        "--vcf",
+        vcf,
+    ];
+    args.extend_from_slice(more);
+    p.output(&args)
+}
+
 fn vcf(body: &str) -> String {
     format!("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=2000>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n{body}")
 }
@@ -493,22 +511,7 @@ fn variants_through_the_binary() {
     let wrong = if &bases[419..420] == "G" { "C" } else { "G" };
     let fixed = fixed.replace("chr1\t420\t.\tG\tC", &format!("chr1\t420\t.\t{wrong}\tA"));
     p.write("calls.vcf", &fixed);
-    // `flora variants` on the small genome with `vcf`, then `more`.
-    let variants = |vcf: &str, more: &[&str]| {
-        let mut args = vec![
-            "variants",
-            "--model",
-            "ft",
-            "--genome",
-            "genome.fa",
-            "--gff",
-            "genes.gff3",
-            "--vcf",
-            vcf,
-        ];
-        args.extend_from_slice(more);
-        p.output(&args)
-    };
+    let variants = |vcf: &str, more: &[&str]| variants_on_small_genome(&p, vcf, more);
     let out = variants("calls.vcf", &["--upstream", "150", "-o", "effects.tsv"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -605,22 +608,7 @@ fn variants_picks_genes_as_the_promoters_stage_does() {
         format!("chr1\t{pos}\t.\t{r}\t{alt}\t.\t.\t.\n")
     };
     p.write("calls.vcf", &vcf(&format!("{}{}", snv(464), snv(1534))));
-    // `flora variants` on the small genome, its genes and calls, with `more`.
-    let variants = |more: &[&str]| {
-        let mut args = vec![
-            "variants",
-            "--model",
-            "ft",
-            "--genome",
-            "genome.fa",
-            "--gff",
-            "genes.gff3",
-            "--vcf",
-            "calls.vcf",
-        ];
-        args.extend_from_slice(more);
-        p.output(&args)
-    };
+    let variants = |more: &[&str]| variants_on_small_genome(&p, "calls.vcf", more);
     // Each row's gene_id and distance_to_tss, and stderr.
     let scored = |more: &[&str]| {
         let mut args = vec!["--upstream", "150"];

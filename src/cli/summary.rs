@@ -158,12 +158,10 @@ pub fn print_plan(
 
 /// `0.52 s`, `12.3 s`, `4m 05s`, `2h 05m`.
 fn duration(seconds: f64) -> String {
-    let whole = seconds.round() as u64;
     match seconds {
         s if s < 10.0 => format!("{s:.2} s"),
         s if s < 60.0 => format!("{s:.1} s"),
-        _ if whole < 3600 => format!("{}m {:02}s", whole / 60, whole % 60),
-        _ => format!("{}h {:02}m", whole / 3600, whole % 3600 / 60),
+        s => flora_stages::model::pace::clock(s),
     }
 }
 

@@ -9,39 +9,21 @@ use std::sync::OnceLock;
 
 use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO};
 
-/// `cblas_sgemm`.
-pub type Sgemm = unsafe extern "C" fn(
+/// `cblas_sgemm` (`T` = f32) and `cblas_dgemm` (f64).
+pub type Gemm<T> = unsafe extern "C" fn(
     CBLAS_LAYOUT,
     CBLAS_TRANSPOSE,
     CBLAS_TRANSPOSE,
     c_int,
     c_int,
     c_int,
-    f32,
-    *const f32,
+    T,
+    *const T,
     c_int,
-    *const f32,
+    *const T,
     c_int,
-    f32,
-    *mut f32,
-    c_int,
-);
-
-/// `cblas_dgemm`.
-pub type Dgemm = unsafe extern "C" fn(
-    CBLAS_LAYOUT,
-    CBLAS_TRANSPOSE,
-    CBLAS_TRANSPOSE,
-    c_int,
-    c_int,
-    c_int,
-    f64,
-    *const f64,
-    c_int,
-    *const f64,
-    c_int,
-    f64,
-    *mut f64,
+    T,
+    *mut T,
     c_int,
 );
 
@@ -63,9 +45,9 @@ pub type Dsyrk = unsafe extern "C" fn(
 /// The functions flora calls, from the opened library.
 pub struct OpenBlas {
     /// Single-precision matrix product.
-    pub sgemm: Sgemm,
+    pub sgemm: Gemm<f32>,
     /// Double-precision matrix product.
-    pub dgemm: Dgemm,
+    pub dgemm: Gemm<f64>,
     /// Double-precision AᵀA or AAᵀ (one triangle).
     pub dsyrk: Dsyrk,
     /// `openblas_get_num_threads`.
@@ -115,10 +97,10 @@ fn functions(library: libloading::Library) -> Result<OpenBlas, String> {
     unsafe {
         let symbol = |name: &str| format!("OpenBLAS has no `{name}`");
         let sgemm = *library
-            .get::<Sgemm>(b"cblas_sgemm\0")
+            .get::<Gemm<f32>>(b"cblas_sgemm\0")
             .map_err(|_| symbol("cblas_sgemm"))?;
         let dgemm = *library
-            .get::<Dgemm>(b"cblas_dgemm\0")
+            .get::<Gemm<f64>>(b"cblas_dgemm\0")
             .map_err(|_| symbol("cblas_dgemm"))?;
         let dsyrk = *library
             .get::<Dsyrk>(b"cblas_dsyrk\0")

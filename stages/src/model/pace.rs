@@ -58,7 +58,7 @@ fn thousands(x: f64) -> String {
 }
 
 /// `45s`, `3m 10s`, `2h 05m`.
-fn clock(seconds: f64) -> String {
+pub fn clock(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     match s {
         0..=59 => format!("{s}s"),
