@@ -35,7 +35,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Mutagenesis(args) => cli::model_cmd::mutagenesis(args),
         Command::Bench(args) => cli::bench::bench(args),
         Command::Check(args) => cli::check::check(cli, args),
-        Command::Job { spec } => jobspec::JobSpec::read(spec)?.run(),
+        Command::Job { spec, driver } => {
+            if let Some(driver) = driver {
+                flora::executor::local::die_with_driver(*driver);
+            }
+            jobspec::JobSpec::read(spec)?.run()
+        }
     }
 }
 

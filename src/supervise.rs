@@ -11,6 +11,7 @@
 use std::process::{Command, ExitStatus};
 
 use anyhow::Context as _;
+use signal_hook::iterator::Signals;
 
 use crate::executor::local::GRACE;
 
@@ -21,22 +22,12 @@ const STOP: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// Otherwise the process ends with the program's exit status, or by the signal that ended it.
 pub fn run(mut cmd: Command, program: &str) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    let stop = stop_set();
-    // Block the stop signals in this thread before any other thread starts, so that every
-    // thread inherits the mask and only the forwarder takes them; the program starts with
-    // them unblocked again (a child inherits the mask).
-    // SAFETY: plain calls on a sigset_t that lives on this stack; in the child, between fork
-    // and exec, pthread_sigmask is async-signal-safe.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &stop, std::ptr::null_mut());
-        cmd.pre_exec(move || {
-            match libc::pthread_sigmask(libc::SIG_UNBLOCK, &stop, std::ptr::null_mut()) {
-                0 => Ok(()),
-                error => Err(std::io::Error::from_raw_os_error(error)),
-            }
-        });
-    }
+    // From here on a stop signal is written to a pipe (signal-hook's handler) instead of ending
+    // this process; the forwarder reads it once the program has started, so one that comes
+    // before is passed on too. The program starts with every signal at its default: exec
+    // resets handlers, and nothing is blocked. No hook runs between fork and exec, so the
+    // standard library starts the program with posix_spawn.
+    let stops = Signals::new(STOP).context("exec: cannot take the stop signals")?;
     // The local executor makes each job process a group leader: the program stays in its
     // group, so the driver's own SIGTERM and SIGKILL to the group reach it too. Elsewhere (a
     // batch script's group) the program gets a group of its own.
@@ -49,25 +40,11 @@ pub fn run(mut cmd: Command, program: &str) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("exec: cannot start `{program}`"))?;
     let group = if leader { own_group } else { child.id() };
-    std::thread::spawn(move || forward(stop, group));
+    std::thread::spawn(move || forward(stops, group));
     let status = child
         .wait()
         .with_context(|| format!("exec: lost track of `{program}`"))?;
     end_as(status)
-}
-
-/// The stop signals as a signal set.
-fn stop_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set before sigaddset reads it.
-    #[allow(unsafe_code)]
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        for signal in STOP {
-            libc::sigaddset(&mut set, signal);
-        }
-        set
-    }
 }
 
 /// This process's group id.
@@ -80,34 +57,24 @@ fn current_group() -> u32 {
 
 /// Waits for a stop signal and sends it to `group`, then SIGKILL after [`GRACE`]. Later signals
 /// (this process gets its own copy when it leads the group) change nothing.
-fn forward(stop: libc::sigset_t, group: u32) {
+fn forward(mut stops: Signals, group: u32) {
     let Ok(group) = libc::pid_t::try_from(group) else {
         return;
     };
-    let mut forwarded = false;
-    loop {
-        let mut signal = 0;
-        // SAFETY: sigwait reads the set and writes one int, both on this stack.
-        #[allow(unsafe_code)]
-        let waited = unsafe { libc::sigwait(&stop, &mut signal) };
-        if waited != 0 || forwarded {
-            continue;
-        }
-        forwarded = true;
-        tracing::debug!("passing signal {signal} on to the program's process group {group}");
-        // SAFETY: killpg takes plain integers.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::killpg(group, signal);
-        }
-        std::thread::spawn(move || {
-            std::thread::sleep(GRACE);
-            // SAFETY: as above.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::killpg(group, libc::SIGKILL);
-            }
-        });
+    let Some(signal) = stops.forever().next() else {
+        return;
+    };
+    tracing::debug!("passing signal {signal} on to the program's process group {group}");
+    // SAFETY: killpg takes plain integers.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::killpg(group, signal);
+    }
+    std::thread::sleep(GRACE);
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::killpg(group, libc::SIGKILL);
     }
 }
 

@@ -79,7 +79,7 @@ fn a_run_killed_mid_write_leaves_no_artifact_and_the_rerun_completes() {
 stages:
   slow:
     kind: exec
-    params: {argv: [sh, -c, "echo first-half > $FLORA_OUT/data; if [ -z \"$FAST\" ]; then sleep 60 & echo $$ $! > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; wait; fi; echo second-half >> $FLORA_OUT/data"]}
+    params: {argv: [sh, -c, "trap 'echo TERM > $FLORA_WORK/../../../stopped; exit 143' TERM; echo first-half > $FLORA_OUT/data; if [ -z \"$FAST\" ]; then sleep 60 & echo $$ $! > $FLORA_WORK/../../../started.tmp; mv $FLORA_WORK/../../../started.tmp $FLORA_WORK/../../../started; wait; fi; echo second-half >> $FLORA_OUT/data"]}
   after: {kind: exec, inputs: {i: slow}, params: {argv: [sh, -c, "cp $FLORA_IN_i/data $FLORA_OUT/"]}}
 "#,
     );
@@ -97,6 +97,9 @@ stages:
     wait_for("what the orphaned job started to end", || {
         process_ended(sleeper)
     });
+    // Stopped by the SIGTERM its job process passed on, not by the SIGKILL that follows it 10 s
+    // later.
+    assert_eq!(p.read("stopped"), "TERM\n");
 
     let artifacts = files_in(&p.path("cache/artifacts"));
     assert!(artifacts.is_empty(), "a killed job published {artifacts:?}");
@@ -117,6 +120,31 @@ stages:
     );
     let verify = p.ok(&["cache", "verify"]);
     assert!(verify.contains("0 damaged"), "{verify}");
+}
+
+/// A job process asks for the parent-death signal itself, after it started. Should its driver
+/// die before that (so that the job process has a new parent already), it ends at once, as the
+/// signal would have ended it, instead of running orphaned.
+#[test]
+fn a_job_process_whose_driver_is_gone_ends_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let p = Project::new();
+    // Its parent is this test, not process 1: as if the driver had died and it was re-parented.
+    let orphan = p
+        .flora(&["__job", "missing.json", "--driver", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        orphan.status.signal(),
+        Some(libc::SIGTERM),
+        "{:?}: {}",
+        orphan.status,
+        String::from_utf8_lossy(&orphan.stderr)
+    );
+    // With its real parent named it goes on (and fails on the missing spec, by name).
+    let parent = std::process::id().to_string();
+    let stderr = p.fails(&["__job", "missing.json", "--driver", &parent], 2);
+    assert!(stderr.contains("cannot read the job spec"), "{stderr}");
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM (`timeout`, a cluster ending the driver's allocation) stops the

@@ -164,6 +164,9 @@ pub enum Command {
     Job {
         /// The spec file written by the driver.
         spec: PathBuf,
+        /// The local driver's process id: the job ends when that process does.
+        #[arg(long)]
+        driver: Option<u32>,
     },
 }
 

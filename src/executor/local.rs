@@ -61,6 +61,20 @@ impl Local {
     }
 }
 
+/// Called first in a job process that the local executor started: asks Linux for SIGTERM
+/// when the driver (process `driver`, its parent) dies, and if it died before the request
+/// (the job process was already re-parented), ends the job the same way at once.
+pub fn die_with_driver(driver: u32) {
+    // SAFETY: prctl, getppid and raise take plain integers and touch no memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if u32::try_from(libc::getppid()).ok() != Some(driver) {
+            libc::raise(libc::SIGTERM);
+        }
+    }
+}
+
 /// Sends `signal` to process group `pgid`, best effort (a group that already ended is fine).
 fn signal_group(pgid: u32, signal: i32) {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else {
@@ -79,25 +93,19 @@ impl Executor for Local {
             .create(true)
             .append(true)
             .open(&launch.log)?;
+        // No hook runs between fork and exec, so the standard library starts the job with
+        // posix_spawn (vfork-like: the driver's page tables are not copied for each job); the
+        // job process asks for the parent-death signal itself ([`die_with_driver`]).
         let mut cmd = Command::new(&self.exe);
         cmd.args(verbosity_flag())
             .arg("__job")
             .arg(&launch.spec)
+            .arg("--driver")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        // SAFETY: the hook runs in the child between fork and exec and only calls prctl, which
-        // is async-signal-safe; this thread (the scheduler's) lives as long as the run.
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         if launch.kind != "exec" {
             cmd.envs(missing_tuning());
             cmd.envs(thread_env(launch.resources.threads));
