@@ -41,6 +41,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             jobspec::JobSpec::read(spec)?.run()
         }
+        Command::Reaper => Ok(flora::executor::reaper::serve()?),
     }
 }
 

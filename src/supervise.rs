@@ -1,6 +1,7 @@
-//! An `exec` job's program runs as a child of its job process (`flora __job`), which passes the
-//! signals that stop a job on to everything the program started, and then ends as the program
-//! ended.
+//! On a cluster node an `exec` job's program runs as a child of its job process (`flora
+//! __job`), which passes the signals that stop a job on to everything the program started, and
+//! then ends as the program ended. (The local executor starts the program itself; its reaper
+//! does this job there.)
 //!
 //! The job process could replace itself with the program instead, but then the signal Linux
 //! sends it when the driver dies (SIGKILL, the OOM killer) would reach the program alone, and a

@@ -231,10 +231,16 @@ fn a_missing_program_fails_the_job_clearly() {
     );
     let out = p.fails(&["run", "wf.yaml"], 1);
     assert!(
-        out.contains("exec: cannot start `flora-no-such-tool`"),
+        out.contains("error: job x failed: exec: cannot start `flora-no-such-tool`: No such file"),
         "{out}"
     );
     assert!(!p.path("results/wf/x").exists());
+    // The job's log says it too.
+    let log = p.ok(&["log", "wf.yaml", "x"]);
+    assert!(
+        log.contains("error: job x: exec: cannot start `flora-no-such-tool`"),
+        "{log}"
+    );
 }
 
 /// The job process runs an exec job's program as its child and ends as it ended: a crash of the

@@ -168,6 +168,9 @@ pub enum Command {
         #[arg(long)]
         driver: Option<u32>,
     },
+    /// Stop a local run's `exec` programs should the run die (used by the local executor).
+    #[command(name = "__reaper", hide = true)]
+    Reaper,
 }
 
 /// `flora run`.

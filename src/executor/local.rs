@@ -1,16 +1,17 @@
 //! The local executor: each job is a child process of this `flora`.
 //!
-//! Each job runs in its own process group, so that everything it starts (an `exec` job's shell
-//! and its children) can be stopped together. The first Ctrl-C (SIGINT) or SIGTERM stops the
-//! run: no job starts any more, every running job's group gets SIGTERM (and SIGKILL after
-//! [`GRACE`]), and their outputs are thrown away while their work folders stay for a retry; a
-//! second signal ends flora at once. A job process also gets SIGTERM should flora die without
-//! stopping it (Linux's parent-death signal; an `exec` job's process passes it on to its
-//! program's group, see [`crate::supervise`]), so that no orphan stage keeps writing to the
-//! cache.
+//! A built-in kind's job runs as `flora __job SPEC`; an `exec` job's program is started directly
+//! (one process start fewer for each small step). Each runs in its own process group, so that
+//! everything it starts (an `exec` job's shell and its children) can be stopped together. The
+//! first Ctrl-C (SIGINT) or SIGTERM stops the run: no job starts any more, every running job's
+//! group gets SIGTERM (and SIGKILL after [`GRACE`]), and their outputs are thrown away while
+//! their work folders stay for a retry; a second signal ends flora at once. Should flora die
+//! without stopping its jobs, a `flora __job` process gets SIGTERM (Linux's parent-death
+//! signal, [`die_with_driver`]) and the reaper stops the `exec` programs' groups
+//! ([`super::reaper`]), so that no orphan stage keeps writing to the cache.
 
-use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,7 +20,9 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{missing_tuning, thread_env, verbosity_flag, Executor, Launch, Outcome};
+use super::reaper::Reaper;
+use super::{append_log, missing_tuning, thread_env, verbosity_flag, Executor, Launch, Outcome};
+use crate::jobspec::JobSpec;
 use crate::progress::Progress;
 
 /// How long interrupted jobs get to end after SIGTERM before they are killed.
@@ -32,6 +35,13 @@ pub struct Local {
     rx: Receiver<(usize, Outcome)>,
     /// The process (and process group) id of each running job, by job index.
     groups: HashMap<usize, u32>,
+    /// Jobs submitted and not yet reported by [`Executor::wait`] (a program that could not
+    /// start has no group, but its failure is still to be reported).
+    unreported: usize,
+    /// The jobs whose group the reaper watches: `exec` programs started here directly.
+    watched: HashSet<usize>,
+    /// Started with the first `exec` program.
+    reaper: Option<Reaper>,
     interrupted: Arc<AtomicBool>,
     /// When the running jobs were told to stop, and whether they have been killed since.
     stopping: Option<(Instant, bool)>,
@@ -48,6 +58,9 @@ impl Local {
             tx,
             rx,
             groups: HashMap::new(),
+            unreported: 0,
+            watched: HashSet::new(),
+            reaper: None,
             interrupted,
             stopping: None,
         })
@@ -87,12 +100,9 @@ fn signal_group(pgid: u32, signal: i32) {
     }
 }
 
-impl Executor for Local {
-    fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log)?;
+impl Local {
+    /// Starts `flora __job SPEC` for a built-in kind.
+    fn start_job_process(&mut self, launch: Launch, log: File) -> std::io::Result<()> {
         // No hook runs between fork and exec, so the standard library starts the job with
         // posix_spawn (vfork-like: the driver's page tables are not copied for each job); the
         // job process asks for the parent-death signal itself ([`die_with_driver`]).
@@ -105,13 +115,56 @@ impl Executor for Local {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .process_group(0)
+            .envs(missing_tuning())
+            .envs(thread_env(launch.resources.threads));
+        let child = cmd.spawn()?;
+        self.wait_for(launch.job, child);
+        Ok(())
+    }
+
+    /// Starts an `exec` job's program itself, in a group of its own that the reaper watches:
+    /// no `flora __job` process between them. The program's end is the job's; one that cannot
+    /// start fails its job, with the reason in its log.
+    fn start_program(&mut self, launch: Launch, log: File) -> std::io::Result<()> {
+        let mut cmd = match program_command(&launch) {
+            Ok(cmd) => cmd,
+            Err(why) => {
+                append_log(&launch.log, &format!("error: job {}: {why}\n", launch.id));
+                let _ = self.tx.send((launch.job, Outcome::Failed(why)));
+                return Ok(());
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .process_group(0);
-        if launch.kind != "exec" {
-            cmd.envs(missing_tuning());
-            cmd.envs(thread_env(launch.resources.threads));
+        if self.reaper.is_none() {
+            self.reaper = Some(Reaper::start(&self.exe)?);
         }
-        let mut child = cmd.spawn()?;
-        self.groups.insert(launch.job, child.id());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let program = cmd.get_program().to_string_lossy().into_owned();
+                let why = format!("exec: cannot start `{program}`: {e}");
+                append_log(&launch.log, &format!("error: job {}: {why}\n", launch.id));
+                let _ = self.tx.send((launch.job, Outcome::Failed(why)));
+                return Ok(());
+            }
+        };
+        if let Some(reaper) = &mut self.reaper {
+            if let Err(e) = reaper.watch(child.id()) {
+                tracing::warn!("the reaper cannot watch job {}: {e}", launch.id);
+            }
+        }
+        self.watched.insert(launch.job);
+        self.wait_for(launch.job, child);
+        Ok(())
+    }
+
+    /// Notes `child` as job `job`'s process (and group) and reports its end on the channel.
+    fn wait_for(&mut self, job: usize, mut child: std::process::Child) {
+        self.groups.insert(job, child.id());
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let outcome = match child.wait() {
@@ -119,8 +172,51 @@ impl Executor for Local {
                 Ok(status) => Outcome::Failed(describe(status)),
                 Err(e) => Outcome::Failed(format!("lost track of the job process: {e}")),
             };
-            let _ = tx.send((launch.job, outcome));
+            let _ = tx.send((job, outcome));
         });
+    }
+}
+
+/// The command that runs an `exec` job's program, with its output and work folders made (as
+/// `flora __job` makes them) and, at `-v`, the lines `flora __job` would log; or why not.
+fn program_command(launch: &Launch) -> Result<Command, String> {
+    let spec = JobSpec::read(&launch.spec).map_err(|e| format!("{e:#}"))?;
+    let params: flora_stages::exec::Params =
+        serde_json::from_value(spec.params.clone()).map_err(|e| format!("exec: {e}"))?;
+    let ctx = &spec.context;
+    for dir in [&ctx.out, &ctx.work] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        let mut lines = format!(
+            "{now} DEBUG job {} (kind exec): output {}, work folder {}, GPUs {:?}\n",
+            spec.job,
+            ctx.out.display(),
+            ctx.work.display(),
+            ctx.gpus
+        );
+        for (name, path) in &ctx.inputs {
+            lines += &format!("{now} DEBUG input {name}: {}\n", path.display());
+        }
+        append_log(&launch.log, &lines);
+    }
+    flora_stages::exec::command(&params, ctx).map_err(|e| e.to_string())
+}
+
+impl Executor for Local {
+    fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)?;
+        if launch.kind == "exec" {
+            self.start_program(launch, log)?;
+        } else {
+            self.start_job_process(launch, log)?;
+        }
+        self.unreported += 1;
         Ok(())
     }
 
@@ -128,7 +224,14 @@ impl Executor for Local {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok((job, outcome)) => {
-                    self.groups.remove(&job);
+                    self.unreported -= 1;
+                    if let Some(pgid) = self.groups.remove(&job) {
+                        if self.watched.remove(&job) {
+                            if let Some(reaper) = &mut self.reaper {
+                                let _ = reaper.forget(pgid);
+                            }
+                        }
+                    }
                     let outcome = match outcome {
                         Outcome::Failed(why) if self.stopping.is_some() => {
                             Outcome::Failed(format!("interrupted ({why})"))
@@ -166,7 +269,7 @@ impl Executor for Local {
     }
 
     fn running(&self) -> usize {
-        self.groups.len()
+        self.unreported
     }
 
     fn interrupted(&self) -> bool {

@@ -1,8 +1,10 @@
 //! Executors: where a job's process runs. The scheduler hands them ready jobs and hears back when
 //! each ends; it never learns how the process was started.
 //!
-//! Every job runs as `flora __job SPEC` (the hidden `job` subcommand), so a job crashes alone,
-//! its output goes straight to its log, and a cluster executor runs the same command on a node.
+//! Every job runs in a process of its own, so a job crashes alone and its output goes straight
+//! to its log: a built-in kind as `flora __job SPEC` (the hidden `job` subcommand), which a
+//! cluster executor runs on a node for `exec` jobs too; the local executor starts an `exec`
+//! job's program itself.
 //!
 //! Built-in stage kinds run with their `threads` as every thread pool's size ([`thread_env`])
 //! and with [`JOB_TUNING`] in their environment (each variable unless already set); `exec` jobs
@@ -18,6 +20,7 @@
 //!   alternating: 5.09/5.08/5.09 s per step before, 4.81/4.73/4.47 s after).
 
 pub mod local;
+pub mod reaper;
 pub mod slurm;
 
 use std::path::PathBuf;
