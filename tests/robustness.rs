@@ -69,6 +69,49 @@ fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The pids of live `flora __reaper` processes started from `root` (their working folder).
+fn reapers_of(root: &std::path::Path) -> Vec<String> {
+    let root = root.canonicalize().unwrap();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let reaper = cmdline.split(|&b| b == 0).any(|arg| arg == b"__reaper");
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            (reaper && cwd == root && !process_ended(&pid)).then_some(pid)
+        })
+        .collect()
+}
+
+/// A local run with `exec` jobs has one reaper while it runs, and none once it has ended.
+#[test]
+fn a_runs_reaper_ends_with_the_run() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  wait: {kind: exec, params: {argv: [sh, -c, \"touch $FLORA_WORK/../../../started; while [ ! -e $FLORA_WORK/../../../go ]; do sleep 0.05; done; echo x > $FLORA_OUT/x\"]}}\n",
+    );
+    let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
+    wait_for("the job to start", || p.path("started").exists());
+    assert_eq!(
+        reapers_of(p.root()).len(),
+        1,
+        "one reaper while the run runs"
+    );
+    p.write("go", "");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        reapers_of(p.root()),
+        Vec::<String>::new(),
+        "a reaper outlived its run"
+    );
+}
+
 #[test]
 fn a_run_killed_mid_write_leaves_no_artifact_and_the_rerun_completes() {
     let p = Project::new();
@@ -86,9 +129,9 @@ stages:
     let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
     let marker = p.path("started");
     wait_for("the job to start writing", || marker.exists());
-    // SIGKILL the driver, as a crash or an OOM kill would: its job ends with it (Linux sends the
-    // job process SIGTERM, which passes it on to the exec job's shell and what the shell
-    // started). Before, the shell ended and its `sleep` lived on, orphaned.
+    // SIGKILL the driver, as a crash or an OOM kill would: its job ends with it (the run's
+    // reaper sends SIGTERM to the exec job's process group: the shell and what it started).
+    // Before, the shell ended and its `sleep` lived on, orphaned.
     child.kill().unwrap();
     child.wait().unwrap();
     let pids = std::fs::read_to_string(&marker).unwrap();
@@ -97,8 +140,9 @@ stages:
     wait_for("what the orphaned job started to end", || {
         process_ended(sleeper)
     });
-    // Stopped by the SIGTERM its job process passed on, not by the SIGKILL that follows it 10 s
-    // later.
+    // The reaper that stopped it has ended too.
+    wait_for("the reaper to end", || reapers_of(p.root()).is_empty());
+    // Stopped by the reaper's SIGTERM, not by the SIGKILL that follows it 10 s later.
     assert_eq!(p.read("stopped"), "TERM\n");
 
     let artifacts = files_in(&p.path("cache/artifacts"));
