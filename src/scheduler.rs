@@ -586,7 +586,6 @@ fn start(
         params: job.params.clone(),
         context: ctx,
     };
-    spec.write(&spec_path)?;
     let log = cache.log_path(&key);
     let started_at = SystemTime::now();
     std::fs::write(
@@ -608,7 +607,8 @@ fn start(
         job: j,
         id: job.id.clone(),
         kind: job.kind.name.to_string(),
-        spec: spec_path.clone(),
+        spec_file: spec_path.clone(),
+        spec,
         log,
         resources,
     })?;

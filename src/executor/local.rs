@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use super::reaper::Reaper;
 use super::{append_log, missing_tuning, thread_env, verbosity_flag, Executor, Launch, Outcome};
-use crate::jobspec::JobSpec;
 use crate::progress::Progress;
 
 /// How long interrupted jobs get to end after SIGTERM before they are killed.
@@ -106,10 +105,14 @@ impl Local {
         // No hook runs between fork and exec, so the standard library starts the job with
         // posix_spawn (vfork-like: the driver's page tables are not copied for each job); the
         // job process asks for the parent-death signal itself ([`die_with_driver`]).
+        launch
+            .spec
+            .write(&launch.spec_file)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(verbosity_flag())
             .arg("__job")
-            .arg(&launch.spec)
+            .arg(&launch.spec_file)
             .arg("--driver")
             .arg(std::process::id().to_string())
             .stdin(Stdio::null())
@@ -180,7 +183,7 @@ impl Local {
 /// The command that runs an `exec` job's program, with its output and work folders made (as
 /// `flora __job` makes them) and, at `-v`, the lines `flora __job` would log; or why not.
 fn program_command(launch: &Launch) -> Result<Command, String> {
-    let spec = JobSpec::read(&launch.spec).map_err(|e| format!("{e:#}"))?;
+    let spec = &launch.spec;
     let params: flora_stages::exec::Params =
         serde_json::from_value(spec.params.clone()).map_err(|e| format!("exec: {e}"))?;
     let ctx = &spec.context;

@@ -118,8 +118,10 @@ pub struct Launch {
     pub id: String,
     /// Its stage kind.
     pub kind: String,
-    /// The spec file the job process reads.
-    pub spec: PathBuf,
+    /// Where a job process reads its spec from: the executor writes it there if it starts one.
+    pub spec_file: PathBuf,
+    /// The spec: what the job runs, with its inputs and folders.
+    pub spec: crate::jobspec::JobSpec,
     /// Where its stdout and stderr go.
     pub log: PathBuf,
     /// What it asked for (GPUs: what it is to be given).

@@ -202,8 +202,8 @@ impl Slurm {
             super::verbosity_flag()
                 .map(|v| format!(" {v}"))
                 .unwrap_or_default(),
-            shell_quote(&launch.spec.to_string_lossy()),
-            shell_quote(&crate::jobspec::done_marker(&launch.spec).to_string_lossy())
+            shell_quote(&launch.spec_file.to_string_lossy()),
+            shell_quote(&crate::jobspec::done_marker(&launch.spec_file).to_string_lossy())
         );
         let out = Command::new("sbatch")
             .args(self.sbatch_args(launch))
@@ -300,7 +300,7 @@ impl Slurm {
         let done = self
             .jobs
             .get(id)
-            .is_some_and(|t| crate::jobspec::done_marker(&t.launch.spec).exists());
+            .is_some_and(|t| crate::jobspec::done_marker(&t.launch.spec_file).exists());
         Final {
             state: if done { "COMPLETED" } else { "UNKNOWN" }.into(),
             exit: None,
@@ -337,7 +337,7 @@ impl Slurm {
             return;
         };
         if end.state == "COMPLETED" {
-            let outcome = match wait_visible(&t.launch.spec, self.opts.latency) {
+            let outcome = match wait_visible(&t.launch.spec_file, self.opts.latency) {
                 Ok(()) => Outcome::Succeeded,
                 Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
             };
@@ -403,6 +403,10 @@ impl Slurm {
 
 impl Executor for Slurm {
     fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
+        launch
+            .spec
+            .write(&launch.spec_file)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let id = self.sbatch(&launch)?;
         append_log(&launch.log, &format!("--- submitted as Slurm job {id}\n"));
         self.jobs.insert(
@@ -527,12 +531,10 @@ fn sleep_unless_interrupted(d: Duration, interrupted: &AtomicBool) {
 }
 
 /// Empties a job's scratch folder (its output so far) before it is submitted again.
-fn clear_scratch(spec: &Path) {
-    if let Ok(s) = crate::jobspec::JobSpec::read(spec) {
-        crate::cache::make_writable(&s.context.out);
-        let _ = std::fs::remove_dir_all(&s.context.out);
-        let _ = std::fs::create_dir_all(&s.context.out);
-    }
+fn clear_scratch(spec: &crate::jobspec::JobSpec) {
+    crate::cache::make_writable(&spec.context.out);
+    let _ = std::fs::remove_dir_all(&spec.context.out);
+    let _ = std::fs::create_dir_all(&spec.context.out);
 }
 
 fn io_error(message: String) -> std::io::Error {
@@ -554,7 +556,17 @@ mod tests {
             job: 0,
             id: "train[maize]".into(),
             kind: kind.into(),
-            spec: PathBuf::from("/shared/cache/tmp/x.job.json"),
+            spec_file: PathBuf::from("/shared/cache/tmp/x.job.json"),
+            spec: crate::jobspec::JobSpec {
+                job: "train[maize]".into(),
+                kind: kind.into(),
+                params: serde_json::json!({}),
+                context: flora_stages::Context::new(
+                    PathBuf::from("/shared/cache/tmp/x"),
+                    PathBuf::from("/shared/cache/work/x"),
+                    PathBuf::from("/shared/project"),
+                ),
+            },
             log: PathBuf::from("/shared/cache/logs/x.log"),
             resources: serde_yaml::from_str::<Resources>(resources).unwrap(),
         }
