@@ -7,7 +7,7 @@
 #   ENGINE_WORK=/dev/shm/engine benches/engine/run.sh   # the DAGs and caches on tmpfs
 #
 # The DAGs, their caches and outputs go to $ENGINE_WORK (default benches/out/engine-work). A full
-# run creates about six files a job and deletes three, so on some file systems its time depends
+# run creates about five files a job and deletes two, so on some file systems its time depends
 # on the disk as much as on flora: on an ext4 without a journal (this project's development
 # machine) the inode allocator reads past every inode deleted in the last 30 s, and the same
 # 1,001 jobs took 2.4 to 4.1 s. On tmpfs the figures are flora's and the kernel's alone.
