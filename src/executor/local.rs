@@ -143,7 +143,13 @@ impl Local {
             .stderr(log)
             .process_group(0);
         if self.reaper.is_none() {
-            self.reaper = Some(Reaper::start(&self.exe)?);
+            let reaper = Reaper::start(&self.exe).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start `{} __reaper`: {e}", self.exe.display()),
+                )
+            })?;
+            self.reaper = Some(reaper);
         }
         let child = match cmd.spawn() {
             Ok(child) => child,
