@@ -105,10 +105,7 @@ impl Local {
         // No hook runs between fork and exec, so the standard library starts the job with
         // posix_spawn (vfork-like: the driver's page tables are not copied for each job); the
         // job process asks for the parent-death signal itself ([`die_with_driver`]).
-        launch
-            .spec
-            .write(&launch.spec_file)
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        launch.write_spec()?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(verbosity_flag())
             .arg("__job")
@@ -133,8 +130,7 @@ impl Local {
         let mut cmd = match program_command(&launch) {
             Ok(cmd) => cmd,
             Err(why) => {
-                append_log(&launch.log, &format!("error: job {}: {why}\n", launch.id));
-                let _ = self.tx.send((launch.job, Outcome::Failed(why)));
+                self.not_started(&launch, why);
                 return Ok(());
             }
         };
@@ -156,8 +152,7 @@ impl Local {
             Err(e) => {
                 let program = cmd.get_program().to_string_lossy().into_owned();
                 let why = format!("exec: cannot start `{program}`: {e}");
-                append_log(&launch.log, &format!("error: job {}: {why}\n", launch.id));
-                let _ = self.tx.send((launch.job, Outcome::Failed(why)));
+                self.not_started(&launch, why);
                 return Ok(());
             }
         };
@@ -169,6 +164,13 @@ impl Local {
         self.watched.insert(launch.job);
         self.wait_for(launch.job, child);
         Ok(())
+    }
+
+    /// Fails a job whose program could not start: says why in its log, and reports it as if
+    /// it had ended.
+    fn not_started(&self, launch: &Launch, why: String) {
+        append_log(&launch.log, &format!("error: job {}: {why}\n", launch.id));
+        let _ = self.tx.send((launch.job, Outcome::Failed(why)));
     }
 
     /// Notes `child` as job `job`'s process (and group) and reports its end on the channel.

@@ -128,6 +128,15 @@ pub struct Launch {
     pub resources: Resources,
 }
 
+impl Launch {
+    /// Writes the spec to its file, for a job process to read.
+    pub fn write_spec(&self) -> std::io::Result<()> {
+        self.spec
+            .write(&self.spec_file)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}
+
 /// How a job process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

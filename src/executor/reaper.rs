@@ -70,22 +70,27 @@ pub fn serve() -> std::io::Result<()> {
     let mut groups = BTreeSet::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let (sign, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<libc::pid_t>() else {
-            continue;
-        };
-        match sign {
-            "+" if pgid > 1 => {
-                groups.insert(pgid);
-            }
-            "-" => {
-                groups.remove(&pgid);
-            }
-            _ => {}
-        }
+        apply(&mut groups, &line);
     }
     stop(&groups);
     Ok(())
+}
+
+/// Takes one of the driver's lines into `groups`: `+PGID` adds a group, `-PGID` removes one;
+/// anything else, and groups 0 and 1 (to killpg: this process's own group, and init), change
+/// nothing.
+fn apply(groups: &mut BTreeSet<libc::pid_t>, line: &str) {
+    let group = |sign| {
+        line.strip_prefix(sign)
+            .and_then(|g| g.parse::<libc::pid_t>().ok())
+    };
+    if let Some(pgid) = group('+') {
+        if pgid > 1 {
+            groups.insert(pgid);
+        }
+    } else if let Some(pgid) = group('-') {
+        groups.remove(&pgid);
+    }
 }
 
 /// SIGTERM to each group, then SIGKILL to those still there after [`GRACE`].
@@ -111,5 +116,21 @@ fn signal(pgid: libc::pid_t, sig: libc::c_int) -> bool {
     #[allow(unsafe_code)]
     unsafe {
         libc::killpg(pgid, sig) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_s_lines_add_and_remove_groups() {
+        let mut groups = BTreeSet::new();
+        for line in [
+            "+120", "+77", "-120", "+1", "+0", "+-5", "-", "77", "é+9", "+ 9", "",
+        ] {
+            apply(&mut groups, line);
+        }
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec![77]);
     }
 }

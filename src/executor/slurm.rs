@@ -403,10 +403,7 @@ impl Slurm {
 
 impl Executor for Slurm {
     fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
-        launch
-            .spec
-            .write(&launch.spec_file)
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        launch.write_spec()?;
         let id = self.sbatch(&launch)?;
         append_log(&launch.log, &format!("--- submitted as Slurm job {id}\n"));
         self.jobs.insert(
