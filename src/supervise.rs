@@ -29,18 +29,13 @@ pub fn run(mut cmd: Command, program: &str) -> anyhow::Result<()> {
     // resets handlers, and nothing is blocked. No hook runs between fork and exec, so the
     // standard library starts the program with posix_spawn.
     let stops = Signals::new(STOP).context("exec: cannot take the stop signals")?;
-    // The local executor makes each job process a group leader: the program stays in its
-    // group, so the driver's own SIGTERM and SIGKILL to the group reach it too. Elsewhere (a
-    // batch script's group) the program gets a group of its own.
-    let own_group = current_group();
-    let leader = own_group == std::process::id();
-    if !leader {
-        cmd.process_group(0);
-    }
+    // The program gets a process group of its own, for the forwarder to stop it and everything
+    // it started together.
+    cmd.process_group(0);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("exec: cannot start `{program}`"))?;
-    let group = if leader { own_group } else { child.id() };
+    let group = child.id();
     std::thread::spawn(move || forward(stops, group));
     let status = child
         .wait()
@@ -48,16 +43,8 @@ pub fn run(mut cmd: Command, program: &str) -> anyhow::Result<()> {
     end_as(status)
 }
 
-/// This process's group id.
-fn current_group() -> u32 {
-    // SAFETY: getpgrp takes nothing and cannot fail.
-    #[allow(unsafe_code)]
-    let group = unsafe { libc::getpgrp() };
-    u32::try_from(group).unwrap_or(0)
-}
-
 /// Waits for a stop signal and sends it to `group`, then SIGKILL after [`GRACE`]. Later signals
-/// (this process gets its own copy when it leads the group) change nothing.
+/// change nothing.
 fn forward(mut stops: Signals, group: u32) {
     let Ok(group) = libc::pid_t::try_from(group) else {
         return;

@@ -87,6 +87,39 @@ fn reapers_of(root: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// On a cluster node an `exec` job runs under `flora __job`, which passes a stop signal (here
+/// SIGTERM, as `scancel` sends) on to its program's process group, so to what the program started,
+/// and ends as the program ended.
+#[test]
+fn a_job_process_passes_a_stop_signal_on_to_its_program() {
+    let p = Project::new();
+    let root = p.root().canonicalize().unwrap();
+    let script = "trap 'echo TERM > ../stopped; exit 143' TERM; sleep 60 & echo $! > ../started.tmp; mv ../started.tmp ../started; wait";
+    let spec = serde_json::json!({
+        "job": "x",
+        "kind": "exec",
+        "params": {"argv": ["sh", "-c", script]},
+        "context": {
+            "inputs": {},
+            "out": root.join("out"),
+            "work": root.join("work"),
+            "workdir": root.join("work"),
+            "threads": 1,
+            "gpus": [],
+        },
+    });
+    p.write("x.job.json", &spec.to_string());
+    let mut child = spawn_flora(&p, &["__job", "x.job.json"]);
+    wait_for("the program to start", || p.path("started").exists());
+    let sleeper = p.read("started").trim().to_string();
+    send(&child, "TERM");
+    wait_to_end("the job process", &mut child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+    assert_eq!(p.read("stopped"), "TERM\n");
+    wait_for("the program's child to end", || process_ended(&sleeper));
+}
+
 /// A local run with `exec` jobs has one reaper while it runs, and none once it has ended.
 #[test]
 fn a_runs_reaper_ends_with_the_run() {
