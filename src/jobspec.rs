@@ -38,22 +38,39 @@ impl JobSpec {
             .with_context(|| format!("{} is not a flora job spec", path.display()))
     }
 
+    /// Makes the job's output and work folders.
+    pub fn make_folders(&self) -> anyhow::Result<()> {
+        for dir in [&self.context.out, &self.context.work] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// What a job logs at `-v` before it runs: its folders, GPUs and inputs, a line each.
+    pub fn described(&self) -> Vec<String> {
+        let ctx = &self.context;
+        let mut lines = vec![format!(
+            "job {} (kind {}): output {}, work folder {}, GPUs {:?}",
+            self.job,
+            self.kind,
+            ctx.out.display(),
+            ctx.work.display(),
+            ctx.gpus
+        )];
+        for (name, path) in &ctx.inputs {
+            lines.push(format!("input {name}: {}", path.display()));
+        }
+        lines
+    }
+
     /// Runs the job in this process (the body of `flora __job`).
     pub fn run(&self) -> anyhow::Result<()> {
         let kind = registry::lookup(&self.kind)
             .with_context(|| format!("this flora has no stage kind `{}`", self.kind))?;
-        std::fs::create_dir_all(&self.context.out)?;
-        std::fs::create_dir_all(&self.context.work)?;
-        tracing::debug!(
-            "job {} (kind {}): output {}, work folder {}, GPUs {:?}",
-            self.job,
-            self.kind,
-            self.context.out.display(),
-            self.context.work.display(),
-            self.context.gpus
-        );
-        for (name, path) in &self.context.inputs {
-            tracing::debug!("input {name}: {}", path.display());
+        self.make_folders()?;
+        for line in self.described() {
+            tracing::debug!("{line}");
         }
         // A built-in kind's pools, as the executor's environment sized them (an `exec` job's
         // program gets `FLORA_THREADS` and keeps to it itself).

@@ -80,7 +80,14 @@ pub fn now_secs() -> u64 {
 impl Cache {
     /// Opens (creating it if needed) the cache at `root`, taking its lock.
     pub fn open(root: &Path, wait: Wait) -> anyhow::Result<Cache> {
-        for sub in ["artifacts", "scratch", "work", "logs", "collections"] {
+        for sub in [
+            "artifacts",
+            "scratch",
+            "work",
+            "logs",
+            "collections",
+            running::FOLDER,
+        ] {
             std::fs::create_dir_all(root.join(sub)).with_context(|| {
                 format!(
                     "cannot create the cache folder {}",

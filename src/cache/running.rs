@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::Digest;
 
-/// The folder of the running-job files under a cache's root.
-const FOLDER: &str = "running";
+/// The folder of the running-job files under a cache's root (made when the cache is opened).
+pub const FOLDER: &str = "running";
 
 /// One running job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,8 +36,7 @@ fn file(root: &Path, key: &Digest) -> PathBuf {
 pub fn mark(root: &Path, key: &Digest, job: &RunningJob) {
     let path = file(root, key);
     let tmp = path.with_extension("json.tmp");
-    let written = std::fs::create_dir_all(root.join(FOLDER))
-        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(job).unwrap_or_default()))
+    let written = std::fs::write(&tmp, serde_json::to_vec(job).unwrap_or_default())
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::debug!("cannot note {} as running: {e}", job.job);
@@ -82,6 +81,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         assert!(list(root).is_empty());
+        std::fs::create_dir_all(root.join(FOLDER)).unwrap();
         let key = |b: u8| Digest::of(&[b]);
         let job = |id: &str, started: &str| RunningJob {
             workflow: "/w/wf.yaml".into(),

@@ -10,7 +10,7 @@
 //! signal, [`die_with_driver`]) and the reaper stops the `exec` programs' groups
 //! ([`super::reaper`]), so that no orphan stage keeps writing to the cache.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -37,8 +37,6 @@ pub struct Local {
     /// Jobs submitted and not yet reported by [`Executor::wait`] (a program that could not
     /// start has no group, but its failure is still to be reported).
     unreported: usize,
-    /// The jobs whose group the reaper watches: `exec` programs started here directly.
-    watched: HashSet<usize>,
     /// Started with the first `exec` program.
     reaper: Option<Reaper>,
     interrupted: Arc<AtomicBool>,
@@ -58,7 +56,6 @@ impl Local {
             rx,
             groups: HashMap::new(),
             unreported: 0,
-            watched: HashSet::new(),
             reaper: None,
             interrupted,
             stopping: None,
@@ -161,7 +158,6 @@ impl Local {
                 tracing::warn!("the reaper cannot watch job {}: {e}", launch.id);
             }
         }
-        self.watched.insert(launch.job);
         self.wait_for(launch.job, child);
         Ok(())
     }
@@ -194,26 +190,18 @@ fn program_command(launch: &Launch) -> Result<Command, String> {
     let spec = &launch.spec;
     let params: flora_stages::exec::Params =
         serde_json::from_value(spec.params.clone()).map_err(|e| format!("exec: {e}"))?;
-    let ctx = &spec.context;
-    for dir in [&ctx.out, &ctx.work] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
+    spec.make_folders().map_err(|e| format!("{e:#}"))?;
     if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
+        // As the job process's tracing writes them.
         let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        let mut lines = format!(
-            "{now} DEBUG job {} (kind exec): output {}, work folder {}, GPUs {:?}\n",
-            spec.job,
-            ctx.out.display(),
-            ctx.work.display(),
-            ctx.gpus
-        );
-        for (name, path) in &ctx.inputs {
-            lines += &format!("{now} DEBUG input {name}: {}\n", path.display());
-        }
+        let lines: String = spec
+            .described()
+            .iter()
+            .map(|line| format!("{now} DEBUG {line}\n"))
+            .collect();
         append_log(&launch.log, &lines);
     }
-    flora_stages::exec::command(&params, ctx).map_err(|e| e.to_string())
+    flora_stages::exec::command(&params, &spec.context).map_err(|e| e.to_string())
 }
 
 impl Executor for Local {
@@ -236,12 +224,10 @@ impl Executor for Local {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok((job, outcome)) => {
                     self.unreported -= 1;
-                    if let Some(pgid) = self.groups.remove(&job) {
-                        if self.watched.remove(&job) {
-                            if let Some(reaper) = &mut self.reaper {
-                                let _ = reaper.forget(pgid);
-                            }
-                        }
+                    // The reaper ignores a group it was not given (a built-in kind's).
+                    if let (Some(pgid), Some(reaper)) = (self.groups.remove(&job), &mut self.reaper)
+                    {
+                        let _ = reaper.forget(pgid);
                     }
                     let outcome = match outcome {
                         Outcome::Failed(why) if self.stopping.is_some() => {
