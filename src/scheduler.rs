@@ -194,7 +194,7 @@ pub fn run(
                     job.resources.gpus,
                 )
             };
-            if executor.running() >= opts.jobs.max(1)
+            if executor.busy() >= opts.jobs.max(1)
                 || (!cluster && executor.running() > 0 && threads > free_cpus)
                 || (!cluster && want_gpus > free_gpus.len())
             {
@@ -263,6 +263,9 @@ pub fn run(
         }
         if executor.running() == 0 {
             break;
+        }
+        if ready.is_empty() || stopping || executor.interrupted() {
+            executor.start_held();
         }
         let (j, outcome) = executor.wait(progress);
         let job = &graph.jobs[j];

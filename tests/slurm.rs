@@ -328,6 +328,167 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
     // Without Slurm's own requeue, so that the node failure reaches flora.
     let child = spawn_run(&p, &["--slurm-arg=--no-requeue"]);
     let first = wait_for_running("flora:slow", Duration::from_secs(30));
+    fail_the_node_and_bring_it_back();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Slurm job {first} of slow ended NODE_FAIL; submitting it again (attempt 2 of 3)"
+        )),
+        "{err}"
+    );
+    // The second attempt started from an empty output folder.
+    let names: Vec<String> = std::fs::read_dir(p.path("results/wf/slow"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"done".to_string()));
+    assert!(!names.contains(&format!("partial-{first}")), "{names:?}");
+}
+
+/// A fan-out whose `bundle: 2` runs its five jobs as three Slurm jobs (two, two and one), each
+/// job with its own log and end, also when `--jobs` allows one Slurm job at a time; a re-run
+/// submits nothing.
+#[test]
+fn a_bundled_fan_out_runs_its_jobs_in_turn_in_fewer_slurm_jobs() {
+    let Some(_node) = slurm("slurm bundles") else {
+        return;
+    };
+    let p = Project::new();
+    let wf = |fail: &str| {
+        format!(
+            "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c, d, e]\n    resources: {{bundle: 2}}\n    params: {{argv: [sh, -c, \"echo $SLURM_JOB_ID > $FLORA_OUT/job; echo log-of-${{item}}; [ ${{item}} != {fail} ] || exit 3\"]}}\n  join:\n    kind: exec\n    inputs: {{all: fan}}\n    params: {{argv: [sh, -c, \"cat $FLORA_IN_all/*/job > $FLORA_OUT/jobs\"]}}\n"
+        )
+    };
+    p.write("wf.yaml", &wf("none"));
+    // `--jobs 1`: one Slurm job at a time, each a full bundle while there are jobs to fill it.
+    let out = p.ok(&run_args("wf.yaml", &["--jobs", "1"]));
+    for job in ["fan[a]", "fan[b]", "fan[c]", "fan[d]", "fan[e]", "join"] {
+        assert_eq!(state_of(&out, job), "ran", "{out}");
+    }
+    let ids: Vec<String> = p
+        .read("results/wf/join/jobs")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids[0], ids[1], "a and b share a Slurm job: {ids:?}");
+    assert_eq!(ids[2], ids[3], "c and d share a Slurm job: {ids:?}");
+    assert!(
+        ids[1] != ids[2] && ids[3] != ids[4] && ids[1] != ids[4],
+        "three Slurm jobs: {ids:?}"
+    );
+    // Each job's output went to its own log; a bundle's empty Slurm output is gone.
+    let log = p.output(&["log", "wf.yaml", "fan[d]"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("log-of-d")
+            && !log.contains("log-of-c")
+            && log.contains(&format!(
+                "--- submitted as Slurm job {}, a bundle of 2 jobs",
+                ids[3]
+            )),
+        "{log}"
+    );
+    let logs: Vec<_> = std::fs::read_dir(p.path("cache/logs")).unwrap().collect();
+    assert!(
+        logs.iter().all(|e| !e
+            .as_ref()
+            .unwrap()
+            .path()
+            .to_string_lossy()
+            .ends_with(".bundle.log")),
+        "a bundle's empty Slurm output was kept"
+    );
+
+    let before = newest_job_id();
+    let again = p.ok(&run_args("wf.yaml", &[]));
+    assert_eq!(state_of(&again, "fan[c]"), "cached", "{again}");
+    assert_eq!(newest_job_id(), before, "a cached re-run submitted a job");
+
+    // A failing job fails alone: the job after it in its bundle still runs.
+    p.write("wf.yaml", &wf("c"));
+    let text = p.fails(&run_args("wf.yaml", &["--keep-going"]), 1);
+    assert!(
+        text.contains("job fan[c] failed: exited with status 3 (in Slurm job ")
+            && text.contains(", a bundle of 2 jobs)")
+            && text.contains("log-of-c"),
+        "{text}"
+    );
+    for job in ["fan[a]", "fan[b]", "fan[d]", "fan[e]"] {
+        assert_eq!(state_of(&text, job), "ran", "{text}");
+    }
+    assert_eq!(state_of(&text, "join"), "not run", "{text}");
+}
+
+/// A bundle's jobs are reported as each ends, and a bundle that Slurm ends (here `scancel`)
+/// fails only the jobs that had not ended, naming the bundle's Slurm output.
+#[test]
+fn a_bundle_slurm_ends_fails_only_its_unfinished_jobs() {
+    let Some(_node) = slurm("slurm bundle cancelled") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c]\n    resources: {bundle: 3}\n    params: {argv: [sh, -c, \"if [ ${item} = b ]; then touch b-started; sleep 120; fi; echo ${item} > $FLORA_OUT/x\"]}\n",
+    );
+    let child = spawn_run(&p, &["--keep-going"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.path("b-started").exists() {
+        assert!(Instant::now() < deadline, "fan[b] never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The bundle's id, from fan[b]'s log (not squeue's names: another run's may be the same).
+    let log = p.logs_containing("job fan[b] ").concat();
+    let id = log
+        .split("--- submitted as Slurm job ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .unwrap_or_else(|| panic!("no Slurm job in fan[b]'s log:\n{log}"))
+        .to_string();
+    // fan[a] is reported while its bundle runs: the run's note that it runs goes.
+    let notes = || std::fs::read_dir(p.path("cache/running")).unwrap().count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while notes() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "fan[a] not reported while its bundle runs: {} running notes",
+            notes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(Command::new("scancel").arg(&id).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(state_of(&text, "fan[a]"), "ran", "{text}");
+    assert_eq!(p.read("results/wf/fan/a/x").trim(), "a");
+    for job in ["fan[b]", "fan[c]"] {
+        assert_eq!(state_of(&text, job), "failed", "{text}");
+        assert!(
+            text.contains(&format!("job {job} failed: Slurm job {id} ended CANCELLED")),
+            "{text}"
+        );
+    }
+    let output = text
+        .split("Slurm's output: ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .unwrap_or_else(|| panic!("no bundle output named in:\n{text}"));
+    let slurm_said = std::fs::read_to_string(output).unwrap();
+    assert!(slurm_said.contains("CANCELLED"), "{slurm_said}");
+}
+
+/// Marks the test cluster's node down, which ends its jobs NODE_FAIL, and brings it back for
+/// the jobs submitted again (and the tests after this one).
+fn fail_the_node_and_bring_it_back() {
     let node = String::from_utf8(
         Command::new("sinfo")
             .args(["-h", "-N", "-o", "%N"])
@@ -354,7 +515,6 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
             .success()
     };
     assert!(update("down"));
-    // Bring the node back for the second submission (and the tests after this one).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let _ = update("resume");
@@ -377,23 +537,45 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
         assert!(Instant::now() < deadline, "the node did not come back");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A bundle that a node failure ends is submitted again with only its jobs that had not ended.
+#[test]
+fn a_bundle_lost_to_a_node_failure_is_submitted_again_without_its_ended_jobs() {
+    let Some(_node) = slurm("slurm bundle node failure") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b]\n    resources: {bundle: 2}\n    params: {argv: [sh, -c, \"echo $SLURM_JOB_ID > $FLORA_OUT/job; if [ ${item} = b ]; then touch b-started; echo part > $FLORA_OUT/partial-$SLURM_JOB_ID; sleep 3; fi\"]}\n",
+    );
+    let child = spawn_run(&p, &["--slurm-arg=--no-requeue"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.path("b-started").exists() {
+        assert!(Instant::now() < deadline, "fan[b] never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fail_the_node_and_bring_it_back();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    let first = p.read("results/wf/fan/a/job").trim().to_string();
     assert!(
         err.contains(&format!(
-            "Slurm job {first} of slow ended NODE_FAIL; submitting it again (attempt 2 of 3)"
+            "Slurm job {first} of fan[b] ended NODE_FAIL; submitting it again (attempt 2 of 3)"
         )),
         "{err}"
     );
-    // The second attempt started from an empty output folder.
-    let names: Vec<String> = std::fs::read_dir(p.path("results/wf/slow"))
+    // fan[b] ran again, alone, from an empty output folder; fan[a] did not.
+    let second = p.read("results/wf/fan/b/job").trim().to_string();
+    assert_ne!(first, second);
+    let mut names: Vec<String> = std::fs::read_dir(p.path("results/wf/fan/b"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.contains(&"done".to_string()));
-    assert!(!names.contains(&format!("partial-{first}")), "{names:?}");
+    names.sort();
+    assert_eq!(names, ["job".to_string(), format!("partial-{second}")]);
 }
 
 /// `flora run wf.yaml --executor slurm ...` in the background, its output captured.
@@ -456,15 +638,17 @@ fn slurm_options_need_the_slurm_executor() {
 }
 
 #[test]
-fn a_bad_time_limit_is_refused_at_its_line() {
+fn bad_cluster_resources_are_refused_at_their_line() {
     let p = Project::new();
-    p.write(
-        "wf.yaml",
-        "name: wf\nstages:\n  a:\n    kind: exec\n    resources: {time: soon}\n    params: {argv: [\"true\"]}\n",
-    );
-    let text = p.fails(&["plan", "wf.yaml"], 2);
-    assert!(
-        text.contains("wf.yaml:5") && text.contains("expected a duration"),
-        "{text}"
-    );
+    for (resources, why) in [
+        ("{time: soon}", "expected a duration"),
+        ("{bundle: 0}", "`bundle` must be at least 1"),
+    ] {
+        p.write(
+            "wf.yaml",
+            &format!("name: wf\nstages:\n  a:\n    kind: exec\n    resources: {resources}\n    params: {{argv: [\"true\"]}}\n"),
+        );
+        let text = p.fails(&["plan", "wf.yaml"], 2);
+        assert!(text.contains("wf.yaml:5") && text.contains(why), "{text}");
+    }
 }

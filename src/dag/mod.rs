@@ -590,6 +590,13 @@ fn build_pending(
             "resources: `threads` must be at least 1",
         );
     }
+    if resources.bundle == 0 {
+        errs.push(
+            wf.at_resource(stage, &[Seg::key("bundle")], false),
+            Some(stage),
+            "resources: `bundle` must be at least 1 (1: each job is a Slurm job of its own)",
+        );
+    }
 
     // Inputs.
     let mut inputs = Vec::new();

@@ -22,6 +22,10 @@ pub struct Resources {
     /// The Slurm partition for this stage's jobs, over `--partition` (default: unstated).
     #[serde(default)]
     pub partition: Option<String>,
+    /// On a cluster, up to this many of the stage's ready jobs run one after another in one
+    /// Slurm job (default 1): for fan-outs of jobs shorter than Slurm's own cost of a job.
+    #[serde(default = "one")]
+    pub bundle: usize,
 }
 
 fn one() -> usize {
@@ -36,6 +40,7 @@ impl Default for Resources {
             memory: None,
             time: None,
             partition: None,
+            bundle: 1,
         }
     }
 }

@@ -155,6 +155,14 @@ pub trait Executor {
     fn wait(&mut self, progress: &mut Progress) -> (usize, Outcome);
     /// How many started jobs have not been reported yet.
     fn running(&self) -> usize;
+    /// How many of `--jobs`' places the started jobs take (a Slurm bundle of many jobs takes
+    /// one).
+    fn busy(&self) -> usize {
+        self.running()
+    }
+    /// The scheduler has no more ready jobs to give for now: start any held back to be started
+    /// together (a Slurm bundle not yet full).
+    fn start_held(&mut self) {}
     /// Whether a cluster places the jobs and hands them their CPUs and GPUs, so that the
     /// scheduler budgets none of this machine's.
     fn places_jobs(&self) -> bool {

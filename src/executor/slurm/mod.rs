@@ -6,6 +6,9 @@
 //! waiting up to `latency` for a network file system to catch up. That needs the cache (and the
 //! workflow's files) on a file system every node sees.
 //!
+//! A stage's `resources: {bundle: N}` runs up to N of its ready jobs one after another in one
+//! Slurm job ([`bundle`]); each is reported as soon as its own end marker shows.
+//!
 //! Jobs are tracked with `squeue` while they are queued or running and with `scontrol show job`
 //! once they leave the queue, so no accounting database (`sacct`) is needed. A job that ends in
 //! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; Ctrl-C cancels
@@ -13,10 +16,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod bundle;
 
 use super::{append_log, missing_tuning, thread_env, Executor, Launch, Outcome};
 use crate::progress::Progress;
@@ -48,13 +53,18 @@ pub struct SlurmOptions {
     pub latency: Duration,
 }
 
-/// One submitted job.
+/// One submitted Slurm job: one flora job, or a bundle of them.
 struct Tracked {
-    launch: Launch,
+    /// Its flora jobs not reported yet, in the order they run.
+    members: Vec<Launch>,
+    /// How many flora jobs it was submitted with.
+    size: usize,
     /// Submissions so far (1 for the first).
     attempt: usize,
     /// The state `squeue` said last.
     state: String,
+    /// A bundle's own Slurm output (none for one job: Slurm's goes to the job's log).
+    output: Option<PathBuf>,
 }
 
 /// Runs jobs through `sbatch`, `squeue`, `scontrol` and `scancel` on the PATH.
@@ -63,6 +73,9 @@ pub struct Slurm {
     opts: SlurmOptions,
     /// By Slurm job id.
     jobs: BTreeMap<String, Tracked>,
+    /// Bundles being filled, by [`bundle::group_key`]: submitted when full, when the scheduler
+    /// has no more ready jobs to give, or when no Slurm job of the run is left.
+    forming: BTreeMap<String, Vec<Launch>>,
     ended: VecDeque<(usize, Outcome)>,
     interrupted: Arc<AtomicBool>,
     unreachable_since: Option<Instant>,
@@ -78,6 +91,7 @@ impl Slurm {
             exe,
             opts,
             jobs: BTreeMap::new(),
+            forming: BTreeMap::new(),
             ended: VecDeque::new(),
             interrupted,
             unreachable_since: None,
@@ -155,13 +169,19 @@ impl Slurm {
         }
     }
 
-    /// `sbatch` arguments for `launch` (everything but the command).
-    pub fn sbatch_args(&self, launch: &Launch) -> Vec<String> {
+    /// `sbatch` arguments for one job, or a bundle of jobs run in turn (everything but the
+    /// command). A bundle's `--time` is its stage's once per job.
+    pub fn sbatch_args(&self, members: &[Launch]) -> Vec<String> {
+        let launch = &members[0];
         let r = &launch.resources;
+        let (name, output) = match members.len() {
+            1 => (launch.id.clone(), launch.log.clone()),
+            n => (format!("{}+{}", launch.id, n - 1), bundle::log_of(members)),
+        };
         let mut args = vec![
             "--parsable".to_string(),
-            format!("--job-name=flora:{}", launch.id),
-            format!("--output={}", launch.log.display()),
+            format!("--job-name=flora:{name}"),
+            format!("--output={}", output.display()),
             "--open-mode=append".to_string(),
             format!("--cpus-per-task={}", r.threads.max(1)),
         ];
@@ -172,7 +192,8 @@ impl Slurm {
             args.push(format!("--gres=gpu:{}", r.gpus));
         }
         if let Some(t) = r.time {
-            args.push(format!("--time={}", t.minutes));
+            let minutes = bundle::time_minutes(t.minutes, members.len());
+            args.push(format!("--time={minutes}"));
         }
         if let Some(p) = r.partition.as_ref().or(self.opts.partition.as_ref()) {
             args.push(format!("--partition={p}"));
@@ -194,21 +215,42 @@ impl Slurm {
         args
     }
 
-    fn sbatch(&self, launch: &Launch) -> std::io::Result<String> {
-        // The job's exit status is flora's; the end marker follows a success only.
-        let wrap = format!(
-            "{}{} __job {} && uname -n > {}",
-            shell_quote(&self.exe.to_string_lossy()),
-            super::verbosity_flag()
-                .map(|v| format!(" {v}"))
-                .unwrap_or_default(),
-            shell_quote(&launch.spec_file.to_string_lossy()),
-            shell_quote(&crate::jobspec::done_marker(&launch.spec_file).to_string_lossy())
-        );
-        let out = Command::new("sbatch")
-            .args(self.sbatch_args(launch))
-            .arg(format!("--wrap={wrap}"))
-            .output()
+    /// Submits one job, or a bundle; returns the Slurm job id.
+    fn sbatch(&self, members: &[Launch]) -> std::io::Result<String> {
+        let mut sbatch = Command::new("sbatch");
+        sbatch.args(self.sbatch_args(members));
+        let script = if let [launch] = members {
+            // The job's exit status is flora's; the end marker follows a success only.
+            let wrap = format!(
+                "{}{} __job {} && uname -n > {}",
+                shell_quote(&self.exe.to_string_lossy()),
+                super::verbosity_flag()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                shell_quote(&launch.spec_file.to_string_lossy()),
+                shell_quote(&crate::jobspec::done_marker(&launch.spec_file).to_string_lossy())
+            );
+            sbatch.arg(format!("--wrap={wrap}")).stdin(Stdio::null());
+            None
+        } else {
+            // On stdin: sbatch keeps a copy, and a thousand jobs' lines would not fit in
+            // one argument.
+            sbatch.stdin(Stdio::piped());
+            Some(bundle::script(&self.exe, super::verbosity_flag(), members))
+        };
+        let out = sbatch
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(text) = script {
+                    use std::io::Write;
+                    let mut stdin = child.stdin.take().expect("sbatch's stdin is piped");
+                    // An sbatch that stops reading has failed, and says why on stderr.
+                    let _ = stdin.write_all(text.as_bytes());
+                }
+                child.wait_with_output()
+            })
             .map_err(|e| io_error(format!("cannot run sbatch: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
@@ -273,6 +315,7 @@ impl Slurm {
             let queued = listed.get(&id).filter(|s| !is_final(s));
             if let Some(state) = queued {
                 self.note_state(&id, state, progress);
+                self.report_ended_members(&id);
                 continue;
             }
             // It ended, or left squeue's view: scontrol has the exit code and the reason; a
@@ -295,12 +338,41 @@ impl Slurm {
         self.show(progress);
     }
 
-    /// The end of a job Slurm no longer knows: COMPLETED if its end marker is there.
+    /// Reports the jobs of a running bundle whose end markers show, so that what depends on
+    /// them need not wait for the whole bundle.
+    fn report_ended_members(&mut self, id: &str) {
+        let Some(t) = self.jobs.get_mut(id) else {
+            return;
+        };
+        if t.size == 1 {
+            return;
+        }
+        let mut i = 0;
+        while i < t.members.len() {
+            match bundle::marker_end(&t.members[i].spec_file) {
+                None => i += 1,
+                Some(end) => {
+                    let m = t.members.remove(i);
+                    let outcome = member_outcome(end, id, t.size);
+                    self.ended.push_back((m.job, outcome));
+                }
+            }
+        }
+        if t.members.is_empty() {
+            let t = self.jobs.remove(id).expect("tracked");
+            forget_bundle(&t);
+        }
+    }
+
+    /// The end of a job Slurm no longer knows: COMPLETED if each of its jobs' end markers is
+    /// there.
     fn forgotten(&self, id: &str) -> Final {
-        let done = self
-            .jobs
-            .get(id)
-            .is_some_and(|t| crate::jobspec::done_marker(&t.launch.spec_file).exists());
+        let done = self.jobs.get(id).is_some_and(|t| {
+            t.members.iter().all(|m| {
+                crate::jobspec::done_marker(&m.spec_file).exists()
+                    || bundle::failed_marker(&m.spec_file).exists()
+            })
+        });
         Final {
             state: if done { "COMPLETED" } else { "UNKNOWN" }.into(),
             exit: None,
@@ -312,7 +384,11 @@ impl Slurm {
         if let Some(t) = self.jobs.get_mut(id) {
             if t.state != state {
                 if state == "RUNNING" && !progress.is_tty() {
-                    progress.println(&format!("running {} (Slurm job {id})", t.launch.id));
+                    let what = match t.members.len() {
+                        1 => t.members[0].id.clone(),
+                        n => format!("{} and {} more, one after another,", t.members[0].id, n - 1),
+                    };
+                    progress.println(&format!("running {what} (Slurm job {id})"));
                 }
                 t.state = state.to_string();
             }
@@ -323,7 +399,7 @@ impl Slurm {
     fn show(&self, progress: &mut Progress) {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for t in self.jobs.values() {
-            *counts.entry(t.state.as_str()).or_default() += 1;
+            *counts.entry(t.state.as_str()).or_default() += t.members.len();
         }
         let text: Vec<String> = counts
             .iter()
@@ -332,58 +408,105 @@ impl Slurm {
         progress.set_note(&format!("slurm: {}", text.join(", ")));
     }
 
+    /// Reports the jobs of Slurm job `id`, which ended `end`: each by its end marker, or
+    /// submitted again (those a node failure took), or failed with Slurm's reason.
     fn finish(&mut self, id: &str, end: Final, progress: &mut Progress) {
-        let Some(t) = self.jobs.remove(id) else {
+        let Some(mut t) = self.jobs.remove(id) else {
             return;
         };
-        if end.state == "COMPLETED" {
-            let outcome = match wait_visible(&t.launch.spec_file, self.opts.latency) {
-                Ok(()) => Outcome::Succeeded,
-                Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
+        let retry = RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries;
+        let mut again = Vec::new();
+        for m in std::mem::take(&mut t.members) {
+            let outcome = match bundle::marker_end(&m.spec_file) {
+                Some(ended) => member_outcome(ended, id, t.size),
+                None if end.state == "COMPLETED" => {
+                    match wait_visible(&m.spec_file, self.opts.latency) {
+                        Ok(()) => member_outcome(
+                            bundle::marker_end(&m.spec_file).unwrap_or(Ok(())),
+                            id,
+                            t.size,
+                        ),
+                        Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
+                    }
+                }
+                None if retry => {
+                    again.push(m);
+                    continue;
+                }
+                None => Outcome::Failed(slurm_failure(id, &end, &t)),
             };
-            self.ended.push_back((t.launch.job, outcome));
-            return;
+            self.ended.push_back((m.job, outcome));
         }
-        if RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries {
+        if !again.is_empty() {
+            let ids: Vec<&str> = again.iter().map(|m| m.id.as_str()).collect();
             let line = format!(
                 "Slurm job {id} of {} ended {}; submitting it again (attempt {} of {})",
-                t.launch.id,
+                ids.join(", "),
                 end.state,
                 t.attempt + 1,
                 self.opts.retries + 1
             );
             progress.println(&line);
-            append_log(&t.launch.log, &format!("\n--- flora: {line}\n"));
-            clear_scratch(&t.launch.spec);
-            match self.sbatch(&t.launch) {
-                Ok(new_id) => {
-                    self.jobs.insert(
-                        new_id,
-                        Tracked {
-                            attempt: t.attempt + 1,
-                            state: "SUBMITTED".into(),
-                            launch: t.launch,
-                        },
-                    );
-                }
-                Err(e) => self.ended.push_back((
-                    t.launch.job,
-                    Outcome::Failed(format!("Slurm job {id} ended {}; {e}", end.state)),
-                )),
+            for m in &again {
+                append_log(&m.log, &format!("\n--- flora: {line}\n"));
+                clear_scratch(&m.spec);
             }
-            return;
+            if let Err(e) = self.submit_members(again, t.attempt + 1) {
+                let why = format!("Slurm job {id} ended {}; {}", end.state, e.error);
+                self.fail_all(e.members, &why);
+            }
         }
-        let mut why = format!("Slurm job {id} ended {}", end.state);
-        if let Some(code) = end.exit.filter(|c| c != "0:0") {
-            why.push_str(&format!(" (exit code {code})"));
+        forget_bundle(&t);
+    }
+
+    /// Reports each of `members` as failed with `why`.
+    fn fail_all(&mut self, members: Vec<Launch>, why: &str) {
+        for m in members {
+            self.ended
+                .push_back((m.job, Outcome::Failed(why.to_string())));
         }
-        if let Some(r) = end.reason.filter(|r| r != "None") {
-            why.push_str(&format!(": {r}"));
+    }
+
+    /// Submits `members` as one Slurm job (a bundle when more than one) and tracks it.
+    fn submit_members(&mut self, members: Vec<Launch>, attempt: usize) -> Result<(), NotSubmitted> {
+        match self.sbatch(&members) {
+            Ok(id) => {
+                let line = match members.len() {
+                    1 => format!("--- submitted as Slurm job {id}\n"),
+                    n => format!(
+                        "--- submitted as Slurm job {id}, a bundle of {n} jobs run one after \
+                         another (Slurm's output: {})\n",
+                        bundle::log_of(&members).display()
+                    ),
+                };
+                for m in &members {
+                    append_log(&m.log, &line);
+                }
+                let output = (members.len() > 1).then(|| bundle::log_of(&members));
+                self.jobs.insert(
+                    id,
+                    Tracked {
+                        output,
+                        size: members.len(),
+                        members,
+                        attempt,
+                        state: "SUBMITTED".into(),
+                    },
+                );
+                Ok(())
+            }
+            Err(error) => Err(NotSubmitted { error, members }),
         }
-        if t.attempt > 1 {
-            why.push_str(&format!(" after {} submissions", t.attempt));
+    }
+
+    /// Submits every bundle being filled: the scheduler has no more ready jobs for now.
+    fn submit_forming(&mut self) {
+        for (_, members) in std::mem::take(&mut self.forming) {
+            if let Err(e) = self.submit_members(members, 1) {
+                let why = e.error.to_string();
+                self.fail_all(e.members, &why);
+            }
         }
-        self.ended.push_back((t.launch.job, Outcome::Failed(why)));
     }
 
     /// Cancels every tracked job and reports each as failed with `why`.
@@ -393,10 +516,10 @@ impl Slurm {
             let _ = Command::new("scancel").args(&ids).status();
         }
         for (id, t) in std::mem::take(&mut self.jobs) {
-            self.ended.push_back((
-                t.launch.job,
-                Outcome::Failed(format!("{why}; Slurm job {id} cancelled")),
-            ));
+            self.fail_all(t.members, &format!("{why}; Slurm job {id} cancelled"));
+        }
+        for (_, members) in std::mem::take(&mut self.forming) {
+            self.fail_all(members, &format!("{why}; never submitted"));
         }
     }
 }
@@ -404,20 +527,29 @@ impl Slurm {
 impl Executor for Slurm {
     fn submit(&mut self, launch: Launch) -> std::io::Result<()> {
         launch.write_spec()?;
-        let id = self.sbatch(&launch)?;
-        append_log(&launch.log, &format!("--- submitted as Slurm job {id}\n"));
-        self.jobs.insert(
-            id,
-            Tracked {
-                launch,
-                attempt: 1,
-                state: "SUBMITTED".into(),
-            },
-        );
+        let size = launch.resources.bundle.max(1);
+        if size == 1 {
+            return self.submit_members(vec![launch], 1).map_err(|e| e.error);
+        }
+        let group = bundle::group_key(&launch);
+        let forming = self.forming.entry(group.clone()).or_default();
+        forming.push(launch);
+        if forming.len() >= size {
+            let members = self.forming.remove(&group).unwrap_or_default();
+            // The scheduler counts each of them as started: a refusal is reported by `wait`.
+            if let Err(e) = self.submit_members(members, 1) {
+                let why = e.error.to_string();
+                self.fail_all(e.members, &why);
+            }
+        }
         Ok(())
     }
 
     fn wait(&mut self, progress: &mut Progress) -> (usize, Outcome) {
+        // Bundles not yet full wait for more jobs while others run; with none running, they go.
+        if self.jobs.is_empty() {
+            self.submit_forming();
+        }
         loop {
             if let Some(e) = self.ended.pop_front() {
                 return e;
@@ -436,7 +568,18 @@ impl Executor for Slurm {
     }
 
     fn running(&self) -> usize {
-        self.jobs.len() + self.ended.len()
+        let submitted: usize = self.jobs.values().map(|t| t.members.len()).sum();
+        let forming: usize = self.forming.values().map(Vec::len).sum();
+        submitted + forming + self.ended.len()
+    }
+
+    /// Slurm jobs: `--jobs` limits what the run asks of Slurm at once.
+    fn busy(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn start_held(&mut self) {
+        self.submit_forming();
     }
 
     fn places_jobs(&self) -> bool {
@@ -445,6 +588,56 @@ impl Executor for Slurm {
 
     fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Relaxed)
+    }
+}
+
+/// A Slurm job that `sbatch` did not take, and its flora jobs.
+struct NotSubmitted {
+    error: std::io::Error,
+    members: Vec<Launch>,
+}
+
+/// How a job of Slurm job `id` (of `size` jobs) ended, from its end marker: a bundled job's
+/// failure has its exit status.
+fn member_outcome(end: Result<(), String>, id: &str, size: usize) -> Outcome {
+    match end {
+        Ok(()) => Outcome::Succeeded,
+        Err(status) => Outcome::Failed(format!(
+            "exited with status {status} (in Slurm job {id}, a bundle of {size} jobs)"
+        )),
+    }
+}
+
+/// Why a job failed that Slurm ended before it could end itself.
+fn slurm_failure(id: &str, end: &Final, t: &Tracked) -> String {
+    let mut why = format!("Slurm job {id} ended {}", end.state);
+    if let Some(code) = end.exit.as_ref().filter(|c| *c != "0:0") {
+        why.push_str(&format!(" (exit code {code})"));
+    }
+    if let Some(r) = end.reason.as_ref().filter(|r| *r != "None") {
+        why.push_str(&format!(": {r}"));
+    }
+    if t.attempt > 1 {
+        why.push_str(&format!(" after {} submissions", t.attempt));
+    }
+    if let Some(output) = &t.output {
+        why.push_str(&format!(
+            " before this job ended (a bundle of {} jobs; Slurm's output: {})",
+            t.size,
+            output.display()
+        ));
+    }
+    why
+}
+
+/// Removes a finished bundle's Slurm output when Slurm wrote nothing there (each job has its
+/// own log); one with Slurm's messages (a time limit, a cancellation) is kept, and a job that
+/// Slurm ended names it in its failure.
+fn forget_bundle(t: &Tracked) {
+    if let Some(output) = &t.output {
+        if std::fs::metadata(output).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(output);
+        }
     }
 }
 
@@ -497,14 +690,15 @@ fn is_final(state: &str) -> bool {
     )
 }
 
-/// Waits up to `latency` for the job's end marker (written after `flora __job` succeeded) to
-/// show on this machine: on a network file system a node's writes can take a while
-/// to be seen elsewhere.
+/// Waits up to `latency` for the job's end marker (written after `flora __job` succeeded, or
+/// in a bundle after it failed) to show on this machine: on a network file system a node's
+/// writes can take a while to be seen elsewhere.
 fn wait_visible(spec: &Path, latency: Duration) -> Result<(), String> {
     let marker = crate::jobspec::done_marker(spec);
+    let failed = bundle::failed_marker(spec);
     let until = Instant::now() + latency;
     loop {
-        if marker.exists() {
+        if marker.exists() || failed.exists() {
             return Ok(());
         }
         if Instant::now() >= until {
@@ -544,126 +738,4 @@ fn shell_quote(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dag::Resources;
-
-    fn launch(resources: &str, kind: &str) -> Launch {
-        Launch {
-            job: 0,
-            id: "train[maize]".into(),
-            kind: kind.into(),
-            spec_file: PathBuf::from("/shared/cache/tmp/x.job.json"),
-            spec: crate::jobspec::JobSpec {
-                job: "train[maize]".into(),
-                kind: kind.into(),
-                params: serde_json::json!({}),
-                context: flora_stages::Context::new(
-                    PathBuf::from("/shared/cache/tmp/x"),
-                    PathBuf::from("/shared/cache/work/x"),
-                    PathBuf::from("/shared/project"),
-                ),
-            },
-            log: PathBuf::from("/shared/cache/logs/x.log"),
-            resources: serde_yaml::from_str::<Resources>(resources).unwrap(),
-        }
-    }
-
-    fn slurm(partition: Option<&str>) -> Slurm {
-        Slurm {
-            exe: PathBuf::from("/opt/flora"),
-            opts: SlurmOptions {
-                partition: partition.map(str::to_string),
-                account: Some("plants".into()),
-                extra: vec!["--qos=high".into()],
-                retries: 2,
-                poll: Duration::from_secs(1),
-                latency: Duration::from_secs(1),
-            },
-            jobs: BTreeMap::new(),
-            ended: VecDeque::new(),
-            interrupted: Arc::new(AtomicBool::new(false)),
-            unreachable_since: None,
-        }
-    }
-
-    #[test]
-    fn resources_map_to_sbatch_options() {
-        let args = slurm(Some("cpu")).sbatch_args(&launch(
-            "{threads: 8, gpus: 2, memory: 16G, time: 1h 30m, partition: gpu}",
-            "pretrain",
-        ));
-        for want in [
-            "--parsable",
-            "--job-name=flora:train[maize]",
-            "--output=/shared/cache/logs/x.log",
-            "--open-mode=append",
-            "--cpus-per-task=8",
-            "--mem=16384M",
-            "--gres=gpu:2",
-            "--time=90",
-            "--partition=gpu",
-            "--account=plants",
-            "--qos=high",
-        ] {
-            assert!(args.contains(&want.to_string()), "{want} in {args:?}");
-        }
-        let export = args.iter().find(|a| a.starts_with("--export=ALL")).unwrap();
-        // The job's thread pools are as wide as its CPUs.
-        for var in [
-            "RAYON_NUM_THREADS",
-            "CANDLE_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-        ] {
-            assert!(export.contains(&format!(",{var}=8")), "{var} in {export}");
-        }
-    }
-
-    #[test]
-    fn unstated_resources_are_left_to_the_partition() {
-        let args = slurm(None).sbatch_args(&launch("{}", "exec"));
-        assert!(args.contains(&"--cpus-per-task=1".to_string()));
-        assert!(!args.iter().any(|a| a.starts_with("--mem")
-            || a.starts_with("--gres")
-            || a.starts_with("--time")
-            || a.starts_with("--partition")));
-        // exec jobs get the environment unchanged.
-        assert!(args.contains(&"--export=ALL".to_string()));
-    }
-
-    #[test]
-    fn queued_and_running_states_are_not_ends() {
-        for s in ["PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"] {
-            assert!(!is_final(s), "{s}");
-        }
-        for s in [
-            "COMPLETED",
-            "FAILED",
-            "CANCELLED",
-            "TIMEOUT",
-            "NODE_FAIL",
-            "OUT_OF_MEMORY",
-        ] {
-            assert!(is_final(s), "{s}");
-        }
-    }
-
-    #[test]
-    fn a_completed_job_counts_once_its_end_marker_shows() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = dir.path().join("x.job.json");
-        let e = wait_visible(&spec, Duration::from_millis(300)).unwrap_err();
-        assert!(
-            e.contains("x.job.done is not visible here after 0.3 s")
-                && e.contains("every node shares"),
-            "{e}"
-        );
-        std::fs::write(crate::jobspec::done_marker(&spec), "node1\n").unwrap();
-        assert!(wait_visible(&spec, Duration::from_millis(300)).is_ok());
-    }
-
-    #[test]
-    fn quoting_survives_quotes_and_spaces() {
-        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
-    }
-}
+mod tests;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The Slurm executor on fan-outs of trivial `exec` jobs: one Slurm job per flora job against
+# bundles (`resources: {bundle: N}`), side by side in one run, on the Slurm that SLURM_CONF names
+# (`scripts/slurm.sh start DIR` starts a one-node one).
+#
+#   SLURM_CONF=/tmp/sl/slurm/slurm.conf benches/engine/slurm.sh
+#   SLURM_JOBS="100 1000" SLURM_BUNDLES="1 25 250" ... benches/engine/slurm.sh
+#
+# A fan-out of N jobs plus the one that reads them all, for each N in $SLURM_JOBS, is run with
+# each bundle size in $SLURM_BUNDLES (a size of 1 is skipped above 200 jobs: Slurm's second or
+# so per job makes it minutes). `--slurm-poll` is left at its default (5 s). The DAGs and caches
+# go to $ENGINE_WORK (default /dev/shm/flora-slurm-bench), which every node must see.
+#
+# Writes a Markdown table to benches/out/engine-slurm.md and prints it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=$ROOT/benches/out
+WORK=${ENGINE_WORK:-/dev/shm/flora-slurm-bench}
+mkdir -p "$OUT"
+rm -rf "$WORK"
+: "${SLURM_CONF:?set SLURM_CONF (scripts/slurm.sh start DIR prints it)}"
+sinfo -h > /dev/null
+
+cargo build --release --quiet
+FLORA=$ROOT/target/release/flora
+
+{
+  echo "| fan-out jobs | bundle | Slurm jobs | flora run (all jobs) |"
+  echo "| ---: | ---: | ---: | ---: |"
+  for n in ${SLURM_JOBS:-100 1000}; do
+    for b in ${SLURM_BUNDLES:-1 25 250}; do
+      if [ "$b" = 1 ] && [ "$n" -gt 200 ]; then
+        continue
+      fi
+      dir=$WORK/fanout-$n-$b
+      python3 benches/engine/gen.py "$dir" fanout "$n" > /dev/null
+      sed -i "s/^  make:\$/  make:\n    resources: {bundle: $b}/" "$dir/bench.yaml"
+      t0=$(date +%s.%N)
+      (cd "$dir" && "$FLORA" run bench.yaml --executor slurm --cache "$dir/cache" > run.log 2>&1)
+      t1=$(date +%s.%N)
+      submitted=$(grep -h -o "submitted as Slurm job [0-9]*" "$dir"/cache/logs/*.log | sort -u | wc -l)
+      python3 -c "print(f'| {$n + 1:,} | $b | $submitted | {$t1-$t0:.1f} s |')"
+    done
+  done
+} | tee "$OUT/engine-slurm.md"

@@ -1,0 +1,209 @@
+//! Unit tests of the Slurm executor: sbatch options, states, markers and quoting.
+
+use super::*;
+use crate::dag::Resources;
+
+fn launch(resources: &str, kind: &str) -> Launch {
+    Launch {
+        job: 0,
+        id: "train[maize]".into(),
+        kind: kind.into(),
+        spec_file: PathBuf::from("/shared/cache/tmp/x.job.json"),
+        spec: crate::jobspec::JobSpec {
+            job: "train[maize]".into(),
+            kind: kind.into(),
+            params: serde_json::json!({}),
+            context: flora_stages::Context::new(
+                PathBuf::from("/shared/cache/tmp/x"),
+                PathBuf::from("/shared/cache/work/x"),
+                PathBuf::from("/shared/project"),
+            ),
+        },
+        log: PathBuf::from("/shared/cache/logs/x.log"),
+        resources: serde_yaml::from_str::<Resources>(resources).unwrap(),
+    }
+}
+
+fn slurm(partition: Option<&str>) -> Slurm {
+    Slurm {
+        exe: PathBuf::from("/opt/flora"),
+        opts: SlurmOptions {
+            partition: partition.map(str::to_string),
+            account: Some("plants".into()),
+            extra: vec!["--qos=high".into()],
+            retries: 2,
+            poll: Duration::from_secs(1),
+            latency: Duration::from_secs(1),
+        },
+        jobs: BTreeMap::new(),
+        forming: BTreeMap::new(),
+        ended: VecDeque::new(),
+        interrupted: Arc::new(AtomicBool::new(false)),
+        unreachable_since: None,
+    }
+}
+
+#[test]
+fn resources_map_to_sbatch_options() {
+    let args = slurm(Some("cpu")).sbatch_args(&[launch(
+        "{threads: 8, gpus: 2, memory: 16G, time: 1h 30m, partition: gpu}",
+        "pretrain",
+    )]);
+    for want in [
+        "--parsable",
+        "--job-name=flora:train[maize]",
+        "--output=/shared/cache/logs/x.log",
+        "--open-mode=append",
+        "--cpus-per-task=8",
+        "--mem=16384M",
+        "--gres=gpu:2",
+        "--time=90",
+        "--partition=gpu",
+        "--account=plants",
+        "--qos=high",
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+    }
+    let export = args.iter().find(|a| a.starts_with("--export=ALL")).unwrap();
+    // The job's thread pools are as wide as its CPUs.
+    for var in [
+        "RAYON_NUM_THREADS",
+        "CANDLE_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+    ] {
+        assert!(export.contains(&format!(",{var}=8")), "{var} in {export}");
+    }
+}
+
+#[test]
+fn unstated_resources_are_left_to_the_partition() {
+    let args = slurm(None).sbatch_args(&[launch("{}", "exec")]);
+    assert!(args.contains(&"--cpus-per-task=1".to_string()));
+    assert!(!args.iter().any(|a| a.starts_with("--mem")
+        || a.starts_with("--gres")
+        || a.starts_with("--time")
+        || a.starts_with("--partition")));
+    // exec jobs get the environment unchanged.
+    assert!(args.contains(&"--export=ALL".to_string()));
+}
+
+#[test]
+fn queued_and_running_states_are_not_ends() {
+    for s in ["PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"] {
+        assert!(!is_final(s), "{s}");
+    }
+    for s in [
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+    ] {
+        assert!(is_final(s), "{s}");
+    }
+}
+
+#[test]
+fn a_completed_job_counts_once_its_end_marker_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("x.job.json");
+    let e = wait_visible(&spec, Duration::from_millis(300)).unwrap_err();
+    assert!(
+        e.contains("x.job.done is not visible here after 0.3 s") && e.contains("every node shares"),
+        "{e}"
+    );
+    std::fs::write(crate::jobspec::done_marker(&spec), "node1\n").unwrap();
+    assert!(wait_visible(&spec, Duration::from_millis(300)).is_ok());
+}
+
+#[test]
+fn quoting_survives_quotes_and_spaces() {
+    assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+}
+
+/// `n` jobs of one bundle, with their specs and logs in `dir`.
+fn members(dir: &Path, n: usize) -> Vec<Launch> {
+    (0..n)
+        .map(|i| {
+            let mut l = launch("{time: 10m, bundle: 50}", "exec");
+            l.job = i;
+            l.id = format!("fan[{i}]");
+            l.spec_file = dir.join(format!("k{i}.job.json"));
+            l.log = dir.join(format!("k{i}.log"));
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn a_bundle_is_one_slurm_job_with_time_for_each_of_its_jobs() {
+    let dir = Path::new("/shared/cache/logs");
+    let args = slurm(None).sbatch_args(&members(dir, 3));
+    for want in [
+        "--job-name=flora:fan[0]+2",
+        "--output=/shared/cache/logs/k0.bundle.log",
+        "--time=30",
+        "--cpus-per-task=1",
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+    }
+}
+
+#[test]
+fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for flora: prints its spec's name, and fails for the second job.
+    let exe = dir.path().join("fake flora");
+    std::fs::write(
+        &exe,
+        "#!/bin/sh\n[ \"$1\" = __job ] || exit 9\necho \"ran $2\"\ncase \"$2\" in *k1.job.json) exit 3;; esac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let jobs = members(dir.path(), 3);
+    let text = bundle::script(&exe, None, &jobs);
+    let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+    assert!(status.success(), "{text}");
+    for (i, m) in jobs.iter().enumerate() {
+        let log = std::fs::read_to_string(&m.log).unwrap();
+        assert_eq!(
+            log.trim(),
+            format!("ran {}", m.spec_file.display()),
+            "job {i}"
+        );
+        let end = bundle::marker_end(&m.spec_file);
+        if i == 1 {
+            assert_eq!(end, Some(Err("3".to_string())));
+            // Read once: the failed marker goes.
+            assert!(!bundle::failed_marker(&m.spec_file).exists());
+        } else {
+            assert_eq!(end, Some(Ok(())));
+            let node = std::fs::read_to_string(crate::jobspec::done_marker(&m.spec_file));
+            assert!(!node.unwrap().trim().is_empty(), "the node's name");
+        }
+    }
+    // No marker is left half-written under its temporary name.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert!(!name.to_string_lossy().ends_with(".part"), "{name:?} left");
+    }
+}
+
+#[test]
+fn a_bundled_job_without_a_marker_has_not_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(bundle::marker_end(&dir.path().join("x.job.json")), None);
+}
+
+#[test]
+fn only_jobs_of_one_kind_and_the_same_resources_share_a_bundle() {
+    let a = launch("{threads: 2, bundle: 10}", "exec");
+    let b = launch("{threads: 2, bundle: 10}", "exec");
+    let c = launch("{threads: 4, bundle: 10}", "exec");
+    let d = launch("{threads: 2, bundle: 10}", "promoters");
+    assert_eq!(bundle::group_key(&a), bundle::group_key(&b));
+    assert_ne!(bundle::group_key(&a), bundle::group_key(&c));
+    assert_ne!(bundle::group_key(&a), bundle::group_key(&d));
+}
