@@ -436,11 +436,7 @@ fn a_bundle_slurm_ends_fails_only_its_unfinished_jobs() {
         "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c]\n    resources: {bundle: 3}\n    params: {argv: [sh, -c, \"if [ ${item} = b ]; then touch b-started; sleep 120; fi; echo ${item} > $FLORA_OUT/x\"]}\n",
     );
     let child = spawn_run(&p, &["--keep-going"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !p.path("b-started").exists() {
-        assert!(Instant::now() < deadline, "fan[b] never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_file(&p, "b-started");
     // The bundle's id, from fan[b]'s log (not squeue's names: another run's may be the same).
     let log = p.logs_containing("job fan[b] ").concat();
     let id = log
@@ -551,11 +547,7 @@ fn a_bundle_lost_to_a_node_failure_is_submitted_again_without_its_ended_jobs() {
         "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b]\n    resources: {bundle: 2}\n    params: {argv: [sh, -c, \"echo $SLURM_JOB_ID > $FLORA_OUT/job; if [ ${item} = b ]; then touch b-started; echo part > $FLORA_OUT/partial-$SLURM_JOB_ID; sleep 3; fi\"]}\n",
     );
     let child = spawn_run(&p, &["--slurm-arg=--no-requeue"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !p.path("b-started").exists() {
-        assert!(Instant::now() < deadline, "fan[b] never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_file(&p, "b-started");
     fail_the_node_and_bring_it_back();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -597,6 +589,15 @@ fn all_jobs() -> String {
         .output()
         .expect("scontrol");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits up to 30 s for a job to create `rel` in the project folder.
+fn wait_for_file(p: &Project, rel: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.path(rel).exists() {
+        assert!(Instant::now() < deadline, "{rel} never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until Slurm runs a job named `name`; returns its id.
