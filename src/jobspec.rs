@@ -84,8 +84,56 @@ impl JobSpec {
 }
 
 /// The marker a cluster job writes beside its spec once `flora __job SPEC` succeeded (the
-/// node's name in it): a cluster driver waits until it sees it, so that it never publishes an
-/// output folder that its file system does not show in full yet (NFS caches what it has seen).
+/// node's name in it, then the job's start and end in seconds since the epoch by the node's
+/// clock): a cluster driver waits until it sees it, so that it never publishes an output folder
+/// that its file system does not show in full yet (NFS caches what it has seen).
 pub fn done_marker(spec: &Path) -> std::path::PathBuf {
     spec.with_extension("done")
+}
+
+/// What a job's end marker says: the node it ran on, and how long it ran there (a cluster
+/// driver's own clock would count the time it queued, and in a bundle the jobs before it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneMarker {
+    /// `uname -n` on the node.
+    pub node: String,
+    /// Seconds from the job's start to its end, where the marker has both.
+    pub seconds: Option<f64>,
+}
+
+impl DoneMarker {
+    /// Reads `text`, a marker's content: the node's name on the first line and, on the second,
+    /// `START END` (from `date +%s.%N`; a `date` without `%N` leaves no usable time).
+    pub fn parse(text: &str) -> Option<DoneMarker> {
+        let mut lines = text.lines();
+        let node = lines.next()?.trim().to_string();
+        if node.is_empty() {
+            return None;
+        }
+        let seconds = lines.next().and_then(|l| {
+            let (start, end) = l.trim().split_once(' ')?;
+            let span = end.trim().parse::<f64>().ok()? - start.trim().parse::<f64>().ok()?;
+            (span.is_finite() && span >= 0.0).then_some(span)
+        });
+        Some(DoneMarker { node, seconds })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DoneMarker;
+
+    #[test]
+    fn an_end_marker_gives_the_node_and_the_jobs_own_time() {
+        let d = DoneMarker::parse("node7\n1764400000.250 1764400002.750\n").unwrap();
+        assert_eq!(d.node, "node7");
+        assert_eq!(d.seconds, Some(2.5));
+        // An older marker (the node only), or a `date` without nanoseconds: no time.
+        for text in ["node7\n", "node7\n1764400000.N 1764400002.N\n"] {
+            let d = DoneMarker::parse(text).unwrap();
+            assert_eq!((d.node.as_str(), d.seconds), ("node7", None), "{text:?}");
+        }
+        assert_eq!(DoneMarker::parse(""), None);
+        assert_eq!(DoneMarker::parse("\n"), None);
+    }
 }

@@ -279,21 +279,25 @@ pub fn run(
         for twin in twins.remove(&r.key).unwrap_or_default() {
             ready.push((priority[twin], std::cmp::Reverse(twin)));
         }
-        let seconds = r.started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&r.spec);
+        // The job's end marker names the machine it ran on (a cluster node, or this one), and
+        // how long it ran there.
+        let marker = crate::jobspec::done_marker(&r.spec);
+        let done = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|text| crate::jobspec::DoneMarker::parse(&text));
+        let _ = std::fs::remove_file(&marker);
+        let ran_on = done
+            .as_ref()
+            .map_or_else(|| host.clone(), |d| d.node.clone());
+        let seconds = done
+            .and_then(|d| d.seconds)
+            .unwrap_or_else(|| r.started.elapsed().as_secs_f64());
         reports[j].seconds = seconds;
         match &outcome {
             Outcome::Succeeded => tracing::debug!("{}: succeeded in {seconds:.2} s", job.id),
             Outcome::Failed(why) => tracing::debug!("{}: failed in {seconds:.2} s: {why}", job.id),
         }
-        let _ = std::fs::remove_file(&r.spec);
-        // The job's end marker names the machine it ran on (a cluster node, or this one).
-        let marker = crate::jobspec::done_marker(&r.spec);
-        let ran_on = std::fs::read_to_string(&marker)
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| host.clone());
-        let _ = std::fs::remove_file(&marker);
         let log = cache.log_path(&r.key);
         let published = match outcome {
             Outcome::Succeeded => inputs_unchanged(job, cache, &r.inputs).and_then(|()| {

@@ -359,7 +359,7 @@ fn a_bundled_fan_out_runs_its_jobs_in_turn_in_fewer_slurm_jobs() {
     let p = Project::new();
     let wf = |fail: &str| {
         format!(
-            "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c, d, e]\n    resources: {{bundle: 2}}\n    params: {{argv: [sh, -c, \"echo $SLURM_JOB_ID > $FLORA_OUT/job; echo log-of-${{item}}; [ ${{item}} != {fail} ] || exit 3\"]}}\n  join:\n    kind: exec\n    inputs: {{all: fan}}\n    params: {{argv: [sh, -c, \"cat $FLORA_IN_all/*/job > $FLORA_OUT/jobs\"]}}\n"
+            "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c, d, e]\n    resources: {{bundle: 2}}\n    params: {{argv: [sh, -c, \"echo $SLURM_JOB_ID > $FLORA_OUT/job; echo log-of-${{item}}; [ ${{item}} != a ] || sleep 1; [ ${{item}} != {fail} ] || exit 3\"]}}\n  join:\n    kind: exec\n    inputs: {{all: fan}}\n    params: {{argv: [sh, -c, \"cat $FLORA_IN_all/*/job > $FLORA_OUT/jobs\"]}}\n"
         )
     };
     p.write("wf.yaml", &wf("none"));
@@ -392,6 +392,14 @@ fn a_bundled_fan_out_runs_its_jobs_in_turn_in_fewer_slurm_jobs() {
             )),
         "{log}"
     );
+    // A job's time is its own, on the node: fan[b] ran after fan[a] slept 1 s in its bundle.
+    let duration = |job: &str| -> f64 {
+        let shown = p.ok(&["show", "wf.yaml", job]);
+        let line = shown.lines().find(|l| l.starts_with("duration:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(duration("fan[a]") >= 1.0, "fan[a] slept 1 s");
+    assert!(duration("fan[b]") < 0.9, "fan[b]'s time counts fan[a]'s");
     let logs: Vec<_> = std::fs::read_dir(p.path("cache/logs")).unwrap().collect();
     assert!(
         logs.iter().all(|e| !e

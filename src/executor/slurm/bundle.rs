@@ -38,13 +38,15 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
     let mut text = format!(
         "#!/bin/sh\n\
          # flora: {} jobs run one after another in this Slurm job (a bundle).\n\
-         # run SPEC LOG DONE FAILED: runs one job; its end marker is DONE (the node's name)\n\
+         # run SPEC LOG DONE FAILED: runs one job; its end marker is DONE (the node's name,\n\
+         # then its start and end)\n\
          # or FAILED (the exit status), each renamed into place once written.\n\
          run() {{\n\
+         \x20 start=$(date +%s.%N)\n\
          \x20 {flora}{flag} __job \"$1\" >> \"$2\" 2>&1\n\
          \x20 status=$?\n\
          \x20 if [ \"$status\" -eq 0 ]; then\n\
-         \x20   uname -n > \"$3.part\" && mv \"$3.part\" \"$3\"\n\
+         \x20   {{ uname -n; echo \"$start $(date +%s.%N)\"; }} > \"$3.part\" && mv \"$3.part\" \"$3\"\n\
          \x20 else\n\
          \x20   echo \"$status\" > \"$4.part\" && mv \"$4.part\" \"$4\"\n\
          \x20 fi\n\

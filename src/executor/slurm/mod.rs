@@ -222,7 +222,7 @@ impl Slurm {
         let script = if let [launch] = members {
             // The job's exit status is flora's; the end marker follows a success only.
             let wrap = format!(
-                "{}{} __job {} && uname -n > {}",
+                "start=$(date +%s.%N); {}{} __job {} && {{ uname -n; echo \"$start $(date +%s.%N)\"; }} > {}",
                 shell_quote(&self.exe.to_string_lossy()),
                 super::verbosity_flag()
                     .map(|v| format!(" {v}"))

@@ -180,8 +180,10 @@ fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
             assert!(!bundle::failed_marker(&m.spec_file).exists());
         } else {
             assert_eq!(end, Some(Ok(())));
-            let node = std::fs::read_to_string(crate::jobspec::done_marker(&m.spec_file));
-            assert!(!node.unwrap().trim().is_empty(), "the node's name");
+            let text = std::fs::read_to_string(crate::jobspec::done_marker(&m.spec_file));
+            let done = crate::jobspec::DoneMarker::parse(&text.unwrap()).expect("a marker");
+            assert!(!done.node.is_empty(), "the node's name");
+            assert!(done.seconds.is_some_and(|s| s < 5.0), "{done:?}");
         }
     }
     // No marker is left half-written under its temporary name.
