@@ -646,6 +646,43 @@ fn slurm_options_need_the_slurm_executor() {
     assert!(text.contains("--slurm-poll must be a positive"), "{text}");
 }
 
+/// A Slurm that cannot be asked stops the run before any job: no `squeue` on the PATH, or (where
+/// Slurm's commands are installed) a configuration that names no controller.
+#[test]
+fn a_run_without_a_slurm_to_ask_stops_before_any_job() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  a: {kind: exec, params: {argv: [\"true\"]}}\n",
+    );
+    let text = p.fails_with(
+        &[("PATH", "/nonexistent")],
+        &["run", "wf.yaml", "--executor", "slurm"],
+        2,
+    );
+    assert!(
+        text.contains("--executor slurm: cannot run `squeue`")
+            && text.contains("must be on the PATH"),
+        "{text}"
+    );
+    assert!(!text.contains("job a"), "{text}");
+    if Command::new("squeue").arg("--version").output().is_err() {
+        eprintln!("SKIPPED the unanswering half of a_run_without_a_slurm_to_ask: no squeue here");
+        return;
+    }
+    p.write("nowhere.conf", "ClusterName=nowhere\n");
+    let conf = p.path("nowhere.conf");
+    let text = p.fails_with(
+        &[("SLURM_CONF", conf.to_str().unwrap())],
+        &["run", "wf.yaml", "--executor", "slurm"],
+        2,
+    );
+    assert!(
+        text.contains("--executor slurm: Slurm does not answer: "),
+        "{text}"
+    );
+}
+
 #[test]
 fn bad_cluster_resources_are_refused_at_their_line() {
     let p = Project::new();

@@ -100,7 +100,12 @@ impl Project {
 
     /// Runs flora, expects exit status `code`, returns stdout + stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.output(args);
+        self.fails_with(&[], args, code)
+    }
+
+    /// [`Project::fails`] with `env` set for flora.
+    pub fn fails_with(&self, env: &[(&str, &str)], args: &[&str], code: i32) -> String {
+        let out = self.flora(args).envs(env.iter().copied()).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -101,7 +101,9 @@ impl Slurm {
     /// Cancels this user's Slurm jobs that an earlier flora run on this cache left running (their
     /// logs are in `logs`), and waits until they have left the queue. A driver that was killed
     /// (SIGKILL, a login node's process reaper) could not cancel them, and they would go on
-    /// writing into the work folders that this run's jobs resume from. Returns their ids.
+    /// writing into the work folders that this run's jobs resume from. Returns their ids. A
+    /// Slurm that cannot be asked (no `squeue` here, or no controller answering) is an error,
+    /// before any job is submitted.
     pub fn cancel_left_behind(&self, logs: &Path) -> anyhow::Result<Vec<String>> {
         // SAFETY: getuid takes nothing and cannot fail.
         #[allow(unsafe_code)]
@@ -112,17 +114,15 @@ impl Slurm {
             .output();
         let text = match listed {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                eprintln!(
-                    "warning: cannot list your Slurm jobs (squeue: {why}): jobs that an earlier \
-                     run on this cache left running are not cancelled"
-                );
-                return Ok(Vec::new());
-            }
+            Ok(o) => anyhow::bail!(
+                "--executor slurm: Slurm does not answer: {} (is SLURM_CONF, or this machine's \
+                 Slurm configuration, right, and is the controller up?)",
+                last_line(&String::from_utf8_lossy(&o.stderr))
+            ),
+            Err(e) => anyhow::bail!(
+                "--executor slurm: cannot run `squeue` ({e}): Slurm's commands (sbatch, squeue, \
+                 scontrol, scancel) must be on the PATH, as on a cluster's login node"
+            ),
         };
         let ids: Vec<String> = text
             .lines()
@@ -730,6 +730,17 @@ fn clear_scratch(spec: &crate::jobspec::JobSpec) {
 
 fn io_error(message: String) -> std::io::Error {
     std::io::Error::other(message)
+}
+
+/// The last non-empty line of a command's error output (Slurm's commands end with the fatal
+/// one), or a note that there was none.
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message")
+        .to_string()
 }
 
 /// `s` quoted for a POSIX shell.
