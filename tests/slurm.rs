@@ -348,6 +348,58 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
     assert!(!names.contains(&format!("partial-{first}")), "{names:?}");
 }
 
+/// A job's end is seen by its end marker between two `squeue` polls: in a two-job chain with a
+/// 20 s poll, the second starts seconds after the first ended (Slurm's own start), not at the
+/// next poll, and squeue is asked twice in all (the run's start, its first poll).
+#[test]
+fn a_jobs_end_is_seen_by_its_marker_before_the_next_poll() {
+    let Some(_node) = slurm("slurm end markers") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  a: {kind: exec, params: {argv: [sh, -c, \"echo a > $FLORA_OUT/x; date +%s.%N > $FLORA_OUT/end\"]}}\n  b: {kind: exec, inputs: {x: a}, params: {argv: [sh, -c, \"date +%s.%N > $FLORA_OUT/start; cat $FLORA_IN_x/x > $FLORA_OUT/x\"]}}\n",
+    );
+    // A squeue that counts its calls.
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v squeue"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let calls = p.path("squeue-calls");
+    p.write(
+        "bin/squeue",
+        &format!(
+            "#!/bin/sh\necho called >> '{}'\nexec '{}' \"$@\"\n",
+            calls.display(),
+            real.trim()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.path("bin/squeue"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        p.path("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = p
+        .flora(&["run", "wf.yaml", "--executor", "slurm", "--slurm-poll=20"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(p.read("results/wf/b/x").trim(), "a");
+    let gap = seconds(&p, "results/wf/b/start") - seconds(&p, "results/wf/a/end");
+    assert!(gap < 12.0, "b started {gap:.1} s after a ended: at a poll?");
+    let asked = p.read("squeue-calls").lines().count();
+    assert!(asked <= 2, "squeue asked {asked} times:\n{text}");
+}
+
 /// A fan-out whose `bundle: 2` runs its five jobs as three Slurm jobs (two, two and one), each
 /// job with its own log and end, also when `--jobs` allows one Slurm job at a time; a re-run
 /// submits nothing.

@@ -14,7 +14,8 @@
 //! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; Ctrl-C cancels
 //! every job of the run with `scancel`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,10 @@ const RETRIED: [&str; 3] = ["NODE_FAIL", "PREEMPTED", "BOOT_FAIL"];
 
 /// How long cancelled jobs of an earlier run get to leave the queue before the run gives up.
 const LEFT_BEHIND_WAIT: Duration = Duration::from_secs(180);
+
+/// How often the driver looks for jobs' end markers between two `squeue` polls (one read of the
+/// folder they are in): a job's end is seen within this, not within a poll.
+const MARKER_TICK: Duration = Duration::from_millis(250);
 
 /// How long `squeue` may keep failing (the controller down, say) before the run's jobs are
 /// given up.
@@ -79,6 +84,8 @@ pub struct Slurm {
     ended: VecDeque<(usize, Outcome)>,
     interrupted: Arc<AtomicBool>,
     unreachable_since: Option<Instant>,
+    /// When `squeue` was last asked.
+    last_poll: Option<Instant>,
 }
 
 impl Slurm {
@@ -95,6 +102,7 @@ impl Slurm {
             ended: VecDeque::new(),
             interrupted,
             unreachable_since: None,
+            last_poll: None,
         })
     }
 
@@ -221,14 +229,17 @@ impl Slurm {
         sbatch.args(self.sbatch_args(members));
         let script = if let [launch] = members {
             // The job's exit status is flora's; the end marker follows a success only.
+            // It is renamed into place once written: the driver looks for it while the job runs.
+            let done = crate::jobspec::done_marker(&launch.spec_file);
             let wrap = format!(
-                "start=$(date +%s.%N); {}{} __job {} && {{ uname -n; echo \"$start $(date +%s.%N)\"; }} > {}",
+                "start=$(date +%s.%N); {}{} __job {} && {{ uname -n; echo \"$start $(date +%s.%N)\"; }} > {part} && mv {part} {}",
                 shell_quote(&self.exe.to_string_lossy()),
                 super::verbosity_flag()
                     .map(|v| format!(" {v}"))
                     .unwrap_or_default(),
                 shell_quote(&launch.spec_file.to_string_lossy()),
-                shell_quote(&crate::jobspec::done_marker(&launch.spec_file).to_string_lossy())
+                shell_quote(&done.to_string_lossy()),
+                part = shell_quote(&format!("{}.part", done.to_string_lossy())),
             );
             sbatch.arg(format!("--wrap={wrap}")).stdin(Stdio::null());
             None
@@ -272,6 +283,8 @@ impl Slurm {
 
     /// Asks `squeue` for every tracked job; jobs that left the queue are settled with `scontrol`.
     fn poll(&mut self, progress: &mut Progress) {
+        self.last_poll = Some(Instant::now());
+        self.report_marked();
         if self.jobs.is_empty() {
             return;
         }
@@ -315,7 +328,6 @@ impl Slurm {
             let queued = listed.get(&id).filter(|s| !is_final(s));
             if let Some(state) = queued {
                 self.note_state(&id, state, progress);
-                self.report_ended_members(&id);
                 continue;
             }
             // It ended, or left squeue's view: scontrol has the exit code and the reason; a
@@ -338,29 +350,53 @@ impl Slurm {
         self.show(progress);
     }
 
-    /// Reports the jobs of a running bundle whose end markers show, so that what depends on
-    /// them need not wait for the whole bundle.
-    fn report_ended_members(&mut self, id: &str) {
-        let Some(t) = self.jobs.get_mut(id) else {
-            return;
-        };
-        if t.size == 1 {
-            return;
-        }
-        let mut i = 0;
-        while i < t.members.len() {
-            match bundle::marker_end(&t.members[i].spec_file) {
-                None => i += 1,
-                Some(end) => {
-                    let m = t.members.remove(i);
-                    let outcome = member_outcome(end, id, t.size);
-                    self.ended.push_back((m.job, outcome));
+    /// Reports every job whose end marker shows, so that what depends on it starts without
+    /// waiting for the next `squeue` poll or, in a bundle, for the rest of the bundle. The
+    /// markers are looked for in one read of each folder the specs are in (the cache's
+    /// `scratch/`), not one look-up per job. A lone job's failure is left to Slurm's state.
+    fn report_marked(&mut self) {
+        let mut listings: BTreeMap<PathBuf, HashSet<OsString>> = BTreeMap::new();
+        for t in self.jobs.values() {
+            for m in &t.members {
+                let Some(dir) = m.spec_file.parent() else {
+                    continue;
+                };
+                if !listings.contains_key(dir) {
+                    listings.insert(dir.to_path_buf(), end_markers_in(dir));
                 }
             }
         }
-        if t.members.is_empty() {
-            let t = self.jobs.remove(id).expect("tracked");
-            forget_bundle(&t);
+        if listings.values().all(HashSet::is_empty) {
+            return;
+        }
+        let shows = |marker: PathBuf| {
+            let dir = marker.parent().unwrap_or(Path::new(""));
+            let name = marker.file_name().unwrap_or_default();
+            listings.get(dir).is_some_and(|l| l.contains(name))
+        };
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let Some(t) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let mut i = 0;
+            while i < t.members.len() {
+                let spec = &t.members[i].spec_file;
+                let marked = shows(crate::jobspec::done_marker(spec))
+                    || (t.size > 1 && shows(bundle::failed_marker(spec)));
+                match marked.then(|| bundle::marker_end(spec)).flatten() {
+                    None => i += 1,
+                    Some(end) => {
+                        let m = t.members.remove(i);
+                        let outcome = member_outcome(end, &id, t.size);
+                        self.ended.push_back((m.job, outcome));
+                    }
+                }
+            }
+            if t.members.is_empty() {
+                let t = self.jobs.remove(&id).expect("tracked");
+                forget_bundle(&t);
+            }
         }
     }
 
@@ -559,10 +595,19 @@ impl Executor for Slurm {
                 self.give_up("interrupted");
                 continue;
             }
-            self.poll(progress);
+            let since_poll = self.last_poll.map(|t| t.elapsed());
+            if since_poll.is_none_or(|s| s >= self.opts.poll) {
+                self.poll(progress);
+            } else {
+                self.report_marked();
+            }
             progress.tick();
             if self.ended.is_empty() {
-                sleep_unless_interrupted(self.opts.poll, &self.interrupted);
+                let until_poll = self
+                    .opts
+                    .poll
+                    .saturating_sub(self.last_poll.map_or(Duration::ZERO, |t| t.elapsed()));
+                sleep_unless_interrupted(until_poll.min(MARKER_TICK), &self.interrupted);
             }
         }
     }
@@ -730,6 +775,20 @@ fn clear_scratch(spec: &crate::jobspec::JobSpec) {
 
 fn io_error(message: String) -> std::io::Error {
     std::io::Error::other(message)
+}
+
+/// The names of the end markers (`.done`, `.failed`) in `dir` now; none where it cannot be read.
+fn end_markers_in(dir: &Path) -> HashSet<OsString> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            name.ends_with(".done") || name.ends_with(".failed")
+        })
+        .collect()
 }
 
 /// The last non-empty line of a command's error output (Slurm's commands end with the fatal

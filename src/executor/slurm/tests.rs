@@ -40,6 +40,7 @@ fn slurm(partition: Option<&str>) -> Slurm {
         ended: VecDeque::new(),
         interrupted: Arc::new(AtomicBool::new(false)),
         unreachable_since: None,
+        last_poll: None,
     }
 }
 
