@@ -182,7 +182,8 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub select: SelectArgs,
-    /// At most N jobs at once (default: the number of cores).
+    /// At most N jobs at once (default: the number of cores; with --executor slurm, 500 Slurm
+    /// jobs, a bundle of jobs counting once).
     #[arg(short, long, value_name = "N", value_parser = count)]
     pub jobs: Option<usize>,
     #[command(flatten)]
@@ -226,7 +227,8 @@ pub struct SlurmArgs {
     /// Submit a job again this many times when Slurm reports NODE_FAIL, PREEMPTED or BOOT_FAIL.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub slurm_retries: usize,
-    /// Seconds between two looks at the queue (`squeue`).
+    /// Seconds between two looks at the queue (`squeue`); a job's end is seen sooner, by its
+    /// end marker.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub slurm_poll: f64,
     /// Seconds a completed job's output may take to show here (network file systems).
