@@ -91,6 +91,12 @@ impl Progress {
         self.bar.inc(1);
     }
 
+    /// A started job was taken back before it ran (the run stopped): it no longer shows.
+    pub fn withdrawn(&mut self, id: &str) {
+        self.running.remove(id);
+        self.refresh();
+    }
+
     /// A job ended; `what` is `ran` or `failed`.
     pub fn finished(&mut self, id: &str, what: &str, seconds: f64) {
         self.running.remove(id);

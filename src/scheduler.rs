@@ -264,7 +264,19 @@ pub fn run(
         if executor.running() == 0 {
             break;
         }
-        if ready.is_empty() || stopping || executor.interrupted() {
+        if stopping || executor.interrupted() {
+            // No job starts after a failure or an interruption, held ones included.
+            for j in executor.withdraw_held() {
+                let r = running[j].take().expect("a held job has its state");
+                running_keys.remove(&r.key);
+                withdraw(cache, &r);
+                reports[j].log = None;
+                progress.withdrawn(&graph.jobs[j].id);
+            }
+            if executor.running() == 0 {
+                break;
+            }
+        } else if ready.is_empty() {
             executor.start_held();
         }
         let (j, outcome) = executor.wait(progress);
@@ -629,6 +641,15 @@ fn start(
         threads: slot.threads,
         gpus: Vec::new(),
     })
+}
+
+/// Undoes the start of a job that never ran: its spec, scratch folder, log and running note.
+fn withdraw(cache: &Cache, r: &Running) {
+    let _ = std::fs::remove_file(&r.spec);
+    crate::cache::make_writable(&r.scratch);
+    let _ = std::fs::remove_dir_all(&r.scratch);
+    let _ = std::fs::remove_file(cache.log_path(&r.key));
+    crate::cache::running::unmark(&cache.root, &r.key);
 }
 
 /// A job's input digests for a log line: `name abcd1234, ...`.

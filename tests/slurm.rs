@@ -483,6 +483,40 @@ fn a_bundled_fan_out_runs_its_jobs_in_turn_in_fewer_slurm_jobs() {
     assert_eq!(state_of(&text, "join"), "not run", "{text}");
 }
 
+/// After a failure no job starts, a held bundle's included: `fan[a]` waits for two more jobs to
+/// fill its bundle while `--jobs 2` holds `fan2[z]` back (`bad` and the bundle of `fan2[x]` and
+/// `fan2[y]` run), and `bad` then fails.
+#[test]
+fn a_failure_withdraws_the_jobs_held_for_a_bundle() {
+    let Some(_node) = slurm("slurm held bundle") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  bad:\n    kind: exec\n    params: {argv: [sh, -c, \"sleep 2; exit 3\"]}\n  fan:\n    kind: exec\n    foreach: [a]\n    resources: {bundle: 3}\n    params: {argv: [sh, -c, \"touch a-ran\"]}\n  fan2:\n    kind: exec\n    foreach: [x, y, z]\n    resources: {bundle: 2}\n    params: {argv: [sh, -c, \"sleep 5; echo ${item} > $FLORA_OUT/x\"]}\n",
+    );
+    let text = p.fails(&run_args("wf.yaml", &["--jobs", "2"]), 1);
+    assert!(text.contains("job bad failed: Slurm job "), "{text}");
+    assert_eq!(state_of(&text, "fan2[x]"), "ran", "{text}");
+    assert_eq!(state_of(&text, "fan2[y]"), "ran", "{text}");
+    for job in ["fan[a]", "fan2[z]"] {
+        assert_eq!(state_of(&text, job), "not run", "{text}");
+    }
+    assert!(
+        !p.path("a-ran").exists(),
+        "a held job ran after the failure"
+    );
+    assert!(
+        p.logs_containing("job fan[a] ").is_empty(),
+        "a withdrawn job kept a log"
+    );
+    assert_eq!(
+        std::fs::read_dir(p.path("cache/running")).unwrap().count(),
+        0
+    );
+}
+
 /// A bundle's jobs are reported as each ends, and a bundle that Slurm ends (here `scancel`)
 /// fails only the jobs that had not ended, naming the bundle's Slurm output.
 #[test]

@@ -163,6 +163,11 @@ pub trait Executor {
     /// The scheduler has no more ready jobs to give for now: start any held back to be started
     /// together (a Slurm bundle not yet full).
     fn start_held(&mut self) {}
+    /// The run stops: gives back the jobs held back and not started (their graph indices),
+    /// which will not run.
+    fn withdraw_held(&mut self) -> Vec<usize> {
+        Vec::new()
+    }
     /// Whether a cluster places the jobs and hands them their CPUs and GPUs, so that the
     /// scheduler budgets none of this machine's.
     fn places_jobs(&self) -> bool {

@@ -627,6 +627,11 @@ impl Executor for Slurm {
         self.submit_forming();
     }
 
+    fn withdraw_held(&mut self) -> Vec<usize> {
+        let held = std::mem::take(&mut self.forming);
+        held.into_values().flatten().map(|m| m.job).collect()
+    }
+
     fn places_jobs(&self) -> bool {
         true
     }
