@@ -91,6 +91,25 @@ pub fn done_marker(spec: &Path) -> std::path::PathBuf {
     spec.with_extension("done")
 }
 
+/// The marker a job of a Slurm bundle writes beside its spec when `flora __job` fails: its exit
+/// status (a lone job's failure is its Slurm job's).
+pub fn failed_marker(spec: &Path) -> std::path::PathBuf {
+    spec.with_extension("failed")
+}
+
+/// How a cluster job ended, going by its markers: `Some(Ok(()))` after a success,
+/// `Some(Err(status))` after a bundled job's failure, `None` while neither shows. The failed
+/// marker is removed once read.
+pub fn marker_end(spec: &Path) -> Option<Result<(), String>> {
+    if done_marker(spec).exists() {
+        return Some(Ok(()));
+    }
+    let failed = failed_marker(spec);
+    let status = std::fs::read_to_string(&failed).ok()?;
+    let _ = std::fs::remove_file(&failed);
+    Some(Err(status.trim().to_string()))
+}
+
 /// What a job's end marker says: the node it ran on, and how long it ran there (a cluster
 /// driver's own clock would count the time it queued, and in a bundle the jobs before it).
 #[derive(Debug, Clone, PartialEq)]

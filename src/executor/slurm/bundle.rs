@@ -3,20 +3,16 @@
 //! Slurm spends seconds on every job it places, starts and cleans up, so a fan-out of jobs that
 //! each take a second is bound by Slurm, not by the jobs. A stage's `resources: {bundle: N}`
 //! packs up to N of its ready jobs into one batch script. Each job keeps its own spec, log and
-//! scratch folder, and ends in a marker of its own beside its spec: `.done` (the node's name)
-//! after a success, `.failed` (the exit status) after a failure, each written under a temporary
-//! name and renamed, so that the driver, which looks for them while the bundle runs, never reads
-//! half of one. A job's failure does not stop the bundle's next jobs.
+//! scratch folder, and ends in a marker of its own beside its spec: `.done` (the node's name,
+//! the job's start and end) after a success, `.failed` (the exit status) after a failure, each
+//! written under a temporary name and renamed, so that the driver, which looks for them while
+//! the bundle runs, never reads half of one. A job's failure does not stop the bundle's next
+//! jobs.
 
 use std::path::{Path, PathBuf};
 
 use super::super::Launch;
 use super::shell_quote;
-
-/// The marker a bundled job writes beside its spec when `flora __job` fails: its exit status.
-pub fn failed_marker(spec: &Path) -> PathBuf {
-    spec.with_extension("failed")
-}
 
 /// Which bundle a job may join: jobs of one kind with the same resources (so the same sbatch
 /// options and thread settings).
@@ -58,24 +54,12 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
             m.spec_file.clone(),
             m.log.clone(),
             crate::jobspec::done_marker(&m.spec_file),
-            failed_marker(&m.spec_file),
+            crate::jobspec::failed_marker(&m.spec_file),
         ]
         .map(|p| shell_quote(&p.to_string_lossy()));
         text.push_str(&format!("run {}\n", quoted.join(" ")));
     }
     text
-}
-
-/// How a bundled job ended, going by its markers: `Some(Ok(()))` after a success,
-/// `Some(Err(status))` after a failure, `None` while neither shows.
-pub fn marker_end(spec: &Path) -> Option<Result<(), String>> {
-    if crate::jobspec::done_marker(spec).exists() {
-        return Some(Ok(()));
-    }
-    let failed = failed_marker(spec);
-    let status = std::fs::read_to_string(&failed).ok()?;
-    let _ = std::fs::remove_file(&failed);
-    Some(Err(status.trim().to_string()))
 }
 
 /// `--time` for a bundle: the stage's limit is per job, so the bundle gets it once per job.

@@ -383,8 +383,8 @@ impl Slurm {
             while i < t.members.len() {
                 let spec = &t.members[i].spec_file;
                 let marked = shows(crate::jobspec::done_marker(spec))
-                    || (t.size > 1 && shows(bundle::failed_marker(spec)));
-                match marked.then(|| bundle::marker_end(spec)).flatten() {
+                    || (t.size > 1 && shows(crate::jobspec::failed_marker(spec)));
+                match marked.then(|| crate::jobspec::marker_end(spec)).flatten() {
                     None => i += 1,
                     Some(end) => {
                         let m = t.members.remove(i);
@@ -406,7 +406,7 @@ impl Slurm {
         let done = self.jobs.get(id).is_some_and(|t| {
             t.members.iter().all(|m| {
                 crate::jobspec::done_marker(&m.spec_file).exists()
-                    || bundle::failed_marker(&m.spec_file).exists()
+                    || crate::jobspec::failed_marker(&m.spec_file).exists()
             })
         });
         Final {
@@ -453,12 +453,12 @@ impl Slurm {
         let retry = RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries;
         let mut again = Vec::new();
         for m in std::mem::take(&mut t.members) {
-            let outcome = match bundle::marker_end(&m.spec_file) {
+            let outcome = match crate::jobspec::marker_end(&m.spec_file) {
                 Some(ended) => member_outcome(ended, id, t.size),
                 None if end.state == "COMPLETED" => {
                     match wait_visible(&m.spec_file, self.opts.latency) {
                         Ok(()) => member_outcome(
-                            bundle::marker_end(&m.spec_file).unwrap_or(Ok(())),
+                            crate::jobspec::marker_end(&m.spec_file).unwrap_or(Ok(())),
                             id,
                             t.size,
                         ),
@@ -745,7 +745,7 @@ fn is_final(state: &str) -> bool {
 /// writes can take a while to be seen elsewhere.
 fn wait_visible(spec: &Path, latency: Duration) -> Result<(), String> {
     let marker = crate::jobspec::done_marker(spec);
-    let failed = bundle::failed_marker(spec);
+    let failed = crate::jobspec::failed_marker(spec);
     let until = Instant::now() + latency;
     loop {
         if marker.exists() || failed.exists() {

@@ -174,11 +174,11 @@ fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
             format!("ran {}", m.spec_file.display()),
             "job {i}"
         );
-        let end = bundle::marker_end(&m.spec_file);
+        let end = crate::jobspec::marker_end(&m.spec_file);
         if i == 1 {
             assert_eq!(end, Some(Err("3".to_string())));
             // Read once: the failed marker goes.
-            assert!(!bundle::failed_marker(&m.spec_file).exists());
+            assert!(!crate::jobspec::failed_marker(&m.spec_file).exists());
         } else {
             assert_eq!(end, Some(Ok(())));
             let text = std::fs::read_to_string(crate::jobspec::done_marker(&m.spec_file));
@@ -197,7 +197,10 @@ fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
 #[test]
 fn a_bundled_job_without_a_marker_has_not_ended() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(bundle::marker_end(&dir.path().join("x.job.json")), None);
+    assert_eq!(
+        crate::jobspec::marker_end(&dir.path().join("x.job.json")),
+        None
+    );
 }
 
 #[test]
