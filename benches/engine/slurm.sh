@@ -11,6 +11,8 @@
 # so per job makes it minutes). `--slurm-poll` is left at its default (5 s). The DAGs and caches
 # go to $ENGINE_WORK (default /dev/shm/flora-slurm-bench), which every node must see.
 #
+# Then a chain of $SLURM_CHAIN (default 6) short jobs, each needing the one before.
+#
 # Writes a Markdown table to benches/out/engine-slurm.md and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,4 +45,22 @@ FLORA=$ROOT/target/release/flora
       python3 -c "print(f'| {$n + 1:,} | $b | $submitted | {$t1-$t0:.1f} s |')"
     done
   done
+  # A chain of short jobs: each waits for the one before, so it shows how soon a job's end is
+  # seen and the next one submitted.
+  n=${SLURM_CHAIN:-6}
+  dir=$WORK/chain-$n
+  mkdir -p "$dir"
+  python3 - "$n" > "$dir/chain.yaml" <<'PY'
+import sys
+n = int(sys.argv[1])
+print("name: chain\nstages:")
+for i in range(n):
+    inputs = f"\n    inputs: {{prev: s{i - 1}}}" if i else ""
+    print(f"  s{i}:\n    kind: exec{inputs}\n    params: {{argv: [sh, -c, \"echo {i} > $FLORA_OUT/x\"]}}")
+PY
+  t0=$(date +%s.%N)
+  (cd "$dir" && "$FLORA" run chain.yaml --executor slurm --cache "$dir/cache" > run.log 2>&1)
+  t1=$(date +%s.%N)
+  echo
+  python3 -c "print(f'A chain of $n short jobs, one Slurm job each: {$t1-$t0:.1f} s')"
 } | tee "$OUT/engine-slurm.md"
