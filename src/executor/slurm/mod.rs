@@ -452,11 +452,14 @@ impl Slurm {
         };
         let retry = RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries;
         let mut again = Vec::new();
+        // One wait for a slow file system for all of a bundle's jobs, not one each.
+        let visible_by = Instant::now() + self.opts.latency;
         for m in std::mem::take(&mut t.members) {
             let outcome = match crate::jobspec::marker_end(&m.spec_file) {
                 Some(ended) => member_outcome(ended, id, t.size),
                 None if end.state == "COMPLETED" => {
-                    match wait_visible(&m.spec_file, self.opts.latency) {
+                    let left = visible_by.saturating_duration_since(Instant::now());
+                    match wait_visible(&m.spec_file, left, self.opts.latency) {
                         Ok(()) => member_outcome(
                             crate::jobspec::marker_end(&m.spec_file).unwrap_or(Ok(())),
                             id,
@@ -473,6 +476,8 @@ impl Slurm {
             };
             self.ended.push_back((m.job, outcome));
         }
+        // Before a resubmission, which may write to the same Slurm output.
+        forget_bundle(&t);
         if !again.is_empty() {
             let ids: Vec<&str> = again.iter().map(|m| m.id.as_str()).collect();
             let line = format!(
@@ -492,7 +497,6 @@ impl Slurm {
                 self.fail_all(e.members, &why);
             }
         }
-        forget_bundle(&t);
     }
 
     /// Reports each of `members` as failed with `why`.
@@ -740,13 +744,13 @@ fn is_final(state: &str) -> bool {
     )
 }
 
-/// Waits up to `latency` for the job's end marker (written after `flora __job` succeeded, or
-/// in a bundle after it failed) to show on this machine: on a network file system a node's
-/// writes can take a while to be seen elsewhere.
-fn wait_visible(spec: &Path, latency: Duration) -> Result<(), String> {
+/// Waits up to `left` for the job's end marker (written after `flora __job` succeeded, or in a
+/// bundle after it failed) to show on this machine: on a network file system a node's writes
+/// can take a while to be seen elsewhere. `latency` is the whole wait allowed, for the message.
+fn wait_visible(spec: &Path, left: Duration, latency: Duration) -> Result<(), String> {
     let marker = crate::jobspec::done_marker(spec);
     let failed = crate::jobspec::failed_marker(spec);
-    let until = Instant::now() + latency;
+    let until = Instant::now() + left;
     loop {
         if marker.exists() || failed.exists() {
             return Ok(());

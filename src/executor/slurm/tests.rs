@@ -109,13 +109,23 @@ fn queued_and_running_states_are_not_ends() {
 fn a_completed_job_counts_once_its_end_marker_shows() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("x.job.json");
-    let e = wait_visible(&spec, Duration::from_millis(300)).unwrap_err();
+    let e = wait_visible(
+        &spec,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
     assert!(
         e.contains("x.job.done is not visible here after 0.3 s") && e.contains("every node shares"),
         "{e}"
     );
     std::fs::write(crate::jobspec::done_marker(&spec), "node1\n").unwrap();
-    assert!(wait_visible(&spec, Duration::from_millis(300)).is_ok());
+    assert!(wait_visible(
+        &spec,
+        Duration::from_millis(300),
+        Duration::from_millis(300)
+    )
+    .is_ok());
 }
 
 #[test]
