@@ -350,7 +350,7 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
 
 /// A job's end is seen by its end marker between two `squeue` polls: in a two-job chain with a
 /// 20 s poll, the second starts seconds after the first ended (Slurm's own start), not at the
-/// next poll, and squeue is asked twice in all (the run's start, its first poll).
+/// next poll, and squeue is asked at most twice (the run's start, its first poll).
 #[test]
 fn a_jobs_end_is_seen_by_its_marker_before_the_next_poll() {
     let Some(_node) = slurm("slurm end markers") else {
