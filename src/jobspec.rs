@@ -91,6 +91,16 @@ pub fn done_marker(spec: &Path) -> std::path::PathBuf {
     spec.with_extension("done")
 }
 
+/// The shell command that writes the end marker `done` (a shell word: a quoted path, or
+/// `"$3"`) as [`DoneMarker::parse`] reads it, for a job that set `$start` to `$(date +%s.%N)`
+/// as it started. It is renamed into place once written: a driver looks for it while the job
+/// runs.
+pub fn done_marker_command(done: &str) -> String {
+    format!(
+        "{{ uname -n; echo \"$start $(date +%s.%N)\"; }} > {done}.part && mv {done}.part {done}"
+    )
+}
+
 /// The marker a job of a Slurm bundle writes beside its spec when `flora __job` fails: its exit
 /// status (a lone job's failure is its Slurm job's).
 pub fn failed_marker(spec: &Path) -> std::path::PathBuf {

@@ -42,12 +42,13 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
          \x20 {flora}{flag} __job \"$1\" >> \"$2\" 2>&1\n\
          \x20 status=$?\n\
          \x20 if [ \"$status\" -eq 0 ]; then\n\
-         \x20   {{ uname -n; echo \"$start $(date +%s.%N)\"; }} > \"$3.part\" && mv \"$3.part\" \"$3\"\n\
+         \x20   {done}\n\
          \x20 else\n\
          \x20   echo \"$status\" > \"$4.part\" && mv \"$4.part\" \"$4\"\n\
          \x20 fi\n\
          }}\n",
-        members.len()
+        members.len(),
+        done = crate::jobspec::done_marker_command("\"$3\""),
     );
     for m in members {
         let quoted = [

@@ -229,17 +229,15 @@ impl Slurm {
         sbatch.args(self.sbatch_args(members));
         let script = if let [launch] = members {
             // The job's exit status is flora's; the end marker follows a success only.
-            // It is renamed into place once written: the driver looks for it while the job runs.
             let done = crate::jobspec::done_marker(&launch.spec_file);
             let wrap = format!(
-                "start=$(date +%s.%N); {}{} __job {} && {{ uname -n; echo \"$start $(date +%s.%N)\"; }} > {part} && mv {part} {}",
+                "start=$(date +%s.%N); {}{} __job {} && {}",
                 shell_quote(&self.exe.to_string_lossy()),
                 super::verbosity_flag()
                     .map(|v| format!(" {v}"))
                     .unwrap_or_default(),
                 shell_quote(&launch.spec_file.to_string_lossy()),
-                shell_quote(&done.to_string_lossy()),
-                part = shell_quote(&format!("{}.part", done.to_string_lossy())),
+                crate::jobspec::done_marker_command(&shell_quote(&done.to_string_lossy())),
             );
             sbatch.arg(format!("--wrap={wrap}")).stdin(Stdio::null());
             None
@@ -382,9 +380,15 @@ impl Slurm {
             let mut i = 0;
             while i < t.members.len() {
                 let spec = &t.members[i].spec_file;
-                let marked = shows(crate::jobspec::done_marker(spec))
-                    || (t.size > 1 && shows(crate::jobspec::failed_marker(spec)));
-                match marked.then(|| crate::jobspec::marker_end(spec)).flatten() {
+                let end = if shows(crate::jobspec::done_marker(spec)) {
+                    Some(Ok(()))
+                } else if t.size > 1 && shows(crate::jobspec::failed_marker(spec)) {
+                    // Read for the exit status (and removed).
+                    crate::jobspec::marker_end(spec)
+                } else {
+                    None
+                };
+                match end {
                     None => i += 1,
                     Some(end) => {
                         let m = t.members.remove(i);
@@ -511,18 +515,19 @@ impl Slurm {
     fn submit_members(&mut self, members: Vec<Launch>, attempt: usize) -> Result<(), NotSubmitted> {
         match self.sbatch(&members) {
             Ok(id) => {
-                let line = match members.len() {
-                    1 => format!("--- submitted as Slurm job {id}\n"),
-                    n => format!(
-                        "--- submitted as Slurm job {id}, a bundle of {n} jobs run one after \
+                let output = (members.len() > 1).then(|| bundle::log_of(&members));
+                let line = match &output {
+                    None => format!("--- submitted as Slurm job {id}\n"),
+                    Some(output) => format!(
+                        "--- submitted as Slurm job {id}, a bundle of {} jobs run one after \
                          another (Slurm's output: {})\n",
-                        bundle::log_of(&members).display()
+                        members.len(),
+                        output.display()
                     ),
                 };
                 for m in &members {
                     append_log(&m.log, &line);
                 }
-                let output = (members.len() > 1).then(|| bundle::log_of(&members));
                 self.jobs.insert(
                     id,
                     Tracked {
