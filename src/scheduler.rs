@@ -607,18 +607,16 @@ fn start(
     };
     let log = cache.log_path(&key);
     let started_at = SystemTime::now();
-    std::fs::write(
-        &log,
-        format!(
-            "--- flora {}: job {} (kind {} v{}) of workflow {}\n--- key {key}\n--- started {} on {host}\n",
-            env!("CARGO_PKG_VERSION"),
-            job.id,
-            job.kind.name,
-            job.kind.version,
-            graph.workflow.path.display(),
-            humantime::format_rfc3339_seconds(started_at),
-        ),
-    )?;
+    let header = crate::cache::log_header::LogHeader {
+        job: &job.id,
+        kind: job.kind.name,
+        kind_version: job.kind.version,
+        workflow: &graph.workflow.path,
+        key,
+        started: started_at,
+        host,
+    };
+    std::fs::write(&log, header.text())?;
     let mut resources = job.resources.clone();
     resources.threads = slot.threads;
     resources.gpus = slot.gpus.len();

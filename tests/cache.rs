@@ -39,6 +39,12 @@ fn verify_catches_a_tampered_artifact_and_remove_heals_it() {
     assert!(out.contains("2 artifacts checked, 1 damaged"), "{out}");
 
     p.ok(&["cache", "verify", "--remove"]);
+    // The removed artifact's record stays while a kept workflow names its key, so that `plan`
+    // can say why the job runs; without one, a collection drops it.
+    let out = p.ok(&["cache", "gc", "--keep", "wf.yaml", "--dry-run"]);
+    assert!(out.contains(", 0 index entries"), "{out}");
+    let out = p.ok(&["cache", "gc", "--newer-than", "1h", "--dry-run"]);
+    assert!(out.contains(", 1 index entries"), "{out}");
     let out = p.ok(&["run", "wf.yaml"]);
     assert_eq!(state_of(&out, "upper"), "ran", "{out}");
     assert_eq!(p.read("results/wf/upper/msg.txt"), "HI\n");
@@ -104,6 +110,111 @@ fn gc_keeps_what_workflows_reach_and_removes_the_rest() {
     assert!(artifact_dirs(&p).is_empty());
     let err = p.fails(&["cache", "gc", "--newer-than", "someday"], 2);
     assert!(err.contains("expected a date"), "{err}");
+}
+
+/// A training job that checkpoints into its work folder and then fails, with `lr` in its key.
+fn failing_train(lr: &str) -> String {
+    format!(
+        "stages:\n  train:\n    kind: exec\n    inputs: {{corpus: corpus.txt}}\n    params: {{argv: [sh, -c, \"echo lr {lr} > $FLORA_WORK/checkpoint; echo training; exit 3\"]}}\n"
+    )
+}
+
+fn entries(p: &Project, folder: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p.path(folder))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn gc_removes_the_checkpoints_and_logs_of_runs_that_will_not_resume() {
+    let p = Project::new();
+    p.write("corpus.txt", "ACGT\n");
+    p.write("wf.yaml", &failing_train("1e-4"));
+    p.fails(&["run", "wf.yaml"], 1);
+    let first = entries(&p, "cache/work");
+    assert_eq!(first.len(), 1, "the failed job keeps its checkpoint");
+    assert_eq!(entries(&p, "cache/logs").len(), 1);
+    let ls = p.ok(&["cache", "ls"]);
+    assert!(ls.contains("WORK FOLDER"), "{ls}");
+    assert!(ls.contains(&format!("{}  ", &first[0][..12])), "{ls}");
+    assert!(ls.contains("wf:train"), "{ls}");
+    assert!(
+        ls.contains("1 work folders of runs that did not finish"),
+        "{ls}"
+    );
+
+    // The workflow would resume from that checkpoint: it stays, and so does its log.
+    let out = p.ok(&["cache", "gc", "--keep", "wf.yaml"]);
+    assert!(out.contains("0 work folders (0 B), 0 logs (0 B)"), "{out}");
+    assert_eq!(entries(&p, "cache/work"), first);
+
+    // A param edit: the old key will never run again, and nothing else names it.
+    p.write("wf.yaml", &failing_train("3e-4"));
+    p.fails(&["run", "wf.yaml"], 1);
+    assert_eq!(entries(&p, "cache/work").len(), 2);
+    let second: Vec<String> = entries(&p, "cache/work")
+        .into_iter()
+        .filter(|k| *k != first[0])
+        .collect();
+
+    // Recent enough to keep.
+    let out = p.ok(&["cache", "gc", "--newer-than", "1h", "--dry-run"]);
+    assert!(
+        out.contains("would remove 0 artifacts (0 B), 0 work folders"),
+        "{out}"
+    );
+
+    let dry = p.ok(&["cache", "gc", "--keep", "wf.yaml", "--dry-run"]);
+    let line = dry.lines().next().unwrap();
+    assert!(
+        line.starts_with(&format!("would remove {}", &first[0][..12]))
+            && line.ends_with("wf:train (the work folder of a run that did not finish)"),
+        "{dry}"
+    );
+    assert!(dry.contains("1 work folders (8 B), 1 logs ("), "{dry}");
+    assert_eq!(
+        entries(&p, "cache/work").len(),
+        2,
+        "a dry run removes nothing"
+    );
+
+    let out = p.ok(&["cache", "gc", "--keep", "wf.yaml"]);
+    assert!(
+        out.contains("removed 0 artifacts (0 B), 1 work folders (8 B), 1 logs"),
+        "{out}"
+    );
+    assert_eq!(entries(&p, "cache/work"), second);
+    assert_eq!(
+        entries(&p, "cache/logs"),
+        vec![format!("{}.log", second[0])],
+        "the log of the run that can resume stays"
+    );
+    let log = p.ok(&["log", "wf.yaml", "train"]);
+    assert!(log.contains("training"), "{log}");
+
+    // The index forgets an input file (its memo) and a workflow file (its jobs' last runs) once
+    // they are gone.
+    p.write("old.txt", "old\n");
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2020-01-01"])
+        .arg(p.path("old.txt"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    p.write(
+        "ok.yaml",
+        "stages:\n  copy: {kind: exec, inputs: {src: old.txt}, params: {argv: [sh, -c, \"cp $FLORA_IN_src $FLORA_OUT/\"]}}\n",
+    );
+    p.ok(&["run", "ok.yaml"]);
+    std::fs::remove_file(p.path("old.txt")).unwrap();
+    std::fs::remove_file(p.path("ok.yaml")).unwrap();
+    let out = p.ok(&["cache", "gc", "--newer-than", "1h"]);
+    assert!(out.contains("0 logs (0 B), 2 index entries"), "{out}");
+    let out = p.ok(&["cache", "gc", "--newer-than", "1h"]);
+    assert!(out.contains("0 index entries"), "{out}");
 }
 
 #[test]

@@ -20,6 +20,7 @@
 //! <cache>/artifacts/<digest>/   published outputs, named by the blake3 of their content, read-only
 //! <cache>/scratch/              where running jobs write; published by rename only after success
 //! <cache>/work/<key>/           per-key folders for checkpoints; survive a crash, removed on success
+//!                               (or by `cache gc` once no kept workflow has the key)
 //! <cache>/logs/<key>.log        each job's output
 //! <cache>/collections/<digest>/ one folder per fan-out input: links to its items' artifacts
 //! <cache>/running/<key>.json    the jobs running now, for `flora log` during a run (`running`)
@@ -31,6 +32,7 @@
 pub mod gc;
 pub mod key;
 pub mod lock;
+pub mod log_header;
 pub mod records;
 pub mod running;
 pub mod verify;
@@ -67,6 +69,27 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     serde_json::from_slice(bytes).ok()
+}
+
+/// The history's key of `job` in `workflow`: the workflow's path, a NUL, the job id.
+fn history_key(workflow: &Path, job: &str) -> Vec<u8> {
+    let mut k = workflow.as_os_str().as_encoded_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(job.as_bytes());
+    k
+}
+
+/// The workflow file and job id a history key names.
+fn split_history_key(k: &[u8]) -> (&Path, String) {
+    let mut parts = k.splitn(2, |b| *b == 0);
+    let workflow = path_of_bytes(parts.next().unwrap_or_default());
+    let job = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    (workflow, job)
+}
+
+/// A path the index holds as `OsStr::as_encoded_bytes` (on Unix, any bytes are a path).
+fn path_of_bytes(bytes: &[u8]) -> &Path {
+    Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes))
 }
 
 /// Seconds since the Unix epoch.
@@ -209,25 +232,34 @@ impl Cache {
         Ok(())
     }
 
-    fn history_key(workflow: &Path, job: &str) -> Vec<u8> {
-        let mut k = workflow.as_os_str().as_encoded_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(job.as_bytes());
-        k
-    }
-
     /// The last run of `job` in `workflow`.
     pub fn last_run(&self, workflow: &Path, job: &str) -> Option<LastRun> {
-        parse(&self.history.get(Self::history_key(workflow, job)).ok()??)
+        parse(&self.history.get(history_key(workflow, job)).ok()??)
     }
 
     /// Remembers the last run of `job` in `workflow` (written only when it changed).
     pub fn set_last_run(&self, workflow: &Path, job: &str, last: &LastRun) -> anyhow::Result<()> {
-        let k = Self::history_key(workflow, job);
+        let k = history_key(workflow, job);
         if self.last_run(workflow, job).as_ref() != Some(last) {
             self.history.insert(k, json(last))?;
         }
         Ok(())
+    }
+
+    /// For each key, the jobs (workflow file, job id) whose last run was under it.
+    pub fn last_runs_by_key(&self) -> std::collections::HashMap<Digest, Vec<(PathBuf, String)>> {
+        let mut by_key: std::collections::HashMap<Digest, Vec<(PathBuf, String)>> =
+            Default::default();
+        for (k, v) in self.history.iter().flatten() {
+            if let Some(last) = parse::<LastRun>(&v) {
+                let (workflow, job) = split_history_key(&k);
+                by_key
+                    .entry(last.key)
+                    .or_default()
+                    .push((workflow.to_path_buf(), job));
+            }
+        }
+        by_key
     }
 
     /// Metadata of an artifact.

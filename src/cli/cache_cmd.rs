@@ -1,12 +1,14 @@
 //! `flora cache ls | gc | verify`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
 use super::run::{load_graph, open_existing_cache};
 use super::{CacheCommand, Cli, GcArgs, WorkflowArgs};
+use crate::cache::gc::Keep;
+use crate::cache::log_header::job_of_log;
 use crate::hash::Digest;
 use crate::plan::{self, Freshness};
 use flora_stages::memory::human;
@@ -88,6 +90,37 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
         human(total),
         cache.root.display()
     );
+    let work = cache.work_folders();
+    if !work.is_empty() {
+        let work_jobs = work_folder_jobs(&cache);
+        outln!(
+            "\n{:<12}  {:>10}  {:<20}  JOBS",
+            "WORK FOLDER",
+            "SIZE",
+            "MODIFIED"
+        );
+        let mut total = 0;
+        for (key, path) in &work {
+            let size = crate::hash::tree_size(path).unwrap_or(0);
+            total += size;
+            let modified = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_else(|_| "?".into());
+            outln!(
+                "{:<12}  {:>10}  {:<20}  {}",
+                key.short(),
+                human(size),
+                modified,
+                work_jobs[key]
+            );
+        }
+        outln!(
+            "{} work folders of runs that did not finish (checkpoints), {}",
+            work.len(),
+            human(total)
+        );
+    }
     Ok(())
 }
 
@@ -125,17 +158,26 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cache = open_existing_cache(cli)?;
-    let mut keep: HashSet<Digest> = HashSet::new();
+    let mut keep = Keep::default();
     for g in &graphs {
         let n = g.jobs.len();
         for s in plan::plan(g, &cache, &vec![false; n], &vec![true; n])? {
-            if let Freshness::Cached { artifact, .. } = s {
-                keep.insert(artifact);
+            match s {
+                Freshness::Cached { key, artifact } => {
+                    keep.keys.insert(key);
+                    keep.artifacts.insert(artifact);
+                }
+                Freshness::Run { key: Some(key), .. } => {
+                    keep.keys.insert(key);
+                }
+                _ => {}
             }
         }
     }
-    // Who made each artifact, read before a real collection removes their records.
+    // Who made each artifact, and which job each work folder was for, read before a real
+    // collection removes their records.
     let made_by = made_by(&cache);
+    let work_jobs = work_folder_jobs(&cache);
     let report = cache.gc(&keep, newer, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
@@ -146,13 +188,55 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
         let jobs = made_by.get(d).map(|j| j.join(", ")).unwrap_or_default();
         outln!("{verb} {}  {:>10}  {jobs}", d.short(), human(*size));
     }
+    for (key, size) in &report.work {
+        outln!(
+            "{verb} {}  {:>10}  {} (the work folder of a run that did not finish)",
+            key.short(),
+            human(*size),
+            work_jobs[key]
+        );
+    }
     outln!(
-        "{verb} {} artifacts ({}); kept {}",
+        "{verb} {} artifacts ({}), {} work folders ({}), {} logs ({}), {} index entries; kept {} artifacts",
         report.artifacts.len(),
         human(report.bytes),
+        report.work.len(),
+        human(report.work_bytes()),
+        report.logs,
+        human(report.log_bytes),
+        report.index_entries,
         report.kept
     );
     Ok(())
+}
+
+/// For each work folder, the jobs it was for as `workflow:job` (the workflow file's stem): the
+/// job its log names, else the jobs that last ran under its key.
+fn work_folder_jobs(cache: &crate::cache::Cache) -> HashMap<Digest, String> {
+    let last_runs = cache.last_runs_by_key();
+    let name = |(workflow, job): &(std::path::PathBuf, String)| {
+        let stem = workflow.file_stem().unwrap_or_default().to_string_lossy();
+        format!("{stem}:{job}")
+    };
+    cache
+        .work_folders()
+        .into_iter()
+        .map(|(key, _)| {
+            let mut names: Vec<String> = job_of_log(&cache.log_path(&key))
+                .iter()
+                .chain(last_runs.get(&key).into_iter().flatten())
+                .map(name)
+                .collect();
+            names.sort();
+            names.dedup();
+            let names = if names.is_empty() {
+                "a job no workflow names now".into()
+            } else {
+                names.join(", ")
+            };
+            (key, names)
+        })
+        .collect()
 }
 
 fn verify(cli: &Cli, remove: bool) -> anyhow::Result<()> {
