@@ -205,9 +205,11 @@ fn ctrl_c_cancels_the_runs_slurm_jobs() {
     let p = Project::new();
     p.write(
         "wf.yaml",
-        "name: wf\nstages:\n  long:\n    kind: exec\n    params: {argv: [sleep, \"120\"]}\n",
+        "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a]\n    resources: {bundle: 3}\n    params: {argv: [sh, -c, \"touch a-ran\"]}\n  long:\n    kind: exec\n    params: {argv: [sleep, \"120\"]}\n  tail:\n    kind: exec\n    params: {argv: [\"true\"]}\n",
     );
-    let mut child = spawn_run(&p, &[]);
+    // fan[a] starts first and is held for its bundle; `long` then takes the one Slurm job
+    // `--jobs 1` allows, and `tail` waits for it, so the bundle waits for more jobs.
+    let mut child = spawn_run(&p, &["--jobs", "1"]);
     let id = wait_for_running("flora:long", Duration::from_secs(30));
     // Its log, read while the run holds the cache.
     let log = p.output(&["--no-wait", "log", "wf.yaml", "long"]);
@@ -237,6 +239,13 @@ fn ctrl_c_cancels_the_runs_slurm_jobs() {
         "{err}"
     );
     assert!(err.contains(&format!("Slurm job {id} cancelled")), "{err}");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(state_of(&out, "fan[a]"), "not run", "{out}\n{err}");
+    assert!(!p.path("a-ran").exists(), "a held job ran after Ctrl-C");
+    assert!(
+        p.logs_containing("job fan[a] ").is_empty(),
+        "a withdrawn job kept a log"
+    );
     let state = Command::new("scontrol")
         .args(["show", "job", "-o", &id])
         .output()

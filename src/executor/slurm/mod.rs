@@ -554,7 +554,9 @@ impl Slurm {
         }
     }
 
-    /// Cancels every tracked job and reports each as failed with `why`.
+    /// Cancels every tracked job and reports each as failed with `why`. Jobs held for a bundle
+    /// stay held: the scheduler, seeing the failures or the interruption, withdraws them as not
+    /// run. Only when nothing else is left to report are they failed, so that `wait` returns.
     fn give_up(&mut self, why: &str) {
         let ids: Vec<String> = self.jobs.keys().cloned().collect();
         if !ids.is_empty() {
@@ -563,8 +565,10 @@ impl Slurm {
         for (id, t) in std::mem::take(&mut self.jobs) {
             self.fail_all(t.members, &format!("{why}; Slurm job {id} cancelled"));
         }
-        for (_, members) in std::mem::take(&mut self.forming) {
-            self.fail_all(members, &format!("{why}; never submitted"));
+        if self.ended.is_empty() {
+            for (_, members) in std::mem::take(&mut self.forming) {
+                self.fail_all(members, &format!("{why}; never submitted"));
+            }
         }
     }
 }
