@@ -526,6 +526,46 @@ fn a_failure_withdraws_the_jobs_held_for_a_bundle() {
     );
 }
 
+/// A parallel bundle runs its jobs `bundle_parallel` at a time in one Slurm job, which asks
+/// for the CPUs of all of them.
+#[test]
+fn a_parallel_bundle_runs_its_jobs_side_by_side_in_one_slurm_job() {
+    let Some(_node) = slurm("slurm parallel bundle") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  fan:\n    kind: exec\n    foreach: [a, b, c, d]\n    resources: {bundle: 4, bundle_parallel: 2}\n    params: {argv: [sh, -c, \"echo $SLURM_JOB_ID $SLURM_CPUS_PER_TASK > $FLORA_OUT/job; touch ${item}.started; sleep 2; ls *.started | wc -l > $FLORA_OUT/started; rm ${item}.started\"]}\n",
+    );
+    let out = p.ok(&run_args("wf.yaml", &[]));
+    let mut ids = Vec::new();
+    let mut most = 0;
+    for item in ["a", "b", "c", "d"] {
+        assert_eq!(state_of(&out, &format!("fan[{item}]")), "ran", "{out}");
+        let job = p.read(&format!("results/wf/fan/{item}/job"));
+        let (id, cpus) = job.trim().split_once(' ').unwrap();
+        assert_eq!(cpus, "2", "the Slurm job has a CPU for each lane: {job}");
+        ids.push(id.to_string());
+        let started: usize = p
+            .read(&format!("results/wf/fan/{item}/started"))
+            .trim()
+            .parse()
+            .unwrap();
+        most = most.max(started);
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "one Slurm job: {ids:?}");
+    assert_eq!(most, 2, "two jobs at a time, never more");
+    let log = p.ok(&["log", "wf.yaml", "fan[c]"]);
+    assert!(
+        log.contains(&format!(
+            "--- submitted as Slurm job {}, a bundle of 4 jobs run 2 at a time",
+            ids[0]
+        )),
+        "{log}"
+    );
+}
+
 /// A bundle's jobs are reported as each ends, and a bundle that Slurm ends (here `scancel`)
 /// fails only the jobs that had not ended, naming the bundle's Slurm output.
 #[test]
@@ -784,6 +824,14 @@ fn bad_cluster_resources_are_refused_at_their_line() {
     for (resources, why) in [
         ("{time: soon}", "expected a duration"),
         ("{bundle: 0}", "`bundle` must be at least 1"),
+        (
+            "{bundle: 4, bundle_parallel: 0}",
+            "`bundle_parallel` must be at least 1",
+        ),
+        (
+            "{bundle: 4, bundle_parallel: 2, gpus: 1}",
+            "`bundle_parallel` needs `gpus: 0`",
+        ),
     ] {
         p.write(
             "wf.yaml",

@@ -11,7 +11,9 @@
 # so per job makes it minutes). `--slurm-poll` is left at its default (5 s). The DAGs and caches
 # go to $ENGINE_WORK (default /dev/shm/flora-slurm-bench), which every node must see.
 #
-# Then a chain of $SLURM_CHAIN (default 6) short jobs, each needing the one before.
+# Then a chain of $SLURM_CHAIN (default 6) short jobs, each needing the one before; then a
+# fan-out of $SLURM_SLOW_JOBS (100) jobs of $SLURM_SLEEP (0.5) seconds each, for each
+# bundle:bundle_parallel pair in $SLURM_SHAPES (25:1 100:1 100:4).
 #
 # Writes a Markdown table to benches/out/engine-slurm.md and prints it.
 set -euo pipefail
@@ -63,4 +65,31 @@ PY
   t1=$(date +%s.%N)
   echo
   python3 -c "print(f'A chain of $n short jobs, one Slurm job each: {$t1-$t0:.1f} s')"
+  # Jobs that take a while: bundles whose jobs run in turn against bundles that run several at
+  # a time (`bundle_parallel`), each SLURM_SLEEP seconds long.
+  n=${SLURM_SLOW_JOBS:-100}
+  sleep_s=${SLURM_SLEEP:-0.5}
+  echo
+  echo "A fan-out of $n jobs of $sleep_s s each:"
+  echo
+  echo "| bundle | bundle_parallel | Slurm jobs | flora run (all jobs) |"
+  echo "| ---: | ---: | ---: | ---: |"
+  for shape in ${SLURM_SHAPES:-25:1 100:1 100:4}; do
+    b=${shape%:*}
+    w=${shape#*:}
+    dir=$WORK/slow-$n-$b-$w
+    mkdir -p "$dir"
+    python3 - "$n" "$b" "$w" "$sleep_s" > "$dir/slow.yaml" <<'PY'
+import sys
+n, b, w, s = sys.argv[1:]
+print(f"name: slow\nstages:\n  nap:\n    kind: exec\n    foreach: {list(range(int(n)))}")
+print(f"    resources: {{bundle: {b}, bundle_parallel: {w}}}")
+print(f"    params: {{argv: [sh, -c, \"sleep {s}; echo ${{item}} > $FLORA_OUT/x\"]}}")
+PY
+    t0=$(date +%s.%N)
+    (cd "$dir" && "$FLORA" run slow.yaml --executor slurm --cache "$dir/cache" > run.log 2>&1)
+    t1=$(date +%s.%N)
+    submitted=$(grep -h -o "submitted as Slurm job [0-9]*" "$dir"/cache/logs/*.log | sort -u | wc -l)
+    python3 -c "print(f'| $b | $w | $submitted | {$t1-$t0:.1f} s |')"
+  done
 } | tee "$OUT/engine-slurm.md"

@@ -597,6 +597,19 @@ fn build_pending(
             "resources: `bundle` must be at least 1 (1: each job is a Slurm job of its own)",
         );
     }
+    if resources.bundle_parallel == 0 {
+        errs.push(
+            wf.at_resource(stage, &[Seg::key("bundle_parallel")], false),
+            Some(stage),
+            "resources: `bundle_parallel` must be at least 1 (1: a bundle's jobs run one after another)",
+        );
+    } else if resources.bundle_parallel > 1 && resources.gpus > 0 {
+        errs.push(
+            wf.at_resource(stage, &[Seg::key("bundle_parallel")], false),
+            Some(stage),
+            "resources: a bundle of GPU jobs runs them one after another: `bundle_parallel` needs `gpus: 0`",
+        );
+    }
 
     // Inputs.
     let mut inputs = Vec::new();

@@ -26,6 +26,10 @@ pub struct Resources {
     /// Slurm job (default 1): for fan-outs of jobs shorter than Slurm's own cost of a job.
     #[serde(default = "one")]
     pub bundle: usize,
+    /// How many of a bundle's jobs run at once (default 1: one after another); the Slurm job
+    /// then asks for that many times the stage's threads and memory.
+    #[serde(default = "one")]
+    pub bundle_parallel: usize,
 }
 
 fn one() -> usize {
@@ -41,6 +45,7 @@ impl Default for Resources {
             time: None,
             partition: None,
             bundle: 1,
+            bundle_parallel: 1,
         }
     }
 }

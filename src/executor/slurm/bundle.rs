@@ -1,4 +1,5 @@
-//! Bundles: several ready jobs of one stage run one after another in a single Slurm job.
+//! Bundles: several ready jobs of one stage run in a single Slurm job, one after another or
+//! (`bundle_parallel`) several at a time.
 //!
 //! Slurm spends seconds on every job it places, starts and cleans up, so a fan-out of jobs that
 //! each take a second is bound by Slurm, not by the jobs. A stage's `resources: {bundle: N}`
@@ -27,13 +28,25 @@ pub fn log_of(members: &[Launch]) -> PathBuf {
     members[0].log.with_extension("bundle.log")
 }
 
-/// The batch script that runs `members` in turn as `exe __job SPEC`, each into its own log.
+/// How many of `members` run at once: the stage's `bundle_parallel`, at most one per job.
+pub fn width(members: &[Launch]) -> usize {
+    members[0]
+        .resources
+        .bundle_parallel
+        .clamp(1, members.len().max(1))
+}
+
+/// The batch script that runs `members` as `exe __job SPEC`, each into its own log, `width` of
+/// them at a time. Each of `width` lanes takes the jobs in order, each one that no other lane has
+/// claimed (`mkdir` in a folder of the node's own, which succeeds for one lane only), so a lane
+/// that drew short jobs takes more of them.
 pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String {
     let flora = shell_quote(&exe.to_string_lossy());
     let flag = verbosity.map(|v| format!(" {v}")).unwrap_or_default();
+    let width = width(members);
     let mut text = format!(
         "#!/bin/sh\n\
-         # flora: {} jobs run one after another in this Slurm job (a bundle).\n\
+         # flora: {n} jobs in this Slurm job (a bundle), {width} at a time.\n\
          # run SPEC LOG DONE FAILED: runs one job; its end marker is DONE (the node's name,\n\
          # then its start and end)\n\
          # or FAILED (the exit status), each renamed into place once written.\n\
@@ -46,11 +59,14 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
          \x20 else\n\
          \x20   echo \"$status\" > \"$4.part\" && mv \"$4.part\" \"$4\"\n\
          \x20 fi\n\
-         }}\n",
-        members.len(),
+         }}\n\
+         # job I: runs the bundle's I-th job.\n\
+         job() {{\n\
+         \x20 case $1 in\n",
+        n = members.len(),
         done = crate::jobspec::done_marker_command("\"$3\""),
     );
-    for m in members {
+    for (i, m) in members.iter().enumerate() {
         let quoted = [
             m.spec_file.clone(),
             m.log.clone(),
@@ -58,12 +74,31 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
             crate::jobspec::failed_marker(&m.spec_file),
         ]
         .map(|p| shell_quote(&p.to_string_lossy()));
-        text.push_str(&format!("run {}\n", quoted.join(" ")));
+        text.push_str(&format!("    {}) run {} ;;\n", i + 1, quoted.join(" ")));
     }
+    text.push_str(&format!(
+        "  esac\n\
+         }}\n\
+         claims=$(mktemp -d) || exit 1\n\
+         # lane: runs each job, in order, that it claims first.\n\
+         lane() {{\n\
+         \x20 i=1\n\
+         \x20 while [ \"$i\" -le {n} ]; do\n\
+         \x20   if mkdir \"$claims/$i\" 2>/dev/null; then job \"$i\"; fi\n\
+         \x20   i=$((i + 1))\n\
+         \x20 done\n\
+         }}\n",
+        n = members.len()
+    ));
+    for _ in 0..width {
+        text.push_str("lane &\n");
+    }
+    text.push_str("wait\nrm -rf \"$claims\"\n");
     text
 }
 
-/// `--time` for a bundle: the stage's limit is per job, so the bundle gets it once per job.
-pub fn time_minutes(per_job: u64, members: usize) -> u64 {
-    per_job.saturating_mul(members as u64)
+/// `--time` for a bundle: the stage's limit is per job, so the bundle gets it once per job that
+/// one lane may run (all of them, one after another, when `width` is 1).
+pub fn time_minutes(per_job: u64, members: usize, width: usize) -> u64 {
+    per_job.saturating_mul(members.div_ceil(width.max(1)) as u64)
 }

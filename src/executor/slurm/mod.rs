@@ -177,11 +177,13 @@ impl Slurm {
         }
     }
 
-    /// `sbatch` arguments for one job, or a bundle of jobs run in turn (everything but the
-    /// command). A bundle's `--time` is its stage's once per job.
+    /// `sbatch` arguments for one job, or a bundle of jobs (everything but the command). A
+    /// bundle that runs `width` jobs at a time asks for `width` times a job's threads and
+    /// memory, and its stage's `--time` once per job that one of its lanes may run.
     pub fn sbatch_args(&self, members: &[Launch]) -> Vec<String> {
         let launch = &members[0];
         let r = &launch.resources;
+        let width = bundle::width(members);
         let (name, output) = match members.len() {
             1 => (launch.id.clone(), launch.log.clone()),
             n => (format!("{}+{}", launch.id, n - 1), bundle::log_of(members)),
@@ -191,16 +193,17 @@ impl Slurm {
             format!("--job-name=flora:{name}"),
             format!("--output={}", output.display()),
             "--open-mode=append".to_string(),
-            format!("--cpus-per-task={}", r.threads.max(1)),
+            format!("--cpus-per-task={}", r.threads.max(1) * width),
         ];
         if let Some(m) = r.memory {
-            args.push(format!("--mem={}M", m.bytes.div_ceil(1 << 20)));
+            let megabytes = m.bytes.div_ceil(1 << 20).saturating_mul(width as u64);
+            args.push(format!("--mem={megabytes}M"));
         }
         if r.gpus > 0 {
             args.push(format!("--gres=gpu:{}", r.gpus));
         }
         if let Some(t) = r.time {
-            let minutes = bundle::time_minutes(t.minutes, members.len());
+            let minutes = bundle::time_minutes(t.minutes, members.len(), width);
             args.push(format!("--time={minutes}"));
         }
         if let Some(p) = r.partition.as_ref().or(self.opts.partition.as_ref()) {
@@ -519,9 +522,13 @@ impl Slurm {
                 let line = match &output {
                     None => format!("--- submitted as Slurm job {id}\n"),
                     Some(output) => format!(
-                        "--- submitted as Slurm job {id}, a bundle of {} jobs run one after \
-                         another (Slurm's output: {})\n",
+                        "--- submitted as Slurm job {id}, a bundle of {} jobs run {} \
+                         (Slurm's output: {})\n",
                         members.len(),
+                        match bundle::width(&members) {
+                            1 => "one after another".to_string(),
+                            w => format!("{w} at a time"),
+                        },
                         output.display()
                     ),
                 };

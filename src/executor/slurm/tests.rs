@@ -205,6 +205,76 @@ fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
 }
 
 #[test]
+fn a_parallel_bundle_asks_for_each_lane_and_time_for_the_jobs_of_one() {
+    let dir = Path::new("/shared/cache/logs");
+    let parallel = |n: usize| {
+        let mut jobs = members(dir, n);
+        for j in &mut jobs {
+            j.resources.bundle_parallel = 4;
+            j.resources.threads = 2;
+            j.resources.memory = Some("1G".parse().unwrap());
+        }
+        slurm(None).sbatch_args(&jobs)
+    };
+    // Ten jobs, four at a time: a lane runs at most three of them.
+    let args = parallel(10);
+    for want in ["--cpus-per-task=8", "--mem=4096M", "--time=30"] {
+        assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+    }
+    // A bundle not full asks for no more lanes than it has jobs.
+    let args = parallel(3);
+    for want in ["--cpus-per-task=6", "--mem=3072M", "--time=10"] {
+        assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+    }
+}
+
+#[test]
+fn a_parallel_bundles_script_runs_each_job_once_and_width_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let active = dir.path().join("active");
+    std::fs::create_dir(&active).unwrap();
+    // A stand-in for flora: notes how many jobs run beside it, then holds its slot a second.
+    let exe = dir.path().join("flora");
+    std::fs::write(
+        &exe,
+        format!(
+            "#!/bin/sh\nslot={a}/$$\ntouch \"$slot\"\nsleep 1\necho \"ran $2 beside $(ls {a} | wc -l)\"\nrm \"$slot\"\n",
+            a = active.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut jobs = members(dir.path(), 6);
+    for j in &mut jobs {
+        j.resources.bundle_parallel = 3;
+    }
+    let text = bundle::script(&exe, None, &jobs);
+    assert_eq!(text.matches("lane &").count(), 3, "{text}");
+    let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+    assert!(status.success(), "{text}");
+    let mut most = 0;
+    for (i, m) in jobs.iter().enumerate() {
+        let log = std::fs::read_to_string(&m.log).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "job {i} ran once: {log}");
+        let prefix = format!("ran {} beside ", m.spec_file.display());
+        let beside: usize = lines[0]
+            .strip_prefix(&prefix)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        most = most.max(beside);
+        assert_eq!(crate::jobspec::marker_end(&m.spec_file), Some(Ok(())));
+    }
+    assert!(
+        (2..=3).contains(&most),
+        "at most 3 jobs at once, and more than one: {most}"
+    );
+}
+
+#[test]
 fn a_bundled_job_without_a_marker_has_not_ended() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(
