@@ -29,6 +29,17 @@ sinfo -h > /dev/null
 cargo build --release --quiet
 FLORA=$ROOT/target/release/flora
 
+# timed_slurm_run DIR WORKFLOW: runs the workflow on Slurm with a cache in DIR, and prints the
+# Slurm jobs it submitted and its wall time in seconds.
+timed_slurm_run() {
+  local t0 t1 submitted
+  t0=$(date +%s.%N)
+  (cd "$1" && "$FLORA" run "$2" --executor slurm --cache "$1/cache" > run.log 2>&1)
+  t1=$(date +%s.%N)
+  submitted=$(grep -h -o "submitted as Slurm job [0-9]*" "$1"/cache/logs/*.log | sort -u | wc -l)
+  python3 -c "print($submitted, f'{$t1-$t0:.1f}')"
+}
+
 {
   echo "| fan-out jobs | bundle | Slurm jobs | flora run (all jobs) |"
   echo "| ---: | ---: | ---: | ---: |"
@@ -40,11 +51,8 @@ FLORA=$ROOT/target/release/flora
       dir=$WORK/fanout-$n-$b
       python3 benches/engine/gen.py "$dir" fanout "$n" > /dev/null
       sed -i "s/^  make:\$/  make:\n    resources: {bundle: $b}/" "$dir/bench.yaml"
-      t0=$(date +%s.%N)
-      (cd "$dir" && "$FLORA" run bench.yaml --executor slurm --cache "$dir/cache" > run.log 2>&1)
-      t1=$(date +%s.%N)
-      submitted=$(grep -h -o "submitted as Slurm job [0-9]*" "$dir"/cache/logs/*.log | sort -u | wc -l)
-      python3 -c "print(f'| {$n + 1:,} | $b | $submitted | {$t1-$t0:.1f} s |')"
+      read -r submitted seconds < <(timed_slurm_run "$dir" bench.yaml)
+      python3 -c "print(f'| {$n + 1:,} | $b | $submitted | $seconds s |')"
     done
   done
   # A chain of short jobs: each waits for the one before, so it shows how soon a job's end is
@@ -86,10 +94,7 @@ print(f"name: slow\nstages:\n  nap:\n    kind: exec\n    foreach: {list(range(in
 print(f"    resources: {{bundle: {b}, bundle_parallel: {w}}}")
 print(f"    params: {{argv: [sh, -c, \"sleep {s}; echo ${{item}} > $FLORA_OUT/x\"]}}")
 PY
-    t0=$(date +%s.%N)
-    (cd "$dir" && "$FLORA" run slow.yaml --executor slurm --cache "$dir/cache" > run.log 2>&1)
-    t1=$(date +%s.%N)
-    submitted=$(grep -h -o "submitted as Slurm job [0-9]*" "$dir"/cache/logs/*.log | sort -u | wc -l)
-    python3 -c "print(f'| $b | $w | $submitted | {$t1-$t0:.1f} s |')"
+    read -r submitted seconds < <(timed_slurm_run "$dir" slow.yaml)
+    echo "| $b | $w | $submitted | $seconds s |"
   done
 } | tee "$OUT/engine-slurm.md"
