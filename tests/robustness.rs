@@ -548,3 +548,50 @@ fn the_log_of_a_running_job_is_read_during_the_run() {
         "{stderr}"
     );
 }
+
+/// A pretraining stopped by the run (SIGTERM to flora, as Ctrl-C; Slurm's time limit sends the job
+/// the same SIGTERM)
+/// saves a checkpoint after the step under way instead of losing the steps since its last one,
+/// and the next run goes on from that step.
+#[test]
+fn a_stopped_pretraining_saves_its_checkpoint_and_the_rerun_goes_on_from_it() {
+    let p = Project::new();
+    p.write_planted_fasta("corpus.fa", 64, 120, 3);
+    // Far more steps than the test waits for, and no checkpoint by time.
+    let wf = |epochs: usize| {
+        format!(
+            "name: wf\nstages:\n  tok: {{kind: bpe, inputs: {{corpus: corpus.fa}}, params: {{vocab_size: 300}}}}\n  pre:\n    kind: pretrain\n    inputs: {{corpus: corpus.fa, tokenizer: tok}}\n    params: {{layers: 1, hidden: 16, heads: 2, intermediate: 32, max_len: 48, epochs: {epochs}, batch_size: 16, checkpoint_minutes: 600}}\n"
+        )
+    };
+    p.write("wf.yaml", &wf(100_000));
+    let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
+    wait_for("pretraining's 20th step", || {
+        p.path("cache/logs").is_dir() && !p.logs_containing("pretrain: step 20/").is_empty()
+    });
+    send(&child, "TERM");
+    wait_to_end("the stopped run", &mut child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let log = p
+        .logs_containing("pretrain: stopped by SIGTERM after step ")
+        .concat();
+    let step: u64 = log
+        .split("pretrain: stopped by SIGTERM after step ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop in the log:\n{log}"));
+    assert!(step >= 20, "stopped after step {step}, past step 20");
+    assert!(log.contains("its checkpoint is in "), "{log}");
+
+    // The same job, run again and stopped again, starts from that step.
+    let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
+    let resumed = format!("pretrain: resuming from the checkpoint at step {step}\n");
+    wait_for("the resumed pretraining", || {
+        !p.logs_containing(&resumed).is_empty()
+    });
+    send(&child, "TERM");
+    wait_to_end("the second stopped run", &mut child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+}

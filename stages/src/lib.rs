@@ -35,6 +35,7 @@ pub mod report;
 pub mod rng;
 pub mod simulate;
 pub mod splits;
+pub mod stop;
 pub mod tables;
 pub mod threads;
 

@@ -12,6 +12,8 @@
 //!   step, so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 //! - Checkpoints (weights, LAMB moments, step) go to the job's work folder every
 //!   `checkpoint_minutes` (or every `checkpoint_every` steps); a re-run resumes from the last one.
+//!   A SIGTERM (the run stopping, Slurm's time limit) saves one after the step under way and
+//!   ends the stage with an error (`crate::stop`), so no step is lost.
 //! - Each epoch's order of the training sequences is drawn once, at the epoch's first step: at
 //!   the paper's 7.5 M training promoters, drawing it takes about 0.2 s.
 //! - The corpus is tokenized once per job and stored compactly (2 bytes per id) in the work
@@ -695,6 +697,8 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     let (mut positions, mut real) = (0u64, 0u64);
     let mut checkpoints = Checkpoints::new(p, step);
     let pace = super::pace::Pace::start(step, total);
+    // From here a SIGTERM (the run stopping, Slurm's time limit) saves the steps done so far.
+    let stop = crate::stop::StopOnSignal::install()?;
     while step < total {
         let epoch = (step / steps_per_epoch) as usize;
         let in_epoch = (step % steps_per_epoch) as usize;
@@ -769,9 +773,16 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
             epoch + 1
         ));
         summary.final_loss = loss;
-        if step < total && checkpoints.due(step) {
+        if step < total && (checkpoints.due(step) || stop.requested()) {
             checkpoint::save(&ctx.work, &w, &opt, step, &log)?;
             checkpoints.written(step);
+        }
+        if step < total && stop.requested() {
+            return Err(format!(
+                "pretrain: stopped by SIGTERM after step {step} of {total}; its checkpoint is in \
+                 {}, and a re-run goes on from there",
+                ctx.work.display()
+            ));
         }
         if halt_after == Some(step) {
             return Err(format!("pretrain: halted after step {step} (test)"));
