@@ -526,6 +526,42 @@ fn a_failure_withdraws_the_jobs_held_for_a_bundle() {
     );
 }
 
+/// A job that Slurm ends at its time limit goes on from its work folder in a new Slurm job when
+/// it saved something there (a checkpoint), and fails saying it needs more `time` when not.
+/// Slurm checks time limits every 30 s or so, so this test waits a minute and a half.
+#[test]
+fn a_job_at_its_time_limit_goes_on_from_what_it_saved() {
+    let Some(_node) = slurm("slurm time limit") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  saves:\n    kind: exec\n    resources: {time: 1}\n    params: {argv: [sh, -c, \"if [ -f $FLORA_WORK/checkpoint ]; then echo went on > $FLORA_OUT/x; else echo step 1 > $FLORA_WORK/checkpoint; sleep 600; fi\"]}\n  saves_nothing:\n    kind: exec\n    resources: {time: 1}\n    params: {argv: [sleep, \"600\"]}\n",
+    );
+    let text = p.fails(&run_args("wf.yaml", &["--keep-going"]), 1);
+    assert_eq!(state_of(&text, "saves"), "ran", "{text}");
+    assert_eq!(p.read("results/wf/saves/x"), "went on\n");
+    assert!(
+        text.contains("reached its time limit after saving its work; submitting it again to go on from there (continuation 1 of at most 10)"),
+        "{text}"
+    );
+    assert_eq!(state_of(&text, "saves_nothing"), "failed", "{text}");
+    assert!(
+        text.contains("ended TIMEOUT")
+            && text.contains(
+                "it saved nothing in its work folder to go on from: give its stage more `time`"
+            ),
+        "{text}"
+    );
+    let log = p.ok(&["log", "wf.yaml", "saves"]);
+    assert_eq!(
+        log.matches("--- submitted as Slurm job ").count(),
+        2,
+        "{log}"
+    );
+}
+
 /// A parallel bundle runs its jobs `bundle_parallel` at a time in one Slurm job, which asks
 /// for the CPUs of all of them.
 #[test]

@@ -127,6 +127,7 @@ fn executor(args: &RunArgs, cache: &Cache) -> anyhow::Result<Box<dyn Executor>> 
                 account: s.account.clone(),
                 extra: s.slurm_args.clone(),
                 retries: s.slurm_retries,
+                continuations: s.slurm_continuations,
                 poll: std::time::Duration::from_secs_f64(s.slurm_poll),
                 latency: std::time::Duration::from_secs_f64(s.slurm_latency),
             };

@@ -14,7 +14,7 @@
 //! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; Ctrl-C cancels
 //! every job of the run with `scancel`.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,6 +52,9 @@ pub struct SlurmOptions {
     pub extra: Vec<String>,
     /// Submissions again after NODE_FAIL, PREEMPTED or BOOT_FAIL.
     pub retries: usize,
+    /// Submissions again of a job that reached its time limit after it saved something in its
+    /// work folder.
+    pub continuations: usize,
     /// Time between two `squeue` polls.
     pub poll: Duration,
     /// How long a completed job's output may take to show on this machine's file system.
@@ -66,6 +69,11 @@ struct Tracked {
     size: usize,
     /// Submissions so far (1 for the first).
     attempt: usize,
+    /// How many times its jobs were submitted again after a time limit, to go on.
+    continued: usize,
+    /// Each job's work folder (by job index) as it was at submission: a job that Slurm ends at
+    /// its time limit goes on only if it changed since.
+    work_before: HashMap<usize, u64>,
     /// The state `squeue` said last.
     state: String,
     /// A bundle's own Slurm output (none for one job: Slurm's goes to the job's log).
@@ -452,12 +460,14 @@ impl Slurm {
     }
 
     /// Reports the jobs of Slurm job `id`, which ended `end`: each by its end marker, or
-    /// submitted again (those a node failure took), or failed with Slurm's reason.
+    /// submitted again (those a node failure took, and those that reached the time limit after
+    /// saving something to go on from), or failed with Slurm's reason.
     fn finish(&mut self, id: &str, end: Final, progress: &mut Progress) {
         let Some(mut t) = self.jobs.remove(id) else {
             return;
         };
         let retry = RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries;
+        let timed_out = end.state == "TIMEOUT";
         let mut again = Vec::new();
         // One wait for a slow file system for all of a bundle's jobs, not one each.
         let visible_by = Instant::now() + self.opts.latency;
@@ -479,30 +489,71 @@ impl Slurm {
                     again.push(m);
                     continue;
                 }
+                None if timed_out => {
+                    let saved =
+                        t.work_before.get(&m.job) != Some(&work_print(&m.spec.context.work));
+                    let mut why = slurm_failure(id, &end, &t);
+                    if !saved {
+                        why.push_str(
+                            "; it saved nothing in its work folder to go on from: give its stage \
+                             more `time`",
+                        );
+                    } else if t.continued < self.opts.continuations {
+                        again.push(m);
+                        continue;
+                    } else {
+                        why.push_str(&format!(
+                            " after going on from its work folder {} times (--slurm-continuations)",
+                            t.continued
+                        ));
+                    }
+                    Outcome::Failed(why)
+                }
                 None => Outcome::Failed(slurm_failure(id, &end, &t)),
             };
             self.ended.push_back((m.job, outcome));
         }
         // Before a resubmission, which may write to the same Slurm output.
         forget_bundle(&t);
-        if !again.is_empty() {
-            let ids: Vec<&str> = again.iter().map(|m| m.id.as_str()).collect();
+        if again.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = again.iter().map(|m| m.id.as_str()).collect();
+        let (line, next) = if timed_out {
+            let next = Submission {
+                continued: t.continued + 1,
+                ..t.submission()
+            };
+            let line = format!(
+                "Slurm job {id} of {} reached its time limit after saving its work; submitting it \
+                 again to go on from there (continuation {} of at most {})",
+                ids.join(", "),
+                next.continued,
+                self.opts.continuations
+            );
+            (line, next)
+        } else {
+            let next = Submission {
+                attempt: t.attempt + 1,
+                ..t.submission()
+            };
             let line = format!(
                 "Slurm job {id} of {} ended {}; submitting it again (attempt {} of {})",
                 ids.join(", "),
                 end.state,
-                t.attempt + 1,
+                next.attempt,
                 self.opts.retries + 1
             );
-            progress.println(&line);
-            for m in &again {
-                append_log(&m.log, &format!("\n--- flora: {line}\n"));
-                clear_scratch(&m.spec);
-            }
-            if let Err(e) = self.submit_members(again, t.attempt + 1) {
-                let why = format!("Slurm job {id} ended {}; {}", end.state, e.error);
-                self.fail_all(e.members, &why);
-            }
+            (line, next)
+        };
+        progress.println(&line);
+        for m in &again {
+            append_log(&m.log, &format!("\n--- flora: {line}\n"));
+            clear_scratch(&m.spec);
+        }
+        if let Err(e) = self.submit_members(again, next) {
+            let why = format!("Slurm job {id} ended {}; {}", end.state, e.error);
+            self.fail_all(e.members, &why);
         }
     }
 
@@ -515,7 +566,15 @@ impl Slurm {
     }
 
     /// Submits `members` as one Slurm job (a bundle when more than one) and tracks it.
-    fn submit_members(&mut self, members: Vec<Launch>, attempt: usize) -> Result<(), NotSubmitted> {
+    fn submit_members(
+        &mut self,
+        members: Vec<Launch>,
+        submission: Submission,
+    ) -> Result<(), NotSubmitted> {
+        let work_before = members
+            .iter()
+            .map(|m| (m.job, work_print(&m.spec.context.work)))
+            .collect();
         match self.sbatch(&members) {
             Ok(id) => {
                 let output = (members.len() > 1).then(|| bundle::log_of(&members));
@@ -541,7 +600,9 @@ impl Slurm {
                         output,
                         size: members.len(),
                         members,
-                        attempt,
+                        attempt: submission.attempt,
+                        continued: submission.continued,
+                        work_before,
                         state: "SUBMITTED".into(),
                     },
                 );
@@ -554,7 +615,7 @@ impl Slurm {
     /// Submits every bundle being filled: the scheduler has no more ready jobs for now.
     fn submit_forming(&mut self) {
         for (_, members) in std::mem::take(&mut self.forming) {
-            if let Err(e) = self.submit_members(members, 1) {
+            if let Err(e) = self.submit_members(members, Submission::FIRST) {
                 let why = e.error.to_string();
                 self.fail_all(e.members, &why);
             }
@@ -585,7 +646,9 @@ impl Executor for Slurm {
         launch.write_spec()?;
         let size = launch.resources.bundle.max(1);
         if size == 1 {
-            return self.submit_members(vec![launch], 1).map_err(|e| e.error);
+            return self
+                .submit_members(vec![launch], Submission::FIRST)
+                .map_err(|e| e.error);
         }
         let group = bundle::group_key(&launch);
         let forming = self.forming.entry(group.clone()).or_default();
@@ -593,7 +656,7 @@ impl Executor for Slurm {
         if forming.len() >= size {
             let members = self.forming.remove(&group).unwrap_or_default();
             // The scheduler counts each of them as started: a refusal is reported by `wait`.
-            if let Err(e) = self.submit_members(members, 1) {
+            if let Err(e) = self.submit_members(members, Submission::FIRST) {
                 let why = e.error.to_string();
                 self.fail_all(e.members, &why);
             }
@@ -659,6 +722,52 @@ impl Executor for Slurm {
     fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Relaxed)
     }
+}
+
+/// Which submission of its jobs a Slurm job is.
+#[derive(Debug, Clone, Copy)]
+struct Submission {
+    /// Submissions so far, this one included, after node failures and the like.
+    attempt: usize,
+    /// Times its jobs went on from their work folders after a time limit.
+    continued: usize,
+}
+
+impl Submission {
+    /// A job's first submission.
+    const FIRST: Submission = Submission {
+        attempt: 1,
+        continued: 0,
+    };
+}
+
+impl Tracked {
+    /// Which submission this is.
+    fn submission(&self) -> Submission {
+        Submission {
+            attempt: self.attempt,
+            continued: self.continued,
+        }
+    }
+}
+
+/// A fingerprint of a work folder: each file's path, size and modification time (0 for a
+/// folder that does not exist). It changes when a job saves a checkpoint there, whatever the
+/// clocks of the node and of this machine say.
+fn work_print(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = crate::hash::walk(dir) else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in &entries {
+        e.rel.hash(&mut h);
+        if let Ok(meta) = std::fs::symlink_metadata(&e.path) {
+            (meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// A Slurm job that `sbatch` did not take, and its flora jobs.

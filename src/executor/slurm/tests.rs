@@ -32,6 +32,7 @@ fn slurm(partition: Option<&str>) -> Slurm {
             account: Some("plants".into()),
             extra: vec!["--qos=high".into()],
             retries: 2,
+            continuations: 3,
             poll: Duration::from_secs(1),
             latency: Duration::from_secs(1),
         },
@@ -292,4 +293,93 @@ fn only_jobs_of_one_kind_and_the_same_resources_share_a_bundle() {
     assert_eq!(bundle::group_key(&a), bundle::group_key(&b));
     assert_ne!(bundle::group_key(&a), bundle::group_key(&c));
     assert_ne!(bundle::group_key(&a), bundle::group_key(&d));
+}
+
+/// Slurm's record of a job that reached its time limit.
+fn timed_out() -> Final {
+    Final {
+        state: "TIMEOUT".into(),
+        exit: Some("0:15".into()),
+        reason: Some("TimeLimit".into()),
+    }
+}
+
+/// Tracks `job` as Slurm job 77, submitted `continued` times after a time limit, with its work
+/// folder as it is now.
+fn track(slurm: &mut Slurm, job: Launch, continued: usize) {
+    let work_before = [(job.job, work_print(&job.spec.context.work))].into();
+    slurm.jobs.insert(
+        "77".into(),
+        Tracked {
+            members: vec![job],
+            size: 1,
+            attempt: 1,
+            continued,
+            work_before,
+            state: "RUNNING".into(),
+            output: None,
+        },
+    );
+}
+
+fn failure(slurm: &mut Slurm) -> String {
+    match slurm.ended.pop_front() {
+        Some((_, Outcome::Failed(why))) => why,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_job_that_saved_nothing_before_its_time_limit_fails_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = launch("{time: 1h}", "pretrain");
+    job.spec.context.work = dir.path().join("work");
+    let mut slurm = slurm(None);
+    track(&mut slurm, job, 0);
+    slurm.finish("77", timed_out(), &mut Progress::new(1));
+    let why = failure(&mut slurm);
+    assert!(
+        why.starts_with("Slurm job 77 ended TIMEOUT (exit code 0:15): TimeLimit")
+            && why.ends_with(
+                "it saved nothing in its work folder to go on from: give its stage more `time`"
+            ),
+        "{why}"
+    );
+    assert!(slurm.jobs.is_empty(), "nothing submitted again");
+}
+
+#[test]
+fn a_job_that_went_on_too_many_times_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut job = launch("{time: 1h}", "pretrain");
+    job.spec.context.work = work.clone();
+    let mut slurm = slurm(None);
+    track(&mut slurm, job, 3);
+    std::fs::write(work.join("checkpoint.json"), "{}").unwrap();
+    slurm.finish("77", timed_out(), &mut Progress::new(1));
+    let why = failure(&mut slurm);
+    assert!(
+        why.ends_with("after going on from its work folder 3 times (--slurm-continuations)"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_work_folders_print_changes_with_what_is_saved_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let missing = work_print(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let empty = work_print(&work);
+    std::fs::write(work.join("checkpoint-10.safetensors"), "weights").unwrap();
+    let saved = work_print(&work);
+    assert_eq!(saved, work_print(&work), "the same folder, the same print");
+    std::fs::write(work.join("checkpoint-10.safetensors"), "weights, later").unwrap();
+    let rewritten = work_print(&work);
+    assert!(
+        missing != saved && empty != saved && rewritten != saved,
+        "{missing} {empty} {saved} {rewritten}"
+    );
 }
