@@ -65,6 +65,11 @@ pub enum StaleReason {
     /// Nothing visible changed since the last run, but this key is not in the cache (a different
     /// cache, or one that was cleaned).
     NotInCache,
+    /// A run of this very job (its key) started and did not finish: it failed or was stopped.
+    Unfinished {
+        /// Whether it left something in its work folder (a checkpoint) to go on from.
+        resumes: bool,
+    },
 }
 
 impl fmt::Display for StaleReason {
@@ -89,6 +94,10 @@ impl fmt::Display for StaleReason {
             StaleReason::UpstreamWillRun { job } => write!(f, "upstream {job} will run"),
             StaleReason::OutputMissing => write!(f, "output missing from the cache"),
             StaleReason::NotInCache => write!(f, "not in this cache"),
+            StaleReason::Unfinished { resumes: true } => {
+                write!(f, "did not finish last time; goes on from its work folder")
+            }
+            StaleReason::Unfinished { resumes: false } => write!(f, "did not finish last time"),
         }
     }
 }
@@ -284,6 +293,16 @@ fn flatten<'a>(
     }
 }
 
+/// Whether a run of `key` started (its log is there) and did not finish (no record of it), and
+/// whether it left anything in its work folder.
+fn unfinished(cache: &Cache, key: &Digest) -> Option<StaleReason> {
+    if cache.record_of(key).is_some() || !cache.log_path(key).exists() {
+        return None;
+    }
+    let resumes = std::fs::read_dir(cache.work_path(key)).is_ok_and(|mut d| d.next().is_some());
+    Some(StaleReason::Unfinished { resumes })
+}
+
 /// Plans every job: cached or to run, and why. `forced` and `selected` are per job.
 pub fn plan(
     graph: &JobGraph,
@@ -317,6 +336,11 @@ pub fn plan(
                     reasons.push(StaleReason::Forced);
                 } else {
                     reasons = self::reasons(job, inputs.as_deref(), last.as_ref(), cache);
+                    if let Some(unfinished) = key.and_then(|k| unfinished(cache, &k)) {
+                        reasons
+                            .retain(|r| !matches!(r, StaleReason::New | StaleReason::NotInCache));
+                        reasons.push(unfinished);
+                    }
                     if inputs.is_none() {
                         let up = job
                             .deps

@@ -2,6 +2,32 @@
 
 use crate::util::{Project, HELLO};
 
+/// A job whose last run failed or was stopped is not "new": the plan says it did not finish,
+/// and whether it goes on from its work folder.
+#[test]
+fn plan_says_which_jobs_did_not_finish_and_which_go_on_from_their_work() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "stages:\n  saves: {kind: exec, params: {argv: [sh, -c, \"echo 1 > $FLORA_WORK/checkpoint; exit 3\"]}}\n  fails: {kind: exec, params: {argv: [sh, -c, \"exit 4\"]}}\n",
+    );
+    p.fails(&["run", "wf.yaml", "--keep-going"], 1);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&p.ok(&["plan", "wf.yaml", "--json"])).unwrap();
+    assert_eq!(
+        rows[0]["reason"],
+        "did not finish last time; goes on from its work folder"
+    );
+    assert_eq!(rows[0]["reasons"][0]["reason"], "unfinished");
+    assert_eq!(rows[0]["reasons"][0]["resumes"], true);
+    assert_eq!(rows[1]["reason"], "did not finish last time");
+    // An edit makes another job: that one is new, whatever the old one left.
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&p.ok(&["plan", "wf.yaml", "--json", "--set", "fails.env.X=1"]))
+            .unwrap();
+    assert_eq!(rows[1]["reason"], "new");
+}
+
 #[test]
 fn plan_json_has_job_stage_state_and_reason() {
     let p = Project::new();

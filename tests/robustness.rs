@@ -584,6 +584,11 @@ fn a_stopped_pretraining_saves_its_checkpoint_and_the_rerun_goes_on_from_it() {
         .unwrap_or_else(|| panic!("no stop in the log:\n{log}"));
     assert!(step >= 20, "stopped after step {step}, past step 20");
     assert!(log.contains("its checkpoint is in "), "{log}");
+    let plan = p.ok(&["plan", "wf.yaml"]);
+    assert!(
+        plan.contains("did not finish last time; goes on from its work folder"),
+        "{plan}"
+    );
 
     // The same job, run again and stopped again, starts from that step.
     let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
