@@ -8,6 +8,7 @@ pub mod attention_probs;
 #[cfg(feature = "cuda")]
 mod attention_probs_cuda;
 pub mod blas;
+pub mod checkpoint;
 pub mod dense;
 pub mod dense_attached;
 pub mod dense_epilogue;

@@ -493,43 +493,6 @@ impl<'a> EpochOrder<'a> {
     }
 }
 
-/// When checkpoints are written: every `checkpoint_every` steps when given, else once
-/// `checkpoint_minutes` have passed since the last one (or the run's start).
-struct Checkpoints {
-    every: Option<u64>,
-    interval: std::time::Duration,
-    since: std::time::Instant,
-    /// The step of the last checkpoint there is (a resumed run's starting one).
-    last: Option<u64>,
-}
-
-impl Checkpoints {
-    fn new(p: &Params, resumed_from: u64) -> Self {
-        Checkpoints {
-            every: p.checkpoint_every,
-            // Negative or NaN minutes are none; too many for a Duration, never.
-            interval: std::time::Duration::try_from_secs_f64(p.checkpoint_minutes.max(0.0) * 60.0)
-                .unwrap_or(std::time::Duration::MAX),
-            since: std::time::Instant::now(),
-            last: (resumed_from > 0).then_some(resumed_from),
-        }
-    }
-
-    /// Whether a checkpoint is due after `step`.
-    fn due(&self, step: u64) -> bool {
-        match self.every {
-            Some(n) => step.is_multiple_of(n.max(1)),
-            None => self.since.elapsed() >= self.interval,
-        }
-    }
-
-    /// Records a checkpoint written after `step`.
-    fn written(&mut self, step: u64) {
-        self.last = Some(step);
-        self.since = std::time::Instant::now();
-    }
-}
-
 /// Loads a model folder: its config and weights.
 pub fn load_model(dir: &Path, dev: &Device) -> Result<(Config, Weights), String> {
     let (cfg, _) = super::model_config::read(dir)?;
@@ -695,7 +658,8 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     let grouping = p.group_by_length.then_some((lengths.as_slice(), per_step));
     let mut order = EpochOrder::new(train_idx, p.seed, grouping);
     let (mut positions, mut real) = (0u64, 0u64);
-    let mut checkpoints = Checkpoints::new(p, step);
+    let mut checkpoints =
+        super::checkpoint::Schedule::new(p.checkpoint_every, p.checkpoint_minutes, step);
     let pace = super::pace::Pace::start(step, total);
     // From here a SIGTERM (the run stopping, Slurm's time limit) saves the steps done so far.
     let stop = crate::stop::StopOnSignal::install()?;
