@@ -207,7 +207,7 @@ static KINDS: &[Kind] = &[
         version: 2,
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         provenance: false,
-        unkeyed: &[],
+        unkeyed: &["checkpoint_minutes"],
         path_params: &[],
         check: |v| check(v, finetune::Params::check),
         run: |p, ctx| run_typed(p, ctx, finetune::run),

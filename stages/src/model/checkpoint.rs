@@ -164,8 +164,7 @@ impl Schedule {
         Schedule {
             every,
             // Negative or NaN minutes are none; too many for a Duration, never.
-            interval: Duration::try_from_secs_f64(minutes.max(0.0) * 60.0)
-                .unwrap_or(Duration::MAX),
+            interval: Duration::try_from_secs_f64(minutes.max(0.0) * 60.0).unwrap_or(Duration::MAX),
             since: Instant::now(),
             last: (resumed_from > 0).then_some(resumed_from),
         }

@@ -82,6 +82,9 @@ pub struct Params {
     /// The attention's kernels: `products`, or `flash` (bf16, heads of a multiple of 16 up to
     /// 128 elements) (default products).
     pub attention: Attention,
+    /// Minutes between checkpoints, written at the end of an epoch (default 10); not part of
+    /// the cache key.
+    pub checkpoint_minutes: f64,
 }
 
 impl Default for Params {
@@ -104,6 +107,7 @@ impl Default for Params {
             max_steps: None,
             precision: Precision::F32,
             attention: Attention::Products,
+            checkpoint_minutes: 10.0,
         }
     }
 }
@@ -118,6 +122,7 @@ impl Params {
         non_negative("weight_decay", self.weight_decay)?;
         non_negative("clip_norm", self.clip_norm)?;
         share_below_one("head_dropout", self.head_dropout as f64)?;
+        non_negative("checkpoint_minutes", self.checkpoint_minutes)?;
         flash_needs_bf16(self.attention, self.precision)
     }
 }
@@ -184,6 +189,20 @@ fn promoter_window(ctx: &Context) -> Option<crate::genomics::window::Window> {
 
 /// Trains, writes the artifact, and returns the summary.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
+    train(p, ctx, None)
+}
+
+/// How a test ends a fine-tuning early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// After this step, as a crash would: with only the checkpoints written by then.
+    Crash(u64),
+    /// After this step, as a SIGTERM would: with a checkpoint of that step.
+    Stop(u64),
+}
+
+/// Fine-tunes; `halt` (tests) ends the run early.
+pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, String> {
     let fail = |e: String| format!("finetune: {e}");
     p.check().map_err(|e| fail(e.message))?;
     let dev = super::device::for_job(&ctx.gpus, "finetune")?;
@@ -302,13 +321,36 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
     let mut since_best = 0;
     let mut epoch = 0;
+    let mut partial = None;
+    std::fs::create_dir_all(&ctx.work).map_err(|e| fail(format!("{}: {e}", ctx.work.display())))?;
+    if let Some(r) = checkpoint::load(&ctx.work, &w, p.weight_decay, &dev) {
+        eprintln!(
+            "finetune: resuming from the checkpoint at step {} (epoch {})",
+            r.step,
+            r.epochs_done + 1
+        );
+        (opt, step, log, best, since_best, epoch) = (
+            r.optimizer,
+            r.step,
+            r.log,
+            r.best,
+            r.since_best,
+            r.epochs_done,
+        );
+        partial = r.partial;
+    }
+    let mut schedule = super::checkpoint::Schedule::new(None, p.checkpoint_minutes, step);
+    // From here a SIGTERM (the run stopping, Slurm's time limit) saves the steps done so far.
+    let stop = crate::stop::StopOnSignal::install()?;
     let pace = super::pace::Pace::start(step, total);
     while step < total {
         epoch += 1;
         let mut order: Vec<usize> = (0..train.len()).collect();
         Rng::new(p.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
-        let (mut loss_sum, mut n) = (0f64, 0usize);
-        for batch in order.chunks(p.batch_size) {
+        // A run resumed inside an epoch skips the batches it trained on before it stopped.
+        let (mut loss_sum, mut n) = partial.take().unwrap_or((0f64, 0usize));
+        let done_in_epoch = step.saturating_sub((epoch as u64 - 1) * steps_per_epoch) as usize;
+        for batch in order.chunks(p.batch_size).skip(done_in_epoch) {
             if step >= total {
                 break;
             }
@@ -324,6 +366,25 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
             step += 1;
             opt.update_clipped(&w, &grads, lr_at(step), 1.0, p.clip_norm)
                 .map_err(|e| fail(e.to_string()))?;
+            let signalled = stop.requested();
+            if step < total && (signalled || halt == Some(Halt::Stop(step))) {
+                let at = checkpoint::At {
+                    step,
+                    epochs_done: epoch - 1,
+                    partial: Some((loss_sum, n)),
+                };
+                checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
+                    .map_err(fail)?;
+                return Err(fail(format!(
+                    "stopped by {} after step {step} of {total}; its checkpoint is in {}, and a \
+                     re-run goes on from there",
+                    if signalled { "SIGTERM" } else { "a test" },
+                    ctx.work.display()
+                )));
+            }
+            if halt == Some(Halt::Crash(step)) {
+                return Err(fail(format!("halted after step {step} (test)")));
+            }
         }
         let train_loss = loss_sum / n.max(1) as f64;
         let val_loss = if valid.is_empty() {
@@ -365,6 +426,16 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
                     break;
                 }
             }
+        }
+        if step < total && schedule.due(step) {
+            let at = checkpoint::At {
+                step,
+                epochs_done: epoch,
+                partial: None,
+            };
+            checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
+                .map_err(fail)?;
+            schedule.written(step);
         }
     }
     summary.steps = step;
@@ -415,6 +486,7 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
         "summary.json",
         &serde_json::to_string_pretty(&summary).expect("serializes"),
     )?;
+    super::checkpoint::remove(&ctx.work);
     if let Some(m) = summary.test_all.as_ref().filter(|m| !m.r2.is_finite()) {
         eprintln!(
             "finetune: test R2 is not defined over {} values (too few, or all equal)",
@@ -490,5 +562,6 @@ fn mse_of(pred: &[Vec<f32>], rows: &[&Row]) -> f64 {
     s / n.max(1) as f64
 }
 
+mod checkpoint;
 #[cfg(test)]
 pub(crate) mod tests;

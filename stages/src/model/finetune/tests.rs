@@ -423,3 +423,68 @@ fn flash_attention_fine_tunes_in_bf16_and_is_refused_in_f32() {
     assert!(e.contains("flash attention needs precision bf16"), "{e}");
     assert!(!ctx.out.join("model.safetensors").exists());
 }
+
+/// A run that crashed inside an epoch goes on from the last epoch's checkpoint, and one stopped
+/// inside an epoch from the step it stopped after; both end with exactly the model, predictions
+/// and log of a run that never stopped.
+#[test]
+fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(200, 120, 5);
+    let table = dir.path().join("table.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    let model = tiny_model(dir.path(), &rows);
+    // A checkpoint after every epoch; four steps an epoch (126 training rows in batches of 32).
+    let p = Params {
+        epochs: 4,
+        batch_size: 32,
+        lr: 5e-3,
+        patience: 0,
+        checkpoint_minutes: 0.0,
+        ..Params::default()
+    };
+    let files = |ctx: &Context| {
+        ["model.safetensors", "predictions.tsv", "train_log.tsv"]
+            .map(|f| std::fs::read(ctx.out.join(f)).unwrap())
+    };
+    let whole = context(&dir.path().join("whole"), &model, &table);
+    let expected = run(&p, &whole).unwrap();
+    assert!(
+        !whole.work.join("checkpoint.json").exists(),
+        "removed at the end"
+    );
+    let checkpoint_at = |ctx: &Context| {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ctx.work.join("checkpoint.json")).unwrap())
+                .unwrap();
+        (state["step"].as_u64(), state["epochs_done"].as_u64())
+    };
+
+    let crashed = context(&dir.path().join("crashed"), &model, &table);
+    let e = train(&p, &crashed, Some(Halt::Crash(10))).unwrap_err();
+    assert!(e.contains("halted after step 10"), "{e}");
+    assert_eq!(
+        checkpoint_at(&crashed),
+        (Some(8), Some(2)),
+        "the second epoch's"
+    );
+    assert_eq!(run(&p, &crashed).unwrap(), expected);
+    assert!(
+        files(&crashed) == files(&whole),
+        "the resumed run's outputs differ"
+    );
+
+    let stopped = context(&dir.path().join("stopped"), &model, &table);
+    let e = train(&p, &stopped, Some(Halt::Stop(10))).unwrap_err();
+    assert!(e.contains("stopped by a test after step 10 of 16"), "{e}");
+    assert_eq!(
+        checkpoint_at(&stopped),
+        (Some(10), Some(2)),
+        "inside the third epoch"
+    );
+    assert_eq!(run(&p, &stopped).unwrap(), expected);
+    assert!(
+        files(&stopped) == files(&whole),
+        "the resumed run's outputs differ"
+    );
+}
