@@ -460,31 +460,24 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
         (state["step"].as_u64(), state["epochs_done"].as_u64())
     };
 
-    let crashed = context(&dir.path().join("crashed"), &model, &table);
-    let e = train(&p, &crashed, Some(Halt::Crash(10))).unwrap_err();
-    assert!(e.contains("halted after step 10"), "{e}");
-    assert_eq!(
-        checkpoint_at(&crashed),
-        (Some(8), Some(2)),
-        "the second epoch's"
-    );
-    assert_eq!(run(&p, &crashed).unwrap(), expected);
-    assert!(
-        files(&crashed) == files(&whole),
-        "the resumed run's outputs differ"
-    );
-
-    let stopped = context(&dir.path().join("stopped"), &model, &table);
-    let e = train(&p, &stopped, Some(Halt::Stop(10))).unwrap_err();
-    assert!(e.contains("stopped by a test after step 10 of 16"), "{e}");
-    assert_eq!(
-        checkpoint_at(&stopped),
-        (Some(10), Some(2)),
-        "inside the third epoch"
-    );
-    assert_eq!(run(&p, &stopped).unwrap(), expected);
-    assert!(
-        files(&stopped) == files(&whole),
-        "the resumed run's outputs differ"
+    // Halts a run, checks its message and checkpoint, and resumes it to the end.
+    let halt_and_resume = |name: &str, halt: Halt, message: &str, at: (u64, u64)| {
+        let ctx = context(&dir.path().join(name), &model, &table);
+        let e = train(&p, &ctx, Some(halt)).unwrap_err();
+        assert!(e.contains(message), "{e}");
+        assert_eq!(checkpoint_at(&ctx), (Some(at.0), Some(at.1)), "{name}");
+        assert_eq!(run(&p, &ctx).unwrap(), expected, "{name}");
+        assert!(
+            files(&ctx) == files(&whole),
+            "{name}: the resumed run's outputs differ"
+        );
+    };
+    // A crash goes on from the second epoch's checkpoint; a stop from inside the third epoch.
+    halt_and_resume("crashed", Halt::Crash(10), "halted after step 10", (8, 2));
+    halt_and_resume(
+        "stopped",
+        Halt::Stop(10),
+        "stopped by a test after step 10 of 16",
+        (10, 2),
     );
 }
