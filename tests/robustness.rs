@@ -600,3 +600,45 @@ fn a_stopped_pretraining_saves_its_checkpoint_and_the_rerun_goes_on_from_it() {
     wait_to_end("the second stopped run", &mut child);
     assert_eq!(child.wait().unwrap().code(), Some(130));
 }
+
+/// Fine-tuning stopped by the run saves the step under way too, inside its epoch, and the next
+/// run goes on from that step.
+#[test]
+fn a_stopped_fine_tuning_saves_its_checkpoint_and_the_rerun_goes_on_from_it() {
+    let p = Project::new();
+    let rows = flora_stages::testing::planted(160, 120, 7);
+    let fasta: String = rows
+        .iter()
+        .map(|r| format!(">{}\n{}\n", r.id, r.seq))
+        .collect();
+    p.write("corpus.fa", &fasta);
+    p.write("table.tsv", &flora_stages::testing::planted_table(&rows));
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  tok: {kind: bpe, inputs: {corpus: corpus.fa}, params: {vocab_size: 300}}\n  pre:\n    kind: pretrain\n    inputs: {corpus: corpus.fa, tokenizer: tok}\n    params: {layers: 1, hidden: 16, heads: 2, intermediate: 32, max_len: 48, epochs: 1, batch_size: 16}\n  ft:\n    kind: finetune\n    inputs: {model: pre, table: table.tsv}\n    params: {epochs: 100000, patience: 0, batch_size: 8, lr: 0.001}\n",
+    );
+    let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
+    wait_for("fine-tuning's third epoch", || {
+        p.path("cache/logs").is_dir() && !p.logs_containing("finetune: epoch 3 ").is_empty()
+    });
+    send(&child, "TERM");
+    wait_to_end("the stopped run", &mut child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let log = p
+        .logs_containing("finetune: stopped by SIGTERM after step ")
+        .concat();
+    let step: u64 = log
+        .split("finetune: stopped by SIGTERM after step ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop in the log:\n{log}"));
+    let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
+    let resumed = format!("finetune: resuming from the checkpoint at step {step} (epoch ");
+    wait_for("the resumed fine-tuning", || {
+        !p.logs_containing(&resumed).is_empty()
+    });
+    send(&child, "TERM");
+    wait_to_end("the second stopped run", &mut child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+}
