@@ -6,13 +6,15 @@
 //! waiting up to `latency` for a network file system to catch up. That needs the cache (and the
 //! workflow's files) on a file system every node sees.
 //!
-//! A stage's `resources: {bundle: N}` runs up to N of its ready jobs one after another in one
-//! Slurm job ([`bundle`]); each is reported as soon as its own end marker shows.
+//! A stage's `resources: {bundle: N}` runs up to N of its ready jobs in one Slurm job, one
+//! after another or `bundle_parallel` at a time ([`bundle`]); each is reported as soon as its
+//! own end marker shows.
 //!
 //! Jobs are tracked with `squeue` while they are queued or running and with `scontrol show job`
 //! once they leave the queue, so no accounting database (`sacct`) is needed. A job that ends in
-//! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; Ctrl-C cancels
-//! every job of the run with `scancel`.
+//! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; one that reaches
+//! its time limit after saving something in its work folder goes on from there in a new Slurm
+//! job, up to `continuations` times; Ctrl-C cancels every job of the run with `scancel`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
