@@ -357,6 +357,34 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
     assert!(!names.contains(&format!("partial-{first}")), "{names:?}");
 }
 
+/// A job lost to a node failure after it saved its work goes on from there, without using one
+/// of `--slurm-retries` (none here).
+#[test]
+fn a_job_lost_after_saving_its_work_goes_on_from_it() {
+    let Some(_node) = slurm("slurm node failure after a checkpoint") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  saves:\n    kind: exec\n    params: {argv: [sh, -c, \"if [ -f $FLORA_WORK/checkpoint ]; then echo went on > $FLORA_OUT/x; else echo step 1 > $FLORA_WORK/checkpoint; touch saved; sleep 60; fi\"]}\n",
+    );
+    let child = spawn_run(&p, &["--slurm-arg=--no-requeue", "--slurm-retries", "0"]);
+    let first = wait_for_running("flora:saves", Duration::from_secs(30));
+    wait_for_file(&p, "saved");
+    fail_the_node_and_bring_it_back();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Slurm job {first} of saves ended NODE_FAIL; submitting it again to go on from its work folder (continuation 1 of at most 10)"
+        )),
+        "{err}"
+    );
+    assert_eq!(p.read("results/wf/saves/x"), "went on\n");
+}
+
 /// A job's end is seen by its end marker between two `squeue` polls: in a two-job chain with a
 /// 20 s poll, the second starts seconds after the first ended (Slurm's own start), not at the
 /// next poll, and squeue is asked at most twice (the run's start, its first poll).
@@ -543,7 +571,7 @@ fn a_job_at_its_time_limit_goes_on_from_what_it_saved() {
     assert_eq!(state_of(&text, "saves"), "ran", "{text}");
     assert_eq!(p.read("results/wf/saves/x"), "went on\n");
     assert!(
-        text.contains("reached its time limit after saving its work; submitting it again to go on from there (continuation 1 of at most 10)"),
+        text.contains("of saves ended TIMEOUT; submitting it again to go on from its work folder (continuation 1 of at most 10)"),
         "{text}"
     );
     assert_eq!(state_of(&text, "saves_nothing"), "failed", "{text}");

@@ -227,8 +227,9 @@ pub struct SlurmArgs {
     /// Submit a job again this many times when Slurm reports NODE_FAIL, PREEMPTED or BOOT_FAIL.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub slurm_retries: usize,
-    /// Submit a job again, up to this many times, when Slurm ends it at its time limit after it
-    /// saved something in its work folder (a checkpoint), so that it goes on from there.
+    /// Submit a job again, up to this many times, when Slurm ends it (a time limit, a node
+    /// failure, a pre-emption) after it saved something in its work folder (a checkpoint), so
+    /// that it goes on from there.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub slurm_continuations: usize,
     /// Seconds between two looks at the queue (`squeue`); a job's end is seen sooner, by its

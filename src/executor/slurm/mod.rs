@@ -11,10 +11,11 @@
 //! own end marker shows.
 //!
 //! Jobs are tracked with `squeue` while they are queued or running and with `scontrol show job`
-//! once they leave the queue, so no accounting database (`sacct`) is needed. A job that ends in
-//! NODE_FAIL, PREEMPTED or BOOT_FAIL is submitted again, up to `retries` times; one that reaches
-//! its time limit after saving something in its work folder goes on from there in a new Slurm
-//! job, up to `continuations` times; Ctrl-C cancels every job of the run with `scancel`.
+//! once they leave the queue, so no accounting database (`sacct`) is needed. A job that reaches
+//! its time limit, or in NODE_FAIL, PREEMPTED or BOOT_FAIL, after saving something in its work
+//! folder goes on from there in a new Slurm job, up to `continuations` times; one lost to a
+//! node failure or pre-emption without saving anything is submitted again, up to `retries`
+//! times; Ctrl-C cancels every job of the run with `scancel`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -462,15 +463,21 @@ impl Slurm {
     }
 
     /// Reports the jobs of Slurm job `id`, which ended `end`: each by its end marker, or
-    /// submitted again (those a node failure took, and those that reached the time limit after
-    /// saving something to go on from), or failed with Slurm's reason.
+    /// submitted again, or failed with Slurm's reason. A job that Slurm ended before it could end
+    /// (a time limit, a node failure, a pre-emption) goes on in a new Slurm job when it saved
+    /// something in its work folder since it was submitted (a checkpoint), up to
+    /// `continuations` times; one that saved nothing is tried again after a node failure or a
+    /// pre-emption, up to `retries` times, and fails after a time limit.
     fn finish(&mut self, id: &str, end: Final, progress: &mut Progress) {
         let Some(mut t) = self.jobs.remove(id) else {
             return;
         };
-        let retry = RETRIED.contains(&end.state.as_str()) && t.attempt <= self.opts.retries;
+        let lost = RETRIED.contains(&end.state.as_str());
         let timed_out = end.state == "TIMEOUT";
+        let can_retry = lost && t.attempt <= self.opts.retries;
+        let can_go_on = t.continued < self.opts.continuations;
         let mut again = Vec::new();
+        let (mut went_on, mut retried) = (false, false);
         // One wait for a slow file system for all of a bundle's jobs, not one each.
         let visible_by = Instant::now() + self.opts.latency;
         for m in std::mem::take(&mut t.members) {
@@ -487,27 +494,30 @@ impl Slurm {
                         Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
                     }
                 }
-                None if retry => {
-                    again.push(m);
-                    continue;
-                }
-                None if timed_out => {
+                None if lost || timed_out => {
                     let saved =
                         t.work_before.get(&m.job) != Some(&work_print(&m.spec.context.work));
-                    let mut why = slurm_failure(id, &end, &t);
-                    if !saved {
-                        why.push_str(
-                            "; it saved nothing in its work folder to go on from: give its stage \
-                             more `time`",
-                        );
-                    } else if t.continued < self.opts.continuations {
+                    if saved && can_go_on {
+                        went_on = true;
                         again.push(m);
                         continue;
-                    } else {
+                    }
+                    if can_retry {
+                        retried = true;
+                        again.push(m);
+                        continue;
+                    }
+                    let mut why = slurm_failure(id, &end, &t);
+                    if saved {
                         why.push_str(&format!(
                             " after going on from its work folder {} times (--slurm-continuations)",
                             t.continued
                         ));
+                    } else if timed_out {
+                        why.push_str(
+                            "; it saved nothing in its work folder to go on from: give its stage \
+                             more `time`",
+                        );
                     }
                     Outcome::Failed(why)
                 }
@@ -520,34 +530,29 @@ impl Slurm {
         if again.is_empty() {
             return;
         }
+        let next = Submission {
+            attempt: t.attempt + usize::from(retried),
+            continued: t.continued + usize::from(went_on),
+        };
         let ids: Vec<&str> = again.iter().map(|m| m.id.as_str()).collect();
-        let (line, next) = if timed_out {
-            let next = Submission {
-                continued: t.continued + 1,
-                ..t.submission()
-            };
-            let line = format!(
-                "Slurm job {id} of {} reached its time limit after saving its work; submitting it \
-                 again to go on from there (continuation {} of at most {})",
-                ids.join(", "),
-                next.continued,
-                self.opts.continuations
-            );
-            (line, next)
-        } else {
-            let next = Submission {
-                attempt: t.attempt + 1,
-                ..t.submission()
-            };
-            let line = format!(
-                "Slurm job {id} of {} ended {}; submitting it again (attempt {} of {})",
-                ids.join(", "),
-                end.state,
+        let mut line = format!(
+            "Slurm job {id} of {} ended {}; submitting it again",
+            ids.join(", "),
+            end.state
+        );
+        if went_on {
+            line.push_str(&format!(
+                " to go on from its work folder (continuation {} of at most {})",
+                next.continued, self.opts.continuations
+            ));
+        }
+        if retried {
+            line.push_str(&format!(
+                " (attempt {} of {})",
                 next.attempt,
                 self.opts.retries + 1
-            );
-            (line, next)
-        };
+            ));
+        }
         progress.println(&line);
         for m in &again {
             append_log(&m.log, &format!("\n--- flora: {line}\n"));
@@ -741,16 +746,6 @@ impl Submission {
         attempt: 1,
         continued: 0,
     };
-}
-
-impl Tracked {
-    /// Which submission this is.
-    fn submission(&self) -> Submission {
-        Submission {
-            attempt: self.attempt,
-            continued: self.continued,
-        }
-    }
 }
 
 /// A fingerprint of a work folder: each file's path, size and modification time (0 for a
