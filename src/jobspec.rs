@@ -64,10 +64,32 @@ impl JobSpec {
         lines
     }
 
+    /// Empties the job's output folder (its scratch folder): what an earlier attempt wrote
+    /// there must not end up in the artifact. Returns whether there was anything.
+    pub fn empty_output(&self) -> anyhow::Result<bool> {
+        let out = &self.context.out;
+        let held = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+        if held {
+            crate::cache::make_writable(out);
+            std::fs::remove_dir_all(out)
+                .with_context(|| format!("cannot empty {}", out.display()))?;
+        }
+        Ok(held)
+    }
+
     /// Runs the job in this process (the body of `flora __job`).
     pub fn run(&self) -> anyhow::Result<()> {
         let kind = registry::lookup(&self.kind)
             .with_context(|| format!("this flora has no stage kind `{}`", self.kind))?;
+        // A fresh job's output folder is empty. One that holds files was an earlier attempt's,
+        // run again in place: Slurm requeues a job after a node failure or a pre-emption by
+        // itself where it is configured to (its default), as the same job in the same folder.
+        if self.empty_output()? {
+            eprintln!(
+                "flora: removed what an earlier attempt of this job left in its output folder \
+                 (Slurm ran it again)"
+            );
+        }
         self.make_folders()?;
         for line in self.described() {
             tracing::debug!("{line}");

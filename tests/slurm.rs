@@ -357,6 +357,62 @@ fn a_job_lost_to_a_node_failure_is_submitted_again() {
     assert!(!names.contains(&format!("partial-{first}")), "{names:?}");
 }
 
+/// A job that Slurm itself runs again (a requeue: Slurm's default after a node failure, where
+/// the job is submitted with `--requeue` or the cluster requeues by default) starts from an
+/// empty output folder: what the first attempt wrote there is not published.
+#[test]
+fn a_job_slurm_requeues_starts_from_an_empty_output_folder() {
+    let Some(_node) = slurm("slurm requeue") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        "name: wf\nstages:\n  slow:\n    kind: exec\n    params: {argv: [sh, -c, \"n=$SLURM_RESTART_COUNT; [ -n \\\"$n\\\" ] || n=0; echo part > $FLORA_OUT/partial-$n; if [ $n = 0 ]; then touch started; sleep 60; fi; echo done > $FLORA_OUT/done\"]}\n",
+    );
+    let child = spawn_run(&p, &["--slurm-arg=--requeue"]);
+    let id = wait_for_running("flora:slow", Duration::from_secs(30));
+    wait_for_file(&p, "started");
+    let scontrol = |args: &[&str]| {
+        let done = Command::new("scontrol").args(args).status().unwrap();
+        assert!(done.success(), "scontrol {args:?}");
+    };
+    scontrol(&["requeue", &id]);
+    // A requeued job waits about two minutes before it may start again; once it is pending
+    // again, not this one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = Command::new("squeue")
+            .args(["-h", "-j", &id, "-o", "%T"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&state.stdout).trim() == "PENDING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {id} is not pending again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    scontrol(&["update", &format!("JobId={id}"), "StartTime=now"]);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(p.path("results/wf/slow"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["done", "partial-1"],
+        "the first attempt's file was kept"
+    );
+    let log = p.ok(&["log", "wf.yaml", "slow"]);
+    assert!(
+        log.contains("removed what an earlier attempt of this job left in its output folder"),
+        "{log}"
+    );
+}
+
 /// A job lost to a node failure after it saved its work goes on from there, without using one
 /// of `--slurm-retries` (none here).
 #[test]

@@ -50,7 +50,10 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
          # run SPEC LOG DONE FAILED: runs one job; its end marker is DONE (the node's name,\n\
          # then its start and end)\n\
          # or FAILED (the exit status), each renamed into place once written.\n\
+         # A job whose spec is gone (its end was taken) or whose DONE marker shows has run:\n\
+         # a bundle that Slurm runs again (a requeue) skips it.\n\
          run() {{\n\
+         \x20 [ -e \"$1\" ] && [ ! -e \"$3\" ] || return 0\n\
          \x20 start=$(date +%s.%N)\n\
          \x20 {flora}{flag} __job \"$1\" >> \"$2\" 2>&1\n\
          \x20 status=$?\n\

@@ -899,8 +899,7 @@ fn sleep_unless_interrupted(d: Duration, interrupted: &AtomicBool) {
 
 /// Empties a job's scratch folder (its output so far) before it is submitted again.
 fn clear_scratch(spec: &crate::jobspec::JobSpec) {
-    crate::cache::make_writable(&spec.context.out);
-    let _ = std::fs::remove_dir_all(&spec.context.out);
+    let _ = spec.empty_output();
     let _ = std::fs::create_dir_all(&spec.context.out);
 }
 

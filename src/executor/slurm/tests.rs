@@ -148,6 +148,37 @@ fn members(dir: &Path, n: usize) -> Vec<Launch> {
         .collect()
 }
 
+/// Writes each job's spec file, as the driver does before it submits.
+fn write_specs(jobs: &[Launch]) {
+    for j in jobs {
+        j.write_spec().unwrap();
+    }
+}
+
+/// A bundle that Slurm runs again (a requeue) runs only its jobs that have not run: not one
+/// whose end the driver took (its spec is gone), nor one whose DONE marker shows.
+#[test]
+fn a_bundle_run_again_skips_the_jobs_that_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("flora");
+    std::fs::write(&exe, "#!/bin/sh\necho \"ran $2\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let jobs = members(dir.path(), 3);
+    write_specs(&jobs);
+    std::fs::remove_file(&jobs[0].spec_file).unwrap();
+    std::fs::write(crate::jobspec::done_marker(&jobs[1].spec_file), "node1\n").unwrap();
+    let text = bundle::script(&exe, None, &jobs);
+    let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        !jobs[0].log.exists() && !jobs[1].log.exists(),
+        "a job ran again"
+    );
+    let log = std::fs::read_to_string(&jobs[2].log).unwrap();
+    assert_eq!(log.trim(), format!("ran {}", jobs[2].spec_file.display()));
+}
+
 #[test]
 fn a_bundle_is_one_slurm_job_with_time_for_each_of_its_jobs() {
     let dir = Path::new("/shared/cache/logs");
@@ -175,6 +206,7 @@ fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let jobs = members(dir.path(), 3);
+    write_specs(&jobs);
     let text = bundle::script(&exe, None, &jobs);
     let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
     assert!(status.success(), "{text}");
@@ -250,6 +282,7 @@ fn a_parallel_bundles_script_runs_each_job_once_and_width_at_a_time() {
     for j in &mut jobs {
         j.resources.bundle_parallel = 3;
     }
+    write_specs(&jobs);
     let text = bundle::script(&exe, None, &jobs);
     assert_eq!(text.matches("lane &").count(), 3, "{text}");
     let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
