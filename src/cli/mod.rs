@@ -321,9 +321,11 @@ pub struct StageArgs {
 /// `flora cache ...`.
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// List artifacts: digest, size, when, and which jobs made them.
+    /// List artifacts (digest, size, when, and which jobs made them), then the work folders that
+    /// unfinished jobs left.
     Ls,
-    /// Remove artifacts except those reachable from the given workflows or newer than a date.
+    /// Remove what the given workflows do not use and what is older than a date: artifacts, the
+    /// work folders and logs of jobs that will not run again, and stale index entries.
     #[command(after_help = "Examples:
   flora cache gc --keep workflows/demo.yaml --keep workflows/paper.yaml
   flora cache gc --newer-than 2026-11-01 --dry-run
@@ -340,10 +342,12 @@ pub enum CacheCommand {
 /// `flora cache gc`.
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Keep the artifacts of this workflow's current jobs (as planned now); repeatable.
+    /// Keep the artifacts, work folders and logs of this workflow's current jobs (as planned
+    /// now); repeatable.
     #[arg(long, value_name = "WORKFLOW")]
     pub keep: Vec<PathBuf>,
-    /// Keep artifacts published after this date (2026-11-01, RFC 3339) or within this long ago (7days).
+    /// Keep artifacts published, and work folders and logs changed, after this date (2026-11-01,
+    /// RFC 3339) or within this long ago (7days).
     #[arg(long, value_name = "WHEN")]
     pub newer_than: Option<String>,
     /// Say what would be removed, and remove nothing.
