@@ -199,10 +199,7 @@ impl Cache {
             let (k, v) = kv?;
             let path = path_of_bytes(&k);
             let current = match (parse::<FileMemo>(&v), std::fs::metadata(path)) {
-                (Some(m), Ok(meta)) => {
-                    let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-                    m.size == meta.len() && m.mtime_ns == mtime_ns && m.ino == meta.ino()
-                }
+                (Some(m), Ok(meta)) => m.describes(&meta),
                 _ => false,
             };
             if !current {

@@ -79,6 +79,18 @@ fn history_key(workflow: &Path, job: &str) -> Vec<u8> {
     k
 }
 
+/// A file's modification time in nanoseconds since the epoch, as its memo keeps it.
+fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
+impl FileMemo {
+    /// Whether the memo was taken of the file as `meta` shows it now (size, mtime, inode).
+    fn describes(&self, meta: &std::fs::Metadata) -> bool {
+        self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.ino == meta.ino()
+    }
+}
+
 /// The workflow file and job id a history key names.
 fn split_history_key(k: &[u8]) -> (&Path, String) {
     let mut parts = k.splitn(2, |b| *b == 0);
@@ -292,7 +304,7 @@ impl Cache {
 
     fn file_digest(&self, path: &Path) -> io::Result<Digest> {
         let meta = std::fs::metadata(path)?;
-        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let mtime_ns = mtime_ns(&meta);
         let key = path.as_os_str().as_encoded_bytes();
         if let Some(m) = self
             .files
@@ -301,7 +313,7 @@ impl Cache {
             .flatten()
             .and_then(|v| parse::<FileMemo>(&v))
         {
-            if m.size == meta.len() && m.mtime_ns == mtime_ns && m.ino == meta.ino() {
+            if m.describes(&meta) {
                 tracing::trace!("{}: unchanged since it was hashed", path.display());
                 return Ok(m.digest);
             }

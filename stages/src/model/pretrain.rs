@@ -737,11 +737,13 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
             epoch + 1
         ));
         summary.final_loss = loss;
-        if step < total && (checkpoints.due(step) || stop.requested()) {
+        // Read once: a signal between two reads would end the run without this step's save.
+        let stopping = stop.requested();
+        if step < total && (checkpoints.due(step) || stopping) {
             checkpoint::save(&ctx.work, &w, &opt, step, &log)?;
             checkpoints.written(step);
         }
-        if step < total && stop.requested() {
+        if step < total && stopping {
             return Err(format!(
                 "pretrain: stopped by SIGTERM after step {step} of {total}; its checkpoint is in \
                  {}, and a re-run goes on from there",
