@@ -184,3 +184,14 @@ impl Schedule {
         self.since = Instant::now();
     }
 }
+
+/// How a test ends a training run early, as a crash or a stop would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// After this step, as a crash would: with only the checkpoints written by then.
+    Crash(u64),
+    /// After this step, as a SIGTERM would: with a checkpoint of that step.
+    Stop(u64),
+    /// During the validation that follows this step, as a SIGTERM there would.
+    StopValidating(u64),
+}

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use super::checkpoint::Halt;
 use super::examples::{self, Example, Split};
 use super::head::{self, HeadConfig, Transform};
 use super::lamb::Lamb;
@@ -190,15 +191,6 @@ fn promoter_window(ctx: &Context) -> Option<crate::genomics::window::Window> {
 /// Trains, writes the artifact, and returns the summary.
 pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
     train(p, ctx, None)
-}
-
-/// How a test ends a fine-tuning early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Halt {
-    /// After this step, as a crash would: with only the checkpoints written by then.
-    Crash(u64),
-    /// After this step, as a SIGTERM would: with a checkpoint of that step.
-    Stop(u64),
 }
 
 /// Fine-tunes; `halt` (tests) ends the run early.
@@ -427,7 +419,10 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
                 }
             }
         }
-        if step < total && schedule.due(step) {
+        // A SIGTERM during the validation is seen here, with the epoch done.
+        let signalled = stop.requested();
+        let stopping = signalled || halt == Some(Halt::StopValidating(step));
+        if step < total && (schedule.due(step) || stopping) {
             let at = checkpoint::At {
                 step,
                 epochs_done: epoch,
@@ -436,6 +431,14 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
             checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
                 .map_err(fail)?;
             schedule.written(step);
+            if stopping {
+                return Err(fail(format!(
+                    "stopped by {} at the end of epoch {epoch} (step {step} of {total}); its \
+                     checkpoint is in {}, and a re-run goes on from there",
+                    if signalled { "SIGTERM" } else { "a test" },
+                    ctx.work.display()
+                )));
+            }
         }
     }
     summary.steps = step;

@@ -13,7 +13,8 @@
 //! - Checkpoints (weights, LAMB moments, step) go to the job's work folder every
 //!   `checkpoint_minutes` (or every `checkpoint_every` steps); a re-run resumes from the last one.
 //!   A SIGTERM (the run stopping, Slurm's time limit) saves one after the step under way and
-//!   ends the stage with an error (`crate::stop`), so no step is lost.
+//!   ends the stage with an error (`crate::stop`), so no step is lost; one during an epoch's
+//!   validation stops it at its next batch, and the re-run validates that epoch first.
 //! - Each epoch's order of the training sequences is drawn once, at the epoch's first step: at
 //!   the paper's 7.5 M training promoters, drawing it takes about 0.2 s.
 //! - The corpus is tokenized once per job and stored compactly (2 bytes per id) in the work
@@ -31,6 +32,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use super::checkpoint::Halt;
 use super::lamb::Lamb;
 use super::mlm_positions::MlmPositions;
 use super::param_checks::*;
@@ -289,16 +291,21 @@ fn read_count(t: &Tensor) -> candle_core::Result<usize> {
     Ok(t.to_scalar::<f32>()?.round() as usize)
 }
 
-/// Mean masked loss over a set of rows (no dropout, fixed masks): for validation.
+/// Mean masked loss and accuracy over a set of rows (no dropout, fixed masks): for validation.
+/// `stop` is asked before each batch; `None` when it said to stop.
 pub fn evaluate(
     w: &Weights,
     cfg: &Config,
     rows: &[&[u32]],
     p: &Params,
     dev: &Device,
-) -> candle_core::Result<(f64, f64)> {
+    stop: &dyn Fn() -> bool,
+) -> candle_core::Result<Option<(f64, f64)>> {
     let (mut total, mut count, mut correct) = (0f64, 0usize, 0usize);
     for (i, chunk) in rows.chunks(p.batch_size.max(1)).enumerate() {
+        if stop() {
+            return Ok(None);
+        }
         let mut rng = step_rng(p.seed, u64::MAX, i as u64, 3);
         let (inputs, labels) = mask_batch(&trimmed(chunk), cfg.vocab_size, p.mask_prob, &mut rng);
         let at = MlmPositions::from_labels(&labels, inputs.len(), width(&inputs))?;
@@ -313,7 +320,21 @@ pub fn evaluate(
     } else {
         f64::NAN
     };
-    Ok((mean, correct as f64 / count.max(1) as f64))
+    Ok(Some((mean, correct as f64 / count.max(1) as f64)))
+}
+
+/// A training log row's last two cells (validation loss and perplexity) when it has none.
+const NO_VALIDATION: &str = "\t";
+
+/// A training log row whose validation was stopped before it ended: its epoch's last, with
+/// empty validation cells.
+fn awaits_validation(row: &str) -> bool {
+    row.ends_with(&format!("\t{NO_VALIDATION}"))
+}
+
+/// The validation cells of a training log row.
+fn validation_cells(loss: f64) -> String {
+    format!("{loss:.6}\t{:.4}", loss.exp())
 }
 
 /// The tokenized corpus: `n` rows of `max_len` ids.
@@ -541,8 +562,17 @@ pub struct Summary {
     pub padding: f64,
 }
 
-/// Trains; `halt_after` stops after that step as if killed (for tests of resuming).
-pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summary, String> {
+impl Summary {
+    /// Takes the validation loss and masked accuracy of the last epoch validated.
+    fn validated(&mut self, (loss, accuracy): (f64, f64)) {
+        self.validation_loss = loss;
+        self.validation_perplexity = loss.exp();
+        self.validation_accuracy = accuracy;
+    }
+}
+
+/// Trains; `halt` (tests) ends the run early.
+pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, String> {
     p.check().map_err(|e| format!("pretrain: {e}"))?;
     let dev = super::device::for_job(&ctx.gpus, "pretrain")?;
     let corpus_in = ctx
@@ -622,21 +652,22 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         .unwrap_or(steps_per_epoch * p.epochs as u64)
         .min(steps_per_epoch * p.epochs as u64);
     std::fs::create_dir_all(&ctx.work).map_err(|e| e.to_string())?;
-    let (mut w, mut opt, mut step, mut log) = match checkpoint::load(&ctx.work, &cfg, &dev) {
-        Some(r) => {
-            eprintln!("pretrain: resuming from the checkpoint at step {}", r.step);
-            let mut opt = r.optimizer;
-            opt.weight_decay = p.weight_decay;
-            (r.weights, opt, r.step, r.log)
-        }
-        None => {
-            let w = match init {
-                Some(w) => w,
-                None => Weights::init(&cfg, p.seed, &dev).map_err(|e| e.to_string())?,
-            };
-            (w, Lamb::new(p.weight_decay), 0, Vec::new())
-        }
-    };
+    let (mut w, mut opt, mut step, mut log, last_loss) =
+        match checkpoint::load(&ctx.work, &cfg, &dev) {
+            Some(r) => {
+                eprintln!("pretrain: resuming from the checkpoint at step {}", r.step);
+                let mut opt = r.optimizer;
+                opt.weight_decay = p.weight_decay;
+                (r.weights, opt, r.step, r.log, r.loss)
+            }
+            None => {
+                let w = match init {
+                    Some(w) => w,
+                    None => Weights::init(&cfg, p.seed, &dev).map_err(|e| e.to_string())?,
+                };
+                (w, Lamb::new(p.weight_decay), 0, Vec::new(), None)
+            }
+        };
     w.compute = p.precision.dtype();
     p.attention
         .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)?;
@@ -646,6 +677,7 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         resumed_from,
         train_sequences: train_idx.len(),
         validation_sequences: val_idx.len(),
+        final_loss: last_loss.unwrap_or(f64::NAN),
         ..Summary::default()
     };
     let header = "step\tepoch\tloss\tmasked_acc\tlr\tval_loss\tval_perplexity";
@@ -660,9 +692,38 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
     let (mut positions, mut real) = (0u64, 0u64);
     let mut checkpoints =
         super::checkpoint::Schedule::new(p.checkpoint_every, p.checkpoint_minutes, step);
-    let pace = super::pace::Pace::start(step, total);
     // From here a SIGTERM (the run stopping, Slurm's time limit) saves the steps done so far.
     let stop = crate::stop::StopOnSignal::install()?;
+    let stopped = |by: &str, when: String| {
+        format!(
+            "pretrain: stopped by {by} {when}; its checkpoint is in {}, and a re-run goes on \
+             from there",
+            ctx.work.display()
+        )
+    };
+    let is_epoch_end = |step: u64| step.is_multiple_of(steps_per_epoch) || step == total;
+    if let Some(row) = log.last_mut() {
+        // A stop during an epoch's validation left its row without one: it is done first.
+        if is_epoch_end(step) && !val_rows.is_empty() && awaits_validation(row) {
+            let epoch = (step - 1) / steps_per_epoch + 1;
+            eprintln!("pretrain: validating epoch {epoch}, which the stop interrupted");
+            let asked = || stop.requested();
+            match evaluate(&w, &cfg, &val_rows, p, &dev, &asked).map_err(|e| e.to_string())? {
+                Some(v) => {
+                    summary.validated(v);
+                    row.truncate(row.len() - NO_VALIDATION.len());
+                    row.push_str(&validation_cells(v.0));
+                }
+                None => {
+                    return Err(stopped(
+                        "SIGTERM",
+                        format!("while validating epoch {epoch} (after step {step} of {total})"),
+                    ))
+                }
+            }
+        }
+    }
+    let pace = super::pace::Pace::start(step, total);
     while step < total {
         let epoch = (step / steps_per_epoch) as usize;
         let in_epoch = (step % steps_per_epoch) as usize;
@@ -722,15 +783,22 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         opt.update_clipped(&w, &grads, lr, scale, p.clip_norm)
             .map_err(|e| e.to_string())?;
         let acc = correct as f64 / count.max(1) as f64;
-        let end_of_epoch = step % steps_per_epoch == 0 || step == total;
-        let val = if end_of_epoch && !val_rows.is_empty() {
-            let (vl, va) = evaluate(&w, &cfg, &val_rows, p, &dev).map_err(|e| e.to_string())?;
-            summary.validation_loss = vl;
-            summary.validation_perplexity = vl.exp();
-            summary.validation_accuracy = va;
-            format!("{vl:.6}\t{:.4}", vl.exp())
+        // A stop while validating keeps the step; the re-run validates before it goes on.
+        let mut interrupted = false;
+        let val = if is_epoch_end(step) && !val_rows.is_empty() {
+            let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
+            match evaluate(&w, &cfg, &val_rows, p, &dev, &asked).map_err(|e| e.to_string())? {
+                Some(v) => {
+                    summary.validated(v);
+                    validation_cells(v.0)
+                }
+                None => {
+                    interrupted = true;
+                    NO_VALIDATION.to_string()
+                }
+            }
         } else {
-            "\t".to_string()
+            NO_VALIDATION.to_string()
         };
         log.push(format!(
             "{step}\t{}\t{loss:.6}\t{acc:.4}\t{lr:.3e}\t{val}",
@@ -738,19 +806,27 @@ pub fn train(p: &Params, ctx: &Context, halt_after: Option<u64>) -> Result<Summa
         ));
         summary.final_loss = loss;
         // Read once: a signal between two reads would end the run without this step's save.
-        let stopping = stop.requested();
-        if step < total && (checkpoints.due(step) || stopping) {
-            checkpoint::save(&ctx.work, &w, &opt, step, &log)?;
+        let signalled = stop.requested();
+        let stopping = signalled || interrupted || halt == Some(Halt::Stop(step));
+        // The last step needs a checkpoint only when its validation is still to do.
+        let saves = step < total || interrupted;
+        if saves && (checkpoints.due(step) || stopping) {
+            checkpoint::save(&ctx.work, &w, &opt, step, loss, &log)?;
             checkpoints.written(step);
         }
-        if step < total && stopping {
-            return Err(format!(
-                "pretrain: stopped by SIGTERM after step {step} of {total}; its checkpoint is in \
-                 {}, and a re-run goes on from there",
-                ctx.work.display()
-            ));
+        if saves && stopping {
+            let by = if signalled { "SIGTERM" } else { "a test" };
+            let when = if interrupted {
+                format!(
+                    "while validating epoch {} (after step {step} of {total})",
+                    epoch + 1
+                )
+            } else {
+                format!("after step {step} of {total}")
+            };
+            return Err(stopped(by, when));
         }
-        if halt_after == Some(step) {
+        if halt == Some(Halt::Crash(step)) {
             return Err(format!("pretrain: halted after step {step} (test)"));
         }
         if step % 10 == 0 || step == total {

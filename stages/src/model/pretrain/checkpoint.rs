@@ -1,5 +1,5 @@
 //! Pretraining's checkpoints (`model::checkpoint`): the weights and LAMB's moments after a step,
-//! with the step and the training log so far.
+//! with the step, its training loss and the training log so far.
 
 use std::path::Path;
 
@@ -19,6 +19,9 @@ pub(super) use checkpoint::remove;
 struct State {
     step: u64,
     lamb_step: u64,
+    /// The step's training loss (absent from checkpoints written before it was kept).
+    #[serde(default)]
+    loss: Option<f64>,
     log: Vec<String>,
 }
 
@@ -27,6 +30,7 @@ pub(super) struct Restored {
     pub weights: Weights,
     pub optimizer: Lamb,
     pub step: u64,
+    pub loss: Option<f64>,
     pub log: Vec<String>,
 }
 
@@ -36,6 +40,7 @@ pub(super) fn save(
     w: &Weights,
     opt: &Lamb,
     step: u64,
+    loss: f64,
     log: &[String],
 ) -> Result<(), String> {
     let mut tensors = w.tensors();
@@ -43,6 +48,7 @@ pub(super) fn save(
     let state = State {
         step,
         lamb_step: opt.step,
+        loss: Some(loss),
         log: log.to_vec(),
     };
     checkpoint::save(work, step, &tensors, &state)
@@ -57,6 +63,7 @@ pub(super) fn load(work: &Path, cfg: &Config, dev: &Device) -> Option<Restored> 
             weights,
             optimizer,
             step: state.step,
+            loss: state.loss,
             log: state.log,
         })
     })

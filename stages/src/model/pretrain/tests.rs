@@ -255,7 +255,7 @@ fn a_resumed_run_ends_with_the_same_weights() {
     let whole = ctx(dir.path(), "whole", &c, &t);
     train(&p, &whole, None).unwrap();
     let broken = ctx(dir.path(), "broken", &c, &t);
-    let err = train(&p, &broken, Some(6)).unwrap_err();
+    let err = train(&p, &broken, Some(Halt::Crash(6))).unwrap_err();
     assert!(err.contains("halted after step 6"));
     assert!(checkpoint::exists(&broken.work));
     let s = train(&p, &broken, None).unwrap();
@@ -263,7 +263,7 @@ fn a_resumed_run_ends_with_the_same_weights() {
     assert_same_model(&whole, &broken);
 
     let killed = ctx(dir.path(), "killed", &c, &t);
-    train(&p, &killed, Some(10)).unwrap_err();
+    train(&p, &killed, Some(Halt::Crash(10))).unwrap_err();
     // Checkpoints at steps 4 and 8: only the last one's weights are kept.
     assert_eq!(
         checkpoint_files(&killed.work),
@@ -282,7 +282,7 @@ fn a_resumed_run_ends_with_the_same_weights() {
     assert_eq!(checkpoint_files(&killed.work), Vec::<String>::new());
 
     let damaged = ctx(dir.path(), "damaged", &c, &t);
-    train(&p, &damaged, Some(6)).unwrap_err();
+    train(&p, &damaged, Some(Halt::Crash(6))).unwrap_err();
     let weights = damaged.work.join("checkpoint-4.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
@@ -290,6 +290,73 @@ fn a_resumed_run_ends_with_the_same_weights() {
     assert_eq!(s.resumed_from, 0, "started over");
     assert_same_model(&whole, &damaged);
     assert_eq!(checkpoint_files(&damaged.work), Vec::<String>::new());
+}
+
+/// A run stopped after a step, or while it validates an epoch (the first, or the last after the
+/// last step), saves that step; the re-run validates what the stop interrupted and ends as a run
+/// never stopped, with the same validation figures.
+#[test]
+fn a_run_stopped_while_validating_validates_again_and_ends_as_an_unstopped_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = Params {
+        batch_size: 4,
+        checkpoint_every: Some(1000),
+        ..tiny()
+    };
+    let whole = ctx(dir.path(), "whole", &c, &t);
+    let expected = train(&p, &whole, None).unwrap();
+    // The steps whose rows carry a validation: the epochs' ends.
+    let log = std::fs::read_to_string(whole.out.join("train_log.tsv")).unwrap();
+    let validated: Vec<u64> = log
+        .lines()
+        .skip(1)
+        .filter(|row| !row.ends_with("\t\t"))
+        .map(|row| row.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(validated.len(), 2, "two epochs: {log}");
+    assert!(
+        expected.validation_sequences > p.batch_size,
+        "validated in batches"
+    );
+    let (first, last) = (validated[0], validated[1]);
+    assert_eq!(last, expected.steps);
+    for (name, halt, message) in [
+        (
+            "after-a-step",
+            Halt::Stop(3),
+            format!("stopped by a test after step 3 of {last}"),
+        ),
+        (
+            "first-validation",
+            Halt::StopValidating(first),
+            format!("stopped by a test while validating epoch 1 (after step {first} of {last})"),
+        ),
+        (
+            "last-validation",
+            Halt::StopValidating(last),
+            format!("stopped by a test while validating epoch 2 (after step {last} of {last})"),
+        ),
+    ] {
+        let run = ctx(dir.path(), name, &c, &t);
+        let err = train(&p, &run, Some(halt)).unwrap_err();
+        assert!(err.contains(&message), "{name}: {err}");
+        assert!(checkpoint::exists(&run.work), "{name}");
+        assert!(!run.out.join("model.safetensors").exists(), "{name}");
+        let s = train(&p, &run, None).unwrap();
+        assert_same_model(&whole, &run);
+        assert_eq!(
+            (s.validation_loss, s.validation_accuracy, s.final_loss),
+            (
+                expected.validation_loss,
+                expected.validation_accuracy,
+                expected.final_loss
+            ),
+            "{name}"
+        );
+        assert_eq!(checkpoint_files(&run.work), Vec::<String>::new(), "{name}");
+    }
 }
 
 /// The same weights and training log in two runs' outputs.
@@ -336,7 +403,7 @@ fn checkpoints_by_time_follow_checkpoint_minutes() {
             ..tiny()
         };
         let run = ctx(dir.path(), &format!("by-time-{minutes}"), &c, &t);
-        let err = train(&p, &run, Some(5)).unwrap_err();
+        let err = train(&p, &run, Some(Halt::Crash(5))).unwrap_err();
         assert!(err.contains("halted after step 5"), "{err}");
         assert_eq!(
             checkpoint::exists(&run.work),
