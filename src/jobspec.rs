@@ -129,6 +129,13 @@ pub fn failed_marker(spec: &Path) -> std::path::PathBuf {
     spec.with_extension("failed")
 }
 
+/// The marker a job of a Slurm bundle leaves beside its spec as it starts: a job without one
+/// when its bundle ended never started, so it goes on in a new Slurm job whatever the bundle's
+/// end.
+pub fn started_marker(spec: &Path) -> std::path::PathBuf {
+    spec.with_extension("started")
+}
+
 /// How a cluster job ended, going by its markers: `Some(Ok(()))` after a success,
 /// `Some(Err(status))` after a bundled job's failure, `None` while neither shows. The failed
 /// marker is removed once read.

@@ -611,7 +611,9 @@ fn a_failure_withdraws_the_jobs_held_for_a_bundle() {
 }
 
 /// A job that Slurm ends at its time limit goes on from its work folder in a new Slurm job when
-/// it saved something there (a checkpoint), and fails saying it needs more `time` when not.
+/// it saved something there (a checkpoint), and fails saying it needs more `time` when not. In a
+/// bundle that reaches its time limit (`--time=1` for all, where a bundle of two would have 2
+/// minutes), the job that ran out fails, and the one that never started goes on.
 /// Slurm checks time limits every 30 s or so, so this test waits a minute and a half.
 #[test]
 fn a_job_at_its_time_limit_goes_on_from_what_it_saved() {
@@ -621,9 +623,35 @@ fn a_job_at_its_time_limit_goes_on_from_what_it_saved() {
     let p = Project::new();
     p.write(
         "wf.yaml",
-        "name: wf\nstages:\n  saves:\n    kind: exec\n    resources: {time: 1}\n    params: {argv: [sh, -c, \"if [ -f $FLORA_WORK/checkpoint ]; then echo went on > $FLORA_OUT/x; else echo step 1 > $FLORA_WORK/checkpoint; sleep 600; fi\"]}\n  saves_nothing:\n    kind: exec\n    resources: {time: 1}\n    params: {argv: [sleep, \"600\"]}\n",
+        "name: wf\nstages:\n  saves:\n    kind: exec\n    resources: {time: 1}\n    params: {argv: [sh, -c, \"if [ -f $FLORA_WORK/checkpoint ]; then echo went on > $FLORA_OUT/x; else echo step 1 > $FLORA_WORK/checkpoint; sleep 600; fi\"]}\n  saves_nothing:\n    kind: exec\n    resources: {time: 1}\n    params: {argv: [sleep, \"600\"]}\n  fan:\n    kind: exec\n    foreach: [a, b]\n    resources: {time: 1, bundle: 2}\n    params: {argv: [sh, -c, \"if mkdir first-started; then sleep 600; fi; echo ${item} > $FLORA_OUT/x\"]}\n",
     );
-    let text = p.fails(&run_args("wf.yaml", &["--keep-going"]), 1);
+    let text = p.fails(
+        &run_args("wf.yaml", &["--keep-going", "--slurm-arg=--time=1"]),
+        1,
+    );
+    let (ran_out, never_started) = match state_of(&text, "fan[a]").as_str() {
+        "failed" => ("fan[a]", "fan[b]"),
+        _ => ("fan[b]", "fan[a]"),
+    };
+    assert_eq!(state_of(&text, ran_out), "failed", "{text}");
+    assert_eq!(state_of(&text, never_started), "ran", "{text}");
+    assert!(
+        text.contains(&format!(
+            "ended TIMEOUT; submitting it again (continuation 1 of at most 10); {never_started} had not started"
+        )),
+        "{text}"
+    );
+    let failure = text
+        .lines()
+        .skip_while(|l| !l.contains(&format!("job {ran_out} failed")))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        failure.contains("before this job ended (a bundle of 2 jobs;")
+            && failure.contains("give its stage more `time`"),
+        "{text}"
+    );
     assert_eq!(state_of(&text, "saves"), "ran", "{text}");
     assert_eq!(p.read("results/wf/saves/x"), "went on\n");
     assert!(

@@ -8,7 +8,8 @@
 //! the job's start and end) after a success, `.failed` (the exit status) after a failure, each
 //! written under a temporary name and renamed, so that the driver, which looks for them while
 //! the bundle runs, never reads half of one. A job's failure does not stop the bundle's next
-//! jobs.
+//! jobs. A `.started` marker, left as a job starts, tells the jobs that a bundle ended by Slurm
+//! (its time limit, a lost node) never started from those it stopped.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,14 @@ pub fn width(members: &[Launch]) -> usize {
         .clamp(1, members.len().max(1))
 }
 
+/// How a bundle runs its jobs, in words: "one after another", or "4 at a time".
+pub fn pace_words(members: &[Launch]) -> String {
+    match width(members) {
+        1 => "one after another".to_string(),
+        w => format!("{w} at a time"),
+    }
+}
+
 /// The batch script that runs `members` as `exe __job SPEC`, each into its own log, `width` of
 /// them at a time. Each of `width` lanes takes the jobs in order, each one that no other lane has
 /// claimed (`mkdir` in a folder of the node's own, which succeeds for one lane only), so a lane
@@ -47,13 +56,14 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
     let mut text = format!(
         "#!/bin/sh\n\
          # flora: {n} jobs in this Slurm job (a bundle), {width} at a time.\n\
-         # run SPEC LOG DONE FAILED: runs one job; its end marker is DONE (the node's name,\n\
-         # then its start and end)\n\
+         # run SPEC LOG DONE FAILED STARTED: runs one job, leaving STARTED as it starts; its\n\
+         # end marker is DONE (the node's name, then its start and end)\n\
          # or FAILED (the exit status), each renamed into place once written.\n\
          # A job whose spec is gone (its end was taken) or whose DONE marker shows has run:\n\
          # a bundle that Slurm runs again (a requeue) skips it.\n\
          run() {{\n\
          \x20 [ -e \"$1\" ] && [ ! -e \"$3\" ] || return 0\n\
+         \x20 : > \"$5\"\n\
          \x20 start=$(date +%s.%N)\n\
          \x20 {flora}{flag} __job \"$1\" >> \"$2\" 2>&1\n\
          \x20 status=$?\n\
@@ -75,6 +85,7 @@ pub fn script(exe: &Path, verbosity: Option<&str>, members: &[Launch]) -> String
             m.log.clone(),
             crate::jobspec::done_marker(&m.spec_file),
             crate::jobspec::failed_marker(&m.spec_file),
+            crate::jobspec::started_marker(&m.spec_file),
         ]
         .map(|p| shell_quote(&p.to_string_lossy()));
         text.push_str(&format!("    {}) run {} ;;\n", i + 1, quoted.join(" ")));

@@ -440,7 +440,12 @@ impl Slurm {
                 if state == "RUNNING" && !progress.is_tty() {
                     let what = match t.members.len() {
                         1 => t.members[0].id.clone(),
-                        n => format!("{} and {} more, one after another,", t.members[0].id, n - 1),
+                        n => format!(
+                            "{} and {} more, {}",
+                            t.members[0].id,
+                            n - 1,
+                            bundle::pace_words(&t.members)
+                        ),
                     };
                     progress.println(&format!("running {what} (Slurm job {id})"));
                 }
@@ -467,7 +472,8 @@ impl Slurm {
     /// (a time limit, a node failure, a pre-emption) goes on in a new Slurm job when it saved
     /// something in its work folder since it was submitted (a checkpoint), up to
     /// `continuations` times; one that saved nothing is tried again after a node failure or a
-    /// pre-emption, up to `retries` times, and fails after a time limit.
+    /// pre-emption, up to `retries` times, and fails after a time limit. A bundled job that had
+    /// not started when its bundle ended goes on too (it was not the one that ran out of time).
     fn finish(&mut self, id: &str, end: Final, progress: &mut Progress) {
         let Some(mut t) = self.jobs.remove(id) else {
             return;
@@ -478,9 +484,13 @@ impl Slurm {
         let can_go_on = t.continued < self.opts.continuations;
         let mut again = Vec::new();
         let (mut went_on, mut retried) = (false, false);
+        let mut unstarted = Vec::new();
         // One wait for a slow file system for all of a bundle's jobs, not one each.
         let visible_by = Instant::now() + self.opts.latency;
         for m in std::mem::take(&mut t.members) {
+            let started_marker = crate::jobspec::started_marker(&m.spec_file);
+            let started = t.size == 1 || started_marker.exists();
+            let _ = std::fs::remove_file(&started_marker);
             let outcome = match crate::jobspec::marker_end(&m.spec_file) {
                 Some(ended) => member_outcome(ended, id, t.size),
                 None if end.state == "COMPLETED" => {
@@ -493,6 +503,24 @@ impl Slurm {
                         ),
                         Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
                     }
+                }
+                None if (lost || timed_out) && !started => {
+                    if can_go_on {
+                        went_on = true;
+                        unstarted.push(m.id.clone());
+                        again.push(m);
+                        continue;
+                    }
+                    if can_retry {
+                        retried = true;
+                        again.push(m);
+                        continue;
+                    }
+                    Outcome::Failed(format!(
+                        "{}, after going on {} times (--slurm-continuations)",
+                        slurm_failure(id, &end, &t, "started"),
+                        t.continued
+                    ))
                 }
                 None if lost || timed_out => {
                     let saved =
@@ -507,7 +535,7 @@ impl Slurm {
                         again.push(m);
                         continue;
                     }
-                    let mut why = slurm_failure(id, &end, &t);
+                    let mut why = slurm_failure(id, &end, &t, "ended");
                     if saved {
                         why.push_str(&format!(
                             " after going on from its work folder {} times (--slurm-continuations)",
@@ -521,7 +549,7 @@ impl Slurm {
                     }
                     Outcome::Failed(why)
                 }
-                None => Outcome::Failed(slurm_failure(id, &end, &t)),
+                None => Outcome::Failed(slurm_failure(id, &end, &t, "ended")),
             };
             self.ended.push_back((m.job, outcome));
         }
@@ -541,8 +569,11 @@ impl Slurm {
             end.state
         );
         if went_on {
+            if unstarted.len() < again.len() {
+                line.push_str(" to go on from its work folder");
+            }
             line.push_str(&format!(
-                " to go on from its work folder (continuation {} of at most {})",
+                " (continuation {} of at most {})",
                 next.continued, self.opts.continuations
             ));
         }
@@ -552,6 +583,9 @@ impl Slurm {
                 next.attempt,
                 self.opts.retries + 1
             ));
+        }
+        if !unstarted.is_empty() {
+            line.push_str(&format!("; {} had not started", unstarted.join(", ")));
         }
         progress.println(&line);
         for m in &again {
@@ -591,10 +625,7 @@ impl Slurm {
                         "--- submitted as Slurm job {id}, a bundle of {} jobs run {} \
                          (Slurm's output: {})\n",
                         members.len(),
-                        match bundle::width(&members) {
-                            1 => "one after another".to_string(),
-                            w => format!("{w} at a time"),
-                        },
+                        bundle::pace_words(&members),
                         output.display()
                     ),
                 };
@@ -784,8 +815,9 @@ fn member_outcome(end: Result<(), String>, id: &str, size: usize) -> Outcome {
     }
 }
 
-/// Why a job failed that Slurm ended before it could end itself.
-fn slurm_failure(id: &str, end: &Final, t: &Tracked) -> String {
+/// Why a job failed that Slurm ended before it could end itself, or (a bundled job, `before`
+/// "started") before it could start.
+fn slurm_failure(id: &str, end: &Final, t: &Tracked, before: &str) -> String {
     let mut why = format!("Slurm job {id} ended {}", end.state);
     if let Some(code) = end.exit.as_ref().filter(|c| *c != "0:0") {
         why.push_str(&format!(" (exit code {code})"));
@@ -798,7 +830,7 @@ fn slurm_failure(id: &str, end: &Final, t: &Tracked) -> String {
     }
     if let Some(output) = &t.output {
         why.push_str(&format!(
-            " before this job ended (a bundle of {} jobs; Slurm's output: {})",
+            " before this job {before} (a bundle of {} jobs; Slurm's output: {})",
             t.size,
             output.display()
         ));

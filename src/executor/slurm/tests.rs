@@ -175,6 +175,11 @@ fn a_bundle_run_again_skips_the_jobs_that_ran() {
         !jobs[0].log.exists() && !jobs[1].log.exists(),
         "a job ran again"
     );
+    let started = |j: &Launch| crate::jobspec::started_marker(&j.spec_file).exists();
+    assert_eq!(
+        jobs.iter().map(started).collect::<Vec<_>>(),
+        [false, false, true]
+    );
     let log = std::fs::read_to_string(&jobs[2].log).unwrap();
     assert_eq!(log.trim(), format!("ran {}", jobs[2].spec_file.display()));
 }
@@ -215,6 +220,10 @@ fn a_bundles_script_runs_each_job_into_its_log_and_goes_on_after_a_failure() {
         assert_eq!(
             log.trim(),
             format!("ran {}", m.spec_file.display()),
+            "job {i}"
+        );
+        assert!(
+            crate::jobspec::started_marker(&m.spec_file).exists(),
             "job {i}"
         );
         let end = crate::jobspec::marker_end(&m.spec_file);
@@ -397,6 +406,65 @@ fn a_job_that_went_on_too_many_times_fails() {
         why.ends_with("after going on from its work folder 3 times (--slurm-continuations)"),
         "{why}"
     );
+}
+
+/// When a bundle reaches its time limit, a job that ended keeps its end, one that started and
+/// saved nothing fails for want of time, and one that never started is not blamed: it goes on in
+/// a new Slurm job while continuations are left, and says it never started when none are.
+#[test]
+fn a_bundles_time_limit_tells_its_jobs_that_never_started_from_the_one_that_ran_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut jobs = members(dir.path(), 3);
+    for (i, j) in jobs.iter_mut().enumerate() {
+        j.spec.context.work = dir.path().join(format!("work{i}"));
+    }
+    write_specs(&jobs);
+    std::fs::write(crate::jobspec::done_marker(&jobs[0].spec_file), "node1\n").unwrap();
+    for j in &jobs[..2] {
+        std::fs::write(crate::jobspec::started_marker(&j.spec_file), "").unwrap();
+    }
+    let mut slurm = slurm(None);
+    slurm.opts.continuations = 2;
+    let work_before = jobs
+        .iter()
+        .map(|j| (j.job, work_print(&j.spec.context.work)))
+        .collect();
+    slurm.jobs.insert(
+        "77".into(),
+        Tracked {
+            size: jobs.len(),
+            members: jobs.clone(),
+            attempt: 1,
+            continued: 2,
+            work_before,
+            state: "RUNNING".into(),
+            output: Some(dir.path().join("k0.bundle.log")),
+        },
+    );
+    slurm.finish("77", timed_out(), &mut Progress::new(3));
+    assert!(matches!(
+        slurm.ended.pop_front(),
+        Some((0, Outcome::Succeeded))
+    ));
+    let ran_out = failure(&mut slurm);
+    assert!(
+        ran_out.contains("before this job ended (a bundle of 3 jobs;")
+            && ran_out.ends_with("give its stage more `time`"),
+        "{ran_out}"
+    );
+    let never_started = failure(&mut slurm);
+    assert!(
+        never_started.starts_with("Slurm job 77 ended TIMEOUT (exit code 0:15): TimeLimit before this job started (a bundle of 3 jobs;")
+            && never_started.ends_with("after going on 2 times (--slurm-continuations)"),
+        "{never_started}"
+    );
+    for j in &jobs {
+        assert!(
+            !crate::jobspec::started_marker(&j.spec_file).exists(),
+            "{}",
+            j.id
+        );
+    }
 }
 
 #[test]
