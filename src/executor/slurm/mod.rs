@@ -504,29 +504,15 @@ impl Slurm {
                         Err(why) => Outcome::Failed(format!("Slurm job {id} completed, but {why}")),
                     }
                 }
-                None if (lost || timed_out) && !started => {
-                    if can_go_on {
-                        went_on = true;
-                        unstarted.push(m.id.clone());
-                        again.push(m);
-                        continue;
-                    }
-                    if can_retry {
-                        retried = true;
-                        again.push(m);
-                        continue;
-                    }
-                    Outcome::Failed(format!(
-                        "{}, after going on {} times (--slurm-continuations)",
-                        slurm_failure(id, &end, &t, "started"),
-                        t.continued
-                    ))
-                }
                 None if lost || timed_out => {
+                    // A bundled job that had not started goes on as one that saved something.
                     let saved =
                         t.work_before.get(&m.job) != Some(&work_print(&m.spec.context.work));
-                    if saved && can_go_on {
+                    if (saved || !started) && can_go_on {
                         went_on = true;
+                        if !started {
+                            unstarted.push(m.id.clone());
+                        }
                         again.push(m);
                         continue;
                     }
@@ -535,8 +521,14 @@ impl Slurm {
                         again.push(m);
                         continue;
                     }
-                    let mut why = slurm_failure(id, &end, &t, "ended");
-                    if saved {
+                    let before = if started { "ended" } else { "started" };
+                    let mut why = slurm_failure(id, &end, &t, before);
+                    if !started {
+                        why.push_str(&format!(
+                            ", after going on {} times (--slurm-continuations)",
+                            t.continued
+                        ));
+                    } else if saved {
                         why.push_str(&format!(
                             " after going on from its work folder {} times (--slurm-continuations)",
                             t.continued

@@ -226,6 +226,13 @@ fn window(
 /// Where the FASTA and GFF3 are: `fasta` + `gff` inputs, or a `genome` folder from `download`.
 pub fn locate_inputs(ctx: &Context) -> Result<(PathBuf, PathBuf), PromoterError> {
     if let Some(dir) = ctx.inputs.get("genome") {
+        if dir.is_file() {
+            return Err(PromoterError::Inputs(format!(
+                "input `genome` is a file ({}): it takes a `download` output folder; give a \
+                 FASTA as input `fasta` and its annotation as input `gff`",
+                dir.display()
+            )));
+        }
         let find = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
         let fasta = find(&[
             "genome.fa.gz",

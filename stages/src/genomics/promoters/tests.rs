@@ -266,6 +266,36 @@ fn writes_bgzip_fasta_tsv_and_summary() {
     assert_eq!(json, summary);
 }
 
+/// Inputs given the wrong way are told how to give them: a FASTA file as `genome` (which takes a
+/// `download` folder), a folder without a genome, and neither `genome` nor `fasta` + `gff`.
+#[test]
+fn inputs_given_the_wrong_way_say_how_to_give_them() {
+    let (dir, fasta, gff) = setup(&gene("P", "c1", 21, 25, '+', "protein_coding"));
+    let ctx_with = |inputs: &[(&str, &Path)]| {
+        let mut ctx = Context::new(
+            dir.path().join("out"),
+            dir.path().join("work"),
+            dir.path().to_path_buf(),
+        );
+        for (name, path) in inputs {
+            ctx.inputs.insert(name.to_string(), path.to_path_buf());
+        }
+        ctx
+    };
+    let error =
+        |inputs: &[(&str, &Path)]| run(&params(10), &ctx_with(inputs)).unwrap_err().to_string();
+    let e = error(&[("genome", &fasta)]);
+    assert!(
+        e.contains("input `genome` is a file (")
+            && e.contains("give a FASTA as input `fasta` and its annotation as input `gff`"),
+        "{e}"
+    );
+    let e = error(&[("genome", dir.path())]);
+    assert!(e.contains("has no genome.fa[.gz]"), "{e}");
+    let e = error(&[("gff", &gff)]);
+    assert!(e.contains("needs inputs `fasta` and `gff`"), "{e}");
+}
+
 /// Real data: A. thaliana TAIR10 chr1 with its RefSeq GFF3 (skipped, loudly, without it).
 #[test]
 fn athaliana_chr1_promoters_match_the_genome() {
