@@ -28,6 +28,21 @@ pub enum FastaError {
         /// The file.
         path: PathBuf,
     },
+    /// Two records have one name: faidx would index the first and drop the second unsaid.
+    #[error(
+        "{path}: records {first} and {second} are both named `{name}`; an index reads only the \
+         first, so give each sequence a name of its own"
+    )]
+    DuplicateName {
+        /// The file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+        /// The first record with it (1-based).
+        first: usize,
+        /// The next one.
+        second: usize,
+    },
     /// A contig is not in the FASTA.
     #[error(
         "{path}: no sequence named `{name}` (the FASTA has {count} sequences, e.g. {examples})"
@@ -175,6 +190,7 @@ impl Genome {
         if kind != Compression::Gzip && indexed(input) {
             return Ok(input.to_path_buf());
         }
+        check_unique_names(input)?;
         std::fs::create_dir_all(work).map_err(|e| io_err(work, e))?;
         let local = work.join(if kind == Compression::Plain {
             "genome.fa"
@@ -315,6 +331,42 @@ impl Genome {
     }
 }
 
+/// Fails on the first name that two records share: htslib's faidx keeps the first of them and
+/// only warns, so the second's genes would be read from the first's sequence. Reads the whole
+/// file (plain, gzip or bgzip), once, as the index is built.
+pub fn check_unique_names(path: &Path) -> Result<(), FastaError> {
+    use std::io::BufRead;
+    let mut reader = super::io::open_text(path).map_err(|e| io_err(path, e))?;
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    let (mut line, mut record) = (Vec::new(), 0);
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io_err(path, e))?
+            == 0
+        {
+            return Ok(());
+        }
+        if line.first() != Some(&b'>') {
+            continue;
+        }
+        record += 1;
+        let name = line[1..]
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        if let Some(first) = seen.insert(name.to_vec(), record) {
+            return Err(FastaError::DuplicateName {
+                path: path.to_path_buf(),
+                name: String::from_utf8_lossy(name).into_owned(),
+                first,
+                second: record,
+            });
+        }
+    }
+}
+
 /// Builds `path.fai` (and `.gzi` for bgzip) with htslib.
 fn build_index(path: &Path) -> Result<(), FastaError> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
@@ -410,6 +462,36 @@ mod tests {
             err.to_string().starts_with(&garbled.display().to_string()),
             "{err}"
         );
+    }
+
+    /// Two records of one name (a file concatenated from two assemblies) are refused, plain or
+    /// gzip, naming the name and both records: faidx would silently read the first for both.
+    #[test]
+    fn refuses_two_records_of_one_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = ">1 assembly A\nACGT\n>2\nGGGG\n>1 assembly B\nTTTT\n";
+        let plain = write(dir.path(), "two.fa", text);
+        let gz = dir.path().join("two.fa.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        for (input, work) in [(&plain, "w1"), (&gz, "w2")] {
+            let err = Genome::prepare(input, &dir.path().join(work)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: records 1 and 3 are both named `1`; an index reads only the first, so \
+                     give each sequence a name of its own",
+                    input.display()
+                )
+            );
+        }
+        // Names that differ only in their descriptions are one name to faidx; distinct ones pass.
+        let distinct = write(dir.path(), "ok.fa", ">1 A\nACGT\n>10 A\nGG\n");
+        assert!(Genome::prepare(&distinct, &dir.path().join("w3")).is_ok());
     }
 }
 
