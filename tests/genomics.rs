@@ -266,6 +266,28 @@ fn promoters_in_a_workflow_with_bad_params_and_inputs() {
         err.contains("broken.gff3: line 2: expected 9 tab-separated columns, found 4"),
         "{err}"
     );
+    // Two genomes concatenated with a contig name in common: refused, not read as one.
+    let toy = p.read("genome/toy.fa");
+    p.write("genome/twice.fa", &format!("{toy}{toy}"));
+    p.write(
+        "twice.yaml",
+        "stages:\n  prom:\n    kind: promoters\n    inputs: {fasta: genome/twice.fa, gff: genome/toy.gff3}\n",
+    );
+    let err = p.fails(&["run", "twice.yaml"], 1);
+    assert!(
+        err.contains("twice.fa: records 1 and 3 are both named `chrA`"),
+        "{err}"
+    );
+    // A FASTA given as `genome`, which takes a `download` folder.
+    p.write(
+        "as-genome.yaml",
+        "stages:\n  prom:\n    kind: promoters\n    inputs: {genome: genome/toy.fa}\n",
+    );
+    let err = p.fails(&["run", "as-genome.yaml"], 1);
+    assert!(
+        err.contains("input `genome` is a file (") && err.contains("as input `fasta`"),
+        "{err}"
+    );
 }
 
 /// Real data through the binary: A. thaliana chr1 and A. arenosa chr1-2 (skipped without them).
