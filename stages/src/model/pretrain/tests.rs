@@ -1,3 +1,4 @@
+use super::epoch_order::GROUP_STEPS;
 use super::*;
 use crate::model::tokenizer as bpe;
 use std::path::PathBuf;
