@@ -383,8 +383,32 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
             f64::NAN
         } else {
             let refs: Vec<&Row> = valid.iter().collect();
-            let pred = predict_rows(&w, &cfg, &refs, p, &dev).map_err(|e| fail(e.to_string()))?;
-            mse_of(&pred, &refs)
+            // A stop while validating (not the last epoch's: the run is as good as done) keeps
+            // the epoch's steps; the re-run skips them and validates.
+            let asked =
+                || step < total && (stop.requested() || halt == Some(Halt::StopValidating(step)));
+            match predict_rows(&w, &cfg, &refs, p, &dev, &asked).map_err(|e| fail(e.to_string()))? {
+                Some(pred) => mse_of(&pred, &refs),
+                None => {
+                    let at = checkpoint::At {
+                        step,
+                        epochs_done: epoch - 1,
+                        partial: Some((loss_sum, n)),
+                    };
+                    checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
+                        .map_err(fail)?;
+                    return Err(fail(format!(
+                        "stopped by {} while validating epoch {epoch} (after step {step} of \
+                         {total}); its checkpoint is in {}, and a re-run goes on from there",
+                        if stop.requested() {
+                            "SIGTERM"
+                        } else {
+                            "a test"
+                        },
+                        ctx.work.display()
+                    )));
+                }
+            }
         };
         log.push(format!(
             "{epoch}\t{step}\t{train_loss:.6}\t{val_loss:.6}\t{:.3e}",
@@ -419,10 +443,7 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
                 }
             }
         }
-        // A SIGTERM during the validation is seen here, with the epoch done.
-        let signalled = stop.requested();
-        let stopping = signalled || halt == Some(Halt::StopValidating(step));
-        if step < total && (schedule.due(step) || stopping) {
+        if step < total && schedule.due(step) {
             let at = checkpoint::At {
                 step,
                 epochs_done: epoch,
@@ -431,14 +452,6 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
             checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
                 .map_err(fail)?;
             schedule.written(step);
-            if stopping {
-                return Err(fail(format!(
-                    "stopped by {} at the end of epoch {epoch} (step {step} of {total}); its \
-                     checkpoint is in {}, and a re-run goes on from there",
-                    if signalled { "SIGTERM" } else { "a test" },
-                    ctx.work.display()
-                )));
-            }
         }
     }
     summary.steps = step;
@@ -468,7 +481,9 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
     };
     predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
     let refs: Vec<&Row> = test.iter().collect();
-    let pred = predict_rows(&w, &cfg, &refs, p, &dev).map_err(|e| fail(e.to_string()))?;
+    let pred = predict_rows(&w, &cfg, &refs, p, &dev, &|| false)
+        .map_err(|e| fail(e.to_string()))?
+        .expect("never asked to stop");
     let ids: Vec<&str> = refs.iter().map(|r| r.example.id.as_str()).collect();
     let observed: Vec<Vec<f64>> = refs
         .iter()
@@ -537,21 +552,26 @@ fn train_step(
     Ok((loss.to_scalar::<f32>()? as f64, grads))
 }
 
-/// Predictions for rows (no dropout), in batches.
+/// Predictions for rows (no dropout), in batches; `stop` is asked before each batch, and `None`
+/// returned when it says to stop.
 fn predict_rows(
     w: &Weights,
     cfg: &Config,
     rows: &[&Row],
     p: &Params,
     device: &Device,
-) -> candle_core::Result<Vec<Vec<f32>>> {
+    stop: &dyn Fn() -> bool,
+) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(p.batch_size.max(1) * 2) {
+        if stop() {
+            return Ok(None);
+        }
         let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.ids.clone()).collect();
         let pooled = predictor::pooled(w, cfg, &ids, device)?;
         out.extend(head::forward(w, &pooled, 0.0, None)?.to_vec2::<f32>()?);
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn mse_of(pred: &[Vec<f32>], rows: &[&Row]) -> f64 {

@@ -426,7 +426,7 @@ fn flash_attention_fine_tunes_in_bf16_and_is_refused_in_f32() {
 
 /// A run that crashed inside an epoch goes on from the last epoch's checkpoint, one stopped
 /// inside an epoch from the step it stopped after, and one stopped while an epoch is validated
-/// from that epoch's end; all end with exactly the model, predictions and log of a run that never
+/// from that epoch's last step; all end with exactly the model, predictions and log of a run that never
 /// stopped.
 #[test]
 fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
@@ -481,11 +481,11 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
         "stopped by a test after step 10 of 16",
         (10, 2),
     );
-    // A stop while the second epoch is validated keeps that epoch whole.
+    // A stop while the second epoch is validated keeps its steps; the re-run validates it.
     halt_and_resume(
         "stopped-validating",
         Halt::StopValidating(8),
-        "stopped by a test at the end of epoch 2 (step 8 of 16)",
-        (8, 2),
+        "stopped by a test while validating epoch 2 (after step 8 of 16)",
+        (8, 1),
     );
 }
