@@ -483,7 +483,7 @@ impl Slurm {
         let can_retry = lost && t.attempt <= self.opts.retries;
         let can_go_on = t.continued < self.opts.continuations;
         let mut again = Vec::new();
-        let (mut went_on, mut retried) = (false, false);
+        let (mut went_on, mut retried, mut from_work) = (false, false, false);
         let mut unstarted = Vec::new();
         // One wait for a slow file system for all of a bundle's jobs, not one each.
         let visible_by = Instant::now() + self.opts.latency;
@@ -510,7 +510,9 @@ impl Slurm {
                         t.work_before.get(&m.job) != Some(&work_print(&m.spec.context.work));
                     if (saved || !started) && can_go_on {
                         went_on = true;
-                        if !started {
+                        if started {
+                            from_work = true;
+                        } else {
                             unstarted.push(m.id.clone());
                         }
                         again.push(m);
@@ -555,30 +557,13 @@ impl Slurm {
             continued: t.continued + usize::from(went_on),
         };
         let ids: Vec<&str> = again.iter().map(|m| m.id.as_str()).collect();
-        let mut line = format!(
-            "Slurm job {id} of {} ended {}; submitting it again",
-            ids.join(", "),
-            end.state
+        let line = resubmission_line(
+            &format!("Slurm job {id} of {} ended {}", ids.join(", "), end.state),
+            from_work,
+            went_on.then_some((next.continued, self.opts.continuations)),
+            retried.then_some((next.attempt, self.opts.retries + 1)),
+            &unstarted,
         );
-        if went_on {
-            if unstarted.len() < again.len() {
-                line.push_str(" to go on from its work folder");
-            }
-            line.push_str(&format!(
-                " (continuation {} of at most {})",
-                next.continued, self.opts.continuations
-            ));
-        }
-        if retried {
-            line.push_str(&format!(
-                " (attempt {} of {})",
-                next.attempt,
-                self.opts.retries + 1
-            ));
-        }
-        if !unstarted.is_empty() {
-            line.push_str(&format!("; {} had not started", unstarted.join(", ")));
-        }
         progress.println(&line);
         for m in &again {
             append_log(&m.log, &format!("\n--- flora: {line}\n"));
@@ -805,6 +790,32 @@ fn member_outcome(end: Result<(), String>, id: &str, size: usize) -> Outcome {
             "exited with status {status} (in Slurm job {id}, a bundle of {size} jobs)"
         )),
     }
+}
+
+/// What a run says when it submits a Slurm job's jobs again: `ended` (which Slurm job, its jobs,
+/// its end), whether some go on from their work folders, the continuation and the attempt (each
+/// with its most), and the jobs that had not started.
+fn resubmission_line(
+    ended: &str,
+    from_work: bool,
+    continuation: Option<(usize, usize)>,
+    attempt: Option<(usize, usize)>,
+    unstarted: &[String],
+) -> String {
+    let mut line = format!("{ended}; submitting it again");
+    if from_work {
+        line.push_str(" to go on from its work folder");
+    }
+    if let Some((n, most)) = continuation {
+        line.push_str(&format!(" (continuation {n} of at most {most})"));
+    }
+    if let Some((n, most)) = attempt {
+        line.push_str(&format!(" (attempt {n} of {most})"));
+    }
+    if !unstarted.is_empty() {
+        line.push_str(&format!("; {} had not started", unstarted.join(", ")));
+    }
+    line
 }
 
 /// Why a job failed that Slurm ended before it could end itself, or (a bundled job, `before`

@@ -484,3 +484,23 @@ fn a_work_folders_print_changes_with_what_is_saved_there() {
         "{missing} {empty} {saved} {rewritten}"
     );
 }
+
+/// The resubmission line says what goes on from a work folder only when a job does, and names
+/// the jobs that had not started; a retry of a job lost with nothing saved says its attempt.
+#[test]
+fn a_resubmission_says_why_each_job_goes_again() {
+    let ended = "Slurm job 77 of fan[a], fan[b] ended NODE_FAIL";
+    let b = ["fan[b]".to_string()];
+    assert_eq!(
+        resubmission_line(ended, true, Some((1, 10)), None, &b),
+        format!("{ended}; submitting it again to go on from its work folder (continuation 1 of at most 10); fan[b] had not started")
+    );
+    assert_eq!(
+        resubmission_line(ended, false, Some((2, 10)), Some((2, 3)), &b),
+        format!("{ended}; submitting it again (continuation 2 of at most 10) (attempt 2 of 3); fan[b] had not started")
+    );
+    assert_eq!(
+        resubmission_line(ended, false, None, Some((3, 3)), &[]),
+        format!("{ended}; submitting it again (attempt 3 of 3)")
+    );
+}
