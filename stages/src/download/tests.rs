@@ -169,6 +169,19 @@ fn wrong_checksum_404_and_timeout_fail_clearly() {
     assert!(run(&strict, &ctx(dir.path()))
         .unwrap_err()
         .contains("require_checksum"));
+
+    // A FASTA with a name twice is refused before its index would drop the second record.
+    put(
+        site.path(),
+        "g/twice.fa",
+        format!("{FASTA}{FASTA}").as_bytes(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(&base("twice.fa"), &ctx(dir.path())).unwrap_err();
+    assert!(
+        err.contains("twice.fa: ") && err.contains("records 1 and 3 are both named `chr1`"),
+        "{err}"
+    );
 }
 
 #[test]

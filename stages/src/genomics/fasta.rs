@@ -235,10 +235,12 @@ impl Genome {
         Ok(rewrapped)
     }
 
-    /// Opens a FASTA that [`Genome::prepare`] returned (or any plain/bgzip FASTA with its index).
+    /// Opens a FASTA that [`Genome::prepare`] returned (or any plain/bgzip FASTA, indexing it
+    /// when it has no index yet, after checking that no two records share a name).
     pub fn open(path: &Path) -> Result<Genome, FastaError> {
         let fai = PathBuf::from(format!("{}.fai", path.display()));
         if !fai.is_file() {
+            check_unique_names(path)?;
             build_index(path)?;
         }
         let entries = read_fai(&fai)?;
