@@ -335,7 +335,8 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
     // From here a SIGTERM (the run stopping, Slurm's time limit) saves the steps done so far.
     let stop = crate::stop::StopOnSignal::install()?;
     let pace = super::pace::Pace::start(step, total);
-    while step < total {
+    // A run stopped while it validated its last epoch has all its steps and that epoch to end.
+    while step < total || partial.is_some() {
         epoch += 1;
         let mut order: Vec<usize> = (0..train.len()).collect();
         Rng::new(p.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
@@ -383,10 +384,9 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
             f64::NAN
         } else {
             let refs: Vec<&Row> = valid.iter().collect();
-            // A stop while validating (not the last epoch's: the run is as good as done) keeps
-            // the epoch's steps; the re-run skips them and validates.
-            let asked =
-                || step < total && (stop.requested() || halt == Some(Halt::StopValidating(step)));
+            // A stop while validating keeps the epoch's steps; the re-run skips them and
+            // validates.
+            let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
             match predict_rows(&w, &cfg, &refs, p, &dev, &asked).map_err(|e| fail(e.to_string()))? {
                 Some(pred) => mse_of(&pred, &refs),
                 None => {

@@ -425,9 +425,9 @@ fn flash_attention_fine_tunes_in_bf16_and_is_refused_in_f32() {
 }
 
 /// A run that crashed inside an epoch goes on from the last epoch's checkpoint, one stopped
-/// inside an epoch from the step it stopped after, and one stopped while an epoch is validated
-/// from that epoch's last step; all end with exactly the model, predictions and log of a run that never
-/// stopped.
+/// inside an epoch from the step it stopped after, and one stopped while an epoch (the last
+/// too) is validated from that epoch's last step; all end with exactly the model, predictions
+/// and log of a run that never stopped.
 #[test]
 fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -487,5 +487,12 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
         Halt::StopValidating(8),
         "stopped by a test while validating epoch 2 (after step 8 of 16)",
         (8, 1),
+    );
+    // And while the last is validated, with every step done.
+    halt_and_resume(
+        "stopped-validating-the-last",
+        Halt::StopValidating(16),
+        "stopped by a test while validating epoch 4 (after step 16 of 16)",
+        (16, 3),
     );
 }
