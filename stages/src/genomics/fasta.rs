@@ -408,18 +408,24 @@ mod tests {
         p
     }
 
+    /// Writes `text` gzip-compressed (not bgzip) to `dir/name`.
+    fn write_gzip(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&p).unwrap(),
+            flate2::Compression::default(),
+        );
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        p
+    }
+
     #[test]
     fn fetches_checked_regions_from_plain_gzip_and_bgzip() {
         let dir = tempfile::tempdir().unwrap();
         let text = ">chr1 desc\nACGTACGTAC\nGGGG\n>chr2\nttttnnnn\n";
         let plain = write(dir.path(), "g.fa", text);
-        let gz = dir.path().join("g.fa.gz");
-        let mut enc = flate2::write::GzEncoder::new(
-            std::fs::File::create(&gz).unwrap(),
-            flate2::Compression::default(),
-        );
-        enc.write_all(text.as_bytes()).unwrap();
-        enc.finish().unwrap();
+        let gz = write_gzip(dir.path(), "g.fa.gz", text);
         for (input, work) in [(&plain, "w1"), (&gz, "w2")] {
             let prepared = Genome::prepare(input, &dir.path().join(work)).unwrap();
             let g = Genome::open(&prepared).unwrap();
@@ -473,13 +479,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = ">1 assembly A\nACGT\n>2\nGGGG\n>1 assembly B\nTTTT\n";
         let plain = write(dir.path(), "two.fa", text);
-        let gz = dir.path().join("two.fa.gz");
-        let mut enc = flate2::write::GzEncoder::new(
-            std::fs::File::create(&gz).unwrap(),
-            flate2::Compression::default(),
-        );
-        enc.write_all(text.as_bytes()).unwrap();
-        enc.finish().unwrap();
+        let gz = write_gzip(dir.path(), "two.fa.gz", text);
         for (input, work) in [(&plain, "w1"), (&gz, "w2")] {
             let err = Genome::prepare(input, &dir.path().join(work)).unwrap_err();
             assert_eq!(

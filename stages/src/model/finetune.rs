@@ -342,6 +342,8 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
         Rng::new(p.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
         // A run resumed inside an epoch skips the batches it trained on before it stopped.
         let (mut loss_sum, mut n) = partial.take().unwrap_or((0f64, 0usize));
+        // Set by a stop: whether a signal asked for it, and when it came.
+        let mut stopped: Option<(bool, String)> = None;
         let done_in_epoch = step.saturating_sub((epoch as u64 - 1) * steps_per_epoch) as usize;
         for batch in order.chunks(p.batch_size).skip(done_in_epoch) {
             if step >= total {
@@ -361,55 +363,45 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
                 .map_err(|e| fail(e.to_string()))?;
             let signalled = stop.requested();
             if step < total && (signalled || halt == Some(Halt::Stop(step))) {
-                let at = checkpoint::At {
-                    step,
-                    epochs_done: epoch - 1,
-                    partial: Some((loss_sum, n)),
-                };
-                checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
-                    .map_err(fail)?;
-                return Err(fail(format!(
-                    "stopped by {} after step {step} of {total}; its checkpoint is in {}, and a \
-                     re-run goes on from there",
-                    if signalled { "SIGTERM" } else { "a test" },
-                    ctx.work.display()
-                )));
+                stopped = Some((signalled, format!("after step {step} of {total}")));
+                break;
             }
             if halt == Some(Halt::Crash(step)) {
                 return Err(fail(format!("halted after step {step} (test)")));
             }
         }
         let train_loss = loss_sum / n.max(1) as f64;
-        let val_loss = if valid.is_empty() {
+        let val_loss = if stopped.is_some() || valid.is_empty() {
             f64::NAN
         } else {
             let refs: Vec<&Row> = valid.iter().collect();
-            // A stop while validating keeps the epoch's steps; the re-run skips them and
-            // validates.
             let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
             match predict_rows(&w, &cfg, &refs, p, &dev, &asked).map_err(|e| fail(e.to_string()))? {
                 Some(pred) => mse_of(&pred, &refs),
                 None => {
-                    let at = checkpoint::At {
-                        step,
-                        epochs_done: epoch - 1,
-                        partial: Some((loss_sum, n)),
-                    };
-                    checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
-                        .map_err(fail)?;
-                    return Err(fail(format!(
-                        "stopped by {} while validating epoch {epoch} (after step {step} of \
-                         {total}); its checkpoint is in {}, and a re-run goes on from there",
-                        if stop.requested() {
-                            "SIGTERM"
-                        } else {
-                            "a test"
-                        },
-                        ctx.work.display()
-                    )));
+                    let when =
+                        format!("while validating epoch {epoch} (after step {step} of {total})");
+                    stopped = Some((stop.requested(), when));
+                    f64::NAN
                 }
             }
         };
+        // A stop inside the epoch, or while validating it, keeps its steps so far; the re-run
+        // skips them, and validates when they were all.
+        if let Some((signalled, when)) = stopped {
+            let at = checkpoint::At {
+                step,
+                epochs_done: epoch - 1,
+                partial: Some((loss_sum, n)),
+            };
+            checkpoint::save(&ctx.work, &w, &opt, &at, &log, best.as_ref(), since_best)
+                .map_err(fail)?;
+            return Err(fail(format!(
+                "stopped by {} {when}; its checkpoint is in {}, and a re-run goes on from there",
+                if signalled { "SIGTERM" } else { "a test" },
+                ctx.work.display()
+            )));
+        }
         log.push(format!(
             "{epoch}\t{step}\t{train_loss:.6}\t{val_loss:.6}\t{:.3e}",
             lr_at(step)
