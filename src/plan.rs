@@ -69,6 +69,10 @@ pub enum StaleReason {
     Unfinished {
         /// Whether it left something in its work folder (a checkpoint) to go on from.
         resumes: bool,
+        /// The step of the checkpoint it left, where a `checkpoint.json` there says (pretraining
+        /// and fine-tuning write one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        step: Option<u64>,
     },
 }
 
@@ -94,10 +98,19 @@ impl fmt::Display for StaleReason {
             StaleReason::UpstreamWillRun { job } => write!(f, "upstream {job} will run"),
             StaleReason::OutputMissing => write!(f, "output missing from the cache"),
             StaleReason::NotInCache => write!(f, "not in this cache"),
-            StaleReason::Unfinished { resumes: true } => {
-                write!(f, "did not finish last time; goes on from its work folder")
+            StaleReason::Unfinished {
+                resumes: true,
+                step,
+            } => {
+                write!(f, "did not finish last time; goes on from its work folder")?;
+                match step {
+                    Some(n) => write!(f, " (its checkpoint after step {n})"),
+                    None => Ok(()),
+                }
             }
-            StaleReason::Unfinished { resumes: false } => write!(f, "did not finish last time"),
+            StaleReason::Unfinished { resumes: false, .. } => {
+                write!(f, "did not finish last time")
+            }
         }
     }
 }
@@ -293,14 +306,19 @@ fn flatten<'a>(
     }
 }
 
-/// Whether a run of `key` started (its log is there) and did not finish (no record of it), and
-/// whether it left anything in its work folder.
+/// Whether a run of `key` started (its log is there) and did not finish (no record of it),
+/// whether it left anything in its work folder, and the step of the checkpoint it left there.
 fn unfinished(cache: &Cache, key: &Digest) -> Option<StaleReason> {
     if cache.record_of(key).is_some() || !cache.log_path(key).exists() {
         return None;
     }
-    let resumes = std::fs::read_dir(cache.work_path(key)).is_ok_and(|mut d| d.next().is_some());
-    Some(StaleReason::Unfinished { resumes })
+    let work = cache.work_path(key);
+    let resumes = std::fs::read_dir(&work).is_ok_and(|mut d| d.next().is_some());
+    let step = std::fs::read(work.join("checkpoint.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|state| state.get("step")?.as_u64());
+    Some(StaleReason::Unfinished { resumes, step })
 }
 
 /// Plans every job: cached or to run, and why. `forced` and `selected` are per job.

@@ -9,7 +9,7 @@ fn plan_says_which_jobs_did_not_finish_and_which_go_on_from_their_work() {
     let p = Project::new();
     p.write(
         "wf.yaml",
-        "stages:\n  saves: {kind: exec, params: {argv: [sh, -c, \"echo 1 > $FLORA_WORK/checkpoint; exit 3\"]}}\n  fails: {kind: exec, params: {argv: [sh, -c, \"exit 4\"]}}\n",
+        "stages:\n  saves: {kind: exec, params: {argv: [sh, -c, \"echo 1 > $FLORA_WORK/checkpoint; exit 3\"]}}\n  fails: {kind: exec, params: {argv: [sh, -c, \"exit 4\"]}}\n  steps: {kind: exec, params: {argv: [sh, -c, \"echo '{\\\"step\\\": 7}' > $FLORA_WORK/checkpoint.json; exit 5\"]}}\n",
     );
     p.fails(&["run", "wf.yaml", "--keep-going"], 1);
     let rows: Vec<serde_json::Value> =
@@ -21,6 +21,13 @@ fn plan_says_which_jobs_did_not_finish_and_which_go_on_from_their_work() {
     assert_eq!(rows[0]["reasons"][0]["reason"], "unfinished");
     assert_eq!(rows[0]["reasons"][0]["resumes"], true);
     assert_eq!(rows[1]["reason"], "did not finish last time");
+    // A `checkpoint.json` (pretraining's and fine-tuning's) gives the step it goes on from.
+    assert_eq!(
+        rows[2]["reason"],
+        "did not finish last time; goes on from its work folder (its checkpoint after step 7)"
+    );
+    assert_eq!(rows[2]["reasons"][0]["step"], 7);
+    assert!(rows[0]["reasons"][0].get("step").is_none());
     // An edit makes another job: that one is new, whatever the old one left.
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&p.ok(&["plan", "wf.yaml", "--json", "--set", "fails.env.X=1"]))

@@ -549,6 +549,23 @@ fn the_log_of_a_running_job_is_read_during_the_run() {
     );
 }
 
+/// The step after which a training stage stopped on SIGTERM, from its log (`stopped by SIGTERM
+/// after step N of M`, or `while validating epoch E (after step N of M)` when the signal came
+/// during a validation), and that log.
+fn stopped_after(p: &Project, stage: &str) -> (u64, String) {
+    let said = format!("{stage}: stopped by SIGTERM ");
+    let log = p.logs_containing(&said).concat();
+    let step = log
+        .split(&said)
+        .nth(1)
+        .and_then(|t| t.lines().next())
+        .and_then(|line| line.split("after step ").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop in the log:\n{log}"));
+    (step, log)
+}
+
 /// A pretraining stopped by the run (SIGTERM to flora, as Ctrl-C; Slurm's time limit sends the job
 /// the same SIGTERM)
 /// saves a checkpoint after the step under way instead of losing the steps since its last one,
@@ -573,20 +590,15 @@ fn a_stopped_pretraining_saves_its_checkpoint_and_the_rerun_goes_on_from_it() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    let log = p
-        .logs_containing("pretrain: stopped by SIGTERM after step ")
-        .concat();
-    let step: u64 = log
-        .split("pretrain: stopped by SIGTERM after step ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no stop in the log:\n{log}"));
+    let (step, log) = stopped_after(&p, "pretrain");
     assert!(step >= 20, "stopped after step {step}, past step 20");
     assert!(log.contains("its checkpoint is in "), "{log}");
     let plan = p.ok(&["plan", "wf.yaml"]);
     assert!(
-        plan.contains("did not finish last time; goes on from its work folder"),
+        plan.contains(&format!(
+            "did not finish last time; goes on from its work folder (its checkpoint after step \
+             {step})"
+        )),
         "{plan}"
     );
 
@@ -624,15 +636,7 @@ fn a_stopped_fine_tuning_saves_its_checkpoint_and_the_rerun_goes_on_from_it() {
     send(&child, "TERM");
     wait_to_end("the stopped run", &mut child);
     assert_eq!(child.wait().unwrap().code(), Some(130));
-    let log = p
-        .logs_containing("finetune: stopped by SIGTERM after step ")
-        .concat();
-    let step: u64 = log
-        .split("finetune: stopped by SIGTERM after step ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no stop in the log:\n{log}"));
+    let (step, _) = stopped_after(&p, "finetune");
     let mut child = spawn_flora(&p, &["run", "wf.yaml"]);
     let resumed = format!("finetune: resuming from the checkpoint at step {step} (epoch ");
     wait_for("the resumed fine-tuning", || {
