@@ -314,10 +314,7 @@ fn unfinished(cache: &Cache, key: &Digest) -> Option<StaleReason> {
     }
     let work = cache.work_path(key);
     let resumes = std::fs::read_dir(&work).is_ok_and(|mut d| d.next().is_some());
-    let step = std::fs::read(work.join("checkpoint.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|state| state.get("step")?.as_u64());
+    let step = crate::cache::checkpoint_step(&work);
     Some(StaleReason::Unfinished { resumes, step })
 }
 

@@ -115,7 +115,7 @@ fn gc_keeps_what_workflows_reach_and_removes_the_rest() {
 /// A training job that checkpoints into its work folder and then fails, with `lr` in its key.
 fn failing_train(lr: &str) -> String {
     format!(
-        "stages:\n  train:\n    kind: exec\n    inputs: {{corpus: corpus.txt}}\n    params: {{argv: [sh, -c, \"echo lr {lr} > $FLORA_WORK/checkpoint; echo training; exit 3\"]}}\n"
+        "stages:\n  train:\n    kind: exec\n    inputs: {{corpus: corpus.txt}}\n    params: {{argv: [sh, -c, \"echo lr {lr} > $FLORA_WORK/checkpoint; echo '{{\\\"step\\\": 12}}' > $FLORA_WORK/checkpoint.json; echo training; exit 3\"]}}\n"
     )
 }
 
@@ -140,7 +140,10 @@ fn gc_removes_the_checkpoints_and_logs_of_runs_that_will_not_resume() {
     let ls = p.ok(&["cache", "ls"]);
     assert!(ls.contains("WORK FOLDER"), "{ls}");
     assert!(ls.contains(&format!("{}  ", &first[0][..12])), "{ls}");
-    assert!(ls.contains("wf:train"), "{ls}");
+    assert!(
+        ls.contains("wf:train (its checkpoint after step 12)"),
+        "{ls}"
+    );
     assert!(
         ls.contains("1 work folders of runs that did not finish"),
         "{ls}"
@@ -174,7 +177,7 @@ fn gc_removes_the_checkpoints_and_logs_of_runs_that_will_not_resume() {
             && line.ends_with("wf:train (the work folder of a run that did not finish)"),
         "{dry}"
     );
-    assert!(dry.contains("1 work folders (8 B), 1 logs ("), "{dry}");
+    assert!(dry.contains("1 work folders (21 B), 1 logs ("), "{dry}");
     assert_eq!(
         entries(&p, "cache/work").len(),
         2,
@@ -183,7 +186,7 @@ fn gc_removes_the_checkpoints_and_logs_of_runs_that_will_not_resume() {
 
     let out = p.ok(&["cache", "gc", "--keep", "wf.yaml"]);
     assert!(
-        out.contains("removed 0 artifacts (0 B), 1 work folders (8 B), 1 logs"),
+        out.contains("removed 0 artifacts (0 B), 1 work folders (21 B), 1 logs"),
         "{out}"
     );
     assert_eq!(entries(&p, "cache/work"), second);

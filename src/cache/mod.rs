@@ -104,6 +104,14 @@ fn path_of_bytes(bytes: &[u8]) -> &Path {
     Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes))
 }
 
+/// The step of the training checkpoint in a work folder, where a `checkpoint.json` there (written
+/// by pretraining, fine-tuning, or an `exec` program) gives one.
+pub fn checkpoint_step(work: &Path) -> Option<u64> {
+    let bytes = std::fs::read(work.join("checkpoint.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    state.get("step")?.as_u64()
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()

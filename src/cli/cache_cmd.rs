@@ -107,8 +107,11 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
                 .and_then(|m| m.modified())
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string())
                 .unwrap_or_else(|_| "?".into());
+            let step = crate::cache::checkpoint_step(path)
+                .map(|n| format!(" (its checkpoint after step {n})"))
+                .unwrap_or_default();
             outln!(
-                "{:<12}  {:>10}  {:<20}  {}",
+                "{:<12}  {:>10}  {:<20}  {}{step}",
                 key.short(),
                 human(size),
                 modified,

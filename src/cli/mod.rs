@@ -322,7 +322,7 @@ pub struct StageArgs {
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// List artifacts (digest, size, when, and which jobs made them), then the work folders that
-    /// unfinished jobs left.
+    /// unfinished jobs left (and the step of their checkpoints).
     Ls,
     /// Remove what the given workflows do not use and what is older than a date: artifacts, the
     /// work folders and logs of jobs that will not run again, and stale index entries.
