@@ -174,7 +174,9 @@ fn gc_removes_the_checkpoints_and_logs_of_runs_that_will_not_resume() {
     let line = dry.lines().next().unwrap();
     assert!(
         line.starts_with(&format!("would remove {}", &first[0][..12]))
-            && line.ends_with("wf:train (the work folder of a run that did not finish)"),
+            && line.ends_with(
+                "wf:train (the work folder of a run that did not finish; its checkpoint after step 12)",
+            ),
         "{dry}"
     );
     assert!(dry.contains("1 work folders (21 B), 1 logs ("), "{dry}");

@@ -181,6 +181,11 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
     // collection removes their records.
     let made_by = made_by(&cache);
     let work_jobs = work_folder_jobs(&cache);
+    let work_steps: HashMap<Digest, u64> = cache
+        .work_folders()
+        .iter()
+        .filter_map(|(key, path)| Some((*key, crate::cache::checkpoint_step(path)?)))
+        .collect();
     let report = cache.gc(&keep, newer, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
@@ -192,8 +197,12 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
         outln!("{verb} {}  {:>10}  {jobs}", d.short(), human(*size));
     }
     for (key, size) in &report.work {
+        let step = work_steps
+            .get(key)
+            .map(|n| format!("; its checkpoint after step {n}"))
+            .unwrap_or_default();
         outln!(
-            "{verb} {}  {:>10}  {} (the work folder of a run that did not finish)",
+            "{verb} {}  {:>10}  {} (the work folder of a run that did not finish{step})",
             key.short(),
             human(*size),
             work_jobs[key]
