@@ -314,7 +314,7 @@ fn unfinished(cache: &Cache, key: &Digest) -> Option<StaleReason> {
     }
     let work = cache.work_path(key);
     let resumes = std::fs::read_dir(&work).is_ok_and(|mut d| d.next().is_some());
-    let step = crate::cache::checkpoint_step(&work);
+    let step = flora_stages::model::checkpoint::saved_step(&work);
     Some(StaleReason::Unfinished { resumes, step })
 }
 

@@ -104,19 +104,6 @@ fn path_of_bytes(bytes: &[u8]) -> &Path {
     Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes))
 }
 
-/// The step of the training checkpoint in a work folder, where a `checkpoint.json` there (written
-/// by pretraining, fine-tuning, or an `exec` program) gives one.
-/// Only `step` is read: pretraining's state also holds its whole training log, a row a step
-/// (about 17 MB of JSON after the paper's 282,000 steps), which is skipped without being kept.
-pub fn checkpoint_step(work: &Path) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Step {
-        step: u64,
-    }
-    let bytes = std::fs::read(work.join("checkpoint.json")).ok()?;
-    serde_json::from_slice::<Step>(&bytes).ok().map(|s| s.step)
-}
-
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()

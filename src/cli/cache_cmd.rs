@@ -107,7 +107,7 @@ fn ls(cli: &Cli) -> anyhow::Result<()> {
                 .and_then(|m| m.modified())
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string())
                 .unwrap_or_else(|_| "?".into());
-            let step = crate::cache::checkpoint_step(path)
+            let step = flora_stages::model::checkpoint::saved_step(path)
                 .map(|n| format!(" (its checkpoint after step {n})"))
                 .unwrap_or_default();
             outln!(
@@ -184,7 +184,7 @@ fn gc(cli: &Cli, args: &GcArgs) -> anyhow::Result<()> {
     let work_steps: HashMap<Digest, u64> = cache
         .work_folders()
         .iter()
-        .filter_map(|(key, path)| Some((*key, crate::cache::checkpoint_step(path)?)))
+        .filter_map(|(key, path)| Some((*key, flora_stages::model::checkpoint::saved_step(path)?)))
         .collect();
     let report = cache.gc(&keep, newer, args.dry_run)?;
     let verb = if args.dry_run {

@@ -31,6 +31,19 @@ struct StateFile<S> {
     state: S,
 }
 
+/// The step of the checkpoint in `work`, where its state file gives one (pretraining's and
+/// fine-tuning's do; an `exec` program may write one too). Only `step` is read: pretraining's
+/// state also holds its whole training log, a row a step (about 17 MB of JSON after the paper's
+/// 282,000 steps), which is skipped without being kept.
+pub fn saved_step(work: &Path) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Step {
+        step: u64,
+    }
+    let bytes = std::fs::read(work.join(STATE)).ok()?;
+    serde_json::from_slice::<Step>(&bytes).ok().map(|s| s.step)
+}
+
 /// Whether `work` holds a checkpoint.
 pub fn exists(work: &Path) -> bool {
     work.join(STATE).is_file()

@@ -331,7 +331,8 @@ const NO_VALIDATION: &str = "\t";
 /// A training log row whose validation was stopped before it ended: its epoch's last, with
 /// empty validation cells.
 fn awaits_validation(row: &str) -> bool {
-    row.ends_with(&format!("\t{NO_VALIDATION}"))
+    row.strip_suffix(NO_VALIDATION)
+        .is_some_and(|rest| rest.ends_with('\t'))
 }
 
 /// The validation cells of a training log row.
