@@ -55,15 +55,15 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         );
     }
     let stage = kind.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
-    // The one job has the machine: every CPU unless `--threads` says fewer, and with `--gpus` the
-    // first GPU given (model stages train on one).
+    // The one job has the machine: every CPU unless `--threads` says fewer, and every GPU of
+    // `--gpus` (pretraining deals its micro-batches to them; other model stages use the first).
     let machine = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let cpus = args
         .threads
         .map_or(machine, |n| usize::from(n).min(machine));
-    let gpus = usize::from(!args.devices.gpus.is_empty());
+    let gpus = args.devices.gpus.len();
     let spec = serde_json::json!({"kind": kind, "inputs": inputs,
         "resources": {"threads": cpus, "gpus": gpus}});
     let doc = serde_json::json!({"stages": {&stage: spec}});

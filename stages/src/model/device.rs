@@ -143,6 +143,70 @@ pub fn for_job(gpus: &[usize], stage: &str) -> Result<Device, String> {
     }
 }
 
+/// The devices for a job that deals its steps' micro-batches to GPUs (pretraining: `grad_accum`
+/// micro-batches of `batch_size` sequences): one of `gpus` for each micro-batch, as many as there
+/// are, else the CPU. A GPU that would get none is left idle, and the message says how to use it.
+pub fn for_data_parallel_job(
+    gpus: &[usize],
+    stage: &str,
+    micro_batches: usize,
+    batch_size: usize,
+) -> Result<Vec<Device>, String> {
+    let used = &gpus[..gpus.len().min(micro_batches.max(1))];
+    if let Some(note) = idle_note(stage, gpus, used.len(), micro_batches, batch_size) {
+        eprintln!("{note}");
+    }
+    if used.len() <= 1 {
+        return Ok(vec![for_job(used, stage)?]);
+    }
+    let devices = used
+        .iter()
+        .map(|&g| cuda(g).map_err(|e| format!("{stage}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!(
+        "{stage}: running on GPUs {}, data parallel: each step's micro-batches dealt to them in \
+         turn, its update on GPU {}",
+        list(used),
+        used[0]
+    );
+    Ok(devices)
+}
+
+/// What a data-parallel job says when it leaves some of its `gpus` idle (it uses the first
+/// `used`), and how to give each a micro-batch; `None` when it uses them all.
+fn idle_note(
+    stage: &str,
+    gpus: &[usize],
+    used: usize,
+    micro_batches: usize,
+    batch_size: usize,
+) -> Option<String> {
+    let idle = gpus.get(used..).filter(|idle| !idle.is_empty())?;
+    let per_step = micro_batches.max(1) * batch_size.max(1);
+    Some(format!(
+        "{stage}: given GPUs {}; a step has {micro_batches} micro-batch{} (grad_accum), one to a \
+         GPU, so {} idle (grad_accum {} with batch_size {} would use every GPU for the same \
+         {per_step} sequences a step)",
+        list(gpus),
+        if micro_batches == 1 { "" } else { "es" },
+        if idle.len() == 1 {
+            format!("GPU {} stays", idle[0])
+        } else {
+            format!("GPUs {} stay", list(idle))
+        },
+        gpus.len(),
+        per_step.div_ceil(gpus.len()),
+    ))
+}
+
+/// GPU indices as `0, 1, 2`.
+fn list(gpus: &[usize]) -> String {
+    gpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A short name for a device, for logs and reports (`cpu`, `cuda:0`).
 pub fn name(dev: &Device) -> String {
     match dev.location() {
@@ -174,6 +238,40 @@ mod tests {
         assert_eq!(
             missing(7, 4, None),
             "GPU 7: this machine shows 4 CUDA devices, GPUs 0 to 3"
+        );
+    }
+
+    #[test]
+    fn gpus_left_without_a_micro_batch_are_named_with_the_params_that_use_them() {
+        assert_eq!(idle_note("pretrain", &[0, 1], 2, 2, 32), None);
+        assert_eq!(
+            idle_note("pretrain", &[0, 1, 2, 3], 1, 1, 64).unwrap(),
+            "pretrain: given GPUs 0, 1, 2, 3; a step has 1 micro-batch (grad_accum), one to a \
+             GPU, so GPUs 1, 2, 3 stay idle (grad_accum 4 with batch_size 16 would use every GPU \
+             for the same 64 sequences a step)"
+        );
+        assert_eq!(
+            idle_note("pretrain", &[4, 5, 6], 2, 2, 21).unwrap(),
+            "pretrain: given GPUs 4, 5, 6; a step has 2 micro-batches (grad_accum), one to a GPU, \
+             so GPU 6 stays idle (grad_accum 3 with batch_size 14 would use every GPU for the \
+             same 42 sequences a step)"
+        );
+    }
+
+    #[test]
+    fn a_data_parallel_job_without_gpus_runs_on_the_cpu() {
+        let devices = for_data_parallel_job(&[], "pretrain", 4, 8).unwrap();
+        assert_eq!(devices.len(), 1);
+        assert!(devices[0].is_cpu());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn gpus_for_a_data_parallel_job_without_the_cuda_build_are_a_clear_error() {
+        let e = for_data_parallel_job(&[0, 1], "pretrain", 2, 8).unwrap_err();
+        assert!(
+            e.contains("pretrain: GPU 0: this flora was built without CUDA"),
+            "{e}"
         );
     }
 

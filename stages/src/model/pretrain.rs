@@ -44,6 +44,7 @@ use crate::rng::Rng;
 use crate::Context;
 pub use corpus::{tokenize, Corpus};
 use epoch_order::{longest_first, EpochOrder};
+use replicas::{MicroResult, Replicas};
 
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,7 +401,20 @@ impl Summary {
 /// Trains; `halt` (tests) ends the run early.
 pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, String> {
     p.check().map_err(|e| format!("pretrain: {e}"))?;
-    let dev = super::device::for_job(&ctx.gpus, "pretrain")?;
+    let devices =
+        super::device::for_data_parallel_job(&ctx.gpus, "pretrain", p.grad_accum, p.batch_size)?;
+    train_on(p, ctx, halt, &devices)
+}
+
+/// Trains on `devices`: the first holds the weights, and a step's micro-batches are dealt to
+/// all of them (`replicas.rs`).
+fn train_on(
+    p: &Params,
+    ctx: &Context,
+    halt: Option<Halt>,
+    devices: &[Device],
+) -> Result<Summary, String> {
+    let dev = devices.first().cloned().unwrap_or(Device::Cpu);
     let corpus_in = ctx
         .inputs
         .get("corpus")
@@ -498,6 +512,8 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
     p.attention
         .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)?;
     w.attention = p.attention;
+    let replicas = (devices.len() > 1)
+        .then(|| Replicas::start(&dev, &devices[1..], &cfg, p, w.compute, w.attention));
     let resumed_from = step;
     let mut summary = Summary {
         resumed_from,
@@ -562,19 +578,13 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
         let (mut loss_sum, mut correct, mut count) = (0f64, 0usize, 0usize);
         let micro_batches: Vec<&[usize]> = batch.chunks(p.batch_size.max(1)).collect();
         let accumulating = micro_batches.len() > 1;
-        for (micro, chunk) in micro_batches.into_iter().enumerate() {
-            let rows: Vec<&[u32]> = chunk.iter().map(|&i| corpus.row(i)).collect();
-            let longest = chunk.iter().map(|&i| lengths[i] as u64).max().unwrap_or(0);
-            positions += longest * chunk.len() as u64;
-            real += chunk.iter().map(|&i| lengths[i] as u64).sum::<u64>();
-            let (l, c, n, g) = micro_step(&w, &cfg, &rows, p, step, micro as u64, &dev)
-                .map_err(|e| format!("pretrain: step {}: {e}", step + 1))?;
+        let mut absorb = |(l, c, n, g): MicroResult| -> Result<(), String> {
             loss_sum += l * n as f64;
             correct += c;
             count += n;
             if !accumulating {
                 grads = g;
-                continue;
+                return Ok(());
             }
             for (k, t) in g {
                 let t = (t * n as f64).map_err(|e| e.to_string())?;
@@ -583,6 +593,36 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
                     None => t,
                 };
                 grads.insert(k, sum);
+            }
+            Ok(())
+        };
+        let mut rows_of = Vec::with_capacity(micro_batches.len());
+        for chunk in &micro_batches {
+            let longest = chunk.iter().map(|&i| lengths[i] as u64).max().unwrap_or(0);
+            positions += longest * chunk.len() as u64;
+            real += chunk.iter().map(|&i| lengths[i] as u64).sum::<u64>();
+            rows_of.push(
+                chunk
+                    .iter()
+                    .map(|&i| corpus.row(i))
+                    .collect::<Vec<&[u32]>>(),
+            );
+        }
+        let failed = |e: String| format!("pretrain: step {}: {e}", step + 1);
+        match replicas.as_ref().filter(|_| accumulating) {
+            // Every micro-batch's gradients at once, added in order as below.
+            Some(replicas) => {
+                for result in replicas.step(&w, &cfg, p, step, &rows_of).map_err(failed)? {
+                    absorb(result)?;
+                }
+            }
+            // One micro-batch's gradients alive at a time.
+            None => {
+                for (micro, rows) in rows_of.iter().enumerate() {
+                    let result = micro_step(&w, &cfg, rows, p, step, micro as u64, &dev)
+                        .map_err(|e| failed(e.to_string()))?;
+                    absorb(result)?;
+                }
             }
         }
         let loss = loss_sum / count.max(1) as f64;
@@ -696,5 +736,6 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
 mod checkpoint;
 mod corpus;
 mod epoch_order;
+mod replicas;
 #[cfg(test)]
 mod tests;

@@ -868,3 +868,95 @@ fn params_no_training_can_take_are_named() {
         assert!(e.message.starts_with(param), "{e}");
     }
 }
+
+/// Data parallelism: a step's micro-batches dealt to two or three devices (here CPU replicas, each
+/// on its worker thread) train as one device does with the same `grad_accum`, bit for bit, and a
+/// run halted on two devices resumes on one to the same end.
+#[test]
+fn micro_batches_dealt_to_several_devices_train_as_on_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = Params {
+        batch_size: 3,
+        grad_accum: 3,
+        ..tiny()
+    };
+    let one = ctx(dir.path(), "one", &c, &t);
+    let s = train_on(&p, &one, None, &[Device::Cpu]).unwrap();
+    assert!(s.steps > 8, "{s:?}");
+    for devices in [2, 3] {
+        let many = ctx(dir.path(), &format!("on{devices}"), &c, &t);
+        train_on(&p, &many, None, &vec![Device::Cpu; devices]).unwrap();
+        assert_same_model(&one, &many);
+    }
+    let moved = ctx(dir.path(), "moved", &c, &t);
+    train_on(
+        &p,
+        &moved,
+        Some(Halt::Crash(6)),
+        &[Device::Cpu, Device::Cpu],
+    )
+    .unwrap_err();
+    let s = train_on(&p, &moved, None, &[Device::Cpu]).unwrap();
+    assert_eq!(s.resumed_from, 4);
+    assert_same_model(&one, &moved);
+    // The replicas take the run's precision and attention.
+    let p = Params {
+        precision: Precision::Bf16,
+        attention: Attention::Flash,
+        hidden: 64,
+        ..p
+    };
+    let one = ctx(dir.path(), "one_bf16", &c, &t);
+    train_on(&p, &one, None, &[Device::Cpu]).unwrap();
+    let two = ctx(dir.path(), "two_bf16", &c, &t);
+    train_on(&p, &two, None, &[Device::Cpu, Device::Cpu]).unwrap();
+    assert_same_model(&one, &two);
+}
+
+/// On a card: a step's micro-batches dealt to two devices (GPUs 0 and 1, or two handles of GPU
+/// 0 on a machine with one, each on its own host thread and stream) train as GPU 0 alone does,
+/// in bf16 with flash attention, within the card's run-to-run differences.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_micro_batches_dealt_to_two_devices_train_as_on_one() {
+    use crate::model::device;
+    let (Ok(first), Ok(second)) = (
+        device::cuda(0),
+        device::cuda(1).or_else(|_| device::cuda(0)),
+    ) else {
+        crate::testing::skipped("data parallel on a GPU: no CUDA GPU");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let t = tokenizer(dir.path(), &c);
+    let p = Params {
+        batch_size: 3,
+        grad_accum: 3,
+        precision: Precision::Bf16,
+        attention: Attention::Flash,
+        hidden: 64,
+        heads: 2,
+        ..tiny()
+    };
+    let one = ctx(dir.path(), "one", &c, &t);
+    let a = train_on(&p, &one, None, std::slice::from_ref(&first)).unwrap();
+    let two = ctx(dir.path(), "two", &c, &t);
+    let b = train_on(&p, &two, None, &[first, second]).unwrap();
+    assert!(
+        (a.final_loss - b.final_loss).abs() < 1e-3 * a.final_loss.abs().max(1.0),
+        "final loss {} on one device, {} on two",
+        a.final_loss,
+        b.final_loss
+    );
+    let load = |c: &Context| {
+        candle_core::safetensors::load(c.out.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (ta, tb) = (load(&one), load(&two));
+    for (name, x) in &ta {
+        let d = crate::testing::max_abs_diff(x, &tb[name]);
+        assert!(d < 1e-3, "{name}: weights differ by {d}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Data parallelism over a job's devices: a step's micro-batches (`grad_accum` of them) are dealt
+//! to the devices, micro-batch m to device m mod n. Device 0 holds the weights and LAMB's moments
+//! and takes the update; each other device has a worker thread that copies the weights at the
+//! start of the step, runs its micro-batches and hands their gradients to device 0. The
+//! gradients are added there in micro-batch order, as a single device adds them, so a run on n
+//! devices takes the steps of a run on one with the same `grad_accum` (a test checks that on the
+//! CPU, bit for bit).
+//!
+//! Every device is used from one host thread only: candle's CUDA device issues its work on the
+//! calling thread's default stream, and flora runs without cross-stream events
+//! (`model/device.rs`), so the hand-overs between threads wait for the streams instead: device 0's
+//! update is finished before a worker copies the weights, and a worker's copies of its gradients
+//! are finished before device 0 reads them.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+
+use super::{micro_step, Attention, Config, Params, Weights};
+
+/// What one micro-batch gave: its mean masked loss, right guesses, masked tokens and gradients
+/// (on device 0).
+pub(super) type MicroResult = (f64, usize, usize, HashMap<String, Tensor>);
+
+/// One step's work for a worker: the weights (device 0's tensors) and its micro-batches, each
+/// with its index in the step and its rows of token ids.
+struct Work {
+    weights: HashMap<String, Tensor>,
+    step: u64,
+    micro_batches: Vec<(usize, Vec<Vec<u32>>)>,
+}
+
+type Answer = Result<Vec<(usize, MicroResult)>, String>;
+
+struct Worker {
+    name: String,
+    work: Option<mpsc::Sender<Work>>,
+    answers: mpsc::Receiver<Answer>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The devices after the first, each with its worker thread.
+pub(super) struct Replicas {
+    primary: Device,
+    workers: Vec<Worker>,
+}
+
+impl Replicas {
+    /// Starts a worker for each device of `others`; `primary` (device 0) holds the weights.
+    pub(super) fn start(
+        primary: &Device,
+        others: &[Device],
+        cfg: &Config,
+        p: &Params,
+        compute: candle_core::DType,
+        attention: Attention,
+    ) -> Replicas {
+        let workers = others
+            .iter()
+            .enumerate()
+            .map(|(i, dev)| {
+                let name = format!("{} (device {})", crate::model::device::name(dev), i + 1);
+                let (work_tx, work_rx) = mpsc::channel::<Work>();
+                let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
+                let (dev, primary, cfg, p) = (dev.clone(), primary.clone(), cfg.clone(), p.clone());
+                let thread = std::thread::spawn(move || {
+                    for work in work_rx {
+                        let answer = run(&work, &dev, &primary, &cfg, &p, compute, attention);
+                        drop(work);
+                        if answer_tx.send(answer).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Worker {
+                    name,
+                    work: Some(work_tx),
+                    answers: answer_rx,
+                    thread: Some(thread),
+                }
+            })
+            .collect();
+        Replicas {
+            primary: primary.clone(),
+            workers,
+        }
+    }
+
+    /// Devices in all, device 0 included.
+    pub(super) fn devices(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs one step's micro-batches (`rows` of each, in order) on every device: those of
+    /// device 0 on `w` in this thread, the others on their workers. Returns each micro-batch's
+    /// result, in order, with every gradient on device 0.
+    pub(super) fn step(
+        &self,
+        w: &Weights,
+        cfg: &Config,
+        p: &Params,
+        step: u64,
+        rows: &[Vec<&[u32]>],
+    ) -> Result<Vec<MicroResult>, String> {
+        let n = self.devices();
+        // The last update must be done before a worker reads the weights.
+        self.primary.synchronize().map_err(|e| e.to_string())?;
+        let weights = w.tensors();
+        let mut sent = vec![false; self.workers.len()];
+        for (k, worker) in self.workers.iter().enumerate() {
+            let micro_batches: Vec<(usize, Vec<Vec<u32>>)> = rows
+                .iter()
+                .enumerate()
+                .filter(|(m, _)| m % n == k + 1)
+                .map(|(m, r)| (m, r.iter().map(|row| row.to_vec()).collect()))
+                .collect();
+            if micro_batches.is_empty() {
+                continue;
+            }
+            let work = Work {
+                weights: weights.clone(),
+                step,
+                micro_batches,
+            };
+            let sender = worker.work.as_ref().expect("open until drop");
+            sender
+                .send(work)
+                .map_err(|_| format!("the worker for {} has ended", worker.name))?;
+            sent[k] = true;
+        }
+        let mut results: Vec<Option<MicroResult>> = (0..rows.len()).map(|_| None).collect();
+        // Device 0's own micro-batches run while the workers run theirs; an error here still
+        // waits for the workers' answers, so that none is left for the next step.
+        let mut failure = None;
+        for (m, r) in rows.iter().enumerate().filter(|(m, _)| m % n == 0) {
+            match micro_step(w, cfg, r, p, step, m as u64, &self.primary) {
+                Ok(result) => results[m] = Some(result),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        for (worker, _) in self.workers.iter().zip(&sent).filter(|(_, &sent)| sent) {
+            match worker.answers.recv() {
+                Ok(Ok(answers)) => {
+                    for (m, result) in answers {
+                        results[m] = Some(result);
+                    }
+                }
+                Ok(Err(e)) => {
+                    failure.get_or_insert(format!("on {}: {e}", worker.name));
+                }
+                Err(_) => {
+                    failure.get_or_insert(format!("the worker for {} has ended", worker.name));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every micro-batch was dealt to a device"))
+            .collect())
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            // Closing the channel ends the worker's loop.
+            worker.work.take();
+            if let Some(t) = worker.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A worker's step: the weights copied to `dev`, its micro-batches, their gradients copied to
+/// `primary`, and those copies finished.
+fn run(
+    work: &Work,
+    dev: &Device,
+    primary: &Device,
+    cfg: &Config,
+    p: &Params,
+    compute: candle_core::DType,
+    attention: Attention,
+) -> Answer {
+    let text = |e: candle_core::Error| e.to_string();
+    let mut tensors = HashMap::with_capacity(work.weights.len());
+    for (name, t) in &work.weights {
+        tensors.insert(name.clone(), t.to_device(dev).map_err(text)?);
+    }
+    let mut w = Weights::from_tensors(cfg, tensors)?;
+    w.compute = compute;
+    w.attention = attention;
+    let mut out = Vec::with_capacity(work.micro_batches.len());
+    for (m, rows) in &work.micro_batches {
+        let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (loss, correct, n, grads) =
+            micro_step(&w, cfg, &rows, p, work.step, *m as u64, dev).map_err(text)?;
+        let mut moved = HashMap::with_capacity(grads.len());
+        for (name, g) in grads {
+            moved.insert(name, g.to_device(primary).map_err(text)?);
+        }
+        out.push((*m, (loss, correct, n, moved)));
+    }
+    // The copies run on this thread's stream of device 0; device 0's thread reads them next.
+    primary.synchronize().map_err(text)?;
+    Ok(out)
+}
