@@ -199,6 +199,66 @@ fn idle_note(
     ))
 }
 
+/// Lets each pair of `devices` on different GPUs copy to each other directly (over NVLink or
+/// PCIe) where the GPUs can: without peer access the driver stages every copy between them through
+/// host memory. Returns a note for each pair that cannot; nothing on the CPU or in a build
+/// without CUDA.
+#[cfg(feature = "cuda")]
+pub fn connect_peers(devices: &[Device]) -> Result<Vec<String>, String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let contexts: Vec<_> = devices
+        .iter()
+        .filter_map(|d| match d {
+            Device::Cuda(c) => Some(c.cuda_stream().context().clone()),
+            _ => None,
+        })
+        .collect();
+    let mut notes = Vec::new();
+    for a in &contexts {
+        for b in &contexts {
+            if a.cu_ctx() == b.cu_ctx() {
+                continue;
+            }
+            let mut can = 0;
+            // SAFETY: both device handles come from live contexts, and `can` is the int the call
+            // writes.
+            #[allow(unsafe_code)]
+            let asked =
+                unsafe { sys::cuDeviceCanAccessPeer(&mut can, a.cu_device(), b.cu_device()) };
+            if asked != sys::CUresult::CUDA_SUCCESS || can == 0 {
+                notes.push(format!(
+                    "GPU {} cannot reach GPU {} directly; copies between them go through host memory",
+                    a.ordinal(),
+                    b.ordinal()
+                ));
+                continue;
+            }
+            a.bind_to_thread()
+                .map_err(|e| format!("GPU {}: {e}", a.ordinal()))?;
+            // SAFETY: `a`'s context is current on this thread (above) and `b`'s is live.
+            #[allow(unsafe_code)]
+            let enabled = unsafe { sys::cuCtxEnablePeerAccess(b.cu_ctx(), 0) };
+            if !matches!(
+                enabled,
+                sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+            ) {
+                return Err(format!(
+                    "GPU {}: cannot enable peer access to GPU {}: {enabled:?}",
+                    a.ordinal(),
+                    b.ordinal()
+                ));
+            }
+        }
+    }
+    Ok(notes)
+}
+
+/// Lets GPUs copy to each other directly: nothing to do in a build without CUDA.
+#[cfg(not(feature = "cuda"))]
+pub fn connect_peers(_devices: &[Device]) -> Result<Vec<String>, String> {
+    Ok(Vec::new())
+}
+
 /// GPU indices as `0, 1, 2`.
 fn list(gpus: &[usize]) -> String {
     gpus.iter()

@@ -512,6 +512,11 @@ fn train_on(
     p.attention
         .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)?;
     w.attention = p.attention;
+    if devices.len() > 1 {
+        for note in super::device::connect_peers(devices).map_err(|e| format!("pretrain: {e}"))? {
+            eprintln!("pretrain: {note}");
+        }
+    }
     let replicas = (devices.len() > 1)
         .then(|| Replicas::start(&dev, &devices[1..], &cfg, p, w.compute, w.attention));
     let resumed_from = step;
