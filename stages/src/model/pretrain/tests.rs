@@ -887,7 +887,8 @@ fn micro_batches_dealt_to_several_devices_train_as_on_one() {
     assert!(s.steps > 8, "{s:?}");
     for devices in [2, 3] {
         let many = ctx(dir.path(), &format!("on{devices}"), &c, &t);
-        train_on(&p, &many, None, &vec![Device::Cpu; devices]).unwrap();
+        let s = train_on(&p, &many, None, &vec![Device::Cpu; devices]).unwrap();
+        assert_eq!(s.devices, vec!["cpu"; devices]);
         assert_same_model(&one, &many);
     }
     let moved = ctx(dir.path(), "moved", &c, &t);
