@@ -961,3 +961,35 @@ fn gpu_micro_batches_dealt_to_two_devices_train_as_on_one() {
         assert!(d < 1e-3, "{name}: weights differ by {d}");
     }
 }
+
+/// A device that fails its micro-batches fails the step with its name and the cause, after the
+/// other devices' answers are in; the workers then end with the run.
+#[test]
+fn a_device_that_fails_its_micro_batches_fails_the_step_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(dir.path());
+    let tok = bpe::load(&tokenizer(dir.path(), &c)).unwrap();
+    let data = tokenize(&c, &tok, 64).unwrap();
+    let cfg = tiny_config();
+    let w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
+    // The workers are told of a model with a third layer, which the weights lack.
+    let three_layers = Config::new(305, 3, 32, 2, 64, 64, 0.0, Positions::Tss);
+    let p = tiny();
+    let replicas = Replicas::start(
+        &Device::Cpu,
+        &[Device::Cpu, Device::Cpu],
+        &three_layers,
+        &p,
+        w.compute,
+        w.attention,
+    );
+    let rows: Vec<Vec<&[u32]>> = (0..4)
+        .map(|m| (0..2).map(|i| data.row(2 * m + i)).collect())
+        .collect();
+    let err = replicas.step(&w, &cfg, &p, 0, &rows).unwrap_err();
+    assert_eq!(
+        err,
+        "on cpu (device 1): the weights have no `roberta.encoder.layer.2.attention.self.query.weight`"
+    );
+    drop(replicas);
+}
