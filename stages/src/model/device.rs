@@ -250,6 +250,12 @@ pub fn connect_peers(devices: &[Device]) -> Result<Vec<String>, String> {
             }
         }
     }
+    // The first device's context is this thread's again, as before.
+    if let Some(first) = contexts.first() {
+        first
+            .bind_to_thread()
+            .map_err(|e| format!("GPU {}: {e}", first.ordinal()))?;
+    }
     Ok(notes)
 }
 
