@@ -19,6 +19,8 @@
 //!   the paper's 7.5 M training promoters, drawing it takes about 0.2 s.
 //! - The corpus is tokenized once per job and stored compactly (2 bytes per id) in the work
 //!   folder, so a resumed run does not tokenize again.
+//! - A job given several GPUs deals each step's `grad_accum` micro-batches to them and adds
+//!   their gradients on the first in micro-batch order (`replicas.rs`): the same steps as on one.
 //! - With an `init` input (a model folder) training continues from it: the study's maize
 //!   pretraining after all-plant pretraining.
 //!
@@ -387,8 +389,8 @@ pub struct Summary {
     pub positions: u64,
     /// The share of those positions that were padding.
     pub padding: f64,
-    /// The devices this run trained on (`cpu`, `cuda:0`, ...), the one that took the updates
-    /// first; each took a step's micro-batches in turn.
+    /// The devices this run trained on (`cpu`, `cuda:0`, ...), first the one that took the
+    /// updates; they took a step's micro-batches in turn.
     #[serde(default)]
     pub devices: Vec<String>,
 }
