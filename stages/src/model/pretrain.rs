@@ -515,8 +515,11 @@ fn train_on(
             }
         };
     w.compute = p.precision.dtype();
-    p.attention
-        .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)?;
+    // Every device runs the attention's kernels (a machine may mix cards of several kinds).
+    for d in devices {
+        p.attention
+            .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, d)?;
+    }
     w.attention = p.attention;
     if devices.len() > 1 {
         for note in super::device::connect_peers(devices).map_err(|e| format!("pretrain: {e}"))? {
