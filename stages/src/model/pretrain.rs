@@ -389,10 +389,6 @@ pub struct Summary {
     pub positions: u64,
     /// The share of those positions that were padding.
     pub padding: f64,
-    /// The devices this run trained on (`cpu`, `cuda:0`, ...), first the one that took the
-    /// updates; they took a step's micro-batches in turn.
-    #[serde(default)]
-    pub devices: Vec<String>,
 }
 
 impl Summary {
@@ -534,7 +530,6 @@ fn train_on(
         train_sequences: train_idx.len(),
         validation_sequences: val_idx.len(),
         final_loss: last_loss.unwrap_or(f64::NAN),
-        devices: devices.iter().map(super::device::name).collect(),
         ..Summary::default()
     };
     let header = "step\tepoch\tloss\tmasked_acc\tlr\tval_loss\tval_perplexity";

@@ -887,8 +887,7 @@ fn micro_batches_dealt_to_several_devices_train_as_on_one() {
     assert!(s.steps > 8, "{s:?}");
     for devices in [2, 3] {
         let many = ctx(dir.path(), &format!("on{devices}"), &c, &t);
-        let s = train_on(&p, &many, None, &vec![Device::Cpu; devices]).unwrap();
-        assert_eq!(s.devices, vec!["cpu"; devices]);
+        train_on(&p, &many, None, &vec![Device::Cpu; devices]).unwrap();
         assert_same_model(&one, &many);
     }
     let moved = ctx(dir.path(), "moved", &c, &t);
