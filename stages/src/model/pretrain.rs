@@ -522,8 +522,13 @@ fn train_on(
             eprintln!("pretrain: {note}");
         }
     }
-    let replicas = (devices.len() > 1)
-        .then(|| Replicas::start(&dev, &devices[1..], &cfg, p, w.compute, w.attention));
+    let replicas = match devices {
+        [_, others @ ..] if !others.is_empty() => Some(
+            Replicas::start(&dev, others, &cfg, p, w.compute, w.attention)
+                .map_err(|e| format!("pretrain: {e}"))?,
+        ),
+        _ => None,
+    };
     let resumed_from = step;
     let mut summary = Summary {
         resumed_from,

@@ -34,6 +34,9 @@ struct Work {
 
 type Answer = Result<Vec<(usize, MicroResult)>, String>;
 
+/// A worker thread's stack: the main thread's 8 MiB on Linux.
+const WORKER_STACK: usize = 8 << 20;
+
 struct Worker {
     name: String,
     work: Option<mpsc::Sender<Work>>,
@@ -56,16 +59,18 @@ impl Replicas {
         p: &Params,
         compute: candle_core::DType,
         attention: Attention,
-    ) -> Replicas {
-        let workers = others
-            .iter()
-            .enumerate()
-            .map(|(i, dev)| {
-                let name = format!("{} (device {})", crate::model::device::name(dev), i + 1);
-                let (work_tx, work_rx) = mpsc::channel::<Work>();
-                let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
-                let (dev, primary, cfg, p) = (dev.clone(), primary.clone(), cfg.clone(), p.clone());
-                let thread = std::thread::spawn(move || {
+    ) -> Result<Replicas, String> {
+        let mut workers = Vec::with_capacity(others.len());
+        for (i, dev) in others.iter().enumerate() {
+            let name = format!("{} (device {})", crate::model::device::name(dev), i + 1);
+            let (work_tx, work_rx) = mpsc::channel::<Work>();
+            let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
+            let (dev, primary, cfg, p) = (dev.clone(), primary.clone(), cfg.clone(), p.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("pretrain-device-{}", i + 1))
+                // As deep as the main thread's: candle's backward pass walks the graph by recursion.
+                .stack_size(WORKER_STACK)
+                .spawn(move || {
                     for work in work_rx {
                         let answer = run(&work, &dev, &primary, &cfg, &p, compute, attention);
                         drop(work);
@@ -73,19 +78,19 @@ impl Replicas {
                             break;
                         }
                     }
-                });
-                Worker {
-                    name,
-                    work: Some(work_tx),
-                    answers: answer_rx,
-                    thread: Some(thread),
-                }
-            })
-            .collect();
-        Replicas {
+                })
+                .map_err(|e| format!("cannot start the thread for {name}: {e}"))?;
+            workers.push(Worker {
+                name,
+                work: Some(work_tx),
+                answers: answer_rx,
+                thread: Some(thread),
+            });
+        }
+        Ok(Replicas {
             primary: primary.clone(),
             workers,
-        }
+        })
     }
 
     /// Devices in all, device 0 included.

@@ -981,7 +981,8 @@ fn a_device_that_fails_its_micro_batches_fails_the_step_with_its_name() {
         &p,
         w.compute,
         w.attention,
-    );
+    )
+    .unwrap();
     let rows: Vec<Vec<&[u32]>> = (0..4)
         .map(|m| (0..2).map(|i| data.row(2 * m + i)).collect())
         .collect();
