@@ -143,7 +143,8 @@ impl Replicas {
             match micro_step(w, cfg, r, p, step, m as u64, &self.primary) {
                 Ok(result) => results[m] = Some(result),
                 Err(e) => {
-                    failure = Some(e.to_string());
+                    let device = crate::model::device::name(&self.primary);
+                    failure = Some(format!("on {device} (device 0): {e}"));
                     break;
                 }
             }
