@@ -201,8 +201,8 @@ fn idle_note(
 
 /// Lets each pair of `devices` on different GPUs copy to each other directly (over NVLink or
 /// PCIe) where the GPUs can: without peer access the driver stages every copy between them through
-/// host memory. Returns a note for each pair that cannot; nothing on the CPU or in a build
-/// without CUDA.
+/// host memory. Returns a note for each pair that cannot or that the driver refuses; nothing on
+/// the CPU or in a build without CUDA. Fails only if a GPU's context cannot be made current.
 #[cfg(feature = "cuda")]
 pub fn connect_peers(devices: &[Device]) -> Result<Vec<String>, String> {
     use candle_core::cuda_backend::cudarc::driver::sys;
@@ -238,12 +238,15 @@ pub fn connect_peers(devices: &[Device]) -> Result<Vec<String>, String> {
             // SAFETY: `a`'s context is current on this thread (above) and `b`'s is live.
             #[allow(unsafe_code)]
             let enabled = unsafe { sys::cuCtxEnablePeerAccess(b.cu_ctx(), 0) };
+            // Peer access only makes the copies faster: a refusal (too many peers, say) leaves
+            // them to go through host memory, as where the GPUs cannot reach each other.
             if !matches!(
                 enabled,
                 sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
             ) {
-                return Err(format!(
-                    "GPU {}: cannot enable peer access to GPU {}: {enabled:?}",
+                notes.push(format!(
+                    "GPU {} refused peer access to GPU {} ({enabled:?}); copies between them go \
+                     through host memory",
                     a.ordinal(),
                     b.ordinal()
                 ));
