@@ -24,6 +24,7 @@ use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
 
+use crate::dag::gpu_use::GpuUse;
 use crate::workflow::spans::Seg;
 
 /// A problem with a stage's params, with the path of the offending param.
@@ -75,6 +76,8 @@ pub struct Kind {
     /// Params that may name a local file (a path or a `file://` URL) that the job reads without
     /// it being an input, so without flora hashing it: `plan` and `run` warn about each.
     pub path_params: &'static [&'static str],
+    /// How many of the GPUs a job asks for (`resources: {gpus: N}`) it can use.
+    pub gpus: GpuUse,
     /// Type-checks params and returns them in canonical form, with defaults filled in.
     pub check: fn(&Value) -> Result<serde_json::Value, ParamError>,
     /// Runs the kind inside a job process. `exec` ends the process as its program ends and
@@ -108,6 +111,7 @@ static KINDS: &[Kind] = &[
         summary: "run a program (argv, env) with FLORA_OUT and FLORA_IN_<name> in its environment",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::Any,
         path_params: &[],
         check: |v| check(v, |p: &exec::Params| exec::validate(p).map_err(|e| e.to_string())),
         run: run_exec,
@@ -118,6 +122,7 @@ static KINDS: &[Kind] = &[
         summary: "plant-like genomes along a phylogeny (FASTA + GFF3), planted cis-elements, paralogs, maize lines and expression in 9 tissues, with the truth",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<simulate::Params>),
         run: |p, ctx| run_typed(p, ctx, simulate::run),
@@ -128,6 +133,7 @@ static KINDS: &[Kind] = &[
         summary: "a genome FASTA + GFF3 from URLs, paths, Ensembl Plants, RefSeq or MaizeGDB; checksummed, bgzip-indexed",
         provenance: false,
         unkeyed: &["retries", "timeout_s", "backoff_s"],
+        gpus: GpuUse::None,
         path_params: &["fasta", "gff"],
         check: |v| check(v, no_check::<download::Params>),
         run: |p, ctx| run_typed(p, ctx, download::run),
@@ -138,6 +144,7 @@ static KINDS: &[Kind] = &[
         summary: "promoter windows upstream of each gene's TSS (inputs: fasta + gff, or genome)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<promoters::Params>),
         run: |p, ctx| run_typed(p, ctx, promoters::run),
@@ -148,6 +155,7 @@ static KINDS: &[Kind] = &[
         summary: "expression tables (genes x samples, NAM runs x genes, or ready id/sequence/targets) to genes x tissues",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &["url"],
         check: |v| check(v, no_check::<expression::Params>),
         run: |p, ctx| run_typed(p, ctx, expression::run),
@@ -158,6 +166,7 @@ static KINDS: &[Kind] = &[
         summary: "paralog groups from a syntenic/paralog table (union-find) or promoter similarity (MinHash)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<paralogs::Params>),
         run: |p, ctx| run_typed(p, ctx, paralogs::run),
@@ -168,6 +177,7 @@ static KINDS: &[Kind] = &[
         summary: "whole paralog groups to train/validation/test from a seed (default 70/30, 10% validation)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<split::Params>),
         run: |p, ctx| run_typed(p, ctx, split::run),
@@ -178,6 +188,7 @@ static KINDS: &[Kind] = &[
         summary: "pretraining corpus with every held-out (test) promoter, and any identical sequence, removed",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<corpus::Params>),
         run: |p, ctx| run_typed(p, ctx, corpus::run),
@@ -188,6 +199,7 @@ static KINDS: &[Kind] = &[
         summary: "byte-level BPE tokenizer (vocab 5,000 + <s> </s> <pad> <unk> <mask>) trained on a promoter corpus",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<bpe::Params>),
         run: |p, ctx| run_typed(p, ctx, bpe::run),
@@ -198,6 +210,7 @@ static KINDS: &[Kind] = &[
         summary: "RoBERTa masked-language-model pretraining with LAMB (inputs: corpus, tokenizer, optional init model)",
         provenance: false,
         unkeyed: &["checkpoint_every", "checkpoint_minutes"],
+        gpus: GpuUse::MicroBatches,
         path_params: &[],
         check: |v| check(v, pretrain::Params::check),
         run: |p, ctx| run_typed(p, ctx, pretrain::run),
@@ -208,6 +221,7 @@ static KINDS: &[Kind] = &[
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         provenance: false,
         unkeyed: &["checkpoint_minutes"],
+        gpus: GpuUse::One,
         path_params: &[],
         check: |v| check(v, finetune::Params::check),
         run: |p, ctx| run_typed(p, ctx, finetune::run),
@@ -218,6 +232,7 @@ static KINDS: &[Kind] = &[
         summary: "each tissue's training mean (`constant`) and a bag-of-k-mers linear (ridge) regression per k (`bow2`..`bow5`), scored on the test rows (inputs as finetune, without a model)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<baselines::Params>),
         run: |p, ctx| run_typed(p, ctx, baselines::run),
@@ -228,6 +243,7 @@ static KINDS: &[Kind] = &[
         summary: "Table 1: every model's test R2 (both kinds), Pearson, Spearman and MSE, over all tissues and per tissue (inputs: predictions of finetune, baselines, ...)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<analysis::Params>),
         run: |p, ctx| run_typed(p, ctx, analysis::run),
@@ -238,6 +254,7 @@ static KINDS: &[Kind] = &[
         summary: "positional importance (the paper's Figure 2): mean |change in prediction| when a random k-mer at a given distance from the TSS is replaced, k = 1..6, as TSV and heat map (inputs: model, promoters)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::One,
         path_params: &[],
         check: |v| check(v, no_check::<importance::Params>),
         run: |p, ctx| run_typed(p, ctx, importance::run),
@@ -248,6 +265,7 @@ static KINDS: &[Kind] = &[
         summary: "species embeddings: each species' mean promoter embedding and its base composition, PCA scatters coloured by a workflow attribute (inputs: model, promoter sets)",
         provenance: false,
         unkeyed: &[],
+        gpus: GpuUse::One,
         path_params: &[],
         check: |v| check(v, no_check::<embeddings::Params>),
         run: |p, ctx| run_typed(p, ctx, embeddings::run),
@@ -258,6 +276,7 @@ static KINDS: &[Kind] = &[
         summary: "one self-contained HTML page: Table 1, every figure, training curves, stage summaries and the provenance of every upstream job (inputs: any stage outputs)",
         provenance: true,
         unkeyed: &[],
+        gpus: GpuUse::None,
         path_params: &[],
         check: |v| check(v, no_check::<report::Params>),
         run: |p, ctx| run_typed(p, ctx, report::run),

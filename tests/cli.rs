@@ -460,3 +460,67 @@ stages:
     );
     assert!(stage(&["--input", "s=fit.sh", "--out", "o2"]).is_empty());
 }
+
+/// GPUs a stage asks for but would leave idle are named before anything runs, with what would
+/// use them; a stage that can use all it asks for gets no warning, nor does an `exec` stage.
+#[test]
+fn gpus_a_stage_would_leave_idle_are_warned_about_before_anything_runs() {
+    let p = Project::new();
+    p.write(
+        "wf.yaml",
+        r#"
+stages:
+  prep: {kind: exec, resources: {gpus: 2}, params: {argv: [sh, -c, "echo x > $FLORA_OUT/x"]}}
+  bpe: {kind: bpe, inputs: {corpus: prep}, resources: {gpus: 1}}
+  pre:
+    kind: pretrain
+    inputs: {corpus: prep, tokenizer: bpe}
+    params: {batch_size: 64}
+    resources: {gpus: 4}
+  spread:
+    kind: pretrain
+    inputs: {corpus: prep, tokenizer: bpe}
+    params: {batch_size: 16, grad_accum: 4}
+    resources: {gpus: 4}
+  tune:
+    kind: finetune
+    inputs: {model: pre, table: prep}
+    resources: {gpus: 2}
+"#,
+    );
+    let out = p.output(&["plan", "wf.yaml"]);
+    assert!(out.status.success());
+    let warnings: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: stage `bpe` asks for 1 GPU, but it runs on the CPU: the GPU would stay idle",
+            "warning: stage `pre` asks for 4 GPUs, but a step has 1 micro-batch (grad_accum), one \
+             to a GPU: 3 would stay idle (`grad_accum: 4` with `batch_size: 16` would use every \
+             GPU for 64 sequences a step; now 64)",
+            "warning: stage `tune` asks for 2 GPUs, but it runs on one: 1 would stay idle",
+        ]
+    );
+    // `flora stage` gives its job every GPU named, and says the same.
+    let out = p.output(&[
+        "stage",
+        "pretrain",
+        "--gpus",
+        "0,1",
+        "--input",
+        "corpus=wf.yaml",
+        "--out",
+        "o",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: stage `pretrain` asks for 2 GPUs, but a step has 1 micro-batch (grad_accum)"
+        ),
+        "{stderr}"
+    );
+}

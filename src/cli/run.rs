@@ -141,7 +141,7 @@ fn executor(args: &RunArgs, cache: &Cache) -> anyhow::Result<Box<dyn Executor>> 
 /// `flora run`.
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let graph = load_graph(&args.workflow)?;
-    crate::dag::undeclared::warn(&graph);
+    crate::dag::warn(&graph);
     let (selected, forced) = selection(&graph, &args.select)?;
     let results_dir = args
         .results
@@ -236,7 +236,7 @@ pub fn print_log_tail(log: &Path) {
 /// `flora plan`.
 pub fn plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<()> {
     let graph = load_graph(&args.workflow)?;
-    crate::dag::undeclared::warn(&graph);
+    crate::dag::warn(&graph);
     let (selected, forced) = selection(&graph, &args.select)?;
     let cache = open_cache(cli)?;
     let states = plan::plan(&graph, &cache, &forced, &selected)?;

@@ -78,7 +78,7 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
         &sets,
     )?;
     let graph = JobGraph::build(wf)?;
-    crate::dag::undeclared::warn(&graph);
+    crate::dag::warn(&graph);
     let cache = open_cache(cli)?;
     let opts = RunOptions {
         jobs: 1,

@@ -5,9 +5,18 @@
 //! Building the graph runs nothing and reads no cache: it only decides *what* there is to do.
 //! Dependencies come from inputs alone; a cycle among stages is an error that names the cycle.
 
+pub mod gpu_use;
 pub mod render;
 pub mod resources;
 pub mod undeclared;
+
+/// Warns, before anything runs, about what the workflow asks for that will not work as meant:
+/// files read without being inputs ([`undeclared`]), GPUs its jobs would leave idle
+/// ([`gpu_use`]).
+pub fn warn(graph: &JobGraph) {
+    undeclared::warn(graph);
+    gpu_use::warn(graph);
+}
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
