@@ -2,8 +2,8 @@
 //!
 //! Each kind has a name, a version (bumped whenever its output for the same params and inputs
 //! changes, which invalidates every cached artifact of that kind), a params check that turns the
-//! workflow's YAML into the typed, canonical params that feed the cache key, and the function that
-//! runs it inside a job process.
+//! workflow's YAML into the typed, canonical params that feed the cache key, how many of the GPUs
+//! a job asks for it can use, and the function that runs it inside a job process.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
