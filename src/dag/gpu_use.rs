@@ -39,15 +39,11 @@ impl GpuUse {
                 if micro >= asked {
                     return None;
                 }
-                let share = (micro * batch).div_ceil(asked);
                 Some(format!(
-                    "a step has {micro} micro-batch{} (grad_accum), one to a GPU: {} \
-                     (`grad_accum: {asked}` with `batch_size: {share}` would use every GPU for \
-                     {} sequences a step; now {})",
+                    "a step has {micro} micro-batch{} (grad_accum), one to a GPU: {} ({})",
                     if micro == 1 { "" } else { "es" },
                     idle(micro),
-                    asked * share,
-                    micro * batch
+                    flora_stages::model::device::spread_advice(micro, batch, asked)
                 ))
             }
         }

@@ -182,11 +182,9 @@ fn idle_note(
     batch_size: usize,
 ) -> Option<String> {
     let idle = gpus.get(used..).filter(|idle| !idle.is_empty())?;
-    let per_step = micro_batches.max(1) * batch_size.max(1);
     Some(format!(
         "{stage}: given GPUs {}; a step has {micro_batches} micro-batch{} (grad_accum), one to a \
-         GPU, so {} idle (grad_accum {} with batch_size {} would use every GPU for the same \
-         {per_step} sequences a step)",
+         GPU, so {} idle ({})",
         list(gpus),
         if micro_batches == 1 { "" } else { "es" },
         if idle.len() == 1 {
@@ -194,9 +192,20 @@ fn idle_note(
         } else {
             format!("GPUs {} stay", list(idle))
         },
-        gpus.len(),
-        per_step.div_ceil(gpus.len()),
+        spread_advice(micro_batches, batch_size, gpus.len()),
     ))
+}
+
+/// The params that give each of `gpus` GPUs a micro-batch, for about the sequences a step of
+/// `micro_batches` x `batch_size` has now.
+pub fn spread_advice(micro_batches: usize, batch_size: usize, gpus: usize) -> String {
+    let now = micro_batches.max(1) * batch_size.max(1);
+    let share = now.div_ceil(gpus.max(1));
+    format!(
+        "`grad_accum: {gpus}` with `batch_size: {share}` would use every GPU for {} sequences a \
+         step; now {now}",
+        gpus * share
+    )
 }
 
 /// Lets each pair of `devices` on different GPUs copy to each other directly (over NVLink or
@@ -316,14 +325,19 @@ mod tests {
         assert_eq!(
             idle_note("pretrain", &[0, 1, 2, 3], 1, 1, 64).unwrap(),
             "pretrain: given GPUs 0, 1, 2, 3; a step has 1 micro-batch (grad_accum), one to a \
-             GPU, so GPUs 1, 2, 3 stay idle (grad_accum 4 with batch_size 16 would use every GPU \
-             for the same 64 sequences a step)"
+             GPU, so GPUs 1, 2, 3 stay idle (`grad_accum: 4` with `batch_size: 16` would use \
+             every GPU for 64 sequences a step; now 64)"
         );
         assert_eq!(
             idle_note("pretrain", &[4, 5, 6], 2, 2, 21).unwrap(),
             "pretrain: given GPUs 4, 5, 6; a step has 2 micro-batches (grad_accum), one to a GPU, \
-             so GPU 6 stays idle (grad_accum 3 with batch_size 14 would use every GPU for the \
-             same 42 sequences a step)"
+             so GPU 6 stays idle (`grad_accum: 3` with `batch_size: 14` would use every GPU for \
+             42 sequences a step; now 42)"
+        );
+        assert_eq!(
+            spread_advice(2, 21, 4),
+            "`grad_accum: 4` with `batch_size: 11` would use every GPU for 44 sequences a step; \
+             now 42"
         );
     }
 
