@@ -24,8 +24,10 @@ use flora_stages::splits::{corpus, paralogs, split};
 use flora_stages::tables::expression;
 use flora_stages::{exec, Context};
 
-use crate::dag::gpu_use::GpuUse;
 use crate::workflow::spans::Seg;
+pub use gpu_use::GpuUse;
+
+mod gpu_use;
 
 /// A problem with a stage's params, with the path of the offending param.
 #[derive(Debug, Clone, PartialEq, Eq)]
