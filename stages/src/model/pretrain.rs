@@ -517,18 +517,8 @@ fn train_on(
             .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, d)?;
     }
     w.attention = p.attention;
-    if devices.len() > 1 {
-        for note in super::device::connect_peers(devices).map_err(|e| format!("pretrain: {e}"))? {
-            eprintln!("pretrain: {note}");
-        }
-    }
-    let replicas = match devices {
-        [_, others @ ..] if !others.is_empty() => Some(
-            Replicas::start(&dev, others, &cfg, p, w.compute, w.attention)
-                .map_err(|e| format!("pretrain: {e}"))?,
-        ),
-        _ => None,
-    };
+    let replicas = Replicas::start(devices, &cfg, p, w.compute, w.attention)
+        .map_err(|e| format!("pretrain: {e}"))?;
     let resumed_from = step;
     let mut summary = Summary {
         resumed_from,

@@ -51,28 +51,45 @@ pub(super) struct Replicas {
 }
 
 impl Replicas {
-    /// Starts a worker for each device of `others`; `primary` (device 0) holds the weights.
+    /// With more than one of `devices`: lets them copy to each other directly where they can
+    /// (`device::connect_peers`), and starts a worker for each after the first, which holds the
+    /// weights. `None` for one device.
     pub(super) fn start(
-        primary: &Device,
-        others: &[Device],
+        devices: &[Device],
         cfg: &Config,
         p: &Params,
         compute: candle_core::DType,
         attention: Attention,
-    ) -> Result<Replicas, String> {
+    ) -> Result<Option<Replicas>, String> {
+        let [primary, others @ ..] = devices else {
+            return Ok(None);
+        };
+        if others.is_empty() {
+            return Ok(None);
+        }
+        for note in crate::model::device::connect_peers(devices)? {
+            eprintln!("pretrain: {note}");
+        }
         let mut workers = Vec::with_capacity(others.len());
         for (i, dev) in others.iter().enumerate() {
             let name = format!("{} (device {})", crate::model::device::name(dev), i + 1);
             let (work_tx, work_rx) = mpsc::channel::<Work>();
             let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
-            let (dev, primary, cfg, p) = (dev.clone(), primary.clone(), cfg.clone(), p.clone());
+            let replica = Replica {
+                dev: dev.clone(),
+                primary: primary.clone(),
+                cfg: cfg.clone(),
+                p: p.clone(),
+                compute,
+                attention,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("pretrain-device-{}", i + 1))
                 // As deep as the main thread's: candle's backward pass walks the graph by recursion.
                 .stack_size(WORKER_STACK)
                 .spawn(move || {
                     for work in work_rx {
-                        let answer = run(&work, &dev, &primary, &cfg, &p, compute, attention);
+                        let answer = replica.run(&work);
                         drop(work);
                         if answer_tx.send(answer).is_err() {
                             break;
@@ -87,10 +104,10 @@ impl Replicas {
                 thread: Some(thread),
             });
         }
-        Ok(Replicas {
+        Ok(Some(Replicas {
             primary: primary.clone(),
             workers,
-        })
+        }))
     }
 
     /// Devices in all, device 0 included.
@@ -186,37 +203,49 @@ impl Drop for Replicas {
     }
 }
 
-/// A worker's step: the weights copied to `dev`, its micro-batches, their gradients copied to
-/// `primary`, and those copies finished.
-fn run(
-    work: &Work,
-    dev: &Device,
-    primary: &Device,
-    cfg: &Config,
-    p: &Params,
+/// What a worker thread works with: its device, device 0, and the run's model and params.
+struct Replica {
+    dev: Device,
+    primary: Device,
+    cfg: Config,
+    p: Params,
     compute: candle_core::DType,
     attention: Attention,
-) -> Answer {
-    let text = |e: candle_core::Error| e.to_string();
-    let mut tensors = HashMap::with_capacity(work.weights.len());
-    for (name, t) in &work.weights {
-        tensors.insert(name.clone(), t.to_device(dev).map_err(text)?);
-    }
-    let mut w = Weights::from_tensors(cfg, tensors)?;
-    w.compute = compute;
-    w.attention = attention;
-    let mut out = Vec::with_capacity(work.micro_batches.len());
-    for (m, rows) in &work.micro_batches {
-        let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let (loss, correct, n, grads) =
-            micro_step(&w, cfg, &rows, p, work.step, *m as u64, dev).map_err(text)?;
-        let mut moved = HashMap::with_capacity(grads.len());
-        for (name, g) in grads {
-            moved.insert(name, g.to_device(primary).map_err(text)?);
+}
+
+impl Replica {
+    /// A step's work: the weights copied to this device, the micro-batches, their gradients
+    /// copied to device 0, and those copies finished.
+    fn run(&self, work: &Work) -> Answer {
+        let Replica {
+            dev,
+            primary,
+            cfg,
+            p,
+            compute,
+            attention,
+        } = self;
+        let text = |e: candle_core::Error| e.to_string();
+        let mut tensors = HashMap::with_capacity(work.weights.len());
+        for (name, t) in &work.weights {
+            tensors.insert(name.clone(), t.to_device(dev).map_err(text)?);
         }
-        out.push((*m, (loss, correct, n, moved)));
+        let mut w = Weights::from_tensors(cfg, tensors)?;
+        w.compute = *compute;
+        w.attention = *attention;
+        let mut out = Vec::with_capacity(work.micro_batches.len());
+        for (m, rows) in &work.micro_batches {
+            let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+            let (loss, correct, n, grads) =
+                micro_step(&w, cfg, &rows, p, work.step, *m as u64, dev).map_err(text)?;
+            let mut moved = HashMap::with_capacity(grads.len());
+            for (name, g) in grads {
+                moved.insert(name, g.to_device(primary).map_err(text)?);
+            }
+            out.push((*m, (loss, correct, n, moved)));
+        }
+        // The copies run on this thread's stream of device 0; device 0's thread reads them next.
+        primary.synchronize().map_err(text)?;
+        Ok(out)
     }
-    // The copies run on this thread's stream of device 0; device 0's thread reads them next.
-    primary.synchronize().map_err(text)?;
-    Ok(out)
 }

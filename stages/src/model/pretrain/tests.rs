@@ -975,14 +975,14 @@ fn a_device_that_fails_its_micro_batches_fails_the_step_with_its_name() {
     let three_layers = Config::new(305, 3, 32, 2, 64, 64, 0.0, Positions::Tss);
     let p = tiny();
     let replicas = Replicas::start(
-        &Device::Cpu,
-        &[Device::Cpu, Device::Cpu],
+        &[Device::Cpu, Device::Cpu, Device::Cpu],
         &three_layers,
         &p,
         w.compute,
         w.attention,
     )
-    .unwrap();
+    .unwrap()
+    .expect("three devices");
     let rows: Vec<Vec<&[u32]>> = (0..4)
         .map(|m| (0..2).map(|i| data.row(2 * m + i)).collect())
         .collect();
