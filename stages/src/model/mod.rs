@@ -52,6 +52,7 @@ pub mod pretrain;
 pub mod qkv;
 #[cfg(feature = "cuda")]
 mod qkv_cuda;
+pub mod replicas;
 pub mod residual_norm;
 pub mod roberta;
 mod second_result;

@@ -20,7 +20,8 @@
 //! - The corpus is tokenized once per job and stored compactly (2 bytes per id) in the work
 //!   folder, so a resumed run does not tokenize again.
 //! - A job given several GPUs deals each step's `grad_accum` micro-batches to them and adds
-//!   their gradients on the first in micro-batch order (`replicas.rs`): the same steps as on one.
+//!   their gradients on the first in micro-batch order (`model/replicas.rs`): the same steps as
+//!   on one.
 //! - With an `init` input (a model folder) training continues from it: the study's maize
 //!   pretraining after all-plant pretraining.
 //!
@@ -39,6 +40,7 @@ use super::lamb::Lamb;
 use super::mlm_positions::MlmPositions;
 use super::param_checks::*;
 use super::predictor::trimmed;
+use super::replicas::{GradSum, Grads, MicroBatchJob, Replicas};
 use super::roberta::{self, Attention, Config, Params as Weights, Positions, Precision};
 use super::step_memory::StepFloor;
 use super::tokenizer::{self, BOS, EOS, MASK, PAD};
@@ -46,7 +48,6 @@ use crate::rng::Rng;
 use crate::Context;
 pub use corpus::{tokenize, Corpus};
 use epoch_order::{longest_first, EpochOrder};
-use replicas::{MicroResult, Replicas};
 
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +260,10 @@ fn step_rng(seed: u64, step: u64, micro: u64, salt: u64) -> Rng {
     )
 }
 
+/// What one micro-batch gave besides its gradients: its mean masked loss, right guesses and
+/// masked tokens.
+type MicroOut = (f64, usize, usize);
+
 /// The loss, masked accuracy counts and gradients of one micro-batch.
 fn micro_step(
     w: &Weights,
@@ -268,7 +273,7 @@ fn micro_step(
     step: u64,
     micro: u64,
     dev: &Device,
-) -> candle_core::Result<(f64, usize, usize, HashMap<String, Tensor>)> {
+) -> candle_core::Result<(MicroOut, Grads)> {
     let mut mrng = step_rng(p.seed, step, micro, 1);
     let (inputs, labels) = mask_batch(&trimmed(rows), cfg.vocab_size, p.mask_prob, &mut mrng);
     let at = MlmPositions::from_labels(&labels, inputs.len(), width(&inputs))?;
@@ -283,7 +288,31 @@ fn micro_step(
         HashMap::new()
     };
     let value = loss.to_scalar::<f32>()? as f64;
-    Ok((value, read_count(&correct)?, n, grads))
+    Ok(((value, read_count(&correct)?, n), grads))
+}
+
+/// Pretraining's micro-batch as every device of a data-parallel job runs it: rows of token ids,
+/// masked and trained on.
+struct MaskedLm {
+    cfg: Config,
+    p: Params,
+}
+
+impl MicroBatchJob for MaskedLm {
+    type Batch = Vec<Vec<u32>>;
+    type Out = MicroOut;
+
+    fn run(
+        &self,
+        w: &Weights,
+        step: u64,
+        micro: usize,
+        batch: &Self::Batch,
+        dev: &Device,
+    ) -> candle_core::Result<(MicroOut, Grads)> {
+        let rows: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+        micro_step(w, &self.cfg, &rows, &self.p, step, micro as u64, dev)
+    }
 }
 
 /// Tokens per row of a batch of rows of one length (0 for no rows).
@@ -409,7 +438,7 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
 }
 
 /// Trains on `devices`: the first holds the weights, and a step's micro-batches are dealt to
-/// all of them (`replicas.rs`).
+/// all of them (`model/replicas.rs`).
 fn train_on(
     p: &Params,
     ctx: &Context,
@@ -517,7 +546,11 @@ fn train_on(
             .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, d)?;
     }
     w.attention = p.attention;
-    let replicas = Replicas::start(devices, &cfg, p, w.compute, w.attention)
+    let job = MaskedLm {
+        cfg: cfg.clone(),
+        p: p.clone(),
+    };
+    let replicas = Replicas::start("pretrain", devices, job, w.compute, w.attention)
         .map_err(|e| format!("pretrain: {e}"))?;
     let resumed_from = step;
     let mut summary = Summary {
@@ -576,30 +609,16 @@ fn train_on(
         let in_epoch = (step % steps_per_epoch) as usize;
         let ord = order.of(epoch);
         let batch = &ord[in_epoch * per_step..((in_epoch + 1) * per_step).min(ord.len())];
-        // Each micro-batch's gradient is its mean over its masked tokens; several are added up
-        // weighted by their token counts, and `scale` turns the sum back into a mean (one
-        // micro-batch needs neither).
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
-        let (mut loss_sum, mut correct, mut count) = (0f64, 0usize, 0usize);
+        // Each micro-batch's gradient is its mean over its masked tokens, weighted by their
+        // count in the step's sum.
         let micro_batches: Vec<&[usize]> = batch.chunks(p.batch_size.max(1)).collect();
-        let accumulating = micro_batches.len() > 1;
-        let mut absorb = |(l, c, n, g): MicroResult| -> Result<(), String> {
+        let mut grads = GradSum::new(micro_batches.len());
+        let (mut loss_sum, mut correct, mut count) = (0f64, 0usize, 0usize);
+        let mut absorb = |((l, c, n), g): (MicroOut, Grads)| -> Result<(), String> {
             loss_sum += l * n as f64;
             correct += c;
             count += n;
-            if !accumulating {
-                grads = g;
-                return Ok(());
-            }
-            for (k, t) in g {
-                let t = (t * n as f64).map_err(|e| e.to_string())?;
-                let sum = match grads.remove(&k) {
-                    Some(prev) => (prev + t).map_err(|e| e.to_string())?,
-                    None => t,
-                };
-                grads.insert(k, sum);
-            }
-            Ok(())
+            grads.add(g, n).map_err(|e| e.to_string())
         };
         let mut rows_of = Vec::with_capacity(micro_batches.len());
         for chunk in &micro_batches {
@@ -614,10 +633,14 @@ fn train_on(
             );
         }
         let failed = |e: String| format!("pretrain: step {}: {e}", step + 1);
-        match replicas.as_ref().filter(|_| accumulating) {
+        match replicas.as_ref().filter(|_| rows_of.len() > 1) {
             // Every micro-batch's gradients at once, added in order as below.
             Some(replicas) => {
-                for result in replicas.step(&w, &cfg, p, step, &rows_of).map_err(failed)? {
+                let owned = rows_of
+                    .iter()
+                    .map(|rows| rows.iter().map(|row| row.to_vec()).collect())
+                    .collect();
+                for result in replicas.step(&w, step, owned).map_err(failed)? {
                     absorb(result)?;
                 }
             }
@@ -644,11 +667,7 @@ fn train_on(
                 step + 1
             ));
         }
-        let scale = if accumulating {
-            1.0 / count.max(1) as f64
-        } else {
-            1.0
-        };
+        let (grads, scale) = grads.finish();
         step += 1;
         let lr = lr_at(p, step, total);
         opt.update_clipped(&w, &grads, lr, scale, p.clip_norm)
@@ -741,6 +760,5 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
 mod checkpoint;
 mod corpus;
 mod epoch_order;
-mod replicas;
 #[cfg(test)]
 mod tests;

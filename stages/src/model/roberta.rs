@@ -358,6 +358,23 @@ impl Params {
         })
     }
 
+    /// Trainable copies of `tensors` (another device's weights, any of them: the encoder's,
+    /// the MLM head's, the expression head's) on `dev`, in f32 products with products
+    /// attention until told otherwise.
+    pub fn copy_on(tensors: &HashMap<String, Tensor>, dev: &Device) -> Result<Params> {
+        let mut vars = HashMap::with_capacity(tensors.len());
+        for (name, t) in tensors {
+            vars.insert(name.clone(), Var::from_tensor(&t.to_device(dev)?)?);
+        }
+        Ok(Params {
+            vars,
+            frozen: false,
+            compute: DType::F32,
+            sink: Arc::default(),
+            attention: Attention::Products,
+        })
+    }
+
     fn get(&self, name: &str) -> Tensor {
         self.tensor(name)
             .unwrap_or_else(|| panic!("parameter {name} exists by construction"))

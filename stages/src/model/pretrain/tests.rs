@@ -111,7 +111,7 @@ fn every_parameter_receives_a_gradient() {
         mask_prob: 0.3,
         ..tiny()
     };
-    let (_, _, n, grads) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
+    let ((_, _, n), grads) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
     assert!(n > 0);
     for (name, _) in cfg.parameters() {
         let g = grads
@@ -646,9 +646,9 @@ fn bf16_mixed_precision_keeps_f32_weights_and_follows_f32_gradients() {
     let rows: Vec<&[u32]> = (0..8).map(|i| data.row(i)).collect();
     let p = tiny();
     let mut w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
-    let (l32, _, _, g32) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
+    let ((l32, _, _), g32) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
     w.compute = candle_core::DType::BF16;
-    let (l16, _, _, g16) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
+    let ((l16, _, _), g16) = micro_step(&w, &cfg, &rows, &p, 0, 0, &Device::Cpu).unwrap();
     assert!((l32 - l16).abs() < 0.02 * l32, "loss f32 {l32} bf16 {l16}");
     for (name, a) in &g32 {
         let b = &g16[name];
@@ -959,37 +959,4 @@ fn gpu_micro_batches_dealt_to_two_devices_train_as_on_one() {
         let d = crate::testing::max_abs_diff(x, &tb[name]);
         assert!(d < 1e-3, "{name}: weights differ by {d}");
     }
-}
-
-/// A device that fails its micro-batches fails the step with its name and the cause, after the
-/// other devices' answers are in; the workers then end with the run.
-#[test]
-fn a_device_that_fails_its_micro_batches_fails_the_step_with_its_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = corpus(dir.path());
-    let tok = bpe::load(&tokenizer(dir.path(), &c)).unwrap();
-    let data = tokenize(&c, &tok, 64).unwrap();
-    let cfg = tiny_config();
-    let w = Weights::init(&cfg, 1, &Device::Cpu).unwrap();
-    // The workers are told of a model with a third layer, which the weights lack.
-    let three_layers = Config::new(305, 3, 32, 2, 64, 64, 0.0, Positions::Tss);
-    let p = tiny();
-    let replicas = Replicas::start(
-        &[Device::Cpu, Device::Cpu, Device::Cpu],
-        &three_layers,
-        &p,
-        w.compute,
-        w.attention,
-    )
-    .unwrap()
-    .expect("three devices");
-    let rows: Vec<Vec<&[u32]>> = (0..4)
-        .map(|m| (0..2).map(|i| data.row(2 * m + i)).collect())
-        .collect();
-    let err = replicas.step(&w, &cfg, &p, 0, &rows).unwrap_err();
-    assert_eq!(
-        err,
-        "on cpu (device 1): the weights have no `roberta.encoder.layer.2.attention.self.query.weight`"
-    );
-    drop(replicas);
 }
