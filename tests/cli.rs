@@ -486,6 +486,10 @@ stages:
     kind: finetune
     inputs: {model: pre, table: prep}
     resources: {gpus: 2}
+  imp:
+    kind: importance
+    inputs: {model: tune, promoters: prep}
+    resources: {gpus: 2}
 "#,
     );
     let out = p.output(&["plan", "wf.yaml"]);
@@ -502,7 +506,10 @@ stages:
             "warning: stage `pre` asks for 4 GPUs, but a step has 1 micro-batch (grad_accum), one \
              to a GPU: 3 would stay idle (`grad_accum: 4` with `batch_size: 16` would use every \
              GPU for 64 sequences a step; now 64)",
-            "warning: stage `tune` asks for 2 GPUs, but it runs on one: 1 would stay idle",
+            "warning: stage `tune` asks for 2 GPUs, but a step has 1 micro-batch (grad_accum), \
+             one to a GPU: 1 would stay idle (`grad_accum: 2` with `batch_size: 8` would use \
+             every GPU for 16 sequences a step; now 16)",
+            "warning: stage `imp` asks for 2 GPUs, but it runs on one: 1 would stay idle",
         ]
     );
     // `flora stage` gives its job every GPU named, and says the same.

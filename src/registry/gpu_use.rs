@@ -8,7 +8,8 @@ pub enum GpuUse {
     None,
     /// The first: its model runs there.
     One,
-    /// One for each of a step's micro-batches (`grad_accum`): pretraining's data parallelism.
+    /// One for each of a step's micro-batches (`grad_accum`): the data parallelism of pretraining
+    /// and fine-tuning.
     MicroBatches,
     /// Any number: an `exec` program sees them all in `CUDA_VISIBLE_DEVICES`.
     Any,

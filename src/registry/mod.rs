@@ -223,7 +223,7 @@ static KINDS: &[Kind] = &[
         summary: "expression head on a pretrained model, trained per tissue (inputs: model + table, or model + promoters + expression [+ split])",
         provenance: false,
         unkeyed: &["checkpoint_minutes"],
-        gpus: GpuUse::One,
+        gpus: GpuUse::MicroBatches,
         path_params: &[],
         check: |v| check(v, finetune::Params::check),
         run: |p, ctx| run_typed(p, ctx, finetune::run),

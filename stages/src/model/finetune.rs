@@ -13,6 +13,9 @@
 //! - The head starts out predicting each target's mean over the training rows (its output bias),
 //!   so training spends its steps on what the sequence adds to the means.
 //! - `freeze_encoder: true` trains the head alone on fixed embeddings.
+//! - A step may add the gradients of `grad_accum` micro-batches of `batch_size` rows; a job
+//!   given several GPUs deals them to the GPUs and adds their gradients on the first in
+//!   micro-batch order (`model/replicas.rs`): the same steps as on one.
 //!
 //! Output: the fine-tuned model folder (`config.json` with `flora_head`, `model.safetensors`,
 //! `tokenizer.json`), `predictions.tsv` (`id, target, observed, predicted` for every test row, on
@@ -31,6 +34,7 @@ use super::lamb::Lamb;
 use super::param_checks::*;
 use super::predictor::{self, trim_padding};
 use super::pretrain::{load_model, Schedule};
+use super::replicas::{GradSum, Grads, MicroBatchJob, Replicas};
 use super::roberta::{self, Attention, Config, Params as Weights, Precision};
 use super::step_memory::StepFloor;
 use super::tokenizer;
@@ -51,8 +55,11 @@ pub struct Params {
     pub offset: f64,
     /// Passes over the training rows (default 25).
     pub epochs: usize,
-    /// Sequences per step (default 16).
+    /// Sequences per micro-batch: a step has `grad_accum` of them (default 16).
     pub batch_size: usize,
+    /// Micro-batches per step, their gradients added; a job given several GPUs deals them to
+    /// the GPUs (default 1).
+    pub grad_accum: usize,
     /// Learning rate after warm-up (default 5e-5).
     pub lr: f64,
     /// Share of the steps spent warming up linearly (default 0.1).
@@ -95,6 +102,7 @@ impl Default for Params {
             offset: 0.001,
             epochs: 25,
             batch_size: 16,
+            grad_accum: 1,
             lr: 5e-5,
             warmup: 0.1,
             schedule: Schedule::Constant,
@@ -118,6 +126,7 @@ impl Params {
     pub fn check(&self) -> Result<(), BadParam> {
         at_least_one("epochs", self.epochs)?;
         at_least_one("batch_size", self.batch_size)?;
+        at_least_one("grad_accum", self.grad_accum)?;
         positive("lr", self.lr)?;
         share_below_one("warmup", self.warmup)?;
         non_negative("weight_decay", self.weight_decay)?;
@@ -195,9 +204,22 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
 
 /// Fine-tunes; `halt` (tests) ends the run early.
 pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, String> {
+    p.check().map_err(|e| format!("finetune: {}", e.message))?;
+    let devices =
+        super::device::for_data_parallel_job(&ctx.gpus, "finetune", p.grad_accum, p.batch_size)?;
+    train_on(p, ctx, halt, &devices)
+}
+
+/// Fine-tunes on `devices`: the first holds the weights, and a step's micro-batches are dealt
+/// to all of them (`model/replicas.rs`).
+fn train_on(
+    p: &Params,
+    ctx: &Context,
+    halt: Option<Halt>,
+    devices: &[Device],
+) -> Result<Summary, String> {
     let fail = |e: String| format!("finetune: {e}");
-    p.check().map_err(|e| fail(e.message))?;
-    let dev = super::device::for_job(&ctx.gpus, "finetune")?;
+    let dev = devices.first().cloned().unwrap_or(Device::Cpu);
     let model_dir = ctx
         .inputs
         .get("model")
@@ -218,10 +240,19 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
         .map_err(|e| fail(format!("{}: {e}", tok_file.display())))?;
     head::init(&mut w, &cfg, data.targets.len(), p.seed, &dev).map_err(|e| fail(e.to_string()))?;
     w.compute = p.precision.dtype();
-    p.attention
-        .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, &dev)
-        .map_err(fail)?;
+    // Every device runs the attention's kernels (a machine may mix cards of several kinds).
+    for d in devices {
+        p.attention
+            .check(w.compute, cfg.hidden_size / cfg.num_attention_heads, d)
+            .map_err(fail)?;
+    }
     w.attention = p.attention;
+    let job = ExpressionFit {
+        cfg: cfg.clone(),
+        p: p.clone(),
+    };
+    let replicas =
+        Replicas::start("finetune", devices, job, w.compute, w.attention).map_err(fail)?;
     let max_len = cfg.max_position_embeddings - 3;
 
     let mut summary = Summary {
@@ -300,7 +331,8 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
             "finetune: no validation rows: every epoch runs (no early stopping) and the last is kept"
         );
     }
-    let steps_per_epoch = train.len().div_ceil(p.batch_size) as u64;
+    let per_step = p.batch_size * p.grad_accum;
+    let steps_per_epoch = train.len().div_ceil(per_step) as u64;
     let total = p
         .max_steps
         .unwrap_or(u64::MAX)
@@ -345,21 +377,51 @@ pub fn train(p: &Params, ctx: &Context, halt: Option<Halt>) -> Result<Summary, S
         // Set by a stop: whether a signal asked for it, and when it came.
         let mut stopped: Option<(bool, String)> = None;
         let done_in_epoch = step.saturating_sub((epoch as u64 - 1) * steps_per_epoch) as usize;
-        for batch in order.chunks(p.batch_size).skip(done_in_epoch) {
+        for batch in order.chunks(per_step).skip(done_in_epoch) {
             if step >= total {
                 break;
             }
-            let rows: Vec<&Row> = batch.iter().map(|&i| &train[i]).collect();
-            let mut rng = Rng::new(p.seed ^ 0xF1E7 ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-            let (loss, grads) = train_step(&w, &cfg, &rows, p, &mut rng, &dev)
-                .map_err(|e| fail(format!("step {}: {e}", step + 1)))?;
+            let micro_batches: Vec<MicroBatch> = batch
+                .chunks(p.batch_size)
+                .map(|rows| MicroBatch::of(rows.iter().map(|&i| &train[i])))
+                .collect();
+            // Each micro-batch's gradient is its mean over its rows, weighted by their count in
+            // the step's sum.
+            let mut grads = GradSum::new(micro_batches.len());
+            let (mut step_loss, mut step_rows) = (0f64, 0usize);
+            let mut absorb = |(loss, g): (f64, Grads), rows: usize| {
+                step_loss += loss * rows as f64;
+                step_rows += rows;
+                grads.add(g, rows)
+            };
+            let failed = |e: String| fail(format!("step {}: {e}", step + 1));
+            let rows: Vec<usize> = micro_batches.iter().map(MicroBatch::rows).collect();
+            match replicas.as_ref().filter(|_| micro_batches.len() > 1) {
+                // Every micro-batch's gradients at once, added in order as below.
+                Some(replicas) => {
+                    let results = replicas.step(&w, step, micro_batches).map_err(failed)?;
+                    for (result, rows) in results.into_iter().zip(rows) {
+                        absorb(result, rows).map_err(|e| failed(e.to_string()))?;
+                    }
+                }
+                // One micro-batch's gradients alive at a time.
+                None => {
+                    for (micro, batch) in micro_batches.iter().enumerate() {
+                        train_step(&w, &cfg, batch, p, step, micro, &dev)
+                            .and_then(|result| absorb(result, batch.rows()))
+                            .map_err(|e| failed(e.to_string()))?;
+                    }
+                }
+            }
+            let loss = step_loss / step_rows.max(1) as f64;
             if !loss.is_finite() {
                 return Err(fail(format!("the loss became {loss} at step {}", step + 1)));
             }
-            loss_sum += loss * rows.len() as f64;
-            n += rows.len();
+            loss_sum += step_loss;
+            n += step_rows;
             step += 1;
-            opt.update_clipped(&w, &grads, lr_at(step), 1.0, p.clip_norm)
+            let (grads, scale) = grads.finish();
+            opt.update_clipped(&w, &grads, lr_at(step), scale, p.clip_norm)
                 .map_err(|e| fail(e.to_string()))?;
             let signalled = stop.requested();
             if step < total && (signalled || halt == Some(Halt::Stop(step))) {
@@ -516,26 +578,79 @@ fn write(ctx: &Context, name: &str, text: &str) -> Result<(), String> {
     std::fs::write(&path, text).map_err(|e| format!("finetune: {}: {e}", path.display()))
 }
 
-/// Loss and gradients of one batch.
+/// One micro-batch of training rows: their token ids, cut to the longest, and their targets,
+/// row after row.
+struct MicroBatch {
+    ids: Vec<Vec<u32>>,
+    y: Vec<f32>,
+}
+
+impl MicroBatch {
+    fn of<'a, 'r: 'a>(rows: impl Iterator<Item = &'a Row<'r>> + Clone) -> MicroBatch {
+        MicroBatch {
+            ids: trim_padding(&rows.clone().map(|r| &r.ids).collect::<Vec<_>>()),
+            y: rows.flat_map(|r| r.y.iter().copied()).collect(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Fine-tuning's micro-batch as every device of a data-parallel job runs it.
+struct ExpressionFit {
+    cfg: Config,
+    p: Params,
+}
+
+impl MicroBatchJob for ExpressionFit {
+    type Batch = MicroBatch;
+    type Out = f64;
+
+    fn run(
+        &self,
+        w: &Weights,
+        step: u64,
+        micro: usize,
+        batch: &MicroBatch,
+        dev: &Device,
+    ) -> candle_core::Result<(f64, Grads)> {
+        train_step(w, &self.cfg, batch, &self.p, step, micro, dev)
+    }
+}
+
+/// The dropout draws of micro-batch `micro` of step `step`; a step's first micro-batch draws as
+/// a step of one micro-batch does.
+fn dropout_rng(seed: u64, step: u64, micro: usize) -> Rng {
+    Rng::new(
+        seed ^ 0xF1E7
+            ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB),
+    )
+}
+
+/// Mean loss and gradients of one micro-batch.
 fn train_step(
     w: &Weights,
     cfg: &Config,
-    rows: &[&Row],
+    batch: &MicroBatch,
     p: &Params,
-    rng: &mut Rng,
+    step: u64,
+    micro: usize,
     dev: &Device,
-) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
-    let ids = trim_padding(&rows.iter().map(|r| &r.ids).collect::<Vec<_>>());
-    let hidden = roberta::encode(w, cfg, &ids, Some(&mut *rng), dev)?;
+) -> candle_core::Result<(f64, Grads)> {
+    let mut rng = dropout_rng(p.seed, step, micro);
+    let ids = &batch.ids;
+    let hidden = roberta::encode(w, cfg, ids, Some(&mut rng), dev)?;
     let hidden = if p.freeze_encoder {
         hidden.detach()
     } else {
         hidden
     };
-    let pooled = head::mean_pool(&hidden, &ids)?;
-    let pred = head::forward(w, &pooled, p.head_dropout, Some(rng))?;
-    let y: Vec<f32> = rows.iter().flat_map(|r| r.y.iter().copied()).collect();
-    let y = Tensor::from_vec(y, pred.dims(), dev)?;
+    let pooled = head::mean_pool(&hidden, ids)?;
+    let pred = head::forward(w, &pooled, p.head_dropout, Some(&mut rng))?;
+    let y = Tensor::from_vec(batch.y.clone(), pred.dims(), dev)?;
     let loss = head::mse(&pred, &y)?;
     let mut grads = w.grads(&loss.backward()?);
     if p.freeze_encoder {

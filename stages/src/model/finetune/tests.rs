@@ -496,3 +496,141 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
         (16, 3),
     );
 }
+
+/// Data parallelism: a step's micro-batches dealt to two or three devices (CPU replicas, each
+/// on its own thread) take exactly the steps of one device with the same `grad_accum`: the same
+/// model, predictions and log, bit for bit, with a frozen encoder too, and in bf16 with flash
+/// attention. A run crashed on two devices goes on from its checkpoint on one.
+#[test]
+fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(200, 120, 5);
+    let table = dir.path().join("table.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    let model = tiny_model(dir.path(), &rows);
+    // Three micro-batches of 12 a step: four steps an epoch (126 training rows), the last of
+    // 18 rows in two micro-batches.
+    let p = Params {
+        epochs: 3,
+        batch_size: 12,
+        grad_accum: 3,
+        lr: 5e-3,
+        patience: 0,
+        checkpoint_minutes: 0.0,
+        ..Params::default()
+    };
+    let files = |ctx: &Context| {
+        ["model.safetensors", "predictions.tsv", "train_log.tsv"]
+            .map(|f| std::fs::read(ctx.out.join(f)).unwrap())
+    };
+    let same = |p: &Params, name: &str| {
+        let one = context(&dir.path().join(format!("{name}-one")), &model, &table);
+        let expected = train_on(p, &one, None, &[Device::Cpu]).unwrap();
+        assert_eq!(expected.steps, 12, "{expected:?}");
+        for devices in [2, 3] {
+            let many = context(
+                &dir.path().join(format!("{name}-{devices}")),
+                &model,
+                &table,
+            );
+            let s = train_on(p, &many, None, &vec![Device::Cpu; devices]).unwrap();
+            assert_eq!(s, expected, "{name} on {devices} devices");
+            assert!(
+                files(&many) == files(&one),
+                "{name}: the outputs on {devices} devices differ from one's"
+            );
+        }
+        one
+    };
+    let one = same(&p, "f32");
+    let moved = context(&dir.path().join("moved"), &model, &table);
+    let e = train_on(
+        &p,
+        &moved,
+        Some(Halt::Crash(6)),
+        &[Device::Cpu, Device::Cpu],
+    )
+    .unwrap_err();
+    assert!(e.contains("halted after step 6"), "{e}");
+    train_on(&p, &moved, None, &[Device::Cpu]).unwrap();
+    assert!(
+        files(&moved) == files(&one),
+        "the resumed run's outputs differ"
+    );
+    // Only the head's gradients travel and count when the encoder is frozen.
+    same(
+        &Params {
+            freeze_encoder: true,
+            ..p.clone()
+        },
+        "frozen",
+    );
+    // The replicas take the run's precision and attention.
+    same(
+        &Params {
+            precision: Precision::Bf16,
+            attention: Attention::Flash,
+            ..p.clone()
+        },
+        "bf16",
+    );
+    // Accumulating changes the steps: three micro-batches of 12 are not one batch of 36.
+    let whole = context(&dir.path().join("whole"), &model, &table);
+    let p36 = Params {
+        batch_size: 36,
+        grad_accum: 1,
+        ..p
+    };
+    train_on(&p36, &whole, None, &[Device::Cpu]).unwrap();
+    assert!(files(&whole)[0] != files(&one)[0]);
+}
+
+/// On a card: a step's micro-batches dealt to two devices (GPUs 0 and 1, or two handles of GPU
+/// 0 on a machine with one, each on its own host thread and stream) fine-tune as GPU 0 alone
+/// does, in bf16 with flash attention, within the card's run-to-run differences.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_micro_batches_dealt_to_two_devices_fine_tune_as_on_one() {
+    use crate::model::device;
+    let (Ok(first), Ok(second)) = (
+        device::cuda(0),
+        device::cuda(1).or_else(|_| device::cuda(0)),
+    ) else {
+        crate::testing::skipped("data-parallel fine-tuning on a GPU: no CUDA GPU");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rows = planted(200, 120, 5);
+    let table = dir.path().join("table.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    let model = tiny_model(dir.path(), &rows);
+    let p = Params {
+        epochs: 2,
+        batch_size: 12,
+        grad_accum: 3,
+        lr: 5e-3,
+        patience: 0,
+        precision: Precision::Bf16,
+        attention: Attention::Flash,
+        ..Params::default()
+    };
+    let one = context(&dir.path().join("one"), &model, &table);
+    let a = train_on(&p, &one, None, std::slice::from_ref(&first)).unwrap();
+    let two = context(&dir.path().join("two"), &model, &table);
+    let b = train_on(&p, &two, None, &[first, second]).unwrap();
+    assert_eq!(a.steps, b.steps);
+    assert!(
+        (a.best_val_loss - b.best_val_loss).abs() < 1e-3 * a.best_val_loss.abs().max(1.0),
+        "validation loss {} on one device, {} on two",
+        a.best_val_loss,
+        b.best_val_loss
+    );
+    let load = |c: &Context| {
+        candle_core::safetensors::load(c.out.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (ta, tb) = (load(&one), load(&two));
+    for (name, x) in &ta {
+        let d = crate::testing::max_abs_diff(x, &tb[name]);
+        assert!(d < 1e-3, "{name}: weights differ by {d}");
+    }
+}
