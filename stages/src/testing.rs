@@ -146,6 +146,27 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
         .expect("tensors of one shape")
 }
 
+/// Checks that two model folders' `model.safetensors` hold the same tensors within `tolerance`
+/// (the largest |a - b| of each), naming the first that differs.
+pub fn assert_weights_close(a: &std::path::Path, b: &std::path::Path, tolerance: f64) {
+    let load = |dir: &std::path::Path| {
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .expect("a model folder")
+    };
+    let (ta, tb) = (load(a), load(b));
+    assert_eq!(
+        ta.len(),
+        tb.len(),
+        "tensors in {} and {}",
+        a.display(),
+        b.display()
+    );
+    for (name, x) in &ta {
+        let d = max_abs_diff(x, &tb[name]);
+        assert!(d < tolerance, "{name}: weights differ by {d}");
+    }
+}
+
 /// [`max_abs_diff`] relative to the largest |b|.
 pub fn max_rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
     let zero = b.zeros_like().expect("a tensor");

@@ -310,13 +310,7 @@ impl Params {
             };
             vars.insert(name, Var::from_tensor(&t)?);
         }
-        Ok(Params {
-            vars,
-            frozen: false,
-            compute: DType::F32,
-            sink: Arc::default(),
-            attention: Attention::Products,
-        })
+        Ok(Params::of_vars(vars))
     }
 
     /// Parameters from tensors (a loaded safetensors file), checking names and shapes.
@@ -349,13 +343,19 @@ impl Params {
                 cfg.num_hidden_layers
             ));
         }
-        Ok(Params {
+        Ok(Params::of_vars(vars))
+    }
+
+    /// Weights of `vars`, trainable, in f32 products with products attention until told
+    /// otherwise.
+    fn of_vars(vars: HashMap<String, Var>) -> Params {
+        Params {
             vars,
             frozen: false,
             compute: DType::F32,
             sink: Arc::default(),
             attention: Attention::Products,
-        })
+        }
     }
 
     /// Trainable copies of `tensors` (another device's weights, any of them: the encoder's,
@@ -366,13 +366,7 @@ impl Params {
         for (name, t) in tensors {
             vars.insert(name.clone(), Var::from_tensor(&t.to_device(dev)?)?);
         }
-        Ok(Params {
-            vars,
-            frozen: false,
-            compute: DType::F32,
-            sink: Arc::default(),
-            attention: Attention::Products,
-        })
+        Ok(Params::of_vars(vars))
     }
 
     fn get(&self, name: &str) -> Tensor {

@@ -39,6 +39,20 @@ pub(crate) fn tiny_model(dir: &Path, rows: &[Planted]) -> PathBuf {
     out
 }
 
+/// A table of 200 planted rows of `len` bases, and a tiny model for them.
+fn planted_setup(dir: &Path, len: usize) -> (PathBuf, PathBuf) {
+    let rows = planted(200, len, 5);
+    let table = dir.join("table.tsv");
+    std::fs::write(&table, planted_table(&rows)).unwrap();
+    (table, tiny_model(dir, &rows))
+}
+
+/// What a fine-tuning wrote that a re-run must repeat exactly: the model, predictions and log.
+fn outputs(ctx: &Context) -> [Vec<u8>; 3] {
+    ["model.safetensors", "predictions.tsv", "train_log.tsv"]
+        .map(|f| std::fs::read(ctx.out.join(f)).unwrap())
+}
+
 fn context(dir: &Path, model: &Path, table: &Path) -> Context {
     let mut c = Context::new(dir.join("out"), dir.join("work"), dir.to_path_buf());
     std::fs::create_dir_all(&c.out).unwrap();
@@ -398,10 +412,7 @@ fn from_promoters_expression_and_split_with_the_log_default() {
 #[test]
 fn flash_attention_fine_tunes_in_bf16_and_is_refused_in_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = planted(200, 150, 5);
-    let table = dir.path().join("table.tsv");
-    std::fs::write(&table, planted_table(&rows)).unwrap();
-    let model = tiny_model(dir.path(), &rows);
+    let (table, model) = planted_setup(dir.path(), 150);
     let flash = Params {
         epochs: 2,
         max_steps: Some(6),
@@ -431,10 +442,7 @@ fn flash_attention_fine_tunes_in_bf16_and_is_refused_in_f32() {
 #[test]
 fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = planted(200, 120, 5);
-    let table = dir.path().join("table.tsv");
-    std::fs::write(&table, planted_table(&rows)).unwrap();
-    let model = tiny_model(dir.path(), &rows);
+    let (table, model) = planted_setup(dir.path(), 120);
     // A checkpoint after every epoch; four steps an epoch (126 training rows in batches of 32).
     let p = Params {
         epochs: 4,
@@ -443,10 +451,6 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
         patience: 0,
         checkpoint_minutes: 0.0,
         ..Params::default()
-    };
-    let files = |ctx: &Context| {
-        ["model.safetensors", "predictions.tsv", "train_log.tsv"]
-            .map(|f| std::fs::read(ctx.out.join(f)).unwrap())
     };
     let whole = context(&dir.path().join("whole"), &model, &table);
     let expected = run(&p, &whole).unwrap();
@@ -469,7 +473,7 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
         assert_eq!(checkpoint_at(&ctx), (Some(at.0), Some(at.1)), "{name}");
         assert_eq!(run(&p, &ctx).unwrap(), expected, "{name}");
         assert!(
-            files(&ctx) == files(&whole),
+            outputs(&ctx) == outputs(&whole),
             "{name}: the resumed run's outputs differ"
         );
     };
@@ -504,10 +508,7 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
 #[test]
 fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = planted(200, 120, 5);
-    let table = dir.path().join("table.tsv");
-    std::fs::write(&table, planted_table(&rows)).unwrap();
-    let model = tiny_model(dir.path(), &rows);
+    let (table, model) = planted_setup(dir.path(), 120);
     // Three micro-batches of 12 a step: four steps an epoch (126 training rows), the last of
     // 18 rows in two micro-batches.
     let p = Params {
@@ -518,10 +519,6 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
         patience: 0,
         checkpoint_minutes: 0.0,
         ..Params::default()
-    };
-    let files = |ctx: &Context| {
-        ["model.safetensors", "predictions.tsv", "train_log.tsv"]
-            .map(|f| std::fs::read(ctx.out.join(f)).unwrap())
     };
     let same = |p: &Params, name: &str| {
         let one = context(&dir.path().join(format!("{name}-one")), &model, &table);
@@ -536,7 +533,7 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
             let s = train_on(p, &many, None, &vec![Device::Cpu; devices]).unwrap();
             assert_eq!(s, expected, "{name} on {devices} devices");
             assert!(
-                files(&many) == files(&one),
+                outputs(&many) == outputs(&one),
                 "{name}: the outputs on {devices} devices differ from one's"
             );
         }
@@ -554,7 +551,7 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
     assert!(e.contains("halted after step 6"), "{e}");
     train_on(&p, &moved, None, &[Device::Cpu]).unwrap();
     assert!(
-        files(&moved) == files(&one),
+        outputs(&moved) == outputs(&one),
         "the resumed run's outputs differ"
     );
     // Only the head's gradients travel and count when the encoder is frozen.
@@ -582,7 +579,7 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
         ..p
     };
     train_on(&p36, &whole, None, &[Device::Cpu]).unwrap();
-    assert!(files(&whole)[0] != files(&one)[0]);
+    assert!(outputs(&whole)[0] != outputs(&one)[0]);
 }
 
 /// On a card: a step's micro-batches dealt to two devices (GPUs 0 and 1, or two handles of GPU
@@ -600,10 +597,7 @@ fn gpu_micro_batches_dealt_to_two_devices_fine_tune_as_on_one() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rows = planted(200, 120, 5);
-    let table = dir.path().join("table.tsv");
-    std::fs::write(&table, planted_table(&rows)).unwrap();
-    let model = tiny_model(dir.path(), &rows);
+    let (table, model) = planted_setup(dir.path(), 120);
     let p = Params {
         epochs: 2,
         batch_size: 12,
@@ -625,12 +619,5 @@ fn gpu_micro_batches_dealt_to_two_devices_fine_tune_as_on_one() {
         a.best_val_loss,
         b.best_val_loss
     );
-    let load = |c: &Context| {
-        candle_core::safetensors::load(c.out.join("model.safetensors"), &Device::Cpu).unwrap()
-    };
-    let (ta, tb) = (load(&one), load(&two));
-    for (name, x) in &ta {
-        let d = crate::testing::max_abs_diff(x, &tb[name]);
-        assert!(d < 1e-3, "{name}: weights differ by {d}");
-    }
+    crate::testing::assert_weights_close(&one.out, &two.out, 1e-3);
 }
