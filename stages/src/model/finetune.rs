@@ -15,7 +15,8 @@
 //! - `freeze_encoder: true` trains the head alone on fixed embeddings.
 //! - A step may add the gradients of `grad_accum` micro-batches of `batch_size` rows; a job
 //!   given several GPUs deals them to the GPUs and adds their gradients on the first in
-//!   micro-batch order (`model/replicas.rs`): the same steps as on one.
+//!   micro-batch order (`model/replicas.rs`): the same steps as on one. The batches of its
+//!   validation and test predictions are dealt to the GPUs too (`finetune/steps.rs`).
 //!
 //! Output: the fine-tuned model folder (`config.json` with `flora_head`, `model.safetensors`,
 //! `tokenizer.json`), `predictions.tsv` (`id, target, observed, predicted` for every test row, on
@@ -32,7 +33,7 @@ use super::examples::{self, Example, Split};
 use super::head::{self, HeadConfig, Transform};
 use super::lamb::Lamb;
 use super::param_checks::*;
-use super::predictor::{self, trim_padding};
+use super::predictor;
 use super::pretrain::{load_model, Schedule};
 use super::replicas::{GradSum, Grads, MicroBatchJob, Replicas};
 use super::roberta::{self, Attention, Config, Params as Weights, Precision};
@@ -42,6 +43,7 @@ use crate::analysis::metrics::Metrics;
 use crate::analysis::predictions;
 use crate::rng::Rng;
 use crate::Context;
+use steps::{predict_rows, train_step, ExpressionFit, FitBatch, MicroBatch};
 
 pub use super::examples::TransformParam;
 
@@ -399,9 +401,10 @@ fn train_on(
             match replicas.as_ref().filter(|_| micro_batches.len() > 1) {
                 // Every micro-batch's gradients at once, added in order as below.
                 Some(replicas) => {
-                    let results = replicas.step(&w, step, micro_batches).map_err(failed)?;
-                    for (result, rows) in results.into_iter().zip(rows) {
-                        absorb(result, rows).map_err(|e| failed(e.to_string()))?;
+                    let batches = micro_batches.into_iter().map(FitBatch::Train).collect();
+                    let results = replicas.step(&w, step, batches).map_err(failed)?;
+                    for ((out, grads), rows) in results.into_iter().zip(rows) {
+                        absorb((out.loss(), grads), rows).map_err(|e| failed(e.to_string()))?;
                     }
                 }
                 // One micro-batch's gradients alive at a time.
@@ -438,7 +441,7 @@ fn train_on(
         } else {
             let refs: Vec<&Row> = valid.iter().collect();
             let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
-            match predict_rows(&w, &cfg, &refs, p, &dev, &asked).map_err(|e| fail(e.to_string()))? {
+            match predict_rows(&w, &cfg, &refs, p, replicas.as_ref(), &dev, &asked).map_err(fail)? {
                 Some(pred) => mse_of(&pred, &refs),
                 None => {
                     let when =
@@ -535,8 +538,8 @@ fn train_on(
     };
     predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
     let refs: Vec<&Row> = test.iter().collect();
-    let pred = predict_rows(&w, &cfg, &refs, p, &dev, &|| false)
-        .map_err(|e| fail(e.to_string()))?
+    let pred = predict_rows(&w, &cfg, &refs, p, replicas.as_ref(), &dev, &|| false)
+        .map_err(fail)?
         .expect("never asked to stop");
     let ids: Vec<&str> = refs.iter().map(|r| r.example.id.as_str()).collect();
     let observed: Vec<Vec<f64>> = refs
@@ -578,109 +581,6 @@ fn write(ctx: &Context, name: &str, text: &str) -> Result<(), String> {
     std::fs::write(&path, text).map_err(|e| format!("finetune: {}: {e}", path.display()))
 }
 
-/// One micro-batch of training rows: their token ids, cut to the longest, and their targets,
-/// row after row.
-struct MicroBatch {
-    ids: Vec<Vec<u32>>,
-    y: Vec<f32>,
-}
-
-impl MicroBatch {
-    fn of<'a, 'r: 'a>(rows: impl Iterator<Item = &'a Row<'r>> + Clone) -> MicroBatch {
-        MicroBatch {
-            ids: trim_padding(&rows.clone().map(|r| &r.ids).collect::<Vec<_>>()),
-            y: rows.flat_map(|r| r.y.iter().copied()).collect(),
-        }
-    }
-
-    fn rows(&self) -> usize {
-        self.ids.len()
-    }
-}
-
-/// Fine-tuning's micro-batch as every device of a data-parallel job runs it.
-struct ExpressionFit {
-    cfg: Config,
-    p: Params,
-}
-
-impl MicroBatchJob for ExpressionFit {
-    type Batch = MicroBatch;
-    type Out = f64;
-
-    fn run(
-        &self,
-        w: &Weights,
-        step: u64,
-        micro: usize,
-        batch: &MicroBatch,
-        dev: &Device,
-    ) -> candle_core::Result<(f64, Grads)> {
-        train_step(w, &self.cfg, batch, &self.p, step, micro, dev)
-    }
-}
-
-/// The dropout draws of micro-batch `micro` of step `step`; a step's first micro-batch draws as
-/// a step of one micro-batch does.
-fn dropout_rng(seed: u64, step: u64, micro: usize) -> Rng {
-    Rng::new(
-        seed ^ 0xF1E7
-            ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)
-            ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB),
-    )
-}
-
-/// Mean loss and gradients of one micro-batch.
-fn train_step(
-    w: &Weights,
-    cfg: &Config,
-    batch: &MicroBatch,
-    p: &Params,
-    step: u64,
-    micro: usize,
-    dev: &Device,
-) -> candle_core::Result<(f64, Grads)> {
-    let mut rng = dropout_rng(p.seed, step, micro);
-    let ids = &batch.ids;
-    let hidden = roberta::encode(w, cfg, ids, Some(&mut rng), dev)?;
-    let hidden = if p.freeze_encoder {
-        hidden.detach()
-    } else {
-        hidden
-    };
-    let pooled = head::mean_pool(&hidden, ids)?;
-    let pred = head::forward(w, &pooled, p.head_dropout, Some(&mut rng))?;
-    let y = Tensor::from_vec(batch.y.clone(), pred.dims(), dev)?;
-    let loss = head::mse(&pred, &y)?;
-    let mut grads = w.grads(&loss.backward()?);
-    if p.freeze_encoder {
-        grads.retain(|name, _| head::is_head(name));
-    }
-    Ok((loss.to_scalar::<f32>()? as f64, grads))
-}
-
-/// Predictions for rows (no dropout), in batches; `stop` is asked before each batch, and `None`
-/// returned when it says to stop.
-fn predict_rows(
-    w: &Weights,
-    cfg: &Config,
-    rows: &[&Row],
-    p: &Params,
-    device: &Device,
-    stop: &dyn Fn() -> bool,
-) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(p.batch_size.max(1) * 2) {
-        if stop() {
-            return Ok(None);
-        }
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.ids.clone()).collect();
-        let pooled = predictor::pooled(w, cfg, &ids, device)?;
-        out.extend(head::forward(w, &pooled, 0.0, None)?.to_vec2::<f32>()?);
-    }
-    Ok(Some(out))
-}
-
 fn mse_of(pred: &[Vec<f32>], rows: &[&Row]) -> f64 {
     let (mut s, mut n) = (0f64, 0usize);
     for (p, r) in pred.iter().zip(rows) {
@@ -693,5 +593,6 @@ fn mse_of(pred: &[Vec<f32>], rows: &[&Row]) -> f64 {
 }
 
 mod checkpoint;
+mod steps;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -509,11 +509,12 @@ fn a_resumed_fine_tuning_ends_as_an_uninterrupted_one() {
 fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
     let dir = tempfile::tempdir().unwrap();
     let (table, model) = planted_setup(dir.path(), 120);
-    // Three micro-batches of 12 a step: four steps an epoch (126 training rows), the last of
-    // 18 rows in two micro-batches.
+    // Three micro-batches of 4 a step: eleven steps an epoch (126 training rows), the last of
+    // 6 rows in two micro-batches. Rows are predicted 8 at a time: the validation rows and the
+    // test rows in several batches, dealt to the devices too.
     let p = Params {
-        epochs: 3,
-        batch_size: 12,
+        epochs: 2,
+        batch_size: 4,
         grad_accum: 3,
         lr: 5e-3,
         patience: 0,
@@ -523,7 +524,8 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
     let same = |p: &Params, name: &str| {
         let one = context(&dir.path().join(format!("{name}-one")), &model, &table);
         let expected = train_on(p, &one, None, &[Device::Cpu]).unwrap();
-        assert_eq!(expected.steps, 12, "{expected:?}");
+        assert_eq!(expected.steps, 22, "{expected:?}");
+        assert!(expected.rows["validation"] > 8, "{expected:?}");
         for devices in [2, 3] {
             let many = context(
                 &dir.path().join(format!("{name}-{devices}")),
@@ -544,15 +546,30 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
     let e = train_on(
         &p,
         &moved,
-        Some(Halt::Crash(6)),
+        Some(Halt::Crash(16)),
         &[Device::Cpu, Device::Cpu],
     )
     .unwrap_err();
-    assert!(e.contains("halted after step 6"), "{e}");
+    assert!(e.contains("halted after step 16"), "{e}");
     train_on(&p, &moved, None, &[Device::Cpu]).unwrap();
     assert!(
         outputs(&moved) == outputs(&one),
         "the resumed run's outputs differ"
+    );
+    // And one stopped while validating on three devices goes on from there on two.
+    let stopped = context(&dir.path().join("stopped"), &model, &table);
+    let e = train_on(
+        &p,
+        &stopped,
+        Some(Halt::StopValidating(11)),
+        &vec![Device::Cpu; 3],
+    )
+    .unwrap_err();
+    assert!(e.contains("while validating epoch 1"), "{e}");
+    train_on(&p, &stopped, None, &[Device::Cpu, Device::Cpu]).unwrap();
+    assert!(
+        outputs(&stopped) == outputs(&one),
+        "the run stopped while validating ends differently"
     );
     // Only the head's gradients travel and count when the encoder is frozen.
     same(
@@ -571,14 +588,14 @@ fn micro_batches_dealt_to_several_devices_fine_tune_as_on_one() {
         },
         "bf16",
     );
-    // Accumulating changes the steps: three micro-batches of 12 are not one batch of 36.
+    // Accumulating changes the steps: three micro-batches of 4 are not one batch of 12.
     let whole = context(&dir.path().join("whole"), &model, &table);
-    let p36 = Params {
-        batch_size: 36,
+    let p12 = Params {
+        batch_size: 12,
         grad_accum: 1,
         ..p
     };
-    train_on(&p36, &whole, None, &[Device::Cpu]).unwrap();
+    train_on(&p12, &whole, None, &[Device::Cpu]).unwrap();
     assert!(outputs(&whole)[0] != outputs(&one)[0]);
 }
 
