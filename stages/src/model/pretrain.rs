@@ -21,18 +21,17 @@
 //!   folder, so a resumed run does not tokenize again.
 //! - A job given several GPUs deals each step's `grad_accum` micro-batches to them and adds
 //!   their gradients on the first in micro-batch order (`model/replicas.rs`): the same steps as
-//!   on one.
+//!   on one. Its validation batches are dealt to the GPUs too (`pretrain/steps.rs`).
 //! - With an `init` input (a model folder) training continues from it: the study's maize
 //!   pretraining after all-plant pretraining.
 //!
 //! Output: a HuggingFace-style folder (`config.json`, `model.safetensors`, `tokenizer.json`), and
 //! `train_log.tsv` (step, epoch, loss, masked_acc, lr, val_loss, val_perplexity).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 pub use super::checkpoint::Halt;
@@ -48,6 +47,7 @@ use crate::rng::Rng;
 use crate::Context;
 pub use corpus::{tokenize, Corpus};
 use epoch_order::{longest_first, EpochOrder};
+use steps::{evaluate, micro_step, LmBatch, MaskedLm, MicroOut};
 
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,103 +258,6 @@ fn step_rng(seed: u64, step: u64, micro: u64, salt: u64) -> Rng {
             ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ micro.wrapping_mul(0xBF58_476D_1CE4_E5B9),
     )
-}
-
-/// What one micro-batch gave besides its gradients: its mean masked loss, right guesses and
-/// masked tokens.
-type MicroOut = (f64, usize, usize);
-
-/// The loss, masked accuracy counts and gradients of one micro-batch.
-fn micro_step(
-    w: &Weights,
-    cfg: &Config,
-    rows: &[&[u32]],
-    p: &Params,
-    step: u64,
-    micro: u64,
-    dev: &Device,
-) -> candle_core::Result<(MicroOut, Grads)> {
-    let mut mrng = step_rng(p.seed, step, micro, 1);
-    let (inputs, labels) = mask_batch(&trimmed(rows), cfg.vocab_size, p.mask_prob, &mut mrng);
-    let at = MlmPositions::from_labels(&labels, inputs.len(), width(&inputs))?;
-    let mut drng = step_rng(p.seed, step, micro, 2);
-    let hidden = roberta::encode_at(w, cfg, &inputs, &at, Some(&mut drng), dev)?;
-    let (loss, correct, n) = roberta::mlm_loss(w, cfg, &hidden, at.labels())?;
-    // The backward pass is issued before anything is read back: a GPU runs the whole step
-    // without stopping for the host.
-    let grads = if n > 0 {
-        w.grads(&loss.backward()?)
-    } else {
-        HashMap::new()
-    };
-    let value = loss.to_scalar::<f32>()? as f64;
-    Ok(((value, read_count(&correct)?, n), grads))
-}
-
-/// Pretraining's micro-batch as every device of a data-parallel job runs it: rows of token ids,
-/// masked and trained on.
-struct MaskedLm {
-    cfg: Config,
-    p: Params,
-}
-
-impl MicroBatchJob for MaskedLm {
-    type Batch = Vec<Vec<u32>>;
-    type Out = MicroOut;
-
-    fn run(
-        &self,
-        w: &Weights,
-        step: u64,
-        micro: usize,
-        batch: &Self::Batch,
-        dev: &Device,
-    ) -> candle_core::Result<(MicroOut, Grads)> {
-        let rows: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-        micro_step(w, &self.cfg, &rows, &self.p, step, micro as u64, dev)
-    }
-}
-
-/// Tokens per row of a batch of rows of one length (0 for no rows).
-fn width(rows: &[Vec<u32>]) -> usize {
-    rows.first().map_or(0, Vec::len)
-}
-
-/// A count held as a scalar f32 tensor (exact below 2^24).
-fn read_count(t: &Tensor) -> candle_core::Result<usize> {
-    Ok(t.to_scalar::<f32>()?.round() as usize)
-}
-
-/// Mean masked loss and accuracy over a set of rows (no dropout, fixed masks): for validation.
-/// `stop` is asked before each batch; `None` when it said to stop.
-pub fn evaluate(
-    w: &Weights,
-    cfg: &Config,
-    rows: &[&[u32]],
-    p: &Params,
-    dev: &Device,
-    stop: &dyn Fn() -> bool,
-) -> candle_core::Result<Option<(f64, f64)>> {
-    let (mut total, mut count, mut correct) = (0f64, 0usize, 0usize);
-    for (i, chunk) in rows.chunks(p.batch_size.max(1)).enumerate() {
-        if stop() {
-            return Ok(None);
-        }
-        let mut rng = step_rng(p.seed, u64::MAX, i as u64, 3);
-        let (inputs, labels) = mask_batch(&trimmed(chunk), cfg.vocab_size, p.mask_prob, &mut rng);
-        let at = MlmPositions::from_labels(&labels, inputs.len(), width(&inputs))?;
-        let hidden = roberta::encode_at(w, cfg, &inputs, &at, None, dev)?;
-        let (loss, c, n) = roberta::mlm_loss(w, cfg, &hidden, at.labels())?;
-        total += loss.to_scalar::<f32>()? as f64 * n as f64;
-        count += n;
-        correct += read_count(&c)?;
-    }
-    let mean = if count > 0 {
-        total / count as f64
-    } else {
-        f64::NAN
-    };
-    Ok(Some((mean, correct as f64 / count.max(1) as f64)))
 }
 
 /// A training log row's last two cells (validation loss and perplexity) when it has none.
@@ -588,7 +491,7 @@ fn train_on(
             let epoch = (step - 1) / steps_per_epoch + 1;
             eprintln!("pretrain: validating epoch {epoch}, which the stop interrupted");
             let asked = || stop.requested();
-            match evaluate(&w, &cfg, &val_rows, p, &dev, &asked).map_err(|e| e.to_string())? {
+            match evaluate(&w, &cfg, &val_rows, p, replicas.as_ref(), &dev, &asked)? {
                 Some(v) => {
                     summary.validated(v);
                     row.truncate(row.len() - NO_VALIDATION.len());
@@ -638,7 +541,7 @@ fn train_on(
             Some(replicas) => {
                 let owned = rows_of
                     .iter()
-                    .map(|rows| rows.iter().map(|row| row.to_vec()).collect())
+                    .map(|rows| LmBatch::Train(rows.iter().map(|row| row.to_vec()).collect()))
                     .collect();
                 for result in replicas.step(&w, step, owned).map_err(failed)? {
                     absorb(result)?;
@@ -677,7 +580,7 @@ fn train_on(
         let mut interrupted = false;
         let val = if is_epoch_end(step) && !val_rows.is_empty() {
             let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
-            match evaluate(&w, &cfg, &val_rows, p, &dev, &asked).map_err(|e| e.to_string())? {
+            match evaluate(&w, &cfg, &val_rows, p, replicas.as_ref(), &dev, &asked)? {
                 Some(v) => {
                     summary.validated(v);
                     validation_cells(v.0)
@@ -760,5 +663,6 @@ pub fn run(p: &Params, ctx: &Context) -> Result<Summary, String> {
 mod checkpoint;
 mod corpus;
 mod epoch_order;
+mod steps;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 use super::epoch_order::GROUP_STEPS;
 use super::*;
 use crate::model::tokenizer as bpe;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// A corpus of 120 promoter-like sequences built from plant cis-element pairs: each element is
@@ -885,6 +886,9 @@ fn micro_batches_dealt_to_several_devices_train_as_on_one() {
     let one = ctx(dir.path(), "one", &c, &t);
     let s = train_on(&p, &one, None, &[Device::Cpu]).unwrap();
     assert!(s.steps > 8, "{s:?}");
+    // Validated in several batches, which are dealt to the devices too.
+    assert!(s.validation_sequences > 2 * p.batch_size, "{s:?}");
+    let first_validation = s.steps / 2;
     for devices in [2, 3] {
         let many = ctx(dir.path(), &format!("on{devices}"), &c, &t);
         train_on(&p, &many, None, &vec![Device::Cpu; devices]).unwrap();
@@ -901,6 +905,17 @@ fn micro_batches_dealt_to_several_devices_train_as_on_one() {
     let s = train_on(&p, &moved, None, &[Device::Cpu]).unwrap();
     assert_eq!(s.resumed_from, 4);
     assert_same_model(&one, &moved);
+    let stopped = ctx(dir.path(), "stopped", &c, &t);
+    let err = train_on(
+        &p,
+        &stopped,
+        Some(Halt::StopValidating(first_validation)),
+        &vec![Device::Cpu; 3],
+    )
+    .unwrap_err();
+    assert!(err.contains("while validating epoch 1"), "{err}");
+    train_on(&p, &stopped, None, &[Device::Cpu, Device::Cpu]).unwrap();
+    assert_same_model(&one, &stopped);
     // The replicas take the run's precision and attention.
     let p = Params {
         precision: Precision::Bf16,
