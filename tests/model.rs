@@ -409,6 +409,10 @@ fn model_stages_refuse_a_step_that_cannot_fit_in_memory() {
         "{e}"
     );
     assert!(
+        e.contains("lower batch_size (grad_accum keeps the optimizer's step as large)"),
+        "{e}"
+    );
+    assert!(
         !p.path("ft").exists(),
         "a refused stage published its output"
     );

@@ -323,7 +323,8 @@ fn train_on(
     };
     floor.check(&dev).map_err(|e| {
         fail(format!(
-            "batch_size {} of sequences up to {longest} tokens: {e}; lower batch_size",
+            "batch_size {} of sequences up to {longest} tokens: {e}; lower batch_size \
+             (grad_accum keeps the optimizer's step as large)",
             p.batch_size
         ))
     })?;
