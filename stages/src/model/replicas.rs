@@ -8,6 +8,8 @@
 //!
 //! What a micro-batch computes is the stage's ([`MicroBatchJob`]); this module only deals the
 //! micro-batches, moves weights and gradients, and reports a device's failure by its name.
+//! Batches on unchanged weights (a validation's rounds) reuse the copies a worker already has
+//! ([`Replicas::step_unchanged`]).
 //!
 //! Every device is used from one host thread only: candle's CUDA device issues its work on the
 //! calling thread's default stream, and flora runs without cross-stream events
@@ -15,6 +17,7 @@
 //! update is finished before a worker copies the weights, and a worker's copies of its gradients
 //! are finished before device 0 reads them.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -44,10 +47,10 @@ pub trait MicroBatchJob: Send + Sync + 'static {
     ) -> candle_core::Result<(Self::Out, Grads)>;
 }
 
-/// One step's work for a worker: the weights (device 0's tensors) and its micro-batches, each
-/// with its index in the step.
+/// One step's work for a worker: the weights (device 0's tensors; none when its copy of them
+/// is current) and its micro-batches, each with its index in the step.
 struct Work<B> {
-    weights: HashMap<String, Tensor>,
+    weights: Option<HashMap<String, Tensor>>,
     step: u64,
     micro_batches: Vec<(usize, B)>,
 }
@@ -70,6 +73,8 @@ pub struct Replicas<J: MicroBatchJob> {
     primary: Device,
     job: Arc<J>,
     workers: Vec<Worker<J>>,
+    /// Whether each worker holds a copy of the weights as they were at the last `step`.
+    current: RefCell<Vec<bool>>,
 }
 
 impl<J: MicroBatchJob> Replicas<J> {
@@ -111,8 +116,9 @@ impl<J: MicroBatchJob> Replicas<J> {
                 // As deep as the main thread's: candle's backward pass walks the graph by recursion.
                 .stack_size(WORKER_STACK)
                 .spawn(move || {
+                    let mut copy = None;
                     for work in work_rx {
-                        let answer = replica.run(&work);
+                        let answer = replica.run(&work, &mut copy);
                         drop(work);
                         if answer_tx.send(answer).is_err() {
                             break;
@@ -130,6 +136,7 @@ impl<J: MicroBatchJob> Replicas<J> {
         Ok(Some(Replicas {
             primary: primary.clone(),
             job,
+            current: RefCell::new(vec![false; workers.len()]),
             workers,
         }))
     }
@@ -140,9 +147,31 @@ impl<J: MicroBatchJob> Replicas<J> {
     }
 
     /// Runs one step's micro-batches on every device: those of device 0 on `w` in this thread,
-    /// the others on their workers. Returns each micro-batch's result, in order, with every
-    /// gradient on device 0.
+    /// the others on their workers, each on a copy of `w` made for this step. Returns each
+    /// micro-batch's result, in order, with every gradient on device 0.
     pub fn step(
+        &self,
+        w: &Weights,
+        step: u64,
+        micro_batches: Vec<J::Batch>,
+    ) -> Result<Vec<(J::Out, Grads)>, String> {
+        self.current.borrow_mut().fill(false);
+        self.deal(w, step, micro_batches)
+    }
+
+    /// As [`Replicas::step`], on weights unchanged since the last `step` (or
+    /// `step_unchanged`): a worker that copied them then computes on that copy, and only the
+    /// others copy them now.
+    pub fn step_unchanged(
+        &self,
+        w: &Weights,
+        step: u64,
+        batches: Vec<J::Batch>,
+    ) -> Result<Vec<(J::Out, Grads)>, String> {
+        self.deal(w, step, batches)
+    }
+
+    fn deal(
         &self,
         w: &Weights,
         step: u64,
@@ -162,20 +191,23 @@ impl<J: MicroBatchJob> Replicas<J> {
         self.primary.synchronize().map_err(|e| e.to_string())?;
         let weights = w.tensors();
         let mut sent = vec![false; self.workers.len()];
-        for ((worker, micro_batches), sent) in self.workers.iter().zip(dealt).zip(&mut sent) {
+        let mut current = self.current.borrow_mut();
+        for (k, (worker, micro_batches)) in self.workers.iter().zip(dealt).enumerate() {
             if micro_batches.is_empty() {
                 continue;
             }
             let work = Work {
-                weights: weights.clone(),
+                weights: (!current[k]).then(|| weights.clone()),
                 step,
                 micro_batches,
             };
+            // Until its answer says otherwise, the worker's copy is in doubt.
+            current[k] = false;
             let sender = worker.work.as_ref().expect("open until drop");
             sender
                 .send(work)
                 .map_err(|_| format!("the worker for {} has ended", worker.name))?;
-            *sent = true;
+            sent[k] = true;
         }
         let mut results: Vec<Option<(J::Out, Grads)>> = (0..count).map(|_| None).collect();
         // Device 0's own micro-batches run while the workers run theirs; an error here still
@@ -191,9 +223,10 @@ impl<J: MicroBatchJob> Replicas<J> {
                 }
             }
         }
-        for (worker, _) in self.workers.iter().zip(&sent).filter(|(_, &sent)| sent) {
+        for (k, worker) in self.workers.iter().enumerate().filter(|(k, _)| sent[*k]) {
             match worker.answers.recv() {
                 Ok(Ok(answers)) => {
+                    current[k] = true;
                     for (m, result) in answers {
                         results[m] = Some(result);
                     }
@@ -239,18 +272,25 @@ struct Replica<J> {
 }
 
 impl<J: MicroBatchJob> Replica<J> {
-    /// A step's work: the weights copied to this device, the micro-batches, their gradients
-    /// copied to device 0, and those copies finished.
-    fn run(&self, work: &Work<J::Batch>) -> Answer<J::Out> {
+    /// A step's work: the weights copied to this device (kept in `copy` for the next step on
+    /// unchanged weights), the micro-batches, their gradients copied to device 0, and those
+    /// copies finished.
+    fn run(&self, work: &Work<J::Batch>, copy: &mut Option<Weights>) -> Answer<J::Out> {
         let text = |e: candle_core::Error| e.to_string();
-        let mut w = Weights::copy_on(&work.weights, &self.dev).map_err(text)?;
-        w.compute = self.compute;
-        w.attention = self.attention;
+        if let Some(weights) = &work.weights {
+            // The old copy goes first: a device holds one copy of the weights at a time.
+            *copy = None;
+            let mut w = Weights::copy_on(weights, &self.dev).map_err(text)?;
+            w.compute = self.compute;
+            w.attention = self.attention;
+            *copy = Some(w);
+        }
+        let w = copy.as_ref().ok_or("no weights were sent to this device")?;
         let mut out = Vec::with_capacity(work.micro_batches.len());
         for (m, batch) in &work.micro_batches {
             let (result, grads) = self
                 .job
-                .run(&w, work.step, *m, batch, &self.dev)
+                .run(w, work.step, *m, batch, &self.dev)
                 .map_err(text)?;
             let mut moved = HashMap::with_capacity(grads.len());
             for (name, g) in grads {

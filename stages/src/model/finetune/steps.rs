@@ -11,7 +11,8 @@ use crate::rng::Rng;
 /// Batches of rows to predict that each device takes in one round of a data-parallel
 /// prediction: the weights are copied to the devices once a round, and a stop is heard between
 /// rounds.
-const PREDICT_BATCHES_PER_DEVICE: usize = 4;
+/// (One in tests, whose few batches then take several rounds; rounds change no result.)
+const PREDICT_BATCHES_PER_DEVICE: usize = if cfg!(test) { 1 } else { 4 };
 
 /// One micro-batch of training rows: their token ids, cut to the longest, and their targets,
 /// row after row.
@@ -160,6 +161,7 @@ pub(super) fn predict_rows(
         .map(|chunk| chunk.iter().map(|r| r.ids.clone()).collect::<Vec<_>>());
     let per_round = replicas.map_or(1, |r| r.devices() * PREDICT_BATCHES_PER_DEVICE);
     let mut out = Vec::with_capacity(rows.len());
+    let mut first = true;
     loop {
         let round: Vec<Vec<Vec<u32>>> = batches.by_ref().take(per_round).collect();
         if round.is_empty() {
@@ -171,7 +173,13 @@ pub(super) fn predict_rows(
         match replicas.filter(|_| round.len() > 1) {
             Some(replicas) => {
                 let round = round.into_iter().map(FitBatch::Predict).collect();
-                for (predicted, _) in replicas.step(w, u64::MAX, round)? {
+                // The first round copies the weights to the devices; the others reuse them.
+                let answers = if std::mem::take(&mut first) {
+                    replicas.step(w, u64::MAX, round)?
+                } else {
+                    replicas.step_unchanged(w, u64::MAX, round)?
+                };
+                for (predicted, _) in answers {
                     out.extend(predicted.predicted());
                 }
             }

@@ -32,8 +32,25 @@ impl MicroBatchJob for Scaled {
 }
 
 fn weights() -> Weights {
-    let x = Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
+    weights_of(&[1., 2., 3.])
+}
+
+fn weights_of(x: &[f32]) -> Weights {
+    let x = Tensor::new(x, &Device::Cpu).unwrap();
     Weights::copy_on(&HashMap::from([("x".to_string(), x)]), &Device::Cpu).unwrap()
+}
+
+/// The losses of a step's micro-batches.
+fn losses(results: Vec<((usize, f64), Grads)>) -> Vec<f64> {
+    results.into_iter().map(|((_, loss), _)| loss).collect()
+}
+
+/// The losses of `n` micro-batches computed on `w` by one device.
+fn losses_on(w: &Weights, n: usize) -> Vec<f64> {
+    let job = Scaled { fail_on: vec![] };
+    (0..n)
+        .map(|m| job.run(w, 0, m, &batches(n)[m], &Device::Cpu).unwrap().0 .1)
+        .collect()
 }
 
 fn batches(n: usize) -> Vec<Vec<f32>> {
@@ -133,4 +150,48 @@ fn gradients_of_micro_batches_add_up_to_the_step_mean() {
     let (grads, scale) = one.finish();
     assert_eq!(scale, 1.0);
     assert_eq!(grads["x"].to_vec1::<f32>().unwrap(), vec![1., 2.]);
+}
+
+/// A step on unchanged weights lets each worker compute on the copy it made at the last step,
+/// and sends the weights to a worker that has none of them: one that had no micro-batch when
+/// they changed.
+#[test]
+fn steps_on_unchanged_weights_reuse_the_copies_workers_hold() {
+    let (w, other) = (weights(), weights_of(&[-1., 5., 0.5]));
+    let job = Scaled { fail_on: vec![] };
+    let replicas = Replicas::start(
+        "test",
+        &vec![Device::Cpu; 3],
+        job,
+        DType::F32,
+        Attention::Products,
+    )
+    .unwrap()
+    .expect("three devices");
+    assert_eq!(
+        losses(replicas.step(&w, 0, batches(5)).unwrap()),
+        losses_on(&w, 5)
+    );
+    assert_eq!(
+        losses(replicas.step_unchanged(&w, 0, batches(5)).unwrap()),
+        losses_on(&w, 5)
+    );
+    // New weights, and a step that deals nothing to the workers: their copies are stale, and
+    // the next step on unchanged weights sends them the new ones.
+    assert_eq!(
+        losses(replicas.step(&other, 1, batches(1)).unwrap()),
+        losses_on(&other, 1)
+    );
+    assert_eq!(
+        losses(replicas.step_unchanged(&other, 1, batches(5)).unwrap()),
+        losses_on(&other, 5)
+    );
+    // The workers keep their copies: handed other weights as if unchanged, they still compute
+    // on the last ones (micro-batches 1, 2 and 4), and device 0 on what it is given (0 and 3).
+    let mixed = losses(replicas.step_unchanged(&w, 2, batches(5)).unwrap());
+    let (on_w, on_other) = (losses_on(&w, 5), losses_on(&other, 5));
+    assert_eq!(
+        mixed,
+        [on_w[0], on_other[1], on_other[2], on_w[3], on_other[4]]
+    );
 }
