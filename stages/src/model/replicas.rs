@@ -29,14 +29,14 @@ use super::roberta::{Attention, Params as Weights};
 /// Gradients by parameter name.
 pub type Grads = HashMap<String, Tensor>;
 
-/// What a stage computes on one micro-batch of a training step, on whichever device it is
-/// dealt to.
+/// What a stage computes on one batch, on whichever device it is dealt to: a micro-batch of a
+/// training step, with its gradients, or a batch to validate or predict, with none.
 pub trait MicroBatchJob: Send + Sync + 'static {
-    /// One micro-batch, as a worker receives it.
+    /// One batch, as a worker receives it.
     type Batch: Send + 'static;
-    /// What a micro-batch gives besides its gradients (its loss, its counts).
+    /// What a batch gives besides its gradients (its loss, its counts, its predictions).
     type Out: Send + 'static;
-    /// The micro-batch `micro` of step `step`, on weights `w` held on `dev`.
+    /// The batch `micro` of step `step`, on weights `w` held on `dev`.
     fn run(
         &self,
         w: &Weights,
