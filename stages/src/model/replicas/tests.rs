@@ -31,6 +31,19 @@ impl MicroBatchJob for Scaled {
     }
 }
 
+/// Replicas of `job` on three CPU devices.
+fn on_three_devices(job: Scaled) -> Replicas<Scaled> {
+    Replicas::start(
+        "test",
+        &vec![Device::Cpu; 3],
+        job,
+        DType::F32,
+        Attention::Products,
+    )
+    .unwrap()
+    .expect("three devices")
+}
+
 fn weights() -> Weights {
     weights_of(&[1., 2., 3.])
 }
@@ -63,15 +76,7 @@ fn batches(n: usize) -> Vec<Vec<f32>> {
 fn micro_batches_come_back_in_order_with_their_gradients() {
     let w = weights();
     let job = || Scaled { fail_on: vec![] };
-    let replicas = Replicas::start(
-        "test",
-        &vec![Device::Cpu; 3],
-        job(),
-        DType::F32,
-        Attention::Products,
-    )
-    .unwrap()
-    .expect("three devices");
+    let replicas = on_three_devices(job());
     assert_eq!(replicas.devices(), 3);
     for step in 0..2 {
         let results = replicas.step(&w, step, batches(5)).unwrap();
@@ -106,29 +111,13 @@ fn micro_batches_come_back_in_order_with_their_gradients() {
 fn a_device_that_fails_its_micro_batches_fails_the_step_with_its_name() {
     let w = weights();
     let job = Scaled { fail_on: vec![4] };
-    let replicas = Replicas::start(
-        "test",
-        &vec![Device::Cpu; 3],
-        job,
-        DType::F32,
-        Attention::Products,
-    )
-    .unwrap()
-    .expect("three devices");
+    let replicas = on_three_devices(job);
     // Micro-batch 4 goes to device 1 (4 mod 3).
     let err = replicas.step(&w, 0, batches(5)).unwrap_err();
     assert_eq!(err, "on cpu (device 1): micro-batch 4 cannot run");
     assert_eq!(replicas.step(&w, 1, batches(4)).unwrap().len(), 4);
     let job = Scaled { fail_on: vec![3] };
-    let replicas = Replicas::start(
-        "test",
-        &vec![Device::Cpu; 3],
-        job,
-        DType::F32,
-        Attention::Products,
-    )
-    .unwrap()
-    .expect("three devices");
+    let replicas = on_three_devices(job);
     let err = replicas.step(&w, 0, batches(5)).unwrap_err();
     assert_eq!(err, "on cpu (device 0): micro-batch 3 cannot run");
     drop(replicas);
@@ -159,15 +148,7 @@ fn gradients_of_micro_batches_add_up_to_the_step_mean() {
 fn steps_on_unchanged_weights_reuse_the_copies_workers_hold() {
     let (w, other) = (weights(), weights_of(&[-1., 5., 0.5]));
     let job = Scaled { fail_on: vec![] };
-    let replicas = Replicas::start(
-        "test",
-        &vec![Device::Cpu; 3],
-        job,
-        DType::F32,
-        Attention::Products,
-    )
-    .unwrap()
-    .expect("three devices");
+    let replicas = on_three_devices(job);
     assert_eq!(
         losses(replicas.step(&w, 0, batches(5)).unwrap()),
         losses_on(&w, 5)
