@@ -56,7 +56,8 @@ pub fn stage(cli: &Cli, args: &StageArgs) -> anyhow::Result<()> {
     }
     let stage = kind.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
     // The one job has the machine: every CPU unless `--threads` says fewer, and every GPU of
-    // `--gpus` (pretraining deals its micro-batches to them; other model stages use the first).
+    // `--gpus` (pretraining and fine-tuning deal their micro-batches to them; other model
+    // stages use the first).
     let machine = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -144,8 +144,9 @@ pub fn for_job(gpus: &[usize], stage: &str) -> Result<Device, String> {
 }
 
 /// The devices for a job that deals its steps' micro-batches to GPUs (pretraining and
-/// fine-tuning: `grad_accum` micro-batches of `batch_size` sequences): one of `gpus` for each micro-batch, as many as there
-/// are, else the CPU. A GPU that would get none is left idle, and the message says how to use it.
+/// fine-tuning: `grad_accum` micro-batches of `batch_size` sequences): one of `gpus` for each
+/// micro-batch, as many as there are, else the CPU. A GPU that would get none is left idle, and
+/// the message says how to use it.
 pub fn for_data_parallel_job(
     gpus: &[usize],
     stage: &str,

@@ -254,7 +254,7 @@ fn train_on(
         p: p.clone(),
     };
     let replicas =
-        Replicas::start("finetune", devices, job, w.compute, w.attention).map_err(fail)?;
+        Replicas::start("finetune", devices, job.clone(), w.compute, w.attention).map_err(fail)?;
     let max_len = cfg.max_position_embeddings - 3;
 
     let mut summary = Summary {
@@ -398,10 +398,10 @@ fn train_on(
                 grads.add(g, rows)
             };
             let failed = |e: String| fail(format!("step {}: {e}", step + 1));
-            let rows: Vec<usize> = micro_batches.iter().map(MicroBatch::rows).collect();
             match replicas.as_ref().filter(|_| micro_batches.len() > 1) {
                 // Every micro-batch's gradients at once, added in order as below.
                 Some(replicas) => {
+                    let rows: Vec<usize> = micro_batches.iter().map(MicroBatch::rows).collect();
                     let batches = micro_batches.into_iter().map(FitBatch::Train).collect();
                     let results = replicas.step(&w, step, batches).map_err(failed)?;
                     for ((out, grads), rows) in results.into_iter().zip(rows) {
@@ -442,7 +442,7 @@ fn train_on(
         } else {
             let refs: Vec<&Row> = valid.iter().collect();
             let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
-            match predict_rows(&w, &cfg, &refs, p, replicas.as_ref(), &dev, &asked).map_err(fail)? {
+            match predict_rows(&w, &job, &refs, replicas.as_ref(), &dev, &asked).map_err(fail)? {
                 Some(pred) => mse_of(&pred, &refs),
                 None => {
                     let when =
@@ -539,7 +539,7 @@ fn train_on(
     };
     predictor::save(&ctx.out, &cfg, &head_cfg, &w, &tok).map_err(fail)?;
     let refs: Vec<&Row> = test.iter().collect();
-    let pred = predict_rows(&w, &cfg, &refs, p, replicas.as_ref(), &dev, &|| false)
+    let pred = predict_rows(&w, &job, &refs, replicas.as_ref(), &dev, &|| false)
         .map_err(fail)?
         .expect("never asked to stop");
     let ids: Vec<&str> = refs.iter().map(|r| r.example.id.as_str()).collect();

@@ -453,7 +453,7 @@ fn train_on(
         cfg: cfg.clone(),
         p: p.clone(),
     };
-    let replicas = Replicas::start("pretrain", devices, job, w.compute, w.attention)
+    let replicas = Replicas::start("pretrain", devices, job.clone(), w.compute, w.attention)
         .map_err(|e| format!("pretrain: {e}"))?;
     let resumed_from = step;
     let mut summary = Summary {
@@ -491,7 +491,7 @@ fn train_on(
             let epoch = (step - 1) / steps_per_epoch + 1;
             eprintln!("pretrain: validating epoch {epoch}, which the stop interrupted");
             let asked = || stop.requested();
-            match evaluate(&w, &cfg, &val_rows, p, replicas.as_ref(), &dev, &asked)? {
+            match evaluate(&w, &job, &val_rows, replicas.as_ref(), &dev, &asked)? {
                 Some(v) => {
                     summary.validated(v);
                     row.truncate(row.len() - NO_VALIDATION.len());
@@ -580,7 +580,7 @@ fn train_on(
         let mut interrupted = false;
         let val = if is_epoch_end(step) && !val_rows.is_empty() {
             let asked = || stop.requested() || halt == Some(Halt::StopValidating(step));
-            match evaluate(&w, &cfg, &val_rows, p, replicas.as_ref(), &dev, &asked)? {
+            match evaluate(&w, &job, &val_rows, replicas.as_ref(), &dev, &asked)? {
                 Some(v) => {
                     summary.validated(v);
                     validation_cells(v.0)

@@ -304,6 +304,56 @@ impl<J: MicroBatchJob> Replica<J> {
     }
 }
 
+/// Batches that each device takes in one round of [`in_rounds`]. (One in tests, whose few
+/// batches then take several rounds; rounds change no result.)
+const BATCHES_PER_DEVICE_A_ROUND: usize = if cfg!(test) { 1 } else { 4 };
+
+/// Runs `batches` (a validation's, predictions') on weights `w` that do not change meanwhile,
+/// keeping what each gave and dropping any gradients: in rounds dealt to the devices of
+/// `replicas` when there are several, each device copying the weights in the first round only
+/// ([`Replicas::step_unchanged`]), else one by one by `job` on `dev`. `stop` is asked before each
+/// round (each batch on one device); `None` when it said to stop.
+pub fn in_rounds<J: MicroBatchJob>(
+    job: &J,
+    replicas: Option<&Replicas<J>>,
+    w: &Weights,
+    dev: &Device,
+    batches: impl IntoIterator<Item = J::Batch>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Vec<J::Out>>, String> {
+    let mut batches = batches.into_iter();
+    let per_round = replicas.map_or(1, |r| r.devices() * BATCHES_PER_DEVICE_A_ROUND);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let round: Vec<J::Batch> = batches.by_ref().take(per_round).collect();
+        if round.is_empty() {
+            return Ok(Some(out));
+        }
+        if stop() {
+            return Ok(None);
+        }
+        match replicas.filter(|_| round.len() > 1) {
+            Some(replicas) => {
+                let answers = if std::mem::take(&mut first) {
+                    replicas.step(w, u64::MAX, round)?
+                } else {
+                    replicas.step_unchanged(w, u64::MAX, round)?
+                };
+                out.extend(answers.into_iter().map(|(result, _)| result));
+            }
+            None => {
+                for (i, batch) in round.iter().enumerate() {
+                    let (result, _) = job
+                        .run(w, u64::MAX, i, batch, dev)
+                        .map_err(|e| e.to_string())?;
+                    out.push(result);
+                }
+            }
+        }
+    }
+}
+
 /// A step's gradients from its micro-batches, added in micro-batch order. Each micro-batch's
 /// gradient is the mean over its own examples (masked tokens, rows); several are added weighted
 /// by those counts, and [`GradSum::finish`]'s scale turns the sum back into a mean. A step of one

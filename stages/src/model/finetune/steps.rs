@@ -6,13 +6,8 @@ use candle_core::{Device, Tensor};
 use super::{
     head, predictor, roberta, Config, Grads, MicroBatchJob, Params, Replicas, Row, Weights,
 };
+use crate::model::replicas::in_rounds;
 use crate::rng::Rng;
-
-/// Batches of rows to predict that each device takes in one round of a data-parallel
-/// prediction: the weights are copied to the devices once a round, and a stop is heard between
-/// rounds.
-/// (One in tests, whose few batches then take several rounds; rounds change no result.)
-const PREDICT_BATCHES_PER_DEVICE: usize = if cfg!(test) { 1 } else { 4 };
 
 /// One micro-batch of training rows: their token ids, cut to the longest, and their targets,
 /// row after row.
@@ -66,6 +61,7 @@ impl FitOut {
 }
 
 /// Fine-tuning's batch as every device of a data-parallel job runs it.
+#[derive(Clone)]
 pub(super) struct ExpressionFit {
     pub(super) cfg: Config,
     pub(super) p: Params,
@@ -145,49 +141,19 @@ fn predict(
 }
 
 /// Predictions for rows, in batches of twice `batch_size`, dealt to the devices of `replicas`
-/// when there are several; `stop` is asked before each batch (each round of batches on several
-/// devices), and `None` returned when it says to stop.
+/// when there are several ([`in_rounds`]); `stop` is asked before each batch (each round of
+/// batches on several devices), and `None` returned when it says to stop.
 pub(super) fn predict_rows(
     w: &Weights,
-    cfg: &Config,
+    job: &ExpressionFit,
     rows: &[&Row],
-    p: &Params,
     replicas: Option<&Replicas<ExpressionFit>>,
     dev: &Device,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Vec<Vec<f32>>>, String> {
-    let mut batches = rows
-        .chunks(p.batch_size.max(1) * 2)
-        .map(|chunk| chunk.iter().map(|r| r.ids.clone()).collect::<Vec<_>>());
-    let per_round = replicas.map_or(1, |r| r.devices() * PREDICT_BATCHES_PER_DEVICE);
-    let mut out = Vec::with_capacity(rows.len());
-    let mut first = true;
-    loop {
-        let round: Vec<Vec<Vec<u32>>> = batches.by_ref().take(per_round).collect();
-        if round.is_empty() {
-            return Ok(Some(out));
-        }
-        if stop() {
-            return Ok(None);
-        }
-        match replicas.filter(|_| round.len() > 1) {
-            Some(replicas) => {
-                let round = round.into_iter().map(FitBatch::Predict).collect();
-                // The first round copies the weights to the devices; the others reuse them.
-                let answers = if std::mem::take(&mut first) {
-                    replicas.step(w, u64::MAX, round)?
-                } else {
-                    replicas.step_unchanged(w, u64::MAX, round)?
-                };
-                for (predicted, _) in answers {
-                    out.extend(predicted.predicted());
-                }
-            }
-            None => {
-                for ids in &round {
-                    out.extend(predict(w, cfg, ids, dev).map_err(|e| e.to_string())?);
-                }
-            }
-        }
-    }
+    let batches = rows
+        .chunks(job.p.batch_size.max(1) * 2)
+        .map(|chunk| FitBatch::Predict(chunk.iter().map(|r| r.ids.clone()).collect()));
+    let predicted = in_rounds(job, replicas, w, dev, batches, stop)?;
+    Ok(predicted.map(|outs| outs.into_iter().flat_map(FitOut::predicted).collect()))
 }

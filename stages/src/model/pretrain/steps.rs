@@ -9,11 +9,7 @@ use super::{
     mask_batch, roberta, step_rng, trimmed, Config, Grads, MicroBatchJob, MlmPositions, Params,
     Replicas, Weights,
 };
-
-/// Validation batches that each device takes in one round of a data-parallel validation: the
-/// weights are copied to the devices once a round, and a stop is heard between rounds.
-/// (One in tests, whose few batches then take several rounds; rounds change no result.)
-const VALIDATION_BATCHES_PER_DEVICE: usize = if cfg!(test) { 1 } else { 4 };
+use crate::model::replicas::in_rounds;
 
 /// What a batch gave besides its gradients: its mean masked loss, right guesses and masked
 /// tokens.
@@ -71,6 +67,7 @@ pub(super) enum LmBatch {
 }
 
 /// Pretraining's batch as every device of a data-parallel job runs it.
+#[derive(Clone)]
 pub(super) struct MaskedLm {
     pub(super) cfg: Config,
     pub(super) p: Params,
@@ -122,55 +119,29 @@ fn read_count(t: &Tensor) -> candle_core::Result<usize> {
 }
 
 /// Mean masked loss and accuracy over a set of rows (no dropout, fixed masks): for validation,
-/// in batches of `batch_size`, dealt to the devices of `replicas` when there are several.
-/// `stop` is asked before each batch (each round of batches on several devices); `None` when
-/// it said to stop.
+/// in batches of `batch_size`, dealt to the devices of `replicas` when there are several
+/// ([`in_rounds`]). `stop` is asked before each batch (each round of batches on several
+/// devices); `None` when it said to stop.
 pub fn evaluate(
     w: &Weights,
-    cfg: &Config,
+    job: &MaskedLm,
     rows: &[&[u32]],
-    p: &Params,
     replicas: Option<&Replicas<MaskedLm>>,
     dev: &Device,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<(f64, f64)>, String> {
+    let batches = rows
+        .chunks(job.p.batch_size.max(1))
+        .enumerate()
+        .map(|(i, chunk)| LmBatch::Validate(i, chunk.iter().map(|row| row.to_vec()).collect()));
+    let Some(outs) = in_rounds(job, replicas, w, dev, batches, stop)? else {
+        return Ok(None);
+    };
     let (mut total, mut count, mut correct) = (0f64, 0usize, 0usize);
-    let batches: Vec<&[&[u32]]> = rows.chunks(p.batch_size.max(1)).collect();
-    let per_round = replicas.map_or(1, |r| r.devices() * VALIDATION_BATCHES_PER_DEVICE);
-    for (r, round) in batches.chunks(per_round).enumerate() {
-        if stop() {
-            return Ok(None);
-        }
-        let first = r * per_round;
-        let outs: Vec<MicroOut> = match replicas.filter(|_| round.len() > 1) {
-            Some(replicas) => {
-                let dealt = round
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rows)| {
-                        LmBatch::Validate(first + i, rows.iter().map(|row| row.to_vec()).collect())
-                    })
-                    .collect();
-                // The first round copies the weights to the devices; the others reuse them.
-                let answers = if r == 0 {
-                    replicas.step(w, u64::MAX, dealt)?
-                } else {
-                    replicas.step_unchanged(w, u64::MAX, dealt)?
-                };
-                answers.into_iter().map(|(out, _)| out).collect()
-            }
-            None => round
-                .iter()
-                .enumerate()
-                .map(|(i, rows)| validation_batch(w, cfg, rows, p, first + i, dev))
-                .collect::<candle_core::Result<_>>()
-                .map_err(|e| e.to_string())?,
-        };
-        for (loss, c, n) in outs {
-            total += loss * n as f64;
-            count += n;
-            correct += c;
-        }
+    for (loss, c, n) in outs {
+        total += loss * n as f64;
+        count += n;
+        correct += c;
     }
     let mean = if count > 0 {
         total / count as f64
